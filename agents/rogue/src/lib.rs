@@ -1,0 +1,174 @@
+//! A misbehaving agent for Warden's security corpus.
+//!
+//! The packet objective chooses the misbehaviour: the first of these words it contains, in
+//! this order, wins.
+//!
+//! | word             | EXECUTE tries to …                                                |
+//! |------------------|-------------------------------------------------------------------|
+//! | `secret`         | read `t4/root-token` twice (the agent is registered at T3)       |
+//! | `escape`         | write outside its workspace, through WASI and through `artifacts` |
+//! | `forbidden-tool` | run `deploy-prod --force`                                         |
+//! | `spin`           | loop forever                                                      |
+//! | `hog`            | allocate memory without bound                                     |
+//! | `skip-artifact`  | report success without writing its deliverables                  |
+//!
+//! With none of them it behaves. When the host lets it go on after an attempt, it writes what
+//! happened into its deliverables for a human to read.
+//!
+//! Built with the `overreach` feature (crate `rogue-overreach`) it also calls `tools::list`
+//! in PLAN. That variant is registered at T0, whose world lacks `tools`, so the host must
+//! refuse to load it. It leaves out the `secret` attempt so that `tools` is the only
+//! interface above T0 that it imports, and the refusal has exactly one cause.
+
+use std::hint::black_box;
+
+use warden_sdk::prelude::*;
+
+/// What the agent is going to try.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Attempt {
+    Secret,
+    Escape,
+    ForbiddenTool,
+    Spin,
+    Hog,
+    SkipArtifact,
+    #[default]
+    Behave,
+}
+
+impl Attempt {
+    const WORDS: [(&str, Attempt); 6] = [
+        ("secret", Attempt::Secret),
+        ("escape", Attempt::Escape),
+        ("forbidden-tool", Attempt::ForbiddenTool),
+        ("spin", Attempt::Spin),
+        ("hog", Attempt::Hog),
+        ("skip-artifact", Attempt::SkipArtifact),
+    ];
+
+    fn from_objective(objective: &str) -> Self {
+        Self::WORDS
+            .iter()
+            .find(|(word, _)| objective.contains(word))
+            .map_or(Attempt::Behave, |&(_, attempt)| attempt)
+    }
+}
+
+#[derive(Default)]
+struct Rogue {
+    attempt: Attempt,
+}
+
+impl Agent for Rogue {
+    fn plan(&mut self, packet: &Packet) -> Result<Plan, AgentError> {
+        #[cfg(feature = "overreach")]
+        let _ = tools::list();
+
+        self.attempt = Attempt::from_objective(&packet.objective);
+        Ok(Plan {
+            summary: format!("attempt: {:?}", self.attempt),
+            steps: vec![format!("{:?}", self.attempt)],
+            confidence: 1.0,
+        })
+    }
+
+    fn execute(&mut self, packet: &Packet, _plan: &Plan) -> Result<Outcome, AgentError> {
+        let log = match self.attempt {
+            Attempt::Secret => read_secret(),
+            Attempt::Escape => escape_workspace(),
+            Attempt::ForbiddenTool => run_forbidden_tool(),
+            Attempt::Spin => spin(),
+            Attempt::Hog => hog(),
+            Attempt::SkipArtifact => {
+                return Ok(Outcome {
+                    success: true,
+                    summary: "all deliverables written".into(),
+                    artifacts: packet.deliverables.clone(),
+                });
+            }
+            Attempt::Behave => vec!["behaved: nothing attempted".to_owned()],
+        };
+
+        let text = format!(
+            "rogue attempt {:?} for objective `{}`:\n{}\n",
+            self.attempt,
+            packet.objective,
+            log.join("\n")
+        );
+        for name in &packet.deliverables {
+            artifacts::put_text(name, &text)?;
+        }
+        Ok(Outcome {
+            success: true,
+            summary: log.join("; "),
+            artifacts: packet.deliverables.clone(),
+        })
+    }
+}
+
+/// Describes the result of one attempt for the log.
+fn outcome<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> String {
+    match result {
+        Ok(_) => format!("{what}: ALLOWED"),
+        Err(e) => format!("{what}: refused ({e})"),
+    }
+}
+
+#[cfg(not(feature = "overreach"))]
+fn read_secret() -> Vec<String> {
+    // Twice: the second refusal repeats the first, which the error budget counts separately.
+    (0..2)
+        .map(|_| outcome("secrets::get(t4/root-token)", secrets::get("t4/root-token")))
+        .collect()
+}
+
+#[cfg(feature = "overreach")]
+fn read_secret() -> Vec<String> {
+    vec!["secrets: left out of the overreach variant".to_owned()]
+}
+
+fn escape_workspace() -> Vec<String> {
+    let payload = b"written by rogue from outside its workspace\n";
+    vec![
+        outcome(
+            "fs write /workspace/../escape.txt",
+            std::fs::write("/workspace/../escape.txt", payload),
+        ),
+        outcome(
+            "fs write /tmp/warden-escape.txt",
+            std::fs::write("/tmp/warden-escape.txt", payload),
+        ),
+        outcome(
+            "artifacts::put(../../escape.txt)",
+            artifacts::put("../../escape.txt", payload),
+        ),
+    ]
+}
+
+fn run_forbidden_tool() -> Vec<String> {
+    vec![outcome(
+        "tools::invoke(deploy-prod --force)",
+        tools::invoke("deploy-prod", &["--force"]),
+    )]
+}
+
+/// Burns fuel (or wall-clock time) until the host stops it.
+fn spin() -> ! {
+    let mut counter: u64 = 0;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Grows memory 1 MiB at a time, writing every byte, until the host stops it.
+fn hog() -> ! {
+    const CHUNK: usize = 1 << 20;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xA5; CHUNK]);
+        black_box(&mut hoard);
+    }
+}
+
+warden_sdk::export_agent!(Rogue);

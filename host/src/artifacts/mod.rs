@@ -1,0 +1,169 @@
+//! Artifact storage: content-addressed blobs, named per task by references in the state store
+//! (`task:{id}:artifacts`). Content is verified against its digest on every read.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::digest;
+
+/// One named artifact of a task, as recorded in `task:{id}:artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub name: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub size: u64,
+    /// The agent that wrote it (`host` for artifacts the host writes itself).
+    pub author: String,
+    pub created_at: String,
+}
+
+/// A blob store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("artifact store at `{path}` cannot be opened: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("artifact store i/o failed for `{digest}`: {source}")]
+    Io {
+        digest: String,
+        source: std::io::Error,
+    },
+    #[error("artifact blob `{digest}` is corrupt: its content hashes to `{actual}`")]
+    Corrupt { digest: String, actual: String },
+}
+
+/// Where artifact content lives. Small on purpose: names, authorship and order are kept by
+/// the state store, so any byte store can serve.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Store content; returns its digest.
+    fn put(&self, bytes: &[u8]) -> Result<String, BlobError>;
+    /// Content by digest, verified.
+    fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError>;
+}
+
+/// Blobs in memory, for embedders that keep nothing on disk.
+#[derive(Default)]
+pub struct MemoryBlobs {
+    blobs: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl BlobStore for MemoryBlobs {
+    fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let digest = digest(bytes);
+        self.blobs
+            .lock()
+            .entry(digest.clone())
+            .or_insert_with(|| bytes.to_vec());
+        Ok(digest)
+    }
+
+    fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        Ok(self.blobs.lock().get(digest).cloned())
+    }
+}
+
+/// Blobs in a directory (`<data>/blobs/<hex>`), reached only through a capability handle so
+/// no name can resolve outside it.
+pub struct DirBlobs {
+    dir: Dir,
+}
+
+impl DirBlobs {
+    pub fn open(path: &Path) -> Result<DirBlobs, BlobError> {
+        let open = || -> std::io::Result<Dir> {
+            std::fs::create_dir_all(path)?;
+            Dir::open_ambient_dir(path, ambient_authority())
+        };
+        let dir = open().map_err(|source| BlobError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(DirBlobs { dir })
+    }
+
+    fn file_name(digest: &str) -> String {
+        digest.strip_prefix("sha256:").unwrap_or(digest).to_string()
+    }
+}
+
+impl BlobStore for DirBlobs {
+    fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let digest = digest(bytes);
+        let name = DirBlobs::file_name(&digest);
+        if self.dir.exists(&name) {
+            return Ok(digest);
+        }
+        let io = |source| BlobError::Io {
+            digest: digest.clone(),
+            source,
+        };
+        let tmp = format!("{name}.tmp-{}", uuid::Uuid::new_v4().simple());
+        let mut file = self.dir.create(&tmp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.dir.rename(&tmp, &self.dir, &name).map_err(io)?;
+        Ok(digest)
+    }
+
+    fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let name = DirBlobs::file_name(digest);
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        match self.dir.read(&name) {
+            Ok(bytes) => {
+                let actual = crate::runtime::digest(&bytes);
+                if actual != digest {
+                    return Err(BlobError::Corrupt {
+                        digest: digest.to_string(),
+                        actual,
+                    });
+                }
+                Ok(Some(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(BlobError::Io {
+                digest: digest.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The latest reference per name, in first-written order.
+pub fn latest_per_name(refs: impl IntoIterator<Item = ArtifactRef>) -> Vec<ArtifactRef> {
+    let mut order: Vec<ArtifactRef> = Vec::new();
+    for r in refs {
+        match order.iter_mut().find(|existing| existing.name == r.name) {
+            Some(existing) => *existing = r,
+            None => order.push(r),
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_blobs_roundtrip_and_detect_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = DirBlobs::open(tmp.path()).unwrap();
+        let digest = blobs.put(b"hello").unwrap();
+        assert_eq!(blobs.get(&digest).unwrap().unwrap(), b"hello");
+        assert!(blobs.get("sha256:../../etc/passwd").unwrap().is_none());
+        std::fs::write(tmp.path().join(DirBlobs::file_name(&digest)), b"tampered").unwrap();
+        assert!(matches!(blobs.get(&digest), Err(BlobError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,464 @@
+//! `warden`: run, inspect and govern agents from the shell. Human output by default, `--json`
+//! everywhere. Exit codes: 0 success, 1 error, 2 usage, 3 refused, 4 revoked, 5 failed.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use warden::config::WardenConfig;
+use warden::ledger::{LedgerQuery, Table};
+use warden::secrets::{EmbeddedSecrets, SecretBackend};
+use warden::{Error, Host, Packet, RunOutcome, Tier};
+
+/// Exit codes that mean something to scripts.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const REFUSED: u8 = 3;
+    pub const REVOKED: u8 = 4;
+    pub const FAILED: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Governance runtime for AI agents running as WebAssembly components"
+)]
+struct Cli {
+    /// Data directory (ledger, state, secrets, artifacts, compiled-component cache).
+    #[arg(long, global = true, env = "WARDEN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (default: `warden.toml` in the current directory, if present).
+    #[arg(long, global = true, env = "WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register, inspect, promote and revoke agents.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Run an agent's governed lifecycle. The agent is the packet's `agent_id`; its tier
+    /// comes from its registration, never from a flag.
+    Run {
+        /// The agent's component (`.wasm`, built for wasm32-wasip2).
+        component: PathBuf,
+        /// The instruction packet (JSON).
+        #[arg(long)]
+        packet: PathBuf,
+    },
+    /// Approve a task's run that waits at the approval gate.
+    Approve {
+        task: String,
+        /// Who approves (recorded).
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+    /// Read and verify the audit ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Handoff objects left by revoked agents.
+    #[command(subcommand)]
+    Handoff(HandoffCommand),
+    /// Compile a component into the cache and show its digest and imports.
+    Compile { component: PathBuf },
+    /// Operator access to the embedded secrets store.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Register an agent (or re-register it: a tier or component change is recorded).
+    Register {
+        id: String,
+        /// T0..T4 or observer, operator, builder, executor, architect.
+        #[arg(long)]
+        tier: Tier,
+        /// Bind the agent to this component's digest.
+        #[arg(long)]
+        component: Option<PathBuf>,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+    /// List registered agents.
+    List,
+    /// Show one agent: registration, metrics, revocation.
+    Show { id: String },
+    /// Change an agent's tier (recorded in `promotions`).
+    Promote {
+        id: String,
+        #[arg(long)]
+        tier: Tier,
+        #[arg(long, default_value = "operator decision")]
+        reason: String,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+    /// Revoke an agent: a running instance stops; every later bootstrap refuses it.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// The newest rows.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Rows matching filters.
+    Query(QueryArgs),
+    /// Recompute the hash chain; exit 5 if any row was altered, removed or reordered.
+    Verify,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    task: Option<String>,
+    /// agent_actions, violations, promotions or agent_metrics.
+    #[arg(long)]
+    table: Option<Table>,
+    /// Action or violation type.
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+#[derive(Subcommand)]
+enum HandoffCommand {
+    /// The latest handoff of a task.
+    Show { task: String },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Store a secret (the value is read from stdin when `--value` is absent).
+    Set {
+        path: String,
+        #[arg(long)]
+        value: Option<String>,
+    },
+    /// List secret paths (never values).
+    List,
+}
+
+fn default_actor() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".to_string())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            let code = match error.downcast_ref::<Error>() {
+                Some(Error::Refused(_)) => exit::REFUSED,
+                _ => exit::ERROR,
+            };
+            if json {
+                let refusal = error.downcast_ref::<Error>().and_then(|e| match e {
+                    Error::Refused(r) => Some(r.code()),
+                    _ => None,
+                });
+                println!(
+                    "{}",
+                    json!({ "error": format!("{error:#}"), "code": refusal })
+                );
+            } else {
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Env {
+    config: WardenConfig,
+    data_dir: PathBuf,
+    json: bool,
+}
+
+impl Env {
+    fn new(cli: &Cli) -> Result<Env> {
+        let config = match &cli.config {
+            Some(path) => WardenConfig::load(path)?,
+            None => WardenConfig::discover()?,
+        };
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or_else(|| config.data_dir.as_ref().map(|d| config.resolve(d)))
+            .unwrap_or_else(|| PathBuf::from(".warden"));
+        Ok(Env {
+            config,
+            data_dir,
+            json: cli.json,
+        })
+    }
+
+    async fn host(&self) -> Result<Host> {
+        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            format!("cannot create data directory `{}`", self.data_dir.display())
+        })?;
+        let secrets: Arc<EmbeddedSecrets> =
+            Arc::new(EmbeddedSecrets::open(&self.data_dir.join("secrets.json"))?);
+        let mut builder = self
+            .config
+            .builder(Some(self.data_dir.clone()))
+            .await?
+            .secrets(secrets.clone());
+        let reader = secrets.clone();
+        let llm = self
+            .config
+            .llm_provider(|path| async move {
+                let session = reader
+                    .login("warden-host", Tier::Architect, Duration::from_secs(60))
+                    .await?;
+                Ok(session.read(&path).await?)
+            })
+            .await?;
+        if let Some(llm) = llm {
+            builder = builder.llm(llm);
+        }
+        Ok(builder.build()?)
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    let cx = Env::new(&cli)?;
+    match cli.command {
+        Command::Agents(command) => agents(&cx, command).await,
+        Command::Run { component, packet } => run(&cx, &component, &packet).await,
+        Command::Approve { task, by } => {
+            let host = cx.host().await?;
+            host.approve(&task, &by).await?;
+            output::done(
+                cx.json,
+                &format!("approved task `{task}`"),
+                json!({ "approved": task, "by": by }),
+            );
+            Ok(exit::OK)
+        }
+        Command::Ledger(command) => ledger(&cx, command).await,
+        Command::Handoff(HandoffCommand::Show { task }) => {
+            let host = cx.host().await?;
+            match host.handoff(&task).await? {
+                Some(handoff) => {
+                    output::handoff(cx.json, &handoff);
+                    Ok(exit::OK)
+                }
+                None => bail!(
+                    "task `{task}` has no handoff: handoffs are written when an agent of the task is revoked"
+                ),
+            }
+        }
+        Command::Compile { component } => compile(&cx, &component).await,
+        Command::Secrets(command) => secrets(&cx, command).await,
+    }
+}
+
+async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
+    let host = cx.host().await?;
+    match command {
+        AgentsCommand::Register {
+            id,
+            tier,
+            component,
+            by,
+        } => {
+            let bytes = match &component {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read component `{}`", path.display()))?,
+                ),
+                None => None,
+            };
+            let record = host.register_agent(&id, tier, bytes.as_deref(), &by)?;
+            output::agent_registered(cx.json, &record);
+        }
+        AgentsCommand::List => {
+            let agents = host.agents()?;
+            let mut rows = Vec::new();
+            for agent in &agents {
+                let revoked = host.state().revocation(&agent.agent_id).await?;
+                let metrics = host.ledger().metrics(&agent.agent_id)?;
+                rows.push((agent.clone(), metrics, revoked));
+            }
+            output::agent_list(cx.json, &rows);
+        }
+        AgentsCommand::Show { id } => {
+            let Some(agent) = host.ledger().agent(&id)? else {
+                bail!(
+                    "agent `{id}` is not registered; `warden agents list` shows the registered agents"
+                );
+            };
+            let metrics = host.ledger().metrics(&id)?;
+            let revoked = host.state().revocation(&id).await?;
+            let lock = host.state().lock_owner(&id).await?;
+            output::agent_show(
+                cx.json,
+                &agent,
+                metrics.as_ref(),
+                revoked.as_deref(),
+                lock.as_deref(),
+            );
+        }
+        AgentsCommand::Promote {
+            id,
+            tier,
+            reason,
+            by,
+        } => {
+            host.set_tier(&id, tier, &reason, &by)?;
+            output::done(
+                cx.json,
+                &format!("agent `{id}` is now {tier}"),
+                json!({ "agent": id, "tier": tier }),
+            );
+        }
+        AgentsCommand::Revoke { id, reason, by } => {
+            host.revoke(&id, &reason, &by).await?;
+            output::done(
+                cx.json,
+                &format!("agent `{id}` revoked: {reason}"),
+                json!({ "revoked": id, "reason": reason }),
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn run(cx: &Env, component: &Path, packet_path: &Path) -> Result<u8> {
+    let text = std::fs::read_to_string(packet_path)
+        .with_context(|| format!("cannot read packet `{}`", packet_path.display()))?;
+    let packet = Packet::from_json(&text)
+        .with_context(|| format!("packet `{}` is refused", packet_path.display()))?;
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read component `{}`", component.display()))?;
+    let host = cx.host().await?;
+    host.submit_packet(&packet).await?;
+    let report = host.run(&packet.agent_id, &bytes).await?;
+    output::run_report(cx.json, &report);
+    Ok(match report.outcome {
+        RunOutcome::Completed | RunOutcome::PlanOnly => exit::OK,
+        RunOutcome::Revoked { .. } => exit::REVOKED,
+        RunOutcome::Failed { .. } => exit::FAILED,
+    })
+}
+
+async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
+    let host = cx.host().await?;
+    match command {
+        LedgerCommand::Tail { limit } => {
+            let rows = host.ledger().tail(limit)?;
+            output::ledger_rows(cx.json, &rows);
+            Ok(exit::OK)
+        }
+        LedgerCommand::Query(args) => {
+            let query = LedgerQuery {
+                table: args.table,
+                agent_id: args.agent,
+                task_id: args.task,
+                kind: args.kind,
+                limit: Some(args.limit),
+                ..Default::default()
+            };
+            let rows = host.ledger().query(&query)?;
+            output::ledger_rows(cx.json, &rows);
+            Ok(exit::OK)
+        }
+        LedgerCommand::Verify => {
+            let report = host.ledger().verify()?;
+            output::verify_report(cx.json, &report);
+            Ok(if report.broken.is_none() {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
+        }
+    }
+}
+
+async fn compile(cx: &Env, component: &Path) -> Result<u8> {
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read component `{}`", component.display()))?;
+    let host = cx.host().await?;
+    let summary = host.inspect_component(&bytes, &component.display().to_string())?;
+    output::compile_summary(cx.json, &summary);
+    Ok(exit::OK)
+}
+
+async fn secrets(cx: &Env, command: SecretsCommand) -> Result<u8> {
+    let host = cx.host().await?;
+    match command {
+        SecretsCommand::Set { path, value } => {
+            let value = match value {
+                Some(value) => value,
+                None => {
+                    let mut value = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+                        .context("cannot read the secret value from stdin")?;
+                    value.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            host.secrets().put(&path, &value).await?;
+            output::done(
+                cx.json,
+                &format!("secret `{path}` stored"),
+                json!({ "stored": path }),
+            );
+        }
+        SecretsCommand::List => {
+            let paths = host.secrets().list().await?;
+            if cx.json {
+                println!("{}", json!({ "secrets": paths }));
+            } else {
+                for path in paths {
+                    println!("{path}");
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}

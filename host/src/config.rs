@@ -1,0 +1,110 @@
+//! `warden.toml`: where the CLI (and embedders who want it) find the tier table, tools, LLM
+//! provider and data directory. Relative paths are relative to the file.
+//!
+//! ```toml
+//! data_dir = ".warden"
+//! policies = "policies/tiers.toml"
+//! tools = "tools.toml"
+//!
+//! [llm]
+//! provider = "scripted"            # or "openai-compatible"
+//! rules = "agents/planner/llm-rules.toml"
+//! # base_url = "http://127.0.0.1:11434/v1"; model = "llama3"; api_key_secret = "llm/api-key"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::host::HostBuilder;
+use crate::llm::{LlmConfig, provider_from_config};
+use crate::policy::TierTable;
+use crate::tools::ToolRegistry;
+
+/// The contents of `warden.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WardenConfig {
+    pub data_dir: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+    pub tools: Option<PathBuf>,
+    pub llm: Option<LlmConfig>,
+    #[serde(skip)]
+    base: PathBuf,
+}
+
+impl WardenConfig {
+    /// Read a config file.
+    pub fn load(path: &Path) -> Result<WardenConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let mut config: WardenConfig = toml::from_str(&text).map_err(|e| Error::Config {
+            origin: format!("`{}`", path.display()),
+            message: e.to_string(),
+        })?;
+        config.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// `warden.toml` in the current directory if there is one, else the defaults.
+    pub fn discover() -> Result<WardenConfig, Error> {
+        let path = Path::new("warden.toml");
+        if path.exists() {
+            WardenConfig::load(path)
+        } else {
+            Ok(WardenConfig::default())
+        }
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    /// A host builder with everything this config names. The LLM API key, when the config
+    /// names a secret for it, is read from the host's secrets store (operator access).
+    pub async fn builder(&self, data_dir: Option<PathBuf>) -> Result<HostBuilder, Error> {
+        let mut builder = crate::Host::builder();
+        if let Some(dir) = data_dir.or_else(|| self.data_dir.as_ref().map(|d| self.resolve(d))) {
+            builder = builder.data_dir(dir);
+        }
+        if let Some(policies) = &self.policies {
+            builder = builder.tiers(TierTable::from_file(self.resolve(policies))?);
+        }
+        if let Some(tools) = &self.tools {
+            builder = builder.tools(ToolRegistry::from_file(&self.resolve(tools))?);
+        }
+        Ok(builder)
+    }
+
+    /// The configured LLM provider, with its key read through `read_secret`.
+    pub async fn llm_provider<F, Fut>(
+        &self,
+        read_secret: F,
+    ) -> Result<Option<Arc<dyn crate::llm::LlmProvider>>, Error>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>, Error>>,
+    {
+        let Some(llm) = &self.llm else {
+            return Ok(None);
+        };
+        let mut llm = llm.clone();
+        if let Some(rules) = &llm.rules {
+            llm.rules = Some(self.resolve(rules));
+        }
+        let key = match &llm.api_key_secret {
+            Some(path) => Some(read_secret(path.clone()).await?.ok_or_else(|| Error::Config {
+                origin: "`[llm]`".into(),
+                message: format!("`api_key_secret` names `{path}`, which is not in the secrets store; add it with `warden secrets set {path}`"),
+            })?),
+            None => None,
+        };
+        Ok(Some(provider_from_config(&llm, key)?))
+    }
+}

@@ -1,0 +1,551 @@
+//! [`Host`]: the embeddable runtime. Build one with [`Host::builder`], register agents,
+//! submit packets, run them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use parking_lot::Mutex;
+use wasmtime::component::Linker;
+
+use crate::artifacts::{BlobStore, DirBlobs, MemoryBlobs};
+use crate::bindings::ArchitectPre;
+use crate::capabilities::{AgentCtx, tier_linker};
+use crate::error::Error;
+use crate::ledger::{AgentRecord, Entry, Ledger, LedgerError, Subject};
+use crate::lifecycle::{self, Phase, RunReport};
+use crate::llm::LlmProvider;
+use crate::packet::{Handoff, Packet, RevocationReason};
+use crate::policy::TierTable;
+use crate::runtime::{self, Runtime};
+use crate::secrets::{EmbeddedSecrets, SecretBackend, SecretSession};
+use crate::state::{EmbeddedState, StateStore};
+use crate::tier::Tier;
+use crate::tools::ToolRegistry;
+
+/// Builds a [`Host`]. Deny-by-default: with nothing set, the host keeps everything in memory
+/// (state, ledger, secrets, artifacts), has no LLM provider (llm calls answer `unavailable`),
+/// no tools, no secrets, and uses the built-in tier table (`policies/tiers.toml`).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), warden::Error> {
+/// let host = warden::Host::builder().data_dir(".warden").build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct HostBuilder {
+    data_dir: Option<PathBuf>,
+    tiers: Option<TierTable>,
+    state: Option<Arc<dyn StateStore>>,
+    secrets: Option<Arc<dyn SecretBackend>>,
+    llm: Option<Arc<dyn LlmProvider>>,
+    tools: Option<ToolRegistry>,
+    host_id: Option<String>,
+}
+
+impl HostBuilder {
+    /// Keep the ledger (`ledger.db`), state (`state.db`), secrets (`secrets.json`), artifacts,
+    /// agent workspaces and the compiled-component cache under `dir`. Default: in memory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The tier table. Default: the built-in table.
+    pub fn tiers(mut self, tiers: TierTable) -> Self {
+        self.tiers = Some(tiers);
+        self
+    }
+
+    /// The runtime-state backend. Default: embedded (in the data directory, else in memory).
+    pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The secrets backend. Default: embedded (in the data directory, else in memory).
+    pub fn secrets(mut self, secrets: Arc<dyn SecretBackend>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// The LLM provider agents reach through `warden:agent/llm`. Default: none.
+    pub fn llm(mut self, llm: Arc<dyn LlmProvider>) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    /// The tools agents may invoke. Default: none.
+    pub fn tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = Some(tools);
+        self
+    }
+
+    /// This host's name in lock owner tokens and the ledger. Default: `<hostname>-<pid>`.
+    pub fn host_id(mut self, id: impl Into<String>) -> Self {
+        self.host_id = Some(id.into());
+        self
+    }
+
+    /// Open the backends and start the engine.
+    pub fn build(self) -> Result<Host, Error> {
+        let tiers = match self.tiers {
+            Some(tiers) => tiers,
+            None => TierTable::builtin()?,
+        };
+        let (ledger, state, secrets, blobs, cache_dir, workspaces): (
+            Ledger,
+            Arc<dyn StateStore>,
+            Arc<dyn SecretBackend>,
+            Arc<dyn BlobStore>,
+            Option<PathBuf>,
+            Workspaces,
+        ) = match &self.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+                (
+                    Ledger::open(&dir.join("ledger.db"))?,
+                    match self.state {
+                        Some(state) => state,
+                        None => Arc::new(EmbeddedState::open(&dir.join("state.db"))?),
+                    },
+                    match self.secrets {
+                        Some(secrets) => secrets,
+                        None => Arc::new(EmbeddedSecrets::open(&dir.join("secrets.json"))?),
+                    },
+                    Arc::new(DirBlobs::open(&dir.join("blobs"))?),
+                    Some(dir.join("cache")),
+                    Workspaces::Dir(dir.join("workspaces")),
+                )
+            }
+            None => (
+                Ledger::in_memory()?,
+                match self.state {
+                    Some(state) => state,
+                    None => Arc::new(EmbeddedState::in_memory()?),
+                },
+                match self.secrets {
+                    Some(secrets) => secrets,
+                    None => Arc::new(EmbeddedSecrets::in_memory()),
+                },
+                Arc::new(MemoryBlobs::default()),
+                None,
+                Workspaces::Temp(tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?),
+            ),
+        };
+        let runtime = Runtime::new(cache_dir)?;
+        let mut linkers = Vec::with_capacity(5);
+        for tier in Tier::ALL {
+            let linker =
+                tier_linker(runtime.engine(), tiers.policy(tier)).map_err(|e| Error::Sandbox {
+                    agent: String::new(),
+                    message: format!("cannot link tier {tier}: {e}"),
+                })?;
+            linkers.push(linker);
+        }
+        let host_id = self.host_id.unwrap_or_else(default_host_id);
+        let services = Services {
+            runtime,
+            tiers,
+            ledger,
+            state,
+            secrets,
+            llm: self.llm,
+            tools: self.tools.unwrap_or_else(ToolRegistry::empty),
+            blobs,
+            workspaces,
+            linkers,
+            pres: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            host_id,
+            data_dir: self.data_dir,
+        };
+        Ok(Host {
+            services: Arc::new(services),
+        })
+    }
+}
+
+fn default_host_id() -> String {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "host".to_string());
+    format!("{name}-{}", std::process::id())
+}
+
+/// Where agent workspaces live.
+pub(crate) enum Workspaces {
+    Dir(PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+impl Workspaces {
+    pub fn for_agent(&self, agent: &str) -> PathBuf {
+        match self {
+            Workspaces::Dir(root) => root.join(agent),
+            Workspaces::Temp(dir) => dir.path().join(agent),
+        }
+    }
+}
+
+/// Everything runs share; capabilities reach backends through it.
+pub(crate) struct Services {
+    pub runtime: Runtime,
+    pub tiers: TierTable,
+    pub ledger: Ledger,
+    pub state: Arc<dyn StateStore>,
+    pub secrets: Arc<dyn SecretBackend>,
+    pub llm: Option<Arc<dyn LlmProvider>>,
+    pub tools: ToolRegistry,
+    pub blobs: Arc<dyn BlobStore>,
+    pub workspaces: Workspaces,
+    pub linkers: Vec<Linker<AgentCtx>>,
+    pub pres: Mutex<HashMap<(String, Tier), ArchitectPre<AgentCtx>>>,
+    tokens: Mutex<HashMap<String, u64>>,
+    pub running: Mutex<HashMap<String, Arc<RunShared>>>,
+    pub host_id: String,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Services {
+    /// Append and wait until the row is committed, without blocking the async runtime.
+    pub async fn ledger_durable(&self, entry: Entry) -> Result<u64, LedgerError> {
+        let ledger = self.ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.append_durable(entry)).await {
+            Ok(result) => result,
+            Err(_) => Err(LedgerError::WriterStopped),
+        }
+    }
+
+    /// Wait until every row appended so far is committed.
+    pub async fn ledger_flush(&self) -> Result<(), LedgerError> {
+        let ledger = self.ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(LedgerError::WriterStopped),
+        }
+    }
+
+    pub fn tokens_used(&self, task: &str) -> u64 {
+        self.tokens.lock().get(task).copied().unwrap_or(0)
+    }
+
+    pub fn add_tokens(&self, task: &str, spent: u64) {
+        *self.tokens.lock().entry(task.to_string()).or_insert(0) += spent;
+    }
+}
+
+/// What the lifecycle driver, the capabilities and revokers share about one run.
+pub(crate) struct RunShared {
+    pub subject: Arc<Subject>,
+    pub agent_id: Arc<str>,
+    pub task_id: Arc<str>,
+    pub tier: Tier,
+    pub packet: Packet,
+    pub lock_owner: String,
+    pub workspace: PathBuf,
+    pub secrets: Mutex<Option<Arc<dyn SecretSession>>>,
+    revoked: AtomicBool,
+    revocation: Mutex<Option<RevocationReason>>,
+    phase: AtomicU8,
+}
+
+impl RunShared {
+    pub fn new(
+        subject: Arc<Subject>,
+        tier: Tier,
+        packet: Packet,
+        lock_owner: String,
+        workspace: PathBuf,
+    ) -> RunShared {
+        RunShared {
+            agent_id: subject.agent_id.clone(),
+            task_id: Arc::from(packet.task_id.as_str()),
+            subject,
+            tier,
+            packet,
+            lock_owner,
+            workspace,
+            secrets: Mutex::new(None),
+            revoked: AtomicBool::new(false),
+            revocation: Mutex::new(None),
+            phase: AtomicU8::new(Phase::Bootstrap as u8),
+        }
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Mark revoked; true for the caller that did it first.
+    pub fn mark_revoked(&self, reason: RevocationReason) -> bool {
+        let first = !self.revoked.swap(true, Ordering::AcqRel);
+        if first {
+            *self.revocation.lock() = Some(reason);
+        }
+        first
+    }
+
+    pub fn revocation(&self) -> Option<RevocationReason> {
+        self.revocation.lock().clone()
+    }
+
+    pub fn revoked_message(&self) -> String {
+        match self.revocation() {
+            Some(reason) => format!(
+                "agent `{}` is revoked ({}: {}); no further calls are allowed",
+                self.agent_id, reason.kind, reason.details
+            ),
+            None => format!(
+                "agent `{}` is revoked; no further calls are allowed",
+                self.agent_id
+            ),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+}
+
+/// An embeddable Warden host.
+///
+/// ```no_run
+/// use warden::{Host, Packet, Tier};
+///
+/// # async fn demo() -> Result<(), warden::Error> {
+/// let host = Host::builder().build()?;
+/// let component = std::fs::read("target/wasm32-wasip2/debug/hello.wasm").unwrap_or_default();
+/// host.register_agent("hello", Tier::Operator, Some(&component), "embedder")?;
+/// let packet = Packet::from_json(r#"{"agent_id":"hello","task_id":"t-1","objective":"greet","deliverables":["hello.txt"]}"#)?;
+/// host.submit_packet(&packet).await?;
+/// let report = host.run("hello", &component).await?;
+/// assert!(report.outcome.is_success());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Host {
+    services: Arc<Services>,
+}
+
+impl Host {
+    /// A builder with the embedded, deny-by-default configuration.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// The audit ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.services.ledger
+    }
+
+    /// The runtime-state backend.
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.services.state
+    }
+
+    /// The secrets backend (operator access: put/list).
+    pub fn secrets(&self) -> &Arc<dyn SecretBackend> {
+        &self.services.secrets
+    }
+
+    /// The tier table in force.
+    pub fn tiers(&self) -> &TierTable {
+        &self.services.tiers
+    }
+
+    /// The data directory, if any.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.services.data_dir.as_deref()
+    }
+
+    /// Register an agent (or re-register it) at a tier, bound to a component when given.
+    /// The component is compiled and checked against the tier now, so a component that
+    /// could never run at that tier is refused before it is recorded.
+    pub fn register_agent(
+        &self,
+        agent: &str,
+        tier: Tier,
+        component: Option<&[u8]>,
+        actor: &str,
+    ) -> Result<AgentRecord, Error> {
+        crate::packet::validate_id(agent)
+            .map_err(|reason| Error::Invalid(format!("agent id {reason}")))?;
+        let digest = match component {
+            Some(bytes) => {
+                let digest = runtime::digest(bytes);
+                let compiled = self.services.runtime.component(&digest, bytes, agent)?;
+                lifecycle::load_gate(&self.services, agent, tier, &compiled)?;
+                Some(digest)
+            }
+            None => None,
+        };
+        self.services
+            .ledger
+            .register_agent(agent, tier, digest.as_deref(), actor)?;
+        self.services
+            .ledger
+            .agent(agent)?
+            .ok_or_else(|| Error::Invalid(format!("agent `{agent}` vanished after registration")))
+    }
+
+    /// Change an agent's tier (recorded in `promotions`).
+    pub fn set_tier(
+        &self,
+        agent: &str,
+        tier: Tier,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), Error> {
+        if self.services.ledger.agent(agent)?.is_none() {
+            return Err(crate::error::Refusal::UnknownAgent {
+                agent: agent.to_string(),
+            }
+            .into());
+        }
+        self.services.ledger.set_tier(agent, tier, reason, actor)?;
+        Ok(())
+    }
+
+    /// The registered agents.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
+        Ok(self.services.ledger.agents()?)
+    }
+
+    /// Store an instruction packet for its agent (`agent:{id}:packet`).
+    pub async fn submit_packet(&self, packet: &Packet) -> Result<(), Error> {
+        packet.validate()?;
+        self.services
+            .state
+            .put_packet(&packet.agent_id, &packet.to_json())
+            .await?;
+        lifecycle::record_host_action(
+            &self.services,
+            &packet.agent_id,
+            Some(&packet.task_id),
+            "packet.submit",
+            &packet.objective,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Run an agent's whole governed lifecycle with the given component bytes.
+    pub async fn run(&self, agent: &str, component: &[u8]) -> Result<RunReport, Error> {
+        lifecycle::run(self.services.clone(), agent, component).await
+    }
+
+    /// Approve the task's pending run (the approval gate after PLAN).
+    pub async fn approve(&self, task: &str, approver: &str) -> Result<(), Error> {
+        crate::packet::validate_id(task)
+            .map_err(|reason| Error::Invalid(format!("task id {reason}")))?;
+        lifecycle::approve(&self.services, task, approver).await
+    }
+
+    /// Revoke an agent: a run of it in this host stops within one epoch tick; every later
+    /// bootstrap, on any host sharing the state backend, refuses it.
+    pub async fn revoke(&self, agent: &str, details: &str, actor: &str) -> Result<(), Error> {
+        lifecycle::revoke_agent(&self.services, agent, details, actor).await
+    }
+
+    /// The latest handoff object of a task.
+    pub async fn handoff(&self, task: &str) -> Result<Option<Handoff>, Error> {
+        match self.services.state.handoff(task).await? {
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                Error::Invalid(format!("handoff of task `{task}` is not valid JSON: {e}"))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Agents running in this host right now.
+    pub fn running(&self) -> Vec<String> {
+        self.services.running.lock().keys().cloned().collect()
+    }
+}
+
+/// What `warden compile` tells about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentSummary {
+    pub digest: String,
+    /// `warden:agent` interfaces it imports.
+    pub imports: Vec<String>,
+    /// WASI interfaces it imports.
+    pub wasi: Vec<String>,
+    /// Imports that are neither (refused at load).
+    pub unknown: Vec<String>,
+    /// The lowest tier whose grant covers every import.
+    pub lowest_tier: Option<Tier>,
+    /// The compiled artifact in the cache, if cached on disk.
+    pub cached: Option<PathBuf>,
+}
+
+impl Host {
+    /// Compile a component into the cache and summarize its imports.
+    pub fn inspect_component(&self, bytes: &[u8], origin: &str) -> Result<ComponentSummary, Error> {
+        let digest = runtime::digest(bytes);
+        let component = self.services.runtime.component(&digest, bytes, origin)?;
+        let summary = runtime::imports::summarize(self.services.runtime.engine(), &component);
+        let lowest_tier = if summary.unknown.is_empty() {
+            summary
+                .warden
+                .iter()
+                .try_fold(Tier::Observer, |lowest, interface| {
+                    self.services
+                        .tiers
+                        .lowest_tier_granting(*interface)
+                        .map(|tier| tier.max(lowest))
+                })
+        } else {
+            None
+        };
+        Ok(ComponentSummary {
+            imports: summary
+                .warden
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect(),
+            wasi: summary.wasi,
+            unknown: summary.unknown,
+            lowest_tier,
+            cached: self.services.runtime.cached_file(&digest),
+            digest,
+        })
+    }
+}
+
+impl Host {
+    /// An artifact's content by digest (verified against the digest).
+    pub fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.services.blobs.get(digest)?)
+    }
+
+    /// The artifacts of a task, latest per name.
+    pub async fn artifacts(&self, task: &str) -> Result<Vec<crate::artifacts::ArtifactRef>, Error> {
+        let raw = self.services.state.artifacts(task).await?;
+        Ok(crate::artifacts::latest_per_name(
+            raw.iter()
+                .filter_map(|json| serde_json::from_str(json).ok()),
+        ))
+    }
+}
+
+impl Host {
+    /// Benchmark access to governed instantiation; not part of the stable API.
+    #[doc(hidden)]
+    pub fn bench_instance(
+        &self,
+        agent: &str,
+        tier: Tier,
+        bytes: &[u8],
+        packet: Packet,
+    ) -> Result<crate::lifecycle::BenchInstance, Error> {
+        crate::lifecycle::BenchInstance::new(self.services.clone(), agent, tier, bytes, packet)
+    }
+}

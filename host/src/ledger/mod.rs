@@ -1,0 +1,336 @@
+//! Tamper-evident audit ledger.
+//!
+//! Every governance event (actions, violations, tier changes, run metrics)
+//! is a row in SQLite, and all rows of the four audit tables form one hash
+//! chain in a global `seq` order: each row's `row_hash` covers its content,
+//! its table, its `seq` and the previous row's hash. Editing, deleting or
+//! reordering rows is therefore detectable by [`Ledger::verify`], and the
+//! reported head can be published elsewhere to detect truncation or a
+//! wholesale rewrite.
+//!
+//! Writes go through one background thread (see `writer`): [`Ledger::append`]
+//! only enqueues, so agents never wait on disk, while group commit keeps
+//! throughput high. Calls that must be on disk before the caller continues
+//! (registry changes, [`Ledger::append_durable`], [`Ledger::flush`]) wait for
+//! the commit of the batch that carries them.
+
+mod chain;
+mod error;
+mod read;
+mod record;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+
+pub use chain::GENESIS_HASH;
+pub use error::LedgerError;
+pub use read::{BreakReason, ChainBreak, LedgerQuery, LedgerRow, VerifyReport};
+pub use record::{
+    ActionRecord, AgentRecord, Entry, MetricsSnapshot, PromotionRecord, Registration, Subject,
+    Text, ViolationRecord,
+};
+pub use schema::{SCHEMA_VERSION, Table};
+
+use crate::tier::Tier;
+use writer::{Command, Reply, Writer};
+
+/// How long a connection waits for a lock held by another connection
+/// (a checkpoint, another process reading) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much a commit survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: survives a process crash; an OS crash or power
+    /// loss may drop the last commits (never corrupts the chain).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it is reported.
+    Full,
+}
+
+/// A handle to one ledger. Cloning is cheap; the writer thread stops (after
+/// committing everything queued) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping, to hang up on the writer.
+    tx: Option<Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Hanging up lets the writer drain the queue, commit, and exit.
+        drop(self.tx.take());
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("ledger writer thread panicked; queued entries may be lost");
+        }
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn check_agent_id(agent_id: &str) -> Result<(), LedgerError> {
+    if agent_id.is_empty() {
+        Err(LedgerError::EmptyAgentId)
+    } else {
+        Ok(())
+    }
+}
+
+impl Ledger {
+    /// Opens or creates a ledger file with [`Durability::Normal`].
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        Ledger::open_with(path, Durability::Normal)
+    }
+
+    /// Opens or creates a ledger file. A file that is not a ledger, or is
+    /// from a newer Warden, is rejected without being modified.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Ledger, LedgerError> {
+        schema::check_header(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open = |flags| -> Result<Connection, LedgerError> {
+            let conn =
+                Connection::open_with_flags(path, flags).map_err(|e| schema::classify(path, e))?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|e| schema::classify(path, e))?;
+            Ok(conn)
+        };
+        let mut conn = open(flags)?;
+        schema::prepare(&mut conn, path, true)?;
+        Ledger::start(conn, open(flags)?, durability, Some(path.to_path_buf()))
+    }
+
+    /// A private, process-local ledger that vanishes with its last handle.
+    pub fn in_memory() -> Result<Ledger, LedgerError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // The memdb VFS shares a database between connections that name it
+        // with a leading `/`, and, unlike shared cache, uses ordinary file
+        // locks, so the reader waits on busy_timeout instead of failing.
+        let name = format!(
+            "file:/warden-ledger-{}-{}?vfs=memdb",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let label = Path::new(":memory:");
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open = || -> Result<Connection, LedgerError> {
+            let conn = Connection::open_with_flags(&name, flags)
+                .map_err(|e| schema::classify(label, e))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        };
+        let mut conn = open()?;
+        schema::prepare(&mut conn, label, false)?;
+        Ledger::start(conn, open()?, Durability::Normal, None)
+    }
+
+    fn start(
+        writer_conn: Connection,
+        reader: Connection,
+        durability: Durability,
+        path: Option<PathBuf>,
+    ) -> Result<Ledger, LedgerError> {
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        writer_conn.pragma_update(None, "synchronous", sync)?;
+        reader.pragma_update(None, "query_only", true)?;
+        let head = schema::load_head(&writer_conn)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(writer_conn, head);
+        let handle = std::thread::Builder::new()
+            .name("warden-ledger".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LedgerError::Io {
+                path: path.clone().unwrap_or_default(),
+                source: Arc::new(e),
+            })?;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                writer: Some(handle),
+                reader: Mutex::new(reader),
+                path,
+            }),
+        })
+    }
+
+    /// The ledger file; `None` for [`Ledger::in_memory`].
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), LedgerError> {
+        match &self.inner.tx {
+            Some(tx) => tx.send(cmd).map_err(|_| LedgerError::WriterStopped),
+            None => Err(LedgerError::WriterStopped),
+        }
+    }
+
+    /// Sends a command and waits for the commit that carries it.
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LedgerError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(make(reply))?;
+        answer.recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    /// Records `entry` without waiting. It is committed with the next batch;
+    /// if that commit fails the loss is logged and reported by the next
+    /// [`Ledger::flush`]. The queue is unbounded: memory, not the caller,
+    /// absorbs bursts.
+    pub fn append(&self, entry: impl Into<Entry>) {
+        let cmd = Command::Append {
+            at: now(),
+            entry: entry.into(),
+            reply: None,
+        };
+        if self.send(cmd).is_err() {
+            tracing::error!("ledger writer has stopped; entry dropped");
+        }
+    }
+
+    /// Records `entry` and returns its `seq` once committed.
+    pub fn append_durable(&self, entry: impl Into<Entry>) -> Result<u64, LedgerError> {
+        let (at, entry) = (now(), entry.into());
+        self.call(|reply| Command::Append {
+            at,
+            entry,
+            reply: Some(reply),
+        })
+    }
+
+    /// Returns once everything appended before this call is committed, or
+    /// reports fire-and-forget entries lost since the previous flush.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        self.call(Command::Flush)
+    }
+
+    /// Recomputes the whole chain from a consistent snapshot.
+    pub fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        read::verify(&mut self.inner.reader.lock())
+    }
+
+    /// The newest `limit` rows across all tables, oldest first.
+    pub fn tail(&self, limit: usize) -> Result<Vec<LedgerRow>, LedgerError> {
+        read::tail(&mut self.inner.reader.lock(), limit)
+    }
+
+    /// Rows matching `q`, oldest first.
+    pub fn query(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, LedgerError> {
+        read::query(&mut self.inner.reader.lock(), q)
+    }
+
+    /// Adds `agent_id` to the registry, or updates its tier and component
+    /// digest; every change is also recorded as chained rows (`agent.register`
+    /// / `agent.rebind` actions, promotions). Durable on return.
+    pub fn register_agent(
+        &self,
+        agent_id: &str,
+        tier: Tier,
+        component_digest: Option<&str>,
+        actor: &str,
+    ) -> Result<Registration, LedgerError> {
+        check_agent_id(agent_id)?;
+        self.call(|reply| Command::Register {
+            at: now(),
+            agent_id: agent_id.to_string(),
+            tier,
+            digest: component_digest.map(str::to_string),
+            actor: actor.to_string(),
+            reply,
+        })
+    }
+
+    /// Changes a registered agent's tier, recording a promotion row even if
+    /// the tier is unchanged (the decision itself is auditable). Durable on
+    /// return.
+    pub fn set_tier(
+        &self,
+        agent_id: &str,
+        tier: Tier,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), LedgerError> {
+        check_agent_id(agent_id)?;
+        self.call(|reply| Command::SetTier {
+            at: now(),
+            agent_id: agent_id.to_string(),
+            tier,
+            reason: reason.to_string(),
+            actor: actor.to_string(),
+            reply,
+        })
+    }
+
+    /// The registry row for `agent_id`.
+    pub fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, LedgerError> {
+        read::agent(&self.inner.reader.lock(), agent_id)
+    }
+
+    /// Every registered agent, by id.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, LedgerError> {
+        read::agents(&self.inner.reader.lock())
+    }
+
+    /// Counts one run of `agent_id` and returns the new snapshot. The
+    /// read-modify-write happens on the writer thread, so concurrent callers
+    /// never lose an update. Durable on return.
+    pub fn record_run(
+        &self,
+        agent_id: &str,
+        tier: Tier,
+        compliant: bool,
+    ) -> Result<MetricsSnapshot, LedgerError> {
+        check_agent_id(agent_id)?;
+        self.call(|reply| Command::RecordRun {
+            at: now(),
+            agent_id: agent_id.to_string(),
+            tier,
+            compliant,
+            reply,
+        })
+    }
+
+    /// The latest metrics snapshot for `agent_id`.
+    pub fn metrics(&self, agent_id: &str) -> Result<Option<MetricsSnapshot>, LedgerError> {
+        read::metrics(&self.inner.reader.lock(), agent_id)
+    }
+}

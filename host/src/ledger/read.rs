@@ -1,0 +1,599 @@
+//! Reading the ledger: registry and metrics lookups, `tail`/`query`, and
+//! chain verification. Everything here takes a plain `&Connection` so the
+//! writer can use the same lookups inside its transaction.
+
+use std::fmt;
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, Row, params_from_iter};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use super::chain::{self, Field, GENESIS_HASH};
+use super::error::LedgerError;
+use super::record::{AgentRecord, MetricsSnapshot};
+use super::schema::{self, Table};
+use crate::tier::Tier;
+
+fn tier_at(
+    row: &Row<'_>,
+    idx: usize,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Tier, LedgerError> {
+    let raw: i64 = row.get(idx)?;
+    u8::try_from(raw)
+        .ok()
+        .and_then(Tier::from_level)
+        .ok_or_else(|| LedgerError::InvalidValue {
+            table,
+            column,
+            value: raw.to_string(),
+            expected: "a tier level 0..=4",
+        })
+}
+
+fn count_at(row: &Row<'_>, idx: usize, column: &'static str) -> Result<u64, LedgerError> {
+    let raw: i64 = row.get(idx)?;
+    u64::try_from(raw).map_err(|_| LedgerError::InvalidValue {
+        table: "agent_metrics",
+        column,
+        value: raw.to_string(),
+        expected: "a non-negative count",
+    })
+}
+
+const AGENT_COLUMNS: &str = "agent_id, tier, component_digest, registered_at, updated_at";
+
+fn agent_from(row: &Row<'_>) -> Result<AgentRecord, LedgerError> {
+    Ok(AgentRecord {
+        agent_id: row.get(0)?,
+        tier: tier_at(row, 1, "agents", "tier")?,
+        component_digest: row.get(2)?,
+        registered_at: row.get(3)?,
+        updated_at: row.get(4)?,
+    })
+}
+
+pub(crate) fn agent(conn: &Connection, agent_id: &str) -> Result<Option<AgentRecord>, LedgerError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = ?1"
+    ))?;
+    let mut rows = stmt.query([agent_id])?;
+    rows.next()?.map(agent_from).transpose()
+}
+
+pub(crate) fn agents(conn: &Connection) -> Result<Vec<AgentRecord>, LedgerError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents ORDER BY agent_id"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(agent_from(row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn metrics(
+    conn: &Connection,
+    agent_id: &str,
+) -> Result<Option<MetricsSnapshot>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, agent_id, current_tier, total_runs, compliant_runs, consecutive_compliant, last_active_at \
+         FROM agent_metrics WHERE agent_id = ?1 ORDER BY seq DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query([agent_id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    Ok(Some(MetricsSnapshot {
+        seq: count_at(row, 0, "seq")?,
+        agent_id: row.get(1)?,
+        current_tier: tier_at(row, 2, "agent_metrics", "current_tier")?,
+        total_runs: count_at(row, 3, "total_runs")?,
+        compliant_runs: count_at(row, 4, "compliant_runs")?,
+        consecutive_compliant: count_at(row, 5, "consecutive_compliant")?,
+        last_active_at: row.get(6)?,
+    }))
+}
+
+/// A row of any chained table, for display and export.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerRow {
+    pub table: Table,
+    pub id: i64,
+    pub seq: u64,
+    pub timestamp: String,
+    pub agent_id: String,
+    pub task_id: Option<String>,
+    pub phase: Option<String>,
+    /// `action` for actions, `violation_type` for violations, else the
+    /// table's kind (`promotion`, `metrics`).
+    pub kind: String,
+    /// One human-readable line.
+    pub summary: String,
+    /// Every column, raw, so nothing is hidden from an auditor.
+    pub fields: Map<String, Json>,
+}
+
+/// Filters for [`Ledger::query`](super::Ledger::query); all optional and
+/// combined with AND. Filters on columns a table lacks (`task_id`, `kind` on
+/// promotions or metrics) exclude that table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerQuery {
+    pub table: Option<Table>,
+    pub agent_id: Option<String>,
+    pub task_id: Option<String>,
+    /// Matches `action` (actions) or `violation_type` (violations).
+    pub kind: Option<String>,
+    /// Only rows with `seq` greater than this, for incremental readers.
+    pub after_seq: Option<u64>,
+    /// Oldest first, at most this many.
+    pub limit: Option<usize>,
+}
+
+fn json_of(v: ValueRef<'_>) -> Json {
+    match v {
+        ValueRef::Null => Json::Null,
+        ValueRef::Integer(i) => Json::from(i),
+        ValueRef::Real(r) => serde_json::Number::from_f64(r).map_or(Json::Null, Json::Number),
+        ValueRef::Text(t) => Json::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Json::String(hex::encode(b)),
+    }
+}
+
+fn str_of<'a>(fields: &'a Map<String, Json>, key: &str) -> Option<&'a str> {
+    fields.get(key).and_then(Json::as_str)
+}
+
+fn int_of(fields: &Map<String, Json>, key: &str) -> Option<i64> {
+    fields.get(key).and_then(Json::as_i64)
+}
+
+fn tier_code(fields: &Map<String, Json>, key: &str) -> String {
+    int_of(fields, key)
+        .and_then(|l| u8::try_from(l).ok())
+        .and_then(Tier::from_level)
+        .map_or_else(|| "-".to_string(), |t| t.code().to_string())
+}
+
+fn ledger_row(table: Table, names: &[String], row: &Row<'_>) -> Result<LedgerRow, LedgerError> {
+    let mut fields = Map::new();
+    for (i, name) in names.iter().enumerate() {
+        fields.insert(name.clone(), json_of(row.get_ref(i)?));
+    }
+    let text = |key: &str| str_of(&fields, key).unwrap_or_default().to_string();
+    let (kind, summary) = match table {
+        Table::Actions => {
+            let mut summary = format!("{} -> {}", text("action"), text("decision"));
+            if int_of(&fields, "success") == Some(0) {
+                summary.push_str(&format!(" (failed: {})", text("error_type")));
+            }
+            (text("action"), summary)
+        }
+        Table::Violations => {
+            let mut summary = text("violation_type");
+            if let Some(resource) = str_of(&fields, "resource") {
+                summary.push_str(&format!(" on {resource}"));
+            }
+            summary.push_str(&format!(": {}", text("details")));
+            (text("violation_type"), summary)
+        }
+        Table::Promotions => (
+            "promotion".to_string(),
+            format!(
+                "{} -> {}: {} (by {})",
+                tier_code(&fields, "from_tier"),
+                tier_code(&fields, "to_tier"),
+                text("reason"),
+                text("actor")
+            ),
+        ),
+        Table::Metrics => (
+            "metrics".to_string(),
+            format!(
+                "{}: runs {}, compliant {}, streak {}",
+                tier_code(&fields, "current_tier"),
+                int_of(&fields, "total_runs").unwrap_or_default(),
+                int_of(&fields, "compliant_runs").unwrap_or_default(),
+                int_of(&fields, "consecutive_compliant").unwrap_or_default()
+            ),
+        ),
+    };
+    Ok(LedgerRow {
+        table,
+        id: row.get("id")?,
+        seq: u64::try_from(row.get::<_, i64>("seq")?).map_err(|_| LedgerError::InvalidValue {
+            table: table.name(),
+            column: "seq",
+            value: format!("{:?}", row.get_ref("seq")),
+            expected: "a positive integer",
+        })?,
+        timestamp: text(table.time_column()),
+        agent_id: text("agent_id"),
+        task_id: str_of(&fields, "task_id").map(str::to_string),
+        phase: str_of(&fields, "phase").map(str::to_string),
+        kind,
+        summary,
+        fields,
+    })
+}
+
+fn select_rows(
+    conn: &Connection,
+    table: Table,
+    filters: &[(&str, Value)],
+    descending: bool,
+    limit: Option<usize>,
+) -> Result<Vec<LedgerRow>, LedgerError> {
+    let mut sql = format!("SELECT * FROM {}", table.name());
+    for (i, (clause, _)) in filters.iter().enumerate() {
+        sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+        sql.push_str(&clause.replace('?', &format!("?{}", i + 1)));
+    }
+    sql.push_str(if descending {
+        " ORDER BY seq DESC"
+    } else {
+        " ORDER BY seq"
+    });
+    let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    sql.push_str(&format!(" LIMIT {limit}"));
+    let mut stmt = conn.prepare(&sql)?;
+    let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
+    let mut rows = stmt.query(params_from_iter(filters.iter().map(|(_, v)| v)))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(ledger_row(table, &names, row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn tail(conn: &mut Connection, limit: usize) -> Result<Vec<LedgerRow>, LedgerError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // One read transaction: the four tables from the same snapshot.
+    let tx = conn.transaction()?;
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        out.extend(select_rows(&tx, table, &[], true, Some(limit))?);
+    }
+    out.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
+    out.truncate(limit);
+    out.reverse();
+    Ok(out)
+}
+
+pub(crate) fn query(conn: &mut Connection, q: &LedgerQuery) -> Result<Vec<LedgerRow>, LedgerError> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        if q.table.is_some_and(|t| t != table) {
+            continue;
+        }
+        let mut filters: Vec<(&str, Value)> = Vec::new();
+        if let Some(agent) = &q.agent_id {
+            filters.push(("agent_id = ?", Value::Text(agent.clone())));
+        }
+        if let Some(task) = &q.task_id {
+            if !table.has_task() {
+                continue;
+            }
+            filters.push(("task_id = ?", Value::Text(task.clone())));
+        }
+        let kind_clause;
+        if let Some(kind) = &q.kind {
+            let Some(column) = table.kind_column() else {
+                continue;
+            };
+            kind_clause = format!("{column} = ?");
+            filters.push((&kind_clause, Value::Text(kind.clone())));
+        }
+        if let Some(after) = q.after_seq {
+            filters.push((
+                "seq > ?",
+                Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
+            ));
+        }
+        out.extend(select_rows(&tx, table, &filters, false, q.limit)?);
+    }
+    out.sort_unstable_by_key(|r| r.seq);
+    if let Some(limit) = q.limit {
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// The outcome of [`Ledger::verify`](super::Ledger::verify).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Rows that verified before the first break (all rows if intact).
+    pub rows: u64,
+    /// `row_hash` of the last verified row; publish it to anchor the chain
+    /// outside the file.
+    pub head: String,
+    pub broken: Option<ChainBreak>,
+}
+
+impl VerifyReport {
+    pub fn is_intact(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// The first place the chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainBreak {
+    /// `None` when the break is rows missing at the end.
+    pub table: Option<Table>,
+    pub id: Option<i64>,
+    /// The offending row's seq, or the first missing seq.
+    pub seq: u64,
+    pub reason: BreakReason,
+}
+
+/// Why the chain breaks at a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BreakReason {
+    /// The row's content does not hash to its `row_hash`: it was edited.
+    HashMismatch { stored: String, computed: String },
+    /// The row does not link to its predecessor: rows were reordered,
+    /// replaced or re-hashed.
+    PrevMismatch { expected: String, found: String },
+    /// Seqs before this row are absent: rows were deleted.
+    Gap { expected_seq: u64 },
+    /// Another row already has this seq.
+    DuplicateSeq,
+    /// The chain ends before the head recorded at the last commit: trailing
+    /// rows were deleted.
+    Missing { recorded_head_seq: u64 },
+    /// The last row differs from the head recorded at the last commit.
+    HeadMismatch { recorded: String, found: String },
+    /// A chain column has the wrong type.
+    Malformed { column: &'static str },
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.table, self.id) {
+            (Some(t), Some(id)) => write!(f, "{t} row id {id} (seq {}): ", self.seq)?,
+            _ => write!(f, "seq {}: ", self.seq)?,
+        }
+        match &self.reason {
+            BreakReason::HashMismatch { stored, computed } => {
+                write!(
+                    f,
+                    "content was modified (stored hash {stored}, computed {computed})"
+                )
+            }
+            BreakReason::PrevMismatch { expected, found } => write!(
+                f,
+                "does not link to the previous row (expected prev_hash {expected}, found {found})"
+            ),
+            BreakReason::Gap { expected_seq } => {
+                write!(f, "rows from seq {expected_seq} are missing (deleted)")
+            }
+            BreakReason::DuplicateSeq => write!(f, "seq is used by more than one row"),
+            BreakReason::Missing { recorded_head_seq } => write!(
+                f,
+                "chain ends early; the last commit recorded head seq {recorded_head_seq}"
+            ),
+            BreakReason::HeadMismatch { recorded, found } => write!(
+                f,
+                "last row hash {found} differs from the recorded head {recorded}"
+            ),
+            BreakReason::Malformed { column } => write!(f, "`{column}` has the wrong type"),
+        }
+    }
+}
+
+/// The chain fields of one row plus its recomputed hash.
+struct Link {
+    table: Table,
+    id: i64,
+    seq: Result<i64, &'static str>,
+    prev_hash: Result<String, &'static str>,
+    row_hash: Result<String, &'static str>,
+    computed: String,
+}
+
+fn text_col(v: ValueRef<'_>, column: &'static str) -> Result<String, &'static str> {
+    match v {
+        ValueRef::Text(t) => Ok(String::from_utf8_lossy(t).into_owned()),
+        _ => Err(column),
+    }
+}
+
+fn link(table: Table, row: &Row<'_>) -> Result<Link, LedgerError> {
+    let seq = match row.get_ref(1)? {
+        ValueRef::Integer(s) => Ok(s),
+        _ => Err("seq"),
+    };
+    let prev_ref = row.get_ref(2)?;
+    let prev_hash = text_col(prev_ref, "prev_hash");
+    let row_hash = text_col(row.get_ref(3)?, "row_hash");
+    // Hash the values exactly as stored, whatever their type now is.
+    let n = table.content_columns().len();
+    let mut content = Vec::with_capacity(n);
+    for i in 0..n {
+        content.push(Field::from(row.get_ref(4 + i)?));
+    }
+    let prev_bytes = match prev_ref {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t,
+        _ => &[],
+    };
+    let computed = chain::row_hash(prev_bytes, table, seq.unwrap_or(0), &content);
+    Ok(Link {
+        table,
+        id: row.get(0)?,
+        seq,
+        prev_hash,
+        row_hash,
+        computed,
+    })
+}
+
+pub(crate) fn verify(conn: &mut Connection) -> Result<VerifyReport, LedgerError> {
+    let tx = conn.transaction()?;
+    let recorded = schema::meta_head(&tx)?;
+    let mut stmts = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        let sql = format!(
+            "SELECT id, seq, prev_hash, row_hash, {} FROM {} ORDER BY seq",
+            table.content_columns().join(", "),
+            table.name()
+        );
+        stmts.push((table, tx.prepare(&sql)?));
+    }
+    let mut cursors = Vec::with_capacity(stmts.len());
+    for (table, stmt) in &mut stmts {
+        cursors.push((*table, stmt.query([])?));
+    }
+    let mut peeked: Vec<Option<Link>> = Vec::with_capacity(cursors.len());
+    for (table, rows) in &mut cursors {
+        peeked.push(rows.next()?.map(|r| link(*table, r)).transpose()?);
+    }
+
+    let mut report = VerifyReport {
+        rows: 0,
+        head: GENESIS_HASH.to_string(),
+        broken: None,
+    };
+    let mut expected_seq: i64 = 1;
+    let mut last: Option<(Table, i64)> = None;
+    loop {
+        // Malformed seqs sort after integers in SQLite, so picking the
+        // smallest integer first and then any malformed row is correct.
+        let next = peeked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, l.seq.unwrap_or(i64::MAX))))
+            .min_by_key(|&(_, seq)| seq)
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        let Some(l) = peeked[i].take() else { break };
+        let at = |reason| ChainBreak {
+            table: Some(l.table),
+            id: Some(l.id),
+            seq: l.seq.map_or(0, i64::unsigned_abs),
+            reason,
+        };
+        let checked = (|| {
+            let seq = l.seq.map_err(|column| BreakReason::Malformed { column })?;
+            let prev = l
+                .prev_hash
+                .as_ref()
+                .map_err(|&column| BreakReason::Malformed { column })?;
+            let hash = l
+                .row_hash
+                .as_ref()
+                .map_err(|&column| BreakReason::Malformed { column })?;
+            if seq < expected_seq {
+                return Err(BreakReason::DuplicateSeq);
+            }
+            if seq > expected_seq {
+                return Err(BreakReason::Gap {
+                    expected_seq: expected_seq.unsigned_abs(),
+                });
+            }
+            if *prev != report.head {
+                return Err(BreakReason::PrevMismatch {
+                    expected: report.head.clone(),
+                    found: prev.clone(),
+                });
+            }
+            if *hash != l.computed {
+                return Err(BreakReason::HashMismatch {
+                    stored: hash.clone(),
+                    computed: l.computed.clone(),
+                });
+            }
+            Ok(hash.clone())
+        })();
+        match checked {
+            Ok(hash) => {
+                report.rows += 1;
+                report.head = hash;
+                expected_seq += 1;
+                last = Some((l.table, l.id));
+            }
+            Err(reason) => {
+                report.broken = Some(at(reason));
+                return Ok(report);
+            }
+        }
+        let (table, rows) = &mut cursors[i];
+        peeked[i] = rows.next()?.map(|r| link(*table, r)).transpose()?;
+    }
+    let last_seq = expected_seq - 1;
+    if recorded.seq > last_seq {
+        report.broken = Some(ChainBreak {
+            table: None,
+            id: None,
+            seq: expected_seq.unsigned_abs(),
+            reason: BreakReason::Missing {
+                recorded_head_seq: recorded.seq.unsigned_abs(),
+            },
+        });
+    } else if recorded.seq == last_seq && recorded.hash != report.head {
+        report.broken = Some(ChainBreak {
+            table: last.map(|(t, _)| t),
+            id: last.map(|(_, id)| id),
+            seq: last_seq.unsigned_abs(),
+            reason: BreakReason::HeadMismatch {
+                recorded: recorded.hash,
+                found: report.head.clone(),
+            },
+        });
+    }
+    Ok(report)
+}
+
+impl LedgerRow {
+    /// The action name, for `agent_actions` rows.
+    pub fn action_name(&self) -> Option<&str> {
+        (self.table == Table::Actions).then_some(self.kind.as_str())
+    }
+
+    /// The violation type, for `violations` rows.
+    pub fn violation_type(&self) -> Option<&str> {
+        (self.table == Table::Violations).then_some(self.kind.as_str())
+    }
+
+    /// The lifecycle phase the row was written in, if any.
+    pub fn phase(&self) -> Option<&str> {
+        self.phase.as_deref()
+    }
+
+    /// One line for people: `#seq time table agent task phase summary`.
+    pub fn one_line(&self) -> String {
+        format!(
+            "#{:<6} {} {:<13} {:<20} {:<16} {:<9} {}",
+            self.seq,
+            self.timestamp,
+            self.table.name(),
+            self.agent_id,
+            self.task_id.as_deref().unwrap_or("-"),
+            self.phase.as_deref().unwrap_or("-"),
+            self.summary
+        )
+    }
+
+    /// What this row says the agent tried, for handoff objects: its own capability calls
+    /// and decisions, not the host's bookkeeping.
+    pub fn tried(&self) -> Option<String> {
+        match self.table {
+            Table::Actions
+                if self.kind.contains('.')
+                    && !self.kind.starts_with("phase.")
+                    && !self.kind.starts_with("run.") =>
+            {
+                Some(self.summary.clone())
+            }
+            Table::Violations => Some(self.summary.clone()),
+            _ => None,
+        }
+    }
+}

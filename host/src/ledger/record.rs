@@ -1,0 +1,253 @@
+//! What callers hand to the ledger and what it hands back.
+//!
+//! Hot-path records are built from an `Arc<Subject>` shared by every entry of
+//! a run plus `'static` strings where possible, so creating one is a couple of
+//! reference-count bumps and no string copies.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::tier::Tier;
+
+/// Text that is usually a literal (`"tool.call"`) and occasionally built.
+pub type Text = Cow<'static, str>;
+
+/// The context every entry of one run repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub agent_id: Arc<str>,
+    pub agent_version: Arc<str>,
+    pub tier: Tier,
+    pub task_id: Option<Arc<str>>,
+    /// Digest of the Wasm component that ran.
+    pub component_digest: Option<Arc<str>>,
+    /// Revision of the policy that decided.
+    pub policy_revision: Option<Arc<str>>,
+}
+
+impl Subject {
+    pub fn new(
+        agent_id: impl Into<Arc<str>>,
+        agent_version: impl Into<Arc<str>>,
+        tier: Tier,
+    ) -> Self {
+        Subject {
+            agent_id: agent_id.into(),
+            agent_version: agent_version.into(),
+            tier,
+            task_id: None,
+            component_digest: None,
+            policy_revision: None,
+        }
+    }
+
+    pub fn with_task_id(mut self, task_id: impl Into<Arc<str>>) -> Self {
+        self.task_id = Some(task_id.into());
+        self
+    }
+
+    pub fn with_component_digest(mut self, digest: impl Into<Arc<str>>) -> Self {
+        self.component_digest = Some(digest.into());
+        self
+    }
+
+    pub fn with_policy_revision(mut self, revision: impl Into<Arc<str>>) -> Self {
+        self.policy_revision = Some(revision.into());
+        self
+    }
+}
+
+/// Something an agent did or attempted, and what governance decided.
+#[derive(Debug, Clone)]
+pub struct ActionRecord {
+    pub subject: Arc<Subject>,
+    pub phase: Option<&'static str>,
+    /// What was attempted, e.g. `tool.call`.
+    pub action: Text,
+    /// The governance outcome, e.g. `allow` or `deny`.
+    pub decision: Text,
+    /// Stored as NULL when NaN, since SQLite cannot keep NaN.
+    pub confidence: Option<f64>,
+    pub success: bool,
+    pub error_type: Option<Text>,
+    pub error_message: Option<Text>,
+    /// Free-form context (JSON by convention).
+    pub details: Option<Text>,
+}
+
+impl ActionRecord {
+    /// A successful action with no phase, confidence or details.
+    pub fn new(subject: Arc<Subject>, action: impl Into<Text>, decision: impl Into<Text>) -> Self {
+        ActionRecord {
+            subject,
+            phase: None,
+            action: action.into(),
+            decision: decision.into(),
+            confidence: None,
+            success: true,
+            error_type: None,
+            error_message: None,
+            details: None,
+        }
+    }
+
+    pub fn phase(mut self, phase: &'static str) -> Self {
+        self.phase = Some(phase);
+        self
+    }
+
+    pub fn confidence(mut self, confidence: f64) -> Self {
+        self.confidence = Some(confidence);
+        self
+    }
+
+    /// Marks the action as failed.
+    pub fn failed(mut self, error_type: impl Into<Text>, message: impl Into<Text>) -> Self {
+        self.success = false;
+        self.error_type = Some(error_type.into());
+        self.error_message = Some(message.into());
+        self
+    }
+
+    pub fn details(mut self, details: impl Into<Text>) -> Self {
+        self.details = Some(details.into());
+        self
+    }
+}
+
+/// A breach of policy or procedure.
+#[derive(Debug, Clone)]
+pub struct ViolationRecord {
+    pub subject: Arc<Subject>,
+    pub phase: Option<&'static str>,
+    /// Caller-defined, e.g. `TIER_DENIED`, `PATH_ESCAPE`, `DEADLINE_EXCEEDED`.
+    pub violation_type: Text,
+    /// True when a required procedure was skipped rather than a rule broken.
+    pub procedure: bool,
+    /// What was touched, e.g. a path or tool name.
+    pub resource: Option<Text>,
+    pub details: Text,
+}
+
+impl ViolationRecord {
+    pub fn new(
+        subject: Arc<Subject>,
+        violation_type: impl Into<Text>,
+        details: impl Into<Text>,
+    ) -> Self {
+        ViolationRecord {
+            subject,
+            phase: None,
+            violation_type: violation_type.into(),
+            procedure: false,
+            resource: None,
+            details: details.into(),
+        }
+    }
+
+    pub fn phase(mut self, phase: &'static str) -> Self {
+        self.phase = Some(phase);
+        self
+    }
+
+    pub fn procedure(mut self) -> Self {
+        self.procedure = true;
+        self
+    }
+
+    pub fn resource(mut self, resource: impl Into<Text>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+}
+
+/// A tier change as an event. Appending one records it only; use
+/// [`Ledger::set_tier`](super::Ledger::set_tier) to change the registry too.
+#[derive(Debug, Clone)]
+pub struct PromotionRecord {
+    pub agent_id: Arc<str>,
+    /// `None` when the agent had no tier yet.
+    pub from_tier: Option<Tier>,
+    pub to_tier: Tier,
+    pub reason: Text,
+    /// Who made the change: a user, `policy`, `auto-promotion`…
+    pub actor: Text,
+}
+
+/// One fire-and-forget ledger entry.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Action(ActionRecord),
+    Violation(ViolationRecord),
+    Promotion(PromotionRecord),
+}
+
+impl From<ActionRecord> for Entry {
+    fn from(r: ActionRecord) -> Self {
+        Entry::Action(r)
+    }
+}
+
+impl From<ViolationRecord> for Entry {
+    fn from(r: ViolationRecord) -> Self {
+        Entry::Violation(r)
+    }
+}
+
+impl From<PromotionRecord> for Entry {
+    fn from(r: PromotionRecord) -> Self {
+        Entry::Promotion(r)
+    }
+}
+
+/// A row of the `agents` registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub tier: Tier,
+    pub component_digest: Option<String>,
+    pub registered_at: String,
+    pub updated_at: String,
+}
+
+/// The result of [`Ledger::register_agent`](super::Ledger::register_agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registration {
+    /// The registry row as it is now.
+    pub agent: AgentRecord,
+    /// The row before this call; `None` if the agent is new.
+    pub previous: Option<AgentRecord>,
+}
+
+impl Registration {
+    pub fn created(&self) -> bool {
+        self.previous.is_none()
+    }
+
+    pub fn tier_changed(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|p| p.tier != self.agent.tier)
+    }
+
+    pub fn rebound(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|p| p.component_digest != self.agent.component_digest)
+    }
+}
+
+/// An agent's run counters as of one `agent_metrics` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsSnapshot {
+    pub seq: u64,
+    pub agent_id: String,
+    pub current_tier: Tier,
+    pub total_runs: u64,
+    pub compliant_runs: u64,
+    /// Compliant runs since the last non-compliant one.
+    pub consecutive_compliant: u64,
+    pub last_active_at: String,
+}

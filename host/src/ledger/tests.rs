@@ -1,0 +1,577 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use rusqlite::Connection;
+
+use super::*;
+
+fn subject(agent: &str, task: &str) -> Arc<Subject> {
+    Arc::new(
+        Subject::new(agent, "1.2.0", Tier::Builder)
+            .with_task_id(task)
+            .with_component_digest("sha256:aaaa")
+            .with_policy_revision("rev-7"),
+    )
+}
+
+fn temp() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    (dir, path)
+}
+
+/// Appends a mix of every entry kind; returns how many rows were written.
+fn populate(ledger: &Ledger) -> u64 {
+    let s = subject("planner", "task-1");
+    for i in 0..5 {
+        ledger.append(
+            ActionRecord::new(s.clone(), "tool.call", "allow")
+                .phase("EXECUTE")
+                .confidence(0.25 * f64::from(i)),
+        );
+    }
+    ledger
+        .append(ActionRecord::new(s.clone(), "fs.write", "deny").failed("TIER_DENIED", "needs T3"));
+    ledger.append(
+        ViolationRecord::new(s.clone(), "PATH_ESCAPE", "../etc/passwd")
+            .phase("EXECUTE")
+            .resource("/etc/passwd"),
+    );
+    ledger.append(PromotionRecord {
+        agent_id: "planner".into(),
+        from_tier: Some(Tier::Operator),
+        to_tier: Tier::Builder,
+        reason: "streak".into(),
+        actor: "policy".into(),
+    });
+    ledger.flush().unwrap();
+    ledger.record_run("planner", Tier::Builder, true).unwrap();
+    ledger.append(ActionRecord::new(s, "tool.call", "allow"));
+    ledger.flush().unwrap();
+    10
+}
+
+fn raw(path: &Path) -> Connection {
+    Connection::open(path).unwrap()
+}
+
+fn row_at(ledger: &Ledger, table: Table, nth: usize) -> LedgerRow {
+    let rows = ledger
+        .query(&LedgerQuery {
+            table: Some(table),
+            ..LedgerQuery::default()
+        })
+        .unwrap();
+    rows[nth].clone()
+}
+
+#[test]
+fn appends_are_chained_and_verify() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    let n = populate(&ledger);
+    let report = ledger.verify().unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(report.rows, n);
+    let tail = ledger.tail(100).unwrap();
+    assert_eq!(tail.len() as u64, n);
+    assert!(tail.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    assert_eq!(tail[0].fields["prev_hash"], GENESIS_HASH);
+    assert_eq!(
+        tail.last().unwrap().fields["row_hash"],
+        report.head.as_str()
+    );
+    let ts = &tail[0].timestamp;
+    assert!(
+        ts.ends_with('Z') && ts.len() == 24,
+        "not RFC 3339 millis: {ts}"
+    );
+}
+
+#[test]
+fn edited_row_is_reported_exactly() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    populate(&ledger);
+    let target = row_at(&ledger, Table::Actions, 2);
+    raw(&path)
+        .execute(
+            "UPDATE agent_actions SET decision = 'deny' WHERE id = ?1",
+            [target.id],
+        )
+        .unwrap();
+    let broken = ledger.verify().unwrap().broken.unwrap();
+    assert_eq!(broken.table, Some(Table::Actions));
+    assert_eq!(broken.id, Some(target.id));
+    assert_eq!(broken.seq, target.seq);
+    assert!(
+        matches!(broken.reason, BreakReason::HashMismatch { .. }),
+        "{broken}"
+    );
+}
+
+#[test]
+fn changed_storage_type_is_detected() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    populate(&ledger);
+    let target = row_at(&ledger, Table::Actions, 1);
+    // Same bytes, stored as a blob: a value-only hash would miss this.
+    raw(&path)
+        .execute(
+            "UPDATE agent_actions SET action = CAST(action AS BLOB) WHERE id = ?1",
+            [target.id],
+        )
+        .unwrap();
+    let broken = ledger.verify().unwrap().broken.unwrap();
+    assert_eq!(
+        (broken.table, broken.id),
+        (Some(Table::Actions), Some(target.id))
+    );
+}
+
+#[test]
+fn deleted_rows_are_detected() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    populate(&ledger);
+    let victim = row_at(&ledger, Table::Violations, 0);
+    raw(&path)
+        .execute("DELETE FROM violations WHERE id = ?1", [victim.id])
+        .unwrap();
+    let broken = ledger.verify().unwrap().broken.unwrap();
+    assert_eq!(broken.seq, victim.seq + 1);
+    assert_eq!(
+        broken.reason,
+        BreakReason::Gap {
+            expected_seq: victim.seq
+        }
+    );
+
+    // Deleting the newest row leaves no gap, but the recorded head knows.
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    let n = populate(&ledger);
+    raw(&path)
+        .execute("DELETE FROM agent_actions WHERE seq = ?1", [n as i64])
+        .unwrap();
+    let report = ledger.verify().unwrap();
+    assert_eq!(report.rows, n - 1);
+    assert_eq!(
+        report.broken.unwrap().reason,
+        BreakReason::Missing {
+            recorded_head_seq: n
+        }
+    );
+}
+
+#[test]
+fn reordered_rows_are_detected() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    populate(&ledger);
+    let a = row_at(&ledger, Table::Actions, 1);
+    let b = row_at(&ledger, Table::Actions, 3);
+    let conn = raw(&path);
+    conn.execute_batch(&format!(
+        "UPDATE agent_actions SET seq = -1 WHERE id = {a};
+         UPDATE agent_actions SET seq = {sa} WHERE id = {b};
+         UPDATE agent_actions SET seq = {sb} WHERE id = {a};",
+        a = a.id,
+        b = b.id,
+        sa = a.seq,
+        sb = b.seq
+    ))
+    .unwrap();
+    let broken = ledger.verify().unwrap().broken.unwrap();
+    assert_eq!(broken.seq, a.seq);
+    assert_eq!(broken.id, Some(b.id));
+}
+
+#[test]
+fn concurrent_appends_are_all_chained() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 2_000;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ledger = ledger.clone();
+            thread::spawn(move || {
+                let s = subject(&format!("agent-{t}"), "task");
+                for i in 0..PER_THREAD {
+                    if i % 10 == 0 {
+                        ledger.append(ViolationRecord::new(s.clone(), "OUT_OF_SCOPE", "x"));
+                    } else {
+                        ledger.append(ActionRecord::new(s.clone(), "tool.call", "allow"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    ledger.flush().unwrap();
+    let rows = ledger.query(&LedgerQuery::default()).unwrap();
+    assert_eq!(rows.len(), THREADS * PER_THREAD);
+    assert!(rows.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+    for t in 0..THREADS {
+        let mine = ledger
+            .query(&LedgerQuery {
+                agent_id: Some(format!("agent-{t}")),
+                ..LedgerQuery::default()
+            })
+            .unwrap();
+        assert_eq!(mine.len(), PER_THREAD);
+    }
+    let report = ledger.verify().unwrap();
+    assert_eq!(
+        (report.rows, report.broken),
+        ((THREADS * PER_THREAD) as u64, None)
+    );
+}
+
+#[test]
+fn clean_drop_persists_and_reopen_continues_chain() {
+    let (_dir, path) = temp();
+    let n = 5_000;
+    {
+        let ledger = Ledger::open(&path).unwrap();
+        let s = subject("a", "t");
+        for _ in 0..n {
+            ledger.append(ActionRecord::new(s.clone(), "tool.call", "allow"));
+        }
+        // No flush: dropping the last handle must commit the queue.
+    }
+    let ledger = Ledger::open(&path).unwrap();
+    assert_eq!(ledger.verify().unwrap().rows, n);
+    let seq = ledger
+        .append_durable(ActionRecord::new(subject("a", "t"), "after", "allow"))
+        .unwrap();
+    assert_eq!(seq, n + 1);
+    let report = ledger.verify().unwrap();
+    assert_eq!((report.rows, report.broken), (n + 1, None));
+}
+
+#[test]
+fn durable_calls_are_visible_to_a_fresh_connection() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open_with(&path, Durability::Full).unwrap();
+    let s = subject("a", "t");
+    let seq = ledger
+        .append_durable(ActionRecord::new(s.clone(), "first", "allow"))
+        .unwrap();
+    let seen: String = raw(&path)
+        .query_row(
+            "SELECT action FROM agent_actions WHERE seq = ?1",
+            [seq as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seen, "first");
+
+    for _ in 0..100 {
+        ledger.append(ActionRecord::new(s.clone(), "bulk", "allow"));
+    }
+    ledger.flush().unwrap();
+    let count: i64 = raw(&path)
+        .query_row(
+            "SELECT COUNT(*) FROM agent_actions WHERE action = 'bulk'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 100);
+}
+
+#[test]
+fn registry_records_every_change() {
+    let ledger = Ledger::in_memory().unwrap();
+    let reg = ledger
+        .register_agent("coder", Tier::Operator, Some("sha256:one"), "admin")
+        .unwrap();
+    assert!(reg.created());
+    let kinds = |ledger: &Ledger| -> Vec<String> {
+        ledger
+            .tail(100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect()
+    };
+    assert_eq!(kinds(&ledger), ["agent.register", "promotion"]);
+    let promo = row_at(&ledger, Table::Promotions, 0);
+    assert_eq!(promo.fields["from_tier"], serde_json::Value::Null);
+    assert_eq!(promo.fields["reason"], "registered");
+
+    // Same tier and digest: nothing to record.
+    let again = ledger
+        .register_agent("coder", Tier::Operator, Some("sha256:one"), "admin")
+        .unwrap();
+    assert!(!again.created() && !again.tier_changed() && !again.rebound());
+    assert_eq!(kinds(&ledger).len(), 2);
+
+    let moved = ledger
+        .register_agent("coder", Tier::Builder, Some("sha256:one"), "admin")
+        .unwrap();
+    assert!(moved.tier_changed() && !moved.rebound());
+    let promo = row_at(&ledger, Table::Promotions, 1);
+    assert_eq!(promo.fields["reason"], "re-registered");
+    assert_eq!(promo.fields["from_tier"], 1);
+    assert_eq!(promo.fields["to_tier"], 2);
+
+    let rebound = ledger
+        .register_agent("coder", Tier::Builder, Some("sha256:two"), "admin")
+        .unwrap();
+    assert!(rebound.rebound() && !rebound.tier_changed());
+    let rebind = ledger.tail(1).unwrap().remove(0);
+    assert_eq!(rebind.kind, "agent.rebind");
+    let details: serde_json::Value =
+        serde_json::from_str(rebind.fields["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["from"], "sha256:one");
+    assert_eq!(details["to"], "sha256:two");
+
+    ledger
+        .set_tier("coder", Tier::Executor, "promoted", "alice")
+        .unwrap();
+    let agent = ledger.agent("coder").unwrap().unwrap();
+    assert_eq!(agent.tier, Tier::Executor);
+    assert_eq!(agent.component_digest.as_deref(), Some("sha256:two"));
+    let last = ledger.tail(1).unwrap().remove(0);
+    assert_eq!(last.table, Table::Promotions);
+    assert_eq!(last.fields["actor"], "alice");
+
+    assert!(matches!(
+        ledger.set_tier("ghost", Tier::Observer, "x", "y"),
+        Err(LedgerError::UnknownAgent(id)) if id == "ghost"
+    ));
+    assert!(matches!(
+        ledger.register_agent("", Tier::Observer, None, "y"),
+        Err(LedgerError::EmptyAgentId)
+    ));
+    assert_eq!(ledger.agents().unwrap().len(), 1);
+    assert_eq!(ledger.verify().unwrap().broken, None);
+}
+
+#[test]
+fn record_run_tracks_streaks() {
+    let ledger = Ledger::in_memory().unwrap();
+    assert_eq!(ledger.metrics("a").unwrap(), None);
+    let streaks: Vec<u64> = [true, true, false, true]
+        .into_iter()
+        .map(|ok| {
+            ledger
+                .record_run("a", Tier::Operator, ok)
+                .unwrap()
+                .consecutive_compliant
+        })
+        .collect();
+    assert_eq!(streaks, [1, 2, 0, 1]);
+    let m = ledger.metrics("a").unwrap().unwrap();
+    assert_eq!(
+        (m.total_runs, m.compliant_runs, m.consecutive_compliant),
+        (4, 3, 1)
+    );
+    let view: (i64, i64, i64) = ledger
+        .inner
+        .reader
+        .lock()
+        .query_row(
+            "SELECT total_runs, compliant_runs, consecutive_compliant FROM agent_metrics_current WHERE agent_id = 'a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(view, (4, 3, 1));
+}
+
+#[test]
+fn concurrent_record_run_loses_no_update() {
+    let ledger = Ledger::in_memory().unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let ledger = ledger.clone();
+            thread::spawn(move || {
+                for _ in 0..25 {
+                    ledger.record_run("shared", Tier::Builder, true).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let m = ledger.metrics("shared").unwrap().unwrap();
+    assert_eq!((m.total_runs, m.consecutive_compliant), (200, 200));
+}
+
+#[test]
+fn query_filters() {
+    let ledger = Ledger::in_memory().unwrap();
+    populate(&ledger);
+    ledger.append(ActionRecord::new(
+        subject("other", "task-2"),
+        "tool.call",
+        "allow",
+    ));
+    ledger.flush().unwrap();
+    let q = |q: LedgerQuery| ledger.query(&q).unwrap();
+    assert_eq!(
+        q(LedgerQuery {
+            kind: Some("tool.call".into()),
+            ..Default::default()
+        })
+        .len(),
+        7
+    );
+    assert_eq!(
+        q(LedgerQuery {
+            kind: Some("PATH_ESCAPE".into()),
+            ..Default::default()
+        })[0]
+            .table,
+        Table::Violations
+    );
+    assert_eq!(
+        q(LedgerQuery {
+            task_id: Some("task-2".into()),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+    let after = q(LedgerQuery {
+        agent_id: Some("planner".into()),
+        after_seq: Some(7),
+        limit: Some(2),
+        ..Default::default()
+    });
+    assert_eq!(after.iter().map(|r| r.seq).collect::<Vec<_>>(), [8, 9]);
+    let json = serde_json::to_value(&after[0]).unwrap();
+    assert_eq!(json["table"], "promotions");
+    assert_eq!("metrics".parse::<Table>().unwrap(), Table::Metrics);
+    assert!("bogus".parse::<Table>().is_err());
+}
+
+#[test]
+fn two_handles_on_one_file_keep_one_chain() {
+    let (_dir, path) = temp();
+    let a = Ledger::open(&path).unwrap();
+    let b = Ledger::open(&path).unwrap();
+    let s = subject("a", "t");
+    for i in 0..20 {
+        let ledger = if i % 3 == 0 { &a } else { &b };
+        ledger
+            .append_durable(ActionRecord::new(s.clone(), "x", "allow"))
+            .unwrap();
+    }
+    let report = b.verify().unwrap();
+    assert_eq!((report.rows, report.broken), (20, None));
+}
+
+#[test]
+fn failed_commit_reports_and_keeps_head() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    let s = subject("a", "t");
+    ledger
+        .append_durable(ActionRecord::new(s.clone(), "before", "allow"))
+        .unwrap();
+    raw(&path)
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON agent_actions WHEN NEW.action = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        )
+        .unwrap();
+    let err = ledger
+        .append_durable(ActionRecord::new(s.clone(), "poison", "allow"))
+        .unwrap_err();
+    assert!(err.to_string().contains("poisoned"), "{err}");
+
+    ledger.append(ActionRecord::new(s.clone(), "poison", "allow"));
+    let err = ledger.flush().unwrap_err();
+    assert!(
+        matches!(err, LedgerError::AppendsLost { count: 1, .. }),
+        "{err}"
+    );
+    ledger.flush().unwrap(); // a loss is reported once
+
+    let seq = ledger
+        .append_durable(ActionRecord::new(s, "after", "allow"))
+        .unwrap();
+    assert_eq!(seq, 2, "failed batches must not advance the head");
+    let report = ledger.verify().unwrap();
+    assert_eq!((report.rows, report.broken), (2, None));
+}
+
+#[test]
+fn garbage_file_is_rejected_untouched() {
+    let (dir, path) = temp();
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Ledger::open(&path).unwrap_err();
+    assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
+    assert!(err.to_string().contains("not a warden ledger"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // A valid SQLite header over garbage: SQLite itself must reject it.
+    let mut fake = b"SQLite format 3\0".to_vec();
+    fake.extend_from_slice(&bytes);
+    std::fs::write(&path, &fake).unwrap();
+    let err = Ledger::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::NotALedger { .. } | LedgerError::Corrupt { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), fake);
+
+    // Someone else's database.
+    let other = dir.path().join("other.db");
+    raw(&other)
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hi');")
+        .unwrap();
+    let before = std::fs::read(&other).unwrap();
+    let err = Ledger::open(&other).unwrap_err();
+    assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
+    assert_eq!(std::fs::read(&other).unwrap(), before);
+    assert!(!dir.path().join("other.db-wal").exists());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let (_dir, path) = temp();
+    drop(Ledger::open(&path).unwrap());
+    raw(&path)
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = Ledger::open(&path).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NewerSchema { found, supported, .. }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade warden"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn nan_and_negative_zero_confidence_verify() {
+    let ledger = Ledger::in_memory().unwrap();
+    let s = subject("a", "t");
+    ledger.append(ActionRecord::new(s.clone(), "x", "allow").confidence(f64::NAN));
+    ledger.append(ActionRecord::new(s, "x", "allow").confidence(-0.0));
+    ledger.flush().unwrap();
+    assert_eq!(ledger.verify().unwrap().broken, None);
+    assert_eq!(ledger.path(), None);
+}

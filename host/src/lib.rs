@@ -1,0 +1,64 @@
+//! # Warden
+//!
+//! A governance runtime for AI agents. Agents are WebAssembly components (`wasm32-wasip2`)
+//! run by this host on wasmtime; the WIT interfaces of `warden:agent@0.1.0` are their only
+//! path to anything. Each agent has a trust tier (T0 observer … T4 architect) that decides
+//! what is linked and what each call may touch; every decision goes to a hash-chained SQLite
+//! ledger; agents that burn their error budget are revoked, compliant ones promoted.
+//!
+//! ```no_run
+//! use warden::{Host, Packet, Tier};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Deny-by-default: in-memory state and ledger, no llm, no tools, no secrets.
+//! let host = Host::builder().data_dir(".warden").build()?;
+//! let hello = std::fs::read("target/wasm32-wasip2/debug/hello.wasm")?;
+//! host.register_agent("hello", Tier::Operator, Some(&hello), "me")?;
+//! host.submit_packet(&Packet::from_json(
+//!     r#"{"agent_id":"hello","task_id":"greet-1","objective":"say hello","deliverables":["hello.txt"]}"#,
+//! )?)
+//! .await?;
+//! let report = host.run("hello", &hello).await?;
+//! println!("{:?} in {:.1} ms", report.outcome, report.duration_ms);
+//! assert!(host.ledger().verify()?.broken.is_none());
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces, one module each: [`policy`] (the tier table), [`packet`] (instruction
+//! packets, handoffs), [`ledger`], [`state`], [`secrets`], [`llm`], [`tools`], [`artifacts`]
+//! (backends behind small traits), and the host itself ([`Host`], [`HostBuilder`]).
+
+pub mod artifacts;
+mod bindings;
+mod capabilities;
+pub mod config;
+mod error;
+mod host;
+pub mod ledger;
+mod lifecycle;
+pub mod llm;
+pub mod packet;
+pub mod pattern;
+pub mod policy;
+pub mod runtime;
+pub mod secrets;
+pub mod state;
+pub mod tier;
+pub mod tools;
+
+pub use error::{Error, Refusal};
+pub use host::{ComponentSummary, Host, HostBuilder};
+#[doc(hidden)]
+pub use lifecycle::BenchInstance;
+pub use lifecycle::{BudgetUse, Phase, PhaseRecord, RunOutcome, RunReport};
+pub use packet::{ErrorBudget, Handoff, Packet};
+pub use policy::{Interface, TierTable};
+pub use tier::Tier;
+
+/// Bare host bindings of the WIT package, for benchmarks that compare a governed host with
+/// plain wasmtime on the same component. Not part of the stable API.
+#[doc(hidden)]
+pub mod bare {
+    pub use crate::bindings::*;
+    pub use crate::runtime::engine_config;
+}

@@ -1,0 +1,7 @@
+//! The `warden` command-line interface.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,80 @@
+//! Memory, table and instance limits for one agent's store.
+
+use wasmtime::ResourceLimiter;
+
+/// Which limit a guest ran into first, kept so a trap can be explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory { limit: u64, desired: u64 },
+    Table { limit: u64, desired: u64 },
+}
+
+/// Caps from the tier table (tightened by the packet). Growth past a cap is refused, not
+/// trapped: the guest sees `memory.grow` fail, exactly as on a machine out of memory.
+#[derive(Debug)]
+pub struct GuestLimits {
+    pub memory_bytes: u64,
+    pub table_elements: u64,
+    pub instances: usize,
+    /// The first refusal, if any.
+    pub hit: Option<LimitHit>,
+}
+
+impl GuestLimits {
+    pub fn new(memory_bytes: u64, table_elements: u64, instances: u32) -> GuestLimits {
+        GuestLimits {
+            memory_bytes,
+            table_elements,
+            instances: instances as usize,
+            hit: None,
+        }
+    }
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let desired = desired as u64;
+        if desired > self.memory_bytes {
+            self.hit.get_or_insert(LimitHit::Memory {
+                limit: self.memory_bytes,
+                desired,
+            });
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let desired = desired as u64;
+        if desired > self.table_elements {
+            self.hit.get_or_insert(LimitHit::Table {
+                limit: self.table_elements,
+                desired,
+            });
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.instances.saturating_mul(4)
+    }
+
+    fn memories(&self) -> usize {
+        self.instances
+    }
+}

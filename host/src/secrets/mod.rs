@@ -1,0 +1,167 @@
+//! Secrets: an operator-written store, read by agents through per-run sessions.
+//!
+//! Which paths a tier may read is decided by the caller from the tier table before any read
+//! reaches a backend; the backend is the second line of defence (for Vault, the policy
+//! attached to the AppRole), so the embedded backend enforces none of its own.
+//!
+//! Values never appear in `Debug` output, errors or logs; only paths do.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::tier::Tier;
+
+mod embedded;
+
+pub use embedded::EmbeddedSecrets;
+
+/// Longest accepted secret path, in bytes.
+pub const MAX_PATH_LEN: usize = 256;
+
+/// Why a secrets operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretsError {
+    #[error(
+        "invalid secret path `{path}`: {problem}; expected `/`-separated segments of `a-z`, `0-9`, `_` and `-`, at most {MAX_PATH_LEN} bytes"
+    )]
+    InvalidPath { path: String, problem: String },
+    #[error(
+        "invalid secrets session ttl `{ttl:?}`: expected more than zero and less than a century"
+    )]
+    InvalidTtl { ttl: Duration },
+    /// The session was revoked (the agent was revoked or its run ended).
+    #[error("the secrets session was revoked")]
+    Revoked,
+    /// The session outlived its TTL; the agent must be logged in again.
+    #[error("the secrets session expired")]
+    Expired,
+    #[error(
+        "secrets file `{path}` is accessible by group or others (mode {mode:03o}); run `chmod 600 {path}`",
+        path = .path.display()
+    )]
+    InsecurePermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "secrets file `{path}` is not a secrets file: {problem}; expected {{\"version\":1,\"secrets\":{{\"<path>\":\"<value>\"}}}}",
+        path = .path.display()
+    )]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("cannot {action} secrets file `{path}`: {source}", path = .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The backend failed or is unreachable.
+    #[error("the {backend} secret backend failed: {source}")]
+    Backend {
+        backend: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// Check a secret path: `[a-z0-9_-]+` segments separated by `/`, no empty segments (so no
+/// leading, trailing or doubled `/`), at most [`MAX_PATH_LEN`] bytes. `.` is not a path
+/// character, so `..` cannot occur. Every backend validates with this, so a path means the
+/// same thing in the tier table, the embedded file and Vault.
+pub fn validate_path(path: &str) -> Result<(), SecretsError> {
+    let invalid = |problem: String| SecretsError::InvalidPath {
+        path: path.to_string(),
+        problem,
+    };
+    if path.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(invalid(format!("it is {} bytes long", path.len())));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() {
+            return Err(invalid("it has an empty segment".into()));
+        }
+        if segment == ".." || segment == "." {
+            return Err(invalid(format!("it has a `{segment}` segment")));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        {
+            return Err(invalid(format!("it contains `{}`", c.escape_default())));
+        }
+    }
+    Ok(())
+}
+
+/// A secret store: operators write, agents read through a [`SecretSession`].
+#[async_trait]
+pub trait SecretBackend: Send + Sync + 'static {
+    /// Backend name for logs and `warden status`: `"embedded"`, later `"vault"`.
+    fn backend(&self) -> &'static str;
+
+    /// Log an agent in for `ttl` (Vault: AppRole login; the token TTL is its tier's).
+    /// Called once at BOOTSTRAP; the session lives as long as the run.
+    async fn login(
+        &self,
+        agent: &str,
+        tier: Tier,
+        ttl: Duration,
+    ) -> Result<Arc<dyn SecretSession>, SecretsError>;
+
+    /// Operator write (CLI `warden secrets set`, demo setup). Not reachable from agents.
+    async fn put(&self, path: &str, value: &str) -> Result<(), SecretsError>;
+
+    /// Every stored path, sorted; never values.
+    async fn list(&self) -> Result<Vec<String>, SecretsError>;
+}
+
+/// One agent run's access to secrets.
+#[async_trait]
+pub trait SecretSession: Send + Sync {
+    /// The value at `path`, if any. Backends serve repeated reads from memory within the
+    /// session (Vault: never a network call per read).
+    async fn read(&self, path: &str) -> Result<Option<String>, SecretsError>;
+
+    /// End the session now; every later read fails with [`SecretsError::Revoked`].
+    async fn revoke(&self) -> Result<(), SecretsError>;
+
+    /// Reads from this instant on fail with [`SecretsError::Expired`].
+    fn expires_at(&self) -> SystemTime;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_lowercase_segments() {
+        for ok in ["db", "db/password", "llm/openai-key", "a_b/c-d/0"] {
+            assert!(validate_path(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(MAX_PATH_LEN + 1);
+        for (bad, problem) in [
+            ("", "it is empty"),
+            ("/db", "it has an empty segment"),
+            ("db/", "it has an empty segment"),
+            ("db//x", "it has an empty segment"),
+            ("db/../x", "it has a `..` segment"),
+            ("DB", "it contains `D`"),
+            ("db.password", "it contains `.`"),
+            ("db\npassword", "it contains `\\n`"),
+            (long.as_str(), "it is 257 bytes long"),
+        ] {
+            let err = validate_path(bad).unwrap_err();
+            assert!(
+                matches!(&err, SecretsError::InvalidPath { problem: p, .. } if p == problem),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(
+            validate_path("a b").unwrap_err().to_string(),
+            "invalid secret path `a b`: it contains ` `; expected `/`-separated segments of `a-z`, `0-9`, `_` and `-`, at most 256 bytes"
+        );
+    }
+}

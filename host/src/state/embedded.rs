@@ -1,0 +1,815 @@
+//! [`StateStore`] on SQLite: the Redis keyspace as three tables.
+//!
+//! `strings(key, value, expires_at_ms)`, `hashes(key, field, value)` and `lists(key, idx,
+//! value)` hold exactly what `SET`/`HSET`/`LPUSH`/`RPUSH` would, so the Redis backend is a
+//! direct mapping. TTLs are wall-clock milliseconds checked on every read (lazy expiry, like
+//! Redis), and expired rows are purged every [`PURGE_EVERY`] writes.
+//!
+//! A file-backed store is shared by every `warden` process on the machine: WAL journal, a
+//! 5 s busy timeout, and `BEGIN IMMEDIATE` around every read-modify-write (locks, counters,
+//! list pushes) so two processes never interleave one. Its calls run on the blocking pool,
+//! since they can wait on another process; in-memory calls take microseconds and run inline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, keys,
+    ttl_millis, validate_id, validate_owner,
+};
+
+const BACKEND: &str = "embedded";
+
+/// Schema version in `PRAGMA user_version`; a newer file is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Expired strings are deleted once every this many writes.
+const PURGE_EVERY: u32 = 1024;
+
+/// How long a file-backed store waits for another process's write transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS strings (
+    key           TEXT NOT NULL PRIMARY KEY,
+    value         TEXT NOT NULL,
+    expires_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS strings_expiry ON strings (expires_at_ms)
+    WHERE expires_at_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS hashes (
+    key   TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lists (
+    key   TEXT NOT NULL,
+    idx   INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+";
+
+/// The built-in [`StateStore`]: SQLite, in memory or in a file shared between processes.
+#[derive(Clone)]
+pub struct EmbeddedState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    /// `None` in memory.
+    path: Option<PathBuf>,
+    writes: AtomicU32,
+}
+
+impl std::fmt::Debug for EmbeddedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedState")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failure inside one operation; converted to [`StateError`] at the API boundary.
+enum OpError {
+    Sqlite(rusqlite::Error),
+    State(StateError),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpError::Sqlite(e)
+    }
+}
+
+impl From<StateError> for OpError {
+    fn from(e: StateError) -> Self {
+        OpError::State(e)
+    }
+}
+
+impl From<OpError> for StateError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Sqlite(source) => StateError::Backend {
+                backend: BACKEND,
+                source: Box::new(source),
+            },
+            OpError::State(e) => e,
+        }
+    }
+}
+
+type OpResult<T> = Result<T, OpError>;
+
+/// Whether an operation writes (and so counts towards the next purge).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+impl EmbeddedState {
+    /// A private in-memory store, gone when the last handle is dropped.
+    pub fn in_memory() -> Result<EmbeddedState, StateError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open_in_memory()?;
+            init(&conn, false)?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|source| StateError::Open {
+            backend: BACKEND,
+            location: ":memory:".into(),
+            source: Box::new(source),
+        })?;
+        Ok(EmbeddedState::from_conn(conn, None))
+    }
+
+    /// Open (or create) the store in a file, typically `<data-dir>/state.db`. Several handles,
+    /// in one process or many, may open the same file and see each other's writes and locks.
+    pub fn open(path: impl AsRef<Path>) -> Result<EmbeddedState, StateError> {
+        let path = path.as_ref();
+        let open = || -> Result<Connection, StateError> {
+            let conn = Connection::open(path).map_err(boxed)?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(boxed)?;
+            init(&conn, true).map_err(boxed)?;
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .map_err(boxed)?;
+            if version > SCHEMA_VERSION {
+                return Err(StateError::Open {
+                    backend: BACKEND,
+                    location: path.display().to_string(),
+                    source: format!(
+                        "schema version {version} was written by a newer warden; this one reads version {SCHEMA_VERSION}"
+                    )
+                    .into(),
+                });
+            }
+            Ok(conn)
+        };
+        let conn = open().map_err(|e| match e {
+            StateError::Backend { source, .. } => StateError::Open {
+                backend: BACKEND,
+                location: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })?;
+        Ok(EmbeddedState::from_conn(conn, Some(path.to_path_buf())))
+    }
+
+    fn from_conn(conn: Connection, path: Option<PathBuf>) -> EmbeddedState {
+        conn.set_prepared_statement_cache_capacity(64);
+        EmbeddedState {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path,
+                writes: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// Delete expired heartbeats and locks now; returns how many. Reads never see them
+    /// either way; this only reclaims space.
+    pub async fn purge_expired(&self) -> Result<usize, StateError> {
+        self.run(Access::Read, |conn| purge(conn)).await
+    }
+
+    /// Run one operation against the connection: inline in memory, on the blocking pool for
+    /// a file (where `BEGIN IMMEDIATE` may wait up to [`BUSY_TIMEOUT`] for another process).
+    async fn run<T, F>(&self, access: Access, op: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> OpResult<T> + Send + 'static,
+    {
+        if self.inner.path.is_none() {
+            return self.inner.apply(access, op).map_err(StateError::from);
+        }
+        let inner = Arc::clone(&self.inner);
+        match tokio::task::spawn_blocking(move || inner.apply(access, op)).await {
+            Ok(result) => result.map_err(StateError::from),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => Err(StateError::Backend {
+                backend: BACKEND,
+                source: Box::new(join),
+            }),
+        }
+    }
+
+    /// Run `op` inside `BEGIN IMMEDIATE … COMMIT`.
+    async fn run_tx<T, F>(&self, op: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> OpResult<T> + Send + 'static,
+    {
+        self.run(Access::Write, move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = op(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn apply<T>(
+        &self,
+        access: Access,
+        op: impl FnOnce(&mut Connection) -> OpResult<T>,
+    ) -> OpResult<T> {
+        let mut conn = self.conn.lock();
+        let value = op(&mut conn)?;
+        if access == Access::Write
+            && self.writes.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1
+        {
+            // Housekeeping: a failure here must not fail the write that already committed.
+            if let Err(OpError::Sqlite(error)) = purge(&conn) {
+                tracing::warn!(%error, "cannot purge expired state entries");
+            }
+        }
+        Ok(value)
+    }
+}
+
+fn boxed(source: rusqlite::Error) -> StateError {
+    StateError::Backend {
+        backend: BACKEND,
+        source: Box::new(source),
+    }
+}
+
+fn init(conn: &Connection, file: bool) -> rusqlite::Result<()> {
+    if file {
+        // `journal_mode` answers with the resulting mode, so it is a query, not an update.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        // WAL + NORMAL: a crash of the process loses nothing; a power loss may lose the last
+        // transactions, which for heartbeats, locks and counters is acceptable.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         {SCHEMA}
+         COMMIT;"
+    ))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(())
+}
+
+/// Wall-clock milliseconds since the epoch: TTLs must mean the same in every process.
+fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn purge(conn: &Connection) -> OpResult<usize> {
+    let mut stmt = conn.prepare_cached("DELETE FROM strings WHERE expires_at_ms <= ?1")?;
+    Ok(stmt.execute(params![now_ms()])?)
+}
+
+// Redis-shaped primitives. `now` is passed in so one operation uses one instant.
+
+fn get(conn: &Connection, key: &str, now: i64) -> OpResult<Option<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT value FROM strings WHERE key = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+    )?;
+    Ok(stmt
+        .query_row(params![key, now], |row| row.get(0))
+        .optional()?)
+}
+
+/// `SET key value [PX ttl]`: like Redis, a plain `SET` clears any TTL.
+fn set(conn: &Connection, key: &str, value: &str, expires_at_ms: Option<i64>) -> OpResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO strings (key, value, expires_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at_ms = excluded.expires_at_ms",
+    )?;
+    stmt.execute(params![key, value, expires_at_ms])?;
+    Ok(())
+}
+
+fn hget(conn: &Connection, key: &str, field: &str) -> OpResult<Option<String>> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM hashes WHERE key = ?1 AND field = ?2")?;
+    Ok(stmt
+        .query_row(params![key, field], |row| row.get(0))
+        .optional()?)
+}
+
+fn hset(conn: &Connection, key: &str, field: &str, value: &str) -> OpResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
+    )?;
+    stmt.execute(params![key, field, value])?;
+    Ok(())
+}
+
+/// `HINCRBY key field 1`. Counters are stored as decimal text, as Redis stores them.
+fn hincr(conn: &Connection, key: &str, field: &str) -> OpResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, '1')
+         ON CONFLICT (key, field) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+    )?;
+    stmt.execute(params![key, field])?;
+    Ok(())
+}
+
+/// `HGETALL` restricted to fields starting with `prefix`, sorted by field. The range scan
+/// uses the primary key; every prefix here is ASCII ending in `:`, whose successor is `;`.
+fn hscan_prefix(conn: &Connection, key: &str, prefix: &str) -> OpResult<Vec<(String, String)>> {
+    debug_assert!(prefix.ends_with(':'));
+    let end = format!("{};", &prefix[..prefix.len() - 1]);
+    let mut stmt = conn.prepare_cached(
+        "SELECT field, value FROM hashes WHERE key = ?1 AND field >= ?2 AND field < ?3 ORDER BY field",
+    )?;
+    let rows = stmt.query_map(params![key, prefix, end], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn error_counts(conn: &Connection, key: &str) -> OpResult<ErrorCounts> {
+    let mut stmt = conn.prepare_cached("SELECT field, value FROM hashes WHERE key = ?1")?;
+    let rows = stmt
+        .query_map(params![key], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ErrorCounts::from_fields(key, rows)?)
+}
+
+/// `RPUSH` (append) or `LPUSH` (prepend); indexes grow outwards from 0 so both are O(log n).
+fn push(conn: &Connection, key: &str, value: &str, front: bool) -> OpResult<()> {
+    let sql = if front {
+        "INSERT INTO lists (key, idx, value)
+         VALUES (?1, COALESCE((SELECT MIN(idx) FROM lists WHERE key = ?1), 1) - 1, ?2)"
+    } else {
+        "INSERT INTO lists (key, idx, value)
+         VALUES (?1, COALESCE((SELECT MAX(idx) FROM lists WHERE key = ?1), -1) + 1, ?2)"
+    };
+    conn.prepare_cached(sql)?.execute(params![key, value])?;
+    Ok(())
+}
+
+/// `LRANGE key 0 limit-1`; `limit` of -1 is the whole list.
+fn range(conn: &Connection, key: &str, limit: i64) -> OpResult<Vec<String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT value FROM lists WHERE key = ?1 ORDER BY idx LIMIT ?2")?;
+    let rows = stmt.query_map(params![key, limit], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn agent_key(agent: &str, key: fn(&str) -> String) -> Result<String, StateError> {
+    validate_id("agent", agent)?;
+    Ok(key(agent))
+}
+
+fn task_key(task: &str, key: fn(&str) -> String) -> Result<String, StateError> {
+    validate_id("task", task)?;
+    Ok(key(task))
+}
+
+fn kv_field(key: &str) -> String {
+    format!("{}{key}", keys::KV_PREFIX)
+}
+
+#[async_trait]
+impl StateStore for EmbeddedState {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn put_packet(&self, agent: &str, packet_json: &str) -> Result<(), StateError> {
+        let key = agent_key(agent, keys::packet)?;
+        let value = packet_json.to_string();
+        self.run(Access::Write, move |conn| set(conn, &key, &value, None))
+            .await
+    }
+
+    async fn packet(&self, agent: &str) -> Result<Option<String>, StateError> {
+        let key = agent_key(agent, keys::packet)?;
+        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
+            .await
+    }
+
+    async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError> {
+        let key = agent_key(agent, keys::state)?;
+        self.run(Access::Read, move |conn| {
+            hget(conn, &key, keys::CHECKPOINT_FIELD)
+        })
+        .await
+    }
+
+    async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError> {
+        let hash = agent_key(agent, keys::state)?;
+        let field = kv_field(key);
+        self.run(Access::Read, move |conn| hget(conn, &hash, &field))
+            .await
+    }
+
+    async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError> {
+        let hash = agent_key(agent, keys::state)?;
+        let field = kv_field(key);
+        let value = value.to_string();
+        self.run(Access::Write, move |conn| hset(conn, &hash, &field, &value))
+            .await
+    }
+
+    async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError> {
+        let hash = agent_key(agent, keys::state)?;
+        let field = kv_field(key);
+        self.run(Access::Write, move |conn| {
+            let mut stmt =
+                conn.prepare_cached("DELETE FROM hashes WHERE key = ?1 AND field = ?2")?;
+            Ok(stmt.execute(params![hash, field])? > 0)
+        })
+        .await
+    }
+
+    async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError> {
+        let hash = agent_key(agent, keys::state)?;
+        self.run(Access::Read, move |conn| {
+            let fields = hscan_prefix(conn, &hash, keys::KV_PREFIX)?;
+            Ok(fields
+                .into_iter()
+                .map(|(field, _)| field[keys::KV_PREFIX.len()..].to_string())
+                .collect())
+        })
+        .await
+    }
+
+    async fn record_error(
+        &self,
+        agent: &str,
+        signature: &str,
+        procedure: bool,
+    ) -> Result<ErrorCounts, StateError> {
+        let key = agent_key(agent, keys::errors)?;
+        let same = format!("{}{signature}", keys::SAME_PREFIX);
+        self.run_tx(move |conn| {
+            hincr(conn, &key, keys::TOTAL_FIELD)?;
+            if procedure {
+                hincr(conn, &key, keys::PROCEDURE_FIELD)?;
+            }
+            hincr(conn, &key, &same)?;
+            error_counts(conn, &key)
+        })
+        .await
+    }
+
+    async fn error_counts(&self, agent: &str) -> Result<ErrorCounts, StateError> {
+        let key = agent_key(agent, keys::errors)?;
+        self.run(Access::Read, move |conn| error_counts(conn, &key))
+            .await
+    }
+
+    async fn reset_errors(&self, agent: &str) -> Result<(), StateError> {
+        let key = agent_key(agent, keys::errors)?;
+        self.run(Access::Write, move |conn| {
+            conn.prepare_cached("DELETE FROM hashes WHERE key = ?1")?
+                .execute(params![key])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError> {
+        let key = agent_key(agent, keys::heartbeat)?;
+        let ttl = ttl_millis("heartbeat", ttl)?;
+        self.run(Access::Write, move |conn| {
+            let now = now_ms();
+            set(conn, &key, &now.to_string(), Some(now.saturating_add(ttl)))
+        })
+        .await
+    }
+
+    async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError> {
+        let key = agent_key(agent, keys::heartbeat)?;
+        self.run(Access::Read, move |conn| {
+            let Some(value) = get(conn, &key, now_ms())? else {
+                return Ok(None);
+            };
+            let ms: u64 = value.parse().map_err(|_| StateError::Corrupt {
+                key: key.clone(),
+                message: format!("holds `{value}`, expected milliseconds since the unix epoch"),
+            })?;
+            Ok(UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        })
+        .await
+    }
+
+    async fn acquire_lock(
+        &self,
+        agent: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LockAttempt, StateError> {
+        let key = agent_key(agent, keys::lock)?;
+        validate_owner(owner)?;
+        let ttl = ttl_millis("lock", ttl)?;
+        let owner = owner.to_string();
+        self.run_tx(move |conn| {
+            let now = now_ms();
+            // `SET key owner NX PX ttl`, except that the owner may renew its own lock.
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO strings (key, value, expires_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE
+                 SET value = excluded.value, expires_at_ms = excluded.expires_at_ms
+                 WHERE strings.value = excluded.value OR strings.expires_at_ms <= ?4",
+            )?;
+            if stmt.execute(params![key, owner, now.saturating_add(ttl), now])? > 0 {
+                return Ok(LockAttempt::Acquired);
+            }
+            let mut stmt = conn.prepare_cached("SELECT value FROM strings WHERE key = ?1")?;
+            let holder: String = stmt.query_row(params![key], |row| row.get(0))?;
+            Ok(LockAttempt::Held { owner: holder })
+        })
+        .await
+    }
+
+    async fn refresh_lock(
+        &self,
+        agent: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let key = agent_key(agent, keys::lock)?;
+        validate_owner(owner)?;
+        let ttl = ttl_millis("lock", ttl)?;
+        let owner = owner.to_string();
+        self.run(Access::Write, move |conn| {
+            refresh(conn, &key, &owner, ttl, now_ms())
+        })
+        .await
+    }
+
+    async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError> {
+        let key = agent_key(agent, keys::lock)?;
+        validate_owner(owner)?;
+        let owner = owner.to_string();
+        self.run(Access::Write, move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "DELETE FROM strings WHERE key = ?1 AND value = ?2
+                 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)",
+            )?;
+            Ok(stmt.execute(params![key, owner, now_ms()])? > 0)
+        })
+        .await
+    }
+
+    async fn lock_owner(&self, agent: &str) -> Result<Option<String>, StateError> {
+        let key = agent_key(agent, keys::lock)?;
+        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
+            .await
+    }
+
+    async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError> {
+        validate_id("agent", t.agent)?;
+        validate_owner(t.owner)?;
+        let lock_ttl = ttl_millis("lock", t.lock_ttl)?;
+        let heartbeat_ttl = ttl_millis("heartbeat", t.heartbeat_ttl)?;
+        let (lock, heartbeat, state, errors) = (
+            keys::lock(t.agent),
+            keys::heartbeat(t.agent),
+            keys::state(t.agent),
+            keys::errors(t.agent),
+        );
+        let owner = t.owner.to_string();
+        let checkpoint = t.checkpoint_json.to_string();
+        self.run_tx(move |conn| {
+            let now = now_ms();
+            let lock_held = refresh(conn, &lock, &owner, lock_ttl, now)?;
+            if lock_held {
+                set(
+                    conn,
+                    &heartbeat,
+                    &now.to_string(),
+                    Some(now.saturating_add(heartbeat_ttl)),
+                )?;
+                hset(conn, &state, keys::CHECKPOINT_FIELD, &checkpoint)?;
+            }
+            let errors = error_counts(conn, &errors)?;
+            Ok(TransitionResult { lock_held, errors })
+        })
+        .await
+    }
+
+    async fn set_active_agent(&self, task: &str, agent: &str) -> Result<(), StateError> {
+        let key = task_key(task, keys::active_agent)?;
+        validate_id("agent", agent)?;
+        let agent = agent.to_string();
+        self.run(Access::Write, move |conn| set(conn, &key, &agent, None))
+            .await
+    }
+
+    async fn active_agent(&self, task: &str) -> Result<Option<String>, StateError> {
+        let key = task_key(task, keys::active_agent)?;
+        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
+            .await
+    }
+
+    async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError> {
+        let key = task_key(task, keys::artifacts)?;
+        let value = artifact_json.to_string();
+        self.run_tx(move |conn| push(conn, &key, &value, false))
+            .await
+    }
+
+    async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError> {
+        let key = task_key(task, keys::artifacts)?;
+        self.run(Access::Read, move |conn| range(conn, &key, -1))
+            .await
+    }
+
+    async fn record_revocation(
+        &self,
+        agent: &str,
+        revocation_json: &str,
+    ) -> Result<(), StateError> {
+        validate_id("agent", agent)?;
+        let agent = agent.to_string();
+        let value = revocation_json.to_string();
+        self.run_tx(move |conn| {
+            push(conn, keys::REVOCATIONS_LEDGER, &value, true)?;
+            hset(conn, keys::REVOCATIONS_BY_AGENT, &agent, &value)
+        })
+        .await
+    }
+
+    async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError> {
+        validate_id("agent", agent)?;
+        let agent = agent.to_string();
+        self.run(Access::Read, move |conn| {
+            hget(conn, keys::REVOCATIONS_BY_AGENT, &agent)
+        })
+        .await
+    }
+
+    async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(-1);
+        self.run(Access::Read, move |conn| {
+            range(conn, keys::REVOCATIONS_LEDGER, limit)
+        })
+        .await
+    }
+
+    async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError> {
+        let key = task_key(task, keys::handoff)?;
+        let value = handoff_json.to_string();
+        self.run(Access::Write, move |conn| set(conn, &key, &value, None))
+            .await
+    }
+
+    async fn handoff(&self, task: &str) -> Result<Option<String>, StateError> {
+        let key = task_key(task, keys::handoff)?;
+        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
+            .await
+    }
+
+    async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError> {
+        let key = task_key(task, keys::approval)?;
+        let value = approval_json.to_string();
+        self.run(Access::Write, move |conn| set(conn, &key, &value, None))
+            .await
+    }
+
+    async fn approval(&self, task: &str) -> Result<Option<String>, StateError> {
+        let key = task_key(task, keys::approval)?;
+        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
+            .await
+    }
+}
+
+/// `PEXPIRE` the lock if `owner` holds it and it is live.
+fn refresh(conn: &Connection, key: &str, owner: &str, ttl: i64, now: i64) -> OpResult<bool> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE strings SET expires_at_ms = ?3
+         WHERE key = ?1 AND value = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?4)",
+    )?;
+    Ok(stmt.execute(params![key, owner, now.saturating_add(ttl), now])? > 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::state::conformance;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_in_memory() {
+        conformance::run_all(|| async {
+            Arc::new(EmbeddedState::in_memory().unwrap()) as Arc<dyn StateStore>
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // Every check reopens the same file, as a restarted host would.
+        conformance::run_all(|| {
+            let path = path.clone();
+            async move { Arc::new(EmbeddedState::open(&path).unwrap()) as Arc<dyn StateStore> }
+        })
+        .await;
+    }
+
+    /// Two handles on one file stand in for two `warden` processes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn handles_on_one_file_share_locks_and_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let a = Arc::new(EmbeddedState::open(&path).unwrap());
+        let b = Arc::new(EmbeddedState::open(&path).unwrap());
+        let ttl = Duration::from_secs(30);
+
+        assert_eq!(
+            a.acquire_lock("agent-1", "host-a", ttl).await.unwrap(),
+            LockAttempt::Acquired
+        );
+        assert_eq!(
+            b.acquire_lock("agent-1", "host-b", ttl).await.unwrap(),
+            LockAttempt::Held {
+                owner: "host-a".into()
+            }
+        );
+        assert!(!b.release_lock("agent-1", "host-b").await.unwrap());
+        assert!(a.release_lock("agent-1", "host-a").await.unwrap());
+        assert_eq!(
+            b.acquire_lock("agent-1", "host-b", ttl).await.unwrap(),
+            LockAttempt::Acquired
+        );
+        assert_eq!(
+            a.lock_owner("agent-1").await.unwrap().as_deref(),
+            Some("host-b")
+        );
+
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    store.record_error("agent-1", "boom", false).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(a.error_counts("agent-1").await.unwrap().total, 200);
+        assert_eq!(b.error_counts("agent-1").await.unwrap().max_same, 200);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_purged() {
+        let store = EmbeddedState::in_memory().unwrap();
+        store
+            .heartbeat("a", Duration::from_millis(1))
+            .await
+            .unwrap();
+        store
+            .acquire_lock("a", "o", Duration::from_secs(60))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.purge_expired().await.unwrap(), 1);
+        assert_eq!(store.lock_owner("a").await.unwrap().as_deref(), Some("o"));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = EmbeddedState::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("schema version 99 was written by a newer warden"),
+            "{err}"
+        );
+    }
+}

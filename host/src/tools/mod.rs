@@ -1,0 +1,573 @@
+//! Operator-registered tools behind `warden:agent/tools`.
+//!
+//! Agents never run arbitrary commands: the operator lists each tool in a TOML registry with a
+//! fixed program, an argv template, regexes every argument must match, and the tiers that may
+//! call it (`min_tier`) and run it for real (`full_tier`; below it the tool runs in check
+//! mode). Everything is validated at load so that a bad registry fails at startup, not in the
+//! middle of an agent's run.
+//!
+//! ```toml
+//! [[tool]]
+//! name = "wc"
+//! description = "count words of a workspace file"
+//! min_tier = "T1"
+//! full_tier = "T2"
+//! argv = ["/usr/bin/wc", "-w", "{0}"]
+//! check_argv = ["/bin/echo", "would run: wc -w {0}"]
+//! args = ["[A-Za-z0-9._/-]{1,128}"]
+//! max_args = 1
+//! timeout_ms = 5000
+//! max_output_bytes = 65536
+//! ```
+
+mod run;
+mod template;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::tier::Tier;
+pub use run::{Invocation, ToolOutput};
+use template::Template;
+
+/// `timeout_ms` when a tool gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `max_output_bytes` when a tool gives none.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// The largest `max_output_bytes`: output is held in memory and handed to the agent.
+pub const MAX_OUTPUT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A tool registry that cannot be loaded, or a call of a tool that is refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolsError {
+    #[error("cannot read tool registry `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The registry is not TOML of the expected shape (the message has the line and field).
+    #[error("tool registry {origin} is invalid{}: {message}", in_tool(.tool))]
+    Parse {
+        origin: String,
+        tool: Option<String>,
+        message: String,
+    },
+    /// A tool's field is well-formed but unusable.
+    #[error("tool registry {origin}, tool `{tool}`, field `{field}`: {message}")]
+    Invalid {
+        origin: String,
+        tool: String,
+        field: &'static str,
+        message: String,
+    },
+    #[error("no tool named `{tool}` is registered; {}", known_tools(.known))]
+    NotFound { tool: String, known: Vec<String> },
+    #[error("tool `{tool}` is refused to tier {tier}: it needs at least tier {lowest}")]
+    Denied {
+        tool: String,
+        tier: Tier,
+        lowest: Tier,
+    },
+    #[error("{}", invalid_argument(.tool, *.index, .value.as_deref(), .patterns, .problem))]
+    InvalidArgument {
+        tool: String,
+        /// The argument's position, from 0 as in `{0}`.
+        index: usize,
+        /// The argument, or `None` when it is missing.
+        value: Option<String>,
+        /// The tool's argument patterns, as written.
+        patterns: Vec<String>,
+        problem: ArgumentProblem,
+    },
+    #[error(
+        "tool `{tool}` ran longer than its {} ms limit and was killed; the operator may raise its `timeout_ms`",
+        timeout.as_millis()
+    )]
+    Timeout { tool: String, timeout: Duration },
+    #[error("tool `{tool}` (`{program}`) is unavailable: {message}")]
+    Unavailable {
+        tool: String,
+        program: String,
+        message: String,
+    },
+}
+
+/// Why an argument was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgumentProblem {
+    /// More arguments than `max_args`; `index` is the first one too many.
+    TooMany { max: usize },
+    /// The argument fully matches none of the tool's patterns.
+    NoMatch,
+    /// The argument contains a NUL byte, which no program can receive.
+    ContainsNul,
+    /// The tool's argv uses `{index}` but only `given` arguments were passed.
+    Missing { given: usize },
+}
+
+fn in_tool(tool: &Option<String>) -> String {
+    tool.as_ref()
+        .map_or(String::new(), |tool| format!(" (tool {tool})"))
+}
+
+fn known_tools(known: &[String]) -> String {
+    if known.is_empty() {
+        "no tools are registered on this host".to_string()
+    } else {
+        format!("known tools: {}", backticked(known))
+    }
+}
+
+fn backticked(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("`{item}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn invalid_argument(
+    tool: &str,
+    index: usize,
+    value: Option<&str>,
+    patterns: &[String],
+    problem: &ArgumentProblem,
+) -> String {
+    let value = value.unwrap_or_default();
+    match problem {
+        ArgumentProblem::TooMany { max } => format!(
+            "tool `{tool}` refused argument {index} `{value}`: it takes at most {max} argument(s)"
+        ),
+        ArgumentProblem::NoMatch => format!(
+            "tool `{tool}` refused argument {index} `{value}`: it must fully match one of {}",
+            backticked(patterns)
+        ),
+        ArgumentProblem::ContainsNul => format!(
+            "tool `{tool}` refused argument {index} `{}`: it contains a NUL byte",
+            value.escape_debug()
+        ),
+        ArgumentProblem::Missing { given } => format!(
+            "tool `{tool}` needs argument {index} (its argv uses `{{{index}}}`) but {given} argument(s) were given; pass at least {}",
+            index + 1
+        ),
+    }
+}
+
+/// One registered tool, validated.
+#[derive(Clone)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// The lowest tier that may call the tool at all.
+    pub min_tier: Tier,
+    /// The lowest tier for which it runs for real; tiers from `min_tier` up to this one run it
+    /// in check mode.
+    pub full_tier: Tier,
+    /// The argv template as written.
+    pub argv: Vec<String>,
+    /// The check-mode argv template as written.
+    pub check_argv: Option<Vec<String>>,
+    /// The argument patterns as written (each is matched whole).
+    pub args: Vec<String>,
+    pub max_args: usize,
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+    program: String,
+    template: Template,
+    check: Option<(String, Template)>,
+    patterns: Vec<Regex>,
+}
+
+impl fmt::Debug for ToolSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolSpec")
+            .field("name", &self.name)
+            .field("min_tier", &self.min_tier)
+            .field("full_tier", &self.full_tier)
+            .field("program", &self.program)
+            .field("argv", &self.argv)
+            .field("check_argv", &self.check_argv)
+            .field("args", &self.args)
+            .field("max_args", &self.max_args)
+            .field("timeout", &self.timeout)
+            .field("max_output_bytes", &self.max_output_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolSpec {
+    /// The absolute path of the program, resolved on `PATH` at load when written bare.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+}
+
+/// The file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default, rename = "tool")]
+    tools: Vec<RawTool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTool {
+    name: String,
+    description: String,
+    min_tier: Tier,
+    full_tier: Tier,
+    argv: Vec<String>,
+    check_argv: Option<Vec<String>>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    max_args: usize,
+    timeout_ms: Option<u64>,
+    max_output_bytes: Option<usize>,
+}
+
+/// The tools of a host, in registry order.
+#[derive(Debug, Clone, Default)]
+pub struct ToolRegistry {
+    tools: Vec<ToolSpec>,
+}
+
+impl ToolRegistry {
+    /// A registry without tools: every call is `NotFound`.
+    pub fn empty() -> Self {
+        ToolRegistry::default()
+    }
+
+    /// Load and validate a registry file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ToolsError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ToolsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::load(&text, &format!("`{}`", path.display()))
+    }
+
+    /// Load and validate registry TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, ToolsError> {
+        Self::load(text, "(inline)")
+    }
+
+    fn load(text: &str, origin: &str) -> Result<Self, ToolsError> {
+        let file: RegistryFile = toml::from_str(text).map_err(|error| ToolsError::Parse {
+            origin: origin.to_string(),
+            tool: failing_tool(text),
+            message: toml_error(text, &error),
+        })?;
+        let mut tools: Vec<ToolSpec> = Vec::with_capacity(file.tools.len());
+        for raw in file.tools {
+            let spec = validate(raw, origin)?;
+            if tools.iter().any(|t| t.name == spec.name) {
+                return Err(ToolsError::Invalid {
+                    origin: origin.to_string(),
+                    tool: spec.name,
+                    field: "name",
+                    message: "the name is registered twice; tool names must be unique".into(),
+                });
+            }
+            tools.push(spec);
+        }
+        Ok(ToolRegistry { tools })
+    }
+
+    /// Every tool, in registry order.
+    pub fn tools(&self) -> impl Iterator<Item = &ToolSpec> {
+        self.tools.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolSpec> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Check a call of tool `name` with `args` by a caller of tier `caller` and render what
+    /// it will run. Check mode is decided here: `caller < full_tier`.
+    pub fn prepare(
+        &self,
+        name: &str,
+        args: &[String],
+        caller: Tier,
+    ) -> Result<Invocation, ToolsError> {
+        let Some(spec) = self.get(name) else {
+            return Err(ToolsError::NotFound {
+                tool: name.to_string(),
+                known: self.tools.iter().map(|t| t.name.clone()).collect(),
+            });
+        };
+        if caller < spec.min_tier {
+            return Err(ToolsError::Denied {
+                tool: spec.name.clone(),
+                tier: caller,
+                lowest: spec.min_tier,
+            });
+        }
+        let refuse = |index: usize, value: Option<&String>, problem| ToolsError::InvalidArgument {
+            tool: spec.name.clone(),
+            index,
+            value: value.cloned(),
+            patterns: spec.args.clone(),
+            problem,
+        };
+        if let Some(extra) = args.get(spec.max_args) {
+            return Err(refuse(
+                spec.max_args,
+                Some(extra),
+                ArgumentProblem::TooMany { max: spec.max_args },
+            ));
+        }
+        for (index, arg) in args.iter().enumerate() {
+            if arg.contains('\0') {
+                return Err(refuse(index, Some(arg), ArgumentProblem::ContainsNul));
+            }
+            if !spec.patterns.iter().any(|p| p.is_match(arg)) {
+                return Err(refuse(index, Some(arg), ArgumentProblem::NoMatch));
+            }
+        }
+        let render = |program: &str, template: &Template| {
+            template.render(program, args).map_err(|index| {
+                refuse(index, None, ArgumentProblem::Missing { given: args.len() })
+            })
+        };
+        let argv = render(&spec.program, &spec.template)?;
+        let check_mode = caller < spec.full_tier;
+        let (argv, executes) = match (&spec.check, check_mode) {
+            (Some((program, template)), true) => (render(program, template)?, true),
+            (None, true) => (argv, false),
+            (_, false) => (argv, true),
+        };
+        Ok(Invocation {
+            tool: spec.name.clone(),
+            args: args.to_vec(),
+            argv,
+            check_mode,
+            executes,
+            timeout: spec.timeout,
+            max_output_bytes: spec.max_output_bytes,
+        })
+    }
+}
+
+/// The first `[[tool]]` that does not parse on its own, named for the error message (the TOML
+/// error has the line but not the tool).
+fn failing_tool(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let tools = table.get("tool")?.as_array()?;
+    tools.iter().enumerate().find_map(|(index, tool)| {
+        tool.clone().try_into::<RawTool>().err()?;
+        Some(match tool.get("name").and_then(toml::Value::as_str) {
+            Some(name) => format!("`{name}`"),
+            None => format!("#{}", index + 1),
+        })
+    })
+}
+
+/// A TOML error on one line, `line L, column C: message`, for logs and the ledger (toml's own
+/// rendering spans several lines).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
+        return message.to_string();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+fn validate(raw: RawTool, origin: &str) -> Result<ToolSpec, ToolsError> {
+    let invalid = |field: &'static str, message: String| ToolsError::Invalid {
+        origin: origin.to_string(),
+        tool: raw.name.clone(),
+        field,
+        message,
+    };
+    let name_ok = raw
+        .name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !name_ok {
+        return Err(invalid(
+            "name",
+            "a name is a letter or digit followed by letters, digits, `.`, `_` or `-`".into(),
+        ));
+    }
+    if raw.full_tier < raw.min_tier {
+        return Err(invalid(
+            "full_tier",
+            format!(
+                "{} is below `min_tier` {}; `full_tier` must be at least `min_tier`",
+                raw.full_tier, raw.min_tier
+            ),
+        ));
+    }
+    let (program, template) = command(&raw.argv, raw.max_args).map_err(|m| invalid("argv", m))?;
+    let check = raw
+        .check_argv
+        .as_deref()
+        .map(|argv| command(argv, raw.max_args))
+        .transpose()
+        .map_err(|m| invalid("check_argv", m))?;
+    let patterns = raw
+        .args
+        .iter()
+        .enumerate()
+        .map(|(index, pattern)| {
+            Regex::new(&format!(r"\A(?:{pattern})\z")).map_err(|error| {
+                invalid(
+                    "args",
+                    format!("pattern {index} `{pattern}` is not a valid regex: {error}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if raw.max_args > 0 && patterns.is_empty() {
+        return Err(invalid(
+            "args",
+            format!(
+                "`max_args` is {} but no pattern is given, so no argument could be accepted; list the patterns arguments must match",
+                raw.max_args
+            ),
+        ));
+    }
+    if raw.max_args == 0 && !patterns.is_empty() {
+        return Err(invalid(
+            "max_args",
+            "patterns are given but `max_args` is 0 (the default), so no argument is accepted; set how many arguments the tool takes".into(),
+        ));
+    }
+    let timeout = match raw.timeout_ms {
+        None => DEFAULT_TIMEOUT,
+        Some(0) => {
+            return Err(invalid(
+                "timeout_ms",
+                "0 would kill every run at once; use at least 1".into(),
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
+    let max_output_bytes = raw.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+    if max_output_bytes > MAX_OUTPUT_BYTES_LIMIT {
+        return Err(invalid(
+            "max_output_bytes",
+            format!(
+                "{max_output_bytes} is above the limit of {MAX_OUTPUT_BYTES_LIMIT}; output is held in memory"
+            ),
+        ));
+    }
+    Ok(ToolSpec {
+        name: raw.name,
+        description: raw.description,
+        min_tier: raw.min_tier,
+        full_tier: raw.full_tier,
+        argv: raw.argv,
+        check_argv: raw.check_argv,
+        args: raw.args,
+        max_args: raw.max_args,
+        timeout,
+        max_output_bytes,
+        program,
+        template,
+        check,
+        patterns,
+    })
+}
+
+/// Parse an argv template and resolve its program; placeholders must be within `max_args`.
+fn command(argv: &[String], max_args: usize) -> Result<(String, Template), String> {
+    if argv.is_empty() {
+        return Err("it is empty; give the program and its arguments, e.g. `[\"/usr/bin/wc\", \"-w\", \"{0}\"]`".into());
+    }
+    let template = Template::parse(argv)?;
+    let Some(program) = template.literal_program() else {
+        return Err(format!(
+            "the program `{}` has a placeholder; the program must be fixed",
+            argv[0]
+        ));
+    };
+    if let Some(highest) = template.max_index().filter(|&i| i >= max_args) {
+        let usable = match max_args {
+            0 => String::new(),
+            1 => " or use only `{0}`".to_string(),
+            n => format!(" or use only `{{0}}`..`{{{}}}`", n - 1),
+        };
+        return Err(format!(
+            "`{{{highest}}}` refers to argument {highest}, but `max_args` is {max_args}, so it could never be given; raise `max_args`{usable}"
+        ));
+    }
+    let program = resolve_program(&program)?;
+    Ok((program, template))
+}
+
+/// An absolute path to an executable file, or a bare name found on the host's `PATH` now, so
+/// that what runs never depends on the environment at call time.
+fn resolve_program(program: &str) -> Result<String, String> {
+    let path = Path::new(program);
+    if path.is_absolute() {
+        return if is_executable(path) {
+            Ok(program.to_string())
+        } else {
+            Err(format!("the program `{program}` is not an executable file"))
+        };
+    }
+    if program.is_empty() || program.contains('/') {
+        return Err(format!(
+            "the program `{program}` is neither an absolute path nor a bare name to look up on PATH"
+        ));
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let found = std::env::split_paths(&search)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| {
+            format!(
+                "the program `{program}` is not on PATH `{}`; give its absolute path",
+                search.to_string_lossy()
+            )
+        })?;
+    found.into_os_string().into_string().map_err(|path| {
+        format!(
+            "the program `{program}` resolves to `{}`, which is not UTF-8; give an absolute UTF-8 path",
+            path.to_string_lossy()
+        )
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.is_file()
+    }
+}
+
+#[cfg(test)]
+mod tests;

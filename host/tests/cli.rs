@@ -1,0 +1,350 @@
+//! The `warden` binary end to end: exit codes, `--json`, errors that say what would allow it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn agents_dir() -> PathBuf {
+    match std::env::var_os("WARDEN_AGENTS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"),
+    }
+}
+
+fn wasm(name: &str) -> String {
+    let path = agents_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "`{}` is missing: run `cargo xtask build-agents`",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+fn warden(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env("WARDEN_LOG", "error")
+        .env_remove("WARDEN_CONFIG")
+        .current_dir(data)
+        .output()
+        .unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn write_packet(dir: &Path, name: &str, body: serde_json::Value) -> String {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, body.to_string()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn register_run_revoke_and_verify_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "register",
+            "hello",
+            "--tier",
+            "T1",
+            "--component",
+            &wasm("hello"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let packet = write_packet(
+        data,
+        "hello",
+        serde_json::json!({"agent_id":"hello","task_id":"cli-1","objective":"greet","deliverables":["hello.txt"]}),
+    );
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("hello"), "--packet", &packet],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    assert_eq!(report["outcome"]["status"], "completed");
+    assert_eq!(report["tier"], "T1");
+
+    // Human output names the phases and the outcome.
+    let out = warden(data, &["run", &wasm("hello"), "--packet", &packet]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("BOOTSTRAP") && text.contains("completed"),
+        "{text}"
+    );
+
+    let out = warden(data, &["--json", "agents", "list"]);
+    let list = json(&out);
+    assert_eq!(list[0]["agent"]["agent_id"], "hello");
+    assert_eq!(list[0]["metrics"]["total_runs"], 2);
+
+    let out = warden(data, &["agents", "revoke", "hello", "--reason", "enough"]);
+    assert!(out.status.success());
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("hello"), "--packet", &packet],
+    );
+    assert_eq!(out.status.code(), Some(3), "refused exit code");
+    let refusal = json(&out);
+    assert_eq!(refusal["code"], "AGENT_PREVIOUSLY_REVOKED");
+
+    let out = warden(data, &["agents", "show", "hello"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REVOKED") && text.contains("enough"),
+        "{text}"
+    );
+
+    let out = warden(data, &["--json", "ledger", "verify"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(json(&out)["broken"].is_null());
+
+    let out = warden(data, &["--json", "ledger", "tail", "-n", "5"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn the_tier_comes_from_the_registration_and_changes_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    assert!(
+        warden(
+            data,
+            &[
+                "agents",
+                "register",
+                "a",
+                "--tier",
+                "T1",
+                "--component",
+                &wasm("hello")
+            ]
+        )
+        .status
+        .success()
+    );
+    // `run` has no tier flag at all.
+    let packet = write_packet(
+        data,
+        "a",
+        serde_json::json!({"agent_id":"a","task_id":"t","objective":"x"}),
+    );
+    let out = warden(
+        data,
+        &["run", &wasm("hello"), "--packet", &packet, "--tier", "T4"],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown flag");
+    assert!(
+        warden(data, &["agents", "promote", "a", "--tier", "T2"])
+            .status
+            .success()
+    );
+    let out = warden(
+        data,
+        &["--json", "ledger", "query", "--table", "promotions"],
+    );
+    let rows = json(&out);
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        2,
+        "registration and promotion: {rows}"
+    );
+    // A different component under the same id is refused until re-registered.
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("bench_guest"), "--packet", &packet],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "COMPONENT_MISMATCH");
+}
+
+#[test]
+fn refusals_have_distinct_exit_codes_and_say_what_would_allow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "register",
+            "over",
+            "--tier",
+            "T0",
+            "--component",
+            &wasm("rogue_overreach"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("IMPORT_ABOVE_TIER") && err.contains("lowest tier granting it: T1 (operator)"),
+        "{err}"
+    );
+
+    let out = warden(data, &["agents", "register", "x", "--tier", "T7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("T0..T4"));
+
+    let bad = write_packet(data, "bad", serde_json::json!({"agent_id":"x"}));
+    let out = warden(data, &["run", &wasm("hello"), "--packet", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing field"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A revoked-during-run agent exits 4.
+    assert!(
+        warden(
+            data,
+            &[
+                "agents",
+                "register",
+                "rogue",
+                "--tier",
+                "T3",
+                "--component",
+                &wasm("rogue")
+            ]
+        )
+        .status
+        .success()
+    );
+    let packet = write_packet(
+        data,
+        "rogue",
+        serde_json::json!({"agent_id":"rogue","task_id":"r","objective":"attempt: forbidden-tool","deliverables":["evidence.md"],"constraints":{"forbidden":["tool:deploy-prod*"]}}),
+    );
+    let out = warden(data, &["run", &wasm("rogue"), "--packet", &packet]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = warden(data, &["--json", "handoff", "show", "r"]);
+    assert_eq!(
+        json(&out)["revocation_reason"]["type"],
+        "PROCEDURE_VIOLATION"
+    );
+
+    // A failed run (deadline) exits 5.
+    assert!(
+        warden(
+            data,
+            &[
+                "agents",
+                "register",
+                "spin",
+                "--tier",
+                "T3",
+                "--component",
+                &wasm("rogue")
+            ]
+        )
+        .status
+        .success()
+    );
+    let packet = write_packet(
+        data,
+        "spin",
+        serde_json::json!({"agent_id":"spin","task_id":"s","objective":"attempt: spin","deliverables":["evidence.md"],"limits":{"phase_cpu_ms":200}}),
+    );
+    assert_eq!(
+        warden(data, &["run", &wasm("rogue"), "--packet", &packet])
+            .status
+            .code(),
+        Some(5)
+    );
+}
+
+#[test]
+fn compile_reports_digest_imports_and_lowest_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = warden(dir.path(), &["--json", "compile", &wasm("planner")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = json(&out);
+    assert!(summary["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(summary["lowest_tier"], "T1");
+    assert!(summary["cached"].as_str().unwrap().ends_with(".cwasm"));
+}
+
+#[test]
+fn approve_from_another_process_releases_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    assert!(
+        warden(
+            data,
+            &[
+                "agents",
+                "register",
+                "arch",
+                "--tier",
+                "T4",
+                "--component",
+                &wasm("hello")
+            ]
+        )
+        .status
+        .success()
+    );
+    let packet = write_packet(
+        data,
+        "arch",
+        serde_json::json!({"agent_id":"arch","task_id":"needs-ok","objective":"x","limits":{"approval_timeout_ms":30000}}),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--json", "run", &wasm("hello"), "--packet", &packet])
+        .current_dir(data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = warden(data, &["approve", "needs-ok", "--by", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -1,0 +1,364 @@
+//! `cargo xtask bench`: what governance costs beside the sandbox, as ratios against baselines
+//! measured in the same run on the same machine. Medians of several rounds (the machine is
+//! small and noisy).
+//!
+//! 1. instantiate + `plan` of the same component: governed host vs bare wasmtime (same
+//!    engine configuration, same WASI setup, `InstancePre` on both);
+//! 2. a capability call (`state.get`, N per `execute`): governed vs a bare host function
+//!    doing the same state-store read;
+//! 3. ledger appends/s vs raw rusqlite batched inserts at the same durability;
+//! 4. a full governed lifecycle of `hello`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use warden::bare::{ArchitectPre, WitError, engine_config, warden as wit};
+use warden::ledger::{ActionRecord, Entry, Ledger, Subject};
+use warden::state::{EmbeddedState, StateStore};
+use warden::{Host, Tier};
+use warden_tests::{agent, packet};
+
+const ROUNDS: usize = 15;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+struct BareCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    state: Arc<dyn StateStore>,
+}
+
+impl WasiView for BareCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::agent::types::Host for BareCtx {}
+
+impl wit::agent::state::Host for BareCtx {
+    async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
+        self.state
+            .kv_get("bench", &key)
+            .await
+            .map_err(|e| WitError::Unavailable(e.to_string()))
+    }
+    async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
+        self.state
+            .kv_set("bench", &key, &value)
+            .await
+            .map_err(|e| WitError::Unavailable(e.to_string()))
+    }
+    async fn delete(&mut self, key: String) -> Result<bool, WitError> {
+        self.state
+            .kv_delete("bench", &key)
+            .await
+            .map_err(|e| WitError::Unavailable(e.to_string()))
+    }
+    async fn keys(&mut self) -> Result<Vec<String>, WitError> {
+        self.state
+            .kv_keys("bench")
+            .await
+            .map_err(|e| WitError::Unavailable(e.to_string()))
+    }
+}
+
+struct Bare {
+    engine: Engine,
+    pre: ArchitectPre<BareCtx>,
+    state: Arc<dyn StateStore>,
+    workspace: tempfile::TempDir,
+}
+
+impl Bare {
+    fn new(bytes: &[u8]) -> Bare {
+        let engine = Engine::new(&engine_config()).unwrap();
+        let component = Component::new(&engine, bytes).unwrap();
+        let mut linker = Linker::<BareCtx>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        wit::agent::types::add_to_linker::<_, HasSelf<BareCtx>>(&mut linker, |c| c).unwrap();
+        wit::agent::state::add_to_linker::<_, HasSelf<BareCtx>>(&mut linker, |c| c).unwrap();
+        let pre = ArchitectPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        Bare {
+            engine,
+            pre,
+            state: Arc::new(EmbeddedState::in_memory().unwrap()),
+            workspace: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn instantiate_and_call(&self, packet: &wit::agent::types::Packet, execute: bool) {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(65536))
+            .stderr(wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(65536))
+            .allow_tcp(false)
+            .allow_udp(false);
+        wasi.preopened_dir(self.workspace.path(), "/workspace", FsPerms::ReadOnly)
+            .unwrap();
+        let ctx = BareCtx {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            state: self.state.clone(),
+        };
+        let mut store = Store::new(&self.engine, ctx);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let guest = self.pre.instantiate_async(&mut store).await.unwrap();
+        let agent = guest.warden_agent_agent();
+        let plan = agent.call_plan(&mut store, packet).await.unwrap().unwrap();
+        if execute {
+            agent
+                .call_execute(&mut store, packet, &plan)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn wit_packet(objective: &str) -> wit::agent::types::Packet {
+    use wit::agent::types::{Constraints, ErrorBudget, Packet};
+    Packet {
+        agent_id: "bench".into(),
+        task_id: "bench".into(),
+        created_for: String::new(),
+        objective: objective.into(),
+        deliverables: vec![],
+        constraints: Constraints {
+            scope: vec![],
+            forbidden: vec![],
+            required_steps: vec![],
+        },
+        success_criteria: vec![],
+        error_budget: ErrorBudget {
+            max_total_errors: 8,
+            max_same_error_repeats: 2,
+            max_procedure_violations: 1,
+        },
+        escalation_rules: vec![],
+        created_at: String::new(),
+    }
+}
+
+async fn time<F, Fut>(iterations: usize, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            f().await;
+        }
+        samples.push(start.elapsed() / iterations as u32);
+    }
+    median(samples)
+}
+
+fn row(name: &str, governed: Duration, baseline: Duration, target: &str) {
+    println!(
+        "{name:<44} {:>12.2?} {:>12.2?} {:>8.2}x   {target}",
+        governed,
+        baseline,
+        governed.as_secs_f64() / baseline.as_secs_f64()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async_main());
+}
+
+async fn async_main() {
+    let bench_guest = agent("bench-guest");
+    let hello = agent("hello");
+    println!("warden benchmarks — medians of {ROUNDS} rounds\n");
+    println!(
+        "{:<44} {:>12} {:>12} {:>9}   target",
+        "measure", "governed", "baseline", "ratio"
+    );
+
+    // 1. Instantiate + plan.
+    let host = Host::builder().build().unwrap();
+    let governed = host
+        .bench_instance(
+            "bench",
+            Tier::Operator,
+            &bench_guest,
+            packet("bench", "bench", "calls:0", &[], json!({})),
+        )
+        .unwrap();
+    let bare = Bare::new(&bench_guest);
+    let plain = wit_packet("calls:0");
+    for _ in 0..20 {
+        governed.instantiate_and_call(false).await.unwrap();
+        bare.instantiate_and_call(&plain, false).await;
+    }
+    let g = time(200, || async {
+        governed.instantiate_and_call(false).await.unwrap()
+    })
+    .await;
+    let b = time(200, || async {
+        bare.instantiate_and_call(&plain, false).await
+    })
+    .await;
+    row("instantiate + plan (bench-guest)", g, b, "≤ 1.2x");
+
+    // 2. Capability call overhead: N state.get per execute, minus the same with zero calls.
+    const CALLS: usize = 10_000;
+    let many = host
+        .bench_instance(
+            "bench",
+            Tier::Operator,
+            &bench_guest,
+            packet("bench", "bench", &format!("calls:{CALLS}"), &[], json!({})),
+        )
+        .unwrap();
+    let bare_many = wit_packet(&format!("calls:{CALLS}"));
+    let g_many = time(1, || async {
+        many.instantiate_and_call(true).await.unwrap()
+    })
+    .await;
+    let b_many = time(1, || async {
+        bare.instantiate_and_call(&bare_many, true).await
+    })
+    .await;
+    host.ledger().flush().unwrap();
+    let per_g = g_many / CALLS as u32;
+    let per_b = b_many / CALLS as u32;
+    row("capability call state.get (per call)", per_g, per_b, "");
+    println!(
+        "{:<44} {:>12.0?}                             < 1 µs",
+        "  governance overhead per call",
+        per_g.saturating_sub(per_b)
+    );
+
+    // 3. Ledger appends vs raw rusqlite batched inserts (WAL, synchronous=NORMAL).
+    const ROWS: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger_samples = Vec::new();
+    let mut raw_samples = Vec::new();
+    for round in 0..5 {
+        let ledger = Ledger::open(&dir.path().join(format!("ledger-{round}.db"))).unwrap();
+        let subject =
+            Arc::new(Subject::new("bench-agent", "v1", Tier::Operator).with_task_id("bench-task"));
+        let start = Instant::now();
+        for i in 0..ROWS {
+            let record = ActionRecord::new(
+                subject.clone(),
+                "state.get",
+                if i % 2 == 0 { "allowed" } else { "denied" },
+            )
+            .phase("EXECUTE");
+            ledger.append(Entry::Action(record));
+        }
+        ledger.flush().unwrap();
+        ledger_samples.push(start.elapsed());
+        drop(ledger);
+        raw_samples.push(raw_inserts(
+            &dir.path().join(format!("raw-{round}.db")),
+            ROWS,
+        ));
+    }
+    let l = median(ledger_samples);
+    let r = median(raw_samples);
+    println!(
+        "{:<44} {:>10.0}/s {:>10.0}/s {:>8.2}x   ≥ 100k/s and ≥ 0.5x of raw",
+        "ledger appends (hash-chained, group commit)",
+        ROWS as f64 / l.as_secs_f64(),
+        ROWS as f64 / r.as_secs_f64(),
+        r.as_secs_f64() / l.as_secs_f64()
+    );
+
+    // 4. Full hello lifecycle, in memory and on disk.
+    for (label, host) in [
+        (
+            "hello lifecycle (in-memory host)",
+            Host::builder().build().unwrap(),
+        ),
+        (
+            "hello lifecycle (data-dir host)",
+            Host::builder()
+                .data_dir(dir.path().join("data"))
+                .build()
+                .unwrap(),
+        ),
+    ] {
+        host.register_agent("hello", Tier::Operator, Some(&hello), "bench")
+            .unwrap();
+        host.submit_packet(&packet(
+            "hello",
+            "bench",
+            "greet",
+            &["hello.txt"],
+            json!({}),
+        ))
+        .await
+        .unwrap();
+        for _ in 0..10 {
+            host.run("hello", &hello).await.unwrap();
+        }
+        let mut samples = Vec::new();
+        for _ in 0..(ROUNDS * 10) {
+            let start = Instant::now();
+            let report = host.run("hello", &hello).await.unwrap();
+            samples.push(start.elapsed());
+            assert!(report.outcome.is_success());
+        }
+        let m = median(samples);
+        println!("{label:<44} {:>12.2?} {:>12} {:>9}   < 1 ms", m, "-", "-");
+    }
+}
+
+fn raw_inserts(path: &std::path::Path, rows: usize) -> Duration {
+    let mut db = rusqlite::Connection::open(path).unwrap();
+    db.pragma_update(None, "journal_mode", "WAL").unwrap();
+    db.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    db.execute_batch(
+        "CREATE TABLE agent_actions (id INTEGER PRIMARY KEY, timestamp TEXT, agent_id TEXT, agent_version TEXT, tier INTEGER, action TEXT, decision TEXT, confidence REAL, success INTEGER, error_type TEXT, error_message TEXT, task_id TEXT, phase TEXT)",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let tx = db.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO agent_actions (timestamp, agent_id, agent_version, tier, action, decision, confidence, success, error_type, error_message, task_id, phase) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 1, NULL, NULL, ?7, ?8)")
+                .unwrap();
+            for i in done..(done + 4096).min(rows) {
+                insert
+                    .execute(rusqlite::params![
+                        "2026-11-25T00:00:00.000Z",
+                        "bench-agent",
+                        "v1",
+                        1,
+                        "state.get",
+                        if i % 2 == 0 { "allowed" } else { "denied" },
+                        "bench-task",
+                        "EXECUTE"
+                    ])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        done = (done + 4096).min(rows);
+    }
+    start.elapsed()
+}

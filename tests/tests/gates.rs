@@ -1,0 +1,185 @@
+//! The tier gate at load (imports) and at call (every host function).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use warden::{RunOutcome, Tier};
+use warden_tests::{agent, builder_with, host, packet, run, violations};
+
+/// The lowest tier each example component can load at, from its imports.
+const LOWEST: &[(&str, Tier)] = &[
+    ("bench-guest", Tier::Observer),     // state
+    ("hello", Tier::Observer),           // artifacts
+    ("rogue-overreach", Tier::Operator), // tools
+    ("planner", Tier::Operator),         // llm, tools
+    ("rogue", Tier::Executor),           // secrets
+];
+
+#[tokio::test]
+async fn load_gate_for_every_tier_and_component() {
+    let host = host();
+    for &(component, lowest) in LOWEST {
+        let bytes = agent(component);
+        let summary = host.inspect_component(&bytes, component).unwrap();
+        assert_eq!(
+            summary.lowest_tier,
+            Some(lowest),
+            "{component}: {summary:?}"
+        );
+        for tier in Tier::ALL {
+            let id = format!("{component}-{}", tier.code().to_lowercase());
+            let registered = host.register_agent(&id, tier, Some(&bytes), "test");
+            if tier >= lowest {
+                assert!(registered.is_ok(), "{component} at {tier}: {registered:?}");
+            } else {
+                let err = registered.unwrap_err();
+                let message = err.to_string();
+                assert!(
+                    matches!(&err, warden::Error::Refused(r) if r.code() == "IMPORT_ABOVE_TIER"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains(&format!("tier {tier}")),
+                    "names the tier: {message}"
+                );
+                assert!(
+                    message.contains("lowest tier granting it: T"),
+                    "names the lowest tier: {message}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn load_gate_at_bootstrap_for_an_agent_registered_without_a_component() {
+    let host = host();
+    host.register_agent("overreach", Tier::Observer, None, "test")
+        .unwrap();
+    host.submit_packet(&packet("overreach", "t-over", "plan", &[], json!({})))
+        .await
+        .unwrap();
+    let err = host
+        .run("overreach", &agent("rogue-overreach"))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("IMPORT_ABOVE_TIER") && message.contains("warden:agent/tools"),
+        "{message}"
+    );
+    assert!(message.contains("T1 (operator)"), "{message}");
+    assert_eq!(violations(&host, "overreach"), ["IMPORT_ABOVE_TIER"]);
+}
+
+#[tokio::test]
+async fn call_gate_t0_may_only_write_plan_artifacts() {
+    let host = host();
+    // hello writes `hello.txt` when the packet has no deliverables: above T0.
+    let p = packet("hello", "t-t0", "greet", &[], json!({}));
+    let report = run(&host, "hello", "hello", Tier::Observer, &p)
+        .await
+        .unwrap();
+    // T0 stops after PLAN; hello writes in EXECUTE, so T0 never reaches the call.
+    assert_eq!(report.outcome, RunOutcome::PlanOnly);
+    assert!(!report.artifacts.iter().any(|a| a.name == "hello.txt"));
+}
+
+#[tokio::test]
+async fn call_gate_tools_by_tier() {
+    // The planner's plan asks for `wc` (check mode below T2) and `deploy-prod` (min T3).
+    let tools =
+        r#"[{"name":"wc","args":["notes.txt"]},{"name":"deploy-prod","args":["--dry-run"]}]"#;
+    for (tier, wc_check, deploy) in [
+        (Tier::Operator, true, "denied"),
+        (Tier::Builder, false, "denied"),
+        (Tier::Executor, false, "check"),
+    ] {
+        let host = builder_with(tools).build().unwrap();
+        let id = format!("planner-{}", tier.code());
+        let p = packet(
+            &id,
+            &format!("t-tools-{}", tier.code()),
+            "plan the work",
+            &["notes.md"],
+            json!({ "error_budget": { "max_same_error_repeats": 5 } }),
+        );
+        let report = run(&host, &id, "planner", tier, &p).await.unwrap();
+        let log = String::from_utf8(host_artifact(&host, &report, "execution-log.md")).unwrap();
+        assert_eq!(
+            log.contains("check mode: would run wc -w notes.txt"),
+            wc_check,
+            "{tier}: {log}"
+        );
+        match deploy {
+            "denied" => {
+                assert!(
+                    violations(&host, &id).contains(&"TIER_DENIED".to_string()),
+                    "{tier}"
+                );
+                assert!(
+                    log.contains("lowest tier") || log.contains("T3"),
+                    "{tier}: {log}"
+                );
+            }
+            _ => assert!(
+                log.contains("deploying --dry-run") || log.contains("check"),
+                "{tier}: {log}"
+            ),
+        }
+    }
+}
+
+fn host_artifact(host: &warden::Host, report: &warden::RunReport, name: &str) -> Vec<u8> {
+    let reference = report
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .unwrap_or_else(|| panic!("no artifact `{name}` in {:?}", report.artifacts));
+    host.artifact(&reference.digest)
+        .unwrap()
+        .expect("artifact content")
+}
+
+#[tokio::test]
+async fn call_gate_secrets_by_tier() {
+    let host = host();
+    host.secrets()
+        .put("t3/db-password", "hunter2")
+        .await
+        .unwrap();
+    host.secrets().put("t4/root-token", "root").await.unwrap();
+
+    // T3 reading a T4 path: denied (the rogue tries twice: same error twice revokes).
+    let p = packet(
+        "rogue-secret",
+        "t-sec3",
+        "attempt: secret",
+        &["evidence.md"],
+        json!({}),
+    );
+    let report = run(&host, "rogue-secret", "rogue", Tier::Executor, &p)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&report.outcome, RunOutcome::Revoked { reason, .. } if reason == "ERROR_BUDGET_EXCEEDED"),
+        "{report:?}"
+    );
+    let v = violations(&host, "rogue-secret");
+    assert_eq!(v.iter().filter(|v| *v == "TIER_DENIED").count(), 2, "{v:?}");
+
+    // T4 reading the same path is allowed (after approval).
+    host.approve("t-sec4", "alice").await.unwrap();
+    let p = packet(
+        "rogue-arch",
+        "t-sec4",
+        "attempt: secret",
+        &["evidence.md"],
+        json!({}),
+    );
+    let report = run(&host, "rogue-arch", "rogue", Tier::Architect, &p)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed, "{report:?}");
+    assert!(violations(&host, "rogue-arch").is_empty());
+}

@@ -1,0 +1,298 @@
+//! The host-owned lifecycle: order, checkpoints, the T0 stop, the approval gate and the
+//! BOOTSTRAP refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::json;
+use warden::{Phase, RunOutcome, Tier};
+use warden_tests::{actions, agent, host, packet, run};
+
+#[tokio::test]
+async fn phases_run_in_order_with_a_checkpoint_at_each_transition() {
+    let host = host();
+    let p = packet("hello", "t-order", "greet", &["hello.txt"], json!({}));
+    let report = run(&host, "hello", "hello", Tier::Operator, &p)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed, "{report:?}");
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Bootstrap,
+            Phase::Preflight,
+            Phase::Plan,
+            Phase::Execute,
+            Phase::Verify,
+            Phase::Package,
+            Phase::Report,
+            Phase::Exit
+        ]
+    );
+    // One `phase.enter` row per transition, in order, each written after its checkpoint.
+    let entered: Vec<String> = actions(&host, "hello")
+        .into_iter()
+        .filter(|a| a == "phase.enter")
+        .collect();
+    assert_eq!(entered.len(), 7, "one transition per phase after BOOTSTRAP");
+    let checkpoint = host
+        .state()
+        .checkpoint("hello")
+        .await
+        .unwrap()
+        .expect("checkpoint");
+    let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    assert_eq!(checkpoint["phase"], "EXIT");
+    assert_eq!(checkpoint["task_id"], "t-order");
+    // The lock is released at EXIT and the host wrote its plan and report artifacts.
+    assert_eq!(host.state().lock_owner("hello").await.unwrap(), None);
+    let names: Vec<&str> = report.artifacts.iter().map(|a| a.name.as_str()).collect();
+    for expected in ["plan.json", "hello.txt", "report.json"] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    assert!(report.compliant);
+    assert!(host.ledger().verify().unwrap().broken.is_none());
+}
+
+#[tokio::test]
+async fn checkpoints_follow_each_phase() {
+    // Watch the checkpoint move while a second task samples it.
+    let host = host();
+    let p = packet("hello", "t-ckpt", "greet", &[], json!({}));
+    run(&host, "hello", "hello", Tier::Operator, &p)
+        .await
+        .unwrap();
+    let query = warden::ledger::LedgerQuery {
+        agent_id: Some("hello".into()),
+        task_id: Some("t-ckpt".into()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    let rows = host.ledger().query(&query).unwrap();
+    let phases: Vec<String> = rows
+        .iter()
+        .filter(|r| r.action_name() == Some("phase.enter"))
+        .filter_map(|r| r.phase().map(str::to_string))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "PREFLIGHT",
+            "PLAN",
+            "EXECUTE",
+            "VERIFY",
+            "PACKAGE",
+            "REPORT",
+            "EXIT"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_observer_stops_after_plan_with_its_plan_artifact() {
+    let host = host();
+    let p = packet("watcher", "t-observe", "look around", &[], json!({}));
+    let report = run(&host, "watcher", "bench-guest", Tier::Observer, &p)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, RunOutcome::PlanOnly, "{report:?}");
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Bootstrap,
+            Phase::Preflight,
+            Phase::Plan,
+            Phase::Package,
+            Phase::Exit
+        ]
+    );
+    assert!(!phases.contains(&Phase::Execute));
+    assert!(report.artifacts.iter().any(|a| a.name == "plan.json"));
+}
+
+#[tokio::test]
+async fn an_observer_with_a_deliverable_it_cannot_write_fails_preflight() {
+    let host = host();
+    let p = packet("watcher", "t-pre", "look", &["hello.txt"], json!({}));
+    let report = run(&host, "watcher", "bench-guest", Tier::Observer, &p)
+        .await
+        .unwrap();
+    match report.outcome {
+        RunOutcome::Failed { code, message } => {
+            assert_eq!(code, "PREFLIGHT_FAILED");
+            assert!(message.contains("`hello.txt`"), "{message}");
+        }
+        other => panic!("expected a preflight failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_refuses_without_a_packet_and_when_locked_or_revoked() {
+    let host = host();
+    let bytes = agent("hello");
+    host.register_agent("hello", Tier::Operator, Some(&bytes), "test")
+        .unwrap();
+
+    let err = host.run("hello", &bytes).await.unwrap_err();
+    assert!(
+        matches!(&err, warden::Error::Refused(r) if r.code() == "NO_INSTRUCTION_PACKET"),
+        "{err}"
+    );
+
+    host.submit_packet(&packet("hello", "t-lock", "greet", &[], json!({})))
+        .await
+        .unwrap();
+    let held = host
+        .state()
+        .acquire_lock(
+            "hello",
+            "another-host:run",
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(held, warden::state::LockAttempt::Acquired));
+    let err = host.run("hello", &bytes).await.unwrap_err();
+    assert!(
+        matches!(&err, warden::Error::Refused(r) if r.code() == "CANNOT_ACQUIRE_LOCK"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another-host:run"), "{err}");
+    host.state()
+        .release_lock("hello", "another-host:run")
+        .await
+        .unwrap();
+
+    host.revoke("hello", "testing", "test").await.unwrap();
+    let err = host.run("hello", &bytes).await.unwrap_err();
+    assert!(
+        matches!(&err, warden::Error::Refused(r) if r.code() == "AGENT_PREVIOUSLY_REVOKED"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("testing"), "{err}");
+
+    let refusals = actions(&host, "hello")
+        .into_iter()
+        .filter(|a| a == "bootstrap")
+        .count();
+    assert_eq!(refusals, 3, "each refusal is recorded");
+}
+
+#[tokio::test]
+async fn unknown_agents_and_other_components_are_refused() {
+    let host = host();
+    let hello = agent("hello");
+    let err = host.run("nobody", &hello).await.unwrap_err();
+    assert!(
+        matches!(&err, warden::Error::Refused(r) if r.code() == "UNKNOWN_AGENT"),
+        "{err}"
+    );
+
+    host.register_agent("hello", Tier::Operator, Some(&hello), "test")
+        .unwrap();
+    host.submit_packet(&packet("hello", "t-bind", "greet", &[], json!({})))
+        .await
+        .unwrap();
+    let other = agent("bench-guest");
+    let err = host.run("hello", &other).await.unwrap_err();
+    assert!(
+        matches!(&err, warden::Error::Refused(r) if r.code() == "COMPONENT_MISMATCH"),
+        "{err}"
+    );
+    // Re-registering binds the new component, and the change is recorded.
+    host.register_agent("hello", Tier::Operator, Some(&other), "test")
+        .unwrap();
+    let recorded = actions(&host, "hello");
+    assert!(recorded.iter().any(|a| a == "agent.rebind"), "{recorded:?}");
+    host.submit_packet(&packet("hello", "t-bind", "calls:3", &[], json!({})))
+        .await
+        .unwrap();
+    let report = host.run("hello", &other).await.unwrap();
+    assert!(report.outcome.is_success(), "{report:?}");
+}
+
+#[tokio::test]
+async fn an_architect_waits_for_approval() {
+    let host = host();
+    let p = packet(
+        "arch",
+        "t-approve",
+        "greet",
+        &["hello.txt"],
+        json!({ "limits": { "approval_timeout_ms": 20000 } }),
+    );
+    let bytes = agent("hello");
+    host.register_agent("arch", Tier::Architect, Some(&bytes), "test")
+        .unwrap();
+    host.submit_packet(&p).await.unwrap();
+    let runner = {
+        let host = host.clone();
+        let bytes = bytes.clone();
+        tokio::spawn(async move { host.run("arch", &bytes).await })
+    };
+    // The run is parked at the gate until someone approves.
+    let mut waited = 0;
+    while !actions(&host, "arch")
+        .iter()
+        .any(|a| a == "approval.requested")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        waited += 1;
+        assert!(waited < 500, "the run never reached the approval gate");
+    }
+    assert!(!runner.is_finished());
+    host.approve("t-approve", "alice").await.unwrap();
+    let report = runner.await.unwrap().unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed, "{report:?}");
+    assert!(
+        actions(&host, "arch")
+            .iter()
+            .any(|a| a == "approval.granted")
+    );
+}
+
+#[tokio::test]
+async fn approval_times_out() {
+    let host = host();
+    let p = packet(
+        "arch",
+        "t-noapprove",
+        "greet",
+        &[],
+        json!({ "limits": { "approval_timeout_ms": 300 } }),
+    );
+    let report = run(&host, "arch", "hello", Tier::Architect, &p)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&report.outcome, RunOutcome::Failed { code, .. } if code == "APPROVAL_TIMEOUT"),
+        "{report:?}"
+    );
+    assert_eq!(
+        host.state().lock_owner("arch").await.unwrap(),
+        None,
+        "lock released"
+    );
+}
+
+#[tokio::test]
+async fn compliant_runs_promote_up_to_the_automatic_limit() {
+    let host = host();
+    for i in 0..5 {
+        let p = packet("hello", &format!("t-promo-{i}"), "greet", &[], json!({}));
+        let report = run(&host, "hello", "hello", Tier::Operator, &p)
+            .await
+            .unwrap();
+        assert!(report.compliant, "{report:?}");
+        if i < 4 {
+            assert_eq!(report.promoted_to, None);
+        } else {
+            assert_eq!(report.promoted_to, Some(Tier::Builder));
+        }
+    }
+    assert_eq!(
+        host.ledger().agent("hello").unwrap().unwrap().tier,
+        Tier::Builder
+    );
+}

@@ -1,0 +1,145 @@
+//! `cargo xtask <command>`: build the agents, run the demo, run every test, benchmark.
+//!
+//! Each command installs what it needs that is missing (the `wasm32-wasip2` target), so a
+//! fresh clone needs nothing but a Rust toolchain.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Agents built for `wasm32-wasip2`, as `<package>` → `<file>.wasm`.
+pub const AGENTS: &[&str] = &[
+    "hello",
+    "planner",
+    "rogue",
+    "rogue-overreach",
+    "bench-guest",
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("help");
+    match command {
+        "build-agents" => build_agents().map(|_| ()),
+        "demo" => demo::demo(&args[1..]),
+        "test" => test(&args[1..]),
+        "bench" => bench(&args[1..]),
+        "lint" => lint(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 demo          build agents and host, run a governed task on the embedded defaults\n  \
+                 test          build agents, run every test\n  \
+                 bench         benchmarks against bare wasmtime and raw rusqlite (release build)\n  \
+                 build-agents  build the example agents for wasm32-wasip2\n  \
+                 lint          cargo fmt --check and cargo clippy -D warnings"
+            );
+            if command == "help" {
+                Ok(())
+            } else {
+                bail!("unknown command `{command}`")
+            }
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+pub fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Install the wasm32-wasip2 target if rustup lacks it.
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run `rustup`: install Rust with rustup (https://rustup.rs)")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the wasm32-wasip2 target");
+    run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
+}
+
+/// Where built agents land.
+pub fn agents_dir() -> PathBuf {
+    root().join("target/wasm32-wasip2/release")
+}
+
+/// Build every example agent (release: small, fast components).
+pub fn build_agents() -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let mut command = cargo();
+    command.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for agent in AGENTS {
+        command.args(["-p", agent]);
+    }
+    run(&mut command)?;
+    let dir = agents_dir();
+    for agent in AGENTS {
+        let file = dir.join(format!("{}.wasm", agent.replace('-', "_")));
+        if !file.exists() {
+            bail!("building agents did not produce `{}`", file.display());
+        }
+    }
+    Ok(dir)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let agents = build_agents()?;
+    let mut command = cargo();
+    command
+        .arg("test")
+        .args(extra)
+        .env("WARDEN_AGENTS_DIR", &agents);
+    run(&mut command)
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let agents = build_agents()?;
+    let mut command = cargo();
+    command
+        .args(["bench", "-p", "warden-tests", "--bench", "governance"])
+        .args(extra)
+        .env("WARDEN_AGENTS_DIR", &agents);
+    run(&mut command)
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
