@@ -77,7 +77,7 @@ impl WardenConfig {
             builder = builder.tiers(TierTable::from_file(self.resolve(policies))?);
         }
         if let Some(tools) = &self.tools {
-            builder = builder.tools(ToolRegistry::from_file(&self.resolve(tools))?);
+            builder = builder.tools(ToolRegistry::from_file(self.resolve(tools))?);
         }
         Ok(builder)
     }

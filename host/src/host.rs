@@ -94,45 +94,26 @@ impl HostBuilder {
             Some(tiers) => tiers,
             None => TierTable::builtin()?,
         };
-        let (ledger, state, secrets, blobs, cache_dir, workspaces): (
-            Ledger,
-            Arc<dyn StateStore>,
-            Arc<dyn SecretBackend>,
-            Arc<dyn BlobStore>,
-            Option<PathBuf>,
-            Workspaces,
-        ) = match &self.data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-                (
-                    Ledger::open(&dir.join("ledger.db"))?,
-                    match self.state {
-                        Some(state) => state,
-                        None => Arc::new(EmbeddedState::open(&dir.join("state.db"))?),
-                    },
-                    match self.secrets {
-                        Some(secrets) => secrets,
-                        None => Arc::new(EmbeddedSecrets::open(&dir.join("secrets.json"))?),
-                    },
-                    Arc::new(DirBlobs::open(&dir.join("blobs"))?),
-                    Some(dir.join("cache")),
-                    Workspaces::Dir(dir.join("workspaces")),
-                )
-            }
-            None => (
-                Ledger::in_memory()?,
-                match self.state {
-                    Some(state) => state,
-                    None => Arc::new(EmbeddedState::in_memory()?),
-                },
-                match self.secrets {
-                    Some(secrets) => secrets,
-                    None => Arc::new(EmbeddedSecrets::in_memory()),
-                },
-                Arc::new(MemoryBlobs::default()),
-                None,
-                Workspaces::Temp(tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?),
-            ),
+        let storage = match &self.data_dir {
+            Some(dir) => Storage::on_disk(dir)?,
+            None => Storage::in_memory()?,
+        };
+        let Storage {
+            ledger,
+            blobs,
+            cache_dir,
+            workspaces,
+            ..
+        } = storage;
+        let state = match (self.state, storage.state) {
+            (Some(state), _) => state,
+            (None, StateDefault::File(path)) => Arc::new(EmbeddedState::open(path)?),
+            (None, StateDefault::Memory) => Arc::new(EmbeddedState::in_memory()?),
+        };
+        let secrets = match (self.secrets, storage.secrets) {
+            (Some(secrets), _) => secrets,
+            (None, StateDefault::File(path)) => Arc::new(EmbeddedSecrets::open(path)?),
+            (None, StateDefault::Memory) => Arc::new(EmbeddedSecrets::in_memory()),
         };
         let runtime = Runtime::new(cache_dir)?;
         let mut linkers = Vec::with_capacity(5);
@@ -164,6 +145,49 @@ impl HostBuilder {
         };
         Ok(Host {
             services: Arc::new(services),
+        })
+    }
+}
+
+/// Where the embedded defaults keep things: the data directory, or memory.
+struct Storage {
+    ledger: Ledger,
+    blobs: Arc<dyn BlobStore>,
+    cache_dir: Option<PathBuf>,
+    workspaces: Workspaces,
+    state: StateDefault,
+    secrets: StateDefault,
+}
+
+/// An embedded backend's location, opened only when no backend was given.
+enum StateDefault {
+    File(PathBuf),
+    Memory,
+}
+
+impl Storage {
+    fn on_disk(dir: &Path) -> Result<Storage, Error> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        Ok(Storage {
+            ledger: Ledger::open(&dir.join("ledger.db"))?,
+            blobs: Arc::new(DirBlobs::open(&dir.join("blobs"))?),
+            cache_dir: Some(dir.join("cache")),
+            workspaces: Workspaces::Dir(dir.join("workspaces")),
+            state: StateDefault::File(dir.join("state.db")),
+            secrets: StateDefault::File(dir.join("secrets.json")),
+        })
+    }
+
+    fn in_memory() -> Result<Storage, Error> {
+        Ok(Storage {
+            ledger: Ledger::in_memory()?,
+            blobs: Arc::new(MemoryBlobs::default()),
+            cache_dir: None,
+            workspaces: Workspaces::Temp(
+                tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?,
+            ),
+            state: StateDefault::Memory,
+            secrets: StateDefault::Memory,
         })
     }
 }

@@ -62,3 +62,8 @@ pub mod bare {
     pub use crate::bindings::*;
     pub use crate::runtime::engine_config;
 }
+
+/// The README's examples, compiled as doctests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -593,10 +593,10 @@ impl Driver {
     /// The transition into `phase`: heartbeat, lock refresh, checkpoint, budget read.
     async fn transition(&mut self, phase: Phase) -> Result<(), Stop> {
         let now = Instant::now();
-        if let Some(last) = self.phases.last_mut() {
-            if last.phase != Phase::Bootstrap {
-                last.elapsed_ms = (now - self.phase_started).as_secs_f64() * 1e3;
-            }
+        if let Some(last) = self.phases.last_mut()
+            && last.phase != Phase::Bootstrap
+        {
+            last.elapsed_ms = (now - self.phase_started).as_secs_f64() * 1e3;
         }
         self.phase_started = now;
         if self.run.is_revoked() {
@@ -670,7 +670,8 @@ impl Driver {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(message))) => {
                 let signature = format!("AGENT_ERROR:{}", phase.as_str());
-                if charge_error(&self.services, &self.run, &signature, false)
+                let message = format!("the agent's {} failed: {message}", phase.as_str());
+                if charge_error(&self.services, &self.run, &signature, false, &message)
                     .await
                     .is_some()
                 {
@@ -678,7 +679,7 @@ impl Driver {
                 }
                 return Err(Stop::Failed {
                     code: "AGENT_ERROR",
-                    message: format!("the agent's {} failed: {message}", phase.as_str()),
+                    message,
                 });
             }
             Ok(Err(trap)) => Some(trap),
@@ -740,7 +741,7 @@ impl Driver {
             }
         }
         let signature = format!("{code}:{}", phase.as_str());
-        if charge_error(&self.services, &self.run, &signature, false)
+        if charge_error(&self.services, &self.run, &signature, false, &message)
             .await
             .is_some()
         {
@@ -1166,29 +1167,28 @@ impl Driver {
                 let rules = &self.services.tiers.promotion;
                 if compliant
                     && metrics.consecutive_compliant >= u64::from(rules.consecutive_compliant)
+                    && let Some(next) = tier.next()
                 {
-                    if let Some(next) = tier.next() {
-                        if next < rules.auto_promote_below {
-                            let reason = format!(
-                                "{} consecutive compliant runs",
-                                metrics.consecutive_compliant
-                            );
-                            match self.services.ledger.set_tier(
-                                &self.run.agent_id,
-                                next,
-                                &reason,
-                                "host",
-                            ) {
-                                Ok(()) => promoted_to = Some(next),
-                                Err(error) => tracing::warn!(%error, "cannot promote"),
-                            }
-                        } else {
-                            self.log(
+                    if next < rules.auto_promote_below {
+                        let reason = format!(
+                            "{} consecutive compliant runs",
+                            metrics.consecutive_compliant
+                        );
+                        match self.services.ledger.set_tier(
+                            &self.run.agent_id,
+                            next,
+                            &reason,
+                            "host",
+                        ) {
+                            Ok(()) => promoted_to = Some(next),
+                            Err(error) => tracing::warn!(%error, "cannot promote"),
+                        }
+                    } else {
+                        self.log(
                                 Phase::Exit,
                                 "promotion.eligible",
                                 format!("eligible for {next}; promote with `warden agents promote {} --tier {}`", self.run.agent_id, next.code()),
                             );
-                        }
                     }
                 }
             }
@@ -1220,10 +1220,10 @@ impl Driver {
         self.write_logs(&stdout, &stderr);
 
         let artifacts = self.task_artifacts().await;
-        if let Some(last) = self.phases.last_mut() {
-            if last.phase == Phase::Exit {
-                last.elapsed_ms = self.phase_started.elapsed().as_secs_f64() * 1e3;
-            }
+        if let Some(last) = self.phases.last_mut()
+            && last.phase == Phase::Exit
+        {
+            last.elapsed_ms = self.phase_started.elapsed().as_secs_f64() * 1e3;
         }
         RunReport {
             agent_id: self.run.agent_id.to_string(),
@@ -1499,9 +1499,8 @@ fn budget_trigger(counts: &ErrorCounts, packet: &Packet) -> Option<(&'static str
         return Some((
             "PROCEDURE_VIOLATION",
             format!(
-                "{} procedure violation(s); the packet allows {}",
-                counts.procedure,
-                budget.max_procedure_violations.saturating_sub(1)
+                "{} procedure violation(s) reached `max_procedure_violations` of {}",
+                counts.procedure, budget.max_procedure_violations
             ),
         ));
     }
@@ -1535,6 +1534,7 @@ pub(crate) async fn charge_error(
     run: &Arc<RunShared>,
     signature: &str,
     procedure: bool,
+    cause: &str,
 ) -> Option<String> {
     let counts = match services
         .state
@@ -1547,7 +1547,8 @@ pub(crate) async fn charge_error(
             return None;
         }
     };
-    let (kind, details) = budget_trigger(&counts, &run.packet)?;
+    let (kind, budget) = budget_trigger(&counts, &run.packet)?;
+    let details = format!("{budget}; last: {cause}");
     revoke(
         services,
         run,
@@ -1581,10 +1582,10 @@ pub(crate) async fn revoke(
         revoked_by: by.to_string(),
         revoked_at: now_rfc3339(),
     };
-    if let Ok(json) = serde_json::to_string(&revocation) {
-        if let Err(error) = services.state.record_revocation(&agent, &json).await {
-            tracing::error!(%error, "cannot record revocation in the state store");
-        }
+    if let Ok(json) = serde_json::to_string(&revocation)
+        && let Err(error) = services.state.record_revocation(&agent, &json).await
+    {
+        tracing::error!(%error, "cannot record revocation in the state store");
     }
     let entry = action(
         &run.subject,
@@ -1606,10 +1607,10 @@ async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &R
     let task = run.task_id.to_string();
     let phase = run.phase();
     let session = run.secrets.lock().take();
-    if let Some(session) = session {
-        if let Err(error) = session.revoke().await {
-            tracing::warn!(%error, "cannot revoke secrets session");
-        }
+    if let Some(session) = session
+        && let Err(error) = session.revoke().await
+    {
+        tracing::warn!(%error, "cannot revoke secrets session");
     }
     let handoff = build_handoff(services, run, reason, phase).await;
     if let Ok(json) = serde_json::to_string(&handoff) {

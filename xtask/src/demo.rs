@@ -198,10 +198,7 @@ pub fn demo(_args: &[String]) -> Result<()> {
         "--packet",
         &packet("hello"),
     ])?;
-    println!(
-        "\n{:<22} {:>4}  {:<10} {}",
-        "agent", "exit", "outcome", "why"
-    );
+    println!("\n{:<22} {:>4}  {:<10} why", "agent", "exit", "outcome");
     for (name, child) in children {
         let (code, value) = parse(child.wait_with_output()?)?;
         let outcome = &value["outcome"];

@@ -208,8 +208,14 @@ impl Governor {
         }
         self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)));
         let signature = format!("{}:{op}", refusal.kind.code());
-        match lifecycle::charge_error(&services, &run, &signature, refusal.kind.is_procedure())
-            .await
+        match lifecycle::charge_error(
+            &services,
+            &run,
+            &signature,
+            refusal.kind.is_procedure(),
+            &refusal.message,
+        )
+        .await
         {
             Some(revoked) => WitError::Revoked(format!("{}; {revoked}", refusal.message)),
             None if refusal.kind == ViolationKind::Invalid => WitError::Invalid(refusal.message),

@@ -242,7 +242,7 @@ impl Env {
             format!("cannot create data directory `{}`", self.data_dir.display())
         })?;
         let secrets: Arc<EmbeddedSecrets> =
-            Arc::new(EmbeddedSecrets::open(&self.data_dir.join("secrets.json"))?);
+            Arc::new(EmbeddedSecrets::open(self.data_dir.join("secrets.json"))?);
         let mut builder = self
             .config
             .builder(Some(self.data_dir.clone()))
