@@ -5,6 +5,7 @@
 //! data_dir = ".warden"
 //! policies = "policies/tiers.toml"
 //! tools = "tools.toml"
+//! call_durability = "every-call"   # commit each capability call's row before it returns
 //!
 //! [llm]
 //! provider = "scripted"            # or "openai-compatible"
@@ -31,6 +32,9 @@ pub struct WardenConfig {
     pub policies: Option<PathBuf>,
     pub tools: Option<PathBuf>,
     pub llm: Option<LlmConfig>,
+    /// `batched` (default) or `every-call`: see [`crate::CallDurability`].
+    #[serde(default)]
+    pub call_durability: crate::CallDurability,
     #[serde(skip)]
     base: PathBuf,
 }
@@ -69,7 +73,7 @@ impl WardenConfig {
     /// A host builder with everything this config names. The LLM API key, when the config
     /// names a secret for it, is read from the host's secrets store (operator access).
     pub async fn builder(&self, data_dir: Option<PathBuf>) -> Result<HostBuilder, Error> {
-        let mut builder = crate::Host::builder();
+        let mut builder = crate::Host::builder().call_durability(self.call_durability);
         if let Some(dir) = data_dir.or_else(|| self.data_dir.as_ref().map(|d| self.resolve(d))) {
             builder = builder.data_dir(dir);
         }

@@ -42,6 +42,22 @@ pub struct HostBuilder {
     llm: Option<Arc<dyn LlmProvider>>,
     tools: Option<ToolRegistry>,
     host_id: Option<String>,
+    call_durability: CallDurability,
+}
+
+/// When the ledger row of an agent's capability call is committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallDurability {
+    /// Rows are group-committed off the agent's hot path (a call costs an enqueue). Refusals,
+    /// violations and revocations are committed before the guest sees them, and every row of
+    /// a run is committed before [`Host::run`] returns; a process killed mid-run can lose the
+    /// rows of allowed calls still in the last batch.
+    #[default]
+    Batched,
+    /// Every call returns to the guest only once its row is committed, so a process killed
+    /// at any moment loses no row of a call that returned. Costs one commit per call.
+    EveryCall,
 }
 
 impl HostBuilder {
@@ -58,7 +74,8 @@ impl HostBuilder {
         self
     }
 
-    /// The runtime-state backend. Default: embedded (in the data directory, else in memory).
+    /// The runtime-state backend. Default: embedded SQLite in the data directory, else
+    /// [`MemoryState`](crate::state::MemoryState).
     pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
         self.state = Some(state);
         self
@@ -79,6 +96,12 @@ impl HostBuilder {
     /// The tools agents may invoke. Default: none.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = Some(tools);
+        self
+    }
+
+    /// When capability-call rows are committed. Default: [`CallDurability::Batched`].
+    pub fn call_durability(mut self, durability: CallDurability) -> Self {
+        self.call_durability = durability;
         self
     }
 
@@ -108,7 +131,7 @@ impl HostBuilder {
         let state = match (self.state, storage.state) {
             (Some(state), _) => state,
             (None, StateDefault::File(path)) => Arc::new(EmbeddedState::open(path)?),
-            (None, StateDefault::Memory) => Arc::new(EmbeddedState::in_memory()?),
+            (None, StateDefault::Memory) => Arc::new(crate::state::MemoryState::new()),
         };
         let secrets = match (self.secrets, storage.secrets) {
             (Some(secrets), _) => secrets,
@@ -142,6 +165,7 @@ impl HostBuilder {
             running: Mutex::new(HashMap::new()),
             host_id,
             data_dir: self.data_dir,
+            call_durability: self.call_durability,
         };
         Ok(Host {
             services: Arc::new(services),
@@ -231,25 +255,18 @@ pub(crate) struct Services {
     pub running: Mutex<HashMap<String, Arc<RunShared>>>,
     pub host_id: String,
     pub data_dir: Option<PathBuf>,
+    pub call_durability: CallDurability,
 }
 
 impl Services {
     /// Append and wait until the row is committed, without blocking the async runtime.
     pub async fn ledger_durable(&self, entry: Entry) -> Result<u64, LedgerError> {
-        let ledger = self.ledger.clone();
-        match tokio::task::spawn_blocking(move || ledger.append_durable(entry)).await {
-            Ok(result) => result,
-            Err(_) => Err(LedgerError::WriterStopped),
-        }
+        self.ledger.append_durable_async(entry).await
     }
 
     /// Wait until every row appended so far is committed.
     pub async fn ledger_flush(&self) -> Result<(), LedgerError> {
-        let ledger = self.ledger.clone();
-        match tokio::task::spawn_blocking(move || ledger.flush()).await {
-            Ok(result) => result,
-            Err(_) => Err(LedgerError::WriterStopped),
-        }
+        self.ledger.flush_async().await
     }
 
     pub fn tokens_used(&self, task: &str) -> u64 {

@@ -47,7 +47,7 @@ pub mod tier;
 pub mod tools;
 
 pub use error::{Error, Refusal};
-pub use host::{ComponentSummary, Host, HostBuilder};
+pub use host::{CallDurability, ComponentSummary, Host, HostBuilder};
 #[doc(hidden)]
 pub use lifecycle::BenchInstance;
 pub use lifecycle::{BudgetUse, Phase, PhaseRecord, RunOutcome, RunReport};

@@ -298,7 +298,9 @@ pub(crate) async fn run(
             agent: agent.to_string(),
         })?;
     let tier = record.tier;
-    let component_digest = digest(bytes);
+    let component_digest = services
+        .runtime
+        .digest_of(bytes, record.component_digest.as_deref());
     let mut subject = host_subject(&services, agent, tier, None, Some(&component_digest));
 
     match &record.component_digest {
@@ -411,6 +413,20 @@ pub(crate) async fn run(
         Err(stop) => Err(stop),
     };
     Ok(driver.exit(outcome).await)
+}
+
+/// One agent-driven phase: arm the deadlines, call the guest under the wall-clock timeout,
+/// and settle the result (`?` on a stop).
+macro_rules! guest_call {
+    ($driver:ident, $phase:expr, $method:ident($($arg:expr),*)) => {{
+        let wall = $driver.arm();
+        let Some(booted) = &mut $driver.booted else {
+            return Err(not_booted());
+        };
+        let call = booted.guest.warden_agent_agent().$method(&mut booted.store, $($arg),*);
+        let result = tokio::time::timeout(wall, call).await;
+        $driver.settle($phase, result).await?
+    }};
 }
 
 struct Booted {
@@ -758,16 +774,7 @@ impl Driver {
         self.preflight()?;
 
         self.transition(Phase::Plan).await?;
-        let wall = self.arm();
-        let Some(booted) = &mut self.booted else {
-            return Err(not_booted());
-        };
-        let call = booted
-            .guest
-            .warden_agent_agent()
-            .call_plan(&mut booted.store, &packet);
-        let result = tokio::time::timeout(wall, call).await;
-        let plan = self.settle(Phase::Plan, result).await?;
+        let plan = guest_call!(self, Phase::Plan, call_plan(&packet));
         self.write_host_artifact("plan.json", &plan_json(&plan))
             .await;
         self.log(Phase::Plan, "plan", plan.summary.clone());
@@ -783,32 +790,12 @@ impl Driver {
         self.approval_gate().await?;
 
         self.transition(Phase::Execute).await?;
-        let wall = self.arm();
-        let Some(booted) = &mut self.booted else {
-            return Err(not_booted());
-        };
-        let call =
-            booted
-                .guest
-                .warden_agent_agent()
-                .call_execute(&mut booted.store, &packet, &plan);
-        let result = tokio::time::timeout(wall, call).await;
-        let outcome = self.settle(Phase::Execute, result).await?;
+        let outcome = guest_call!(self, Phase::Execute, call_execute(&packet, &plan));
         self.log(Phase::Execute, "execute", outcome.summary.clone());
         self.require_deliverables(Phase::Execute).await?;
 
         self.transition(Phase::Verify).await?;
-        let wall = self.arm();
-        let Some(booted) = &mut self.booted else {
-            return Err(not_booted());
-        };
-        let call =
-            booted
-                .guest
-                .warden_agent_agent()
-                .call_verify(&mut booted.store, &packet, &outcome);
-        let result = tokio::time::timeout(wall, call).await;
-        let verification = self.settle(Phase::Verify, result).await?;
+        let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
         let missing = self.missing_deliverables().await;
         if !verification.passed {
             self.verification_failed = Some(format!(
@@ -836,17 +823,7 @@ impl Driver {
         self.package().await;
 
         self.transition(Phase::Report).await?;
-        let wall = self.arm();
-        let Some(booted) = &mut self.booted else {
-            return Err(not_booted());
-        };
-        let call = booted.guest.warden_agent_agent().call_report(
-            &mut booted.store,
-            &packet,
-            &verification,
-        );
-        let result = tokio::time::timeout(wall, call).await;
-        let report = self.settle(Phase::Report, result).await?;
+        let report = guest_call!(self, Phase::Report, call_report(&packet, &verification));
         let report_json = serde_json::json!({
             "summary": report.summary,
             "details": report.details,

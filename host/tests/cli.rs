@@ -348,3 +348,91 @@ fn approve_from_another_process_releases_the_gate() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_process_killed_mid_run_keeps_every_committed_call_and_a_valid_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let config = data.join("warden.toml");
+    std::fs::write(&config, "call_durability = \"every-call\"\n").unwrap();
+    let with_config = |args: &[&str]| {
+        let mut full = vec!["--config", config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        warden(data, &full)
+    };
+    assert!(
+        with_config(&[
+            "agents",
+            "register",
+            "probe",
+            "--tier",
+            "T1",
+            "--component",
+            &wasm("probe")
+        ])
+        .status
+        .success()
+    );
+    let packet = write_packet(
+        data,
+        "probe",
+        serde_json::json!({"agent_id":"probe","task_id":"crash","objective":"probe: state.set marker 1; ledger.note before-the-crash; spin","limits":{"phase_cpu_ms":60000,"phase_wall_ms":60000}}),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            &wasm("probe"),
+            "--packet",
+            &packet,
+        ])
+        .current_dir(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the call's row is visible to another connection, then kill the process
+    // while the agent spins.
+    let db = data.join("ledger.db");
+    let seen = |action: &str| -> bool {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM agent_actions WHERE action = ?1",
+                    [action],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .map(|n| n > 0)
+            .unwrap_or(false)
+    };
+    let mut waited = 0;
+    while !seen("state.set") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "the call was never recorded");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent should still be spinning"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(
+        seen("state.set") && seen("agent.note"),
+        "rows of calls that returned survive the kill"
+    );
+    let out = with_config(&["--json", "ledger", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(json(&out)["broken"].is_null());
+}

@@ -132,11 +132,11 @@ pub async fn run(
     host.run(agent_id, &bytes).await
 }
 
-/// Action names recorded for an agent, oldest first.
-pub fn actions(host: &Host, agent: &str) -> Vec<String> {
+/// The kinds (action names or violation types) of an agent's rows in one table, oldest first.
+pub fn kinds(host: &Host, agent: &str, table: warden::ledger::Table) -> Vec<String> {
     let query = warden::ledger::LedgerQuery {
         agent_id: Some(agent.to_string()),
-        table: Some(warden::ledger::Table::Actions),
+        table: Some(table),
         limit: Some(10_000),
         ..Default::default()
     };
@@ -144,24 +144,17 @@ pub fn actions(host: &Host, agent: &str) -> Vec<String> {
     host.ledger()
         .query(&query)
         .unwrap()
-        .iter()
-        .map(|row| row.action_name().unwrap_or_default().to_string())
+        .into_iter()
+        .map(|row| row.kind)
         .collect()
+}
+
+/// Action names recorded for an agent, oldest first.
+pub fn actions(host: &Host, agent: &str) -> Vec<String> {
+    kinds(host, agent, warden::ledger::Table::Actions)
 }
 
 /// Violation types recorded for an agent, oldest first.
 pub fn violations(host: &Host, agent: &str) -> Vec<String> {
-    let query = warden::ledger::LedgerQuery {
-        agent_id: Some(agent.to_string()),
-        table: Some(warden::ledger::Table::Violations),
-        limit: Some(10_000),
-        ..Default::default()
-    };
-    host.ledger().flush().unwrap();
-    host.ledger()
-        .query(&query)
-        .unwrap()
-        .iter()
-        .map(|row| row.violation_type().unwrap_or_default().to_string())
-        .collect()
+    kinds(host, agent, warden::ledger::Table::Violations)
 }

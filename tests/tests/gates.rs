@@ -183,3 +183,91 @@ async fn call_gate_secrets_by_tier() {
     assert_eq!(report.outcome, RunOutcome::Completed, "{report:?}");
     assert!(violations(&host, "rogue-arch").is_empty());
 }
+
+/// Probe at a tier: the steps of its plan, one per call, `<call> -> ok` or the error.
+async fn probe(
+    tier: warden::Tier,
+    calls: &str,
+    extra: serde_json::Value,
+) -> (warden::Host, Vec<String>) {
+    let host = host();
+    let id = format!("probe-{}", tier.code());
+    let p = packet(
+        &id,
+        &format!("t-probe-{}", tier.code()),
+        &format!("probe: {calls}"),
+        &[],
+        extra,
+    );
+    host.approve(&p.task_id, "test").await.unwrap();
+    let report = run(&host, &id, "probe", tier, &p).await.unwrap();
+    (host, report.plan_steps)
+}
+
+#[tokio::test]
+async fn call_gate_artifact_names_by_tier() {
+    // T0 writes plan artifacts only; T1 and up write any name.
+    for tier in Tier::ALL {
+        let (host, steps) = probe(
+            tier,
+            "artifacts.put plan.md; artifacts.put notes.txt",
+            json!({}),
+        )
+        .await;
+        assert_eq!(steps[0], "artifacts.put plan.md -> ok", "{tier}");
+        if tier == Tier::Observer {
+            assert!(
+                steps[1].starts_with("artifacts.put notes.txt -> denied"),
+                "{tier}: {steps:?}"
+            );
+            assert!(
+                steps[1].contains("T1 (operator) may write any name"),
+                "{steps:?}"
+            );
+            assert_eq!(violations(&host, "probe-T0"), ["TIER_DENIED"]);
+        } else {
+            assert_eq!(steps[1], "artifacts.put notes.txt -> ok", "{tier}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn call_gate_packet_scope_and_forbidden_at_every_tier() {
+    for tier in Tier::ALL {
+        let extra = json!({ "constraints": { "scope": ["state:allowed*", "ledger:*"], "forbidden": ["state:secret-*"] } });
+        let (host, steps) = probe(
+            tier,
+            "state.get allowed-key; state.get elsewhere; ledger.note fine",
+            extra.clone(),
+        )
+        .await;
+        assert_eq!(steps[0], "state.get allowed-key -> ok", "{tier}");
+        assert!(
+            steps[1].contains("outside the packet's scope"),
+            "{tier}: {steps:?}"
+        );
+        assert_eq!(steps[2], "ledger.note fine -> ok", "{tier}");
+        assert_eq!(
+            violations(&host, &format!("probe-{}", tier.code())),
+            ["OUT_OF_SCOPE"]
+        );
+
+        // A forbidden resource is a procedure violation: revoked at once, at any tier.
+        let id = format!("probe-{}", tier.code());
+        let host = warden_tests::host();
+        let p = packet(
+            &id,
+            "t-forbidden",
+            "probe: state.get secret-key; state.get allowed-key",
+            &[],
+            extra,
+        );
+        let report = run(&host, &id, "probe", tier, &p).await.unwrap();
+        assert!(
+            matches!(&report.outcome, warden::RunOutcome::Revoked { reason, details } if reason == "PROCEDURE_VIOLATION" && details.contains("forbids `state:secret-*`")),
+            "{tier}: {:?}",
+            report.outcome
+        );
+        assert_eq!(violations(&host, &id), ["FORBIDDEN_ACTION"]);
+    }
+}

@@ -17,6 +17,7 @@ pub const AGENTS: &[&str] = &[
     "rogue",
     "rogue-overreach",
     "bench-guest",
+    "probe",
 ];
 
 fn main() -> Result<()> {

@@ -105,7 +105,7 @@ impl Host for AgentCtx {
             Ok(digest)
         }
         .await;
-        gov.record_result(OP, &result);
+        gov.record_result(OP, &result).await;
         result
     }
 
@@ -134,7 +134,7 @@ impl Host for AgentCtx {
             }
         }
         .await;
-        self.gov.record_result(OP, &result);
+        self.gov.record_result(OP, &result).await;
         result
     }
 
@@ -153,7 +153,7 @@ impl Host for AgentCtx {
                 })
                 .collect()
         });
-        self.gov.record_result(OP, &result);
+        self.gov.record_result(OP, &result).await;
         result
     }
 }

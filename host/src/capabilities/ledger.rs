@@ -46,7 +46,7 @@ impl AgentCtx {
         if let Some(confidence) = confidence {
             record = record.confidence(confidence);
         }
-        self.gov.services.ledger.append(Entry::Action(record));
+        self.gov.append(Entry::Action(record)).await;
         Ok(())
     }
 }

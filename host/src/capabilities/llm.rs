@@ -20,7 +20,7 @@ impl Host for AgentCtx {
             let error = WitError::Unavailable(
                 "no llm provider is configured on this host; set `[llm]` in warden.toml or call `HostBuilder::llm`".into(),
             );
-            self.gov.record_result::<()>(OP, &Err(error.clone()));
+            self.gov.record_result::<()>(OP, &Err(error.clone())).await;
             return Err(error);
         };
         let model = request
@@ -89,7 +89,7 @@ impl Host for AgentCtx {
             Err(LlmError::Unavailable(message)) => Err(unavailable("the llm provider", message)),
             Err(error) => Err(unavailable("the llm provider", error)),
         };
-        self.gov.record_result(OP, &result);
+        self.gov.record_result(OP, &result).await;
         result
     }
 }

@@ -20,7 +20,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{WitError, warden};
-use crate::host::{RunShared, Services};
+use crate::host::{CallDurability, RunShared, Services};
 use crate::ledger::{ActionRecord, Entry, ViolationRecord};
 use crate::lifecycle::{self, Meter};
 use crate::pattern::first_match;
@@ -206,7 +206,8 @@ impl Governor {
                 tracing::error!(%error, "cannot record violation");
             }
         }
-        self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)));
+        self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)))
+            .await;
         let signature = format!("{}:{op}", refusal.kind.code());
         match lifecycle::charge_error(
             &services,
@@ -226,8 +227,10 @@ impl Governor {
         }
     }
 
-    /// Record a call in the ledger (hot path: an enqueue, never a wait).
-    pub fn record(
+    /// Record a call in the ledger. With [`CallDurability::Batched`] (the default) this is
+    /// an enqueue, never a wait; with [`CallDurability::EveryCall`] the call returns to the
+    /// guest only once its row is committed.
+    pub async fn record(
         &self,
         op: &'static str,
         decision: &'static str,
@@ -238,17 +241,28 @@ impl Governor {
         if let Some((kind, message)) = error {
             record = record.failed(kind, message.to_string());
         }
-        let entry = Entry::Action(record);
-        self.services.ledger.append(entry);
+        self.append(Entry::Action(record)).await;
+    }
+
+    /// Append a row of this run under the host's call durability.
+    pub async fn append(&self, entry: Entry) {
+        match self.services.call_durability {
+            CallDurability::Batched => self.services.ledger.append(entry),
+            CallDurability::EveryCall => {
+                if let Err(error) = self.services.ledger_durable(entry).await {
+                    tracing::error!(%error, "cannot record call");
+                }
+            }
+        }
     }
 
     /// Record the outcome of an allowed call.
-    pub fn record_result<T>(&self, op: &'static str, result: &Result<T, WitError>) {
+    pub async fn record_result<T>(&self, op: &'static str, result: &Result<T, WitError>) {
         match result {
-            Ok(_) => self.record(op, "allowed", None),
+            Ok(_) => self.record(op, "allowed", None).await,
             Err(error) => {
                 let (kind, message) = wit_error_parts(error);
-                self.record(op, "allowed", Some((kind, message)));
+                self.record(op, "allowed", Some((kind, message))).await;
             }
         }
     }

@@ -65,7 +65,8 @@ impl Host for AgentCtx {
         };
         // Never the value: only that the read happened and how it ended.
         self.gov
-            .record_result(OP, &result.as_ref().map(|_| ()).map_err(Clone::clone));
+            .record_result(OP, &result.as_ref().map(|_| ()).map_err(Clone::clone))
+            .await;
         result
     }
 }

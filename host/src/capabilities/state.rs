@@ -38,7 +38,7 @@ impl Host for AgentCtx {
             .kv_get(gov.agent_id(), &key)
             .await
             .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result);
+        gov.record_result(OP, &result).await;
         result
     }
 
@@ -66,7 +66,7 @@ impl Host for AgentCtx {
             .kv_set(gov.agent_id(), &key, &value)
             .await
             .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result);
+        gov.record_result(OP, &result).await;
         result
     }
 
@@ -83,7 +83,7 @@ impl Host for AgentCtx {
             .kv_delete(gov.agent_id(), &key)
             .await
             .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result);
+        gov.record_result(OP, &result).await;
         result
     }
 
@@ -99,7 +99,7 @@ impl Host for AgentCtx {
             .kv_keys(gov.agent_id())
             .await
             .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result);
+        gov.record_result(OP, &result).await;
         result
     }
 }

@@ -40,7 +40,7 @@ impl Host for AgentCtx {
             })
             .collect();
         let result = Ok(tools);
-        self.gov.record_result(OP, &result);
+        self.gov.record_result(OP, &result).await;
         result
     }
 
@@ -64,7 +64,7 @@ impl Host for AgentCtx {
                     ToolsError::Denied { .. } => ViolationKind::TierDenied,
                     ToolsError::NotFound { .. } => {
                         let error = WitError::NotFound(error.to_string());
-                        self.gov.record_result::<()>(OP, &Err(error.clone()));
+                        self.gov.record_result::<()>(OP, &Err(error.clone())).await;
                         return Err(error);
                     }
                     _ => ViolationKind::Invalid,
@@ -87,7 +87,7 @@ impl Host for AgentCtx {
             }),
             Err(error) => Err(unavailable(&format!("tool `{name}`"), error)),
         };
-        self.gov.record_result(OP, &result);
+        self.gov.record_result(OP, &result).await;
         result
     }
 }

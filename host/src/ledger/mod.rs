@@ -208,8 +208,51 @@ impl Ledger {
     /// Sends a command and waits for the commit that carries it.
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LedgerError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(make(reply))?;
+        self.send(make(Reply::Blocking(reply)))?;
         answer.recv().map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    async fn call_async<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, LedgerError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(make(Reply::Async(reply)))?;
+        answer.await.map_err(|_| LedgerError::WriterStopped)?
+    }
+
+    /// [`Ledger::append_durable`] for async callers: waits without blocking a thread.
+    pub async fn append_durable_async(&self, entry: impl Into<Entry>) -> Result<u64, LedgerError> {
+        let (at, entry) = (now(), entry.into());
+        self.call_async(|reply| Command::Append {
+            at,
+            entry,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// [`Ledger::flush`] for async callers.
+    pub async fn flush_async(&self) -> Result<(), LedgerError> {
+        self.call_async(Command::Flush).await
+    }
+
+    /// [`Ledger::record_run`] for async callers.
+    pub async fn record_run_async(
+        &self,
+        agent_id: &str,
+        tier: Tier,
+        compliant: bool,
+    ) -> Result<MetricsSnapshot, LedgerError> {
+        check_agent_id(agent_id)?;
+        self.call_async(|reply| Command::RecordRun {
+            at: now(),
+            agent_id: agent_id.to_string(),
+            tier,
+            compliant,
+            reply,
+        })
+        .await
     }
 
     /// Records `entry` without waiting. It is committed with the next batch;

@@ -24,7 +24,22 @@ use crate::tier::Tier;
 const MAX_BATCH: usize = 4096;
 
 /// Where a caller waits for its result.
-pub(crate) type Reply<T> = SyncSender<Result<T, LedgerError>>;
+/// Where the writer sends an answer: a blocking caller or an async one (which must not
+/// park a runtime thread while the batch commits).
+pub(crate) enum Reply<T> {
+    Blocking(SyncSender<Result<T, LedgerError>>),
+    Async(tokio::sync::oneshot::Sender<Result<T, LedgerError>>),
+}
+
+impl<T> Reply<T> {
+    /// Deliver the answer; a caller that gave up waiting is not an error.
+    pub(crate) fn send(self, value: Result<T, LedgerError>) {
+        match self {
+            Reply::Blocking(sender) => drop(sender.send(value)),
+            Reply::Async(sender) => drop(sender.send(value)),
+        }
+    }
+}
 
 pub(crate) enum Command {
     Append {
@@ -67,10 +82,10 @@ impl Command {
         match self {
             Command::Append { reply: None, .. } => return Unanswered::Lost,
             Command::Flush(r) => return Unanswered::Flush(r),
-            Command::Append { reply: Some(r), .. } => drop(r.send(Err(err.clone()))),
-            Command::SetTier { reply: r, .. } => drop(r.send(Err(err.clone()))),
-            Command::Register { reply, .. } => drop(reply.send(Err(err.clone()))),
-            Command::RecordRun { reply, .. } => drop(reply.send(Err(err.clone()))),
+            Command::Append { reply: Some(r), .. } => r.send(Err(err.clone())),
+            Command::SetTier { reply: r, .. } => r.send(Err(err.clone())),
+            Command::Register { reply, .. } => reply.send(Err(err.clone())),
+            Command::RecordRun { reply, .. } => reply.send(Err(err.clone())),
         }
         Unanswered::None
     }
@@ -99,10 +114,10 @@ impl Done {
         match self {
             Done::Quiet => return Unanswered::Lost,
             Done::Flush(r) => return Unanswered::Flush(r),
-            Done::Seq(r, _) => drop(r.send(Err(err.clone()))),
-            Done::Unit(r, _) => drop(r.send(Err(err.clone()))),
-            Done::Registered(r, _) => drop(r.send(Err(err.clone()))),
-            Done::Run(r, _) => drop(r.send(Err(err.clone()))),
+            Done::Seq(r, _) => r.send(Err(err.clone())),
+            Done::Unit(r, _) => r.send(Err(err.clone())),
+            Done::Registered(r, _) => r.send(Err(err.clone())),
+            Done::Run(r, _) => r.send(Err(err.clone())),
         }
         Unanswered::None
     }
@@ -168,7 +183,7 @@ impl Writer {
                 for done in state.done.drain(..) {
                     match done {
                         Done::Quiet => {}
-                        Done::Seq(r, seq) => drop(r.send(Ok(seq))),
+                        Done::Seq(r, seq) => r.send(Ok(seq)),
                         Done::Flush(r) => {
                             let res = match state.lost.take() {
                                 Some((count, cause)) => Err(LedgerError::AppendsLost {
@@ -177,11 +192,11 @@ impl Writer {
                                 }),
                                 None => Ok(()),
                             };
-                            drop(r.send(res));
+                            r.send(res);
                         }
-                        Done::Unit(r, res) => drop(r.send(res)),
-                        Done::Registered(r, res) => drop(r.send(res)),
-                        Done::Run(r, res) => drop(r.send(res)),
+                        Done::Unit(r, res) => r.send(res),
+                        Done::Registered(r, res) => r.send(res),
+                        Done::Run(r, res) => r.send(res),
                     }
                 }
             }
@@ -208,7 +223,7 @@ impl Writer {
                                 },
                                 None => err.clone(),
                             };
-                            drop(r.send(Err(res)));
+                            r.send(Err(res));
                         }
                     }
                 }

@@ -31,8 +31,10 @@ use async_trait::async_trait;
 
 pub mod conformance;
 mod embedded;
+pub mod memory;
 
 pub use embedded::EmbeddedState;
+pub use memory::MemoryState;
 
 /// Boxed error of a backend's client library, kept as the `source` of [`StateError::Backend`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -259,7 +261,7 @@ pub enum LockAttempt {
 /// Expired heartbeats and locks read as absent.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Backend name for logs and `warden status`: `"embedded"`, later `"redis"`.
+    /// Backend name for logs and health output: `"memory"`, `"embedded"`, later `"redis"`.
     fn backend(&self) -> &'static str;
 
     /// Store the agent's packet (replacing any previous one).
