@@ -271,3 +271,48 @@ async fn call_gate_packet_scope_and_forbidden_at_every_tier() {
         assert_eq!(violations(&host, &id), ["FORBIDDEN_ACTION"]);
     }
 }
+
+#[tokio::test]
+async fn wasi_is_deny_by_default_and_the_workspace_is_read_only_below_t2() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .build()
+        .unwrap();
+    // A listening socket on loopback: a refused connect is the sandbox, not a missing server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let outside = format!("/tmp/warden-outside-{}.txt", std::process::id());
+    for tier in [Tier::Operator, Tier::Builder] {
+        let id = format!("sandbox-{}", tier.code());
+        let calls =
+            format!("fs.write /workspace/note.txt; fs.write {outside}; net.connect {addr}; env");
+        let p = packet(
+            &id,
+            &format!("t-{id}"),
+            &format!("probe: {calls}"),
+            &[],
+            json!({}),
+        );
+        let report = run(&host, &id, "probe", tier, &p).await.unwrap();
+        let steps = report.plan_steps;
+        let written = dir.path().join("workspaces").join(&id).join("note.txt");
+        if tier == Tier::Operator {
+            assert!(
+                steps[0].contains("io error"),
+                "T1 workspace is read-only: {steps:?}"
+            );
+            assert!(!written.exists());
+        } else {
+            assert_eq!(steps[0], "fs.write /workspace/note.txt -> ok", "{steps:?}");
+            assert_eq!(std::fs::read_to_string(&written).unwrap(), "probe");
+        }
+        assert!(
+            steps[1].contains("io error"),
+            "no preopen outside the workspace: {steps:?}"
+        );
+        assert!(steps[2].contains("io error"), "no sockets: {steps:?}");
+        assert_eq!(steps[3], "env -> ok", "no env, no args: {steps:?}");
+    }
+    assert!(!std::path::Path::new(&outside).exists());
+}

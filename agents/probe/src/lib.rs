@@ -3,23 +3,39 @@
 //! tier and shows what the call gate does at each.
 //!
 //! The objective is `probe: <call>; <call>; …` with calls `state.get <key>`,
-//! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`, and `spin` (loop
-//! forever, for crash and deadline tests). PLAN returns one
-//! step per call: `<call> -> ok` or `<call> -> <error>`.
+//! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`, the sandbox probes
+//! `fs.write <path>`, `net.connect <addr>` and `env` (fails if any environment variable or
+//! argument is visible), and `spin` (loop forever, for crash and deadline tests). PLAN returns
+//! one step per call: `<call> -> ok` or `<call> -> <error>`.
 
 use warden_sdk::prelude::*;
 
 #[derive(Default)]
 struct Probe;
 
-fn call(line: &str) -> Result<(), Error> {
+fn call(line: &str) -> Result<(), String> {
     let mut words = line.split_whitespace();
+    let host = |result: Result<(), Error>| result.map_err(|e| e.to_string());
+    let io = |result: std::io::Result<()>| result.map_err(|e| format!("io error: {e}"));
     match (words.next(), words.next(), words.next()) {
-        (Some("state.get"), Some(key), _) => state::get(key).map(drop),
-        (Some("state.set"), Some(key), Some(value)) => state::set(key, value),
-        (Some("artifacts.put"), Some(name), _) => artifacts::put_text(name, "probe").map(drop),
+        (Some("state.get"), Some(key), _) => host(state::get(key).map(drop)),
+        (Some("state.set"), Some(key), Some(value)) => host(state::set(key, value)),
+        (Some("artifacts.put"), Some(name), _) => {
+            host(artifacts::put_text(name, "probe").map(drop))
+        }
         (Some("ledger.note"), Some(_), _) => {
-            ledger::note(line.trim_start_matches("ledger.note").trim())
+            host(ledger::note(line.trim_start_matches("ledger.note").trim()))
+        }
+        (Some("fs.write"), Some(path), _) => io(std::fs::write(path, "probe")),
+        (Some("net.connect"), Some(addr), _) => io(std::net::TcpStream::connect(addr).map(drop)),
+        (Some("env"), _, _) => {
+            let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            let args: Vec<String> = std::env::args().collect();
+            if vars.is_empty() && args.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("visible: env {vars:?}, args {args:?}"))
+            }
         }
         (Some("spin"), _, _) => {
             let mut spins = 0u64;

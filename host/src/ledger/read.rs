@@ -581,19 +581,26 @@ impl LedgerRow {
         )
     }
 
-    /// What this row says the agent tried, for handoff objects: its own capability calls
-    /// and decisions, not the host's bookkeeping.
+    /// What this row says the agent tried, for handoff objects: its own capability calls,
+    /// notes and decisions (allowed or refused), not the host's bookkeeping.
     pub fn tried(&self) -> Option<String> {
-        match self.table {
-            Table::Actions
-                if self.kind.contains('.')
-                    && !self.kind.starts_with("phase.")
-                    && !self.kind.starts_with("run.") =>
-            {
-                Some(self.summary.clone())
-            }
-            Table::Violations => Some(self.summary.clone()),
-            _ => None,
-        }
+        const AGENT_ACTIONS: [&str; 11] = [
+            "state.",
+            "artifacts.",
+            "llm.",
+            "secrets.",
+            "tools.",
+            "ledger.",
+            "blackboard.",
+            "messaging.",
+            "consensus.",
+            "agent.note",
+            "agent.decision",
+        ];
+        let by_agent = self.table == Table::Actions
+            && AGENT_ACTIONS
+                .iter()
+                .any(|prefix| self.kind.starts_with(prefix));
+        by_agent.then(|| self.summary.clone())
     }
 }
