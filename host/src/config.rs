@@ -6,6 +6,10 @@
 //! policies = "policies/tiers.toml"
 //! tools = "tools.toml"
 //! call_durability = "every-call"   # commit each capability call's row before it returns
+//! state = "redis://127.0.0.1:6379/0"  # runtime state in Redis/DragonflyDB (default: embedded)
+//!
+//! [vault]                            # secrets in Vault/OpenBao (default: embedded)
+//! addr = "http://127.0.0.1:8200"     # the broker token comes from `VAULT_TOKEN`, never a file
 //!
 //! [llm]
 //! provider = "scripted"            # or "openai-compatible"
@@ -35,11 +39,79 @@ pub struct WardenConfig {
     /// `batched` (default) or `every-call`: see [`crate::CallDurability`].
     #[serde(default)]
     pub call_durability: crate::CallDurability,
+    /// A `redis://` URL for runtime state; `WARDEN_REDIS_URL` overrides it.
+    pub state: Option<String>,
+    /// Vault/OpenBao for secrets; `VAULT_ADDR` overrides `addr`.
+    pub vault: Option<VaultSection>,
     #[serde(skip)]
     base: PathBuf,
 }
 
+/// `[vault]` in `warden.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    pub addr: Option<String>,
+    #[serde(default = "VaultSection::default_kv_mount")]
+    pub kv_mount: String,
+    #[serde(default = "VaultSection::default_approle_mount")]
+    pub approle_mount: String,
+}
+
+impl VaultSection {
+    fn default_kv_mount() -> String {
+        "secret".into()
+    }
+    fn default_approle_mount() -> String {
+        "approle".into()
+    }
+}
+
 impl WardenConfig {
+    /// The runtime-state URL: `flag`, else `WARDEN_REDIS_URL`, else `state` in the file.
+    pub fn state_url(&self, flag: Option<&str>) -> Option<String> {
+        flag.map(str::to_string)
+            .or_else(|| {
+                std::env::var("WARDEN_REDIS_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+            })
+            .or_else(|| self.state.clone())
+    }
+
+    /// Vault settings when Vault is configured (`[vault]` or `VAULT_ADDR`), with the broker
+    /// token from `VAULT_TOKEN`.
+    pub fn vault_config(&self) -> Result<Option<crate::secrets::VaultConfig>, Error> {
+        let env_addr = std::env::var("VAULT_ADDR").ok().filter(|a| !a.is_empty());
+        let section = self.vault.clone();
+        let addr = match (env_addr, section.as_ref().and_then(|v| v.addr.clone())) {
+            (Some(addr), _) | (None, Some(addr)) => addr,
+            (None, None) if section.is_some() => {
+                return Err(Error::Config {
+                    origin: "`[vault]`".into(),
+                    message: "no address: set `addr` or `VAULT_ADDR`".into(),
+                });
+            }
+            (None, None) => return Ok(None),
+        };
+        let admin_token = std::env::var("VAULT_TOKEN").map_err(|_| Error::Config {
+            origin: "`[vault]`".into(),
+            message: format!("Vault at `{addr}` needs a broker token in `VAULT_TOKEN` (one allowed to manage AppRole roles)"),
+        })?;
+        let section = section.unwrap_or(VaultSection {
+            addr: None,
+            kv_mount: VaultSection::default_kv_mount(),
+            approle_mount: VaultSection::default_approle_mount(),
+        });
+        Ok(Some(crate::secrets::VaultConfig {
+            addr,
+            admin_token,
+            kv_mount: section.kv_mount,
+            approle_mount: section.approle_mount,
+            role_prefix: "warden-".into(),
+        }))
+    }
+
     /// Read a config file.
     pub fn load(path: &Path) -> Result<WardenConfig, Error> {
         let text = std::fs::read_to_string(path).map_err(Error::io(path))?;

@@ -590,3 +590,10 @@ impl Host {
         crate::lifecycle::BenchInstance::new(self.services.clone(), agent, tier, bytes, packet)
     }
 }
+
+impl Host {
+    /// Check every configured backend now.
+    pub async fn health(&self) -> crate::health::HealthReport {
+        crate::health::report(&self.services).await
+    }
+}

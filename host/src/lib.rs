@@ -33,6 +33,7 @@ mod bindings;
 mod capabilities;
 pub mod config;
 mod error;
+pub mod health;
 mod host;
 pub mod ledger;
 mod lifecycle;

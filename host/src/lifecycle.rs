@@ -509,6 +509,18 @@ impl Driver {
             .interfaces
             .contains(crate::policy::Interface::Secrets)
         {
+            // The backend's role follows the agent's current tier (Vault: the AppRole's
+            // policies and token TTL), so a tier change takes effect at the next login.
+            self.services
+                .secrets
+                .bind_agent(&agent, self.run.tier, policy.secrets_ttl)
+                .await
+                .map_err(|e| {
+                    fail(
+                        "SECRETS_LOGIN_FAILED",
+                        format!("cannot bind `{agent}` to its tier in the secrets backend: {e}"),
+                    )
+                })?;
             let session = self
                 .services
                 .secrets
@@ -1703,10 +1715,27 @@ fn spawn_revocation_watcher(
     run: Arc<RunShared>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Pushed revocations (Redis publish/subscribe) stop the run at once; polling the
+        // revocation ledger is the floor for backends that cannot push, and for a missed
+        // message.
+        let mut events = services.state.revocation_events();
         let mut interval = tokio::time::interval(Duration::from_millis(250));
         interval.tick().await;
         loop {
-            interval.tick().await;
+            let pushed = async {
+                match events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = interval.tick() => {}
+                event = pushed => match event {
+                    Ok(agent) if agent != *run.agent_id => continue,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
+                },
+            }
             if run.is_revoked() {
                 return;
             }

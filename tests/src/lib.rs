@@ -13,6 +13,8 @@ use std::sync::Arc;
 use warden::llm::ScriptedProvider;
 use warden::tools::ToolRegistry;
 use warden::{Host, HostBuilder, Packet, Tier};
+pub mod bao_server;
+pub mod redis_server;
 
 /// The directory holding the built agents.
 pub fn agents_dir() -> PathBuf {

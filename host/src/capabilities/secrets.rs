@@ -60,6 +60,19 @@ impl Host for AgentCtx {
                 Err(SecretsError::Revoked) => Err(WitError::Revoked(
                     "the agent's secrets session was revoked".into(),
                 )),
+                // The backend's own policy refused what the tier table allowed: the second
+                // line of defence held, and the refusal is recorded like the host's own.
+                Err(SecretsError::Denied { .. }) => {
+                    let refusal = Refusal {
+                        kind: ViolationKind::TierDenied,
+                        resource: format!("secret:{path}"),
+                        message: format!(
+                            "`{OP}` refused: the secrets backend's policy for tier {} denies `{path}`",
+                            self.gov.run.tier
+                        ),
+                    };
+                    return Err(self.gov.refuse(OP, refusal).await);
+                }
                 Err(error) => Err(unavailable("the secrets store", error)),
             },
         };

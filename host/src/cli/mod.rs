@@ -14,7 +14,8 @@ use serde_json::json;
 
 use warden::config::WardenConfig;
 use warden::ledger::{LedgerQuery, Table};
-use warden::secrets::{EmbeddedSecrets, SecretBackend};
+use warden::secrets::{EmbeddedSecrets, SecretBackend, VaultSecrets};
+use warden::state::RedisState;
 use warden::{Error, Host, Packet, RunOutcome, Tier};
 
 /// Exit codes that mean something to scripts.
@@ -39,6 +40,9 @@ struct Cli {
     /// Configuration file (default: `warden.toml` in the current directory, if present).
     #[arg(long, global = true, env = "WARDEN_CONFIG")]
     config: Option<PathBuf>,
+    /// Runtime state in Redis/DragonflyDB (`redis://host:port/db`); default: embedded.
+    #[arg(long, global = true, env = "WARDEN_REDIS_URL")]
+    state: Option<String>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
@@ -75,9 +79,25 @@ enum Command {
     Handoff(HandoffCommand),
     /// Compile a component into the cache and show its digest and imports.
     Compile { component: PathBuf },
-    /// Operator access to the embedded secrets store.
+    /// Operator access to the secrets store.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Vault/OpenBao administration.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Check every configured backend (state, secrets, llm).
+    Health,
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Enable AppRole and the KV v2 mount, write the tier policies, and create one AppRole
+    /// per registered agent with its tier's policies and token TTL.
+    Setup {
+        /// Directory of `t0-observer.hcl` … `t4-architect.hcl`.
+        #[arg(long, default_value = "policies/vault")]
+        policies: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +236,7 @@ pub fn main() -> ExitCode {
 struct Env {
     config: WardenConfig,
     data_dir: PathBuf,
+    state: Option<String>,
     json: bool,
 }
 
@@ -231,28 +252,40 @@ impl Env {
             .or_else(|| config.data_dir.as_ref().map(|d| config.resolve(d)))
             .unwrap_or_else(|| PathBuf::from(".warden"));
         Ok(Env {
+            state: config.state_url(cli.state.as_deref()),
             config,
             data_dir,
             json: cli.json,
         })
     }
 
+    /// The secrets backend the config names: Vault when configured, else the embedded file.
+    async fn secrets(&self) -> Result<Arc<dyn SecretBackend>> {
+        match self.config.vault_config()? {
+            Some(vault) => Ok(Arc::new(VaultSecrets::connect(vault).await?)),
+            None => Ok(Arc::new(EmbeddedSecrets::open(
+                self.data_dir.join("secrets.json"),
+            )?)),
+        }
+    }
+
     async fn host(&self) -> Result<Host> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!("cannot create data directory `{}`", self.data_dir.display())
         })?;
-        let secrets: Arc<EmbeddedSecrets> =
-            Arc::new(EmbeddedSecrets::open(self.data_dir.join("secrets.json"))?);
+        let secrets = self.secrets().await?;
         let mut builder = self
             .config
             .builder(Some(self.data_dir.clone()))
             .await?
             .secrets(secrets.clone());
-        let reader = secrets.clone();
+        if let Some(url) = &self.state {
+            builder = builder.state(Arc::new(RedisState::connect(url).await?));
+        }
         let llm = self
             .config
             .llm_provider(|path| async move {
-                let session = reader
+                let session = secrets
                     .login("warden-host", Tier::Architect, Duration::from_secs(60))
                     .await?;
                 Ok(session.read(&path).await?)
@@ -295,6 +328,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Compile { component } => compile(&cx, &component).await,
         Command::Secrets(command) => secrets(&cx, command).await,
+        Command::Vault(VaultCommand::Setup { policies }) => vault_setup(&cx, &policies).await,
+        Command::Health => health(&cx).await,
     }
 }
 
@@ -461,4 +496,42 @@ async fn secrets(cx: &Env, command: SecretsCommand) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+async fn vault_setup(cx: &Env, policies: &Path) -> Result<u8> {
+    let Some(config) = cx.config.vault_config()? else {
+        bail!(
+            "Vault is not configured: set `VAULT_ADDR` and `VAULT_TOKEN`, or `[vault]` in warden.toml"
+        );
+    };
+    let vault = VaultSecrets::connect(config).await?;
+    let host = cx.host().await?;
+    let mut agents: Vec<(String, Tier)> = host
+        .agents()?
+        .into_iter()
+        .map(|a| (a.agent_id, a.tier))
+        .collect();
+    // The host itself reads its LLM key through Vault as an architect.
+    agents.push(("warden-host".to_string(), Tier::Architect));
+    let tiers = host.tiers().clone();
+    let report = vault
+        .setup(policies, &agents, |tier| tiers.policy(tier).secrets_ttl)
+        .await?;
+    output::done(
+        cx.json,
+        &format!("vault set up: {report:?}"),
+        json!({ "agents": agents.len(), "report": format!("{report:?}") }),
+    );
+    Ok(exit::OK)
+}
+
+async fn health(cx: &Env) -> Result<u8> {
+    let host = cx.host().await?;
+    let report = host.health().await;
+    output::health(cx.json, &report);
+    Ok(if report.healthy() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }

@@ -278,3 +278,20 @@ pub fn compile_summary(json: bool, summary: &ComponentSummary) {
         println!("cached       {}", path.display());
     }
 }
+
+pub fn health(json: bool, report: &warden::health::HealthReport) {
+    if json {
+        print_json(report);
+        return;
+    }
+    for check in &report.checks {
+        println!(
+            "{:<8} {:<18} {:<4} {:>8.1} ms  {}",
+            check.component,
+            check.backend,
+            if check.healthy { "ok" } else { "DOWN" },
+            check.latency_ms,
+            check.detail
+        );
+    }
+}

@@ -15,8 +15,10 @@ use async_trait::async_trait;
 use crate::tier::Tier;
 
 mod embedded;
+pub mod vault;
 
 pub use embedded::EmbeddedSecrets;
+pub use vault::{VaultConfig, VaultSecrets};
 
 /// Longest accepted secret path, in bytes.
 pub const MAX_PATH_LEN: usize = 256;
@@ -39,6 +41,10 @@ pub enum SecretsError {
     /// The session outlived its TTL; the agent must be logged in again.
     #[error("the secrets session expired")]
     Expired,
+    /// The backend itself refused the session this path (Vault: the token's policies do
+    /// not grant it), after the caller's tier check let it through.
+    #[error("the {backend} secret backend denied access to secret `{path}`")]
+    Denied { backend: &'static str, path: String },
     #[error(
         "secrets file `{path}` is accessible by group or others (mode {mode:03o}); run `chmod 600 {path}`",
         path = .path.display()
@@ -109,6 +115,24 @@ pub trait SecretBackend: Send + Sync + 'static {
         tier: Tier,
         ttl: Duration,
     ) -> Result<Arc<dyn SecretSession>, SecretsError>;
+
+    /// Create or move `agent`'s backend identity to `tier`, with sessions lasting `ttl`
+    /// (Vault: the agent's AppRole role and policies). A backend without identities of its
+    /// own has nothing to do.
+    async fn bind_agent(
+        &self,
+        _agent: &str,
+        _tier: Tier,
+        _ttl: Duration,
+    ) -> Result<(), SecretsError> {
+        Ok(())
+    }
+
+    /// A cheap liveness probe (`warden health`). The default lists paths; Vault asks
+    /// `sys/health`.
+    async fn health(&self) -> Result<(), SecretsError> {
+        self.list().await.map(drop)
+    }
 
     /// Operator write (CLI `warden secrets set`, demo setup). Not reachable from agents.
     async fn put(&self, path: &str, value: &str) -> Result<(), SecretsError>;

@@ -32,9 +32,11 @@ use async_trait::async_trait;
 pub mod conformance;
 mod embedded;
 pub mod memory;
+pub mod redis;
 
 pub use embedded::EmbeddedState;
 pub use memory::MemoryState;
+pub use redis::RedisState;
 
 /// Boxed error of a backend's client library, kept as the `source` of [`StateError::Backend`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -341,6 +343,17 @@ pub trait StateStore: Send + Sync + 'static {
 
     async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError>;
     async fn approval(&self, task: &str) -> Result<Option<String>, StateError>;
+
+    /// Revocations recorded by any host sharing this backend, pushed as agent ids, when the
+    /// backend can push them (Redis publish/subscribe). `None`: the host polls `revocation`.
+    fn revocation_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+
+    /// A cheap liveness probe (`warden health`): one read round trip.
+    async fn health(&self) -> Result<(), StateError> {
+        self.revocations(1).await.map(drop)
+    }
 }
 
 #[cfg(test)]

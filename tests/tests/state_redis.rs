@@ -1,0 +1,520 @@
+//! The Redis state backend against a real `redis-server`: the shared conformance suite, then
+//! what only a networked, shared store has (several hosts, round trips, publish/subscribe,
+//! dropped connections). Every test starts its own server, so they run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use warden::state::{
+    LockAttempt, RedisState, StateError, StateStore, Transition, conformance, keys,
+};
+use warden_tests::redis_server::RedisServer;
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn admin(server: &RedisServer) -> MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+/// Unique enough for ids within one server's lifetime.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn step<'a>(agent: &'a str, owner: &'a str, checkpoint_json: &'a str) -> Transition<'a> {
+    Transition {
+        agent,
+        owner,
+        lock_ttl: LONG,
+        heartbeat_ttl: LONG,
+        checkpoint_json,
+    }
+}
+
+/// Calls per command since the server started, from `INFO commandstats`.
+async fn command_calls(admin: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Commands run between two [`command_calls`] snapshots, without our own `INFO` and the
+/// subscriber's keepalive `PING`. Commands a script runs are counted under their own names.
+fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "ping"))
+        .filter_map(|(name, &calls)| {
+            let n = calls - before.get(name).copied().unwrap_or(0);
+            (n > 0).then(|| (name.clone(), n))
+        })
+        .collect()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
+    pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Ids of the server's clients whose `CLIENT LIST` line satisfies `pick`.
+async fn client_ids(admin: &mut MultiplexedConnection, pick: impl Fn(&str) -> bool) -> Vec<u64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(admin)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|line| pick(line))
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<String>, within: Duration) -> String {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no revocation event within {within:?}"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_on_a_real_server() {
+    // One server for the whole suite, fresh so `revocations_are_indexed` sees only its own
+    // ledger entries; every check connects anew, as a restarted host would.
+    let server = RedisServer::start();
+    let url = server.url();
+    conformance::run_all(|| {
+        let url = url.clone();
+        async move { Arc::new(RedisState::connect(&url).await.unwrap()) as Arc<dyn StateStore> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_contend_for_one_lock() {
+    let server = RedisServer::start();
+    let a = RedisState::connect(&server.url()).await.unwrap();
+    let b = RedisState::connect(&server.url()).await.unwrap();
+    let agent = unique("contended");
+
+    assert_eq!(
+        a.acquire_lock(&agent, "host-a", LONG).await.unwrap(),
+        LockAttempt::Acquired
+    );
+    assert_eq!(
+        b.acquire_lock(&agent, "host-b", LONG).await.unwrap(),
+        LockAttempt::Held {
+            owner: "host-a".into()
+        }
+    );
+    assert!(!b.refresh_lock(&agent, "host-b", LONG).await.unwrap());
+    assert!(!b.release_lock(&agent, "host-b").await.unwrap());
+    let lost = b
+        .transition(&step(&agent, "host-b", r#"{"by":"b"}"#))
+        .await
+        .unwrap();
+    assert!(!lost.lock_held);
+    assert_eq!(b.checkpoint(&agent).await.unwrap(), None);
+    assert!(
+        a.transition(&step(&agent, "host-a", r#"{"by":"a"}"#))
+            .await
+            .unwrap()
+            .lock_held
+    );
+    assert_eq!(
+        b.checkpoint(&agent).await.unwrap().as_deref(),
+        Some(r#"{"by":"a"}"#)
+    );
+
+    // Both hosts race for a released lock: exactly one wins.
+    assert!(a.release_lock(&agent, "host-a").await.unwrap());
+    let (ra, rb) = tokio::join!(
+        a.acquire_lock(&agent, "host-a", LONG),
+        b.acquire_lock(&agent, "host-b", LONG)
+    );
+    let winners = [ra.unwrap(), rb.unwrap()]
+        .iter()
+        .filter(|r| **r == LockAttempt::Acquired)
+        .count();
+    assert_eq!(winners, 1, "exactly one host must win the lock");
+
+    // Error budgets are shared: no increment from either host is lost.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    store
+                        .record_error(&agent, "boom", i % 4 == 0)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let counts = a.error_counts(&agent).await.unwrap();
+    assert_eq!(
+        (counts.total, counts.procedure, counts.max_same),
+        (200, 50, 200)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lock_is_taken_over_by_another_host() {
+    let server = RedisServer::start();
+    let a = RedisState::connect(&server.url()).await.unwrap();
+    let b = RedisState::connect(&server.url()).await.unwrap();
+    let agent = unique("expiring");
+
+    assert_eq!(
+        a.acquire_lock(&agent, "host-a", Duration::from_millis(150))
+            .await
+            .unwrap(),
+        LockAttempt::Acquired
+    );
+    assert!(
+        a.transition(&step(&agent, "host-a", r#"{"n":1}"#))
+            .await
+            .map(|r| r.lock_held)
+            .unwrap()
+    );
+    // The transition extended the lock to `LONG`; shorten it again and let it lapse.
+    assert!(
+        a.refresh_lock(&agent, "host-a", Duration::from_millis(150))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.lock_owner(&agent).await.unwrap(), None);
+    assert_eq!(
+        b.acquire_lock(&agent, "host-b", LONG).await.unwrap(),
+        LockAttempt::Acquired
+    );
+
+    // The old holder can no longer refresh, release or write through the lock.
+    assert!(!a.refresh_lock(&agent, "host-a", LONG).await.unwrap());
+    assert!(!a.release_lock(&agent, "host-a").await.unwrap());
+    let stale = a
+        .transition(&step(&agent, "host-a", r#"{"n":2}"#))
+        .await
+        .unwrap();
+    assert!(!stale.lock_held);
+    assert_eq!(
+        b.checkpoint(&agent).await.unwrap().as_deref(),
+        Some(r#"{"n":1}"#)
+    );
+    assert_eq!(
+        a.lock_owner(&agent).await.unwrap().as_deref(),
+        Some("host-b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transition_is_one_command() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let agent = unique("round-trips");
+    store.record_error(&agent, "E", true).await.unwrap();
+    store.acquire_lock(&agent, "run-1", LONG).await.unwrap();
+
+    // Held: one `EVALSHA` from the client; the rest ran inside the script.
+    let before = command_calls(&mut admin).await;
+    let held = store
+        .transition(&step(&agent, "run-1", r#"{"phase":"PLAN"}"#))
+        .await
+        .unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(held.lock_held);
+    assert_eq!(held.errors.total, 1);
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[
+            ("evalsha", 1),
+            ("get", 1),
+            ("pexpire", 1),
+            ("set", 1),
+            ("hset", 1),
+            ("hgetall", 1)
+        ]),
+        "a held transition must be a single EVALSHA"
+    );
+
+    // Not held: still one command, and it still reads the counts.
+    let before = command_calls(&mut admin).await;
+    let lost = store
+        .transition(&step(&agent, "run-2", r#"{"phase":"STALE"}"#))
+        .await
+        .unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(!lost.lock_held);
+    assert_eq!(lost.errors.procedure, 1);
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("get", 1), ("hgetall", 1)]),
+        "a lost-lock transition must be a single EVALSHA that writes nothing"
+    );
+
+    // `record_error` is one command too.
+    let before = command_calls(&mut admin).await;
+    store.record_error(&agent, "E", true).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("hincrby", 3), ("hgetall", 1)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_reaches_other_hosts_at_once() {
+    let server = RedisServer::start();
+    let a = RedisState::connect(&server.url()).await.unwrap();
+    let b = RedisState::connect(&server.url()).await.unwrap();
+    let mut events = b.revocation_events().expect("redis pushes revocations");
+    let agent = unique("revoked");
+
+    let started = Instant::now();
+    a.record_revocation(&agent, &format!(r#"{{"agent_id":"{agent}"}}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, agent);
+    eprintln!("revocation event after {:?}", started.elapsed());
+    assert!(b.revocation(&agent).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_subscription_ends_with_the_last_clone() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let clone = store.clone();
+    let mut events = store.revocation_events().unwrap();
+    drop(store);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), events.recv())
+            .await
+            .is_err(),
+        "a live clone must keep the subscription"
+    );
+    drop(clone);
+    let closed = tokio::time::timeout(Duration::from_secs(2), events.recv())
+        .await
+        .expect("the subscriber task must end with the last clone");
+    assert!(matches!(
+        closed,
+        Err(tokio::sync::broadcast::error::RecvError::Closed)
+    ));
+    // Its connection is gone too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !client_ids(&mut admin, |l| l.contains(" sub=1 "))
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "subscriber connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_manager_reconnects_after_client_kill() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let agent = unique("reconnect");
+    store.put_packet(&agent, "{}").await.unwrap();
+
+    let _: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The call that finds the connection dead may fail (it is not retried: it might have
+    // run); it must fail as a backend error, and the one after must succeed.
+    match store.packet(&agent).await {
+        Ok(packet) => assert_eq!(packet.as_deref(), Some("{}")),
+        Err(err) => {
+            assert!(
+                matches!(
+                    err,
+                    StateError::Backend {
+                        backend: "redis",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with("the redis state store failed: GET `agent:"),
+                "{message}"
+            );
+            assert_eq!(
+                store.packet(&agent).await.unwrap().as_deref(),
+                Some("{}"),
+                "the call after a dropped connection must succeed"
+            );
+        }
+    }
+    assert!(
+        store
+            .transition(&step(&agent, "nobody", "{}"))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_missed_while_unsubscribed_are_replayed() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let mut events = store.revocation_events().unwrap();
+    let subscribers = client_ids(&mut admin, |l| l.contains(" sub=1 ")).await;
+    assert_eq!(subscribers.len(), 1, "one subscriber connection per store");
+
+    // Kill the subscriber and record a revocation in one transaction, so its publish
+    // certainly reaches nobody: only the replay after resubscribing can deliver it.
+    let agent = unique("missed");
+    let record = format!(r#"{{"agent_id":"{agent}"}}"#);
+    redis::pipe()
+        .atomic()
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(subscribers[0])
+        .ignore()
+        .lpush(keys::REVOCATIONS_LEDGER, &record)
+        .ignore()
+        .hset(keys::REVOCATIONS_BY_AGENT, &agent, &record)
+        .ignore()
+        .publish("warden:revocations", &agent)
+        .ignore()
+        .exec_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut events, Duration::from_secs(5)).await, agent);
+
+    // And the new subscription is live.
+    let later = unique("later");
+    store
+        .record_revocation(&later, &format!(r#"{{"agent_id":"{later}"}}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, later);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_is_used_again() {
+    let mut server = RedisServer::start();
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let mut events = store.revocation_events().unwrap();
+    server.restart();
+
+    // The restarted server is empty: no scripts, no data. Calls recover once the manager
+    // has reconnected, and scripts are reloaded on demand.
+    let agent = unique("restarted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.acquire_lock(&agent, "run-1", LONG).await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnection after a restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store
+            .transition(&step(&agent, "run-1", "{}"))
+            .await
+            .unwrap()
+            .lock_held
+    );
+
+    // The subscription comes back too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        store
+            .record_revocation(&agent, &format!(r#"{{"agent_id":"{agent}"}}"#))
+            .await
+            .unwrap();
+        if let Ok(Ok(id)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            assert_eq!(id, agent);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resubscription after a restart"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_never_appear_in_errors_or_debug() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "hunter2"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://:hunter2@127.0.0.1:{}/", server.port());
+    let store = RedisState::connect(&url).await.unwrap();
+    let debug = format!("{store:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        debug.contains(&format!("127.0.0.1:{}", server.port())),
+        "{debug}"
+    );
+    assert_eq!(store.backend(), "redis");
+
+    let wrong = format!("redis://:wrong-secret@127.0.0.1:{}/", server.port());
+    let err = RedisState::connect(&wrong).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StateError::Open {
+                backend: "redis",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        message.starts_with(&format!(
+            "cannot open the redis state store at `redis://***@127.0.0.1:{}/`",
+            server.port()
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("wrong-secret"), "{message}");
+    assert!(!format!("{err:?}").contains("wrong-secret"));
+}
