@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, keys,
-    ttl_millis, validate_id, validate_owner,
+    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, agent_key,
+    keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
 };
 
 const BACKEND: &str = "embedded";
@@ -371,20 +371,6 @@ fn range(conn: &Connection, key: &str, limit: i64) -> OpResult<Vec<String>> {
         conn.prepare_cached("SELECT value FROM lists WHERE key = ?1 ORDER BY idx LIMIT ?2")?;
     let rows = stmt.query_map(params![key, limit], |row| row.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn agent_key(agent: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("agent", agent)?;
-    Ok(key(agent))
-}
-
-fn task_key(task: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("task", task)?;
-    Ok(key(task))
-}
-
-fn kv_field(key: &str) -> String {
-    format!("{}{key}", keys::KV_PREFIX)
 }
 
 #[async_trait]

@@ -356,6 +356,24 @@ pub trait StateStore: Send + Sync + 'static {
     }
 }
 
+/// The key of a validated agent id (`keys::packet`, `keys::lock`, …), shared by backends
+/// that store the reference keyspace as keys.
+pub(crate) fn agent_key(agent: &str, key: fn(&str) -> String) -> Result<String, StateError> {
+    validate_id("agent", agent)?;
+    Ok(key(agent))
+}
+
+/// The key of a validated task id.
+pub(crate) fn task_key(task: &str, key: fn(&str) -> String) -> Result<String, StateError> {
+    validate_id("task", task)?;
+    Ok(key(task))
+}
+
+/// The `agent:{id}:state` field of an agent's own key.
+pub(crate) fn kv_field(key: &str) -> String {
+    format!("{}{key}", keys::KV_PREFIX)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

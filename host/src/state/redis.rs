@@ -27,8 +27,8 @@ use redis::{RedisError, Script};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, keys,
-    ttl_millis, validate_id, validate_owner,
+    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, agent_key,
+    keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
 };
 
 const BACKEND: &str = "redis";
@@ -213,20 +213,6 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn agent_key(agent: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("agent", agent)?;
-    Ok(key(agent))
-}
-
-fn task_key(task: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("task", task)?;
-    Ok(key(task))
-}
-
-fn kv_field(key: &str) -> String {
-    format!("{}{key}", keys::KV_PREFIX)
 }
 
 impl RedisState {
