@@ -82,13 +82,13 @@ pub fn demo(_args: &[String]) -> Result<()> {
             .current_dir(root())
             .args(["build", "-p", "warden"]),
     )?;
-    let data_dir = root().join("target/demo");
+    let data_dir = crate::target_dir().join("demo");
     if data_dir.exists() {
         std::fs::remove_dir_all(&data_dir)
             .with_context(|| format!("cannot clear `{}`", data_dir.display()))?;
     }
     let warden = Warden {
-        binary: root().join("target/debug/warden"),
+        binary: crate::target_dir().join("debug/warden"),
         data_dir: data_dir.clone(),
         config: root().join("agents/demo/warden.toml"),
     };

@@ -89,9 +89,17 @@ fn ensure_wasm_target() -> Result<()> {
     run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
 /// Where built agents land.
 pub fn agents_dir() -> PathBuf {
-    root().join("target/wasm32-wasip2/release")
+    target_dir().join("wasm32-wasip2/release")
 }
 
 /// Build every example agent (release: small, fast components).
@@ -122,6 +130,7 @@ fn test(extra: &[String]) -> Result<()> {
         .arg("test")
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
+        .env("WARDEN_BIN", target_dir().join("debug/warden"))
         .env("WARDEN_BAO", &bao)
         .env("WARDEN_REDIS_SERVER", &redis);
     run(&mut command)
