@@ -10,5 +10,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::exports::warden::agent::agent as guest;
 pub use self::warden::agent::types::Error as WitError;

@@ -509,18 +509,8 @@ impl Driver {
             .interfaces
             .contains(crate::policy::Interface::Secrets)
         {
-            // The backend's role follows the agent's current tier (Vault: the AppRole's
-            // policies and token TTL), so a tier change takes effect at the next login.
-            self.services
-                .secrets
-                .bind_agent(&agent, self.run.tier, policy.secrets_ttl)
-                .await
-                .map_err(|e| {
-                    fail(
-                        "SECRETS_LOGIN_FAILED",
-                        format!("cannot bind `{agent}` to its tier in the secrets backend: {e}"),
-                    )
-                })?;
+            // Login binds the backend identity to the current tier (Vault: the AppRole's
+            // policies and TTL), so a tier change takes effect at the next bootstrap.
             let session = self
                 .services
                 .secrets
@@ -1104,7 +1094,8 @@ impl Driver {
         };
         let agent = self.run.agent_id.to_string();
         if !revoked {
-            let _ = self.transition_exit().await;
+            // Best effort: the run is over whatever the checkpoint write says.
+            let _ = self.transition(Phase::Exit).await;
         }
         // Owner-checked, so harmless when a revocation already released it.
         if let Err(error) = self
@@ -1243,10 +1234,6 @@ impl Driver {
             output_dropped_bytes: dropped,
             duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
         }
-    }
-
-    async fn transition_exit(&mut self) -> Result<(), Stop> {
-        self.transition(Phase::Exit).await
     }
 
     fn write_logs(&self, stdout: &str, stderr: &str) {

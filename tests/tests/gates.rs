@@ -73,19 +73,6 @@ async fn load_gate_at_bootstrap_for_an_agent_registered_without_a_component() {
 }
 
 #[tokio::test]
-async fn call_gate_t0_may_only_write_plan_artifacts() {
-    let host = host();
-    // hello writes `hello.txt` when the packet has no deliverables: above T0.
-    let p = packet("hello", "t-t0", "greet", &[], json!({}));
-    let report = run(&host, "hello", "hello", Tier::Observer, &p)
-        .await
-        .unwrap();
-    // T0 stops after PLAN; hello writes in EXECUTE, so T0 never reaches the call.
-    assert_eq!(report.outcome, RunOutcome::PlanOnly);
-    assert!(!report.artifacts.iter().any(|a| a.name == "hello.txt"));
-}
-
-#[tokio::test]
 async fn call_gate_tools_by_tier() {
     // The planner's plan asks for `wc` (check mode below T2) and `deploy-prod` (min T3).
     let tools =

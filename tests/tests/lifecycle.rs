@@ -56,7 +56,7 @@ async fn phases_run_in_order_with_a_checkpoint_at_each_transition() {
 
 #[tokio::test]
 async fn checkpoints_follow_each_phase() {
-    // Watch the checkpoint move while a second task samples it.
+    // Each transition's row carries its phase, so the ledger shows one checkpoint per phase.
     let host = host();
     let p = packet("hello", "t-ckpt", "greet", &[], json!({}));
     run(&host, "hello", "hello", Tier::Operator, &p)

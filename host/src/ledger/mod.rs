@@ -244,15 +244,8 @@ impl Ledger {
         tier: Tier,
         compliant: bool,
     ) -> Result<MetricsSnapshot, LedgerError> {
-        check_agent_id(agent_id)?;
-        self.call_async(|reply| Command::RecordRun {
-            at: now(),
-            agent_id: agent_id.to_string(),
-            tier,
-            compliant,
-            reply,
-        })
-        .await
+        self.call_async(record_run_command(agent_id, tier, compliant)?)
+            .await
     }
 
     /// Records `entry` without waiting. It is committed with the next batch;
@@ -362,18 +355,28 @@ impl Ledger {
         tier: Tier,
         compliant: bool,
     ) -> Result<MetricsSnapshot, LedgerError> {
-        check_agent_id(agent_id)?;
-        self.call(|reply| Command::RecordRun {
-            at: now(),
-            agent_id: agent_id.to_string(),
-            tier,
-            compliant,
-            reply,
-        })
+        self.call(record_run_command(agent_id, tier, compliant)?)
     }
 
     /// The latest metrics snapshot for `agent_id`.
     pub fn metrics(&self, agent_id: &str) -> Result<Option<MetricsSnapshot>, LedgerError> {
         read::metrics(&self.inner.reader.lock(), agent_id)
     }
+}
+
+/// The writer command for one run's metrics, shared by the blocking and async callers.
+fn record_run_command(
+    agent_id: &str,
+    tier: Tier,
+    compliant: bool,
+) -> Result<impl FnOnce(Reply<MetricsSnapshot>) -> Command, LedgerError> {
+    check_agent_id(agent_id)?;
+    let agent_id = agent_id.to_string();
+    Ok(move |reply| Command::RecordRun {
+        at: now(),
+        agent_id,
+        tier,
+        compliant,
+        reply,
+    })
 }
