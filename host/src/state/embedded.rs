@@ -24,6 +24,8 @@ use super::{
     keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
 };
 
+mod coordination;
+
 const BACKEND: &str = "embedded";
 
 /// Schema version in `PRAGMA user_version`; a newer file is refused rather than misread.

@@ -7,7 +7,8 @@
 //!
 //! Every key of the shared keyspace has a typed home: `agent:{id}:*` in one `Agent` record,
 //! `task:{id}:*` and `handoff:{id}:latest` in one `Task` record, the revocation ledger and
-//! its per-agent index at the top level. Semantics, including which check fails first, match
+//! its per-agent index at the top level, `blackboard:{task}:*` and `msg:{task}:*` in one
+//! `Board` per task (module `coordination`). Semantics, including which check fails first, match
 //! [`EmbeddedState`](super::EmbeddedState); the conformance suite holds both to it.
 //!
 //! TTLs are validated in whole milliseconds by [`ttl_millis`] like every backend, but expire
@@ -27,6 +28,8 @@ use super::{
     ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, ttl_millis,
     validate_id, validate_owner,
 };
+
+mod coordination;
 
 const BACKEND: &str = "memory";
 
@@ -51,6 +54,8 @@ struct Data {
     ledger: VecDeque<String>,
     /// `revocations:by_agent`.
     revoked: HashMap<String, String>,
+    /// `blackboard:{task}:*` and `msg:{task}:*`.
+    boards: HashMap<String, coordination::Board>,
 }
 
 /// Everything under `agent:{id}:`.

@@ -18,6 +18,9 @@
 //! | `revocations:ledger`       | list          | revocation records (JSON), newest first (LPUSH)   |
 //! | `revocations:by_agent`     | hash          | agent id → its latest revocation record (JSON)    |
 //!
+//! The blackboard, messages and consensus of multi-agent tasks (`blackboard:{task}:*`,
+//! `msg:{task}:*`) are the [`Coordination`] half of the trait; see [`coordination`].
+//!
 //! `task:{id}:approval` and `revocations:by_agent` are ours. The index exists because the
 //! reference answered "is this agent revoked?" by scanning the last 50 ledger entries, so an
 //! agent revoked before 50 others was silently un-revoked.
@@ -30,10 +33,15 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod coordination;
 mod embedded;
 pub mod memory;
 pub mod redis;
 
+pub use coordination::{
+    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
+    Resolution, ResolveOutcome, Section, Tally, Vote, VoteChoice,
+};
 pub use embedded::EmbeddedState;
 pub use memory::MemoryState;
 pub use redis::RedisState;
@@ -262,7 +270,7 @@ pub enum LockAttempt {
 /// Ids are checked with [`validate_id`]; values are opaque strings (the callers store JSON).
 /// Expired heartbeats and locks read as absent.
 #[async_trait]
-pub trait StateStore: Send + Sync + 'static {
+pub trait StateStore: Coordination + Send + Sync + 'static {
     /// Backend name for logs and health output: `"memory"`, `"embedded"`, later `"redis"`.
     fn backend(&self) -> &'static str;
 

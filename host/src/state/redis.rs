@@ -31,6 +31,8 @@ use super::{
     keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
 };
 
+mod coordination;
+
 const BACKEND: &str = "redis";
 
 /// Channel on which [`RedisState::record_revocation`] publishes the revoked agent's id.

@@ -1,0 +1,502 @@
+//! Multi-agent coordination state: the blackboard, direct messages and consensus of a task.
+//!
+//! Keyspace (the reference's `blackboard:{task}:*` and `msg:{task}:*`):
+//!
+//! | key                                   | type   | contents                                    |
+//! |---------------------------------------|--------|---------------------------------------------|
+//! | `blackboard:{task}:{section}`         | hash   | entry key → value, per [`Section`]          |
+//! | `blackboard:{task}:proposals`         | hash   | proposal id → [`ProposalRecord`] (JSON)     |
+//! | `blackboard:{task}:proposal_seq`      | string | last proposal number handed out             |
+//! | `blackboard:{task}:votes:{proposal}`  | hash   | agent id → [`Vote`] (JSON), first vote wins |
+//! | `msg:{task}:log`                      | list   | [`Message`] (JSON), oldest first; id = index + 1 |
+//! | `msg:{task}:cursors`                  | hash   | agent id → id of the last message it received |
+//!
+//! Messages of a task form one log, so every agent sees every sender's messages in the order
+//! they were sent. Receiving is a cursor per agent that the backend advances atomically with
+//! the read, so a message is delivered to each recipient once even when hosts share the
+//! backend. Proposal ids are `p1`, `p2`, … per task.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{StateError, validate_id};
+
+/// A section of a task's blackboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section {
+    /// The objective, analysis, constraints, complexity.
+    Problem,
+    /// Proposals and syntheses.
+    Solutions,
+    /// Evaluations and status.
+    Progress,
+    /// Votes and the final decision.
+    Consensus,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::Problem,
+        Section::Solutions,
+        Section::Progress,
+        Section::Consensus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Problem => "problem",
+            Section::Solutions => "solutions",
+            Section::Progress => "progress",
+            Section::Consensus => "consensus",
+        }
+    }
+
+    /// Parse a section name as [`Section::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Keys of the coordination keyspace.
+pub mod keys {
+    use super::Section;
+
+    pub fn section(task: &str, section: Section) -> String {
+        format!("blackboard:{task}:{}", section.as_str())
+    }
+    pub fn proposals(task: &str) -> String {
+        format!("blackboard:{task}:proposals")
+    }
+    pub fn proposal_seq(task: &str) -> String {
+        format!("blackboard:{task}:proposal_seq")
+    }
+    pub fn votes(task: &str, proposal: &str) -> String {
+        format!("blackboard:{task}:votes:{proposal}")
+    }
+    pub fn message_log(task: &str) -> String {
+        format!("msg:{task}:log")
+    }
+    pub fn message_cursors(task: &str) -> String {
+        format!("msg:{task}:cursors")
+    }
+}
+
+/// A message as stored in `msg:{task}:log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Position in the task's log, from 1.
+    pub id: u64,
+    pub sender: String,
+    /// `None` for a broadcast to every other agent of the task.
+    pub recipient: Option<String>,
+    /// `PROPOSAL`, `FEEDBACK`, `HANDOFF`, or a free-form kind.
+    pub kind: String,
+    pub body: String,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+impl Message {
+    /// Whether `agent` receives this message: addressed to it, or a broadcast by someone else.
+    pub fn is_for(&self, agent: &str) -> bool {
+        match &self.recipient {
+            Some(recipient) => recipient == agent,
+            None => self.sender != agent,
+        }
+    }
+}
+
+/// A message to append; the backend assigns its id.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub sender: &'a str,
+    pub recipient: Option<&'a str>,
+    pub kind: &'a str,
+    pub body: &'a str,
+    pub sent_at_ms: u64,
+}
+
+impl NewMessage<'_> {
+    /// The stored form, once the backend knows the id.
+    pub fn with_id(&self, id: u64) -> Message {
+        Message {
+            id,
+            sender: self.sender.to_string(),
+            recipient: self.recipient.map(str::to_string),
+            kind: self.kind.to_string(),
+            body: self.body.to_string(),
+            sent_at_ms: self.sent_at_ms,
+        }
+    }
+}
+
+/// A vote's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VoteChoice {
+    Accept,
+    Reject,
+    Abstain,
+}
+
+impl VoteChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteChoice::Accept => "ACCEPT",
+            VoteChoice::Reject => "REJECT",
+            VoteChoice::Abstain => "ABSTAIN",
+        }
+    }
+}
+
+/// One agent's vote on a proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub agent: String,
+    pub choice: VoteChoice,
+    pub reasoning: String,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How a proposal was settled outside the vote (superseded by a merged proposal, withdrawn).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub by: String,
+    pub note: String,
+    pub at_ms: u64,
+}
+
+/// A proposal as stored in `blackboard:{task}:proposals` (votes live beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalRecord {
+    pub id: String,
+    pub proposer: String,
+    pub title: String,
+    pub body: String,
+    /// Agents whose votes are needed.
+    pub required: Vec<String>,
+    pub created_at_ms: u64,
+    pub resolution: Option<Resolution>,
+}
+
+/// A proposal to open; the backend assigns its id.
+#[derive(Debug, Clone, Copy)]
+pub struct NewProposal<'a> {
+    pub proposer: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub required: &'a [String],
+    pub created_at_ms: u64,
+}
+
+impl NewProposal<'_> {
+    pub fn with_id(&self, id: String) -> ProposalRecord {
+        ProposalRecord {
+            id,
+            proposer: self.proposer.to_string(),
+            title: self.title.to_string(),
+            body: self.body.to_string(),
+            required: self.required.to_vec(),
+            created_at_ms: self.created_at_ms,
+            resolution: None,
+        }
+    }
+}
+
+/// A proposal with its votes, oldest vote first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    #[serde(flatten)]
+    pub record: ProposalRecord,
+    pub votes: Vec<Vote>,
+}
+
+/// The count of a proposal's votes and whether it reached consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub accepts: u32,
+    pub rejects: u32,
+    pub abstains: u32,
+    /// Required agents that have not voted.
+    pub missing: Vec<String>,
+    /// Required agents that rejected.
+    pub required_rejects: Vec<String>,
+    /// The reference's rule: every required agent voted, accepts outnumber rejects, and no
+    /// required agent rejected.
+    pub reached: bool,
+}
+
+impl Proposal {
+    pub fn tally(&self) -> Tally {
+        let count = |choice| {
+            let n = self.votes.iter().filter(|v| v.choice == choice).count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
+        let (accepts, rejects, abstains) = (
+            count(VoteChoice::Accept),
+            count(VoteChoice::Reject),
+            count(VoteChoice::Abstain),
+        );
+        let vote_of = |agent: &str| self.votes.iter().find(|v| v.agent == agent);
+        let missing: Vec<String> = self
+            .record
+            .required
+            .iter()
+            .filter(|agent| vote_of(agent).is_none())
+            .cloned()
+            .collect();
+        let required_rejects: Vec<String> = self
+            .record
+            .required
+            .iter()
+            .filter(|agent| vote_of(agent).is_some_and(|v| v.choice == VoteChoice::Reject))
+            .cloned()
+            .collect();
+        let reached = missing.is_empty() && accepts > rejects && required_rejects.is_empty();
+        Tally {
+            accepts,
+            rejects,
+            abstains,
+            missing,
+            required_rejects,
+            reached,
+        }
+    }
+
+    /// Unresolved and contested: someone rejected it, it has not reached consensus, and no
+    /// one has settled it. The orchestrator's CONFLICT condition counts these.
+    pub fn in_conflict(&self) -> bool {
+        self.record.resolution.is_none()
+            && self.votes.iter().any(|v| v.choice == VoteChoice::Reject)
+            && !self.tally().reached
+    }
+}
+
+/// What [`Coordination::cast_vote`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CastOutcome {
+    Recorded,
+    /// The agent had voted; votes are final, so the first one stands.
+    AlreadyVoted(Vote),
+    UnknownProposal,
+}
+
+/// What [`Coordination::resolve_proposal`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveOutcome {
+    Resolved,
+    AlreadyResolved(Resolution),
+    UnknownProposal,
+}
+
+/// Whether `id` has the shape of a proposal id (`p` and a positive number), so it can be
+/// interpolated into `blackboard:{task}:votes:{proposal}`.
+pub fn is_proposal_id(id: &str) -> bool {
+    id.strip_prefix('p').is_some_and(|n| {
+        !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')
+    })
+}
+
+/// The proposal id for sequence number `n`.
+pub fn proposal_id(n: u64) -> String {
+    format!("p{n}")
+}
+
+/// Check the ids of a coordination call; every backend calls this first.
+pub fn validate_ids(task: &str, agent: Option<&str>) -> Result<(), StateError> {
+    validate_id("task", task)?;
+    if let Some(agent) = agent {
+        validate_id("agent", agent)?;
+    }
+    Ok(())
+}
+
+/// The blackboard, messages and consensus of tasks. Part of every [`StateStore`](super::StateStore).
+///
+/// Values are opaque strings; size limits are the capability's business. Every operation is
+/// atomic on its own, including against other hosts sharing the backend.
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Set `key` in the task's `section` (replacing any value).
+    async fn board_write(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StateError>;
+    async fn board_read(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+    ) -> Result<Option<String>, StateError>;
+    /// Every entry of the section, sorted by key.
+    async fn board_entries(
+        &self,
+        task: &str,
+        section: Section,
+    ) -> Result<Vec<(String, String)>, StateError>;
+
+    /// Append a message to the task's log; returns its id (1 for the first message).
+    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError>;
+    /// Up to `limit` messages for `agent` ([`Message::is_for`]) after its cursor, oldest first,
+    /// and advance the cursor past them in the same atomic step. With fewer than `limit`
+    /// matches the cursor moves to the end of the log.
+    async fn receive_messages(
+        &self,
+        task: &str,
+        agent: &str,
+        limit: usize,
+    ) -> Result<Vec<Message>, StateError>;
+    /// Every message of the task, oldest first (operators and metrics).
+    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError>;
+
+    /// Open a proposal; returns its id (`p1`, `p2`, …).
+    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError>;
+    /// Record `vote` on the proposal unless its agent already voted.
+    async fn cast_vote(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        vote: &Vote,
+    ) -> Result<CastOutcome, StateError>;
+    /// Settle a proposal outside the vote, once.
+    async fn resolve_proposal(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        resolution: &Resolution,
+    ) -> Result<ResolveOutcome, StateError>;
+    async fn proposal(&self, task: &str, proposal_id: &str)
+    -> Result<Option<Proposal>, StateError>;
+    /// Every proposal of the task in id order.
+    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError>;
+}
+
+/// Order votes as every backend returns them: oldest first, ties by agent id.
+pub fn sort_votes(votes: &mut [Vote]) {
+    votes.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.agent.cmp(&b.agent)));
+}
+
+/// Parse a stored JSON value of this keyspace.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, StateError> {
+    serde_json::from_str(json).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        message: format!("not a valid record: {e}"),
+    })
+}
+
+/// Serialize a record of this keyspace (infallible for these types).
+pub(crate) fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn vote(agent: &str, choice: VoteChoice) -> Vote {
+        Vote {
+            agent: agent.into(),
+            choice,
+            reasoning: String::new(),
+            at_ms: 1,
+        }
+    }
+
+    fn proposal(required: &[&str], votes: Vec<Vote>) -> Proposal {
+        Proposal {
+            record: NewProposal {
+                proposer: "alpha",
+                title: "t",
+                body: "b",
+                required: &required.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                created_at_ms: 0,
+            }
+            .with_id("p1".into()),
+            votes,
+        }
+    }
+
+    #[test]
+    fn consensus_needs_every_required_vote_a_majority_and_no_required_reject() {
+        use VoteChoice::*;
+        let reached = |p: &Proposal| p.tally().reached;
+        assert!(!reached(&proposal(&["a", "b"], vec![vote("a", Accept)])));
+        assert!(reached(&proposal(
+            &["a", "b"],
+            vec![vote("a", Accept), vote("b", Accept)]
+        )));
+        // A tie is not a majority.
+        assert!(!reached(&proposal(
+            &["a"],
+            vec![vote("a", Accept), vote("x", Reject)]
+        )));
+        // Abstentions count as votes cast but not towards the majority.
+        assert!(reached(&proposal(
+            &["a", "b"],
+            vec![vote("a", Accept), vote("b", Abstain)]
+        )));
+        assert!(!reached(&proposal(
+            &["a", "b"],
+            vec![vote("a", Abstain), vote("b", Abstain)]
+        )));
+        // A required reject vetoes even a majority.
+        let vetoed = proposal(
+            &["a", "b"],
+            vec![vote("a", Reject), vote("b", Accept), vote("c", Accept)],
+        );
+        assert_eq!(vetoed.tally().required_rejects, vec!["a".to_string()]);
+        assert!(!reached(&vetoed));
+        assert!(vetoed.in_conflict());
+        // A non-required reject is outvoted.
+        assert!(reached(&proposal(
+            &["a"],
+            vec![vote("a", Accept), vote("b", Accept), vote("c", Reject)]
+        )));
+    }
+
+    #[test]
+    fn proposal_ids_are_p_and_a_positive_number() {
+        assert!(is_proposal_id("p1") && is_proposal_id("p42"));
+        for bad in ["", "p", "p0", "p01", "1", "p1:x", "px", "p-1"] {
+            assert!(!is_proposal_id(bad), "{bad}");
+        }
+        assert_eq!(proposal_id(7), "p7");
+    }
+
+    #[test]
+    fn broadcasts_reach_everyone_but_the_sender() {
+        let m = NewMessage {
+            sender: "alpha",
+            recipient: None,
+            kind: "PROPOSAL",
+            body: "x",
+            sent_at_ms: 0,
+        }
+        .with_id(1);
+        assert!(m.is_for("beta") && !m.is_for("alpha"));
+        let direct = NewMessage {
+            recipient: Some("beta"),
+            ..NewMessage {
+                sender: "alpha",
+                recipient: None,
+                kind: "FEEDBACK",
+                body: "y",
+                sent_at_ms: 0,
+            }
+        }
+        .with_id(2);
+        assert!(direct.is_for("beta") && !direct.is_for("gamma"));
+    }
+}

@@ -1,0 +1,291 @@
+//! [`Coordination`] in process memory: every `blackboard:{task}:*` and `msg:{task}:*` key of
+//! a task in one [`Board`], under the store's mutex like the rest of [`MemoryState`].
+//!
+//! Every operation is one critical section, so it is atomic against the store's other
+//! handles; message and proposal ids come from the lengths of the log and the proposal list,
+//! which only grow.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+
+use super::MemoryState;
+use crate::state::coordination::{
+    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
+    Resolution, ResolveOutcome, Section, Vote, is_proposal_id, proposal_id, sort_votes,
+    validate_ids,
+};
+use crate::state::{StateError, validate_id};
+
+/// Everything under `blackboard:{task}:` and `msg:{task}:`.
+#[derive(Default)]
+pub(super) struct Board {
+    /// `blackboard:{task}:{section}`; ordered because entries are returned sorted.
+    sections: HashMap<Section, BTreeMap<String, String>>,
+    /// `msg:{task}:log`: the message with id `n` is at index `n - 1`.
+    log: Vec<Message>,
+    /// `msg:{task}:cursors`: agent → id of the last message it received.
+    cursors: HashMap<String, u64>,
+    /// `blackboard:{task}:proposals` and their votes: proposal `p{n}` is at index `n - 1`, so
+    /// `blackboard:{task}:proposal_seq` is the length.
+    proposals: Vec<Stored>,
+}
+
+/// A proposal and `blackboard:{task}:votes:{proposal}`, in the order they were cast.
+struct Stored {
+    record: ProposalRecord,
+    votes: Vec<Vote>,
+}
+
+impl Stored {
+    fn proposal(&self) -> Proposal {
+        let mut votes = self.votes.clone();
+        sort_votes(&mut votes);
+        Proposal {
+            record: self.record.clone(),
+            votes,
+        }
+    }
+}
+
+impl Board {
+    /// The proposal `id` names, if it is well formed and was handed out.
+    fn stored(&self, id: &str) -> Option<&Stored> {
+        let index = proposal_index(id)?;
+        self.proposals.get(index)
+    }
+
+    fn stored_mut(&mut self, id: &str) -> Option<&mut Stored> {
+        let index = proposal_index(id)?;
+        self.proposals.get_mut(index)
+    }
+}
+
+/// Index in [`Board::proposals`] of a proposal id; `None` for a malformed one.
+fn proposal_index(id: &str) -> Option<usize> {
+    if !is_proposal_id(id) {
+        return None;
+    }
+    let n: usize = id.get(1..)?.parse().ok()?;
+    n.checked_sub(1)
+}
+
+fn validate_message(task: &str, message: &NewMessage<'_>) -> Result<(), StateError> {
+    validate_ids(task, Some(message.sender))?;
+    if let Some(recipient) = message.recipient {
+        validate_id("agent", recipient)?;
+    }
+    Ok(())
+}
+
+fn validate_proposal(task: &str, proposal: &NewProposal<'_>) -> Result<(), StateError> {
+    validate_ids(task, Some(proposal.proposer))?;
+    proposal
+        .required
+        .iter()
+        .try_for_each(|agent| validate_id("agent", agent))
+}
+
+/// The messages of `log` after `cursor` that are for `agent`, at most `limit`, and the
+/// cursor after them: the last one picked when `limit` is reached, else the end of the log.
+fn pick(log: &[Message], cursor: u64, agent: &str, limit: usize) -> (Vec<Message>, u64) {
+    let start = usize::try_from(cursor).unwrap_or(usize::MAX).min(log.len());
+    let mut picked = Vec::new();
+    let mut last = cursor;
+    for message in &log[start..] {
+        if picked.len() == limit {
+            break;
+        }
+        last = message.id;
+        if message.is_for(agent) {
+            picked.push(message.clone());
+        }
+    }
+    (picked, last)
+}
+
+impl MemoryState {
+    /// Run `f` on the task's board if it has one. The caller validated `task`.
+    fn board<R>(&self, task: &str, f: impl FnOnce(&Board) -> R) -> Option<R> {
+        self.inner.lock().boards.get(task).map(f)
+    }
+
+    /// Run `f` on the task's board, creating it if absent. The caller validated `task`.
+    fn board_mut<R>(&self, task: &str, f: impl FnOnce(&mut Board) -> R) -> R {
+        super::upsert(&mut self.inner.lock().boards, task, f)
+    }
+}
+
+#[async_trait]
+impl Coordination for MemoryState {
+    async fn board_write(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StateError> {
+        validate_ids(task, None)?;
+        let value = value.to_string();
+        self.board_mut(task, |b| {
+            let entries = b.sections.entry(section).or_default();
+            match entries.get_mut(key) {
+                Some(slot) => *slot = value,
+                None => {
+                    entries.insert(key.to_string(), value);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn board_read(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+    ) -> Result<Option<String>, StateError> {
+        validate_ids(task, None)?;
+        Ok(self
+            .board(task, |b| b.sections.get(&section)?.get(key).cloned())
+            .flatten())
+    }
+
+    async fn board_entries(
+        &self,
+        task: &str,
+        section: Section,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        validate_ids(task, None)?;
+        Ok(self
+            .board(task, |b| {
+                b.sections
+                    .get(&section)
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
+        validate_message(task, message)?;
+        Ok(self.board_mut(task, |b| {
+            let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
+            b.log.push(message.with_id(id));
+            id
+        }))
+    }
+
+    async fn receive_messages(
+        &self,
+        task: &str,
+        agent: &str,
+        limit: usize,
+    ) -> Result<Vec<Message>, StateError> {
+        validate_ids(task, Some(agent))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut data = self.inner.lock();
+        // No board, no messages: reading must not create one.
+        let Some(board) = data.boards.get_mut(task) else {
+            return Ok(Vec::new());
+        };
+        let cursor = board.cursors.get(agent).copied().unwrap_or(0);
+        let (picked, last) = pick(&board.log, cursor, agent, limit);
+        if last != cursor {
+            match board.cursors.get_mut(agent) {
+                Some(slot) => *slot = last,
+                None => {
+                    board.cursors.insert(agent.to_string(), last);
+                }
+            }
+        }
+        Ok(picked)
+    }
+
+    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
+        validate_ids(task, None)?;
+        Ok(self.board(task, |b| b.log.clone()).unwrap_or_default())
+    }
+
+    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
+        validate_proposal(task, proposal)?;
+        Ok(self.board_mut(task, |b| {
+            let n = u64::try_from(b.proposals.len()).unwrap_or(u64::MAX - 1) + 1;
+            let id = proposal_id(n);
+            b.proposals.push(Stored {
+                record: proposal.with_id(id.clone()),
+                votes: Vec::new(),
+            });
+            id
+        }))
+    }
+
+    async fn cast_vote(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        vote: &Vote,
+    ) -> Result<CastOutcome, StateError> {
+        validate_ids(task, Some(&vote.agent))?;
+        let mut data = self.inner.lock();
+        let Some(stored) = data
+            .boards
+            .get_mut(task)
+            .and_then(|b| b.stored_mut(proposal_id))
+        else {
+            return Ok(CastOutcome::UnknownProposal);
+        };
+        if let Some(first) = stored.votes.iter().find(|v| v.agent == vote.agent) {
+            return Ok(CastOutcome::AlreadyVoted(first.clone()));
+        }
+        stored.votes.push(vote.clone());
+        Ok(CastOutcome::Recorded)
+    }
+
+    async fn resolve_proposal(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        resolution: &Resolution,
+    ) -> Result<ResolveOutcome, StateError> {
+        validate_ids(task, Some(&resolution.by))?;
+        let mut data = self.inner.lock();
+        let Some(stored) = data
+            .boards
+            .get_mut(task)
+            .and_then(|b| b.stored_mut(proposal_id))
+        else {
+            return Ok(ResolveOutcome::UnknownProposal);
+        };
+        if let Some(first) = &stored.record.resolution {
+            return Ok(ResolveOutcome::AlreadyResolved(first.clone()));
+        }
+        stored.record.resolution = Some(resolution.clone());
+        Ok(ResolveOutcome::Resolved)
+    }
+
+    async fn proposal(
+        &self,
+        task: &str,
+        proposal_id: &str,
+    ) -> Result<Option<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        Ok(self
+            .board(task, |b| b.stored(proposal_id).map(Stored::proposal))
+            .flatten())
+    }
+
+    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        Ok(self
+            .board(task, |b| b.proposals.iter().map(Stored::proposal).collect())
+            .unwrap_or_default())
+    }
+}
