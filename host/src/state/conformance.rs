@@ -13,6 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use super::{ErrorCounts, LockAttempt, StateError, StateStore, Transition};
 
+mod coordination;
+
+pub use coordination::{
+    board_sections, concurrent_receives, concurrent_sends, coordination_ids_are_rejected,
+    coordination_tasks_are_isolated, direct_and_broadcast_delivery, message_ids_and_order,
+    proposals_and_votes, receive_advances_the_cursor,
+};
+
 /// Short TTL for expiry checks: long enough for a slow CI machine to do a few round trips
 /// before it passes, short enough to keep the suite quick.
 const SHORT_TTL: Duration = Duration::from_millis(150);
@@ -38,6 +46,16 @@ where
     revocations_are_indexed(&*make().await).await;
     handoffs_and_approvals(&*make().await).await;
     concurrent_error_records(make().await).await;
+
+    board_sections(&*make().await).await;
+    coordination_tasks_are_isolated(&*make().await).await;
+    message_ids_and_order(&*make().await).await;
+    direct_and_broadcast_delivery(&*make().await).await;
+    receive_advances_the_cursor(&*make().await).await;
+    proposals_and_votes(&*make().await).await;
+    coordination_ids_are_rejected(&*make().await).await;
+    concurrent_sends(make().await).await;
+    concurrent_receives(make().await).await;
 }
 
 /// An id no other check (or earlier run against a persistent store) uses.

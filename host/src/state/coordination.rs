@@ -301,13 +301,24 @@ pub enum ResolveOutcome {
 /// interpolated into `blackboard:{task}:votes:{proposal}`.
 pub fn is_proposal_id(id: &str) -> bool {
     id.strip_prefix('p').is_some_and(|n| {
-        !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')
+        !n.is_empty()
+            && n.len() <= 19
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !n.starts_with('0')
     })
 }
 
 /// The proposal id for sequence number `n`.
 pub fn proposal_id(n: u64) -> String {
     format!("p{n}")
+}
+
+/// The sequence number of a proposal id; `None` unless [`is_proposal_id`].
+pub(crate) fn proposal_number(id: &str) -> Option<u64> {
+    if !is_proposal_id(id) {
+        return None;
+    }
+    id.get(1..)?.parse().ok()
 }
 
 /// Check the ids of a coordination call; every backend calls this first.
@@ -317,6 +328,24 @@ pub fn validate_ids(task: &str, agent: Option<&str>) -> Result<(), StateError> {
         validate_id("agent", agent)?;
     }
     Ok(())
+}
+
+/// Check the ids of a message to send: its task, sender and recipient.
+pub(crate) fn validate_message(task: &str, message: &NewMessage<'_>) -> Result<(), StateError> {
+    validate_ids(task, Some(message.sender))?;
+    match message.recipient {
+        Some(recipient) => validate_id("agent", recipient),
+        None => Ok(()),
+    }
+}
+
+/// Check the ids of a proposal to open: its task, proposer and required agents.
+pub(crate) fn validate_proposal(task: &str, proposal: &NewProposal<'_>) -> Result<(), StateError> {
+    validate_ids(task, Some(proposal.proposer))?;
+    proposal
+        .required
+        .iter()
+        .try_for_each(|agent| validate_id("agent", agent))
 }
 
 /// The blackboard, messages and consensus of tasks. Part of every [`StateStore`](super::StateStore).
@@ -388,7 +417,10 @@ pub fn sort_votes(votes: &mut [Vote]) {
 }
 
 /// Parse a stored JSON value of this keyspace.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, StateError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    json: &str,
+) -> Result<T, StateError> {
     serde_json::from_str(json).map_err(|e| StateError::Corrupt {
         key: key.to_string(),
         message: format!("not a valid record: {e}"),
@@ -473,6 +505,10 @@ mod tests {
             assert!(!is_proposal_id(bad), "{bad}");
         }
         assert_eq!(proposal_id(7), "p7");
+        assert_eq!(proposal_number("p42"), Some(42));
+        let largest = 10u64.pow(19) - 1;
+        assert_eq!(proposal_number(&proposal_id(largest)), Some(largest));
+        assert_eq!(proposal_number("p01"), None);
     }
 
     #[test]

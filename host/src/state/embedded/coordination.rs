@@ -1,68 +1,322 @@
-//! [`Coordination`] on this backend: being written; every call fails until then.
+//! [`Coordination`] on SQLite, in the same three tables as the rest of [`EmbeddedState`]:
+//!
+//! - `blackboard:{task}:{section}`, `…:proposals`, `…:votes:{proposal}` and
+//!   `msg:{task}:cursors` are `hashes` rows;
+//! - `blackboard:{task}:proposal_seq` is a `strings` row without expiry;
+//! - `msg:{task}:log` is one `lists` row per message, `idx` = message id − 1.
+//!
+//! Every read-modify-write (send, receive, propose, vote, resolve) is one `BEGIN IMMEDIATE`
+//! transaction, so it is atomic against every other handle and process on the file; the
+//! multi-statement reads run in a deferred transaction, so they see one snapshot.
 
 use async_trait::async_trait;
+use rusqlite::{Connection, params};
 
-use super::{BACKEND, EmbeddedState};
+use super::{Access, EmbeddedState, OpResult, get, hget, hset, now_ms, range, set};
 use crate::state::StateError;
 use crate::state::coordination::{
-    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, Resolution,
-    ResolveOutcome, Section, Vote,
+    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
+    Resolution, ResolveOutcome, Section, Vote, decode, encode, keys, proposal_id, proposal_number,
+    sort_votes, validate_ids, validate_message, validate_proposal,
 };
 
-fn pending<T>() -> Result<T, StateError> {
-    Err(StateError::Backend {
-        backend: BACKEND,
-        source: "coordination is not available on this backend yet".into(),
-    })
+/// A stored number that does not parse.
+fn not_a_number(key: &str, field: Option<&str>, value: &str) -> StateError {
+    let place = field.map_or_else(String::new, |field| format!("field `{field}` "));
+    StateError::Corrupt {
+        key: key.to_string(),
+        message: format!("{place}holds `{value}`, expected a non-negative integer"),
+    }
+}
+
+/// `HGETALL key`, sorted by field.
+fn hgetall(conn: &Connection, key: &str) -> OpResult<Vec<(String, String)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT field, value FROM hashes WHERE key = ?1 ORDER BY field")?;
+    let rows = stmt.query_map(params![key], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The votes of a proposal, in [`sort_votes`] order.
+fn votes(conn: &Connection, task: &str, proposal: &str) -> OpResult<Vec<Vote>> {
+    let key = keys::votes(task, proposal);
+    let mut votes = hgetall(conn, &key)?
+        .into_iter()
+        .map(|(_, json)| decode(&key, &json))
+        .collect::<Result<Vec<Vote>, _>>()?;
+    sort_votes(&mut votes);
+    Ok(votes)
+}
+
+/// A proposal with its votes, if it exists.
+fn proposal(conn: &Connection, task: &str, id: &str) -> OpResult<Option<Proposal>> {
+    let key = keys::proposals(task);
+    let Some(json) = hget(conn, &key, id)? else {
+        return Ok(None);
+    };
+    let record: ProposalRecord = decode(&key, &json)?;
+    let votes = votes(conn, task, id)?;
+    Ok(Some(Proposal { record, votes }))
+}
+
+/// `RPUSH` of the message under the next id, the list's length + 1; returns the id.
+fn append(conn: &Connection, log: &str, mut message: Message) -> OpResult<u64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(MAX(idx), -1) + 1 FROM lists WHERE key = ?1 AND idx >= 0",
+    )?;
+    let idx: i64 = stmt.query_row(params![log], |row| row.get(0))?;
+    message.id = u64::try_from(idx).map_err(|_| not_a_number(log, None, &idx.to_string()))? + 1;
+    conn.prepare_cached("INSERT INTO lists (key, idx, value) VALUES (?1, ?2, ?3)")?
+        .execute(params![log, idx, encode(&message)])?;
+    Ok(message.id)
+}
+
+/// Up to `limit` messages for `agent` after its cursor, and the cursor moved past them.
+fn receive(
+    conn: &Connection,
+    log: &str,
+    cursors: &str,
+    agent: &str,
+    limit: usize,
+) -> OpResult<Vec<Message>> {
+    let cursor = match hget(conn, cursors, agent)? {
+        None => 0,
+        Some(value) => value
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| not_a_number(cursors, Some(agent), &value))?,
+    };
+    let mut picked = Vec::new();
+    let mut last = cursor;
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT idx, value FROM lists WHERE key = ?1 AND idx >= ?2 ORDER BY idx",
+        )?;
+        let mut rows = stmt.query(params![log, cursor])?;
+        while picked.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let (idx, json): (i64, String) = (row.get(0)?, row.get(1)?);
+            let message: Message = decode(log, &json)?;
+            last = idx + 1;
+            if message.is_for(agent) {
+                picked.push(message);
+            }
+        }
+    }
+    if last != cursor {
+        hset(conn, cursors, agent, &last.to_string())?;
+    }
+    Ok(picked)
+}
+
+/// `INCR blackboard:{task}:proposal_seq` and `HSET` of the record under the new id.
+fn open_proposal(conn: &Connection, task: &str, mut record: ProposalRecord) -> OpResult<String> {
+    let seq_key = keys::proposal_seq(task);
+    let seq = match get(conn, &seq_key, now_ms())? {
+        None => 0,
+        Some(value) => value
+            .parse::<u64>()
+            .map_err(|_| not_a_number(&seq_key, None, &value))?,
+    };
+    let n = seq.saturating_add(1);
+    set(conn, &seq_key, &n.to_string(), None)?;
+    record.id = proposal_id(n);
+    hset(conn, &keys::proposals(task), &record.id, &encode(&record))?;
+    Ok(record.id)
 }
 
 #[async_trait]
 impl Coordination for EmbeddedState {
-    async fn board_write(&self, _: &str, _: Section, _: &str, _: &str) -> Result<(), StateError> {
-        pending()
+    async fn board_write(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StateError> {
+        validate_ids(task, None)?;
+        let (hash, field, value) = (
+            keys::section(task, section),
+            key.to_string(),
+            value.to_string(),
+        );
+        self.run(Access::Write, move |conn| hset(conn, &hash, &field, &value))
+            .await
     }
-    async fn board_read(&self, _: &str, _: Section, _: &str) -> Result<Option<String>, StateError> {
-        pending()
+
+    async fn board_read(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+    ) -> Result<Option<String>, StateError> {
+        validate_ids(task, None)?;
+        let (hash, field) = (keys::section(task, section), key.to_string());
+        self.run(Access::Read, move |conn| hget(conn, &hash, &field))
+            .await
     }
+
     async fn board_entries(
         &self,
-        _: &str,
-        _: Section,
+        task: &str,
+        section: Section,
     ) -> Result<Vec<(String, String)>, StateError> {
-        pending()
+        validate_ids(task, None)?;
+        let hash = keys::section(task, section);
+        self.run(Access::Read, move |conn| hgetall(conn, &hash))
+            .await
     }
-    async fn send_message(&self, _: &str, _: &NewMessage<'_>) -> Result<u64, StateError> {
-        pending()
+
+    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
+        validate_message(task, message)?;
+        let log = keys::message_log(task);
+        // The id is assigned inside the transaction.
+        let message = message.with_id(0);
+        self.run_tx(move |conn| append(conn, &log, message)).await
     }
+
     async fn receive_messages(
         &self,
-        _: &str,
-        _: &str,
-        _: usize,
+        task: &str,
+        agent: &str,
+        limit: usize,
     ) -> Result<Vec<Message>, StateError> {
-        pending()
+        validate_ids(task, Some(agent))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (log, cursors, agent) = (
+            keys::message_log(task),
+            keys::message_cursors(task),
+            agent.to_string(),
+        );
+        self.run_tx(move |conn| receive(conn, &log, &cursors, &agent, limit))
+            .await
     }
-    async fn messages(&self, _: &str) -> Result<Vec<Message>, StateError> {
-        pending()
+
+    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
+        validate_ids(task, None)?;
+        let log = keys::message_log(task);
+        self.run(Access::Read, move |conn| {
+            range(conn, &log, -1)?
+                .iter()
+                .map(|json| Ok(decode(&log, json)?))
+                .collect()
+        })
+        .await
     }
-    async fn propose(&self, _: &str, _: &NewProposal<'_>) -> Result<String, StateError> {
-        pending()
+
+    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
+        validate_proposal(task, proposal)?;
+        let task = task.to_string();
+        // The id is assigned inside the transaction.
+        let record = proposal.with_id(String::new());
+        self.run_tx(move |conn| open_proposal(conn, &task, record))
+            .await
     }
-    async fn cast_vote(&self, _: &str, _: &str, _: &Vote) -> Result<CastOutcome, StateError> {
-        pending()
+
+    async fn cast_vote(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        vote: &Vote,
+    ) -> Result<CastOutcome, StateError> {
+        validate_ids(task, Some(&vote.agent))?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(CastOutcome::UnknownProposal);
+        }
+        let (proposals, votes) = (keys::proposals(task), keys::votes(task, proposal_id));
+        let (id, vote) = (proposal_id.to_string(), vote.clone());
+        self.run_tx(move |conn| {
+            if hget(conn, &proposals, &id)?.is_none() {
+                return Ok(CastOutcome::UnknownProposal);
+            }
+            // Read, then write: atomic, inside this `BEGIN IMMEDIATE`.
+            if let Some(first) = hget(conn, &votes, &vote.agent)? {
+                return Ok(CastOutcome::AlreadyVoted(decode(&votes, &first)?));
+            }
+            hset(conn, &votes, &vote.agent, &encode(&vote))?;
+            Ok(CastOutcome::Recorded)
+        })
+        .await
     }
+
     async fn resolve_proposal(
         &self,
-        _: &str,
-        _: &str,
-        _: &Resolution,
+        task: &str,
+        proposal_id: &str,
+        resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError> {
-        pending()
+        validate_ids(task, Some(&resolution.by))?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(ResolveOutcome::UnknownProposal);
+        }
+        let proposals = keys::proposals(task);
+        let (id, resolution) = (proposal_id.to_string(), resolution.clone());
+        self.run_tx(move |conn| {
+            let Some(json) = hget(conn, &proposals, &id)? else {
+                return Ok(ResolveOutcome::UnknownProposal);
+            };
+            let mut record: ProposalRecord = decode(&proposals, &json)?;
+            if let Some(first) = record.resolution {
+                return Ok(ResolveOutcome::AlreadyResolved(first));
+            }
+            record.resolution = Some(resolution);
+            hset(conn, &proposals, &id, &encode(&record))?;
+            Ok(ResolveOutcome::Resolved)
+        })
+        .await
     }
-    async fn proposal(&self, _: &str, _: &str) -> Result<Option<Proposal>, StateError> {
-        pending()
+
+    async fn proposal(
+        &self,
+        task: &str,
+        proposal_id: &str,
+    ) -> Result<Option<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(None);
+        }
+        let (task, id) = (task.to_string(), proposal_id.to_string());
+        self.run(Access::Read, move |conn| {
+            let tx = conn.transaction()?;
+            let found = proposal(&tx, &task, &id)?;
+            tx.commit()?;
+            Ok(found)
+        })
+        .await
     }
-    async fn proposals(&self, _: &str) -> Result<Vec<Proposal>, StateError> {
-        pending()
+
+    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        let task = task.to_string();
+        self.run(Access::Read, move |conn| {
+            let tx = conn.transaction()?;
+            let key = keys::proposals(&task);
+            let mut records = hgetall(&tx, &key)?
+                .into_iter()
+                .map(|(id, json)| {
+                    let n = proposal_number(&id).ok_or_else(|| StateError::Corrupt {
+                        key: key.clone(),
+                        message: format!("field `{id}` is not a proposal id"),
+                    })?;
+                    Ok((n, id, decode::<ProposalRecord>(&key, &json)?))
+                })
+                .collect::<OpResult<Vec<_>>>()?;
+            records.sort_unstable_by_key(|(n, _, _)| *n);
+            // Votes are looked up under the hash field, checked above, never under the
+            // record's own `id`, which is stored data.
+            let proposals = records
+                .into_iter()
+                .map(|(_, id, record)| {
+                    let votes = votes(&tx, &task, &id)?;
+                    Ok(Proposal { record, votes })
+                })
+                .collect::<OpResult<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(proposals)
+        })
+        .await
     }
 }

@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 
 use super::MemoryState;
+use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
-    Resolution, ResolveOutcome, Section, Vote, is_proposal_id, proposal_id, sort_votes,
-    validate_ids,
+    Resolution, ResolveOutcome, Section, Vote, proposal_id, proposal_number, sort_votes,
+    validate_ids, validate_message, validate_proposal,
 };
-use crate::state::{StateError, validate_id};
 
 /// Everything under `blackboard:{task}:` and `msg:{task}:`.
 #[derive(Default)]
@@ -63,27 +63,7 @@ impl Board {
 
 /// Index in [`Board::proposals`] of a proposal id; `None` for a malformed one.
 fn proposal_index(id: &str) -> Option<usize> {
-    if !is_proposal_id(id) {
-        return None;
-    }
-    let n: usize = id.get(1..)?.parse().ok()?;
-    n.checked_sub(1)
-}
-
-fn validate_message(task: &str, message: &NewMessage<'_>) -> Result<(), StateError> {
-    validate_ids(task, Some(message.sender))?;
-    if let Some(recipient) = message.recipient {
-        validate_id("agent", recipient)?;
-    }
-    Ok(())
-}
-
-fn validate_proposal(task: &str, proposal: &NewProposal<'_>) -> Result<(), StateError> {
-    validate_ids(task, Some(proposal.proposer))?;
-    proposal
-        .required
-        .iter()
-        .try_for_each(|agent| validate_id("agent", agent))
+    usize::try_from(proposal_number(id)?).ok()?.checked_sub(1)
 }
 
 /// The messages of `log` after `cursor` that are for `agent`, at most `limit`, and the
@@ -287,5 +267,67 @@ impl Coordination for MemoryState {
         Ok(self
             .board(task, |b| b.proposals.iter().map(Stored::proposal).collect())
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::state::coordination::{NewMessage, Resolution, Section, Vote, VoteChoice};
+    use crate::state::{Coordination, MemoryState};
+
+    /// Reads, and writes that change nothing, must not create boards.
+    #[tokio::test]
+    async fn reads_do_not_create_boards() {
+        let store = MemoryState::new();
+        store.board_read("t", Section::Problem, "k").await.unwrap();
+        store.board_entries("t", Section::Problem).await.unwrap();
+        store.receive_messages("t", "a", 10).await.unwrap();
+        store.messages("t").await.unwrap();
+        let vote = Vote {
+            agent: "a".into(),
+            choice: VoteChoice::Accept,
+            reasoning: String::new(),
+            at_ms: 0,
+        };
+        store.cast_vote("t", "p1", &vote).await.unwrap();
+        let resolution = Resolution {
+            by: "a".into(),
+            note: String::new(),
+            at_ms: 0,
+        };
+        store
+            .resolve_proposal("t", "p1", &resolution)
+            .await
+            .unwrap();
+        store.proposal("t", "p1").await.unwrap();
+        store.proposals("t").await.unwrap();
+        assert!(store.inner.lock().boards.is_empty());
+
+        // A receive moves the cursor past what is not for the agent; limit 0 touches nothing.
+        let message = NewMessage {
+            sender: "a",
+            recipient: None,
+            kind: "K",
+            body: "b",
+            sent_at_ms: 0,
+        };
+        store.send_message("t", &message).await.unwrap();
+        assert!(
+            store
+                .receive_messages("t", "a", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.inner.lock().boards["t"].cursors["a"], 1);
+        assert!(
+            store
+                .receive_messages("t", "b", 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!store.inner.lock().boards["t"].cursors.contains_key("b"));
     }
 }
