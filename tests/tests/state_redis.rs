@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use warden::state::{
-    LockAttempt, RedisState, StateError, StateStore, Transition, conformance, keys,
+    Coordination, LockAttempt, NewMessage, NewProposal, RedisState, Section, StateError,
+    StateStore, Transition, Vote, VoteChoice, conformance, coordination, keys,
 };
 use warden_tests::redis_server::RedisServer;
 
@@ -517,4 +519,217 @@ async fn credentials_never_appear_in_errors_or_debug() {
     );
     assert!(!message.contains("wrong-secret"), "{message}");
     assert!(!format!("{err:?}").contains("wrong-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_share_one_message_log() {
+    let server = RedisServer::start();
+    let a = RedisState::connect(&server.url()).await.unwrap();
+    let b = RedisState::connect(&server.url()).await.unwrap();
+    let task = unique("shared-log");
+
+    // Both hosts send at once: one sequence of ids, no gap, no duplicate.
+    let senders: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(host, store)| {
+            let task = task.clone();
+            tokio::spawn(async move {
+                let sender = format!("sender-{host}");
+                let mut ids = Vec::new();
+                for n in 0..100 {
+                    let body = n.to_string();
+                    let message = NewMessage {
+                        sender: &sender,
+                        recipient: None,
+                        kind: "PROPOSAL",
+                        body: &body,
+                        sent_at_ms: 0,
+                    };
+                    ids.push(store.send_message(&task, &message).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for sender in senders {
+        ids.extend(sender.await.unwrap());
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=200).collect::<Vec<u64>>());
+
+    // Both hosts receive for one agent at once: each message is delivered once.
+    let receivers: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .map(|store| {
+            let task = task.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = store.receive_messages(&task, "reader", 7).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch.into_iter().map(|m| m.id));
+                }
+            })
+        })
+        .collect();
+    let mut delivered = Vec::new();
+    for receiver in receivers {
+        delivered.extend(receiver.await.unwrap());
+    }
+    delivered.sort_unstable();
+    assert_eq!(delivered, (1..=200).collect::<Vec<u64>>());
+}
+
+/// The coordination keys hold what the keyspace table of `state::coordination` says, so
+/// operators can read them with `redis-cli`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordination_keys_are_the_documented_ones() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let task = unique("keyspace");
+    let message = NewMessage {
+        sender: "alpha",
+        recipient: Some("beta"),
+        kind: "FEEDBACK",
+        body: "looks good",
+        sent_at_ms: 1_700_000_000_123,
+    };
+    assert_eq!(store.send_message(&task, &message).await.unwrap(), 1);
+    store.receive_messages(&task, "beta", 10).await.unwrap();
+    let required = ["beta".to_string()];
+    let proposal = NewProposal {
+        proposer: "alpha",
+        title: "plan",
+        body: "do it",
+        required: &required,
+        created_at_ms: 5,
+    };
+    assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p1");
+    let vote = Vote {
+        agent: "beta".into(),
+        choice: VoteChoice::Accept,
+        reasoning: "fine".into(),
+        at_ms: 6,
+    };
+    store.cast_vote(&task, "p1", &vote).await.unwrap();
+    store
+        .board_write(&task, Section::Problem, "objective", "ship")
+        .await
+        .unwrap();
+
+    let log: Vec<String> = admin
+        .lrange(coordination::keys::message_log(&task), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(log, [serde_json::to_string(&message.with_id(1)).unwrap()]);
+    let cursor: String = admin
+        .hget(coordination::keys::message_cursors(&task), "beta")
+        .await
+        .unwrap();
+    assert_eq!(cursor, "1");
+    let seq: String = admin
+        .get(coordination::keys::proposal_seq(&task))
+        .await
+        .unwrap();
+    assert_eq!(seq, "1");
+    let record: String = admin
+        .hget(coordination::keys::proposals(&task), "p1")
+        .await
+        .unwrap();
+    assert_eq!(
+        record,
+        serde_json::to_string(&proposal.with_id("p1".into())).unwrap()
+    );
+    let stored_vote: String = admin
+        .hget(coordination::keys::votes(&task, "p1"), "beta")
+        .await
+        .unwrap();
+    assert_eq!(stored_vote, serde_json::to_string(&vote).unwrap());
+    let objective: String = admin
+        .hget(
+            coordination::keys::section(&task, Section::Problem),
+            "objective",
+        )
+        .await
+        .unwrap();
+    assert_eq!(objective, "ship");
+}
+
+/// Send, receive, propose and vote are one `EVALSHA` each (once the scripts are loaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordination_writes_are_one_command() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let task = unique("round-trips");
+    let message = NewMessage {
+        sender: "alpha",
+        recipient: None,
+        kind: "PROPOSAL",
+        body: "b",
+        sent_at_ms: 0,
+    };
+    let required: [String; 0] = [];
+    let proposal = NewProposal {
+        proposer: "alpha",
+        title: "t",
+        body: "b",
+        required: &required,
+        created_at_ms: 0,
+    };
+    let vote = |agent: &str| Vote {
+        agent: agent.into(),
+        choice: VoteChoice::Accept,
+        reasoning: String::new(),
+        at_ms: 0,
+    };
+    // Load the scripts.
+    store.send_message(&task, &message).await.unwrap();
+    store.receive_messages(&task, "beta", 10).await.unwrap();
+    store.propose(&task, &proposal).await.unwrap();
+    store.cast_vote(&task, "p1", &vote("alpha")).await.unwrap();
+
+    let before = command_calls(&mut admin).await;
+    store.send_message(&task, &message).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("llen", 1), ("rpush", 1)])
+    );
+
+    let before = command_calls(&mut admin).await;
+    let got = store.receive_messages(&task, "beta", 10).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[
+            ("evalsha", 1),
+            ("hget", 1),
+            ("llen", 1),
+            ("lrange", 1),
+            ("hset", 1)
+        ])
+    );
+
+    let before = command_calls(&mut admin).await;
+    assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p2");
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("incr", 1), ("hset", 1)])
+    );
+
+    let before = command_calls(&mut admin).await;
+    store.cast_vote(&task, "p2", &vote("beta")).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("hexists", 1), ("hsetnx", 1)])
+    );
 }

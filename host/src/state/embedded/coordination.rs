@@ -320,3 +320,71 @@ impl Coordination for EmbeddedState {
         .await
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Two handles on one file stand in for two `warden` processes: one log, one sequence
+    /// of ids, and each message delivered once between them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn handles_on_one_file_share_the_message_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let handles = [
+            Arc::new(EmbeddedState::open(&path).unwrap()),
+            Arc::new(EmbeddedState::open(&path).unwrap()),
+        ];
+        let senders: Vec<_> = (0..4)
+            .map(|i| {
+                let store = Arc::clone(&handles[i % 2]);
+                tokio::spawn(async move {
+                    let sender = format!("sender-{i}");
+                    let mut ids = Vec::new();
+                    for _ in 0..25 {
+                        let message = NewMessage {
+                            sender: &sender,
+                            recipient: None,
+                            kind: "K",
+                            body: "b",
+                            sent_at_ms: 0,
+                        };
+                        ids.push(store.send_message("t", &message).await.unwrap());
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for sender in senders {
+            ids.extend(sender.await.unwrap());
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=100).collect::<Vec<u64>>());
+
+        let receivers: Vec<_> = (0..4)
+            .map(|i| {
+                let store = Arc::clone(&handles[i % 2]);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let batch = store.receive_messages("t", "reader", 3).await.unwrap();
+                        if batch.is_empty() {
+                            return got;
+                        }
+                        got.extend(batch.into_iter().map(|m| m.id));
+                    }
+                })
+            })
+            .collect();
+        let mut delivered = Vec::new();
+        for receiver in receivers {
+            delivered.extend(receiver.await.unwrap());
+        }
+        delivered.sort_unstable();
+        assert_eq!(delivered, (1..=100).collect::<Vec<u64>>());
+    }
+}

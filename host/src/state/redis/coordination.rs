@@ -1,68 +1,450 @@
-//! [`Coordination`] on this backend: being written; every call fails until then.
+//! [`Coordination`] on Redis or DragonflyDB: the `blackboard:{task}:*` and `msg:{task}:*`
+//! keys of [`coordination`](crate::state::coordination), verbatim.
+//!
+//! Blackboard sections are plain `HSET`/`HGET`/`HGETALL`. Everything that reads and then
+//! writes is a Lua script, atomic on the server and one round trip:
+//!
+//! - send: `LLEN` + 1 is the id; the script writes it in front of the rest of the message's
+//!   JSON and `RPUSH`es the result, so the stored JSON carries its id, as on every backend,
+//!   and the id always equals the message's position + 1;
+//! - receive: reads the agent's cursor, scans the log after it (`LRANGE` in batches), keeps
+//!   what [`Message::is_for`] the agent (decoding with `cjson`), stores the new cursor and
+//!   returns the picked messages' JSON as stored;
+//! - propose: `INCR` of `proposal_seq`, then `HSET` of the record under `p{n}`;
+//! - vote: `HEXISTS` of the proposal, then `HSETNX` of the vote, or the vote that won;
+//! - resolve: a compare-and-set of the record. The host edits the JSON (so the script need
+//!   not re-encode it, which `cjson` would do with its own number formatting) and the script
+//!   writes it only if the stored record is still the one the host read; a lost race
+//!   re-reads, and then finds the record resolved.
+//!
+//! Every key a script touches is in its `KEYS`, as DragonflyDB requires. Ids are validated
+//! before any key is built; a malformed proposal id is an unknown proposal, never a key.
+//! The scripts are loaded on first use (one extra round trip per script per server).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use redis::{AsyncCommands, Script};
 
-use super::{BACKEND, RedisState};
+use super::{BACKEND, RedisState, failed};
 use crate::state::StateError;
 use crate::state::coordination::{
-    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, Resolution,
-    ResolveOutcome, Section, Vote,
+    CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
+    Resolution, ResolveOutcome, Section, Vote, decode, encode, keys, proposal_number, sort_votes,
+    validate_ids, validate_message, validate_proposal,
 };
 
-fn pending<T>() -> Result<T, StateError> {
-    Err(StateError::Backend {
-        backend: BACKEND,
-        source: "coordination is not available on this backend yet".into(),
-    })
+/// `KEYS[1]` log. `ARGV[1]`: the message's JSON after `{"id":<id>`. Returns the id.
+const SEND_LUA: &str = r#"
+local id = redis.call('LLEN', KEYS[1]) + 1
+redis.call('RPUSH', KEYS[1], string.format('{"id":%d', id) .. ARGV[1])
+return id
+"#;
+
+/// `KEYS`: log, cursors. `ARGV`: agent, limit (at least 1). Returns the JSON of up to
+/// `limit` messages for the agent after its cursor, oldest first, and moves the cursor past
+/// them (to the end of the log when fewer match).
+const RECEIVE_LUA: &str = r#"
+local agent, limit = ARGV[1], tonumber(ARGV[2])
+local stored = redis.call('HGET', KEYS[2], agent)
+local cursor = 0
+if stored then
+  cursor = tonumber(stored)
+  if not cursor or cursor < 0 or cursor % 1 ~= 0 then
+    return redis.error_reply('ERR corrupt cursor of ' .. agent .. ' in ' .. KEYS[2])
+  end
+end
+local len = redis.call('LLEN', KEYS[1])
+local picked, last = {}, cursor
+while last < len and #picked < limit do
+  local batch = redis.call('LRANGE', KEYS[1], last, math.min(last + 127, len - 1))
+  if #batch == 0 then break end
+  for _, json in ipairs(batch) do
+    local ok, m = pcall(cjson.decode, json)
+    if not ok or type(m) ~= 'table' then
+      return redis.error_reply('ERR corrupt message ' .. (last + 1) .. ' in ' .. KEYS[1])
+    end
+    last = last + 1
+    local mine
+    if m.recipient == nil or m.recipient == cjson.null then
+      mine = m.sender ~= agent
+    else
+      mine = m.recipient == agent
+    end
+    if mine then
+      picked[#picked + 1] = json
+      if #picked >= limit then break end
+    end
+  end
+end
+if last ~= cursor then
+  redis.call('HSET', KEYS[2], agent, string.format('%d', last))
+end
+return picked
+"#;
+
+/// `KEYS`: proposal_seq, proposals. `ARGV[1]`: the record's JSON after `{"id":"<id>"`.
+/// Returns the new id.
+const PROPOSE_LUA: &str = r#"
+local id = string.format('p%d', redis.call('INCR', KEYS[1]))
+redis.call('HSET', KEYS[2], id, string.format('{"id":"%s"', id) .. ARGV[1])
+return id
+"#;
+
+/// `KEYS`: proposals, votes. `ARGV`: proposal id, agent, vote. Returns `{0, nil}` for an
+/// unknown proposal, `{1, nil}` once recorded, `{2, first vote}` when the agent had voted.
+const CAST_LUA: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return {0, false}
+end
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 1 then
+  return {1, false}
+end
+return {2, redis.call('HGET', KEYS[2], ARGV[2])}
+";
+
+/// `KEYS[1]` proposals. `ARGV`: proposal id, the record as read, the new record. Writes the
+/// new record only if the stored one is still the one read: `{1, nil}`, else `{0, current}`.
+const SWAP_LUA: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return {1, false}
+end
+return {0, current}
+";
+
+static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(SEND_LUA));
+static RECEIVE: LazyLock<Script> = LazyLock::new(|| Script::new(RECEIVE_LUA));
+static PROPOSE: LazyLock<Script> = LazyLock::new(|| Script::new(PROPOSE_LUA));
+static CAST: LazyLock<Script> = LazyLock::new(|| Script::new(CAST_LUA));
+static SWAP: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP_LUA));
+
+/// A resolve that keeps losing its compare-and-set gives up after this many reads. Only a
+/// resolve changes a record, and once one wins the next read sees it, so two reads suffice
+/// unless something else rewrites the record meanwhile.
+const RESOLVE_ATTEMPTS: usize = 8;
+
+/// `json` without its leading `prefix` (`{"id":` and a placeholder id), for a script that
+/// writes the real id in front. Records serialize their `id` first, so this never fails for
+/// them; the error names the key in case a record's layout changes.
+fn after_id<'a>(key: &str, json: &'a str, prefix: &str) -> Result<&'a str, StateError> {
+    json.strip_prefix(prefix)
+        .ok_or_else(|| StateError::Backend {
+            backend: BACKEND,
+            source: format!(
+                "cannot encode a record for `{key}`: its JSON does not start with `{prefix}`"
+            )
+            .into(),
+        })
+}
+
+/// Placeholder prefixes that [`after_id`] strips: the JSON of `with_id(0)` and
+/// `with_id(String::new())`.
+const MESSAGE_PREFIX: &str = r#"{"id":0"#;
+const PROPOSAL_PREFIX: &str = r#"{"id":"""#;
+
+fn votes_of(key: &str, fields: HashMap<String, String>) -> Result<Vec<Vote>, StateError> {
+    let mut votes = fields
+        .values()
+        .map(|json| decode(key, json))
+        .collect::<Result<Vec<Vote>, _>>()?;
+    sort_votes(&mut votes);
+    Ok(votes)
 }
 
 #[async_trait]
 impl Coordination for RedisState {
-    async fn board_write(&self, _: &str, _: Section, _: &str, _: &str) -> Result<(), StateError> {
-        pending()
+    async fn board_write(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StateError> {
+        validate_ids(task, None)?;
+        let hash = keys::section(task, section);
+        self.conn()
+            .hset::<_, _, _, ()>(&hash, key, value)
+            .await
+            .map_err(failed("HSET", &hash))
     }
-    async fn board_read(&self, _: &str, _: Section, _: &str) -> Result<Option<String>, StateError> {
-        pending()
+
+    async fn board_read(
+        &self,
+        task: &str,
+        section: Section,
+        key: &str,
+    ) -> Result<Option<String>, StateError> {
+        validate_ids(task, None)?;
+        let hash = keys::section(task, section);
+        self.conn()
+            .hget(&hash, key)
+            .await
+            .map_err(failed("HGET", &hash))
     }
+
     async fn board_entries(
         &self,
-        _: &str,
-        _: Section,
+        task: &str,
+        section: Section,
     ) -> Result<Vec<(String, String)>, StateError> {
-        pending()
+        validate_ids(task, None)?;
+        let hash = keys::section(task, section);
+        let entries: BTreeMap<String, String> = self
+            .conn()
+            .hgetall(&hash)
+            .await
+            .map_err(failed("HGETALL", &hash))?;
+        Ok(entries.into_iter().collect())
     }
-    async fn send_message(&self, _: &str, _: &NewMessage<'_>) -> Result<u64, StateError> {
-        pending()
+
+    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
+        validate_message(task, message)?;
+        let log = keys::message_log(task);
+        let json = encode(&message.with_id(0));
+        SEND.key(&log)
+            .arg(after_id(&log, &json, MESSAGE_PREFIX)?)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(failed("send script on", &log))
     }
+
     async fn receive_messages(
         &self,
-        _: &str,
-        _: &str,
-        _: usize,
+        task: &str,
+        agent: &str,
+        limit: usize,
     ) -> Result<Vec<Message>, StateError> {
-        pending()
+        validate_ids(task, Some(agent))?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let log = keys::message_log(task);
+        let picked: Vec<String> = RECEIVE
+            .key(&log)
+            .key(keys::message_cursors(task))
+            .arg(agent)
+            .arg(u64::try_from(limit).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(failed("receive script on", &log))?;
+        picked.iter().map(|json| decode(&log, json)).collect()
     }
-    async fn messages(&self, _: &str) -> Result<Vec<Message>, StateError> {
-        pending()
+
+    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
+        validate_ids(task, None)?;
+        let log = keys::message_log(task);
+        let stored: Vec<String> = self
+            .conn()
+            .lrange(&log, 0, -1)
+            .await
+            .map_err(failed("LRANGE", &log))?;
+        stored.iter().map(|json| decode(&log, json)).collect()
     }
-    async fn propose(&self, _: &str, _: &NewProposal<'_>) -> Result<String, StateError> {
-        pending()
+
+    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
+        validate_proposal(task, proposal)?;
+        let proposals = keys::proposals(task);
+        let json = encode(&proposal.with_id(String::new()));
+        PROPOSE
+            .key(keys::proposal_seq(task))
+            .key(&proposals)
+            .arg(after_id(&proposals, &json, PROPOSAL_PREFIX)?)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(failed("propose script on", &proposals))
     }
-    async fn cast_vote(&self, _: &str, _: &str, _: &Vote) -> Result<CastOutcome, StateError> {
-        pending()
+
+    async fn cast_vote(
+        &self,
+        task: &str,
+        proposal_id: &str,
+        vote: &Vote,
+    ) -> Result<CastOutcome, StateError> {
+        validate_ids(task, Some(&vote.agent))?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(CastOutcome::UnknownProposal);
+        }
+        let votes = keys::votes(task, proposal_id);
+        let (outcome, first): (i64, Option<String>) = CAST
+            .key(keys::proposals(task))
+            .key(&votes)
+            .arg(proposal_id)
+            .arg(&vote.agent)
+            .arg(encode(vote))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(failed("cast script on", &votes))?;
+        match (outcome, first) {
+            (0, _) => Ok(CastOutcome::UnknownProposal),
+            (1, _) => Ok(CastOutcome::Recorded),
+            (2, Some(first)) => Ok(CastOutcome::AlreadyVoted(decode(&votes, &first)?)),
+            (outcome, first) => Err(StateError::Backend {
+                backend: BACKEND,
+                source: format!(
+                    "cast script on `{votes}` answered `{outcome}` with {first:?}, expected 0, 1 or 2 and the first vote"
+                )
+                .into(),
+            }),
+        }
     }
+
     async fn resolve_proposal(
         &self,
-        _: &str,
-        _: &str,
-        _: &Resolution,
+        task: &str,
+        proposal_id: &str,
+        resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError> {
-        pending()
+        validate_ids(task, Some(&resolution.by))?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(ResolveOutcome::UnknownProposal);
+        }
+        let proposals = keys::proposals(task);
+        let mut stored: Option<String> = self
+            .conn()
+            .hget(&proposals, proposal_id)
+            .await
+            .map_err(failed("HGET", &proposals))?;
+        for _ in 0..RESOLVE_ATTEMPTS {
+            let Some(json) = stored else {
+                return Ok(ResolveOutcome::UnknownProposal);
+            };
+            let mut record: ProposalRecord = decode(&proposals, &json)?;
+            if let Some(first) = record.resolution {
+                return Ok(ResolveOutcome::AlreadyResolved(first));
+            }
+            record.resolution = Some(resolution.clone());
+            let (swapped, current): (i64, Option<String>) = SWAP
+                .key(&proposals)
+                .arg(proposal_id)
+                .arg(&json)
+                .arg(encode(&record))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(failed("resolve script on", &proposals))?;
+            if swapped == 1 {
+                return Ok(ResolveOutcome::Resolved);
+            }
+            stored = current;
+        }
+        Err(StateError::Backend {
+            backend: BACKEND,
+            source: format!(
+                "`{proposals}` field `{proposal_id}` changed under {RESOLVE_ATTEMPTS} resolve attempts in a row"
+            )
+            .into(),
+        })
     }
-    async fn proposal(&self, _: &str, _: &str) -> Result<Option<Proposal>, StateError> {
-        pending()
+
+    async fn proposal(
+        &self,
+        task: &str,
+        proposal_id: &str,
+    ) -> Result<Option<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        if proposal_number(proposal_id).is_none() {
+            return Ok(None);
+        }
+        let (proposals, votes) = (keys::proposals(task), keys::votes(task, proposal_id));
+        let (record, fields): (Option<String>, HashMap<String, String>) = redis::pipe()
+            .hget(&proposals, proposal_id)
+            .hgetall(&votes)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(failed("HGET and HGETALL", &proposals))?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        Ok(Some(Proposal {
+            record: decode(&proposals, &record)?,
+            votes: votes_of(&votes, fields)?,
+        }))
     }
-    async fn proposals(&self, _: &str) -> Result<Vec<Proposal>, StateError> {
-        pending()
+
+    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
+        validate_ids(task, None)?;
+        let proposals = keys::proposals(task);
+        let stored: HashMap<String, String> = self
+            .conn()
+            .hgetall(&proposals)
+            .await
+            .map_err(failed("HGETALL", &proposals))?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Votes are read under the hash field, checked here, never under the record's own
+        // `id`, which is stored data.
+        let mut records = stored
+            .into_iter()
+            .map(|(id, json)| {
+                let n = proposal_number(&id).ok_or_else(|| StateError::Corrupt {
+                    key: proposals.clone(),
+                    message: format!("field `{id}` is not a proposal id"),
+                })?;
+                Ok((n, id, json))
+            })
+            .collect::<Result<Vec<_>, StateError>>()?;
+        records.sort_unstable_by_key(|(n, _, _)| *n);
+        let mut pipe = redis::pipe();
+        for (_, id, _) in &records {
+            pipe.hgetall(keys::votes(task, id));
+        }
+        let votes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(failed("HGETALL votes of", &proposals))?;
+        records
+            .into_iter()
+            .zip(votes)
+            .map(|((_, id, json), fields)| {
+                Ok(Proposal {
+                    record: decode(&proposals, &json)?,
+                    votes: votes_of(&keys::votes(task, &id), fields)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// What the send and propose scripts store is byte for byte what the other backends
+    /// store: the encoded record with its real id.
+    #[test]
+    fn scripts_splice_the_id_into_the_encoded_record() {
+        let message = NewMessage {
+            sender: "alpha",
+            recipient: Some("beta"),
+            kind: "FEEDBACK",
+            body: "\"{\\\"id\\\":0}\" ünïcode",
+            sent_at_ms: u64::MAX,
+        };
+        let json = encode(&message.with_id(0));
+        let tail = after_id("k", &json, MESSAGE_PREFIX).unwrap();
+        assert_eq!(
+            format!("{{\"id\":{}{tail}", 1234),
+            encode(&message.with_id(1234))
+        );
+
+        let required = ["alpha".to_string()];
+        let proposal = NewProposal {
+            proposer: "alpha",
+            title: "t",
+            body: "b",
+            required: &required,
+            created_at_ms: 7,
+        };
+        let json = encode(&proposal.with_id(String::new()));
+        let tail = after_id("k", &json, PROPOSAL_PREFIX).unwrap();
+        assert_eq!(
+            format!("{{\"id\":\"p12\"{tail}"),
+            encode(&proposal.with_id("p12".into()))
+        );
+        assert!(after_id("k", "{}", MESSAGE_PREFIX).is_err());
     }
 }
