@@ -11,6 +11,9 @@
 //! [vault]                            # secrets in Vault/OpenBao (default: embedded)
 //! addr = "http://127.0.0.1:8200"     # the broker token comes from `VAULT_TOKEN`, never a file
 //!
+//! [orchestrator]                     # spawn conditions of `warden orchestrate`
+//! stuck_after_ms = 30000             # see `warden::orchestrator::SpawnConditions`
+//!
 //! [llm]
 //! provider = "scripted"            # or "openai-compatible"
 //! rules = "agents/planner/llm-rules.toml"
@@ -43,6 +46,8 @@ pub struct WardenConfig {
     pub state: Option<String>,
     /// Vault/OpenBao for secrets; `VAULT_ADDR` overrides `addr`.
     pub vault: Option<VaultSection>,
+    /// Spawn conditions of multi-agent tasks (`warden orchestrate`).
+    pub orchestrator: Option<crate::orchestrator::SpawnConditions>,
     #[serde(skip)]
     base: PathBuf,
 }

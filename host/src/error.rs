@@ -59,10 +59,6 @@ pub enum Refusal {
         "UNKNOWN_IMPORT: agent `{agent}` imports `{import}`; agents may import only `warden:agent/*@0.1.0` and WASI 0.2 interfaces"
     )]
     UnknownImport { agent: String, import: String },
-    #[error(
-        "UNSUPPORTED_IMPORT: agent `{agent}` imports `warden:agent/{interface}`, which this host does not provide yet"
-    )]
-    UnsupportedImport { agent: String, interface: String },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
     InvalidPacket { agent: String, reason: String },
 }
@@ -78,7 +74,6 @@ impl Refusal {
             Refusal::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
             Refusal::ImportAboveTier { .. } => "IMPORT_ABOVE_TIER",
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
-            Refusal::UnsupportedImport { .. } => "UNSUPPORTED_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
         }
     }

@@ -166,6 +166,7 @@ impl HostBuilder {
             host_id,
             data_dir: self.data_dir,
             call_durability: self.call_durability,
+            coordination_bell: tokio::sync::Notify::new(),
         };
         Ok(Host {
             services: Arc::new(services),
@@ -256,6 +257,8 @@ pub(crate) struct Services {
     pub host_id: String,
     pub data_dir: Option<PathBuf>,
     pub call_durability: CallDurability,
+    /// Rung on every message sent in this process, so a waiting `receive` wakes at once.
+    pub coordination_bell: tokio::sync::Notify,
 }
 
 impl Services {
@@ -291,6 +294,9 @@ pub(crate) struct RunShared {
     revoked: AtomicBool,
     revocation: Mutex<Option<RevocationReason>>,
     phase: AtomicU8,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last capability call or phase change.
+    last_activity_ms: std::sync::atomic::AtomicU64,
 }
 
 impl RunShared {
@@ -313,6 +319,8 @@ impl RunShared {
             revoked: AtomicBool::new(false),
             revocation: Mutex::new(None),
             phase: AtomicU8::new(Phase::Bootstrap as u8),
+            started: std::time::Instant::now(),
+            last_activity_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -352,6 +360,19 @@ impl RunShared {
 
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Note that the agent did something (a capability call, a phase change).
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the agent last did something.
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
     }
 }
 
@@ -423,6 +444,8 @@ impl Host {
                 let digest = runtime::digest(bytes);
                 let compiled = self.services.runtime.component(&digest, bytes, agent)?;
                 lifecycle::load_gate(&self.services, agent, tier, &compiled)?;
+                // Kept by digest so the agent can later be run by name (`orchestrate`).
+                self.services.blobs.put(bytes)?;
                 Some(digest)
             }
             None => None,
@@ -434,6 +457,29 @@ impl Host {
             .ledger
             .agent(agent)?
             .ok_or_else(|| Error::Invalid(format!("agent `{agent}` vanished after registration")))
+    }
+
+    /// The component an agent was registered with, from the blob store.
+    pub fn registered_component(&self, agent: &str) -> Result<Vec<u8>, Error> {
+        let record = self.services.ledger.agent(agent)?.ok_or_else(|| {
+            crate::error::Refusal::UnknownAgent {
+                agent: agent.to_string(),
+            }
+        })?;
+        let Some(digest) = record.component_digest else {
+            return Err(Error::Invalid(format!(
+                "agent `{agent}` is registered without a component: register it with `--component <file.wasm>`"
+            )));
+        };
+        self.services.blobs.get(&digest)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "the component `{digest}` of agent `{agent}` is not in this host's blob store (it was registered by another host or before components were kept): register it again with `--component <file.wasm>`"
+            ))
+        })
+    }
+
+    pub(crate) fn services(&self) -> &Arc<Services> {
+        &self.services
     }
 
     /// Change an agent's tier (recorded in `promotions`).

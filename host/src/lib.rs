@@ -38,6 +38,7 @@ mod host;
 pub mod ledger;
 mod lifecycle;
 pub mod llm;
+pub mod orchestrator;
 pub mod packet;
 pub mod pattern;
 pub mod policy;

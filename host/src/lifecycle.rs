@@ -21,7 +21,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::artifacts::{ArtifactRef, latest_per_name};
 use crate::bindings::warden::agent::types as wit;
 use crate::bindings::{Architect, ArchitectPre};
-use crate::capabilities::{AgentCtx, Governor, supported};
+use crate::capabilities::{AgentCtx, Governor};
 use crate::error::{Error, Refusal};
 use crate::host::{RunShared, Services};
 use crate::ledger::{ActionRecord, Entry, Subject, ViolationRecord};
@@ -180,7 +180,7 @@ pub(crate) fn load_gate(
     component: &wasmtime::component::Component,
 ) -> Result<(), Refusal> {
     let summary = imports::summarize(services.runtime.engine(), component);
-    imports::check(&summary, tier, &services.tiers, supported).map_err(|refusal| match refusal {
+    imports::check(&summary, tier, &services.tiers).map_err(|refusal| match refusal {
         ImportRefusal::AboveTier { interface, lowest } => Refusal::ImportAboveTier {
             agent: agent.to_string(),
             interface: interface.name().to_string(),
@@ -190,10 +190,6 @@ pub(crate) fn load_gate(
         ImportRefusal::Unknown { import } => Refusal::UnknownImport {
             agent: agent.to_string(),
             import,
-        },
-        ImportRefusal::Unsupported { interface } => Refusal::UnsupportedImport {
-            agent: agent.to_string(),
-            interface: interface.name().to_string(),
         },
     })
 }
@@ -799,7 +795,13 @@ impl Driver {
         self.transition(Phase::Verify).await?;
         let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
         let missing = self.missing_deliverables().await;
-        if !verification.passed {
+        if !outcome.success {
+            // The agent's own verdict on EXECUTE stands even if its VERIFY is lenient.
+            self.verification_failed = Some(format!(
+                "the agent reported EXECUTE unsuccessful: {}",
+                outcome.summary
+            ));
+        } else if !verification.passed {
             self.verification_failed = Some(format!(
                 "the agent's verification failed: {}",
                 verification.findings.join("; ")

@@ -11,7 +11,8 @@ pub fn propose(title: &str, body: &str, required: &[&str]) -> Result<String, Err
     Ok(wit::propose(title, body, &required)?)
 }
 
-/// Casts this agent's vote on the proposal `proposal_id`.
+/// Casts this agent's vote on the proposal `proposal_id`. Votes are final: a second vote
+/// is refused and the first one stands.
 pub fn cast(proposal_id: &str, choice: VoteChoice, reasoning: &str) -> Result<(), Error> {
     Ok(wit::cast(proposal_id, choice, reasoning)?)
 }
@@ -19,4 +20,18 @@ pub fn cast(proposal_id: &str, choice: VoteChoice, reasoning: &str) -> Result<()
 /// The current tally of the proposal `proposal_id`.
 pub fn tally(proposal_id: &str) -> Result<ProposalTally, Error> {
     Ok(wit::tally(proposal_id)?)
+}
+
+pub use wit::Proposal;
+
+/// Every proposal of the task, oldest first, with whether each is in conflict (rejected by
+/// someone, not settled, no consensus).
+pub fn proposals() -> Result<Vec<Proposal>, Error> {
+    Ok(wit::proposals()?)
+}
+
+/// Settles the proposal `proposal_id` outside the vote (superseded by a merged proposal,
+/// withdrawn). Its proposer may; so may an agent at T2 or above.
+pub fn resolve(proposal_id: &str, resolution: &str) -> Result<(), Error> {
+    Ok(wit::resolve(proposal_id, resolution)?)
 }

@@ -17,7 +17,9 @@ pub fn broadcast(kind: Kind, body: &str) -> Result<u64, Error> {
     Ok(wit::broadcast(&kind, body)?)
 }
 
-/// Messages addressed to this agent, oldest first, waiting up to `timeout` for the first one.
+/// Messages for this agent (sent to it, or broadcast by another agent of the task) that it
+/// has not received yet, oldest first, at most 64 per call; waits up to `timeout` for the
+/// first one, never past the phase deadline.
 ///
 /// The timeout is sent in whole milliseconds, saturating at `u32::MAX`.
 pub fn receive(timeout: Duration) -> Result<Vec<Message>, Error> {

@@ -1,9 +1,10 @@
 //! Test agent: makes the capability calls its packet lists, during PLAN, and reports how each
-//! one ended. It imports only T0 interfaces (ledger, state, artifacts), so it loads at every
-//! tier and shows what the call gate does at each.
+//! one ended. It imports only T0 interfaces (ledger, state, artifacts, blackboard), so it
+//! loads at every tier and shows what the call gate does at each.
 //!
 //! The objective is `probe: <call>; <call>; …` with calls `state.get <key>`,
-//! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`, the sandbox probes
+//! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`,
+//! `bb.read <section> <key>`, `bb.write <section> <key> <value>`, the sandbox probes
 //! `fs.write <path>`, `net.connect <addr>` and `env` (fails if any environment variable or
 //! argument is visible), and `spin` (loop forever, for crash and deadline tests). PLAN returns
 //! one step per call: `<call> -> ok` or `<call> -> <error>`.
@@ -12,6 +13,17 @@ use warden_sdk::prelude::*;
 
 #[derive(Default)]
 struct Probe;
+
+fn board_section(name: &str) -> Result<blackboard::Section, String> {
+    use blackboard::Section;
+    match name {
+        "problem" => Ok(Section::Problem),
+        "solutions" => Ok(Section::Solutions),
+        "progress" => Ok(Section::Progress),
+        "consensus" => Ok(Section::Consensus),
+        other => Err(format!("no section `{other}`")),
+    }
+}
 
 fn call(line: &str) -> Result<(), String> {
     let mut words = line.split_whitespace();
@@ -25,6 +37,13 @@ fn call(line: &str) -> Result<(), String> {
         }
         (Some("ledger.note"), Some(_), _) => {
             host(ledger::note(line.trim_start_matches("ledger.note").trim()))
+        }
+        (Some("bb.read"), Some(section), Some(key)) => {
+            host(blackboard::read(board_section(section)?, key).map(drop))
+        }
+        (Some("bb.write"), Some(section), Some(key)) => {
+            let value = words.next().unwrap_or_default();
+            host(blackboard::write(board_section(section)?, key, value))
         }
         (Some("fs.write"), Some(path), _) => io(std::fs::write(path, "probe")),
         (Some("net.connect"), Some(addr), _) => io(std::net::TcpStream::connect(addr).map(drop)),

@@ -8,11 +8,16 @@
 //! a WIT error, never as a trap.
 
 mod artifacts;
+mod blackboard;
+mod consensus;
 mod ledger;
 mod llm;
+mod messaging;
 mod secrets;
 mod state;
 mod tools;
+
+pub(crate) use messaging::now_ms;
 
 use std::sync::Arc;
 
@@ -139,6 +144,7 @@ impl Governor {
         if self.run.is_revoked() {
             return Err(WitError::Revoked(self.run.revoked_message()));
         }
+        self.run.touch();
         if !self.policy().interfaces.contains(interface) {
             let lowest = self.services.tiers.lowest_tier_granting(interface);
             let refusal = Refusal {
@@ -244,6 +250,15 @@ impl Governor {
         self.append(Entry::Action(record)).await;
     }
 
+    /// Record an allowed call with what it did (a vote and its reasoning, a message id), as
+    /// JSON in the row's `details`.
+    pub async fn record_details(&self, op: &'static str, details: String) {
+        let record = ActionRecord::new(self.run.subject.clone(), op, "allowed")
+            .phase(self.run.phase().as_str())
+            .details(details);
+        self.append(Entry::Action(record)).await;
+    }
+
     /// Append a row of this run under the host's call durability.
     pub async fn append(&self, entry: Entry) {
         match self.services.call_durability {
@@ -280,15 +295,6 @@ pub(crate) fn wit_error_parts(error: &WitError) -> (&'static str, &str) {
     }
 }
 
-/// Interfaces this host implements (blackboard, messaging and consensus come with the
-/// multi-agent coordinator).
-pub(crate) fn supported(interface: Interface) -> bool {
-    !matches!(
-        interface,
-        Interface::Blackboard | Interface::Messaging | Interface::Consensus
-    )
-}
-
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot
 /// be called, whatever the component was built against.
 pub(crate) fn tier_linker(
@@ -319,7 +325,15 @@ pub(crate) fn tier_linker(
             Interface::Secrets => {
                 warden::agent::secrets::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
             }
-            Interface::Blackboard | Interface::Messaging | Interface::Consensus => {}
+            Interface::Blackboard => {
+                warden::agent::blackboard::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
+            }
+            Interface::Messaging => {
+                warden::agent::messaging::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
+            }
+            Interface::Consensus => {
+                warden::agent::consensus::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
+            }
         }
     }
     Ok(linker)

@@ -87,6 +87,37 @@ enum Command {
     Vault(VaultCommand),
     /// Check every configured backend (state, secrets, llm).
     Health,
+    /// Run a multi-agent task: the agents in parallel, the mediator spawned once when a
+    /// condition (STUCK, CONFLICT, COMPLEXITY, SUCCESS) fires; prints the task's metrics.
+    /// Thresholds come from `[orchestrator]` in warden.toml. Exit 5 unless every agent
+    /// completed.
+    Orchestrate {
+        objective: String,
+        /// Registered agents to run in parallel (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        agents: Vec<String>,
+        /// The registered agent to spawn when a condition fires.
+        #[arg(long)]
+        mediator: Option<String>,
+        /// Task id (default: `task-<random>`).
+        #[arg(long)]
+        task: Option<String>,
+        /// Seconds the whole task may take.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Initial complexity score, written to the blackboard.
+        #[arg(long)]
+        complexity: Option<f64>,
+    },
+    /// A task's blackboard, messages and proposals with their tallies.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Show the blackboard, the proposals with their tallies, and the messages of a task.
+    Show { task: String },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +361,35 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Secrets(command) => secrets(&cx, command).await,
         Command::Vault(VaultCommand::Setup { policies }) => vault_setup(&cx, &policies).await,
         Command::Health => health(&cx).await,
+        Command::Orchestrate {
+            objective,
+            agents,
+            mediator,
+            task,
+            timeout,
+            complexity,
+        } => {
+            let host = cx.host().await?;
+            let task = task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
+            let mut spec = warden::orchestrator::TaskSpec::new(task, objective, agents)
+                .timeout(Duration::from_secs(timeout))
+                .conditions(cx.config.orchestrator.clone().unwrap_or_default());
+            spec.mediator = mediator;
+            spec.complexity = complexity;
+            let metrics = host.orchestrate(&spec).await?;
+            output::task_metrics(cx.json, &metrics);
+            Ok(if metrics.success {
+                exit::OK
+            } else {
+                exit::FAILED
+            })
+        }
+        Command::Task(TaskCommand::Show { task }) => {
+            let host = cx.host().await?;
+            let view = warden::orchestrator::TaskView::read(&host, &task).await?;
+            output::task_view(cx.json, &view);
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, VerifyReport};
+use warden::orchestrator::{TaskMetrics, TaskView};
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
 
 fn print_json(value: &impl Serialize) {
@@ -293,5 +294,140 @@ pub fn health(json: bool, report: &warden::health::HealthReport) {
             check.latency_ms,
             check.detail
         );
+    }
+}
+
+pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
+    if json {
+        print_json(metrics);
+        return;
+    }
+    println!("task `{}` · {}", metrics.task_id, metrics.objective);
+    for agent in &metrics.agents {
+        let role = if agent.mediator { "mediator" } else { "agent" };
+        let detail = if agent.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", agent.detail)
+        };
+        println!(
+            "  {role:<9} {:<12} {} in {:.1} ms{detail}",
+            agent.agent_id, agent.status, agent.duration_ms
+        );
+    }
+    let mediator = match &metrics.mediator {
+        Some(spawn) => format!(
+            "{} spawned at {:.0} ms: {} ({})",
+            spawn.agent, spawn.after_ms, spawn.reason, spawn.detail
+        ),
+        None => "not spawned".to_string(),
+    };
+    let consensus = &metrics.consensus;
+    let result = format!(
+        "{} ({} proposals, {} reached, {} settled by mediation, {} in conflict)",
+        metrics.consensus_result,
+        consensus.proposals,
+        consensus.reached.len(),
+        consensus.resolved,
+        consensus.in_conflict
+    );
+    let rows = [
+        ("duration", format!("{:.1} s", metrics.duration_ms / 1e3)),
+        ("messages", metrics.messages.to_string()),
+        ("blackboard ops", metrics.blackboard_ops.to_string()),
+        ("llm calls", metrics.llm_calls.to_string()),
+        (
+            "proposals / votes",
+            format!("{} / {}", metrics.proposals, metrics.votes),
+        ),
+        ("mediator", mediator),
+        ("consensus", result),
+        (
+            "final decision",
+            consensus
+                .final_decision
+                .clone()
+                .unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "outcome",
+            if metrics.success { "success" } else { "FAILED" }.to_string(),
+        ),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    println!("  ┌{}┬{}", "─".repeat(width + 2), "─".repeat(40));
+    for (key, value) in rows {
+        println!("  │ {key:<width$} │ {value}");
+    }
+    println!("  └{}┴{}", "─".repeat(width + 2), "─".repeat(40));
+}
+
+pub fn task_view(json: bool, view: &TaskView) {
+    if json {
+        print_json(view);
+        return;
+    }
+    println!("task `{}`", view.task_id);
+    for (section, entries) in &view.blackboard {
+        println!("  blackboard/{section} ({} entries)", entries.len());
+        for (key, value) in entries {
+            let first_line = value.lines().next().unwrap_or("");
+            let more = if value.lines().nth(1).is_some() {
+                " …"
+            } else {
+                ""
+            };
+            println!("    {key:<20} {}{more}", truncate(first_line, 90));
+        }
+    }
+    println!("  proposals ({})", view.proposals.len());
+    for p in &view.proposals {
+        let t = &p.tally;
+        let status = if let Some(r) = &p.proposal.record.resolution {
+            format!("settled by {}: {}", r.by, r.note)
+        } else if t.reached {
+            "consensus reached".to_string()
+        } else if p.in_conflict {
+            "IN CONFLICT".to_string()
+        } else {
+            format!("open, waiting for {}", t.missing.join(", "))
+        };
+        println!(
+            "    {:<4} {:<40} by {:<8} {} accept / {} reject / {} abstain · {status}",
+            p.proposal.record.id,
+            truncate(&p.proposal.record.title, 40),
+            p.proposal.record.proposer,
+            t.accepts,
+            t.rejects,
+            t.abstains
+        );
+        for vote in &p.proposal.votes {
+            println!(
+                "           {} {}: {}",
+                vote.agent,
+                vote.choice.as_str(),
+                truncate(&vote.reasoning, 80)
+            );
+        }
+    }
+    println!("  messages ({})", view.messages.len());
+    for m in &view.messages {
+        println!(
+            "    #{:<3} {} → {} [{}] {}",
+            m.id,
+            m.sender,
+            m.recipient.as_deref().unwrap_or("all"),
+            m.kind,
+            truncate(m.body.lines().next().unwrap_or(""), 80)
+        );
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
     }
 }

@@ -289,6 +289,16 @@ impl Ledger {
         read::tail(&mut self.inner.reader.lock(), limit)
     }
 
+    /// How many allowed, successful calls of each action (`blackboard.write`,
+    /// `messaging.send`, …) the rows of `task_id` record. Committed rows only: flush first
+    /// to count a run that just ended.
+    pub fn action_counts(
+        &self,
+        task_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, LedgerError> {
+        read::action_counts(&self.inner.reader.lock(), task_id)
+    }
+
     /// Rows matching `q`, oldest first.
     pub fn query(&self, q: &LedgerQuery) -> Result<Vec<LedgerRow>, LedgerError> {
         read::query(&mut self.inner.reader.lock(), q)

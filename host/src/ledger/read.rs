@@ -249,6 +249,27 @@ fn select_rows(
     Ok(out)
 }
 
+/// Allowed, successful `agent_actions` of a task, counted per action name.
+pub(crate) fn action_counts(
+    conn: &Connection,
+    task_id: &str,
+) -> Result<std::collections::BTreeMap<String, u64>, LedgerError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT action, COUNT(*) FROM agent_actions
+         WHERE task_id = ?1 AND decision = 'allowed' AND success = 1
+         GROUP BY action",
+    )?;
+    let rows = statement.query_map([task_id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut counts = std::collections::BTreeMap::new();
+    for row in rows {
+        let (action, n) = row?;
+        counts.insert(action, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
+}
+
 pub(crate) fn tail(conn: &mut Connection, limit: usize) -> Result<Vec<LedgerRow>, LedgerError> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -560,6 +581,12 @@ impl LedgerRow {
     /// The violation type, for `violations` rows.
     pub fn violation_type(&self) -> Option<&str> {
         (self.table == Table::Violations).then_some(self.kind.as_str())
+    }
+
+    /// A text column (`decision`, `error_type`, `details`, …), if the row has it and it is
+    /// not NULL.
+    pub fn text(&self, column: &str) -> Option<&str> {
+        self.fields.get(column).and_then(Json::as_str)
     }
 
     /// The lifecycle phase the row was written in, if any.

@@ -24,8 +24,6 @@ pub enum ImportRefusal {
     },
     /// Imports something that is neither `warden:agent` nor WASI.
     Unknown { import: String },
-    /// Imports a `warden:agent` interface this host does not implement yet.
-    Unsupported { interface: Interface },
 }
 
 /// Classify a component's imports.
@@ -49,12 +47,7 @@ pub fn summarize(engine: &Engine, component: &Component) -> ImportSummary {
 }
 
 /// Check every import against the tier; the first refusal wins, unknown imports first.
-pub fn check(
-    summary: &ImportSummary,
-    tier: Tier,
-    table: &TierTable,
-    supported: impl Fn(Interface) -> bool,
-) -> Result<(), ImportRefusal> {
+pub fn check(summary: &ImportSummary, tier: Tier, table: &TierTable) -> Result<(), ImportRefusal> {
     if let Some(import) = summary.unknown.first() {
         return Err(ImportRefusal::Unknown {
             import: import.clone(),
@@ -67,9 +60,6 @@ pub fn check(
                 interface,
                 lowest: table.lowest_tier_granting(interface),
             });
-        }
-        if !supported(interface) {
-            return Err(ImportRefusal::Unsupported { interface });
         }
     }
     Ok(())

@@ -1,0 +1,139 @@
+//! `warden:agent/blackboard`: the shared memory of the run's task (`blackboard:{task}:{section}`).
+//!
+//! The task is always the run's own: the interface takes no task id, so an agent cannot name
+//! another task's blackboard. Reading needs the `blackboard` interface (T0 and up); writing
+//! also needs the tier's `blackboard_write` (T1 and up in the built-in table).
+
+use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use crate::bindings::WitError;
+use crate::bindings::warden::agent::blackboard::{Host, Section as WitSection};
+use crate::policy::Interface;
+use crate::state::Section;
+use crate::tier::Tier;
+
+/// Longest entry key.
+pub(crate) const MAX_KEY_BYTES: usize = 256;
+/// Largest entry value.
+pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+pub(crate) fn section(section: WitSection) -> Section {
+    match section {
+        WitSection::Problem => Section::Problem,
+        WitSection::Solutions => Section::Solutions,
+        WitSection::Progress => Section::Progress,
+        WitSection::Consensus => Section::Consensus,
+    }
+}
+
+fn resource(section: Section, key: &str) -> String {
+    format!("blackboard:{section}/{key}")
+}
+
+impl AgentCtx {
+    async fn check_entry_key(
+        &mut self,
+        op: &'static str,
+        section: Section,
+        key: &str,
+    ) -> Result<(), WitError> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+            let refusal = Refusal {
+                kind: ViolationKind::Invalid,
+                resource: resource(section, key),
+                message: format!(
+                    "`{op}` refused: key of {} bytes; blackboard keys are 1 to {MAX_KEY_BYTES} bytes without control characters",
+                    key.len()
+                ),
+            };
+            return Err(self.gov.refuse(op, refusal).await);
+        }
+        Ok(())
+    }
+}
+
+impl Host for AgentCtx {
+    async fn read(&mut self, section: WitSection, key: String) -> Result<Option<String>, WitError> {
+        const OP: &str = "blackboard.read";
+        let section = self::section(section);
+        self.gov
+            .gate(Interface::Blackboard, OP, || resource(section, &key))
+            .await?;
+        self.check_entry_key(OP, section, &key).await?;
+        let gov = &self.gov;
+        let result = gov
+            .services
+            .state
+            .board_read(gov.task_id(), section, &key)
+            .await
+            .map_err(|e| unavailable("the blackboard", e));
+        gov.record_result(OP, &result).await;
+        result
+    }
+
+    async fn write(
+        &mut self,
+        section: WitSection,
+        key: String,
+        value: String,
+    ) -> Result<(), WitError> {
+        const OP: &str = "blackboard.write";
+        let section = self::section(section);
+        self.gov
+            .gate(Interface::Blackboard, OP, || resource(section, &key))
+            .await?;
+        if !self.gov.policy().blackboard_write {
+            let tiers = &self.gov.services.tiers;
+            let lowest = Tier::ALL
+                .into_iter()
+                .find(|t| tiers.policy(*t).blackboard_write);
+            let refusal = Refusal {
+                kind: ViolationKind::TierDenied,
+                resource: resource(section, &key),
+                message: format!(
+                    "`{OP}` of `{section}/{key}` refused: tier {} may read the blackboard but not write it; lowest tier with blackboard write: {}",
+                    self.gov.run.tier,
+                    lowest.map_or("none".to_string(), |t| t.to_string())
+                ),
+            };
+            return Err(self.gov.refuse(OP, refusal).await);
+        }
+        self.check_entry_key(OP, section, &key).await?;
+        if value.len() > MAX_VALUE_BYTES {
+            let refusal = Refusal {
+                kind: ViolationKind::Invalid,
+                resource: resource(section, &key),
+                message: format!(
+                    "`{OP}` refused: value of {} bytes for `{section}/{key}`; blackboard values are at most {MAX_VALUE_BYTES} bytes",
+                    value.len()
+                ),
+            };
+            return Err(self.gov.refuse(OP, refusal).await);
+        }
+        let gov = &self.gov;
+        let result = gov
+            .services
+            .state
+            .board_write(gov.task_id(), section, &key, &value)
+            .await
+            .map_err(|e| unavailable("the blackboard", e));
+        gov.record_result(OP, &result).await;
+        result
+    }
+
+    async fn entries(&mut self, section: WitSection) -> Result<Vec<(String, String)>, WitError> {
+        const OP: &str = "blackboard.entries";
+        let section = self::section(section);
+        self.gov
+            .gate(Interface::Blackboard, OP, || resource(section, "*"))
+            .await?;
+        let gov = &self.gov;
+        let result = gov
+            .services
+            .state
+            .board_entries(gov.task_id(), section)
+            .await
+            .map_err(|e| unavailable("the blackboard", e));
+        gov.record_result(OP, &result).await;
+        result
+    }
+}

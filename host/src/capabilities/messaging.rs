@@ -1,0 +1,183 @@
+//! `warden:agent/messaging`: direct and broadcast messages between the agents of the run's
+//! task (`msg:{task}:*`).
+//!
+//! One log per task gives every receiver each sender's messages in the order sent. `receive`
+//! waits for a message on the host's coordination bell (rung by every send in this process)
+//! and, for senders in other processes sharing the backend, polls at [`POLL_INTERVAL`]; the
+//! wait is bounded by the phase deadline and ends early when the agent is revoked.
+
+use std::time::{Duration, Instant};
+
+use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use crate::bindings::WitError;
+use crate::bindings::warden::agent::messaging::{Host, Kind, Message};
+use crate::policy::Interface;
+use crate::state::{NewMessage, validate_id};
+
+/// Largest message body.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest free-form kind.
+const MAX_KIND_BYTES: usize = 64;
+/// Most messages one `receive` returns.
+const RECEIVE_BATCH: usize = 64;
+/// How often a waiting `receive` looks for messages sent by other processes.
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The stored name of a kind: the reference's upper-case names, or the free-form text.
+pub(crate) fn kind_name(kind: &Kind) -> &str {
+    match kind {
+        Kind::Proposal => "PROPOSAL",
+        Kind::Feedback => "FEEDBACK",
+        Kind::Handoff => "HANDOFF",
+        Kind::Other(other) => other,
+    }
+}
+
+fn kind_of(name: &str) -> Kind {
+    match name {
+        "PROPOSAL" => Kind::Proposal,
+        "FEEDBACK" => Kind::Feedback,
+        "HANDOFF" => Kind::Handoff,
+        other => Kind::Other(other.to_string()),
+    }
+}
+
+fn to_wit(message: crate::state::Message) -> Message {
+    Message {
+        id: message.id,
+        sender: message.sender,
+        recipient: message.recipient,
+        kind: kind_of(&message.kind),
+        body: message.body,
+        sent_at: humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(message.sent_at_ms),
+        )
+        .to_string(),
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl AgentCtx {
+    async fn send_message(
+        &mut self,
+        op: &'static str,
+        recipient: Option<String>,
+        kind: Kind,
+        body: String,
+    ) -> Result<u64, WitError> {
+        let to = recipient.as_deref().unwrap_or("*");
+        self.gov
+            .gate(Interface::Messaging, op, || format!("msg:{to}"))
+            .await?;
+        let kind = kind_name(&kind);
+        let invalid = if let Some(Err(e)) = recipient.as_deref().map(|r| validate_id("agent", r)) {
+            Some(format!("`{op}` refused: recipient: {e}"))
+        } else if kind.is_empty()
+            || kind.len() > MAX_KIND_BYTES
+            || kind.chars().any(char::is_control)
+        {
+            Some(format!(
+                "`{op}` refused: message kind of {} bytes; free-form kinds are 1 to {MAX_KIND_BYTES} bytes without control characters",
+                kind.len()
+            ))
+        } else if body.len() > MAX_BODY_BYTES {
+            Some(format!(
+                "`{op}` refused: body of {} bytes; messages are at most {MAX_BODY_BYTES} bytes",
+                body.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = invalid {
+            let refusal = Refusal {
+                kind: ViolationKind::Invalid,
+                resource: format!("msg:{to}"),
+                message,
+            };
+            return Err(self.gov.refuse(op, refusal).await);
+        }
+        let gov = &self.gov;
+        let message = NewMessage {
+            sender: gov.agent_id(),
+            recipient: recipient.as_deref(),
+            kind,
+            body: &body,
+            sent_at_ms: now_ms(),
+        };
+        let result = gov
+            .services
+            .state
+            .send_message(gov.task_id(), &message)
+            .await
+            .map_err(|e| unavailable("messaging", e));
+        match &result {
+            Ok(id) => {
+                gov.services.coordination_bell.notify_waiters();
+                let details = serde_json::json!({ "id": id, "to": recipient, "kind": kind });
+                gov.record_details(op, details.to_string()).await;
+            }
+            Err(_) => gov.record_result(op, &result).await,
+        }
+        result
+    }
+}
+
+impl Host for AgentCtx {
+    async fn send(&mut self, recipient: String, kind: Kind, body: String) -> Result<u64, WitError> {
+        self.send_message("messaging.send", Some(recipient), kind, body)
+            .await
+    }
+
+    async fn broadcast(&mut self, kind: Kind, body: String) -> Result<u64, WitError> {
+        self.send_message("messaging.broadcast", None, kind, body)
+            .await
+    }
+
+    async fn receive(&mut self, timeout_ms: u32) -> Result<Vec<Message>, WitError> {
+        const OP: &str = "messaging.receive";
+        self.gov
+            .gate(Interface::Messaging, OP, || "msg:inbox".to_string())
+            .await?;
+        // Never past the phase deadline: a guest blocked here is not executing, so the epoch
+        // callback that enforces the deadline cannot fire until it returns.
+        let deadline = (Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
+            .min(self.meter.deadline);
+        let gov = &self.gov;
+        let result = loop {
+            // Armed before the read, so a send between the read and the wait still wakes us.
+            let bell = gov.services.coordination_bell.notified();
+            let batch = gov
+                .services
+                .state
+                .receive_messages(gov.task_id(), gov.agent_id(), RECEIVE_BATCH)
+                .await
+                .map_err(|e| unavailable("messaging", e));
+            let now = Instant::now();
+            match batch {
+                Ok(batch) if batch.is_empty() && now < deadline => {}
+                other => break other,
+            }
+            if gov.run.is_revoked() {
+                break Err(WitError::Revoked(gov.run.revoked_message()));
+            }
+            let wait = (deadline - now).min(POLL_INTERVAL);
+            // Either wakes us; which one does not matter.
+            let _ = tokio::time::timeout(wait, bell).await;
+        };
+        match &result {
+            Ok(batch) => {
+                let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+                let details = serde_json::json!({ "received": ids });
+                gov.record_details(OP, details.to_string()).await;
+            }
+            Err(_) => gov.record_result(OP, &result).await,
+        }
+        result.map(|batch| batch.into_iter().map(to_wit).collect())
+    }
+}

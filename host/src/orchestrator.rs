@@ -1,0 +1,771 @@
+//! Multi-agent tasks: run a task's agents in parallel, each through its own governed
+//! lifecycle, watch the spawn conditions, and spawn the mediator once when one fires.
+//!
+//! ```no_run
+//! # async fn demo(host: warden::Host) -> Result<(), warden::Error> {
+//! use warden::orchestrator::TaskSpec;
+//!
+//! // `alpha`, `beta` and `gamma` were registered with their components.
+//! let spec = TaskSpec::new("t-42", "Design an event-driven analytics platform", ["alpha", "beta"])
+//!     .mediator("gamma");
+//! let metrics = host.orchestrate(&spec).await?;
+//! println!("{}", metrics.mediator.map_or("no mediator".into(), |m| m.reason.to_string()));
+//! # Ok(()) }
+//! ```
+//!
+//! # Conditions
+//!
+//! Checked every [`SpawnConditions::check_interval`] and whenever an agent finishes, in this
+//! order; the first that holds spawns the mediator with its reason:
+//!
+//! | reason       | holds when                                                              |
+//! |--------------|-------------------------------------------------------------------------|
+//! | `STUCK`      | a running agent made no capability call or phase change for `stuck_after` |
+//! | `CONFLICT`   | at least `conflict_threshold` proposals are in conflict (rejected by someone, no consensus, not settled) |
+//! | `COMPLEXITY` | the score in blackboard `problem/complexity` is above `complexity_threshold` |
+//! | `SUCCESS`    | every agent completed and `validate_on_success` is set: the result needs validation |
+//!
+//! # Blackboard protocol
+//!
+//! Before the agents start, the orchestrator writes `problem/objective`, `problem/agents`
+//! (comma-separated), `problem/mediator`, `problem/deadline_ms` (Unix milliseconds at which
+//! the task times out) and, when given, `problem/complexity`. When it spawns the mediator it
+//! writes `problem/spawn_reason`, `problem/spawn_detail` and `problem/voters` (the agents
+//! still running and not stuck, whose votes a mediator's proposal can count on).
+//!
+//! # Metrics
+//!
+//! Counted from the ledger rows of the task (allowed, successful calls), so they are what
+//! the audit trail says happened; the whole [`TaskMetrics`] is then recorded as a
+//! `task.metrics` row by the pseudo-agent `orchestrator`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::capabilities::now_ms;
+use crate::error::Error;
+use crate::host::{Host, Services};
+use crate::ledger::{ActionRecord, Entry, Subject};
+use crate::lifecycle::{RunOutcome, RunReport};
+use crate::packet::{Constraints, ErrorBudget, Packet, PacketLimits, now_rfc3339};
+use crate::state::{Section, validate_id};
+use crate::tier::Tier;
+
+/// The ledger identity of rows the orchestrator writes itself.
+pub const ORCHESTRATOR_ID: &str = "orchestrator";
+
+/// When the mediator is spawned. `[orchestrator]` in `warden.toml`; every field optional.
+///
+/// ```toml
+/// [orchestrator]
+/// check_interval_ms = 2000     # how often conditions are checked
+/// stuck_after_ms = 30000       # STUCK: an agent inactive this long
+/// conflict_threshold = 3       # CONFLICT: this many proposals in conflict
+/// complexity_threshold = 0.8   # COMPLEXITY: a score above this
+/// validate_on_success = true   # SUCCESS: spawn the mediator to validate a completed task
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpawnConditions {
+    pub check_interval_ms: u64,
+    pub stuck_after_ms: u64,
+    pub conflict_threshold: u32,
+    pub complexity_threshold: f64,
+    pub validate_on_success: bool,
+}
+
+impl Default for SpawnConditions {
+    /// The reference's thresholds: 30 s, 3 conflicts, 0.8, validation on success; checked
+    /// every 2 s.
+    fn default() -> Self {
+        SpawnConditions {
+            check_interval_ms: 2000,
+            stuck_after_ms: 30_000,
+            conflict_threshold: 3,
+            complexity_threshold: 0.8,
+            validate_on_success: true,
+        }
+    }
+}
+
+impl SpawnConditions {
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_interval_ms)
+    }
+
+    pub fn stuck_after(&self) -> Duration {
+        Duration::from_millis(self.stuck_after_ms)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |field: &str, value: String, accepted: &str| {
+            Err(Error::Invalid(format!(
+                "orchestrator `{field}` is `{value}`: expected {accepted}"
+            )))
+        };
+        if self.check_interval_ms == 0 {
+            return invalid("check_interval_ms", "0".into(), "at least 1 ms");
+        }
+        if self.stuck_after_ms == 0 {
+            return invalid("stuck_after_ms", "0".into(), "at least 1 ms");
+        }
+        if self.conflict_threshold == 0 {
+            return invalid("conflict_threshold", "0".into(), "at least 1");
+        }
+        if !self.complexity_threshold.is_finite() || self.complexity_threshold < 0.0 {
+            return invalid(
+                "complexity_threshold",
+                self.complexity_threshold.to_string(),
+                "a finite score of 0 or more",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why the mediator was spawned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SpawnReason {
+    Stuck,
+    Conflict,
+    Complexity,
+    Success,
+}
+
+impl SpawnReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnReason::Stuck => "STUCK",
+            SpawnReason::Conflict => "CONFLICT",
+            SpawnReason::Complexity => "COMPLEXITY",
+            SpawnReason::Success => "SUCCESS",
+        }
+    }
+}
+
+impl fmt::Display for SpawnReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A multi-agent task. Agents must be registered with their components.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub task_id: String,
+    pub objective: String,
+    /// Run in parallel from the start.
+    pub agents: Vec<String>,
+    /// Spawned once, when a condition fires. Without one, conditions are still reported.
+    pub mediator: Option<String>,
+    /// The whole task's deadline; every run's wall-clock limit is what remains of it.
+    pub timeout: Duration,
+    /// An initial complexity score, written to `problem/complexity`.
+    pub complexity: Option<f64>,
+    pub conditions: SpawnConditions,
+}
+
+impl TaskSpec {
+    /// A task with the default conditions, no mediator and a 120 s timeout.
+    pub fn new<I, S>(task_id: impl Into<String>, objective: impl Into<String>, agents: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TaskSpec {
+            task_id: task_id.into(),
+            objective: objective.into(),
+            agents: agents.into_iter().map(Into::into).collect(),
+            mediator: None,
+            timeout: Duration::from_secs(120),
+            complexity: None,
+            conditions: SpawnConditions::default(),
+        }
+    }
+
+    pub fn mediator(mut self, agent: impl Into<String>) -> Self {
+        self.mediator = Some(agent.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn complexity(mut self, score: f64) -> Self {
+        self.complexity = Some(score);
+        self
+    }
+
+    pub fn conditions(mut self, conditions: SpawnConditions) -> Self {
+        self.conditions = conditions;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |message: String| Err(Error::Invalid(message));
+        validate_id("task", &self.task_id).map_err(|e| Error::Invalid(e.to_string()))?;
+        if self.objective.trim().is_empty() {
+            return invalid(
+                "the task's objective is empty: give the agents something to do".into(),
+            );
+        }
+        if self.agents.is_empty() {
+            return invalid("a task needs at least one agent: pass `--agents a,b`".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for agent in self.agents.iter().chain(&self.mediator) {
+            validate_id("agent", agent).map_err(|e| Error::Invalid(e.to_string()))?;
+            if agent == ORCHESTRATOR_ID {
+                return invalid(format!(
+                    "agent id `{ORCHESTRATOR_ID}` is reserved for the orchestrator's own ledger rows"
+                ));
+            }
+            if !seen.insert(agent.as_str()) {
+                return invalid(format!(
+                    "agent `{agent}` is named twice; each agent runs once per task (the mediator too)"
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return invalid("task timeout `0s`: expected at least 1 ms".into());
+        }
+        if let Some(score) = self.complexity
+            && (!score.is_finite() || score < 0.0)
+        {
+            return invalid(format!(
+                "complexity `{score}`: expected a finite score of 0 or more"
+            ));
+        }
+        self.conditions.validate()
+    }
+}
+
+/// The mediator's spawn.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spawned {
+    pub agent: String,
+    pub reason: SpawnReason,
+    /// What was measured against which threshold.
+    pub detail: String,
+    pub after_ms: f64,
+}
+
+/// How one agent's run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentResult {
+    pub agent_id: String,
+    pub mediator: bool,
+    /// `completed`, `plan_only`, `revoked`, `failed`, or `refused` (never started).
+    pub status: String,
+    /// Why it did not complete; empty when it did.
+    pub detail: String,
+    pub duration_ms: f64,
+    pub compliant: bool,
+}
+
+impl AgentResult {
+    fn from_run(agent: &str, mediator: bool, result: &Result<RunReport, Error>) -> Self {
+        let (status, detail, duration_ms, compliant) = match result {
+            Ok(report) => {
+                let (status, detail) = match &report.outcome {
+                    RunOutcome::Completed => ("completed", String::new()),
+                    RunOutcome::PlanOnly => ("plan_only", String::new()),
+                    RunOutcome::Revoked { reason, details } => {
+                        ("revoked", format!("{reason}: {details}"))
+                    }
+                    RunOutcome::Failed { code, message } => {
+                        ("failed", format!("{code}: {message}"))
+                    }
+                };
+                (status, detail, report.duration_ms, report.compliant)
+            }
+            Err(error) => ("refused", error.to_string(), 0.0, false),
+        };
+        AgentResult {
+            agent_id: agent.to_string(),
+            mediator,
+            status: status.to_string(),
+            detail,
+            duration_ms,
+            compliant,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == "completed" || self.status == "plan_only"
+    }
+}
+
+/// The task's proposals at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsensusSummary {
+    pub proposals: u32,
+    /// Proposals that reached consensus, in id order.
+    pub reached: Vec<String>,
+    /// Proposals settled outside the vote.
+    pub resolved: u32,
+    /// Proposals still in conflict.
+    pub in_conflict: u32,
+    /// `consensus/final` from the blackboard, if an agent wrote it.
+    pub final_decision: Option<String>,
+}
+
+impl ConsensusSummary {
+    /// `reached`, `not reached` or `no proposals`: the reference's consensus result.
+    pub fn result(&self) -> &'static str {
+        if self.proposals == 0 {
+            "no proposals"
+        } else if self.in_conflict == 0 && !self.reached.is_empty() {
+            "reached"
+        } else {
+            "not reached"
+        }
+    }
+}
+
+/// The reference's per-task metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskMetrics {
+    pub task_id: String,
+    pub objective: String,
+    pub duration_ms: f64,
+    /// Every agent completed (the mediator too, if spawned).
+    pub success: bool,
+    pub agents: Vec<AgentResult>,
+    /// Messages sent (direct and broadcast).
+    pub messages: u64,
+    /// Blackboard reads, writes and listings by agents.
+    pub blackboard_ops: u64,
+    pub llm_calls: u64,
+    pub proposals: u64,
+    pub votes: u64,
+    pub mediator: Option<Spawned>,
+    /// Conditions that held after the mediator was spawned (or with no mediator configured).
+    pub conditions_seen: Vec<SpawnReason>,
+    pub consensus: ConsensusSummary,
+    pub consensus_result: String,
+}
+
+/// What one finished run sends back to the monitor.
+struct Finished {
+    agent: String,
+    mediator: bool,
+    result: Result<RunReport, Error>,
+}
+
+impl Host {
+    /// Run a multi-agent task: see [the module](crate::orchestrator).
+    pub async fn orchestrate(&self, spec: &TaskSpec) -> Result<TaskMetrics, Error> {
+        spec.validate()?;
+        // Everything that can be refused is refused before anything starts.
+        let mut components = HashMap::new();
+        for agent in spec.agents.iter().chain(&spec.mediator) {
+            components.insert(
+                agent.clone(),
+                Arc::<[u8]>::from(self.registered_component(agent)?),
+            );
+        }
+        let run = Orchestration {
+            host: self.clone(),
+            services: self.services().clone(),
+            spec: spec.clone(),
+            components,
+            started: Instant::now(),
+            deadline_ms: now_ms()
+                .saturating_add(u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX)),
+            finished: HashMap::new(),
+            spawned: None,
+            seen: Vec::new(),
+        };
+        run.execute().await
+    }
+}
+
+struct Orchestration {
+    host: Host,
+    services: Arc<Services>,
+    spec: TaskSpec,
+    components: HashMap<String, Arc<[u8]>>,
+    started: Instant,
+    deadline_ms: u64,
+    finished: HashMap<String, AgentResult>,
+    spawned: Option<Spawned>,
+    seen: Vec<SpawnReason>,
+}
+
+impl Orchestration {
+    async fn execute(mut self) -> Result<TaskMetrics, Error> {
+        let spec = self.spec.clone();
+        let task = spec.task_id.as_str();
+        let mut problem = vec![
+            ("objective", spec.objective.clone()),
+            ("agents", spec.agents.join(",")),
+            ("deadline_ms", self.deadline_ms.to_string()),
+        ];
+        if let Some(mediator) = &spec.mediator {
+            problem.push(("mediator", mediator.clone()));
+        }
+        if let Some(score) = spec.complexity {
+            problem.push(("complexity", score.to_string()));
+        }
+        for (key, value) in &problem {
+            self.services
+                .state
+                .board_write(task, Section::Problem, key, value)
+                .await?;
+        }
+        self.record(
+            "orchestrator.start",
+            "started",
+            serde_json::json!({
+                "objective": spec.objective,
+                "agents": spec.agents,
+                "mediator": spec.mediator,
+                "timeout_ms": spec.timeout.as_millis(),
+                "conditions": spec.conditions,
+            }),
+        )
+        .await?;
+
+        let mut runs = JoinSet::new();
+        for agent in &spec.agents {
+            self.start(&mut runs, agent, false).await?;
+        }
+        let mut ticker = tokio::time::interval(spec.conditions.check_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        while !runs.is_empty() {
+            tokio::select! {
+                joined = runs.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let done = joined.map_err(|e| Error::Invalid(format!("an agent's run panicked: {e}")))?;
+                    let result = AgentResult::from_run(&done.agent, done.mediator, &done.result);
+                    self.finished.insert(done.agent, result);
+                }
+                _ = ticker.tick() => {}
+            }
+            if let Some((reason, detail)) = self.condition().await? {
+                if !self.seen.contains(&reason) {
+                    self.seen.push(reason);
+                }
+                if self.spawned.is_none()
+                    && let Some(mediator) = spec.mediator.clone()
+                {
+                    self.spawn(&mut runs, &mediator, reason, detail).await?;
+                }
+            }
+        }
+        self.finish().await
+    }
+
+    /// Submit the agent's packet and start its run.
+    async fn start(
+        &self,
+        runs: &mut JoinSet<Finished>,
+        agent: &str,
+        mediator: bool,
+    ) -> Result<(), Error> {
+        let remaining = self.spec.timeout.saturating_sub(self.started.elapsed());
+        let remaining_ms = u64::try_from(remaining.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let packet = Packet {
+            agent_id: agent.to_string(),
+            task_id: self.spec.task_id.clone(),
+            created_for: ORCHESTRATOR_ID.to_string(),
+            objective: self.spec.objective.clone(),
+            deliverables: Vec::new(),
+            constraints: Constraints::default(),
+            success_criteria: Vec::new(),
+            error_budget: ErrorBudget::default(),
+            escalation_rules: Vec::new(),
+            created_at: now_rfc3339(),
+            limits: PacketLimits {
+                run_wall_ms: Some(remaining_ms),
+                approval_timeout_ms: Some(remaining_ms),
+                ..PacketLimits::default()
+            },
+        };
+        self.host.submit_packet(&packet).await?;
+        let host = self.host.clone();
+        let component = self
+            .components
+            .get(agent)
+            .cloned()
+            .unwrap_or_else(|| Arc::from([]));
+        let agent = agent.to_string();
+        runs.spawn(async move {
+            let result = host.run(&agent, &component).await;
+            Finished {
+                agent,
+                mediator,
+                result,
+            }
+        });
+        Ok(())
+    }
+
+    /// The first spawn condition that holds now, with what was measured.
+    async fn condition(&self) -> Result<Option<(SpawnReason, String)>, Error> {
+        let conditions = &self.spec.conditions;
+        let task = self.spec.task_id.as_str();
+        let stuck = self.stuck_agents();
+        if let Some((agent, idle)) = stuck.first() {
+            return Ok(Some((
+                SpawnReason::Stuck,
+                format!(
+                    "`{agent}` inactive for {:.1}s (threshold {:.1}s)",
+                    idle.as_secs_f64(),
+                    conditions.stuck_after().as_secs_f64()
+                ),
+            )));
+        }
+        let proposals = self.services.state.proposals(task).await?;
+        let conflicts = proposals.iter().filter(|p| p.in_conflict()).count();
+        if conflicts >= usize::try_from(conditions.conflict_threshold).unwrap_or(usize::MAX) {
+            return Ok(Some((
+                SpawnReason::Conflict,
+                format!(
+                    "{conflicts} unresolved conflicting proposals (threshold {})",
+                    conditions.conflict_threshold
+                ),
+            )));
+        }
+        if let Some(score) = self
+            .services
+            .state
+            .board_read(task, Section::Problem, "complexity")
+            .await?
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            && score > conditions.complexity_threshold
+        {
+            return Ok(Some((
+                SpawnReason::Complexity,
+                format!(
+                    "complexity {score:.2} above {:.2}",
+                    conditions.complexity_threshold
+                ),
+            )));
+        }
+        let primaries_done = self
+            .spec
+            .agents
+            .iter()
+            .all(|a| self.finished.contains_key(a));
+        let all_succeeded = self
+            .spec
+            .agents
+            .iter()
+            .all(|a| self.finished.get(a).is_some_and(AgentResult::succeeded));
+        if conditions.validate_on_success && primaries_done && all_succeeded {
+            return Ok(Some((
+                SpawnReason::Success,
+                format!(
+                    "all {} agents completed; the result needs validation",
+                    self.spec.agents.len()
+                ),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Primary agents running in this host that have been inactive past the threshold.
+    fn stuck_agents(&self) -> Vec<(String, Duration)> {
+        let threshold = self.spec.conditions.stuck_after();
+        let running = self.services.running.lock();
+        self.spec
+            .agents
+            .iter()
+            .filter(|agent| !self.finished.contains_key(*agent))
+            .filter_map(|agent| {
+                let run = running.get(agent)?;
+                let idle = run.idle_for();
+                (run.task_id.as_ref() == self.spec.task_id && idle >= threshold)
+                    .then(|| (agent.clone(), idle))
+            })
+            .collect()
+    }
+
+    async fn spawn(
+        &mut self,
+        runs: &mut JoinSet<Finished>,
+        mediator: &str,
+        reason: SpawnReason,
+        detail: String,
+    ) -> Result<(), Error> {
+        let task = self.spec.task_id.clone();
+        let stuck: Vec<String> = self.stuck_agents().into_iter().map(|(a, _)| a).collect();
+        let voters: Vec<&str> = self
+            .spec
+            .agents
+            .iter()
+            .filter(|a| !self.finished.contains_key(*a) && !stuck.contains(a))
+            .map(String::as_str)
+            .collect();
+        for (key, value) in [
+            ("spawn_reason", reason.as_str().to_string()),
+            ("spawn_detail", detail.clone()),
+            ("voters", voters.join(",")),
+        ] {
+            self.services
+                .state
+                .board_write(&task, Section::Problem, key, &value)
+                .await?;
+        }
+        let spawned = Spawned {
+            agent: mediator.to_string(),
+            reason,
+            detail,
+            after_ms: self.started.elapsed().as_secs_f64() * 1e3,
+        };
+        self.record(
+            "orchestrator.spawn",
+            reason.as_str(),
+            serde_json::to_value(&spawned).unwrap_or_default(),
+        )
+        .await?;
+        self.spawned = Some(spawned);
+        self.start(runs, mediator, true).await
+    }
+
+    async fn finish(mut self) -> Result<TaskMetrics, Error> {
+        let task = self.spec.task_id.clone();
+        self.services.ledger_flush().await?;
+        let counts = self.services.ledger.action_counts(&task)?;
+        let count = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| counts.get(*n).copied().unwrap_or(0))
+                .sum()
+        };
+        let proposals = self.services.state.proposals(&task).await?;
+        let consensus = ConsensusSummary {
+            proposals: u32::try_from(proposals.len()).unwrap_or(u32::MAX),
+            reached: proposals
+                .iter()
+                .filter(|p| p.tally().reached)
+                .map(|p| p.record.id.clone())
+                .collect(),
+            resolved: u32::try_from(
+                proposals
+                    .iter()
+                    .filter(|p| p.record.resolution.is_some())
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+            in_conflict: u32::try_from(proposals.iter().filter(|p| p.in_conflict()).count())
+                .unwrap_or(u32::MAX),
+            final_decision: self
+                .services
+                .state
+                .board_read(&task, Section::Consensus, "final")
+                .await?,
+        };
+        let mut agents: Vec<AgentResult> = self
+            .spec
+            .agents
+            .iter()
+            .chain(&self.spec.mediator)
+            .filter_map(|a| self.finished.remove(a))
+            .collect();
+        agents.sort_by_key(|a| a.mediator);
+        let metrics = TaskMetrics {
+            task_id: task.clone(),
+            objective: self.spec.objective.clone(),
+            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            success: agents.iter().all(AgentResult::succeeded),
+            agents,
+            messages: count(&["messaging.send", "messaging.broadcast"]),
+            blackboard_ops: count(&["blackboard.read", "blackboard.write", "blackboard.entries"]),
+            llm_calls: count(&["llm.complete"]),
+            proposals: count(&["consensus.propose"]),
+            votes: count(&["consensus.cast"]),
+            mediator: self.spawned.take(),
+            conditions_seen: std::mem::take(&mut self.seen),
+            consensus_result: consensus.result().to_string(),
+            consensus,
+        };
+        self.record(
+            "task.metrics",
+            if metrics.success {
+                "success"
+            } else {
+                "failure"
+            },
+            serde_json::to_value(&metrics).unwrap_or_default(),
+        )
+        .await?;
+        Ok(metrics)
+    }
+
+    /// A durable row of the orchestrator itself.
+    async fn record(
+        &self,
+        action: &'static str,
+        decision: &str,
+        details: serde_json::Value,
+    ) -> Result<(), Error> {
+        let subject = Arc::new(
+            Subject::new(ORCHESTRATOR_ID, "", Tier::Observer)
+                .with_task_id(self.spec.task_id.as_str())
+                .with_policy_revision(self.services.tiers.revision.as_str()),
+        );
+        let row =
+            ActionRecord::new(subject, action, decision.to_string()).details(details.to_string());
+        self.services.ledger_durable(Entry::Action(row)).await?;
+        Ok(())
+    }
+}
+
+/// A proposal with its tally, as `warden task show` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProposalView {
+    #[serde(flatten)]
+    pub proposal: crate::state::Proposal,
+    pub tally: crate::state::Tally,
+    pub in_conflict: bool,
+}
+
+/// Everything the coordination backend holds about a task.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub task_id: String,
+    /// Section name → entries sorted by key.
+    pub blackboard: Vec<(Section, Vec<(String, String)>)>,
+    pub proposals: Vec<ProposalView>,
+    pub messages: Vec<crate::state::Message>,
+}
+
+impl TaskView {
+    pub async fn read(host: &Host, task: &str) -> Result<TaskView, Error> {
+        let state = host.state();
+        let mut blackboard = Vec::new();
+        for section in Section::ALL {
+            blackboard.push((section, state.board_entries(task, section).await?));
+        }
+        let proposals = state
+            .proposals(task)
+            .await?
+            .into_iter()
+            .map(|proposal| ProposalView {
+                tally: proposal.tally(),
+                in_conflict: proposal.in_conflict(),
+                proposal,
+            })
+            .collect();
+        Ok(TaskView {
+            task_id: task.to_string(),
+            blackboard,
+            proposals,
+            messages: state.messages(task).await?,
+        })
+    }
+}
