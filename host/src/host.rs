@@ -295,6 +295,8 @@ pub(crate) struct RunShared {
     revocation: Mutex<Option<RevocationReason>>,
     phase: AtomicU8,
     started: std::time::Instant,
+    /// Artifacts this run wrote (the agent's and the host's), oldest first.
+    written: Mutex<Vec<crate::artifacts::ArtifactRef>>,
     /// Milliseconds after `started` of the last capability call or phase change.
     last_activity_ms: std::sync::atomic::AtomicU64,
 }
@@ -320,6 +322,7 @@ impl RunShared {
             revocation: Mutex::new(None),
             phase: AtomicU8::new(Phase::Bootstrap as u8),
             started: std::time::Instant::now(),
+            written: Mutex::new(Vec::new()),
             last_activity_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -361,6 +364,17 @@ impl RunShared {
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
         self.touch();
+    }
+
+    /// Note an artifact this run wrote.
+    pub fn wrote(&self, artifact: crate::artifacts::ArtifactRef) {
+        self.written.lock().push(artifact);
+    }
+
+    /// The artifacts this run wrote, latest per name: what it packages and reports. Listing
+    /// the task instead would cost every run of a task with many agents the whole history.
+    pub fn written(&self) -> Vec<crate::artifacts::ArtifactRef> {
+        crate::artifacts::latest_per_name(self.written.lock().iter().cloned())
     }
 
     /// Note that the agent did something (a capability call, a phase change).

@@ -977,6 +977,10 @@ impl Driver {
     }
 
     async fn missing_deliverables(&mut self) -> Vec<String> {
+        if self.run.packet.deliverables.is_empty() {
+            // Nothing to look for: skip listing a task whose artifacts may be thousands.
+            return Vec::new();
+        }
         let present = self.task_artifacts().await;
         self.run
             .packet
@@ -1044,7 +1048,9 @@ impl Driver {
                 .state
                 .push_artifact(&self.run.task_id, &json)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            self.run.wrote(reference);
+            Ok::<(), String>(())
         };
         if let Err(error) = write.await {
             tracing::warn!(%error, artifact = name, "cannot write host artifact");
@@ -1052,7 +1058,7 @@ impl Driver {
     }
 
     async fn package(&mut self) {
-        let artifacts = self.task_artifacts().await;
+        let artifacts = self.run.written();
         let manifest: Vec<String> = artifacts
             .iter()
             .map(|a| format!("{} {}", a.name, a.digest))
@@ -1201,7 +1207,7 @@ impl Driver {
         }
         self.write_logs(&stdout, &stderr);
 
-        let artifacts = self.task_artifacts().await;
+        let artifacts = self.run.written();
         if let Some(last) = self.phases.last_mut()
             && last.phase == Phase::Exit
         {

@@ -437,7 +437,7 @@ impl Orchestration {
 
         let mut runs = JoinSet::new();
         for agent in &spec.agents {
-            self.start(&mut runs, agent, false).await?;
+            self.start(&mut runs, agent, false);
         }
         let mut ticker = tokio::time::interval(spec.conditions.check_interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -466,13 +466,9 @@ impl Orchestration {
         self.finish().await
     }
 
-    /// Submit the agent's packet and start its run.
-    async fn start(
-        &self,
-        runs: &mut JoinSet<Finished>,
-        agent: &str,
-        mediator: bool,
-    ) -> Result<(), Error> {
+    /// Start submitting the agent's packet and running it. Both happen in the spawned task,
+    /// so the durable ledger rows of many agents' submissions share group commits.
+    fn start(&self, runs: &mut JoinSet<Finished>, agent: &str, mediator: bool) {
         let remaining = self.spec.timeout.saturating_sub(self.started.elapsed());
         let remaining_ms = u64::try_from(remaining.as_millis())
             .unwrap_or(u64::MAX)
@@ -494,7 +490,6 @@ impl Orchestration {
                 ..PacketLimits::default()
             },
         };
-        self.host.submit_packet(&packet).await?;
         let host = self.host.clone();
         let component = self
             .components
@@ -503,14 +498,16 @@ impl Orchestration {
             .unwrap_or_else(|| Arc::from([]));
         let agent = agent.to_string();
         runs.spawn(async move {
-            let result = host.run(&agent, &component).await;
+            let result = match host.submit_packet(&packet).await {
+                Ok(()) => host.run(&agent, &component).await,
+                Err(error) => Err(error),
+            };
             Finished {
                 agent,
                 mediator,
                 result,
             }
         });
-        Ok(())
     }
 
     /// The first spawn condition that holds now, with what was measured.
@@ -633,7 +630,8 @@ impl Orchestration {
         )
         .await?;
         self.spawned = Some(spawned);
-        self.start(runs, mediator, true).await
+        self.start(runs, mediator, true);
+        Ok(())
     }
 
     async fn finish(mut self) -> Result<TaskMetrics, Error> {

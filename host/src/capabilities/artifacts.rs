@@ -102,6 +102,7 @@ impl Host for AgentCtx {
                 .push_artifact(gov.task_id(), &json)
                 .await
                 .map_err(|e| unavailable("the state store", e))?;
+            gov.run.wrote(reference);
             Ok(digest)
         }
         .await;
