@@ -436,3 +436,97 @@ fn a_process_killed_mid_run_keeps_every_committed_call_and_a_valid_chain() {
     );
     assert!(json(&out)["broken"].is_null());
 }
+
+#[test]
+fn orchestrate_prints_metrics_and_task_show_the_tally() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = data.join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[llm]\nprovider = \"scripted\"\nrules = \"{}\"\n\n[orchestrator]\ncheck_interval_ms = 50\n",
+            root.join("agents/demo/llm-rules.toml").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    for (id, tier) in [("alpha", "T1"), ("beta", "T1"), ("gamma", "T2")] {
+        let out = warden(
+            data,
+            &[
+                "--config",
+                &config,
+                "agents",
+                "register",
+                id,
+                "--tier",
+                tier,
+                "--component",
+                &wasm(id),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let objective = "Design a distributed event-driven analytics platform";
+    let run = |args: &[&str]| {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        warden(data, &full)
+    };
+    let out = run(&[
+        "--json",
+        "orchestrate",
+        objective,
+        "--agents",
+        "alpha,beta",
+        "--mediator",
+        "gamma",
+        "--task",
+        "cli-multi",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = json(&out);
+    assert_eq!(metrics["mediator"]["reason"], "CONFLICT");
+    assert_eq!(metrics["consensus_result"], "reached");
+    assert_eq!(metrics["agents"].as_array().unwrap().len(), 3);
+
+    let out = run(&["task", "show", "cli-multi"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("p4") && text.contains("3 accept / 0 reject / 0 abstain · consensus reached"),
+        "{text}"
+    );
+
+    // An agent that is not registered: refused before anything runs (exit 3).
+    let out = run(&[
+        "orchestrate",
+        objective,
+        "--agents",
+        "alpha,ghost",
+        "--task",
+        "cli-bad",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+    // The same agent twice: a usage error naming it (exit 1).
+    let out = run(&["orchestrate", objective, "--agents", "alpha,alpha"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent `alpha` is named twice"));
+}

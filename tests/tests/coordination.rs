@@ -10,11 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use warden::llm::ScriptedProvider;
 use warden::orchestrator::{SpawnConditions, SpawnReason, TaskMetrics, TaskSpec};
 use warden::state::{RedisState, Section};
 use warden::{Host, Tier};
 use warden_tests::redis_server::RedisServer;
 use warden_tests::{actions, agent, packet};
+
+/// The demo's scripted LLM, which steers ALPHA, BETA and GAMMA.
+fn demo_llm() -> Arc<ScriptedProvider> {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../agents/demo/llm-rules.toml");
+    Arc::new(ScriptedProvider::from_file(rules).unwrap())
+}
 
 /// A host on one backend, with what keeps the backend alive.
 struct Backend {
@@ -26,7 +33,11 @@ struct Backend {
 impl Backend {
     fn embedded() -> Backend {
         let dir = tempfile::tempdir().unwrap();
-        let host = Host::builder().data_dir(dir.path()).build().unwrap();
+        let host = Host::builder()
+            .data_dir(dir.path())
+            .llm(demo_llm())
+            .build()
+            .unwrap();
         Backend {
             host,
             _dir: dir,
@@ -41,6 +52,7 @@ impl Backend {
         let host = Host::builder()
             .data_dir(dir.path())
             .state(Arc::new(state))
+            .llm(demo_llm())
             .build()
             .unwrap();
         Backend {
@@ -662,6 +674,64 @@ async fn bad_task_specs_are_refused_before_anything_runs(b: Backend) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The sample agents
+
+async fn alpha_beta_gamma_settle_a_conflict(b: Backend) {
+    let bytes = |name| agent(name);
+    for (id, tier) in [
+        ("alpha", Tier::Operator),
+        ("beta", Tier::Operator),
+        ("gamma", Tier::Builder),
+    ] {
+        b.host
+            .register_agent(id, tier, Some(&bytes(id)), "test")
+            .unwrap();
+    }
+    let t = task("abg");
+    let spec = TaskSpec::new(
+        &t,
+        "Design a distributed event-driven analytics platform",
+        ["alpha", "beta"],
+    )
+    .mediator("gamma")
+    .timeout(Duration::from_secs(60))
+    .conditions(SpawnConditions {
+        check_interval_ms: 50,
+        ..SpawnConditions::default()
+    });
+    let metrics = b.host.orchestrate(&spec).await.unwrap();
+    assert!(metrics.success, "{metrics:#?}");
+    let spawned = metrics.mediator.as_ref().expect("gamma spawned");
+    assert_eq!(
+        (spawned.agent.as_str(), spawned.reason),
+        ("gamma", SpawnReason::Conflict)
+    );
+    assert_eq!(metrics.consensus_result, "reached", "{metrics:#?}");
+    assert_eq!(metrics.consensus.reached, vec!["p4".to_string()]);
+    assert_eq!(
+        metrics.consensus.resolved, 3,
+        "the three rejected designs were superseded"
+    );
+    let merged = b.host.state().proposal(&t, "p4").await.unwrap().unwrap();
+    assert_eq!(merged.record.proposer, "gamma");
+    assert_eq!(merged.tally().accepts, 3);
+    // The reference's metrics, counted from the ledger.
+    assert_eq!(metrics.proposals, 4);
+    assert_eq!(metrics.votes, 9);
+    assert!(metrics.messages >= 8, "{metrics:#?}");
+    assert!(
+        metrics.blackboard_ops >= 20 && metrics.llm_calls >= 6,
+        "{metrics:#?}"
+    );
+    let final_decision = metrics.consensus.final_decision.unwrap();
+    assert!(
+        final_decision.contains("\"reached\":true"),
+        "{final_decision}"
+    );
+    assert!(b.host.ledger().verify().unwrap().is_intact());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Every test on both backends
 
 macro_rules! on_both_backends {
@@ -698,4 +768,5 @@ on_both_backends!(
     success_fires_when_every_agent_completed,
     the_mediator_is_spawned_once,
     bad_task_specs_are_refused_before_anything_runs,
+    alpha_beta_gamma_settle_a_conflict,
 );

@@ -2,7 +2,9 @@
 //!
 //! The planner completes its lifecycle with the scripted LLM and real tools; six rogue
 //! agents each try one forbidden thing while `hello` runs beside them; an observer built
-//! against an interface above its tier is refused at load; the ledger verifies.
+//! against an interface above its tier is refused at load; ALPHA and BETA work a task in
+//! parallel until their conflict spawns the mediator GAMMA, whose merged proposal reaches
+//! consensus, and the task's metrics are printed; the ledger verifies.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -259,6 +261,8 @@ pub fn demo(_args: &[String]) -> Result<()> {
         handoff["required_next_actions"][1].as_str().unwrap_or("?")
     );
 
+    multi_agent(&warden, &mut problems)?;
+
     let (code, value) = warden.json(&["ledger", "verify"])?;
     println!(
         "\nledger verify -> exit {code}: {} rows, head {}",
@@ -291,6 +295,71 @@ pub fn demo(_args: &[String]) -> Result<()> {
         }
         bail!("{} demo check(s) failed", problems.len())
     }
+}
+
+/// ALPHA proposes three designs, BETA rejects them, the conflict spawns GAMMA, which merges
+/// them and calls the vote that settles the task.
+fn multi_agent(warden: &Warden, problems: &mut Vec<String>) -> Result<()> {
+    for (id, tier) in [("alpha", "T1"), ("beta", "T1"), ("gamma", "T2")] {
+        let (code, value) = warden.json(&[
+            "agents",
+            "register",
+            id,
+            "--tier",
+            tier,
+            "--component",
+            &wasm(id),
+            "--by",
+            "demo",
+        ])?;
+        if code != 0 {
+            bail!("registering `{id}` failed: {value}");
+        }
+    }
+    let objective = "Design a distributed event-driven analytics platform";
+    println!(
+        "
+== multi-agent task: alpha (T1) and beta (T1) in parallel, gamma (T2) on a condition"
+    );
+    let output = warden.output(&[
+        "orchestrate",
+        objective,
+        "--agents",
+        "alpha,beta",
+        "--mediator",
+        "gamma",
+        "--task",
+        "demo-multi",
+        "--timeout",
+        "60",
+    ])?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let code = output.status.code().unwrap_or(-1);
+    if code != 0 {
+        problems.push(format!(
+            "the multi-agent task should succeed (exit 0), got {code}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let (_, rows) = warden.json(&[
+        "ledger",
+        "query",
+        "--task",
+        "demo-multi",
+        "--kind",
+        "task.metrics",
+    ])?;
+    let details = rows[0]["fields"]["details"].as_str().unwrap_or("{}");
+    let metrics: serde_json::Value = serde_json::from_str(details).unwrap_or_default();
+    let reason = metrics["mediator"]["reason"].as_str().unwrap_or("none");
+    let result = metrics["consensus_result"].as_str().unwrap_or("?");
+    println!("stored in the ledger as task.metrics: mediator {reason}, consensus {result}");
+    if reason != "CONFLICT" || result != "reached" {
+        problems.push(format!(
+            "gamma should be spawned on CONFLICT and consensus reached, got {reason} / {result}"
+        ));
+    }
+    Ok(())
 }
 
 fn message(value: &serde_json::Value) -> String {

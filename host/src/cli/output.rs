@@ -317,7 +317,7 @@ pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
     }
     let mediator = match &metrics.mediator {
         Some(spawn) => format!(
-            "{} spawned at {:.0} ms: {} ({})",
+            "{} spawned at {:.0} ms on {}: {}",
             spawn.agent, spawn.after_ms, spawn.reason, spawn.detail
         ),
         None => "not spawned".to_string(),
