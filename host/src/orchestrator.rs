@@ -384,6 +384,7 @@ impl Host {
             finished: HashMap::new(),
             spawned: None,
             seen: Vec::new(),
+            tasks: HashMap::new(),
         };
         run.execute().await
     }
@@ -399,6 +400,8 @@ struct Orchestration {
     finished: HashMap<String, AgentResult>,
     spawned: Option<Spawned>,
     seen: Vec<SpawnReason>,
+    /// Which agent each spawned run is, to name it if its task panics.
+    tasks: HashMap<tokio::task::Id, (String, bool)>,
 }
 
 impl Orchestration {
@@ -443,14 +446,22 @@ impl Orchestration {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         while !runs.is_empty() {
-            tokio::select! {
-                joined = runs.join_next() => {
+            let check = tokio::select! {
+                joined = runs.join_next_with_id() => {
                     let Some(joined) = joined else { break };
-                    let done = joined.map_err(|e| Error::Invalid(format!("an agent's run panicked: {e}")))?;
-                    let result = AgentResult::from_run(&done.agent, done.mediator, &done.result);
-                    self.finished.insert(done.agent, result);
+                    let result = match joined {
+                        Ok((_, done)) => AgentResult::from_run(&done.agent, done.mediator, &done.result),
+                        Err(error) => self.lost_run(&error),
+                    };
+                    self.finished.insert(result.agent_id.clone(), result);
+                    // Time-based conditions wait for the tick; only the end of the last agent
+                    // (SUCCESS) is checked at once, so 1,000 agents finishing cost no reads.
+                    self.spec.agents.iter().all(|a| self.finished.contains_key(a))
                 }
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => true,
+            };
+            if !check {
+                continue;
             }
             if let Some((reason, detail)) = self.condition().await? {
                 if !self.seen.contains(&reason) {
@@ -466,9 +477,25 @@ impl Orchestration {
         self.finish().await
     }
 
+    /// The result of a run whose task panicked: the agent is the one started under that task id.
+    fn lost_run(&mut self, error: &tokio::task::JoinError) -> AgentResult {
+        let (agent, mediator) = self
+            .tasks
+            .remove(&error.id())
+            .unwrap_or_else(|| (String::from("unknown"), false));
+        AgentResult {
+            agent_id: agent,
+            mediator,
+            status: "failed".into(),
+            detail: format!("HOST_PANIC: the host task running the agent panicked: {error}"),
+            duration_ms: 0.0,
+            compliant: false,
+        }
+    }
+
     /// Start submitting the agent's packet and running it. Both happen in the spawned task,
     /// so the durable ledger rows of many agents' submissions share group commits.
-    fn start(&self, runs: &mut JoinSet<Finished>, agent: &str, mediator: bool) {
+    fn start(&mut self, runs: &mut JoinSet<Finished>, agent: &str, mediator: bool) {
         let remaining = self.spec.timeout.saturating_sub(self.started.elapsed());
         let remaining_ms = u64::try_from(remaining.as_millis())
             .unwrap_or(u64::MAX)
@@ -497,7 +524,8 @@ impl Orchestration {
             .cloned()
             .unwrap_or_else(|| Arc::from([]));
         let agent = agent.to_string();
-        runs.spawn(async move {
+        let name = (agent.clone(), mediator);
+        let handle = runs.spawn(async move {
             let result = match host.submit_packet(&packet).await {
                 Ok(()) => host.run(&agent, &component).await,
                 Err(error) => Err(error),
@@ -508,6 +536,7 @@ impl Orchestration {
                 result,
             }
         });
+        self.tasks.insert(handle.id(), name);
     }
 
     /// The first spawn condition that holds now, with what was measured.
