@@ -18,6 +18,9 @@ pub const AGENTS: &[&str] = &[
     "rogue-overreach",
     "bench-guest",
     "probe",
+    "alpha",
+    "beta",
+    "gamma",
 ];
 
 fn main() -> Result<()> {
