@@ -18,6 +18,7 @@ pub const AGENTS: &[&str] = &[
     "rogue-overreach",
     "bench-guest",
     "probe",
+    "coord-probe",
     "alpha",
     "beta",
     "gamma",
@@ -190,7 +191,15 @@ fn bench(extra: &[String]) -> Result<()> {
     let agents = build_agents()?;
     let mut command = cargo();
     command
-        .args(["bench", "-p", "warden-tests", "--bench", "governance"])
+        .args([
+            "bench",
+            "-p",
+            "warden-tests",
+            "--bench",
+            "governance",
+            "--bench",
+            "scale",
+        ])
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents);
     run(&mut command)

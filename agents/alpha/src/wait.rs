@@ -1,8 +1,8 @@
 //! Coordination helpers shared by the primary agents: the task deadline, the view of the
 //! task's proposals, and the wait loop that votes until the proposals are settled.
 //!
-//! `agents/alpha/src/wait.rs` and `agents/beta/src/wait.rs` are the same file: each agent is
-//! its own component, and two copies are simpler than a crate for one module. Change both.
+//! `beta` compiles this same file (`#[path]`): each agent is its own component, and one
+//! shared file is simpler than a crate for one module.
 
 // Each agent uses its own part of the shared file.
 #![allow(dead_code)]

@@ -22,6 +22,9 @@
 //! `{"proposal_id", "vote", "reasoning"}` to the proposer; any message during the wait is a
 //! cue to look at the proposals again.
 
+// One file for both primary agents (each agent is its own component; a crate for one module
+// would be more ceremony than sharing).
+#[path = "../../alpha/src/wait.rs"]
 mod wait;
 
 use warden_sdk::blackboard::Section;
