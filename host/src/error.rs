@@ -65,6 +65,10 @@ pub enum Refusal {
     UnsupportedImport { agent: String, interface: String },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
     InvalidPacket { agent: String, reason: String },
+    #[error(
+        "STATE_UNAVAILABLE: agent `{agent}` cannot bootstrap: {reason}; no phase runs without the agent's lock, so run it again once the state store answers"
+    )]
+    StateUnavailable { agent: String, reason: String },
 }
 
 impl Refusal {
@@ -80,6 +84,7 @@ impl Refusal {
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
             Refusal::UnsupportedImport { .. } => "UNSUPPORTED_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
+            Refusal::StateUnavailable { .. } => "STATE_UNAVAILABLE",
         }
     }
 }
