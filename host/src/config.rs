@@ -11,6 +11,13 @@
 //! [vault]                            # secrets in Vault/OpenBao (default: embedded)
 //! addr = "http://127.0.0.1:8200"     # the broker token comes from `VAULT_TOKEN`, never a file
 //!
+//! [breaker]                          # circuit breaker of each networked backend (Redis, Vault)
+//! failure_threshold = 5              # consecutive failed calls that open it (default 5)
+//! open_for = "5s"                    # then calls fail fast this long before one probe (default 5s)
+//!
+//! [health]                           # periodic backend checks (default: off)
+//! interval = "10s"                   # `Host::health_status`, ledger row on each state change
+//!
 //! [llm]
 //! provider = "scripted"            # or "openai-compatible"
 //! rules = "agents/planner/llm-rules.toml"
@@ -19,9 +26,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::host::HostBuilder;
 use crate::llm::{LlmConfig, provider_from_config};
@@ -43,8 +52,33 @@ pub struct WardenConfig {
     pub state: Option<String>,
     /// Vault/OpenBao for secrets; `VAULT_ADDR` overrides `addr`.
     pub vault: Option<VaultSection>,
+    /// The circuit breaker of each networked backend (Redis state, Vault secrets).
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Periodic backend health checks; off unless set.
+    pub health: Option<HealthSection>,
     #[serde(skip)]
     base: PathBuf,
+}
+
+/// `[health]` in `warden.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// How often every backend is checked (`"10s"`, `"1m"`): see
+    /// [`HostBuilder::health_interval`].
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+/// A humantime duration (`"10s"`, `"1m 30s"`, `"500ms"`).
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration: expected e.g. `10s`, `500ms` or `1m`"
+        ))
+    })
 }
 
 /// `[vault]` in `warden.toml`.
@@ -109,7 +143,13 @@ impl WardenConfig {
             kv_mount: section.kv_mount,
             approle_mount: section.approle_mount,
             role_prefix: "warden-".into(),
+            breaker: self.breaker,
         }))
+    }
+
+    /// How the Redis state store guards its commands: the `[breaker]` thresholds.
+    pub fn redis_options(&self) -> crate::state::redis::RedisOptions {
+        crate::state::redis::RedisOptions::default().breaker(self.breaker)
     }
 
     /// Read a config file.
@@ -154,6 +194,9 @@ impl WardenConfig {
         }
         if let Some(tools) = &self.tools {
             builder = builder.tools(ToolRegistry::from_file(self.resolve(tools))?);
+        }
+        if let Some(health) = &self.health {
+            builder = builder.health_interval(health.interval);
         }
         Ok(builder)
     }
