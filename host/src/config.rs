@@ -13,6 +13,12 @@
 //!
 //! [orchestrator]                     # spawn conditions of `warden orchestrate`
 //! stuck_after_ms = 30000             # see `warden::orchestrator::SpawnConditions`
+//! [breaker]                          # circuit breaker of each networked backend (Redis, Vault)
+//! failure_threshold = 5              # consecutive failed calls that open it (default 5)
+//! open_for = "5s"                    # then calls fail fast this long before one probe (default 5s)
+//!
+//! [health]                           # periodic backend checks (default: off)
+//! interval = "10s"                   # `Host::health_status`, ledger row on each state change
 //!
 //! [llm]
 //! provider = "scripted"            # or "openai-compatible"
@@ -22,9 +28,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use crate::breaker::BreakerConfig;
 use crate::error::Error;
 use crate::host::HostBuilder;
 use crate::llm::{LlmConfig, provider_from_config};
@@ -48,8 +56,33 @@ pub struct WardenConfig {
     pub vault: Option<VaultSection>,
     /// Spawn conditions of multi-agent tasks (`warden orchestrate`).
     pub orchestrator: Option<crate::orchestrator::SpawnConditions>,
+    /// The circuit breaker of each networked backend (Redis state, Vault secrets).
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Periodic backend health checks; off unless set.
+    pub health: Option<HealthSection>,
     #[serde(skip)]
     base: PathBuf,
+}
+
+/// `[health]` in `warden.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// How often every backend is checked (`"10s"`, `"1m"`): see
+    /// [`HostBuilder::health_interval`].
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+/// A humantime duration (`"10s"`, `"1m 30s"`, `"500ms"`).
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(text.trim()).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration: expected e.g. `10s`, `500ms` or `1m`"
+        ))
+    })
 }
 
 /// `[vault]` in `warden.toml`.
@@ -114,7 +147,13 @@ impl WardenConfig {
             kv_mount: section.kv_mount,
             approle_mount: section.approle_mount,
             role_prefix: "warden-".into(),
+            breaker: self.breaker,
         }))
+    }
+
+    /// How the Redis state store guards its commands: the `[breaker]` thresholds.
+    pub fn redis_options(&self) -> crate::state::redis::RedisOptions {
+        crate::state::redis::RedisOptions::default().breaker(self.breaker)
     }
 
     /// Read a config file.
@@ -159,6 +198,9 @@ impl WardenConfig {
         }
         if let Some(tools) = &self.tools {
             builder = builder.tools(ToolRegistry::from_file(self.resolve(tools))?);
+        }
+        if let Some(health) = &self.health {
+            builder = builder.health_interval(health.interval);
         }
         Ok(builder)
     }

@@ -61,6 +61,10 @@ pub enum Refusal {
     UnknownImport { agent: String, import: String },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
     InvalidPacket { agent: String, reason: String },
+    #[error(
+        "STATE_UNAVAILABLE: agent `{agent}` cannot bootstrap: {reason}; no phase runs without the agent's lock, so run it again once the state store answers"
+    )]
+    StateUnavailable { agent: String, reason: String },
 }
 
 impl Refusal {
@@ -75,6 +79,7 @@ impl Refusal {
             Refusal::ImportAboveTier { .. } => "IMPORT_ABOVE_TIER",
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
+            Refusal::StateUnavailable { .. } => "STATE_UNAVAILABLE",
         }
     }
 }

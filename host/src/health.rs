@@ -1,11 +1,22 @@
 //! Backend health: one check per configured backend (state, secrets, llm), on demand
-//! (`warden health`, [`Host::health`](crate::Host::health)).
+//! (`warden health`, [`Host::health`](crate::Host::health)) or periodically
+//! ([`HostBuilder::health_interval`](crate::HostBuilder::health_interval),
+//! [`Host::health_status`](crate::Host::health_status)). Each check reports the backend's
+//! circuit breaker, when it has one; a check goes through that breaker like any call, so a
+//! healthy check of a half-open circuit is the probe that closes it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::breaker::BreakerStatus;
 use crate::host::Services;
+use crate::llm::LlmProvider;
+use crate::secrets::SecretBackend;
+use crate::state::StateStore;
+
+pub(crate) mod monitor;
 
 /// How long one check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -21,12 +32,16 @@ pub struct Check {
     pub latency_ms: f64,
     /// Why it is unhealthy; empty when healthy.
     pub detail: String,
+    /// The backend's circuit breaker after the check; `None` for backends without one.
+    pub breaker: Option<BreakerStatus>,
 }
 
 /// Every backend's answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
     pub checks: Vec<Check>,
+    /// When the checks ran (RFC 3339, UTC).
+    pub checked_at: String,
 }
 
 impl HealthReport {
@@ -35,7 +50,12 @@ impl HealthReport {
     }
 }
 
-async fn check<F, E>(component: &'static str, backend: String, probe: F) -> Check
+async fn check<F, E>(
+    component: &'static str,
+    backend: String,
+    probe: F,
+    breaker: impl FnOnce() -> Option<BreakerStatus>,
+) -> Check
 where
     F: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -55,26 +75,38 @@ where
         healthy,
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         detail,
+        breaker: breaker(),
     }
 }
 
 pub(crate) async fn report(services: &Services) -> HealthReport {
+    report_of(&services.state, &services.secrets, services.llm.as_ref()).await
+}
+
+/// Check each backend in turn.
+pub(crate) async fn report_of(
+    state: &Arc<dyn StateStore>,
+    secrets: &Arc<dyn SecretBackend>,
+    llm: Option<&Arc<dyn LlmProvider>>,
+) -> HealthReport {
     let mut checks = vec![
-        check(
-            "state",
-            services.state.backend().to_string(),
-            services.state.health(),
-        )
+        check("state", state.backend().to_string(), state.health(), || {
+            state.breaker()
+        })
         .await,
         check(
             "secrets",
-            services.secrets.backend().to_string(),
-            services.secrets.health(),
+            secrets.backend().to_string(),
+            secrets.health(),
+            || secrets.breaker(),
         )
         .await,
     ];
-    if let Some(llm) = &services.llm {
-        checks.push(check("llm", llm.name().to_string(), llm.health()).await);
+    if let Some(llm) = llm {
+        checks.push(check("llm", llm.name().to_string(), llm.health(), || None).await);
     }
-    HealthReport { checks }
+    HealthReport {
+        checks,
+        checked_at: crate::packet::now_rfc3339(),
+    }
 }

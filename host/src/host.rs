@@ -43,6 +43,7 @@ pub struct HostBuilder {
     tools: Option<ToolRegistry>,
     host_id: Option<String>,
     call_durability: CallDurability,
+    health_interval: Option<std::time::Duration>,
 }
 
 /// When the ledger row of an agent's capability call is committed.
@@ -111,6 +112,16 @@ impl HostBuilder {
         self
     }
 
+    /// Check every backend every `interval` in a background task: [`Host::health_status`]
+    /// then answers from the latest round without I/O, the checks probe (and so may close)
+    /// half-open circuit breakers, and the ledger gets a `backend.health` row each time a
+    /// backend turns unhealthy or healthy again (not per check). Default: off. Needs a tokio
+    /// runtime at [`HostBuilder::build`]; the task stops when the host is dropped.
+    pub fn health_interval(mut self, interval: std::time::Duration) -> Self {
+        self.health_interval = Some(interval);
+        self
+    }
+
     /// Open the backends and start the engine.
     pub fn build(self) -> Result<Host, Error> {
         let tiers = match self.tiers {
@@ -149,6 +160,19 @@ impl HostBuilder {
             linkers.push(linker);
         }
         let host_id = self.host_id.unwrap_or_else(default_host_id);
+        let health = match self.health_interval {
+            Some(interval) => Some(start_health_monitor(
+                interval,
+                crate::health::monitor::Backends {
+                    state: state.clone(),
+                    secrets: secrets.clone(),
+                    llm: self.llm.clone(),
+                    ledger: ledger.clone(),
+                    host_id: host_id.clone(),
+                },
+            )?),
+            None => None,
+        };
         let services = Services {
             runtime,
             tiers,
@@ -167,11 +191,33 @@ impl HostBuilder {
             data_dir: self.data_dir,
             call_durability: self.call_durability,
             coordination_bell: tokio::sync::Notify::new(),
+            health,
         };
         Ok(Host {
             services: Arc::new(services),
         })
     }
+}
+
+fn start_health_monitor(
+    interval: std::time::Duration,
+    backends: crate::health::monitor::Backends,
+) -> Result<crate::health::monitor::HealthMonitor, Error> {
+    let invalid = |message: &str| Error::Config {
+        origin: "`health_interval`".into(),
+        message: message.into(),
+    };
+    if interval < std::time::Duration::from_millis(1) {
+        return Err(invalid("it is zero: expected at least 1ms, e.g. `10s`"));
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(invalid(
+            "the periodic health checks run on tokio: build the host inside a tokio runtime",
+        ));
+    }
+    Ok(crate::health::monitor::HealthMonitor::spawn(
+        interval, backends,
+    ))
 }
 
 /// Where the embedded defaults keep things: the data directory, or memory.
@@ -259,6 +305,8 @@ pub(crate) struct Services {
     pub call_durability: CallDurability,
     /// Rung on every message sent in this process, so a waiting `receive` wakes at once.
     pub coordination_bell: tokio::sync::Notify,
+    /// The periodic health checks, when configured; they stop with the services.
+    health: Option<crate::health::monitor::HealthMonitor>,
 }
 
 impl Services {
@@ -655,5 +703,11 @@ impl Host {
     /// Check every configured backend now.
     pub async fn health(&self) -> crate::health::HealthReport {
         crate::health::report(&self.services).await
+    }
+
+    /// The latest round of the periodic health checks, without I/O: `None` when
+    /// [`HostBuilder::health_interval`] is off or the first round has not finished.
+    pub fn health_status(&self) -> Option<crate::health::HealthReport> {
+        self.services.health.as_ref().and_then(|h| h.latest())
     }
 }

@@ -30,6 +30,7 @@
 
 pub mod artifacts;
 mod bindings;
+pub mod breaker;
 mod capabilities;
 pub mod config;
 mod error;

@@ -32,7 +32,7 @@ use crate::runtime::imports::{self, ImportRefusal};
 use crate::runtime::limits::{GuestLimits, LimitHit};
 use crate::runtime::output::CappedOutput;
 use crate::runtime::{EPOCH_TICK, digest};
-use crate::state::{ErrorCounts, LockAttempt, Transition};
+use crate::state::{ErrorCounts, LockAttempt, StateError, Transition};
 use crate::tier::Tier;
 
 /// A lifecycle phase.
@@ -280,6 +280,27 @@ async fn refuse_bootstrap(services: &Services, subject: &Arc<Subject>, refusal: 
     Error::Refused(refusal)
 }
 
+/// A state-store answer at BOOTSTRAP. A store that cannot be reached refuses the run
+/// (recorded): no phase may run without the agent's lock. Other errors pass through.
+async fn bootstrap_state<T>(
+    services: &Services,
+    subject: &Arc<Subject>,
+    agent: &str,
+    result: Result<T, StateError>,
+) -> Result<T, Error> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(error) if error.is_unavailable() => {
+            let refusal = Refusal::StateUnavailable {
+                agent: agent.to_string(),
+                reason: error.to_string(),
+            };
+            Err(refuse_bootstrap(services, subject, refusal).await)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Run an agent's whole lifecycle.
 pub(crate) async fn run(
     services: Arc<Services>,
@@ -317,7 +338,8 @@ pub(crate) async fn run(
         }
     }
 
-    if let Some(json) = services.state.revocation(agent).await? {
+    let revoked = services.state.revocation(agent).await;
+    if let Some(json) = bootstrap_state(&services, &subject, agent, revoked).await? {
         let revocation: Option<Revocation> = serde_json::from_str(&json).ok();
         let refusal = Refusal::PreviouslyRevoked {
             agent: agent.to_string(),
@@ -330,7 +352,8 @@ pub(crate) async fn run(
         return Err(refuse_bootstrap(&services, &subject, refusal).await);
     }
 
-    let Some(packet_json) = services.state.packet(agent).await? else {
+    let packet_json = services.state.packet(agent).await;
+    let Some(packet_json) = bootstrap_state(&services, &subject, agent, packet_json).await? else {
         let refusal = Refusal::NoInstructionPacket {
             agent: agent.to_string(),
         };
@@ -379,8 +402,9 @@ pub(crate) async fn run(
     let policy = services.tiers.policy(tier);
     let owner = format!("{}:{}", services.host_id, uuid::Uuid::new_v4().simple());
     let lock_ttl = services.tiers.defaults.lock_ttl;
+    let attempt = services.state.acquire_lock(agent, &owner, lock_ttl).await;
     if let LockAttempt::Held { owner: holder } =
-        services.state.acquire_lock(agent, &owner, lock_ttl).await?
+        bootstrap_state(&services, &subject, agent, attempt).await?
     {
         let refusal = Refusal::CannotAcquireLock {
             agent: agent.to_string(),
@@ -794,7 +818,7 @@ impl Driver {
 
         self.transition(Phase::Verify).await?;
         let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
-        let missing = self.missing_deliverables().await;
+        let missing = self.missing_deliverables(Phase::Verify).await?;
         if !outcome.success {
             // The agent's own verdict on EXECUTE stands even if its VERIFY is lenient.
             self.verification_failed = Some(format!(
@@ -947,7 +971,12 @@ impl Driver {
                     .state
                     .refresh_lock(agent, &self.run.lock_owner, defaults.lock_ttl)
                     .await
-                    .unwrap_or(false);
+                    .map_err(|e| Stop::Failed {
+                        code: "STATE_UNAVAILABLE",
+                        message: format!(
+                            "cannot refresh the lock of agent `{agent}` while waiting for approval: {e}"
+                        ),
+                    })?;
                 if !held {
                     return Err(Stop::Failed {
                         code: "LOCK_LOST",
@@ -966,34 +995,40 @@ impl Driver {
         }
     }
 
-    async fn task_artifacts(&mut self) -> Vec<ArtifactRef> {
-        match self.services.state.artifacts(&self.run.task_id).await {
-            Ok(raw) => latest_per_name(raw.iter().filter_map(|j| serde_json::from_str(j).ok())),
-            Err(error) => {
-                tracing::warn!(%error, "cannot list artifacts");
-                Vec::new()
-            }
-        }
-    }
-
-    async fn missing_deliverables(&mut self) -> Vec<String> {
+    /// Deliverables without an artifact. A state store that cannot list the artifacts stops
+    /// the run rather than counting them missing (which would revoke the agent).
+    async fn missing_deliverables(&mut self, phase: Phase) -> Result<Vec<String>, Stop> {
         if self.run.packet.deliverables.is_empty() {
             // Nothing to look for: skip listing a task whose artifacts may be thousands.
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let present = self.task_artifacts().await;
-        self.run
+        let raw = self
+            .services
+            .state
+            .artifacts(&self.run.task_id)
+            .await
+            .map_err(|e| Stop::Failed {
+                code: "STATE_UNAVAILABLE",
+                message: format!(
+                    "cannot check the deliverables after {}: {e}",
+                    phase.as_str()
+                ),
+            })?;
+        let present: Vec<ArtifactRef> =
+            latest_per_name(raw.iter().filter_map(|j| serde_json::from_str(j).ok()));
+        Ok(self
+            .run
             .packet
             .deliverables
             .iter()
             .filter(|name| !present.iter().any(|a| &a.name == *name))
             .cloned()
-            .collect()
+            .collect())
     }
 
     /// A required artifact missing after EXECUTE (after PLAN for T0) revokes the agent.
     async fn require_deliverables(&mut self, phase: Phase) -> Result<(), Stop> {
-        let missing = self.missing_deliverables().await;
+        let missing = self.missing_deliverables(phase).await?;
         if missing.is_empty() {
             return Ok(());
         }

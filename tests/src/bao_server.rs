@@ -84,6 +84,23 @@ impl BaoServer {
             .collect()
     }
 
+    /// Kill the server: everything in it is gone (a dev server keeps nothing). Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a new, empty dev server on the same port with the same root token, stopping
+    /// the current one first. Mounts, policies, roles and secrets must be set up again.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = spawn(&binary(), self.port, &self.root_token, self.dir.path())
+            .unwrap_or_else(|error| panic!("bao server did not restart: {error}"));
+        self.child = Some(child);
+    }
+
     /// Audit entries of requests (not responses) to `path`, e.g. `secret/data/t3/x`.
     pub fn requests_to(&self, path: &str) -> Vec<serde_json::Value> {
         self.audit_log()
@@ -95,10 +112,7 @@ impl BaoServer {
 
 impl Drop for BaoServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 

@@ -6,8 +6,9 @@
 //! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`,
 //! `bb.read <section> <key>`, `bb.write <section> <key> <value>`, the sandbox probes
 //! `fs.write <path>`, `net.connect <addr>` and `env` (fails if any environment variable or
-//! argument is visible), and `spin` (loop forever, for crash and deadline tests). PLAN returns
-//! one step per call: `<call> -> ok` or `<call> -> <error>`.
+//! argument is visible), `spin` (loop forever, for crash and deadline tests) and `sleep <ms>`
+//! (block on the WASI clock, for tests that change the world while a phase runs). PLAN
+//! returns one step per call: `<call> -> ok` or `<call> -> <error>`.
 
 use warden_sdk::prelude::*;
 
@@ -55,6 +56,13 @@ fn call(line: &str) -> Result<(), String> {
             } else {
                 Err(format!("visible: env {vars:?}, args {args:?}"))
             }
+        }
+        (Some("sleep"), Some(ms), _) => {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("`{ms}` is not milliseconds"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
         }
         (Some("spin"), _, _) => {
             let mut spins = 0u64;

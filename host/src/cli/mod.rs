@@ -291,8 +291,10 @@ impl Env {
     }
 
     /// The secrets backend the config names: Vault when configured, else the embedded file.
-    async fn secrets(&self) -> Result<Arc<dyn SecretBackend>> {
+    /// `lazily`: without contacting Vault (the first call finds out).
+    async fn secrets(&self, lazily: bool) -> Result<Arc<dyn SecretBackend>> {
         match self.config.vault_config()? {
+            Some(vault) if lazily => Ok(Arc::new(VaultSecrets::new(vault)?)),
             Some(vault) => Ok(Arc::new(VaultSecrets::connect(vault).await?)),
             None => Ok(Arc::new(EmbeddedSecrets::open(
                 self.data_dir.join("secrets.json"),
@@ -301,17 +303,29 @@ impl Env {
     }
 
     async fn host(&self) -> Result<Host> {
+        self.build_host(false).await
+    }
+
+    /// `lazily`: networked backends are not contacted while building, so a host can be
+    /// built to report that they are down (`warden health`).
+    async fn build_host(&self, lazily: bool) -> Result<Host> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!("cannot create data directory `{}`", self.data_dir.display())
         })?;
-        let secrets = self.secrets().await?;
+        let secrets = self.secrets(lazily).await?;
         let mut builder = self
             .config
             .builder(Some(self.data_dir.clone()))
             .await?
             .secrets(secrets.clone());
         if let Some(url) = &self.state {
-            builder = builder.state(Arc::new(RedisState::connect(url).await?));
+            let options = self.config.redis_options();
+            let state = if lazily {
+                RedisState::connect_lazily(url, options).await?
+            } else {
+                RedisState::connect_with(url, options).await?
+            };
+            builder = builder.state(Arc::new(state));
         }
         let llm = self
             .config
@@ -586,7 +600,7 @@ async fn vault_setup(cx: &Env, policies: &Path) -> Result<u8> {
 }
 
 async fn health(cx: &Env) -> Result<u8> {
-    let host = cx.host().await?;
+    let host = cx.build_host(true).await?;
     let report = host.health().await;
     output::health(cx.json, &report);
     Ok(if report.healthy() {

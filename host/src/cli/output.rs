@@ -286,12 +286,17 @@ pub fn health(json: bool, report: &warden::health::HealthReport) {
         return;
     }
     for check in &report.checks {
+        let breaker = check
+            .breaker
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |b| format!("breaker {b}"));
         println!(
-            "{:<8} {:<18} {:<4} {:>8.1} ms  {}",
+            "{:<8} {:<18} {:<4} {:>8.1} ms  {:<28} {}",
             check.component,
             check.backend,
             if check.healthy { "ok" } else { "DOWN" },
             check.latency_ms,
+            breaker,
             check.detail
         );
     }

@@ -67,6 +67,14 @@ pub enum SecretsError {
         backend: &'static str,
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// The backend's circuit breaker is open after failures in a row: the call was not
+    /// attempted. It is let through again once the breaker's cool-down has passed.
+    #[error("the {backend} secret backend at `{location}` is unavailable ({reason})")]
+    Unavailable {
+        backend: &'static str,
+        location: String,
+        reason: crate::breaker::CircuitOpen,
+    },
 }
 
 /// Check a secret path: `[a-z0-9_-]+` segments separated by `/`, no empty segments (so no
@@ -132,6 +140,11 @@ pub trait SecretBackend: Send + Sync + 'static {
     /// `sys/health`.
     async fn health(&self) -> Result<(), SecretsError> {
         self.list().await.map(drop)
+    }
+
+    /// The circuit breaker's state, for backends that have one (Vault). Reads no network.
+    fn breaker(&self) -> Option<crate::breaker::BreakerStatus> {
+        None
     }
 
     /// Operator write (CLI `warden secrets set`, demo setup). Not reachable from agents.

@@ -12,9 +12,16 @@
 //! Tokens, secret-ids and values never appear in `Debug` output, errors or logs: errors from
 //! `vaultrs` are reduced to the HTTP status and Vault's own error messages before they leave
 //! this module, because their `Debug` form can carry response bodies.
+//!
+//! Every HTTP call passes one [`CircuitBreaker`] per backend ([`VaultConfig::breaker`]): once
+//! that many calls in a row found Vault unreachable or failing (no answer, HTTP 5xx), calls
+//! fail at once with [`SecretsError::Unavailable`] until a probe after the cool-down finds it
+//! back. Reads a session already cached never reach Vault, so they keep working while it is
+//! down, until the token's TTL.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +38,7 @@ use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use super::{SecretBackend, SecretSession, SecretsError, validate_path};
+use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 use crate::tier::Tier;
 
 const BACKEND: &str = "vault";
@@ -61,10 +69,12 @@ pub struct VaultConfig {
     pub approle_mount: String,
     /// Prefix of every role and policy Warden writes, usually `warden-`.
     pub role_prefix: String,
+    /// When the circuit around Vault's HTTP calls opens, and for how long.
+    pub breaker: BreakerConfig,
 }
 
 impl VaultConfig {
-    /// The usual mounts and prefix (`secret`, `approle`, `warden-`).
+    /// The usual mounts and prefix (`secret`, `approle`, `warden-`) and the default breaker.
     pub fn new(addr: impl Into<String>, admin_token: impl Into<String>) -> VaultConfig {
         VaultConfig {
             addr: addr.into(),
@@ -72,6 +82,7 @@ impl VaultConfig {
             kv_mount: "secret".into(),
             approle_mount: "approle".into(),
             role_prefix: "warden-".into(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -84,6 +95,7 @@ impl fmt::Debug for VaultConfig {
             .field("kv_mount", &self.kv_mount)
             .field("approle_mount", &self.approle_mount)
             .field("role_prefix", &self.role_prefix)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -110,6 +122,7 @@ pub struct VaultSecrets {
 struct Shared {
     config: VaultConfig,
     admin: VaultClient,
+    breaker: CircuitBreaker,
 }
 
 impl fmt::Debug for VaultSecrets {
@@ -152,6 +165,12 @@ fn status(error: &ClientError) -> Option<u16> {
         ClientError::APIError { code, .. } => Some(*code),
         _ => None,
     }
+}
+
+/// Whether the failure means Vault is unreachable or failing (what the breaker counts): no
+/// response, or a 5xx (sealed, standby without forwarding, storage down).
+fn is_outage(error: &ClientError) -> bool {
+    is_transport(error) || status(error).is_some_and(|code| code >= 500)
 }
 
 /// Whether the failure is the transport's (no response): its error chain carries no body.
@@ -211,6 +230,28 @@ fn describe(error: &ClientError) -> String {
 }
 
 impl Shared {
+    /// Run one HTTP call through the circuit breaker. The outer error is the breaker's
+    /// refusal (the call was not made); the inner result is the call's.
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<Result<T, ClientError>, SecretsError> {
+        let permit = self
+            .breaker
+            .permit()
+            .map_err(|reason| SecretsError::Unavailable {
+                backend: BACKEND,
+                location: self.config.addr.clone(),
+                reason,
+            })?;
+        let result = call.await;
+        match &result {
+            Err(error) if is_outage(error) => permit.failed(describe(error)),
+            _ => permit.succeeded(),
+        }
+        Ok(result)
+    }
+
     fn request_error(&self, action: impl Into<String>, error: &ClientError) -> SecretsError {
         let addr = self.config.addr.clone();
         backend(if is_transport(error) {
@@ -236,7 +277,7 @@ impl Shared {
     /// Up, unsealed, and the admin token still accepted.
     async fn check_health(&self) -> Result<(), SecretsError> {
         let addr = &self.config.addr;
-        match vaultrs::sys::status(&self.admin).await {
+        match self.guard(vaultrs::sys::status(&self.admin)).await? {
             Ok(vaultrs::sys::ServerStatus::OK)
             | Ok(vaultrs::sys::ServerStatus::STANDBY)
             | Ok(vaultrs::sys::ServerStatus::PERFSTANDBY) => {}
@@ -259,7 +300,7 @@ impl Shared {
                 if source.to_string() == "Error parsing HTTP response" => {}
             Err(e) => return Err(self.request_error("report its health", &e)),
         }
-        succeeded(vaultrs::token::lookup_self(&self.admin).await)
+        succeeded(self.guard(vaultrs::token::lookup_self(&self.admin)).await?)
             .map_err(|e| self.request_error("accept the admin token (lookup-self)", &e))?;
         Ok(())
     }
@@ -424,6 +465,15 @@ impl VaultSecrets {
     /// Connect to Vault at `config.addr` and check that it is up, unsealed and accepts the
     /// admin token, so a misconfiguration fails at start rather than at an agent's first read.
     pub async fn connect(config: VaultConfig) -> Result<VaultSecrets, SecretsError> {
+        let vault = VaultSecrets::new(config)?;
+        vault.shared.check_health().await?;
+        Ok(vault)
+    }
+
+    /// Check the configuration without contacting Vault; the first call finds out whether it
+    /// is there. For tools that must report an unreachable Vault rather than fail
+    /// (`warden health`).
+    pub fn new(config: VaultConfig) -> Result<VaultSecrets, SecretsError> {
         check_name("kv mount", &config.kv_mount, true)?;
         check_name("approle mount", &config.approle_mount, true)?;
         check_name("role prefix", &config.role_prefix, false)?;
@@ -436,8 +486,12 @@ impl VaultSecrets {
             ))));
         }
         let admin = new_client(&config.addr, &config.admin_token)?;
-        let shared = Shared { config, admin };
-        shared.check_health().await?;
+        let breaker = CircuitBreaker::new(format!("vault at {}", config.addr), config.breaker);
+        let shared = Shared {
+            config,
+            admin,
+            breaker,
+        };
         Ok(VaultSecrets {
             shared: Arc::new(shared),
         })
@@ -477,8 +531,9 @@ impl VaultSecrets {
         };
         for (tier, text) in policies {
             let name = self.shared.tier_policy(tier);
-            vaultrs::sys::policy::set(&self.shared.admin, &name, &text)
-                .await
+            self.shared
+                .guard(vaultrs::sys::policy::set(&self.shared.admin, &name, &text))
+                .await?
                 .map_err(|e| {
                     self.shared
                         .request_error(format!("write policy `{name}`"), &e)
@@ -495,8 +550,9 @@ impl VaultSecrets {
     /// Enable AppRole at the configured mount unless it is there; true when enabled now.
     async fn ensure_approle(&self) -> Result<bool, SecretsError> {
         let shared = &self.shared;
-        let mounts = vaultrs::sys::auth::list(&shared.admin)
-            .await
+        let mounts = shared
+            .guard(vaultrs::sys::auth::list(&shared.admin))
+            .await?
             .map_err(|e| shared.request_error("list auth methods", &e))?;
         if let Some(mount) = mounts.get(&format!("{}/", shared.approle())) {
             if mount.mount_type != "approle" {
@@ -508,8 +564,14 @@ impl VaultSecrets {
             }
             return Ok(false);
         }
-        vaultrs::sys::auth::enable(&shared.admin, shared.approle(), "approle", None)
-            .await
+        shared
+            .guard(vaultrs::sys::auth::enable(
+                &shared.admin,
+                shared.approle(),
+                "approle",
+                None,
+            ))
+            .await?
             .map_err(|e| shared.request_error("enable approle auth", &e))?;
         Ok(true)
     }
@@ -517,8 +579,9 @@ impl VaultSecrets {
     /// Create the KV v2 mount unless it is there; true when created now.
     async fn ensure_kv(&self) -> Result<bool, SecretsError> {
         let shared = &self.shared;
-        let mounts = vaultrs::sys::mount::list(&shared.admin)
-            .await
+        let mounts = shared
+            .guard(vaultrs::sys::mount::list(&shared.admin))
+            .await?
             .map_err(|e| shared.request_error("list secret engines", &e))?;
         if let Some(mount) = mounts.get(&format!("{}/", shared.kv())) {
             let version = mount
@@ -541,8 +604,14 @@ impl VaultSecrets {
         }
         let mut options = EnableEngineRequest::builder();
         options.options(HashMap::from([("version".to_string(), "2".to_string())]));
-        vaultrs::sys::mount::enable(&shared.admin, shared.kv(), "kv", Some(&mut options))
-            .await
+        shared
+            .guard(vaultrs::sys::mount::enable(
+                &shared.admin,
+                shared.kv(),
+                "kv",
+                Some(&mut options),
+            ))
+            .await?
             .map_err(|e| shared.request_error("enable the kv v2 mount", &e))?;
         Ok(true)
     }
@@ -559,8 +628,9 @@ impl VaultSecrets {
                 "# Warden: agent `{agent}`'s own secrets.\npath \"{}/data/agents/{agent}/*\" {{\n  capabilities = [\"read\"]\n}}\n",
                 shared.kv()
             );
-            vaultrs::sys::policy::set(&shared.admin, &name, &text)
-                .await
+            shared
+                .guard(vaultrs::sys::policy::set(&shared.admin, &name, &text))
+                .await?
                 .map_err(|e| shared.request_error(format!("write policy `{name}`"), &e))?;
             policies.push(name);
         }
@@ -577,24 +647,25 @@ impl VaultSecrets {
             .token_max_ttl(format!("{}s", secs.saturating_mul(MAX_TTL_FACTOR.into())))
             .token_num_uses(0u64)
             .token_type("service");
-        vaultrs::auth::approle::role::set(
-            &shared.admin,
-            shared.approle(),
-            &role,
-            Some(&mut options),
-        )
-        .await
-        .map_err(|e| {
-            if status(&e) == Some(404) {
-                backend(VaultError::Config(format!(
-                    "vault at `{}` has no approle auth at `{}`: run `warden vault setup`",
-                    shared.config.addr,
-                    shared.approle()
-                )))
-            } else {
-                shared.request_error(format!("write approle role `{role}`"), &e)
-            }
-        })
+        shared
+            .guard(vaultrs::auth::approle::role::set(
+                &shared.admin,
+                shared.approle(),
+                &role,
+                Some(&mut options),
+            ))
+            .await?
+            .map_err(|e| {
+                if status(&e) == Some(404) {
+                    backend(VaultError::Config(format!(
+                        "vault at `{}` has no approle auth at `{}`: run `warden vault setup`",
+                        shared.config.addr,
+                        shared.approle()
+                    )))
+                } else {
+                    shared.request_error(format!("write approle role `{role}`"), &e)
+                }
+            })
     }
 
     /// Mint a single-use secret-id and log in with it. The secret-id is destroyed if the
@@ -602,29 +673,41 @@ impl VaultSecrets {
     async fn approle_login(&self, agent: &str, tier: Tier) -> Result<LoggedIn, SecretsError> {
         let shared = &self.shared;
         let role = shared.role(agent);
-        let role_id = vaultrs::auth::approle::role::read_id(&shared.admin, shared.approle(), &role)
-            .await
+        let role_id = shared
+            .guard(vaultrs::auth::approle::role::read_id(
+                &shared.admin,
+                shared.approle(),
+                &role,
+            ))
+            .await?
             .map_err(|e| shared.request_error(format!("read the role-id of `{role}`"), &e))?
             .role_id;
         // Secret-id metadata lands on the token, so Vault's audit log names the agent.
         let metadata = serde_json::json!({ "warden_agent": agent, "warden_tier": tier.code() });
         let mut options = GenerateNewSecretIDRequest::builder();
         options.metadata(metadata.to_string());
-        let minted = vaultrs::auth::approle::role::secret::generate(
-            &shared.admin,
-            shared.approle(),
-            &role,
-            Some(&mut options),
-        )
-        .await
-        .map_err(|e| shared.request_error(format!("mint a secret-id for `{role}`"), &e))?;
+        let minted = shared
+            .guard(vaultrs::auth::approle::role::secret::generate(
+                &shared.admin,
+                shared.approle(),
+                &role,
+                Some(&mut options),
+            ))
+            .await?
+            .map_err(|e| shared.request_error(format!("mint a secret-id for `{role}`"), &e))?;
         let accessor = minted.secret_id_accessor;
 
         let mut client = shared.client("")?;
         let (started, started_wall) = (Instant::now(), SystemTime::now());
-        let login =
-            vaultrs::auth::approle::login(&client, shared.approle(), &role_id, &minted.secret_id)
-                .await;
+        let login = shared
+            .guard(vaultrs::auth::approle::login(
+                &client,
+                shared.approle(),
+                &role_id,
+                &minted.secret_id,
+            ))
+            // Refused by the breaker, the unused secret-id dies with its short TTL.
+            .await?;
         match login {
             Ok(auth) => {
                 client.set_token(&auth.client_token);
@@ -692,13 +775,14 @@ async fn destroy_secret_id(
     role: &str,
     accessor: &str,
 ) -> Result<(), SecretsError> {
-    match vaultrs::auth::approle::role::secret::delete_accessor(
-        &shared.admin,
-        shared.approle(),
-        role,
-        accessor,
-    )
-    .await
+    match shared
+        .guard(vaultrs::auth::approle::role::secret::delete_accessor(
+            &shared.admin,
+            shared.approle(),
+            role,
+            accessor,
+        ))
+        .await?
     {
         Ok(()) => Ok(()),
         Err(ClientError::APIError { code: 404, .. }) => Ok(()),
@@ -768,12 +852,20 @@ impl SecretBackend for VaultSecrets {
         self.shared.check_health().await
     }
 
+    fn breaker(&self) -> Option<BreakerStatus> {
+        Some(self.shared.breaker.status())
+    }
+
     async fn put(&self, path: &str, value: &str) -> Result<(), SecretsError> {
         validate_path(path)?;
         let shared = &self.shared;
         let data = HashMap::from([(VALUE_FIELD, value)]);
-        succeeded(vaultrs::kv2::set(&shared.admin, shared.kv(), path, &data).await)
-            .map_err(|e| shared.request_error(format!("write secret `{path}`"), &e))
+        succeeded(
+            shared
+                .guard(vaultrs::kv2::set(&shared.admin, shared.kv(), path, &data))
+                .await?,
+        )
+        .map_err(|e| shared.request_error(format!("write secret `{path}`"), &e))
     }
 
     /// Walks the KV mount's folders. Paths Warden cannot address (see
@@ -783,7 +875,10 @@ impl SecretBackend for VaultSecrets {
         let mut found = BTreeSet::new();
         let mut folders = vec![String::new()];
         while let Some(folder) = folders.pop() {
-            let keys = match vaultrs::kv2::list(&shared.admin, shared.kv(), &folder).await {
+            let keys = match shared
+                .guard(vaultrs::kv2::list(&shared.admin, shared.kv(), &folder))
+                .await?
+            {
                 Ok(keys) => keys,
                 Err(e) if status(&e) == Some(404) => continue,
                 Err(e) => {
@@ -918,7 +1013,18 @@ impl VaultSession {
     /// retries later: the read itself decides whether Vault is usable.
     async fn renew(&self) -> Result<(), SecretsError> {
         let start = (Instant::now(), SystemTime::now());
-        match vaultrs::token::renew_self(&self.client, None).await {
+        let answer = match self
+            .shared
+            .guard(vaultrs::token::renew_self(&self.client, None))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(unavailable) => {
+                self.defer_renewal(&unavailable);
+                return Ok(());
+            }
+        };
+        match answer {
             Ok(auth) => {
                 let granted = Duration::from_secs(auth.lease_duration);
                 let mut lease = self.lease.lock();
@@ -933,17 +1039,22 @@ impl VaultSession {
             }
             Err(e) if status(&e) == Some(403) => Err(self.token_refused(None).await),
             Err(e) => {
-                tracing::warn!(
-                    agent = %self.agent,
-                    error = %describe(&e),
-                    "cannot renew the agent's vault token; retrying at a later read"
-                );
-                let mut lease = self.lease.lock();
-                let left = lease.deadline.saturating_duration_since(Instant::now());
-                lease.renew_after = Instant::now() + (left / 2).max(Duration::from_secs(1));
+                self.defer_renewal(&describe(&e));
                 Ok(())
             }
         }
+    }
+
+    /// Keep the current lease and renew at a later read.
+    fn defer_renewal(&self, error: &dyn fmt::Display) {
+        tracing::warn!(
+            agent = %self.agent,
+            error = %error,
+            "cannot renew the agent's vault token; retrying at a later read"
+        );
+        let mut lease = self.lease.lock();
+        let left = lease.deadline.saturating_duration_since(Instant::now());
+        lease.renew_after = Instant::now() + (left / 2).max(Duration::from_secs(1));
     }
 
     /// Vault answered 403: tell a policy denial (token alive) from a dead token.
@@ -951,7 +1062,15 @@ impl VaultSession {
         if self.revoked.load(Ordering::Acquire) {
             return SecretsError::Revoked;
         }
-        match succeeded(vaultrs::token::lookup_self(&self.client).await) {
+        let lookup = match self
+            .shared
+            .guard(vaultrs::token::lookup_self(&self.client))
+            .await
+        {
+            Ok(lookup) => lookup,
+            Err(unavailable) => return unavailable,
+        };
+        match succeeded(lookup) {
             Ok(_) => match path {
                 Some(path) => self.denied(path),
                 None => backend(VaultError::Request {
@@ -976,12 +1095,13 @@ impl VaultSession {
 
     async fn fetch(&self, path: &str) -> Result<Outcome, SecretsError> {
         let shared = &self.shared;
-        match vaultrs::kv2::read::<HashMap<String, serde_json::Value>>(
-            &self.client,
-            shared.kv(),
-            path,
-        )
-        .await
+        match shared
+            .guard(vaultrs::kv2::read::<HashMap<String, serde_json::Value>>(
+                &self.client,
+                shared.kv(),
+                path,
+            ))
+            .await?
         {
             Ok(mut data) => match data.remove(VALUE_FIELD) {
                 Some(serde_json::Value::String(value)) => Ok(Outcome::Value(Some(value))),
@@ -1052,16 +1172,26 @@ impl SecretSession for VaultSession {
             return Ok(());
         }
         let shared = &self.shared;
-        let token = match vaultrs::token::revoke_self(&self.client).await {
-            Ok(()) => Ok(()),
+        let token = match shared
+            .guard(vaultrs::token::revoke_self(&self.client))
+            .await
+        {
+            Err(unavailable) => Err(unavailable),
+            Ok(Ok(())) => Ok(()),
             // Already dead: expired or revoked in Vault.
-            Err(e) if status(&e) == Some(403) => Ok(()),
-            Err(e) => {
+            Ok(Err(e)) if status(&e) == Some(403) => Ok(()),
+            Ok(Err(e)) => {
                 let first =
                     shared.request_error(format!("revoke the token of `{}`", self.role), &e);
-                match vaultrs::token::revoke_accessor(&shared.admin, &self.token_accessor).await {
-                    Ok(()) => Ok(()),
-                    Err(_) => Err(first),
+                match shared
+                    .guard(vaultrs::token::revoke_accessor(
+                        &shared.admin,
+                        &self.token_accessor,
+                    ))
+                    .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(first),
                 }
             }
         };

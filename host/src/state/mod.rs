@@ -82,6 +82,25 @@ pub enum StateError {
         backend: &'static str,
         source: BoxError,
     },
+    /// The store's circuit breaker is open after failures in a row: the call was not
+    /// attempted. It is let through again once the breaker's cool-down has passed.
+    #[error("the {backend} state store at `{location}` is unavailable ({reason})")]
+    Unavailable {
+        backend: &'static str,
+        location: String,
+        reason: crate::breaker::CircuitOpen,
+    },
+}
+
+impl StateError {
+    /// Whether the store could not be reached or did not work (as opposed to a request it
+    /// refused): [`StateError::Backend`] and [`StateError::Unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StateError::Backend { .. } | StateError::Unavailable { .. }
+        )
+    }
 }
 
 /// Longest agent id, task id or lock owner accepted by [`validate_id`].
@@ -361,6 +380,11 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     /// A cheap liveness probe (`warden health`): one read round trip.
     async fn health(&self) -> Result<(), StateError> {
         self.revocations(1).await.map(drop)
+    }
+
+    /// The circuit breaker's state, for backends that have one (Redis). Reads no network.
+    fn breaker(&self) -> Option<crate::breaker::BreakerStatus> {
+        None
     }
 }
 

@@ -4,6 +4,15 @@
 //! after the server drops it. A request in flight when the connection drops fails rather
 //! than being retried: most writes here (counters, list pushes) are not idempotent, and only
 //! the caller knows whether repeating one is safe. The next call uses the new connection.
+//! The one retry is of a command that was never sent: when the connection could not even be
+//! established (refused), the command is tried once more on the reconnection that refusal
+//! started.
+//!
+//! Every command passes a [`CircuitBreaker`] and a deadline ([`RedisOptions`]): a command
+//! fails after `command_timeout` at the latest, whatever the network does, and once
+//! `failure_threshold` commands in a row found the server unreachable, commands fail at once
+//! with [`StateError::Unavailable`] until a probe after `open_for` finds it back. The
+//! revocation subscriber below reconnects on its own schedule and does not pass the breaker.
 //!
 //! Every read-modify-write is a Lua script, so it is atomic on the server and costs one round
 //! trip; scripts are loaded at connect, so even the first call is a single `EVALSHA`. Lock
@@ -17,14 +26,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind};
-use redis::{RedisError, Script};
+use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 
 use super::{
     ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, agent_key,
@@ -44,9 +56,12 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 /// slower answer means the server or the network is in trouble.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnection attempts of the command connection before a call fails (the next call
-/// starts over); the delays double from 100 ms up to [`MAX_RECONNECT_DELAY`].
-const RECONNECT_ATTEMPTS: usize = 6;
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// starts over); the delays double from 100 ms up to [`MAX_RECONNECT_DELAY`]. Few, because
+/// the circuit breaker, not the client, paces calls to a server that is gone.
+const RECONNECT_ATTEMPTS: usize = 2;
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Default [`RedisOptions::command_timeout`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resubscription backoff: doubles from the first delay up to the last, for as long as the
 /// store lives.
@@ -137,6 +152,39 @@ impl Scripts {
     }
 }
 
+/// How [`RedisState::connect_with`] guards commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// When the circuit opens and for how long. Default: [`BreakerConfig::default`]
+    /// (5 consecutive failures, 5 s).
+    pub breaker: BreakerConfig,
+    /// The longest a command may take, reconnection included, before it fails. Default 5 s.
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            breaker: BreakerConfig::default(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+}
+
+impl RedisOptions {
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// At least 1 ms; shorter values are raised to 1 ms.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+}
+
 /// [`StateStore`] on a Redis-protocol server shared by every host of a deployment.
 ///
 /// Cheap to clone; clones share the connection and the revocation subscription, which ends
@@ -151,6 +199,10 @@ struct Inner {
     scripts: Scripts,
     /// `host:port/db`, without credentials.
     location: String,
+    /// The URL without credentials, for errors.
+    url: String,
+    breaker: CircuitBreaker,
+    command_timeout: Duration,
     events: broadcast::Sender<String>,
     /// Dropped with the last clone, which stops the subscriber task.
     _stop: oneshot::Sender<()>,
@@ -193,6 +245,21 @@ fn failed(op: &'static str, key: &str) -> impl FnOnce(RedisError) -> StateError 
     }
 }
 
+/// Whether the error says the server is unreachable or cannot serve (what the breaker
+/// counts), rather than the server's answer to this command.
+fn is_outage(error: &RedisError) -> bool {
+    error.is_io_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+            )
+        )
+}
+
 /// `url` with any user name and password replaced by `***`, for errors and logs.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -222,6 +289,27 @@ impl RedisState {
     /// socket) and subscribe to revocations. Fails at once if the server is unreachable,
     /// refuses the credentials, or cannot speak RESP3 for the subscription.
     pub async fn connect(url: &str) -> Result<RedisState, StateError> {
+        RedisState::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// [`RedisState::connect`] with a circuit breaker and command deadline of your own.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<RedisState, StateError> {
+        RedisState::open(url, options, false).await
+    }
+
+    /// A store that has not talked to the server yet and never waits for it here: commands
+    /// connect on first use (through the breaker, like any command) and the revocation
+    /// subscription is established in the background. For tools that must report an
+    /// unreachable server rather than fail (`warden health`). Revocations published before
+    /// the subscription is up are not pushed; [`StateStore::revocation`] still finds them.
+    pub async fn connect_lazily(
+        url: &str,
+        options: RedisOptions,
+    ) -> Result<RedisState, StateError> {
+        RedisState::open(url, options, true).await
+    }
+
+    async fn open(url: &str, options: RedisOptions, lazy: bool) -> Result<RedisState, StateError> {
         let open_error = |source: RedisError| StateError::Open {
             backend: BACKEND,
             location: redact(url),
@@ -238,47 +326,54 @@ impl RedisState {
             ),
         )
         .map_err(open_error)?;
-
-        // One plain connection first: a wrong password or an unreachable server fails `connect`
-        // at once, where the manager would retry with backoff for seconds.
-        let mut probe = client
-            .get_multiplexed_async_connection_with_config(
-                &AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT)),
-            )
-            .await
-            .map_err(open_error)?;
-        // `Script` loads on `NOSCRIPT` (a restarted or flushed server) at the cost of two more
-        // round trips; loading up front keeps even the first call to one.
-        let scripts = Scripts::new();
-        let mut load = redis::pipe();
-        for code in [
-            ACQUIRE_LUA,
-            REFRESH_LUA,
-            RELEASE_LUA,
-            TRANSITION_LUA,
-            RECORD_ERROR_LUA,
-        ] {
-            load.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
-        }
-        load.exec_async(&mut probe).await.map_err(open_error)?;
-        drop(probe);
-
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(RECONNECT_ATTEMPTS)
             .set_max_delay(MAX_RECONNECT_DELAY);
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(open_error)?;
+        let scripts = Scripts::new();
 
-        // Subscribe before returning, so a revocation recorded once `connect` returns reaches
-        // this store's receivers.
-        let subscription = Subscription::open(&subscriber, &mut conn)
-            .await
-            .map_err(open_error)?;
+        let (conn, subscription) = if lazy {
+            // `Script` loads itself on `NOSCRIPT`, at two more round trips the first time.
+            let conn =
+                ConnectionManager::new_lazy_with_config(client, config).map_err(open_error)?;
+            (conn, None)
+        } else {
+            // One plain connection first: a wrong password or an unreachable server fails
+            // `connect` at once, where the manager would retry with backoff.
+            let mut probe = client
+                .get_multiplexed_async_connection_with_config(
+                    &AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                        .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+                )
+                .await
+                .map_err(open_error)?;
+            // `Script` loads on `NOSCRIPT` (a restarted or flushed server) at the cost of two
+            // more round trips; loading up front keeps even the first call to one.
+            let mut load = redis::pipe();
+            for code in [
+                ACQUIRE_LUA,
+                REFRESH_LUA,
+                RELEASE_LUA,
+                TRANSITION_LUA,
+                RECORD_ERROR_LUA,
+            ] {
+                load.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
+            }
+            load.exec_async(&mut probe).await.map_err(open_error)?;
+            drop(probe);
+            let mut conn = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(open_error)?;
+            // Subscribe before returning, so a revocation recorded once `connect` returns
+            // reaches this store's receivers.
+            let subscription = Subscription::open(&subscriber, &mut conn)
+                .await
+                .map_err(open_error)?;
+            (conn, Some(subscription))
+        };
+
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(
@@ -290,11 +385,18 @@ impl RedisState {
             }
             .run(subscription, stop_rx),
         );
+        let url = redact(url);
         Ok(RedisState {
             inner: Arc::new(Inner {
                 conn,
                 scripts,
                 location,
+                breaker: CircuitBreaker::new(
+                    format!("redis state store at {url}"),
+                    options.breaker,
+                ),
+                url,
+                command_timeout: options.command_timeout,
                 events,
                 _stop: stop_tx,
             }),
@@ -305,23 +407,66 @@ impl RedisState {
         self.inner.conn.clone()
     }
 
+    /// Run one command through the circuit breaker, under the command deadline. `command`
+    /// builds the request on a connection; it runs a second time only when the first could
+    /// not connect at all (the request was never sent), to use the reconnection that refusal
+    /// started.
+    async fn guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut command: F,
+    ) -> Result<T, StateError>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let permit = self
+            .inner
+            .breaker
+            .permit()
+            .map_err(|reason| StateError::Unavailable {
+                backend: BACKEND,
+                location: self.inner.url.clone(),
+                reason,
+            })?;
+        let attempts = async {
+            match command(self.conn()).await {
+                Err(error) if error.is_connection_refusal() => command(self.conn()).await,
+                other => other,
+            }
+        };
+        let timeout = self.inner.command_timeout;
+        let result = match tokio::time::timeout(timeout, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}", humantime::format_duration(timeout)),
+            ))),
+        };
+        match &result {
+            Err(error) if is_outage(error) => permit.failed(format!("{op}: {error}")),
+            _ => permit.succeeded(),
+        }
+        result.map_err(failed(op, key))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<String>, StateError> {
-        self.conn().get(key).await.map_err(failed("GET", key))
+        self.guarded("GET", key, |mut c| async move { c.get(key).await })
+            .await
     }
 
     async fn set(&self, key: &str, value: &str) -> Result<(), StateError> {
-        self.conn()
-            .set::<_, _, ()>(key, value)
-            .await
-            .map_err(failed("SET", key))
+        self.guarded("SET", key, |mut c| async move {
+            c.set::<_, _, ()>(key, value).await
+        })
+        .await
     }
 
     async fn hgetall_counts(&self, key: &str) -> Result<ErrorCounts, StateError> {
         let fields: HashMap<String, String> = self
-            .conn()
-            .hgetall(key)
-            .await
-            .map_err(failed("HGETALL", key))?;
+            .guarded("HGETALL", key, |mut c| async move { c.hgetall(key).await })
+            .await?;
         ErrorCounts::from_fields(key, fields)
     }
 }
@@ -343,45 +488,55 @@ impl StateStore for RedisState {
 
     async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError> {
         let key = agent_key(agent, keys::state)?;
-        self.conn()
-            .hget(&key, keys::CHECKPOINT_FIELD)
-            .await
-            .map_err(failed("HGET", &key))
+        let key = key.as_str();
+        self.guarded("HGET", key, |mut c| async move {
+            c.hget(key, keys::CHECKPOINT_FIELD).await
+        })
+        .await
     }
 
     async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError> {
         let hash = agent_key(agent, keys::state)?;
-        self.conn()
-            .hget(&hash, kv_field(key))
-            .await
-            .map_err(failed("HGET", &hash))
+        let (hash, field) = (hash.as_str(), kv_field(key));
+        let field = field.as_str();
+        self.guarded(
+            "HGET",
+            hash,
+            |mut c| async move { c.hget(hash, field).await },
+        )
+        .await
     }
 
     async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError> {
         let hash = agent_key(agent, keys::state)?;
-        self.conn()
-            .hset::<_, _, _, ()>(&hash, kv_field(key), value)
-            .await
-            .map_err(failed("HSET", &hash))
+        let (hash, field) = (hash.as_str(), kv_field(key));
+        let field = field.as_str();
+        self.guarded("HSET", hash, |mut c| async move {
+            c.hset::<_, _, _, ()>(hash, field, value).await
+        })
+        .await
     }
 
     async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError> {
         let hash = agent_key(agent, keys::state)?;
+        let (hash, field) = (hash.as_str(), kv_field(key));
+        let field = field.as_str();
         let removed: u64 = self
-            .conn()
-            .hdel(&hash, kv_field(key))
-            .await
-            .map_err(failed("HDEL", &hash))?;
+            .guarded(
+                "HDEL",
+                hash,
+                |mut c| async move { c.hdel(hash, field).await },
+            )
+            .await?;
         Ok(removed > 0)
     }
 
     async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError> {
         let hash = agent_key(agent, keys::state)?;
+        let hash = hash.as_str();
         let fields: Vec<String> = self
-            .conn()
-            .hkeys(&hash)
-            .await
-            .map_err(failed("HKEYS", &hash))?;
+            .guarded("HKEYS", hash, |mut c| async move { c.hkeys(hash).await })
+            .await?;
         let mut keys: Vec<String> = fields
             .into_iter()
             .filter_map(|field| field.strip_prefix(keys::KV_PREFIX).map(str::to_string))
@@ -397,17 +552,19 @@ impl StateStore for RedisState {
         procedure: bool,
     ) -> Result<ErrorCounts, StateError> {
         let key = agent_key(agent, keys::errors)?;
+        let same = format!("{}{signature}", keys::SAME_PREFIX);
+        let script = &self.inner.scripts.record_error;
         let fields: HashMap<String, String> = self
-            .inner
-            .scripts
-            .record_error
-            .key(&key)
-            .arg(keys::TOTAL_FIELD)
-            .arg(format!("{}{signature}", keys::SAME_PREFIX))
-            .arg(if procedure { keys::PROCEDURE_FIELD } else { "" })
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("record_error script on", &key))?;
+            .guarded("record_error script on", &key, |mut c| {
+                let mut call = script.key(&key);
+                call.arg(keys::TOTAL_FIELD).arg(&same).arg(if procedure {
+                    keys::PROCEDURE_FIELD
+                } else {
+                    ""
+                });
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
         ErrorCounts::from_fields(&key, fields)
     }
 
@@ -417,23 +574,20 @@ impl StateStore for RedisState {
 
     async fn reset_errors(&self, agent: &str) -> Result<(), StateError> {
         let key = agent_key(agent, keys::errors)?;
-        self.conn()
-            .del::<_, ()>(&key)
+        let key = key.as_str();
+        self.guarded("DEL", key, |mut c| async move { c.del::<_, ()>(key).await })
             .await
-            .map_err(failed("DEL", &key))
     }
 
     async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError> {
         let key = agent_key(agent, keys::heartbeat)?;
         let ttl = ttl_millis("heartbeat", ttl)?;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(now_ms())
-            .arg("PX")
-            .arg(ttl)
-            .exec_async(&mut self.conn())
-            .await
-            .map_err(failed("SET", &key))
+        self.guarded("SET", &key, |mut c| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(now_ms()).arg("PX").arg(ttl);
+            async move { cmd.exec_async(&mut c).await }
+        })
+        .await
     }
 
     async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError> {
@@ -457,16 +611,14 @@ impl StateStore for RedisState {
         let key = agent_key(agent, keys::lock)?;
         validate_owner(owner)?;
         let ttl = ttl_millis("lock", ttl)?;
+        let script = &self.inner.scripts.acquire;
         let holder: Option<String> = self
-            .inner
-            .scripts
-            .acquire
-            .key(&key)
-            .arg(owner)
-            .arg(ttl)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("acquire script on", &key))?;
+            .guarded("acquire script on", &key, |mut c| {
+                let mut call = script.key(&key);
+                call.arg(owner).arg(ttl);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(match holder {
             None => LockAttempt::Acquired,
             Some(owner) => LockAttempt::Held { owner },
@@ -482,31 +634,28 @@ impl StateStore for RedisState {
         let key = agent_key(agent, keys::lock)?;
         validate_owner(owner)?;
         let ttl = ttl_millis("lock", ttl)?;
+        let script = &self.inner.scripts.refresh;
         let refreshed: i64 = self
-            .inner
-            .scripts
-            .refresh
-            .key(&key)
-            .arg(owner)
-            .arg(ttl)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("refresh script on", &key))?;
+            .guarded("refresh script on", &key, |mut c| {
+                let mut call = script.key(&key);
+                call.arg(owner).arg(ttl);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(refreshed == 1)
     }
 
     async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError> {
         let key = agent_key(agent, keys::lock)?;
         validate_owner(owner)?;
+        let script = &self.inner.scripts.release;
         let released: i64 = self
-            .inner
-            .scripts
-            .release
-            .key(&key)
-            .arg(owner)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("release script on", &key))?;
+            .guarded("release script on", &key, |mut c| {
+                let mut call = script.key(&key);
+                call.arg(owner);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(released == 1)
     }
 
@@ -521,23 +670,23 @@ impl StateStore for RedisState {
         let heartbeat_ttl = ttl_millis("heartbeat", t.heartbeat_ttl)?;
         let lock = keys::lock(t.agent);
         let errors = keys::errors(t.agent);
+        let (heartbeat, state) = (keys::heartbeat(t.agent), keys::state(t.agent));
+        let script = &self.inner.scripts.transition;
         let (held, fields): (i64, HashMap<String, String>) = self
-            .inner
-            .scripts
-            .transition
-            .key(&lock)
-            .key(keys::heartbeat(t.agent))
-            .key(keys::state(t.agent))
-            .key(&errors)
-            .arg(t.owner)
-            .arg(lock_ttl)
-            .arg(now_ms())
-            .arg(heartbeat_ttl)
-            .arg(keys::CHECKPOINT_FIELD)
-            .arg(t.checkpoint_json)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("transition script on", &lock))?;
+            .guarded("transition script on", &lock, |mut c| {
+                let mut call = script.key(&lock);
+                call.key(&heartbeat)
+                    .key(&state)
+                    .key(&errors)
+                    .arg(t.owner)
+                    .arg(lock_ttl)
+                    .arg(now_ms())
+                    .arg(heartbeat_ttl)
+                    .arg(keys::CHECKPOINT_FIELD)
+                    .arg(t.checkpoint_json);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
         Ok(TransitionResult {
             lock_held: held == 1,
             errors: ErrorCounts::from_fields(&errors, fields)?,
@@ -556,18 +705,22 @@ impl StateStore for RedisState {
 
     async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError> {
         let key = task_key(task, keys::artifacts)?;
-        self.conn()
-            .rpush::<_, _, ()>(&key, artifact_json)
-            .await
-            .map_err(failed("RPUSH", &key))
+        let key = key.as_str();
+        self.guarded("RPUSH", key, |mut c| async move {
+            c.rpush::<_, _, ()>(key, artifact_json).await
+        })
+        .await
     }
 
     async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError> {
         let key = task_key(task, keys::artifacts)?;
-        self.conn()
-            .lrange(&key, 0, -1)
-            .await
-            .map_err(failed("LRANGE", &key))
+        let key = key.as_str();
+        self.guarded(
+            "LRANGE",
+            key,
+            |mut c| async move { c.lrange(key, 0, -1).await },
+        )
+        .await
     }
 
     /// One `MULTI`: `LPUSH` to the ledger, `HSET` of the index, then `PUBLISH` of the agent
@@ -580,25 +733,26 @@ impl StateStore for RedisState {
         revocation_json: &str,
     ) -> Result<(), StateError> {
         validate_id("agent", agent)?;
-        redis::pipe()
-            .atomic()
-            .lpush(keys::REVOCATIONS_LEDGER, revocation_json)
-            .ignore()
-            .hset(keys::REVOCATIONS_BY_AGENT, agent, revocation_json)
-            .ignore()
-            .publish(REVOCATIONS_CHANNEL, agent)
-            .ignore()
-            .exec_async(&mut self.conn())
-            .await
-            .map_err(failed("MULTI revocation of", agent))
+        self.guarded("MULTI revocation of", agent, |mut c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .lpush(keys::REVOCATIONS_LEDGER, revocation_json)
+                .ignore()
+                .hset(keys::REVOCATIONS_BY_AGENT, agent, revocation_json)
+                .ignore()
+                .publish(REVOCATIONS_CHANNEL, agent)
+                .ignore();
+            async move { pipe.exec_async(&mut c).await }
+        })
+        .await
     }
 
     async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError> {
         validate_id("agent", agent)?;
-        self.conn()
-            .hget(keys::REVOCATIONS_BY_AGENT, agent)
-            .await
-            .map_err(failed("HGET", keys::REVOCATIONS_BY_AGENT))
+        self.guarded("HGET", keys::REVOCATIONS_BY_AGENT, |mut c| async move {
+            c.hget(keys::REVOCATIONS_BY_AGENT, agent).await
+        })
+        .await
     }
 
     async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError> {
@@ -607,10 +761,10 @@ impl StateStore for RedisState {
         }
         // `LRANGE` takes a signed end index; -1 is the end of the list.
         let end = isize::try_from(limit).map_or(-1, |limit| limit - 1);
-        self.conn()
-            .lrange(keys::REVOCATIONS_LEDGER, 0, end)
-            .await
-            .map_err(failed("LRANGE", keys::REVOCATIONS_LEDGER))
+        self.guarded("LRANGE", keys::REVOCATIONS_LEDGER, |mut c| async move {
+            c.lrange(keys::REVOCATIONS_LEDGER, 0, end).await
+        })
+        .await
     }
 
     async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError> {
@@ -636,11 +790,15 @@ impl StateStore for RedisState {
     }
 
     async fn health(&self) -> Result<(), StateError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.conn())
-            .await
-            .map(drop)
-            .map_err(failed("PING", ""))
+        self.guarded("PING", "", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(drop)
+    }
+
+    fn breaker(&self) -> Option<BreakerStatus> {
+        Some(self.inner.breaker.status())
     }
 }
 
@@ -692,7 +850,16 @@ enum Ended {
 }
 
 impl Subscriber {
-    async fn run(mut self, mut subscription: Subscription, mut stop: oneshot::Receiver<()>) {
+    /// `first` is the subscription `connect` established; a lazily opened store has none
+    /// yet and subscribes here.
+    async fn run(mut self, first: Option<Subscription>, mut stop: oneshot::Receiver<()>) {
+        let mut subscription = match first {
+            Some(subscription) => subscription,
+            None => match self.subscribe(&mut stop).await {
+                Some(subscription) => subscription,
+                None => return,
+            },
+        };
         loop {
             if let Ended::Stopped = self.listen(&mut subscription, &mut stop).await {
                 return;
@@ -701,28 +868,35 @@ impl Subscriber {
                 location = %self.location,
                 "lost the redis revocation subscription; resubscribing"
             );
-            let mut delay = RESUBSCRIBE_FIRST_DELAY;
-            let next = loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                match Subscription::open(&self.client, &mut self.conn).await {
-                    Ok(next) => break next,
-                    Err(error) => {
-                        tracing::warn!(
-                            location = %self.location,
-                            %error,
-                            retry_in = ?delay,
-                            "cannot resubscribe to redis revocations"
-                        );
-                        delay = (delay * 2).min(RESUBSCRIBE_MAX_DELAY);
-                    }
-                }
+            let Some(next) = self.subscribe(&mut stop).await else {
+                return;
             };
             self.replay(subscription.ledger_len, next.ledger_len).await;
             subscription = next;
             tracing::info!(location = %self.location, "resubscribed to redis revocations");
+        }
+    }
+
+    /// Subscribe with backoff until it works; `None` once the store is dropped.
+    async fn subscribe(&mut self, stop: &mut oneshot::Receiver<()>) -> Option<Subscription> {
+        let mut delay = RESUBSCRIBE_FIRST_DELAY;
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match Subscription::open(&self.client, &mut self.conn).await {
+                Ok(next) => return Some(next),
+                Err(error) => {
+                    tracing::warn!(
+                        location = %self.location,
+                        %error,
+                        retry_in = ?delay,
+                        "cannot subscribe to redis revocations"
+                    );
+                    delay = (delay * 2).min(RESUBSCRIBE_MAX_DELAY);
+                }
+            }
         }
     }
 
@@ -807,6 +981,37 @@ impl Subscriber {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// DragonflyDB runs a script only on the keys it declares: one that touches a key not
+    /// passed in `KEYS` fails with "script tried accessing undeclared key" (unless the
+    /// server runs with `--default_lua_flags=allow-undeclared-keys`). So the key of every
+    /// `redis.call` in every script must be a `KEYS[n]`.
+    #[test]
+    fn scripts_touch_only_declared_keys() {
+        for (name, code) in [
+            ("acquire", ACQUIRE_LUA),
+            ("refresh", REFRESH_LUA),
+            ("release", RELEASE_LUA),
+            ("transition", TRANSITION_LUA),
+            ("record_error", RECORD_ERROR_LUA),
+        ] {
+            let calls: Vec<&str> = code.split("redis.call(").skip(1).collect();
+            assert!(!calls.is_empty(), "{name}");
+            for call in calls {
+                let args: Vec<&str> = call
+                    .split(')')
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                assert!(
+                    args.len() >= 2 && args[1].starts_with("KEYS[") && args[1].ends_with(']'),
+                    "{name}: the key of `redis.call({call}` is not declared in KEYS"
+                );
+            }
+        }
+    }
 
     #[test]
     fn urls_are_redacted() {

@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
-use super::{BACKEND, RedisState, failed};
+use super::{BACKEND, RedisState};
 use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
@@ -165,10 +165,11 @@ impl Coordination for RedisState {
     ) -> Result<(), StateError> {
         validate_ids(task, None)?;
         let hash = keys::section(task, section);
-        self.conn()
-            .hset::<_, _, _, ()>(&hash, key, value)
-            .await
-            .map_err(failed("HSET", &hash))
+        self.guarded("HSET", &hash, |mut c| {
+            let hash = &hash;
+            async move { c.hset::<_, _, _, ()>(hash, key, value).await }
+        })
+        .await
     }
 
     async fn board_read(
@@ -179,10 +180,11 @@ impl Coordination for RedisState {
     ) -> Result<Option<String>, StateError> {
         validate_ids(task, None)?;
         let hash = keys::section(task, section);
-        self.conn()
-            .hget(&hash, key)
-            .await
-            .map_err(failed("HGET", &hash))
+        self.guarded("HGET", &hash, |mut c| {
+            let hash = &hash;
+            async move { c.hget(hash, key).await }
+        })
+        .await
     }
 
     async fn board_entries(
@@ -193,10 +195,11 @@ impl Coordination for RedisState {
         validate_ids(task, None)?;
         let hash = keys::section(task, section);
         let entries: BTreeMap<String, String> = self
-            .conn()
-            .hgetall(&hash)
-            .await
-            .map_err(failed("HGETALL", &hash))?;
+            .guarded("HGETALL", &hash, |mut c| {
+                let hash = &hash;
+                async move { c.hgetall(hash).await }
+            })
+            .await?;
         Ok(entries.into_iter().collect())
     }
 
@@ -204,11 +207,12 @@ impl Coordination for RedisState {
         validate_message(task, message)?;
         let log = keys::message_log(task);
         let json = encode(&message.with_id(0));
-        SEND.key(&log)
-            .arg(after_id(&log, &json, MESSAGE_PREFIX)?)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("send script on", &log))
+        let record = after_id(&log, &json, MESSAGE_PREFIX)?;
+        self.guarded("send script on", &log, |mut c| {
+            let (log, record) = (&log, &record);
+            async move { SEND.key(log).arg(record).invoke_async(&mut c).await }
+        })
+        .await
     }
 
     async fn receive_messages(
@@ -222,14 +226,22 @@ impl Coordination for RedisState {
             return Ok(Vec::new());
         }
         let log = keys::message_log(task);
-        let picked: Vec<String> = RECEIVE
-            .key(&log)
-            .key(keys::message_cursors(task))
-            .arg(agent)
-            .arg(u64::try_from(limit).unwrap_or(u64::MAX))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("receive script on", &log))?;
+        let cursors = keys::message_cursors(task);
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let picked: Vec<String> = self
+            .guarded("receive script on", &log, |mut c| {
+                let (log, cursors) = (&log, &cursors);
+                async move {
+                    RECEIVE
+                        .key(log)
+                        .key(cursors)
+                        .arg(agent)
+                        .arg(limit)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
         picked.iter().map(|json| decode(&log, json)).collect()
     }
 
@@ -237,10 +249,11 @@ impl Coordination for RedisState {
         validate_ids(task, None)?;
         let log = keys::message_log(task);
         let stored: Vec<String> = self
-            .conn()
-            .lrange(&log, 0, -1)
-            .await
-            .map_err(failed("LRANGE", &log))?;
+            .guarded("LRANGE", &log, |mut c| {
+                let log = &log;
+                async move { c.lrange(log, 0, -1).await }
+            })
+            .await?;
         stored.iter().map(|json| decode(&log, json)).collect()
     }
 
@@ -248,13 +261,22 @@ impl Coordination for RedisState {
         validate_proposal(task, proposal)?;
         let proposals = keys::proposals(task);
         let json = encode(&proposal.with_id(String::new()));
-        PROPOSE
-            .key(keys::proposal_seq(task))
-            .key(&proposals)
-            .arg(after_id(&proposals, &json, PROPOSAL_PREFIX)?)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("propose script on", &proposals))
+        let (seq, record) = (
+            keys::proposal_seq(task),
+            after_id(&proposals, &json, PROPOSAL_PREFIX)?,
+        );
+        self.guarded("propose script on", &proposals, |mut c| {
+            let (seq, proposals, record) = (&seq, &proposals, &record);
+            async move {
+                PROPOSE
+                    .key(seq)
+                    .key(proposals)
+                    .arg(record)
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
     }
 
     async fn cast_vote(
@@ -268,15 +290,21 @@ impl Coordination for RedisState {
             return Ok(CastOutcome::UnknownProposal);
         }
         let votes = keys::votes(task, proposal_id);
-        let (outcome, first): (i64, Option<String>) = CAST
-            .key(keys::proposals(task))
-            .key(&votes)
-            .arg(proposal_id)
-            .arg(&vote.agent)
-            .arg(encode(vote))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(failed("cast script on", &votes))?;
+        let (proposals, encoded) = (keys::proposals(task), encode(vote));
+        let (outcome, first): (i64, Option<String>) = self
+            .guarded("cast script on", &votes, |mut c| {
+                let (proposals, votes, encoded) = (&proposals, &votes, &encoded);
+                async move {
+                    CAST.key(proposals)
+                        .key(votes)
+                        .arg(proposal_id)
+                        .arg(&vote.agent)
+                        .arg(encoded)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
         match (outcome, first) {
             (0, _) => Ok(CastOutcome::UnknownProposal),
             (1, _) => Ok(CastOutcome::Recorded),
@@ -303,10 +331,11 @@ impl Coordination for RedisState {
         }
         let proposals = keys::proposals(task);
         let mut stored: Option<String> = self
-            .conn()
-            .hget(&proposals, proposal_id)
-            .await
-            .map_err(failed("HGET", &proposals))?;
+            .guarded("HGET", &proposals, |mut c| {
+                let proposals = &proposals;
+                async move { c.hget(proposals, proposal_id).await }
+            })
+            .await?;
         for _ in 0..RESOLVE_ATTEMPTS {
             let Some(json) = stored else {
                 return Ok(ResolveOutcome::UnknownProposal);
@@ -316,14 +345,20 @@ impl Coordination for RedisState {
                 return Ok(ResolveOutcome::AlreadyResolved(first));
             }
             record.resolution = Some(resolution.clone());
-            let (swapped, current): (i64, Option<String>) = SWAP
-                .key(&proposals)
-                .arg(proposal_id)
-                .arg(&json)
-                .arg(encode(&record))
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(failed("resolve script on", &proposals))?;
+            let updated = encode(&record);
+            let (swapped, current): (i64, Option<String>) = self
+                .guarded("resolve script on", &proposals, |mut c| {
+                    let (proposals, json, updated) = (&proposals, &json, &updated);
+                    async move {
+                        SWAP.key(proposals)
+                            .arg(proposal_id)
+                            .arg(json)
+                            .arg(updated)
+                            .invoke_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
             if swapped == 1 {
                 return Ok(ResolveOutcome::Resolved);
             }
@@ -348,12 +383,18 @@ impl Coordination for RedisState {
             return Ok(None);
         }
         let (proposals, votes) = (keys::proposals(task), keys::votes(task, proposal_id));
-        let (record, fields): (Option<String>, HashMap<String, String>) = redis::pipe()
-            .hget(&proposals, proposal_id)
-            .hgetall(&votes)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(failed("HGET and HGETALL", &proposals))?;
+        let (record, fields): (Option<String>, HashMap<String, String>) = self
+            .guarded("HGET and HGETALL", &proposals, |mut c| {
+                let (proposals, votes) = (&proposals, &votes);
+                async move {
+                    redis::pipe()
+                        .hget(proposals, proposal_id)
+                        .hgetall(votes)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
         let Some(record) = record else {
             return Ok(None);
         };
@@ -367,10 +408,11 @@ impl Coordination for RedisState {
         validate_ids(task, None)?;
         let proposals = keys::proposals(task);
         let stored: HashMap<String, String> = self
-            .conn()
-            .hgetall(&proposals)
-            .await
-            .map_err(failed("HGETALL", &proposals))?;
+            .guarded("HGETALL", &proposals, |mut c| {
+                let proposals = &proposals;
+                async move { c.hgetall(proposals).await }
+            })
+            .await?;
         if stored.is_empty() {
             return Ok(Vec::new());
         }
@@ -391,10 +433,12 @@ impl Coordination for RedisState {
         for (_, id, _) in &records {
             pipe.hgetall(keys::votes(task, id));
         }
-        let votes: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(failed("HGETALL votes of", &proposals))?;
+        let votes: Vec<HashMap<String, String>> = self
+            .guarded("HGETALL votes of", &proposals, |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
         records
             .into_iter()
             .zip(votes)
