@@ -70,6 +70,34 @@ struct Inner {
     /// `None` in memory.
     path: Option<PathBuf>,
     writes: AtomicU32,
+    /// The thread that runs a file store's operations; `None` in memory.
+    worker: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+/// One operation for the worker thread; it reports back through its own channel.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Start the thread that runs every operation of one file store, in arrival order. One
+/// thread rather than the blocking pool: operations serialize on the connection anyway, and a
+/// thousand concurrent runs would otherwise park hundreds of pool threads on its mutex. It
+/// ends when the store's last handle is dropped (its sender with it).
+fn spawn_worker(path: &Path) -> Result<std::sync::mpsc::Sender<Job>, StateError> {
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("warden-state".into())
+        .spawn(move || {
+            while let Ok(job) = queue.recv() {
+                // A panicking operation drops its reply channel (its caller sees an error);
+                // the thread keeps serving the others.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .map_err(|source| StateError::Open {
+            backend: BACKEND,
+            location: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(jobs)
 }
 
 impl std::fmt::Debug for EmbeddedState {
@@ -132,7 +160,7 @@ impl EmbeddedState {
             location: ":memory:".into(),
             source: Box::new(source),
         })?;
-        Ok(EmbeddedState::from_conn(conn, None))
+        Ok(EmbeddedState::from_conn(conn, None, None))
     }
 
     /// Open (or create) the store in a file, typically `<data-dir>/state.db`. Several handles,
@@ -166,16 +194,26 @@ impl EmbeddedState {
             },
             other => other,
         })?;
-        Ok(EmbeddedState::from_conn(conn, Some(path.to_path_buf())))
+        let worker = spawn_worker(path)?;
+        Ok(EmbeddedState::from_conn(
+            conn,
+            Some(path.to_path_buf()),
+            Some(worker),
+        ))
     }
 
-    fn from_conn(conn: Connection, path: Option<PathBuf>) -> EmbeddedState {
+    fn from_conn(
+        conn: Connection,
+        path: Option<PathBuf>,
+        worker: Option<std::sync::mpsc::Sender<Job>>,
+    ) -> EmbeddedState {
         conn.set_prepared_statement_cache_capacity(64);
         EmbeddedState {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 path,
                 writes: AtomicU32::new(0),
+                worker,
             }),
         }
     }
@@ -186,24 +224,30 @@ impl EmbeddedState {
         self.run(Access::Read, |conn| purge(conn)).await
     }
 
-    /// Run one operation against the connection: inline in memory, on the blocking pool for
-    /// a file (where `BEGIN IMMEDIATE` may wait up to [`BUSY_TIMEOUT`] for another process).
+    /// Run one operation against the connection: inline in memory, on the store's worker
+    /// thread for a file (where `BEGIN IMMEDIATE` may wait up to [`BUSY_TIMEOUT`] for another
+    /// process, which must not block the async runtime).
     async fn run<T, F>(&self, access: Access, op: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> OpResult<T> + Send + 'static,
     {
-        if self.inner.path.is_none() {
+        let Some(worker) = &self.inner.worker else {
             return self.inner.apply(access, op).map_err(StateError::from);
-        }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        match tokio::task::spawn_blocking(move || inner.apply(access, op)).await {
+        let job: Job = Box::new(move || {
+            let _ = reply.send(inner.apply(access, op));
+        });
+        let lost = |what: &str| StateError::Backend {
+            backend: BACKEND,
+            source: format!("the state worker thread {what}").into(),
+        };
+        worker.send(job).map_err(|_| lost("has stopped"))?;
+        match answer.await {
             Ok(result) => result.map_err(StateError::from),
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(join) => Err(StateError::Backend {
-                backend: BACKEND,
-                source: Box::new(join),
-            }),
+            Err(_) => Err(lost("panicked during the operation")),
         }
     }
 
