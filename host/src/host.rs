@@ -545,7 +545,13 @@ impl Host {
     }
 
     /// Change an agent's tier (recorded in `promotions`).
-    pub fn set_tier(
+    ///
+    /// The agent's secrets identity moves with it at once (Vault: its AppRole role gets the
+    /// new tier's policies and token TTL), so no new token is issued at the old tier; tokens
+    /// already issued keep theirs until they expire or are revoked. If the secrets backend
+    /// cannot be reached, the tier change stands (it is logged) and the identity follows at
+    /// the agent's next bootstrap, whose login binds it.
+    pub async fn set_tier(
         &self,
         agent: &str,
         tier: Tier,
@@ -559,6 +565,15 @@ impl Host {
             .into());
         }
         self.services.ledger.set_tier(agent, tier, reason, actor)?;
+        let ttl = self.services.tiers.policy(tier).secrets_ttl;
+        if let Err(error) = self.services.secrets.bind_agent(agent, tier, ttl).await {
+            tracing::warn!(
+                agent,
+                %tier,
+                %error,
+                "tier changed; the secrets identity follows at the agent's next login"
+            );
+        }
         Ok(())
     }
 

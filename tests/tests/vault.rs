@@ -473,6 +473,62 @@ async fn bind_agent_moves_an_agent_to_another_tier() {
 }
 
 #[tokio::test]
+async fn set_tier_moves_the_agents_vault_role_at_once() {
+    let server = BaoServer::start();
+    let (vault, _) = prepared(&server, &[("exec-1", Tier::Executor)]).await;
+    let host = warden::Host::builder()
+        .secrets(Arc::new(vault))
+        .build()
+        .unwrap();
+    host.register_agent("exec-1", Tier::Executor, None, "test")
+        .unwrap();
+    let role = |server: &BaoServer| {
+        let (status, role) = call(
+            server,
+            "GET",
+            "auth/approle/role/warden-exec-1",
+            server.root_token(),
+        );
+        assert_eq!(status, 200, "{role}");
+        (
+            role["data"]["token_policies"].clone(),
+            role["data"]["token_ttl"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(
+        role(&server),
+        (
+            serde_json::json!(["warden-t3-executor", "warden-agent-exec-1"]),
+            tier_ttl(Tier::Executor).as_secs()
+        )
+    );
+
+    // Demoted: Vault has the new tier before any bootstrap.
+    host.set_tier("exec-1", Tier::Operator, "demoted", "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        role(&server),
+        (
+            serde_json::json!(["warden-t1-operator"]),
+            tier_ttl(Tier::Operator).as_secs()
+        )
+    );
+    assert_eq!(
+        host.agents().unwrap()[0].tier,
+        Tier::Operator,
+        "the ledger records the change"
+    );
+
+    // With Vault gone the change still stands; the role follows at the next login.
+    drop(server);
+    host.set_tier("exec-1", Tier::Builder, "promoted", "test")
+        .await
+        .unwrap();
+    assert_eq!(host.agents().unwrap()[0].tier, Tier::Builder);
+}
+
+#[tokio::test]
 async fn agents_differing_only_in_case_get_separate_roles() {
     let server = BaoServer::start();
     let (vault, report) = prepared(

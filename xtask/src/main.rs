@@ -39,7 +39,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  demo          build agents and host, run a governed task on the embedded defaults\n  \
                  test          build agents, run every test\n  \
-                 bench         benchmarks against bare wasmtime and raw rusqlite (release build)\n  \
+                 bench         benchmarks against bare wasmtime, raw rusqlite and a raw redis client (release build)\n  \
                  build-agents  build the example agents for wasm32-wasip2\n  \
                  lint          cargo fmt --check and cargo clippy -D warnings"
             );
@@ -189,19 +189,14 @@ fn which(program: &str) -> Option<PathBuf> {
 
 fn bench(extra: &[String]) -> Result<()> {
     let agents = build_agents()?;
+    let redis = ensure_redis()?;
     let mut command = cargo();
     command
-        .args([
-            "bench",
-            "-p",
-            "warden-tests",
-            "--bench",
-            "governance",
-            "--bench",
-            "scale",
-        ])
+        .args(["bench", "-p", "warden-tests"])
+        .args(["--bench", "governance", "--bench", "backends", "--bench", "scale"])
         .args(extra)
-        .env("WARDEN_AGENTS_DIR", &agents);
+        .env("WARDEN_AGENTS_DIR", &agents)
+        .env("WARDEN_REDIS_SERVER", &redis);
     run(&mut command)
 }
 

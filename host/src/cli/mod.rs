@@ -459,7 +459,7 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
             reason,
             by,
         } => {
-            host.set_tier(&id, tier, &reason, &by)?;
+            host.set_tier(&id, tier, &reason, &by).await?;
             output::done(
                 cx.json,
                 &format!("agent `{id}` is now {tier}"),
