@@ -193,7 +193,14 @@ fn bench(extra: &[String]) -> Result<()> {
     let mut command = cargo();
     command
         .args(["bench", "-p", "warden-tests"])
-        .args(["--bench", "governance", "--bench", "backends", "--bench", "scale"])
+        .args([
+            "--bench",
+            "governance",
+            "--bench",
+            "backends",
+            "--bench",
+            "scale",
+        ])
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
         .env("WARDEN_REDIS_SERVER", &redis);
