@@ -169,6 +169,11 @@ pub struct TaskSpec {
     /// An initial complexity score, written to `problem/complexity`.
     pub complexity: Option<f64>,
     pub conditions: SpawnConditions,
+    /// At most this many agents run at once (the mediator is never held back); the rest
+    /// wait for a slot. `None` (the default): all at once. Agents that wait for each other's
+    /// messages or votes need a limit of at least their number, or they wait until the
+    /// deadline.
+    pub max_parallel: Option<usize>,
 }
 
 impl TaskSpec {
@@ -186,7 +191,13 @@ impl TaskSpec {
             timeout: Duration::from_secs(120),
             complexity: None,
             conditions: SpawnConditions::default(),
+            max_parallel: None,
         }
+    }
+
+    pub fn max_parallel(mut self, limit: usize) -> Self {
+        self.max_parallel = Some(limit);
+        self
     }
 
     pub fn mediator(mut self, agent: impl Into<String>) -> Self {
@@ -233,6 +244,9 @@ impl TaskSpec {
                     "agent `{agent}` is named twice; each agent runs once per task (the mediator too)"
                 ));
             }
+        }
+        if self.max_parallel == Some(0) {
+            return invalid("max_parallel `0`: expected at least 1 agent at a time".into());
         }
         if self.timeout.is_zero() {
             return invalid("task timeout `0s`: expected at least 1 ms".into());
@@ -385,6 +399,9 @@ impl Host {
             spawned: None,
             seen: Vec::new(),
             tasks: HashMap::new(),
+            slots: spec
+                .max_parallel
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
         };
         run.execute().await
     }
@@ -402,6 +419,8 @@ struct Orchestration {
     seen: Vec<SpawnReason>,
     /// Which agent each spawned run is, to name it if its task panics.
     tasks: HashMap<tokio::task::Id, (String, bool)>,
+    /// Slots of [`TaskSpec::max_parallel`].
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Orchestration {
@@ -496,11 +515,7 @@ impl Orchestration {
     /// Start submitting the agent's packet and running it. Both happen in the spawned task,
     /// so the durable ledger rows of many agents' submissions share group commits.
     fn start(&mut self, runs: &mut JoinSet<Finished>, agent: &str, mediator: bool) {
-        let remaining = self.spec.timeout.saturating_sub(self.started.elapsed());
-        let remaining_ms = u64::try_from(remaining.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let packet = Packet {
+        let mut packet = Packet {
             agent_id: agent.to_string(),
             task_id: self.spec.task_id.clone(),
             created_for: ORCHESTRATOR_ID.to_string(),
@@ -511,12 +526,9 @@ impl Orchestration {
             error_budget: ErrorBudget::default(),
             escalation_rules: Vec::new(),
             created_at: now_rfc3339(),
-            limits: PacketLimits {
-                run_wall_ms: Some(remaining_ms),
-                approval_timeout_ms: Some(remaining_ms),
-                ..PacketLimits::default()
-            },
+            limits: PacketLimits::default(),
         };
+        let deadline = self.started + self.spec.timeout;
         let host = self.host.clone();
         let component = self
             .components
@@ -525,7 +537,20 @@ impl Orchestration {
             .unwrap_or_else(|| Arc::from([]));
         let agent = agent.to_string();
         let name = (agent.clone(), mediator);
+        let slots = if mediator { None } else { self.slots.clone() };
         let handle = runs.spawn(async move {
+            // Held for the whole run; the semaphore is never closed, so this only waits.
+            let _slot = match slots {
+                Some(slots) => slots.acquire_owned().await.ok(),
+                None => None,
+            };
+            // What remains of the task's time once the run can start.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining_ms = u64::try_from(remaining.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            packet.limits.run_wall_ms = Some(remaining_ms);
+            packet.limits.approval_timeout_ms = Some(remaining_ms);
             let result = match host.submit_packet(&packet).await {
                 Ok(()) => host.run(&agent, &component).await,
                 Err(error) => Err(error),

@@ -673,6 +673,36 @@ async fn bad_task_specs_are_refused_before_anything_runs(b: Backend) {
     );
 }
 
+async fn max_parallel_holds_agents_back_until_a_slot_frees(b: Backend) {
+    b.probes(&["ann", "bob", "cat"]);
+    let t = task("slots");
+    for agent in ["ann", "bob", "cat"] {
+        // Each notes whether anyone else holds a slot while it runs.
+        b.script(
+            &t,
+            agent,
+            &format!("bb.entries progress; bb.write solutions {agent} running; sleep 150; bb.entries solutions"),
+        )
+        .await;
+    }
+    let mut spec = TaskSpec::new(&t, "coordinate", ["ann", "bob", "cat"]).conditions(quick());
+    spec.max_parallel = Some(1);
+    let metrics = b.host.orchestrate(&spec).await.unwrap();
+    assert!(metrics.success, "{metrics:#?}");
+    // One at a time: each run saw only the agents that ran before it, in some order.
+    let mut seen: Vec<usize> = Vec::new();
+    for agent in ["ann", "bob", "cat"] {
+        let lines = b.results(&t, agent).await;
+        let after = lines[3].split_once(" -> ok ").map_or("", |(_, r)| r);
+        seen.push(after.split(',').filter(|s| !s.is_empty()).count());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 3], "{seen:?}");
+    let zero = TaskSpec::new(&t, "coordinate", ["ann"]).max_parallel(0);
+    let refused = b.host.orchestrate(&zero).await.unwrap_err().to_string();
+    assert!(refused.contains("max_parallel `0`"), "{refused}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sample agents
 
@@ -769,4 +799,5 @@ on_both_backends!(
     the_mediator_is_spawned_once,
     bad_task_specs_are_refused_before_anything_runs,
     alpha_beta_gamma_settle_a_conflict,
+    max_parallel_holds_agents_back_until_a_slot_frees,
 );

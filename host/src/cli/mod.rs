@@ -108,6 +108,9 @@ enum Command {
         /// Initial complexity score, written to the blackboard.
         #[arg(long)]
         complexity: Option<f64>,
+        /// Run at most this many agents at once (default: all).
+        #[arg(long)]
+        max_parallel: Option<usize>,
     },
     /// A task's blackboard, messages and proposals with their tallies.
     #[command(subcommand)]
@@ -382,6 +385,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             task,
             timeout,
             complexity,
+            max_parallel,
         } => {
             let host = cx.host().await?;
             let task = task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
@@ -390,6 +394,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 .conditions(cx.config.orchestrator.clone().unwrap_or_default());
             spec.mediator = mediator;
             spec.complexity = complexity;
+            spec.max_parallel = max_parallel;
             let metrics = host.orchestrate(&spec).await?;
             output::task_metrics(cx.json, &metrics);
             Ok(if metrics.success {
