@@ -9,10 +9,12 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::server::{free_port, wait_until_ready};
 
 /// How long a started server has to report healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -146,12 +148,6 @@ fn random_token() -> String {
     )
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bao: probe a free port");
-    listener.local_addr().expect("bao: probe port").port()
-}
-
 /// Start the server and wait for health; on failure the child is killed and its log returned.
 fn spawn(binary: &Path, port: u16, root_token: &str, dir: &Path) -> Result<Child, String> {
     let log_path = dir.join(format!("bao-{port}.log"));
@@ -167,7 +163,7 @@ fn spawn(binary: &Path, port: u16, root_token: &str, dir: &Path) -> Result<Child
     .map_err(|e| format!("bao config: {e}"))?;
     let log = std::fs::File::create(&log_path).map_err(|e| format!("bao log: {e}"))?;
     let log_err = log.try_clone().map_err(|e| format!("bao log: {e}"))?;
-    let mut child = Command::new(binary)
+    let child = Command::new(binary)
         .args(["server", "-dev", "-dev-no-store-token"])
         .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
         .arg(format!("-dev-root-token-id={root_token}"))
@@ -180,25 +176,15 @@ fn spawn(binary: &Path, port: u16, root_token: &str, dir: &Path) -> Result<Child
         .stderr(log_err)
         .spawn()
         .map_err(|e| format!("cannot run `{}`: {e}", binary.display()))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if healthy(port) {
-            return Ok(child);
-        }
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        if exited || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let why = if exited {
-                "exited"
-            } else {
-                "did not report healthy in time"
-            };
-            return Err(format!("port {port}: {why}; log:\n{log}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ready(
+        child,
+        port,
+        &log_path,
+        READY_TIMEOUT,
+        Duration::from_millis(50),
+        "report healthy",
+        healthy,
+    )
 }
 
 /// `GET /v1/sys/health` answers 200: initialized, unsealed, active.

@@ -15,6 +15,7 @@ use warden::tools::ToolRegistry;
 use warden::{Host, HostBuilder, Packet, Tier};
 pub mod bao_server;
 pub mod redis_server;
+pub mod server;
 
 /// The directory holding the built agents.
 pub fn agents_dir() -> PathBuf {

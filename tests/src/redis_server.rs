@@ -4,10 +4,12 @@
 //! without it cannot report a green run that tested nothing.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::server::{free_port, wait_until_ready};
 
 /// How long a started server has to answer `PING`.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,20 +97,10 @@ fn binary() -> PathBuf {
         })
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("redis-server: probe a free port");
-    listener
-        .local_addr()
-        .expect("redis-server: probe port")
-        .port()
-}
-
 /// Start the server and wait for `PING`; on failure the child is killed and its log returned.
 fn spawn(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
     let log = dir.join(format!("redis-{port}.log"));
-    let mut child = Command::new(binary)
+    let child = Command::new(binary)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -120,25 +112,15 @@ fn spawn(binary: &Path, port: u16, dir: &Path) -> Result<Child, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run `{}`: {e}", binary.display()))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if ping(port) {
-            return Ok(child);
-        }
-        let exited = matches!(child.try_wait(), Ok(Some(_)));
-        if exited || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            let why = if exited {
-                "exited"
-            } else {
-                "did not answer PING in time"
-            };
-            return Err(format!("port {port}: {why}; log:\n{log}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_ready(
+        child,
+        port,
+        &log,
+        READY_TIMEOUT,
+        Duration::from_millis(20),
+        "answer PING",
+        ping,
+    )
 }
 
 fn ping(port: u16) -> bool {
