@@ -12,7 +12,7 @@
 //! addr = "http://127.0.0.1:8200"     # the broker token comes from `VAULT_TOKEN`, never a file
 //!
 //! [orchestrator]                     # spawn conditions of `warden orchestrate`
-//! stuck_after_ms = 30000             # see `warden::orchestrator::SpawnConditions`
+//! stuck_after = "30s"                # see `warden::orchestrator::SpawnConditions`
 //! [breaker]                          # circuit breaker of each networked backend (Redis, Vault)
 //! failure_threshold = 5              # consecutive failed calls that open it (default 5)
 //! open_for = "5s"                    # then calls fail fast this long before one probe (default 5s)
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::breaker::BreakerConfig;
 use crate::error::Error;
@@ -71,18 +71,8 @@ pub struct WardenConfig {
 pub struct HealthSection {
     /// How often every backend is checked (`"10s"`, `"1m"`): see
     /// [`HostBuilder::health_interval`].
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration::de")]
     pub interval: Duration,
-}
-
-/// A humantime duration (`"10s"`, `"1m 30s"`, `"500ms"`).
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(text.trim()).map_err(|_| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration: expected e.g. `10s`, `500ms` or `1m`"
-        ))
-    })
 }
 
 /// `[vault]` in `warden.toml`.

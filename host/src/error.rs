@@ -56,7 +56,7 @@ pub enum Refusal {
         lowest: Option<Tier>,
     },
     #[error(
-        "UNKNOWN_IMPORT: agent `{agent}` imports `{import}`; agents may import only `warden:agent/*@0.1.0` and WASI 0.2 interfaces"
+        "UNKNOWN_IMPORT: agent `{agent}` imports `{import}`, which this host does not provide; agents may import only `warden:agent/*@0.1.0` and the WASI 0.2 interfaces of wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random and wasi:sockets (`warden compile` lists a component's imports)"
     )]
     UnknownImport { agent: String, import: String },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]

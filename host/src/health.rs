@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::breaker::BreakerStatus;
-use crate::host::Services;
 use crate::llm::LlmProvider;
 use crate::secrets::SecretBackend;
 use crate::state::StateStore;
@@ -77,10 +76,6 @@ where
         detail,
         breaker: breaker(),
     }
-}
-
-pub(crate) async fn report(services: &Services) -> HealthReport {
-    report_of(&services.state, &services.secrets, services.llm.as_ref()).await
 }
 
 /// Check each backend in turn.

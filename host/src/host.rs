@@ -1,25 +1,22 @@
 //! [`Host`]: the embeddable runtime. Build one with [`Host::builder`], register agents,
 //! submit packets, run them.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-
-use parking_lot::Mutex;
-use wasmtime::component::Linker;
 
 use crate::artifacts::{BlobStore, DirBlobs, MemoryBlobs};
-use crate::bindings::ArchitectPre;
-use crate::capabilities::{AgentCtx, tier_linker};
+use crate::context::{CallDurability, ServiceParts, Services, Workspaces};
 use crate::error::Error;
-use crate::ledger::{AgentRecord, Entry, Ledger, LedgerError, Subject};
-use crate::lifecycle::{self, Phase, RunReport};
+use crate::governance;
+use crate::ledger::{AgentRecord, Ledger};
+use crate::lifecycle;
 use crate::llm::LlmProvider;
-use crate::packet::{Handoff, Packet, RevocationReason};
+use crate::packet::{Handoff, Packet};
 use crate::policy::TierTable;
+use crate::report::RunReport;
 use crate::runtime::{self, Runtime};
-use crate::secrets::{EmbeddedSecrets, SecretBackend, SecretSession};
+use crate::sandbox::{BenchInstance, Sandbox};
+use crate::secrets::{EmbeddedSecrets, SecretBackend};
 use crate::state::{EmbeddedState, StateStore};
 use crate::tier::Tier;
 use crate::tools::ToolRegistry;
@@ -44,21 +41,6 @@ pub struct HostBuilder {
     host_id: Option<String>,
     call_durability: CallDurability,
     health_interval: Option<std::time::Duration>,
-}
-
-/// When the ledger row of an agent's capability call is committed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CallDurability {
-    /// Rows are group-committed off the agent's hot path (a call costs an enqueue). Refusals,
-    /// violations and revocations are committed before the guest sees them, and every row of
-    /// a run is committed before [`Host::run`] returns; a process killed mid-run can lose the
-    /// rows of allowed calls still in the last batch.
-    #[default]
-    Batched,
-    /// Every call returns to the guest only once its row is committed, so a process killed
-    /// at any moment loses no row of a call that returned. Costs one commit per call.
-    EveryCall,
 }
 
 impl HostBuilder {
@@ -150,18 +132,10 @@ impl HostBuilder {
             (None, StateDefault::Memory) => Arc::new(EmbeddedSecrets::in_memory()),
         };
         let runtime = Runtime::new(cache_dir)?;
-        let mut linkers = Vec::with_capacity(5);
-        for tier in Tier::ALL {
-            let linker =
-                tier_linker(runtime.engine(), tiers.policy(tier)).map_err(|e| Error::Sandbox {
-                    agent: String::new(),
-                    message: format!("cannot link tier {tier}: {e}"),
-                })?;
-            linkers.push(linker);
-        }
+        let sandbox = Sandbox::new(runtime, &tiers)?;
         let host_id = self.host_id.unwrap_or_else(default_host_id);
         let health = match self.health_interval {
-            Some(interval) => Some(start_health_monitor(
+            Some(interval) => Some(Arc::new(start_health_monitor(
                 interval,
                 crate::health::monitor::Backends {
                     state: state.clone(),
@@ -170,11 +144,10 @@ impl HostBuilder {
                     ledger: ledger.clone(),
                     host_id: host_id.clone(),
                 },
-            )?),
+            )?)),
             None => None,
         };
-        let services = Services {
-            runtime,
+        let services = Services::new(ServiceParts {
             tiers,
             ledger,
             state,
@@ -183,18 +156,14 @@ impl HostBuilder {
             tools: self.tools.unwrap_or_else(ToolRegistry::empty),
             blobs,
             workspaces,
-            linkers,
-            pres: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashMap::new()),
             host_id,
             data_dir: self.data_dir,
             call_durability: self.call_durability,
-            coordination_bell: tokio::sync::Notify::new(),
-            health,
-        };
+        });
         Ok(Host {
             services: Arc::new(services),
+            sandbox: Arc::new(sandbox),
+            health,
         })
     }
 }
@@ -270,174 +239,6 @@ fn default_host_id() -> String {
     format!("{name}-{}", std::process::id())
 }
 
-/// Where agent workspaces live.
-pub(crate) enum Workspaces {
-    Dir(PathBuf),
-    Temp(tempfile::TempDir),
-}
-
-impl Workspaces {
-    pub fn for_agent(&self, agent: &str) -> PathBuf {
-        match self {
-            Workspaces::Dir(root) => root.join(agent),
-            Workspaces::Temp(dir) => dir.path().join(agent),
-        }
-    }
-}
-
-/// Everything runs share; capabilities reach backends through it.
-pub(crate) struct Services {
-    pub runtime: Runtime,
-    pub tiers: TierTable,
-    pub ledger: Ledger,
-    pub state: Arc<dyn StateStore>,
-    pub secrets: Arc<dyn SecretBackend>,
-    pub llm: Option<Arc<dyn LlmProvider>>,
-    pub tools: ToolRegistry,
-    pub blobs: Arc<dyn BlobStore>,
-    pub workspaces: Workspaces,
-    pub linkers: Vec<Linker<AgentCtx>>,
-    pub pres: Mutex<HashMap<(String, Tier), ArchitectPre<AgentCtx>>>,
-    tokens: Mutex<HashMap<String, u64>>,
-    pub running: Mutex<HashMap<String, Arc<RunShared>>>,
-    pub host_id: String,
-    pub data_dir: Option<PathBuf>,
-    pub call_durability: CallDurability,
-    /// Rung on every message sent in this process, so a waiting `receive` wakes at once.
-    pub coordination_bell: tokio::sync::Notify,
-    /// The periodic health checks, when configured; they stop with the services.
-    health: Option<crate::health::monitor::HealthMonitor>,
-}
-
-impl Services {
-    /// Append and wait until the row is committed, without blocking the async runtime.
-    pub async fn ledger_durable(&self, entry: Entry) -> Result<u64, LedgerError> {
-        self.ledger.append_durable_async(entry).await
-    }
-
-    /// Wait until every row appended so far is committed.
-    pub async fn ledger_flush(&self) -> Result<(), LedgerError> {
-        self.ledger.flush_async().await
-    }
-
-    pub fn tokens_used(&self, task: &str) -> u64 {
-        self.tokens.lock().get(task).copied().unwrap_or(0)
-    }
-
-    pub fn add_tokens(&self, task: &str, spent: u64) {
-        *self.tokens.lock().entry(task.to_string()).or_insert(0) += spent;
-    }
-}
-
-/// What the lifecycle driver, the capabilities and revokers share about one run.
-pub(crate) struct RunShared {
-    pub subject: Arc<Subject>,
-    pub agent_id: Arc<str>,
-    pub task_id: Arc<str>,
-    pub tier: Tier,
-    pub packet: Packet,
-    pub lock_owner: String,
-    pub workspace: PathBuf,
-    pub secrets: Mutex<Option<Arc<dyn SecretSession>>>,
-    revoked: AtomicBool,
-    revocation: Mutex<Option<RevocationReason>>,
-    phase: AtomicU8,
-    started: std::time::Instant,
-    /// Artifacts this run wrote (the agent's and the host's), oldest first.
-    written: Mutex<Vec<crate::artifacts::ArtifactRef>>,
-    /// Milliseconds after `started` of the last capability call or phase change.
-    last_activity_ms: std::sync::atomic::AtomicU64,
-}
-
-impl RunShared {
-    pub fn new(
-        subject: Arc<Subject>,
-        tier: Tier,
-        packet: Packet,
-        lock_owner: String,
-        workspace: PathBuf,
-    ) -> RunShared {
-        RunShared {
-            agent_id: subject.agent_id.clone(),
-            task_id: Arc::from(packet.task_id.as_str()),
-            subject,
-            tier,
-            packet,
-            lock_owner,
-            workspace,
-            secrets: Mutex::new(None),
-            revoked: AtomicBool::new(false),
-            revocation: Mutex::new(None),
-            phase: AtomicU8::new(Phase::Bootstrap as u8),
-            started: std::time::Instant::now(),
-            written: Mutex::new(Vec::new()),
-            last_activity_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
-    }
-
-    /// Mark revoked; true for the caller that did it first.
-    pub fn mark_revoked(&self, reason: RevocationReason) -> bool {
-        let first = !self.revoked.swap(true, Ordering::AcqRel);
-        if first {
-            *self.revocation.lock() = Some(reason);
-        }
-        first
-    }
-
-    pub fn revocation(&self) -> Option<RevocationReason> {
-        self.revocation.lock().clone()
-    }
-
-    pub fn revoked_message(&self) -> String {
-        match self.revocation() {
-            Some(reason) => format!(
-                "agent `{}` is revoked ({}: {}); no further calls are allowed",
-                self.agent_id, reason.kind, reason.details
-            ),
-            None => format!(
-                "agent `{}` is revoked; no further calls are allowed",
-                self.agent_id
-            ),
-        }
-    }
-
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Relaxed))
-    }
-
-    pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
-        self.touch();
-    }
-
-    /// Note an artifact this run wrote.
-    pub fn wrote(&self, artifact: crate::artifacts::ArtifactRef) {
-        self.written.lock().push(artifact);
-    }
-
-    /// The artifacts this run wrote, latest per name: what it packages and reports. Listing
-    /// the task instead would cost every run of a task with many agents the whole history.
-    pub fn written(&self) -> Vec<crate::artifacts::ArtifactRef> {
-        crate::artifacts::latest_per_name(self.written.lock().iter().cloned())
-    }
-
-    /// Note that the agent did something (a capability call, a phase change).
-    pub fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// How long since the agent last did something.
-    pub fn idle_for(&self) -> std::time::Duration {
-        let last = std::time::Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-}
-
 /// An embeddable Warden host.
 ///
 /// ```no_run
@@ -456,6 +257,9 @@ impl RunShared {
 #[derive(Clone)]
 pub struct Host {
     services: Arc<Services>,
+    sandbox: Arc<Sandbox>,
+    /// The periodic health checks, when configured; they stop when the last clone is dropped.
+    health: Option<Arc<crate::health::monitor::HealthMonitor>>,
 }
 
 impl Host {
@@ -504,8 +308,9 @@ impl Host {
         let digest = match component {
             Some(bytes) => {
                 let digest = runtime::digest(bytes);
-                let compiled = self.services.runtime.component(&digest, bytes, agent)?;
-                lifecycle::load_gate(&self.services, agent, tier, &compiled)?;
+                let compiled = self.sandbox.runtime.component(&digest, bytes, agent)?;
+                self.sandbox
+                    .load_gate(&self.services.tiers, agent, tier, &compiled)?;
                 // Kept by digest so the agent can later be run by name (`orchestrate`).
                 self.services.blobs.put(bytes)?;
                 Some(digest)
@@ -589,7 +394,7 @@ impl Host {
             .state
             .put_packet(&packet.agent_id, &packet.to_json())
             .await?;
-        lifecycle::record_host_action(
+        governance::record_host_action(
             &self.services,
             &packet.agent_id,
             Some(&packet.task_id),
@@ -602,20 +407,26 @@ impl Host {
 
     /// Run an agent's whole governed lifecycle with the given component bytes.
     pub async fn run(&self, agent: &str, component: &[u8]) -> Result<RunReport, Error> {
-        lifecycle::run(self.services.clone(), agent, component).await
+        lifecycle::run(
+            self.services.clone(),
+            self.sandbox.clone(),
+            agent,
+            component,
+        )
+        .await
     }
 
     /// Approve the task's pending run (the approval gate after PLAN).
     pub async fn approve(&self, task: &str, approver: &str) -> Result<(), Error> {
         crate::packet::validate_id(task)
             .map_err(|reason| Error::Invalid(format!("task id {reason}")))?;
-        lifecycle::approve(&self.services, task, approver).await
+        governance::approve(&self.services, task, approver).await
     }
 
     /// Revoke an agent: a run of it in this host stops within one epoch tick; every later
     /// bootstrap, on any host sharing the state backend, refuses it.
     pub async fn revoke(&self, agent: &str, details: &str, actor: &str) -> Result<(), Error> {
-        lifecycle::revoke_agent(&self.services, agent, details, actor).await
+        governance::revoke_agent(&self.services, agent, details, actor).await
     }
 
     /// The latest handoff object of a task.
@@ -654,8 +465,8 @@ impl Host {
     /// Compile a component into the cache and summarize its imports.
     pub fn inspect_component(&self, bytes: &[u8], origin: &str) -> Result<ComponentSummary, Error> {
         let digest = runtime::digest(bytes);
-        let component = self.services.runtime.component(&digest, bytes, origin)?;
-        let summary = runtime::imports::summarize(self.services.runtime.engine(), &component);
+        let component = self.sandbox.runtime.component(&digest, bytes, origin)?;
+        let summary = runtime::imports::summarize(self.sandbox.runtime.engine(), &component);
         let lowest_tier = if summary.unknown.is_empty() {
             summary
                 .warden
@@ -678,7 +489,7 @@ impl Host {
             wasi: summary.wasi,
             unknown: summary.unknown,
             lowest_tier,
-            cached: self.services.runtime.cached_file(&digest),
+            cached: self.sandbox.runtime.cached_file(&digest),
             digest,
         })
     }
@@ -709,20 +520,32 @@ impl Host {
         tier: Tier,
         bytes: &[u8],
         packet: Packet,
-    ) -> Result<crate::lifecycle::BenchInstance, Error> {
-        crate::lifecycle::BenchInstance::new(self.services.clone(), agent, tier, bytes, packet)
+    ) -> Result<BenchInstance, Error> {
+        BenchInstance::new(
+            self.services.clone(),
+            self.sandbox.clone(),
+            agent,
+            tier,
+            bytes,
+            packet,
+        )
     }
 }
 
 impl Host {
     /// Check every configured backend now.
     pub async fn health(&self) -> crate::health::HealthReport {
-        crate::health::report(&self.services).await
+        crate::health::report_of(
+            &self.services.state,
+            &self.services.secrets,
+            self.services.llm.as_ref(),
+        )
+        .await
     }
 
     /// The latest round of the periodic health checks, without I/O: `None` when
     /// [`HostBuilder::health_interval`] is off or the first round has not finished.
     pub fn health_status(&self) -> Option<crate::health::HealthReport> {
-        self.services.health.as_ref().and_then(|h| h.latest())
+        self.health.as_ref().and_then(|h| h.latest())
     }
 }

@@ -32,30 +32,40 @@ pub mod artifacts;
 mod bindings;
 pub mod breaker;
 mod capabilities;
+mod clock;
 pub mod config;
+mod context;
+mod duration;
 mod error;
+mod governance;
 pub mod health;
 mod host;
+mod interface;
 pub mod ledger;
 mod lifecycle;
 pub mod llm;
 pub mod orchestrator;
 pub mod packet;
 pub mod pattern;
+mod phase;
 pub mod policy;
+mod report;
 pub mod runtime;
+mod sandbox;
 pub mod secrets;
 pub mod state;
 pub mod tier;
 pub mod tools;
 
+pub use context::CallDurability;
 pub use error::{Error, Refusal};
-pub use host::{CallDurability, ComponentSummary, Host, HostBuilder};
-#[doc(hidden)]
-pub use lifecycle::BenchInstance;
-pub use lifecycle::{BudgetUse, Phase, PhaseRecord, RunOutcome, RunReport};
+pub use host::{ComponentSummary, Host, HostBuilder};
 pub use packet::{ErrorBudget, Handoff, Packet};
+pub use phase::Phase;
 pub use policy::{Interface, TierTable};
+pub use report::{BudgetUse, PhaseRecord, RunOutcome, RunReport};
+#[doc(hidden)]
+pub use sandbox::BenchInstance;
 pub use tier::Tier;
 
 /// Bare host bindings of the WIT package, for benchmarks that compare a governed host with

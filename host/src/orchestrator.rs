@@ -47,12 +47,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::capabilities::now_ms;
+use crate::clock::now_ms;
+use crate::context::Services;
 use crate::error::Error;
-use crate::host::{Host, Services};
+use crate::host::Host;
 use crate::ledger::{ActionRecord, Entry, Subject};
-use crate::lifecycle::{RunOutcome, RunReport};
 use crate::packet::{Constraints, ErrorBudget, Packet, PacketLimits, now_rfc3339};
+use crate::report::{RunOutcome, RunReport};
 use crate::state::{Section, validate_id};
 use crate::tier::Tier;
 
@@ -63,20 +64,66 @@ pub const ORCHESTRATOR_ID: &str = "orchestrator";
 ///
 /// ```toml
 /// [orchestrator]
-/// check_interval_ms = 2000     # how often conditions are checked
-/// stuck_after_ms = 30000       # STUCK: an agent inactive this long
+/// check_interval = "2s"        # how often conditions are checked
+/// stuck_after = "30s"          # STUCK: an agent inactive this long
 /// conflict_threshold = 3       # CONFLICT: this many proposals in conflict
 /// complexity_threshold = 0.8   # COMPLEXITY: a score above this
 /// validate_on_success = true   # SUCCESS: spawn the mediator to validate a completed task
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawConditions")]
 pub struct SpawnConditions {
-    pub check_interval_ms: u64,
-    pub stuck_after_ms: u64,
+    #[serde(serialize_with = "crate::duration::ser")]
+    pub check_interval: Duration,
+    #[serde(serialize_with = "crate::duration::ser")]
+    pub stuck_after: Duration,
     pub conflict_threshold: u32,
     pub complexity_threshold: f64,
     pub validate_on_success: bool,
+}
+
+/// `[orchestrator]` as written, with the old numeric keys to refuse with their new form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConditions {
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    check_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    stuck_after: Option<Duration>,
+    conflict_threshold: Option<u32>,
+    complexity_threshold: Option<f64>,
+    validate_on_success: Option<bool>,
+    check_interval_ms: Option<u64>,
+    stuck_after_ms: Option<u64>,
+}
+
+impl TryFrom<RawConditions> for SpawnConditions {
+    type Error = String;
+
+    fn try_from(raw: RawConditions) -> Result<Self, Self::Error> {
+        for (key, value) in [
+            ("check_interval_ms", raw.check_interval_ms),
+            ("stuck_after_ms", raw.stuck_after_ms),
+        ] {
+            if let Some(value) = value {
+                return Err(crate::duration::old_key(key, value));
+            }
+        }
+        let defaults = SpawnConditions::default();
+        Ok(SpawnConditions {
+            check_interval: raw.check_interval.unwrap_or(defaults.check_interval),
+            stuck_after: raw.stuck_after.unwrap_or(defaults.stuck_after),
+            conflict_threshold: raw
+                .conflict_threshold
+                .unwrap_or(defaults.conflict_threshold),
+            complexity_threshold: raw
+                .complexity_threshold
+                .unwrap_or(defaults.complexity_threshold),
+            validate_on_success: raw
+                .validate_on_success
+                .unwrap_or(defaults.validate_on_success),
+        })
+    }
 }
 
 impl Default for SpawnConditions {
@@ -84,8 +131,8 @@ impl Default for SpawnConditions {
     /// every 2 s.
     fn default() -> Self {
         SpawnConditions {
-            check_interval_ms: 2000,
-            stuck_after_ms: 30_000,
+            check_interval: Duration::from_secs(2),
+            stuck_after: Duration::from_secs(30),
             conflict_threshold: 3,
             complexity_threshold: 0.8,
             validate_on_success: true,
@@ -94,25 +141,17 @@ impl Default for SpawnConditions {
 }
 
 impl SpawnConditions {
-    pub fn check_interval(&self) -> Duration {
-        Duration::from_millis(self.check_interval_ms)
-    }
-
-    pub fn stuck_after(&self) -> Duration {
-        Duration::from_millis(self.stuck_after_ms)
-    }
-
     fn validate(&self) -> Result<(), Error> {
         let invalid = |field: &str, value: String, accepted: &str| {
             Err(Error::Invalid(format!(
                 "orchestrator `{field}` is `{value}`: expected {accepted}"
             )))
         };
-        if self.check_interval_ms == 0 {
-            return invalid("check_interval_ms", "0".into(), "at least 1 ms");
+        if self.check_interval < Duration::from_millis(1) {
+            return invalid("check_interval", "0s".into(), "at least `1ms`");
         }
-        if self.stuck_after_ms == 0 {
-            return invalid("stuck_after_ms", "0".into(), "at least 1 ms");
+        if self.stuck_after < Duration::from_millis(1) {
+            return invalid("stuck_after", "0s".into(), "at least `1ms`");
         }
         if self.conflict_threshold == 0 {
             return invalid("conflict_threshold", "0".into(), "at least 1");
@@ -461,7 +500,7 @@ impl Orchestration {
         for agent in &spec.agents {
             self.start(&mut runs, agent, false);
         }
-        let mut ticker = tokio::time::interval(spec.conditions.check_interval());
+        let mut ticker = tokio::time::interval(spec.conditions.check_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         while !runs.is_empty() {
@@ -575,7 +614,7 @@ impl Orchestration {
                 format!(
                     "`{agent}` inactive for {:.1}s (threshold {:.1}s)",
                     idle.as_secs_f64(),
-                    conditions.stuck_after().as_secs_f64()
+                    conditions.stuck_after.as_secs_f64()
                 ),
             )));
         }
@@ -630,7 +669,7 @@ impl Orchestration {
 
     /// Primary agents running in this host that have been inactive past the threshold.
     fn stuck_agents(&self) -> Vec<(String, Duration)> {
-        let threshold = self.spec.conditions.stuck_after();
+        let threshold = self.spec.conditions.stuck_after;
         let running = self.services.running.lock();
         self.spec
             .agents

@@ -1,116 +1,126 @@
 //! The tier table: what each trust tier links, may touch, and how long it may run.
 //!
-//! The table is data (`policies/tiers.toml`), read when the host starts. It is validated as a
-//! whole: every tier present, every interface known, and no tier granting less than the tier
-//! below it, so "higher tier may do everything a lower tier may" holds by construction.
+//! The table is data (`policies/tiers.toml`), read when the host starts. A tier has a few
+//! keys of its own (name, approval, deadlines, memory) and one optional section per
+//! capability, which that capability's module parses ([`Grant`]): `[tiers.T3.secrets]
+//! paths = […]`, `[tiers.T1.llm] models = […]`. A section links its interface; a missing
+//! section grants nothing, so a table written before a capability existed keeps working and
+//! grants it to no one. The table is validated as a whole: every tier present, every section
+//! known, and no tier granting less than the tier below it, so "higher tier may do everything
+//! a lower tier may" holds by construction.
+//!
+//! Durations are strings (`"30s"`, `"10m"`). Keys of the old flat layout (`interfaces`,
+//! `llm_models`, `phase_wall_ms`, …) are refused with the form that replaces them.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::pattern::Pattern;
+pub use crate::interface::{Interface, InterfaceSet};
 use crate::tier::Tier;
 
 /// The built-in tier table, identical to `policies/tiers.toml` in the repository.
 pub const BUILTIN_TIERS_TOML: &str = include_str!("../../policies/tiers.toml");
 
-/// A WIT interface an agent can import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Interface {
-    Types,
-    Ledger,
-    State,
-    Artifacts,
-    Llm,
-    Blackboard,
-    Messaging,
-    Consensus,
-    Tools,
-    Secrets,
-}
-
-impl Interface {
-    /// Every interface of `warden:agent`.
-    pub const ALL: [Interface; 10] = [
-        Interface::Types,
-        Interface::Ledger,
-        Interface::State,
-        Interface::Artifacts,
-        Interface::Llm,
-        Interface::Blackboard,
-        Interface::Messaging,
-        Interface::Consensus,
-        Interface::Tools,
-        Interface::Secrets,
-    ];
-
-    /// The interface's WIT name (`secrets`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Interface::Types => "types",
-            Interface::Ledger => "ledger",
-            Interface::State => "state",
-            Interface::Artifacts => "artifacts",
-            Interface::Llm => "llm",
-            Interface::Blackboard => "blackboard",
-            Interface::Messaging => "messaging",
-            Interface::Consensus => "consensus",
-            Interface::Tools => "tools",
-            Interface::Secrets => "secrets",
-        }
-    }
-
-    /// Parse a WIT interface name (`secrets`).
-    pub fn from_name(name: &str) -> Option<Interface> {
-        Interface::ALL.into_iter().find(|i| i.name() == name)
-    }
-
-    /// The fully qualified import name (`warden:agent/secrets@0.1.0`).
-    pub fn qualified(self) -> String {
-        format!("warden:agent/{}@0.1.0", self.name())
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-}
-
-impl fmt::Display for Interface {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "warden:agent/{}", self.name())
-    }
-}
-
-/// A set of interfaces, as a bitmask: the call gate tests membership on every call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InterfaceSet(u16);
-
-impl InterfaceSet {
-    pub fn contains(self, interface: Interface) -> bool {
-        self.0 & interface.bit() != 0
-    }
-    pub fn insert(&mut self, interface: Interface) {
-        self.0 |= interface.bit();
-    }
-    pub fn is_superset(self, other: InterfaceSet) -> bool {
-        self.0 & other.0 == other.0
-    }
-    pub fn iter(self) -> impl Iterator<Item = Interface> {
-        Interface::ALL
-            .into_iter()
-            .filter(move |i| self.contains(*i))
-    }
-}
-
 /// Whether a run of the tier proceeds past PLAN on its own or waits for a human.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Approval {
+    /// The run goes on after PLAN.
     Automatic,
+    /// The run waits after PLAN for `warden approve <task>`.
     Required,
+}
+
+/// A capability's grant: its section of a tier (`[tiers.T1.llm]`), parsed by the
+/// capability's own module. `NONE` is what a tier without the section is granted.
+pub trait Grant: Any + fmt::Debug + Send + Sync + DeserializeOwned {
+    /// What a missing section grants: nothing.
+    const NONE: &'static Self;
+
+    /// Refuse a grant narrower than the one of the tier below (`lower`): a higher tier must
+    /// grant everything a lower tier does. The message names what is missing.
+    fn covers(&self, lower: &Self) -> Result<(), String> {
+        let _ = lower;
+        Ok(())
+    }
+}
+
+/// The grant of a capability that has no settings: its section is empty (`[tiers.T1.tools]`)
+/// and its presence links the interface.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Linked {}
+
+impl Grant for Linked {
+    const NONE: &'static Self = &Linked {};
+}
+
+/// A parsed grant, type-erased so the table can hold every capability's own type.
+trait GrantObject: Any + fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<G: Grant> GrantObject for G {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// How the table reads one capability's section: the registry of
+/// [`capabilities`](crate::capabilities) has one per interface.
+#[derive(Clone, Copy)]
+pub(crate) struct SectionSpec {
+    pub interface: Interface,
+    /// Linked at every tier, without a section (`types`).
+    pub always: bool,
+    parse: fn(toml::Value) -> Result<Arc<dyn GrantObject>, String>,
+    covers: fn(&dyn GrantObject, &dyn GrantObject) -> Result<(), String>,
+}
+
+impl SectionSpec {
+    /// The section of `interface`, parsed as `G`.
+    pub const fn of<G: Grant>(interface: Interface) -> SectionSpec {
+        SectionSpec {
+            interface,
+            always: false,
+            parse: parse_grant::<G>,
+            covers: covers_grant::<G>,
+        }
+    }
+
+    /// An interface linked at every tier; a section for it is refused.
+    pub const fn always(interface: Interface) -> SectionSpec {
+        SectionSpec {
+            interface,
+            always: true,
+            parse: parse_grant::<Linked>,
+            covers: covers_grant::<Linked>,
+        }
+    }
+}
+
+fn parse_grant<G: Grant>(value: toml::Value) -> Result<Arc<dyn GrantObject>, String> {
+    value
+        .try_into::<G>()
+        .map(|grant| Arc::new(grant) as Arc<dyn GrantObject>)
+        .map_err(|e| e.message().to_string())
+}
+
+fn covers_grant<G: Grant>(upper: &dyn GrantObject, lower: &dyn GrantObject) -> Result<(), String> {
+    match (
+        upper.as_any().downcast_ref::<G>(),
+        lower.as_any().downcast_ref::<G>(),
+    ) {
+        (Some(upper), Some(lower)) => upper.covers(lower),
+        (Some(_), None) | (None, _) => Ok(()),
+    }
 }
 
 /// Everything the tier table says about one tier.
@@ -118,15 +128,9 @@ pub enum Approval {
 pub struct TierPolicy {
     pub tier: Tier,
     pub name: String,
+    /// The interfaces the tier links: `types` and one per capability section.
     pub interfaces: InterfaceSet,
-    pub blackboard_write: bool,
     pub workspace_write: bool,
-    /// Artifact names the tier may write.
-    pub artifact_names: Vec<Pattern>,
-    /// Secret paths the tier may read; `{agent}` is substituted per agent.
-    pub secrets: Vec<Pattern>,
-    pub llm_models: Vec<Pattern>,
-    pub llm_token_budget: u64,
     pub approval: Approval,
     pub stops_after_plan: bool,
     pub phase_wall: Duration,
@@ -135,7 +139,22 @@ pub struct TierPolicy {
     pub memory_bytes: u64,
     pub table_elements: u64,
     pub instances: u32,
+    /// TTL of the tokens of the tier's secrets identity (Vault: the AppRole's token TTL).
     pub secrets_ttl: Duration,
+    /// One per interface, in registry order; `None` where the tier has no section.
+    grants: Vec<Option<Arc<dyn GrantObject>>>,
+}
+
+impl TierPolicy {
+    /// The grant of `interface`'s section, parsed as `G`; [`Grant::NONE`] when the tier has no
+    /// such section (or `G` is not that section's type), so a mistake grants nothing.
+    pub fn grant<G: Grant>(&self, interface: Interface) -> &G {
+        self.grants
+            .get(interface as usize)
+            .and_then(Option::as_ref)
+            .and_then(|grant| grant.as_any().downcast_ref::<G>())
+            .unwrap_or(G::NONE)
+    }
 }
 
 /// Table-wide defaults.
@@ -185,15 +204,18 @@ struct RawTable {
     revision: String,
     defaults: RawDefaults,
     promotion: RawPromotion,
-    tiers: BTreeMap<String, RawTier>,
+    tiers: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
-    lock_ttl_ms: u64,
-    heartbeat_ttl_ms: u64,
-    approval_timeout_ms: u64,
+    #[serde(deserialize_with = "crate::duration::de")]
+    lock_ttl: Duration,
+    #[serde(deserialize_with = "crate::duration::de")]
+    heartbeat_ttl: Duration,
+    #[serde(deserialize_with = "crate::duration::de")]
+    approval_timeout: Duration,
     output_cap_bytes: usize,
 }
 
@@ -204,60 +226,53 @@ struct RawPromotion {
     auto_promote_below: Tier,
 }
 
+/// A tier's own keys, once its capability sections are taken out.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTier {
     name: String,
-    interfaces: Vec<String>,
-    blackboard_write: bool,
+    #[serde(default)]
     workspace_write: bool,
-    artifact_names: Vec<String>,
-    secrets: Vec<String>,
-    llm_models: Vec<String>,
-    llm_token_budget: u64,
     approval: Approval,
     stops_after_plan: bool,
-    phase_wall_ms: u64,
-    phase_cpu_ms: u64,
-    run_wall_ms: u64,
+    #[serde(deserialize_with = "crate::duration::de")]
+    phase_wall: Duration,
+    #[serde(deserialize_with = "crate::duration::de")]
+    phase_cpu: Duration,
+    #[serde(deserialize_with = "crate::duration::de")]
+    run_wall: Duration,
     memory_bytes: u64,
     table_elements: u64,
     instances: u32,
-    secrets_ttl_s: u64,
+    #[serde(deserialize_with = "crate::duration::de")]
+    secrets_ttl: Duration,
 }
 
 impl TierTable {
-    /// The table shipped with Warden (`policies/tiers.toml`).
-    pub fn builtin() -> Result<TierTable, PolicyError> {
-        TierTable::parse(BUILTIN_TIERS_TOML, "(built-in)".to_string())
-    }
-
-    /// Read and validate a tier table file.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<TierTable, PolicyError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut table = TierTable::parse(&text, format!("`{}`", path.display()))?;
-        table.source = Some(path.to_path_buf());
-        Ok(table)
-    }
-
-    /// Validate a tier table given as TOML text.
-    pub fn from_toml_str(text: &str) -> Result<TierTable, PolicyError> {
-        TierTable::parse(text, "(inline)".to_string())
-    }
-
-    fn parse(text: &str, origin: String) -> Result<TierTable, PolicyError> {
-        let raw: RawTable = toml::from_str(text).map_err(|e| PolicyError::Syntax {
-            origin: origin.clone(),
-            message: e.to_string(),
-        })?;
+    /// Read and validate a tier table with the given capability sections.
+    pub(crate) fn parse_with(
+        text: &str,
+        origin: String,
+        sections: &[SectionSpec],
+    ) -> Result<TierTable, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             origin: origin.clone(),
             message,
         };
+        let syntax = |e: toml::de::Error| PolicyError::Syntax {
+            origin: origin.clone(),
+            message: e.to_string(),
+        };
+        let document: toml::Table = toml::from_str(text).map_err(syntax)?;
+        if let Some(toml::Value::Table(defaults)) = document.get("defaults") {
+            crate::duration::refuse_renamed(
+                "`[defaults]`",
+                defaults,
+                &["lock_ttl_ms", "heartbeat_ttl_ms", "approval_timeout_ms"],
+            )
+            .map_err(invalid)?;
+        }
+        let raw: RawTable = toml::from_str(text).map_err(syntax)?;
         if raw.revision.trim().is_empty() {
             return Err(invalid("`revision` must not be empty".into()));
         }
@@ -268,84 +283,18 @@ impl TierTable {
                 )));
             }
         }
-        let mut tiers = Vec::with_capacity(5);
+        let mut tiers = Vec::with_capacity(Tier::ALL.len());
         for tier in Tier::ALL {
             let code = tier.code();
-            let raw_tier = raw.tiers.get(code).ok_or_else(|| {
+            let table = raw.tiers.get(code).ok_or_else(|| {
                 invalid(format!(
                     "missing `[tiers.{code}]`: every tier T0..T4 must be defined"
                 ))
             })?;
-            let mut interfaces = InterfaceSet::default();
-            for name in &raw_tier.interfaces {
-                let interface = Interface::from_name(name).ok_or_else(|| {
-                    invalid(format!(
-                        "`tiers.{code}.interfaces` names unknown interface `{name}`: expected one of {}",
-                        Interface::ALL.map(Interface::name).join(", ")
-                    ))
-                })?;
-                interfaces.insert(interface);
-            }
-            for (field, value) in [
-                ("phase_wall_ms", raw_tier.phase_wall_ms),
-                ("phase_cpu_ms", raw_tier.phase_cpu_ms),
-                ("run_wall_ms", raw_tier.run_wall_ms),
-                ("memory_bytes", raw_tier.memory_bytes),
-                ("secrets_ttl_s", raw_tier.secrets_ttl_s),
-            ] {
-                if value == 0 {
-                    return Err(invalid(format!(
-                        "`tiers.{code}.{field}` must be greater than 0"
-                    )));
-                }
-            }
-            tiers.push(TierPolicy {
-                tier,
-                name: raw_tier.name.clone(),
-                interfaces,
-                blackboard_write: raw_tier.blackboard_write,
-                workspace_write: raw_tier.workspace_write,
-                artifact_names: raw_tier.artifact_names.iter().map(Pattern::new).collect(),
-                secrets: raw_tier.secrets.iter().map(Pattern::new).collect(),
-                llm_models: raw_tier.llm_models.iter().map(Pattern::new).collect(),
-                llm_token_budget: raw_tier.llm_token_budget,
-                approval: raw_tier.approval,
-                stops_after_plan: raw_tier.stops_after_plan,
-                phase_wall: Duration::from_millis(raw_tier.phase_wall_ms),
-                phase_cpu: Duration::from_millis(raw_tier.phase_cpu_ms),
-                run_wall: Duration::from_millis(raw_tier.run_wall_ms),
-                memory_bytes: raw_tier.memory_bytes,
-                table_elements: raw_tier.table_elements,
-                instances: raw_tier.instances,
-                secrets_ttl: Duration::from_secs(raw_tier.secrets_ttl_s),
-            });
+            tiers.push(parse_tier(tier, table.clone(), sections).map_err(invalid)?);
         }
         for pair in tiers.windows(2) {
-            let (lower, upper) = (&pair[0], &pair[1]);
-            if let Some(missing) = lower
-                .interfaces
-                .iter()
-                .find(|i| !upper.interfaces.contains(*i))
-            {
-                return Err(invalid(format!(
-                    "`tiers.{}` grants `{}` but `tiers.{}` does not: a higher tier must grant everything a lower tier does",
-                    lower.tier.code(),
-                    missing.name(),
-                    upper.tier.code()
-                )));
-            }
-            if (lower.blackboard_write && !upper.blackboard_write)
-                || (lower.workspace_write && !upper.workspace_write)
-            {
-                return Err(invalid(format!(
-                    "`tiers.{}` may write more than `tiers.{}`: a higher tier must grant everything a lower tier does",
-                    lower.tier.code(),
-                    upper.tier.code()
-                )));
-            }
-        }
-        if !tiers[0].interfaces.contains(Interface::Types) {
-            return Err(invalid("`tiers.T0.interfaces` must include `types`".into()));
+            check_covers(&pair[1], &pair[0], sections).map_err(invalid)?;
         }
         let [t0, t1, t2, t3, t4]: [TierPolicy; 5] = tiers
             .try_into()
@@ -353,9 +302,9 @@ impl TierTable {
         Ok(TierTable {
             revision: raw.revision,
             defaults: Defaults {
-                lock_ttl: Duration::from_millis(raw.defaults.lock_ttl_ms.max(1)),
-                heartbeat_ttl: Duration::from_millis(raw.defaults.heartbeat_ttl_ms.max(1)),
-                approval_timeout: Duration::from_millis(raw.defaults.approval_timeout_ms),
+                lock_ttl: raw.defaults.lock_ttl.max(Duration::from_millis(1)),
+                heartbeat_ttl: raw.defaults.heartbeat_ttl.max(Duration::from_millis(1)),
+                approval_timeout: raw.defaults.approval_timeout,
                 output_cap_bytes: raw.defaults.output_cap_bytes,
             },
             promotion: PromotionRules {
@@ -367,88 +316,190 @@ impl TierTable {
         })
     }
 
+    /// The file the table was read from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    pub(crate) fn set_source(&mut self, path: &Path) {
+        self.source = Some(path.to_path_buf());
+    }
+
     /// The policy of one tier.
     pub fn policy(&self, tier: Tier) -> &TierPolicy {
         &self.tiers[tier as usize]
     }
 
+    /// The lowest tier whose policy satisfies `grants`.
+    pub fn lowest_tier(&self, grants: impl Fn(&TierPolicy) -> bool) -> Option<Tier> {
+        self.tiers.iter().find(|p| grants(p)).map(|p| p.tier)
+    }
+
     /// The lowest tier whose policy links `interface`.
     pub fn lowest_tier_granting(&self, interface: Interface) -> Option<Tier> {
-        self.tiers
-            .iter()
-            .find(|p| p.interfaces.contains(interface))
-            .map(|p| p.tier)
-    }
-
-    /// The lowest tier whose secret patterns admit `path` for `agent`.
-    pub fn lowest_tier_reading_secret(&self, agent: &str, path: &str) -> Option<Tier> {
-        self.tiers
-            .iter()
-            .find(|p| p.secrets.iter().any(|s| s.with_agent(agent).matches(path)))
-            .map(|p| p.tier)
-    }
-
-    /// The file the table was read from, if any.
-    pub fn source(&self) -> Option<&Path> {
-        self.source.as_deref()
+        self.lowest_tier(|p| p.interfaces.contains(interface))
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_table_is_valid_and_monotonic() {
-        let table = TierTable::builtin().unwrap();
-        assert_eq!(
-            table.lowest_tier_granting(Interface::Secrets),
-            Some(Tier::Executor)
-        );
-        assert_eq!(
-            table.lowest_tier_granting(Interface::Tools),
-            Some(Tier::Operator)
-        );
-        assert_eq!(
-            table.lowest_tier_granting(Interface::Llm),
-            Some(Tier::Observer)
-        );
-        assert_eq!(table.policy(Tier::Architect).approval, Approval::Required);
-        assert!(table.policy(Tier::Observer).stops_after_plan);
-        assert_eq!(
-            table.lowest_tier_reading_secret("x", "t4/root-token"),
-            Some(Tier::Architect)
-        );
+/// One tier: its own keys, then one section per capability it grants.
+fn parse_tier(
+    tier: Tier,
+    mut table: toml::Table,
+    sections: &[SectionSpec],
+) -> Result<TierPolicy, String> {
+    let code = tier.code();
+    if let Some(message) = table
+        .iter()
+        .find_map(|(key, value)| legacy_key(code, key, value))
+    {
+        return Err(message);
     }
-
-    #[test]
-    fn a_tier_granting_less_than_the_one_below_is_refused() {
-        let text = BUILTIN_TIERS_TOML.replacen(
-            "interfaces = [\"types\", \"ledger\", \"state\", \"artifacts\", \"llm\", \"blackboard\", \"messaging\", \"consensus\", \"tools\"]",
-            "interfaces = [\"types\"]",
-            1,
-        );
-        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
-        assert!(
-            err.contains("`tiers.T0` grants `ledger` but `tiers.T1` does not"),
-            "{err}"
-        );
+    let mut interfaces = InterfaceSet::default();
+    let mut grants = vec![None; Interface::ALL.len()];
+    for spec in sections {
+        let name = spec.interface.name();
+        let Some(value) = table.remove(name) else {
+            if spec.always {
+                interfaces.insert(spec.interface);
+            }
+            continue;
+        };
+        if spec.always {
+            return Err(format!(
+                "`[tiers.{code}.{name}]`: `{name}` is linked at every tier and takes no section; remove it"
+            ));
+        }
+        if !value.is_table() {
+            return Err(format!(
+                "`tiers.{code}.{name}` must be a section (`[tiers.{code}.{name}]`), not a {}",
+                value.type_str()
+            ));
+        }
+        let grant = (spec.parse)(value).map_err(|e| format!("`[tiers.{code}.{name}]`: {e}"))?;
+        interfaces.insert(spec.interface);
+        grants[spec.interface as usize] = Some(grant);
     }
+    let raw: RawTier = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        let known: Vec<&str> = sections
+            .iter()
+            .filter(|s| !s.always)
+            .map(|s| s.interface.name())
+            .collect();
+        format!(
+            "`[tiers.{code}]`: {}; a capability's section is one of `[tiers.{code}.<name>]` for {}",
+            e.message(),
+            known.join(", ")
+        )
+    })?;
+    for (field, zero) in [
+        ("phase_wall", raw.phase_wall.is_zero()),
+        ("phase_cpu", raw.phase_cpu.is_zero()),
+        ("run_wall", raw.run_wall.is_zero()),
+        ("memory_bytes", raw.memory_bytes == 0),
+        ("secrets_ttl", raw.secrets_ttl.is_zero()),
+    ] {
+        if zero {
+            return Err(format!("`tiers.{code}.{field}` must be greater than 0"));
+        }
+    }
+    Ok(TierPolicy {
+        tier,
+        name: raw.name,
+        interfaces,
+        workspace_write: raw.workspace_write,
+        approval: raw.approval,
+        stops_after_plan: raw.stops_after_plan,
+        phase_wall: raw.phase_wall,
+        phase_cpu: raw.phase_cpu,
+        run_wall: raw.run_wall,
+        memory_bytes: raw.memory_bytes,
+        table_elements: raw.table_elements,
+        instances: raw.instances,
+        secrets_ttl: raw.secrets_ttl,
+        grants,
+    })
+}
 
-    #[test]
-    fn unknown_interface_and_missing_tier_are_named() {
-        let text = BUILTIN_TIERS_TOML.replacen("\"blackboard\"]", "\"telepathy\"]", 1);
-        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
-        assert!(err.contains("unknown interface `telepathy`"), "{err}");
+/// `upper` must grant everything `lower` (the tier below) does.
+fn check_covers(
+    upper: &TierPolicy,
+    lower: &TierPolicy,
+    sections: &[SectionSpec],
+) -> Result<(), String> {
+    let (up, low) = (upper.tier.code(), lower.tier.code());
+    if let Some(missing) = lower
+        .interfaces
+        .iter()
+        .find(|i| !upper.interfaces.contains(*i))
+    {
+        return Err(format!(
+            "`tiers.{low}` grants `{}` but `tiers.{up}` does not: a higher tier must grant everything a lower tier does",
+            missing.name()
+        ));
+    }
+    if lower.workspace_write && !upper.workspace_write {
+        return Err(format!(
+            "`tiers.{low}` may write its workspace but `tiers.{up}` may not: a higher tier must grant everything a lower tier does"
+        ));
+    }
+    for spec in sections {
+        let index = spec.interface as usize;
+        if let (Some(Some(upper)), Some(Some(lower))) =
+            (upper.grants.get(index), lower.grants.get(index))
+        {
+            (spec.covers)(upper.as_ref(), lower.as_ref()).map_err(|e| {
+                format!(
+                    "`[tiers.{up}.{name}]` grants less than `[tiers.{low}.{name}]`: {e}; a higher tier must grant everything a lower tier does",
+                    name = spec.interface.name()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
 
-        let text = BUILTIN_TIERS_TOML.replace("[tiers.T4]", "[tiers.T9]");
-        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
-        assert!(err.contains("unknown tier `[tiers.T9]`"), "{err}");
-
-        let err = TierTable::from_toml_str("revision = 3")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not valid TOML for a tier table"), "{err}");
+/// The message for a key of the old flat layout, naming the form that replaces it.
+fn legacy_key(code: &str, key: &str, value: &toml::Value) -> Option<String> {
+    let list = |value: &toml::Value| value.to_string();
+    let section = |name: &str, body: String| {
+        Some(format!(
+            "`tiers.{code}.{key}` is the old flat form; write it as a section:\n  [tiers.{code}.{name}]\n  {body}"
+        ))
+    };
+    match key {
+        "interfaces" => {
+            let granted: Vec<String> = value
+                .as_array()
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(toml::Value::as_str)
+                        .filter(|name| *name != "types")
+                        .map(|name| format!("`[tiers.{code}.{name}]`"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "`tiers.{code}.interfaces` is the old flat form: each interface is granted by a section of its own ({}); a missing section grants nothing and `types` is always linked",
+                if granted.is_empty() {
+                    format!("`[tiers.{code}.state]`, …")
+                } else {
+                    granted.join(", ")
+                }
+            ))
+        }
+        "artifact_names" => section("artifacts", format!("names = {}", list(value))),
+        "secrets" if value.is_array() => section("secrets", format!("paths = {}", list(value))),
+        "llm_models" => section("llm", format!("models = {}", list(value))),
+        "llm_token_budget" => section("llm", format!("token_budget = {value}")),
+        "blackboard_write" => section("blackboard", format!("write = {value}")),
+        "phase_wall_ms" | "phase_cpu_ms" | "run_wall_ms" | "secrets_ttl_s" => {
+            crate::duration::renamed(key, value).map(|new_form| {
+                format!(
+                    "`tiers.{code}.{key}` is the old form; durations are strings now: write {new_form}"
+                )
+            })
+        }
+        _ => None,
     }
 }

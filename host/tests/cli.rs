@@ -446,7 +446,7 @@ fn orchestrate_prints_metrics_and_task_show_the_tally() {
     std::fs::write(
         &config,
         format!(
-            "[llm]\nprovider = \"scripted\"\nrules = \"{}\"\n\n[orchestrator]\ncheck_interval_ms = 50\n",
+            "[llm]\nprovider = \"scripted\"\nrules = \"{}\"\n\n[orchestrator]\ncheck_interval = \"50ms\"\n",
             root.join("agents/demo/llm-rules.toml").display()
         ),
     )

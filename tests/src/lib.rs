@@ -46,7 +46,7 @@ full_tier = "T1"
 argv = ["/bin/ls", "-1", "{0}"]
 args = ["^[A-Za-z0-9._/-]{1,128}$"]
 max_args = 1
-timeout_ms = 5000
+timeout = "5s"
 
 [[tool]]
 name = "wc"
@@ -57,7 +57,7 @@ argv = ["/usr/bin/wc", "-w", "{0}"]
 check_argv = ["/bin/echo", "check mode: would run wc -w {0}"]
 args = ["^[A-Za-z0-9._-]{1,128}$"]
 max_args = 1
-timeout_ms = 5000
+timeout = "5s"
 
 [[tool]]
 name = "deploy-prod"
@@ -67,7 +67,7 @@ full_tier = "T4"
 argv = ["/bin/echo", "deploying", "{args}"]
 args = ["^--[a-z-]{1,32}$"]
 max_args = 4
-timeout_ms = 5000
+timeout = "5s"
 "#;
 
 /// Scripted LLM rules for the planner: `tools` is the JSON list of tools its plan asks for.

@@ -101,7 +101,7 @@ impl Backend {
 /// Fast checks, no SUCCESS validation unless a test asks for it.
 fn quick() -> SpawnConditions {
     SpawnConditions {
-        check_interval_ms: 25,
+        check_interval: Duration::from_millis(25),
         validate_on_success: false,
         ..SpawnConditions::default()
     }
@@ -441,7 +441,7 @@ async fn stuck_fires_past_its_threshold_only(b: Backend) {
     )
     .await;
     let conditions = SpawnConditions {
-        stuck_after_ms: 400,
+        stuck_after: Duration::from_millis(400),
         ..quick()
     };
     let metrics = orchestrate(&b, &t, &["sleepy"], Some("mediator"), conditions).await;
@@ -461,7 +461,7 @@ async fn stuck_fires_past_its_threshold_only(b: Backend) {
     let t = task("not-stuck");
     b.script(&t, "sleepy", "sleep 300").await;
     let conditions = SpawnConditions {
-        stuck_after_ms: 5_000,
+        stuck_after: Duration::from_secs(5),
         ..quick()
     };
     let metrics = orchestrate(&b, &t, &["sleepy"], Some("mediator"), conditions).await;
@@ -726,7 +726,7 @@ async fn alpha_beta_gamma_settle_a_conflict(b: Backend) {
     .mediator("gamma")
     .timeout(Duration::from_secs(60))
     .conditions(SpawnConditions {
-        check_interval_ms: 50,
+        check_interval: Duration::from_millis(50),
         ..SpawnConditions::default()
     });
     let metrics = b.host.orchestrate(&spec).await.unwrap();

@@ -208,7 +208,7 @@ async fn call_gate_artifact_names_by_tier() {
                 "{tier}: {steps:?}"
             );
             assert!(
-                steps[1].contains("T1 (operator) may write any name"),
+                steps[1].contains("lowest tier that may write it: T1 (operator)"),
                 "{steps:?}"
             );
             assert_eq!(violations(&host, "probe-T0"), ["TIER_DENIED"]);

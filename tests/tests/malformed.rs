@@ -127,11 +127,11 @@ async fn a_malformed_tools_file_is_refused_and_history_kept() {
     for (text, expect) in [
         ("[[tool]]\nname = \"x\"\n", "x"),
         (
-            "[[tool]]\nname=\"x\"\ndescription=\"d\"\nmin_tier=\"T9\"\nfull_tier=\"T1\"\nargv=[\"/bin/echo\"]\nargs=[]\nmax_args=0\ntimeout_ms=10\n",
+            "[[tool]]\nname=\"x\"\ndescription=\"d\"\nmin_tier=\"T9\"\nfull_tier=\"T1\"\nargv=[\"/bin/echo\"]\nargs=[]\nmax_args=0\ntimeout = \"10ms\"\n",
             "T9",
         ),
         (
-            "[[tool]]\nname=\"x\"\ndescription=\"d\"\nmin_tier=\"T1\"\nfull_tier=\"T1\"\nargv=[\"/bin/echo\"]\nargs=[\"(unclosed\"]\nmax_args=1\ntimeout_ms=10\n",
+            "[[tool]]\nname=\"x\"\ndescription=\"d\"\nmin_tier=\"T1\"\nfull_tier=\"T1\"\nargv=[\"/bin/echo\"]\nargs=[\"(unclosed\"]\nmax_args=1\ntimeout = \"10ms\"\n",
             "(unclosed",
         ),
     ] {

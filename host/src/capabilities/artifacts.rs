@@ -1,39 +1,113 @@
 //! `warden:agent/artifacts`: named artifacts of the task.
+//!
+//! Tier section `[tiers.Tn.artifacts]`: `names`, the artifact names (globs) the tier may
+//! write. With the section and no names the tier may read and list artifacts, not write them.
 
-use super::{AgentCtx, Governor, Refusal, ViolationKind, unavailable};
+use serde::Deserialize;
+
+use super::AgentCtx;
 use crate::artifacts::{ArtifactRef, latest_per_name};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::artifacts::{ArtifactInfo, Host};
+use crate::governance::{CallRefusal, Governor, ViolationKind, unavailable};
+use crate::interface::Interface;
 use crate::packet::{now_rfc3339, validate_artifact_name};
-use crate::pattern::first_match;
-use crate::policy::Interface;
+use crate::pattern::{Pattern, first_match};
+use crate::policy::{SectionSpec, TierPolicy, TierTable};
+use crate::tier::Tier;
 
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Artifacts);
+
+/// Largest artifact an agent may put.
 const MAX_ARTIFACT_BYTES: usize = 16 << 20;
 
-impl AgentCtx {
-    /// Names are checked before anything else: a traversal attempt is an escape attempt.
-    async fn check_name(&mut self, op: &'static str, name: &str) -> Result<(), WitError> {
-        if let Err(reason) = validate_artifact_name(name) {
-            let escape = name.split('/').any(|s| s == "..") || name.starts_with('/');
-            let refusal = Refusal {
-                kind: if escape {
-                    ViolationKind::PathEscape
-                } else {
-                    ViolationKind::Invalid
-                },
-                resource: format!("artifact:{name}"),
-                message: if escape {
-                    format!(
-                        "`{op}` refused: artifact name `{name}` leaves the task's artifact space; this is a procedure violation"
-                    )
-                } else {
-                    format!("`{op}` refused: {reason}")
-                },
-            };
-            return Err(self.gov.refuse(op, refusal).await);
-        }
-        Ok(())
+/// `[tiers.Tn.artifacts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Names the tier may write.
+    #[serde(default)]
+    pub names: Vec<Pattern>,
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant { names: Vec::new() };
+}
+
+impl Grant {
+    fn of(policy: &TierPolicy) -> &Grant {
+        policy.grant::<Grant>(Interface::Artifacts)
     }
+
+    fn allowed(&self) -> Vec<&str> {
+        self.names.iter().map(Pattern::as_str).collect()
+    }
+}
+
+/// Whether `tier` may write an artifact named `name`; the refusal says what it may write.
+/// PREFLIGHT asks this of every deliverable, `artifacts.put` of every write.
+pub(crate) fn check_write(policy: &TierPolicy, name: &str) -> Result<(), String> {
+    let grant = Grant::of(policy);
+    if first_match(&grant.names, name).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "tier {} may only write artifacts named {:?}",
+        policy.tier,
+        grant.allowed()
+    ))
+}
+
+/// Names are checked before anything else: a traversal attempt is an escape attempt.
+fn check_name(op: &str, name: &str) -> Result<(), CallRefusal> {
+    let Err(reason) = validate_artifact_name(name) else {
+        return Ok(());
+    };
+    let escape = name.split('/').any(|s| s == "..") || name.starts_with('/');
+    Err(CallRefusal {
+        kind: if escape {
+            ViolationKind::PathEscape
+        } else {
+            ViolationKind::Invalid
+        },
+        resource: format!("artifact:{name}"),
+        message: if escape {
+            format!(
+                "`{op}` refused: artifact name `{name}` leaves the task's artifact space; this is a procedure violation"
+            )
+        } else {
+            format!("`{op}` refused: {reason}")
+        },
+    })
+}
+
+/// The tier's grant and the size of the content of a put.
+fn check_put(
+    tiers: &TierTable,
+    tier: Tier,
+    op: &str,
+    name: &str,
+    size: usize,
+) -> Result<(), CallRefusal> {
+    check_write(tiers.policy(tier), name).map_err(|reason| {
+        let lowest = tiers.lowest_tier(|p| check_write(p, name).is_ok());
+        CallRefusal::tier_denied(
+            format!("artifact:{name}"),
+            format!(
+                "`{op}` refused: {reason}; lowest tier that may write it: {}",
+                lowest.map_or("none".to_string(), |t| t.to_string())
+            ),
+        )
+    })?;
+    if size > MAX_ARTIFACT_BYTES {
+        return Err(CallRefusal::invalid(
+            format!("artifact:{name}"),
+            format!(
+                "`{op}` refused: `{name}` is {size} bytes; artifacts are at most {MAX_ARTIFACT_BYTES} bytes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Governor {
@@ -56,31 +130,15 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
             .await?;
-        self.check_name(OP, &name).await?;
-        let policy = self.gov.policy();
-        if first_match(&policy.artifact_names, &name).is_none() {
-            let allowed: Vec<&str> = policy.artifact_names.iter().map(|p| p.as_str()).collect();
-            let refusal = Refusal {
-                kind: ViolationKind::TierDenied,
-                resource: format!("artifact:{name}"),
-                message: format!(
-                    "`{OP}` refused: tier {} may only write artifacts named {allowed:?}; T1 (operator) may write any name",
-                    self.gov.run.tier
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        if content.len() > MAX_ARTIFACT_BYTES {
-            let refusal = Refusal {
-                kind: ViolationKind::Invalid,
-                resource: format!("artifact:{name}"),
-                message: format!(
-                    "`{OP}` refused: `{name}` is {} bytes; artifacts are at most {MAX_ARTIFACT_BYTES} bytes",
-                    content.len()
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
+        self.gov.check(OP, check_name(OP, &name)).await?;
+        let decision = check_put(
+            &self.gov.services.tiers,
+            self.gov.run.tier,
+            OP,
+            &name,
+            content.len(),
+        );
+        self.gov.check(OP, decision).await?;
         let gov = &self.gov;
         let result = async {
             let digest = gov
@@ -115,7 +173,7 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
             .await?;
-        self.check_name(OP, &name).await?;
+        self.gov.check(OP, check_name(OP, &name)).await?;
         let gov = &self.gov;
         let result = async {
             let refs = gov.task_artifacts().await?;

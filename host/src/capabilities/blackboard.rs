@@ -1,15 +1,62 @@
 //! `warden:agent/blackboard`: the shared memory of the run's task (`blackboard:{task}:{section}`).
 //!
 //! The task is always the run's own: the interface takes no task id, so an agent cannot name
-//! another task's blackboard. Reading needs the `blackboard` interface (T0 and up); writing
-//! also needs the tier's `blackboard_write` (T1 and up in the built-in table).
+//! another task's blackboard. Tier section `[tiers.Tn.blackboard]`: present, the tier may
+//! read (T0 and up in the built-in table); `write = true` lets it write too (T1 and up).
 
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::blackboard::{Host, Section as WitSection};
-use crate::policy::Interface;
+use crate::interface::Interface;
 use crate::state::Section;
+use crate::policy::{SectionSpec, TierTable};
 use crate::tier::Tier;
+use serde::Deserialize;
+
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Blackboard);
+
+/// `[tiers.Tn.blackboard]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Whether the tier may write entries (reading needs only the section).
+    #[serde(default)]
+    pub write: bool,
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant { write: false };
+
+    fn covers(&self, lower: &Self) -> Result<(), String> {
+        if lower.write && !self.write {
+            return Err("it may not write where the tier below may".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether the tier may write the blackboard.
+fn check_write(
+    tiers: &TierTable,
+    tier: Tier,
+    op: &str,
+    section: Section,
+    key: &str,
+) -> Result<(), CallRefusal> {
+    let writes = |tier: Tier| tiers.policy(tier).grant::<Grant>(Interface::Blackboard).write;
+    if writes(tier) {
+        return Ok(());
+    }
+    let lowest = Tier::ALL.into_iter().find(|t| writes(*t));
+    Err(CallRefusal::tier_denied(
+        resource(section, key),
+        format!(
+            "`{op}` of `{section}/{key}` refused: tier {tier} may read the blackboard but not write it; lowest tier with blackboard write: {}",
+            lowest.map_or("none".to_string(), |t| t.to_string())
+        ),
+    ))
+}
 
 /// Longest entry key.
 pub(crate) const MAX_KEY_BYTES: usize = 256;
@@ -37,7 +84,7 @@ impl AgentCtx {
         key: &str,
     ) -> Result<(), WitError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
                 resource: resource(section, key),
                 message: format!(
@@ -81,25 +128,17 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Blackboard, OP, || resource(section, &key))
             .await?;
-        if !self.gov.policy().blackboard_write {
-            let tiers = &self.gov.services.tiers;
-            let lowest = Tier::ALL
-                .into_iter()
-                .find(|t| tiers.policy(*t).blackboard_write);
-            let refusal = Refusal {
-                kind: ViolationKind::TierDenied,
-                resource: resource(section, &key),
-                message: format!(
-                    "`{OP}` of `{section}/{key}` refused: tier {} may read the blackboard but not write it; lowest tier with blackboard write: {}",
-                    self.gov.run.tier,
-                    lowest.map_or("none".to_string(), |t| t.to_string())
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
+        let decision = check_write(
+            &self.gov.services.tiers,
+            self.gov.run.tier,
+            OP,
+            section,
+            &key,
+        );
+        self.gov.check(OP, decision).await?;
         self.check_entry_key(OP, section, &key).await?;
         if value.len() > MAX_VALUE_BYTES {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
                 resource: resource(section, &key),
                 message: format!(

@@ -4,17 +4,22 @@
 //! and reasoning. A proposal is settled outside the vote by `resolve`, which its proposer may
 //! call, and so may an agent at [`MEDIATOR_TIER`] or above.
 
-use super::messaging::now_ms;
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use crate::clock::now_ms;
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::consensus::{
     Host, Proposal as WitProposal, ProposalTally, Vote as WitVote, VoteChoice as WitChoice,
 };
-use crate::policy::Interface;
+use crate::interface::Interface;
 use crate::state::{
     CastOutcome, NewProposal, Proposal, Resolution, ResolveOutcome, Vote, VoteChoice, validate_id,
 };
 use crate::tier::Tier;
+use crate::policy::{Linked, SectionSpec};
+
+/// Its section (`[tiers.T1.consensus]`) has no settings: present, the interface is linked.
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::Consensus);
 
 /// Most agents a proposal may require.
 const MAX_REQUIRED: usize = 32;
@@ -69,7 +74,7 @@ fn tally(proposal: &Proposal) -> ProposalTally {
 
 impl AgentCtx {
     async fn invalid(&mut self, op: &'static str, resource: String, message: String) -> WitError {
-        let refusal = Refusal {
+        let refusal = CallRefusal {
             kind: ViolationKind::Invalid,
             resource,
             message,
@@ -297,7 +302,7 @@ impl Host for AgentCtx {
             }
         };
         if proposal.record.proposer != self.gov.agent_id() && self.gov.run.tier < MEDIATOR_TIER {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::TierDenied,
                 resource: format!("consensus:{proposal_id}"),
                 message: format!(

@@ -1,9 +1,14 @@
 //! `warden:agent/ledger`: the agent's own notes and decisions, chained with the host's rows.
 
-use super::{AgentCtx, Refusal, ViolationKind};
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind};
 use crate::bindings::{WitError, warden::agent::ledger::Host};
 use crate::ledger::{ActionRecord, Entry};
-use crate::policy::Interface;
+use crate::interface::Interface;
+use crate::policy::{Linked, SectionSpec};
+
+/// Its section (`[tiers.T1.ledger]`) has no settings: present, the interface is linked.
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::Ledger);
 
 const MAX_TEXT_BYTES: usize = 8192;
 
@@ -19,7 +24,7 @@ impl AgentCtx {
             .gate(Interface::Ledger, op, || "ledger:write".to_string())
             .await?;
         if action.len() + decision.len() > MAX_TEXT_BYTES {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
                 resource: "ledger:write".into(),
                 message: format!(
@@ -30,7 +35,7 @@ impl AgentCtx {
             return Err(self.gov.refuse(op, refusal).await);
         }
         if confidence.is_some_and(|c| !(0.0..=1.0).contains(&c)) {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
                 resource: "ledger:write".into(),
                 message: format!(

@@ -1,11 +1,54 @@
 //! `warden:agent/llm`: completions under the tier's model allowlist and the task's token budget.
+//!
+//! Tier section `[tiers.Tn.llm]`: `models`, the model names (globs) the tier may ask for, and
+//! `token_budget`, the tokens a task of the tier may spend. Without them nothing is allowed.
 
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::llm::{Completion, CompletionRequest, Host, Role};
 use crate::llm::{ChatMessage, LlmError, LlmRequest, Role as LlmRole};
-use crate::pattern::first_match;
-use crate::policy::Interface;
+use crate::interface::Interface;
+use crate::pattern::{Pattern, first_match};
+use crate::policy::{SectionSpec, TierPolicy};
+use serde::Deserialize;
+
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Llm);
+
+/// `[tiers.Tn.llm]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Models the tier may ask for.
+    #[serde(default)]
+    pub models: Vec<Pattern>,
+    /// Tokens (prompt and completion) a task may spend.
+    #[serde(default)]
+    pub token_budget: u64,
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant {
+        models: Vec::new(),
+        token_budget: 0,
+    };
+}
+
+/// The tier's allowlist for `model`.
+fn check_model(policy: &TierPolicy, op: &str, model: &str) -> Result<(), CallRefusal> {
+    let grant = policy.grant::<Grant>(Interface::Llm);
+    if first_match(&grant.models, model).is_some() {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = grant.models.iter().map(Pattern::as_str).collect();
+    Err(CallRefusal::tier_denied(
+        format!("llm:{model}"),
+        format!(
+            "`{op}` refused: model `{model}` is not in tier {}'s allowlist {allowed:?}",
+            policy.tier
+        ),
+    ))
+}
 
 /// Tokens reserved for a completion whose request does not say.
 const DEFAULT_MAX_TOKENS: u64 = 1024;
@@ -30,24 +73,13 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Llm, OP, || format!("llm:{model}"))
             .await?;
-        let policy = self.gov.policy();
-        if first_match(&policy.llm_models, &model).is_none() {
-            let allowed: Vec<&str> = policy.llm_models.iter().map(|p| p.as_str()).collect();
-            let refusal = Refusal {
-                kind: ViolationKind::TierDenied,
-                resource: format!("llm:{model}"),
-                message: format!(
-                    "`{OP}` refused: model `{model}` is not in tier {}'s allowlist {allowed:?}",
-                    self.gov.run.tier
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let budget = policy.llm_token_budget;
+        let decision = check_model(self.gov.policy(), OP, &model);
+        self.gov.check(OP, decision).await?;
+        let budget = self.gov.policy().grant::<Grant>(Interface::Llm).token_budget;
         let reserve = request.max_tokens.map_or(DEFAULT_MAX_TOKENS, u64::from);
         let used = self.gov.services.tokens_used(self.gov.task_id());
         if used >= budget {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::TokenBudget,
                 resource: format!("llm:{model}"),
                 message: format!(

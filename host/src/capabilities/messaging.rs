@@ -8,11 +8,17 @@
 
 use std::time::{Duration, Instant};
 
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use super::AgentCtx;
+use crate::clock::now_ms;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::messaging::{Host, Kind, Message};
-use crate::policy::Interface;
+use crate::interface::Interface;
 use crate::state::{NewMessage, validate_id};
+use crate::policy::{Linked, SectionSpec};
+
+/// Its section (`[tiers.T1.messaging]`) has no settings: present, the interface is linked.
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::Messaging);
 
 /// Largest message body.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -56,12 +62,6 @@ fn to_wit(message: crate::state::Message) -> Message {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
 
 impl AgentCtx {
     async fn send_message(
@@ -95,7 +95,7 @@ impl AgentCtx {
             None
         };
         if let Some(message) = invalid {
-            let refusal = Refusal {
+            let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
                 resource: format!("msg:{to}"),
                 message,

@@ -1,37 +1,30 @@
 //! Capabilities: one module per WIT interface, in the manner of wasmtime-wasi's per-interface
-//! modules. Each host function starts with the gate ([`Governor::gate`]), does its work
-//! through a backend trait, and records the call in the ledger.
+//! modules and Spin's factors. A capability's module owns its host functions, its section of
+//! the tier table ([`Grant`](crate::policy::Grant)), its own checks (pure functions answering
+//! a [`CallRefusal`](crate::governance::CallRefusal)) and its ledger records.
 //!
-//! The gate order is: revocation, tier grant, packet `forbidden` (a procedure violation),
-//! packet `scope`. Capability-specific checks (a secret path above the tier, a blackboard
-//! write at T0, …) follow through [`Governor::refuse`]. A refusal is returned to the guest as
-//! a WIT error, never as a trap.
-
-mod artifacts;
-mod blackboard;
-mod consensus;
-mod ledger;
-mod llm;
-mod messaging;
-mod secrets;
-mod state;
-mod tools;
-
-pub(crate) use messaging::now_ms;
-
-use std::sync::Arc;
+//! Each host function starts with the gate
+//! ([`Governor::gate`](crate::governance::Governor::gate): revocation, tier grant, packet
+//! `forbidden`, packet `scope`), then its own checks through
+//! [`Governor::check`](crate::governance::Governor::check), does its work through a backend
+//! trait, and records the call. A refusal is returned to the guest as a WIT error, never as a
+//! trap.
+//!
+//! The registry ([`with_capabilities!`](crate::interface)) lists the capabilities once; this
+//! module expands it into [`CAPABILITIES`]: each row's interface, how it is linked, and how
+//! its tier-table section is read.
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{WitError, warden};
-use crate::host::{CallDurability, RunShared, Services};
-use crate::ledger::{ActionRecord, Entry, ViolationRecord};
-use crate::lifecycle::{self, Meter};
-use crate::pattern::first_match;
-use crate::policy::{Interface, TierPolicy};
-use crate::runtime::limits::GuestLimits;
-use crate::secrets::SecretSession;
+use crate::bindings::warden;
+use crate::governance::Governor;
+use crate::interface::{Interface, with_capabilities};
+use crate::policy::{PolicyError, SectionSpec, TierPolicy, TierTable};
+use crate::runtime::limits::{GuestLimits, Meter};
+
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// The data of one agent's store.
 pub(crate) struct AgentCtx {
@@ -51,249 +44,34 @@ impl WasiView for AgentCtx {
     }
 }
 
-/// The per-run governance state every host function consults.
-pub(crate) struct Governor {
-    pub services: Arc<Services>,
-    pub run: Arc<RunShared>,
-    pub secrets: Option<Arc<dyn SecretSession>>,
-    /// Whether the packet has any scope or forbidden pattern; when not, no resource string
-    /// is ever built on the hot path.
-    has_patterns: bool,
+/// One row of the registry.
+pub(crate) struct Capability {
+    pub interface: Interface,
+    /// Adds the interface's host functions to a linker.
+    pub link: fn(&mut Linker<AgentCtx>) -> wasmtime::Result<()>,
 }
 
-/// Kinds of violation, as written to the ledger's `violations.violation_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ViolationKind {
-    /// Above the agent's tier.
-    TierDenied,
-    /// Outside the packet's `scope`.
-    OutOfScope,
-    /// Matches the packet's `forbidden`: a procedure violation.
-    Forbidden,
-    /// An attempt to leave the sandbox (path traversal): a procedure violation.
-    PathEscape,
-    /// Malformed input from the guest; counts as an error, not a violation row.
-    Invalid,
-    /// The task's LLM token budget is spent.
-    TokenBudget,
+macro_rules! registry {
+    ($($variant:ident => $module:ident),* $(,)?) => {
+        $(mod $module;)*
+
+        /// Every capability, in registry order.
+        pub(crate) const CAPABILITIES: &[Capability] = &[
+            $(Capability {
+                interface: Interface::$variant,
+                link: |linker| {
+                    warden::agent::$module::add_to_linker::<_, HasSelf<AgentCtx>>(linker, |ctx| ctx)
+                },
+            },)*
+        ];
+
+        /// How each capability's section of the tier table is read, in registry order.
+        const SECTIONS: &[SectionSpec] = &[$($module::SECTION,)*];
+    };
 }
+with_capabilities!(registry);
 
-impl ViolationKind {
-    pub fn code(self) -> &'static str {
-        match self {
-            ViolationKind::TierDenied => "TIER_DENIED",
-            ViolationKind::OutOfScope => "OUT_OF_SCOPE",
-            ViolationKind::Forbidden => "FORBIDDEN_ACTION",
-            ViolationKind::PathEscape => "PATH_ESCAPE",
-            ViolationKind::Invalid => "INVALID_ARGUMENT",
-            ViolationKind::TokenBudget => "TOKEN_BUDGET_EXHAUSTED",
-        }
-    }
-
-    pub fn is_procedure(self) -> bool {
-        matches!(self, ViolationKind::Forbidden | ViolationKind::PathEscape)
-    }
-
-    fn is_violation(self) -> bool {
-        !matches!(self, ViolationKind::Invalid)
-    }
-}
-
-/// A refused call, before it is recorded.
-pub(crate) struct Refusal {
-    pub kind: ViolationKind,
-    pub resource: String,
-    pub message: String,
-}
-
-impl Governor {
-    pub fn new(
-        services: Arc<Services>,
-        run: Arc<RunShared>,
-        secrets: Option<Arc<dyn SecretSession>>,
-    ) -> Governor {
-        let constraints = &run.packet.constraints;
-        let has_patterns = !constraints.scope.is_empty() || !constraints.forbidden.is_empty();
-        Governor {
-            services,
-            run,
-            secrets,
-            has_patterns,
-        }
-    }
-
-    pub fn policy(&self) -> &TierPolicy {
-        self.services.tiers.policy(self.run.tier)
-    }
-
-    pub fn agent_id(&self) -> &str {
-        &self.run.agent_id
-    }
-
-    pub fn task_id(&self) -> &str {
-        &self.run.task_id
-    }
-
-    /// The first line of every host function.
-    pub async fn gate(
-        &mut self,
-        interface: Interface,
-        op: &'static str,
-        resource: impl FnOnce() -> String,
-    ) -> Result<(), WitError> {
-        if self.run.is_revoked() {
-            return Err(WitError::Revoked(self.run.revoked_message()));
-        }
-        self.run.touch();
-        if !self.policy().interfaces.contains(interface) {
-            let lowest = self.services.tiers.lowest_tier_granting(interface);
-            let refusal = Refusal {
-                kind: ViolationKind::TierDenied,
-                resource: interface.to_string(),
-                message: format!(
-                    "`{op}` refused: `{interface}` is not granted to tier {}; lowest tier granting it: {}",
-                    self.run.tier,
-                    lowest.map_or("none".to_string(), |t| t.to_string())
-                ),
-            };
-            return Err(self.refuse(op, refusal).await);
-        }
-        if !self.has_patterns {
-            return Ok(());
-        }
-        let resource = resource();
-        let constraints = &self.run.packet.constraints;
-        if let Some(pattern) = first_match(&constraints.forbidden, &resource) {
-            let message = format!(
-                "`{op}` on `{resource}` refused: the packet forbids `{pattern}`; this is a procedure violation and no tier allows it"
-            );
-            let refusal = Refusal {
-                kind: ViolationKind::Forbidden,
-                resource,
-                message,
-            };
-            return Err(self.refuse(op, refusal).await);
-        }
-        if !constraints.scope.is_empty() && first_match(&constraints.scope, &resource).is_none() {
-            let scope: Vec<&str> = constraints.scope.iter().map(|p| p.as_str()).collect();
-            let message = format!(
-                "`{op}` on `{resource}` refused: outside the packet's scope {scope:?}; a packet whose scope includes `{resource}` would allow it"
-            );
-            let refusal = Refusal {
-                kind: ViolationKind::OutOfScope,
-                resource,
-                message,
-            };
-            return Err(self.refuse(op, refusal).await);
-        }
-        Ok(())
-    }
-
-    /// Record a refused call, charge the error budget, revoke if it is spent, and return the
-    /// error the guest sees.
-    pub async fn refuse(&mut self, op: &'static str, refusal: Refusal) -> WitError {
-        let run = self.run.clone();
-        let services = self.services.clone();
-        let phase = run.phase().as_str();
-        if refusal.kind.is_violation() {
-            let mut violation = ViolationRecord::new(
-                run.subject.clone(),
-                refusal.kind.code(),
-                refusal.message.clone(),
-            )
-            .phase(phase)
-            .resource(refusal.resource.clone());
-            if refusal.kind.is_procedure() {
-                violation = violation.procedure();
-            }
-            let violation = Entry::Violation(violation);
-            // Violations are rare and matter: durable before the guest sees the answer.
-            if let Err(error) = services.ledger_durable(violation).await {
-                tracing::error!(%error, "cannot record violation");
-            }
-        }
-        self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)))
-            .await;
-        let signature = format!("{}:{op}", refusal.kind.code());
-        match lifecycle::charge_error(
-            &services,
-            &run,
-            &signature,
-            refusal.kind.is_procedure(),
-            &refusal.message,
-        )
-        .await
-        {
-            Some(revoked) => WitError::Revoked(format!("{}; {revoked}", refusal.message)),
-            None if refusal.kind == ViolationKind::Invalid => WitError::Invalid(refusal.message),
-            None if refusal.kind == ViolationKind::TokenBudget => {
-                WitError::BudgetExhausted(refusal.message)
-            }
-            None => WitError::Denied(refusal.message),
-        }
-    }
-
-    /// Record a call in the ledger. With [`CallDurability::Batched`] (the default) this is
-    /// an enqueue, never a wait; with [`CallDurability::EveryCall`] the call returns to the
-    /// guest only once its row is committed.
-    pub async fn record(
-        &self,
-        op: &'static str,
-        decision: &'static str,
-        error: Option<(&'static str, &str)>,
-    ) {
-        let mut record = ActionRecord::new(self.run.subject.clone(), op, decision)
-            .phase(self.run.phase().as_str());
-        if let Some((kind, message)) = error {
-            record = record.failed(kind, message.to_string());
-        }
-        self.append(Entry::Action(record)).await;
-    }
-
-    /// Record an allowed call with what it did (a vote and its reasoning, a message id), as
-    /// JSON in the row's `details`.
-    pub async fn record_details(&self, op: &'static str, details: String) {
-        let record = ActionRecord::new(self.run.subject.clone(), op, "allowed")
-            .phase(self.run.phase().as_str())
-            .details(details);
-        self.append(Entry::Action(record)).await;
-    }
-
-    /// Append a row of this run under the host's call durability.
-    pub async fn append(&self, entry: Entry) {
-        match self.services.call_durability {
-            CallDurability::Batched => self.services.ledger.append(entry),
-            CallDurability::EveryCall => {
-                if let Err(error) = self.services.ledger_durable(entry).await {
-                    tracing::error!(%error, "cannot record call");
-                }
-            }
-        }
-    }
-
-    /// Record the outcome of an allowed call.
-    pub async fn record_result<T>(&self, op: &'static str, result: &Result<T, WitError>) {
-        match result {
-            Ok(_) => self.record(op, "allowed", None).await,
-            Err(error) => {
-                let (kind, message) = wit_error_parts(error);
-                self.record(op, "allowed", Some((kind, message))).await;
-            }
-        }
-    }
-}
-
-/// The variant name and message of a WIT error.
-pub(crate) fn wit_error_parts(error: &WitError) -> (&'static str, &str) {
-    match error {
-        WitError::Denied(m) => ("denied", m),
-        WitError::Revoked(m) => ("revoked", m),
-        WitError::BudgetExhausted(m) => ("budget-exhausted", m),
-        WitError::NotFound(m) => ("not-found", m),
-        WitError::Invalid(m) => ("invalid", m),
-        WitError::Unavailable(m) => ("unavailable", m),
-    }
-}
+pub(crate) use artifacts::check_write as check_artifact_write;
 
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot
 /// be called, whatever the component was built against.
@@ -303,46 +81,351 @@ pub(crate) fn tier_linker(
 ) -> wasmtime::Result<Linker<AgentCtx>> {
     let mut linker = Linker::<AgentCtx>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    type Ctx = HasSelf<AgentCtx>;
-    for interface in policy.interfaces.iter() {
-        match interface {
-            Interface::Types => {
-                warden::agent::types::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Ledger => {
-                warden::agent::ledger::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::State => {
-                warden::agent::state::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Artifacts => {
-                warden::agent::artifacts::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Llm => warden::agent::llm::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?,
-            Interface::Tools => {
-                warden::agent::tools::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Secrets => {
-                warden::agent::secrets::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Blackboard => {
-                warden::agent::blackboard::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Messaging => {
-                warden::agent::messaging::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
-            Interface::Consensus => {
-                warden::agent::consensus::add_to_linker::<_, Ctx>(&mut linker, |ctx| ctx)?
-            }
+    for capability in CAPABILITIES {
+        if policy.interfaces.contains(capability.interface) {
+            (capability.link)(&mut linker)?;
         }
     }
     Ok(linker)
 }
 
-impl warden::agent::types::Host for AgentCtx {}
+// The tier table is parsed here, where the capabilities' sections are known; `policy` stays
+// below the capabilities.
+impl TierTable {
+    /// The table shipped with Warden (`policies/tiers.toml`).
+    pub fn builtin() -> Result<TierTable, PolicyError> {
+        TierTable::parse_with(
+            crate::policy::BUILTIN_TIERS_TOML,
+            "(built-in)".to_string(),
+            SECTIONS,
+        )
+    }
 
-/// Map a backend failure to what the guest sees: the backend is named, the detail is kept
-/// for the ledger.
-pub(crate) fn unavailable(what: &str, error: impl std::fmt::Display) -> WitError {
-    WitError::Unavailable(format!("{what} is unavailable: {error}"))
+    /// Read and validate a tier table file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<TierTable, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut table = TierTable::parse_with(&text, format!("`{}`", path.display()), SECTIONS)?;
+        table.set_source(path);
+        Ok(table)
+    }
+
+    /// Validate a tier table given as TOML text.
+    pub fn from_toml_str(text: &str) -> Result<TierTable, PolicyError> {
+        TierTable::parse_with(text, "(inline)".to_string(), SECTIONS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BUILTIN_TIERS_TOML;
+    use crate::tier::Tier;
+
+    #[test]
+    fn the_registry_lists_every_interface_once_in_order() {
+        let listed: Vec<Interface> = CAPABILITIES.iter().map(|c| c.interface).collect();
+        assert_eq!(listed, Interface::ALL);
+        let sections: Vec<Interface> = SECTIONS.iter().map(|s| s.interface).collect();
+        assert_eq!(sections, Interface::ALL);
+    }
+
+    #[test]
+    fn builtin_table_is_valid_and_monotonic() {
+        let table = TierTable::builtin().unwrap();
+        assert_eq!(
+            table.lowest_tier_granting(Interface::Secrets),
+            Some(Tier::Executor)
+        );
+        assert_eq!(
+            table.lowest_tier_granting(Interface::Tools),
+            Some(Tier::Operator)
+        );
+        assert_eq!(
+            table.lowest_tier_granting(Interface::Llm),
+            Some(Tier::Observer)
+        );
+        assert_eq!(
+            table.lowest_tier_granting(Interface::Types),
+            Some(Tier::Observer)
+        );
+        assert_eq!(
+            table.policy(Tier::Architect).approval,
+            crate::policy::Approval::Required
+        );
+        assert!(table.policy(Tier::Observer).stops_after_plan);
+        assert_eq!(
+            table.policy(Tier::Observer).phase_wall,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            table.defaults.approval_timeout,
+            std::time::Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn a_tier_granting_less_than_the_one_below_is_refused() {
+        // T1 without `[tiers.T1.ledger]`, which T0 has.
+        let text = BUILTIN_TIERS_TOML.replacen("[tiers.T1.ledger]\n", "", 1);
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.T0` grants `ledger` but `tiers.T1` does not"),
+            "{err}"
+        );
+        // T2 with a blackboard it may not write, where T1 may.
+        let text = BUILTIN_TIERS_TOML.replacen(
+            "[tiers.T2.blackboard]\nwrite = true",
+            "[tiers.T2.blackboard]\nwrite = false",
+            1,
+        );
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`[tiers.T2.blackboard]` grants less than `[tiers.T1.blackboard]`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_section_grants_nothing_and_an_unknown_one_is_named() {
+        let text = BUILTIN_TIERS_TOML.replace("[tiers.T3.secrets]\n", "[tiers.T3.telepathy]\n");
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `telepathy`"), "{err}");
+        assert!(
+            err.contains("`[tiers.T3.<name>]` for ledger, state"),
+            "{err}"
+        );
+
+        let text = BUILTIN_TIERS_TOML.replace("[tiers.T4]", "[tiers.T9]");
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown tier `[tiers.T9]`"), "{err}");
+
+        let err = TierTable::from_toml_str("revision = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid TOML for a tier table"), "{err}");
+
+        let text = format!("{BUILTIN_TIERS_TOML}\n[tiers.T0.types]\n");
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("linked at every tier and takes no section"),
+            "{err}"
+        );
+    }
+
+    /// An operator's table in the old flat layout gets the form that replaces each key.
+    #[test]
+    fn old_flat_keys_name_their_new_form() {
+        let cases = [
+            (
+                "interfaces = [\"types\", \"ledger\", \"state\"]",
+                "each interface is granted by a section of its own (`[tiers.T0.ledger]`, `[tiers.T0.state]`)",
+            ),
+            (
+                "llm_models = [\"gpt-*\"]",
+                "write it as a section:\n  [tiers.T0.llm]\n  models = [\"gpt-*\"]",
+            ),
+            (
+                "llm_token_budget = 20000",
+                "[tiers.T0.llm]\n  token_budget = 20000",
+            ),
+            (
+                "secrets = [\"t3/*\"]",
+                "[tiers.T0.secrets]\n  paths = [\"t3/*\"]",
+            ),
+            (
+                "artifact_names = [\"plan*\"]",
+                "[tiers.T0.artifacts]\n  names = [\"plan*\"]",
+            ),
+            (
+                "blackboard_write = false",
+                "[tiers.T0.blackboard]\n  write = false",
+            ),
+            ("phase_wall_ms = 30000", "write `phase_wall = \"30s\"`"),
+            ("secrets_ttl_s = 3600", "write `secrets_ttl = \"1h\"`"),
+        ];
+        for (old, new_form) in cases {
+            let text =
+                BUILTIN_TIERS_TOML.replacen("[tiers.T0]\n", &format!("[tiers.T0]\n{old}\n"), 1);
+            let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains(new_form), "{old}: {err}");
+        }
+        let text = BUILTIN_TIERS_TOML.replace("lock_ttl = \"1m\"", "lock_ttl_ms = 60000");
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("write `lock_ttl = \"1m\"`"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_named() {
+        let text = BUILTIN_TIERS_TOML.replacen("memory_bytes = 67108864", "memory_bytes = 0", 1);
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.T0.memory_bytes` must be greater than 0"),
+            "{err}"
+        );
+    }
+}
+
+/// The linker, the load gate's WASI list and `wit/worlds.wit` agree with the tier table.
+#[cfg(test)]
+mod agreement {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::runtime::Runtime;
+    use crate::runtime::imports::{self, ImportRefusal, WASI_PROVIDED};
+    use crate::tier::Tier;
+
+    /// One member of a provided interface, as an instance type's export: an import of an
+    /// instance with no members would pass for any name.
+    const MEMBERS: &[(&str, &str)] = &[
+        ("wasi:io/error", r#"(export "error" (type (sub resource)))"#),
+        (
+            "wasi:io/poll",
+            r#"(export "pollable" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:io/streams",
+            r#"(export "input-stream" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:filesystem/types",
+            r#"(export "descriptor" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:sockets/network",
+            r#"(export "network" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:sockets/tcp",
+            r#"(export "tcp-socket" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:sockets/udp",
+            r#"(export "udp-socket" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:sockets/ip-name-lookup",
+            r#"(export "resolve-address-stream" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:cli/terminal-input",
+            r#"(export "terminal-input" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:cli/terminal-output",
+            r#"(export "terminal-output" (type (sub resource)))"#,
+        ),
+        (
+            "wasi:cli/environment",
+            r#"(export "get-arguments" (func (result (list string))))"#,
+        ),
+        (
+            "wasi:clocks/monotonic-clock",
+            r#"(export "now" (func (result u64)))"#,
+        ),
+        (
+            "wasi:random/random",
+            r#"(export "get-random-u64" (func (result u64)))"#,
+        ),
+        (
+            "wasi:random/insecure",
+            r#"(export "get-insecure-random-u64" (func (result u64)))"#,
+        ),
+    ];
+
+    fn component(runtime: &Runtime, imports: &str) -> wasmtime::component::Component {
+        let bytes = wat::parse_str(format!("(component {imports})")).expect("component text");
+        runtime.component(imports, &bytes, "test").unwrap()
+    }
+
+    #[test]
+    fn the_listed_wasi_interfaces_are_linked_and_unlisted_ones_are_not() {
+        let runtime = Runtime::new(None).unwrap();
+        let tiers = TierTable::builtin().unwrap();
+        let linker = tier_linker(runtime.engine(), tiers.policy(Tier::Observer)).unwrap();
+        for (name, member) in MEMBERS {
+            assert!(WASI_PROVIDED.contains(name), "{name}");
+            let import = format!(r#"(import "{name}@0.2.0" (instance {member}))"#);
+            assert!(
+                linker
+                    .instantiate_pre(&component(&runtime, &import))
+                    .is_ok(),
+                "`{name}` is listed as provided but the linker does not define `{member}`"
+            );
+        }
+        for name in [
+            "wasi:http/outgoing-handler@0.2.0",
+            "wasi:http/types@0.2.0",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:io/poll@0.3.0",
+        ] {
+            assert!(!imports::wasi_provided(name), "{name}");
+            let import = format!(r#"(import "{name}" (instance (export "x" (func))))"#);
+            assert!(
+                linker
+                    .instantiate_pre(&component(&runtime, &import))
+                    .is_err(),
+                "`{name}` is linked but the load gate would refuse it"
+            );
+        }
+    }
+
+    #[test]
+    fn the_load_gate_refuses_wasi_the_host_does_not_provide() {
+        let runtime = Runtime::new(None).unwrap();
+        let tiers = TierTable::builtin().unwrap();
+        let component = component(
+            &runtime,
+            r#"(import "wasi:io/poll@0.2.3" (instance)) (import "wasi:http/outgoing-handler@0.2.0" (instance))"#,
+        );
+        let summary = imports::summarize(runtime.engine(), &component);
+        assert_eq!(summary.wasi, ["wasi:io/poll@0.2.3"]);
+        assert_eq!(
+            imports::check(&summary, Tier::Architect, &tiers),
+            Err(ImportRefusal::Unknown {
+                import: "wasi:http/outgoing-handler@0.2.0".into()
+            })
+        );
+    }
+
+    /// Each world of `wit/worlds.wit` imports exactly what its tier links.
+    #[test]
+    fn worlds_wit_matches_the_tier_table() {
+        let mut resolve = wit_parser::Resolve::new();
+        let wit = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit");
+        let (package, _) = resolve.push_dir(wit).unwrap();
+        let tiers = TierTable::builtin().unwrap();
+        for tier in Tier::ALL {
+            let world = resolve
+                .select_world(&[package], Some(tier.name()))
+                .unwrap_or_else(|e| panic!("no world `{}` in wit/worlds.wit: {e}", tier.name()));
+            let imported: BTreeSet<String> = resolve.worlds[world]
+                .imports
+                .values()
+                .filter_map(|item| match item {
+                    wit_parser::WorldItem::Interface { id, .. } => {
+                        resolve.interfaces[*id].name.clone()
+                    }
+                    _ => None,
+                })
+                .collect();
+            let linked: BTreeSet<String> = tiers
+                .policy(tier)
+                .interfaces
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect();
+            assert_eq!(
+                imported,
+                linked,
+                "world `{}` of wit/worlds.wit and `[tiers.{}]` of policies/tiers.toml disagree",
+                tier.name(),
+                tier.code()
+            );
+        }
+    }
 }

@@ -1,10 +1,79 @@
 //! `warden:agent/secrets`: secrets scoped by tier, read through the agent's own session.
+//!
+//! Tier section `[tiers.Tn.secrets]`: `paths`, the secret paths (globs) the tier may read;
+//! `{agent}` stands for the agent's id (`agents/{agent}/*`). The secrets backend checks its own
+//! policy too (Vault: the tier's HCL), so a path needs both.
 
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::secrets::Host;
-use crate::policy::Interface;
+use crate::interface::Interface;
+use crate::pattern::Pattern;
+use crate::policy::{SectionSpec, TierTable};
 use crate::secrets::{SecretsError, validate_path};
+use crate::tier::Tier;
+use serde::Deserialize;
+
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Secrets);
+
+/// `[tiers.Tn.secrets]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Paths the tier may read.
+    #[serde(default)]
+    pub paths: Vec<Pattern>,
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant { paths: Vec::new() };
+}
+
+impl Grant {
+    fn admits(&self, agent: &str, path: &str) -> bool {
+        self.paths.iter().any(|p| p.with_agent(agent).matches(path))
+    }
+}
+
+/// The path's shape first (a `..` is an escape attempt), then the tier's grant.
+fn check_read(
+    tiers: &TierTable,
+    tier: Tier,
+    op: &str,
+    agent: &str,
+    path: &str,
+) -> Result<(), CallRefusal> {
+    if let Err(error) = validate_path(path) {
+        let escape = path.contains("..");
+        return Err(CallRefusal {
+            kind: if escape {
+                ViolationKind::PathEscape
+            } else {
+                ViolationKind::Invalid
+            },
+            resource: format!("secret:{path}"),
+            message: format!("`{op}` refused: {error}"),
+        });
+    }
+    let admits = |tier: Tier| {
+        tiers
+            .policy(tier)
+            .grant::<Grant>(Interface::Secrets)
+            .admits(agent, path)
+    };
+    if admits(tier) {
+        return Ok(());
+    }
+    let lowest = Tier::ALL.into_iter().find(|t| admits(*t));
+    Err(CallRefusal::tier_denied(
+        format!("secret:{path}"),
+        format!(
+            "`{op}` refused: secret `{path}` is above tier {tier}; lowest tier that may read it: {}",
+            lowest.map_or("none".to_string(), |t| t.to_string())
+        ),
+    ))
+}
 
 impl Host for AgentCtx {
     async fn get(&mut self, path: String) -> Result<String, WitError> {
@@ -12,42 +81,14 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Secrets, OP, || format!("secret:{path}"))
             .await?;
-        if let Err(error) = validate_path(&path) {
-            let escape = path.contains("..");
-            let refusal = Refusal {
-                kind: if escape {
-                    ViolationKind::PathEscape
-                } else {
-                    ViolationKind::Invalid
-                },
-                resource: format!("secret:{path}"),
-                message: format!("`{OP}` refused: {error}"),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let agent = self.gov.agent_id();
-        let policy = self.gov.policy();
-        if !policy
-            .secrets
-            .iter()
-            .any(|p| p.with_agent(agent).matches(&path))
-        {
-            let lowest = self
-                .gov
-                .services
-                .tiers
-                .lowest_tier_reading_secret(agent, &path);
-            let refusal = Refusal {
-                kind: ViolationKind::TierDenied,
-                resource: format!("secret:{path}"),
-                message: format!(
-                    "`{OP}` refused: secret `{path}` is above tier {}; lowest tier that may read it: {}",
-                    self.gov.run.tier,
-                    lowest.map_or("none".to_string(), |t| t.to_string())
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
+        let decision = check_read(
+            &self.gov.services.tiers,
+            self.gov.run.tier,
+            OP,
+            self.gov.agent_id(),
+            &path,
+        );
+        self.gov.check(OP, decision).await?;
         let result = match &self.gov.secrets {
             None => Err(WitError::Unavailable(
                 "no secrets session: the agent was not logged in at bootstrap".into(),
@@ -63,7 +104,7 @@ impl Host for AgentCtx {
                 // The backend's own policy refused what the tier table allowed: the second
                 // line of defence held, and the refusal is recorded like the host's own.
                 Err(SecretsError::Denied { .. }) => {
-                    let refusal = Refusal {
+                    let refusal = CallRefusal {
                         kind: ViolationKind::TierDenied,
                         resource: format!("secret:{path}"),
                         message: format!(

@@ -1,13 +1,18 @@
 //! `warden:agent/tools`: operator-registered tools, run without a shell, check-mode below
 //! their full tier.
 
-use super::{AgentCtx, Refusal, ViolationKind, unavailable};
+use super::AgentCtx;
+use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::tools::{Host, ToolInfo, ToolOutput};
 use crate::bindings::warden::agent::types::Tier as WitTier;
-use crate::policy::Interface;
+use crate::interface::Interface;
 use crate::tier::Tier;
 use crate::tools::ToolsError;
+use crate::policy::{Linked, SectionSpec};
+
+/// Its section (`[tiers.T1.tools]`) has no settings: present, the interface is linked.
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::Tools);
 
 pub(crate) fn wit_tier(tier: Tier) -> WitTier {
     match tier {
@@ -69,7 +74,7 @@ impl Host for AgentCtx {
                     }
                     _ => ViolationKind::Invalid,
                 };
-                let refusal = Refusal {
+                let refusal = CallRefusal {
                     kind,
                     resource: format!("tool:{name}"),
                     message: format!("`{OP}` refused: {error}"),

@@ -12,8 +12,6 @@ use rusqlite::ToSql;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use sha2::{Digest, Sha256};
 
-use super::schema::Table;
-
 /// `prev_hash` of the first row.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -101,12 +99,19 @@ impl ToSql for Field<'_> {
     }
 }
 
-/// The hash of one row given its predecessor's hash.
-pub(crate) fn row_hash(prev_hash: &[u8], table: Table, seq: i64, fields: &[Field<'_>]) -> String {
+/// The last row of the chain: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// The hash of one row of `table` (its SQL name) given its predecessor's hash.
+pub(crate) fn row_hash(prev_hash: &[u8], table: &str, seq: i64, fields: &[Field<'_>]) -> String {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     Field::Text(prev_hash).feed(&mut h);
-    Field::text(table.name()).feed(&mut h);
+    Field::text(table).feed(&mut h);
     Field::Int(seq).feed(&mut h);
     for field in fields {
         field.feed(&mut h);
@@ -120,7 +125,7 @@ mod tests {
 
     #[test]
     fn encoding_is_unambiguous() {
-        let t = Table::Actions;
+        let t = "agent_actions";
         let h = |f: &[Field<'_>]| row_hash(GENESIS_HASH.as_bytes(), t, 1, f);
         assert_ne!(h(&[Field::Null]), h(&[Field::text("")]));
         assert_ne!(
@@ -131,7 +136,7 @@ mod tests {
         assert_ne!(h(&[Field::Int(1)]), h(&[Field::Real(1.0)]));
         assert_ne!(
             row_hash(GENESIS_HASH.as_bytes(), t, 1, &[]),
-            row_hash(GENESIS_HASH.as_bytes(), Table::Violations, 1, &[])
+            row_hash(GENESIS_HASH.as_bytes(), "violations", 1, &[])
         );
         assert_ne!(
             row_hash(GENESIS_HASH.as_bytes(), t, 1, &[]),

@@ -445,7 +445,7 @@ fn link(table: Table, row: &Row<'_>) -> Result<Link, LedgerError> {
         ValueRef::Text(t) | ValueRef::Blob(t) => t,
         _ => &[],
     };
-    let computed = chain::row_hash(prev_bytes, table, seq.unwrap_or(0), &content);
+    let computed = chain::row_hash(prev_bytes, table.name(), seq.unwrap_or(0), &content);
     Ok(Link {
         table,
         id: row.get(0)?,

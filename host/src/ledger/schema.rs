@@ -13,9 +13,8 @@ use std::str::FromStr;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use super::chain::{Field, GENESIS_HASH};
+use super::chain::{Field, GENESIS_HASH, Head};
 use super::error::LedgerError;
-use super::writer::Head;
 use crate::tier::Tier;
 
 /// Schema version written to `meta`; bump together with a migration.

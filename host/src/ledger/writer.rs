@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from_iter};
 
-use super::chain::{self, Field};
+use super::chain::{self, Field, Head};
 use super::error::LedgerError;
 use super::read;
 use super::record::{AgentRecord, Entry, MetricsSnapshot, Registration};
@@ -121,13 +121,6 @@ impl Done {
         }
         Unanswered::None
     }
-}
-
-/// The last row of the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
-    pub seq: i64,
-    pub hash: String,
 }
 
 pub(crate) struct Writer {
@@ -413,7 +406,7 @@ impl State {
         fields: &[Field<'_>],
     ) -> Result<u64, LedgerError> {
         let seq = self.head.seq + 1;
-        let hash = chain::row_hash(self.head.hash.as_bytes(), table, seq, fields);
+        let hash = chain::row_hash(self.head.hash.as_bytes(), table.name(), seq, fields);
         let sql = &self.insert_sql[table as usize];
         let mut stmt = tx.prepare_cached(sql)?;
         let params = iter::once(Field::Int(seq))

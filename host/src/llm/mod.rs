@@ -171,7 +171,12 @@ pub struct LlmConfig {
     /// OpenAI-compatible: the secrets path of the API key. The caller resolves it and passes
     /// the key to [`provider_from_config`], so this module never touches the secrets store.
     pub api_key_secret: Option<String>,
-    /// OpenAI-compatible: the whole-request timeout. Default 60 000.
+    /// OpenAI-compatible: the whole-request timeout (`"60s"`, the default).
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    pub timeout: Option<Duration>,
+    /// The old form of `timeout`, refused with the new one.
+    #[serde(default)]
+    #[doc(hidden)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -199,8 +204,11 @@ pub fn provider_from_config(
             if cfg.api_key_secret.is_some() {
                 return Err(inapplicable("api_key_secret", "scripted"));
             }
-            if cfg.timeout_ms.is_some() {
-                return Err(inapplicable("timeout_ms", "scripted"));
+            if let Some(ms) = cfg.timeout_ms {
+                return Err(LlmError::Config(crate::duration::old_key("timeout_ms", ms)));
+            }
+            if cfg.timeout.is_some() {
+                return Err(inapplicable("timeout", "scripted"));
             }
             let Some(rules) = &cfg.rules else {
                 return Err(LlmError::Config(
@@ -239,13 +247,16 @@ pub fn provider_from_config(
             if let Some(key) = api_key {
                 provider = provider.api_key(key);
             }
-            match cfg.timeout_ms {
-                Some(0) => {
+            if let Some(ms) = cfg.timeout_ms {
+                return Err(LlmError::Config(crate::duration::old_key("timeout_ms", ms)));
+            }
+            match cfg.timeout {
+                Some(timeout) if timeout < Duration::from_millis(1) => {
                     return Err(LlmError::Config(
-                        "`timeout_ms = 0` would fail every request; use at least 1".into(),
+                        "`timeout = \"0s\"` would fail every request; use at least `1ms`".into(),
                     ));
                 }
-                Some(ms) => provider = provider.timeout(Duration::from_millis(ms)),
+                Some(timeout) => provider = provider.timeout(timeout),
                 None => {}
             }
             Ok(Arc::new(provider))
@@ -320,6 +331,7 @@ mod tests {
             base_url: None,
             model: Some("demo-model".into()),
             api_key_secret: None,
+            timeout: None,
             timeout_ms: None,
         };
         let provider = provider_from_config(&cfg, None).unwrap();
@@ -372,17 +384,17 @@ mod tests {
         );
 
         let zero = config(
-            "provider = \"openai-compatible\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\ntimeout_ms = 0",
+            "provider = \"openai-compatible\"\nbase_url = \"http://x/v1\"\nmodel = \"m\"\ntimeout = \"0s\"",
         )
         .unwrap();
         let error = provider_from_config(&zero, None).err().unwrap();
-        assert!(error.to_string().contains("timeout_ms = 0"), "{error}");
+        assert!(error.to_string().contains("timeout = \"0s\""), "{error}");
     }
 
     #[test]
     fn config_builds_an_openai_compatible_provider() {
         let cfg = config(
-            "provider = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1/\"\nmodel = \"llama3\"\napi_key_secret = \"llm/key\"\ntimeout_ms = 1500",
+            "provider = \"openai-compatible\"\nbase_url = \"http://127.0.0.1:1/v1/\"\nmodel = \"llama3\"\napi_key_secret = \"llm/key\"\ntimeout = \"1500ms\"",
         )
         .unwrap();
         let provider = provider_from_config(&cfg, Some("sk-secret".into())).unwrap();

@@ -78,3 +78,40 @@ impl ResourceLimiter for GuestLimits {
         self.instances
     }
 }
+
+/// Why the guest stopped running inside a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The agent was revoked while it ran.
+    Revoked,
+    /// The phase's cpu time ran out.
+    CpuDeadline,
+    /// The phase's (or the run's) wall-clock deadline passed.
+    WallDeadline,
+}
+
+/// Per-phase deadlines, checked on every epoch tick while the guest executes and by host
+/// calls that wait (a `receive` never waits past `deadline`).
+#[derive(Debug)]
+pub struct Meter {
+    /// Epoch ticks the guest has run in this phase.
+    pub cpu_ticks: u64,
+    /// Ticks it may run.
+    pub cpu_limit_ticks: u64,
+    /// When the phase's wall-clock time is up.
+    pub deadline: std::time::Instant,
+    /// Why the guest was interrupted, once it was.
+    pub interrupt: Option<Interrupt>,
+}
+
+impl Meter {
+    /// A meter with no cpu limit yet and the given wall-clock deadline.
+    pub fn new(deadline: std::time::Instant) -> Meter {
+        Meter {
+            cpu_ticks: 0,
+            cpu_limit_ticks: u64::MAX,
+            deadline,
+            interrupt: None,
+        }
+    }
+}

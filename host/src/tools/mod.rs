@@ -16,7 +16,7 @@
 //! check_argv = ["/bin/echo", "would run: wc -w {0}"]
 //! args = ["[A-Za-z0-9._/-]{1,128}"]
 //! max_args = 1
-//! timeout_ms = 5000
+//! timeout = "5s"
 //! max_output_bytes = 65536
 //! ```
 
@@ -34,7 +34,7 @@ use crate::tier::Tier;
 pub use run::{Invocation, ToolOutput};
 use template::Template;
 
-/// `timeout_ms` when a tool gives none.
+/// `timeout` when a tool gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `max_output_bytes` when a tool gives none.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -84,8 +84,8 @@ pub enum ToolsError {
         problem: ArgumentProblem,
     },
     #[error(
-        "tool `{tool}` ran longer than its {} ms limit and was killed; the operator may raise its `timeout_ms`",
-        timeout.as_millis()
+        "tool `{tool}` ran longer than its {} limit and was killed; the operator may raise its `timeout`",
+        crate::duration::format(*timeout)
     )]
     Timeout { tool: String, timeout: Duration },
     #[error("tool `{tool}` (`{program}`) is unavailable: {message}")]
@@ -227,6 +227,9 @@ struct RawTool {
     args: Vec<String>,
     #[serde(default)]
     max_args: usize,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    timeout: Option<Duration>,
+    /// The old form of `timeout`, refused with the new one.
     timeout_ms: Option<u64>,
     max_output_bytes: Option<usize>,
 }
@@ -456,15 +459,21 @@ fn validate(raw: RawTool, origin: &str) -> Result<ToolSpec, ToolsError> {
             "patterns are given but `max_args` is 0 (the default), so no argument is accepted; set how many arguments the tool takes".into(),
         ));
     }
-    let timeout = match raw.timeout_ms {
+    if let Some(ms) = raw.timeout_ms {
+        return Err(invalid(
+            "timeout_ms",
+            crate::duration::old_key("timeout_ms", ms),
+        ));
+    }
+    let timeout = match raw.timeout {
         None => DEFAULT_TIMEOUT,
-        Some(0) => {
+        Some(timeout) if timeout < Duration::from_millis(1) => {
             return Err(invalid(
-                "timeout_ms",
-                "0 would kill every run at once; use at least 1".into(),
+                "timeout",
+                "it is 0, which would kill every run at once; use at least `1ms`".into(),
             ));
         }
-        Some(ms) => Duration::from_millis(ms),
+        Some(timeout) => timeout,
     };
     let max_output_bytes = raw.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
     if max_output_bytes > MAX_OUTPUT_BYTES_LIMIT {

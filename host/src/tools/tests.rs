@@ -15,7 +15,7 @@ argv = ["/usr/bin/wc", "-w", "{0}"]
 check_argv = ["/bin/echo", "would run: wc -w {0}"]
 args = ["[A-Za-z0-9._/-]{1,128}"]
 max_args = 4
-timeout_ms = 5000
+timeout = "5s"
 max_output_bytes = 65536
 
 [[tool]]
@@ -195,9 +195,14 @@ fn validation_errors_name_the_tool_and_field() {
             "`max_args` is 0",
         ),
         (
-            "argv = [\"/bin/echo\"]\ntimeout_ms = 0",
+            "argv = [\"/bin/echo\"]\ntimeout = \"0s\"",
+            "timeout",
+            "at least `1ms`",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\ntimeout_ms = 1500",
             "timeout_ms",
-            "at least 1",
+            "durations are strings now: write `timeout = \"1s 500ms\"`",
         ),
         (
             "argv = [\"/bin/echo\"]\nmax_output_bytes = 999999999",
@@ -449,7 +454,7 @@ async fn runs_in_the_working_directory_and_reports_exit_codes() {
 
 #[tokio::test]
 async fn a_tool_past_its_timeout_is_killed() {
-    let registry = one_tool("argv = [\"/bin/sleep\", \"5\"]\ntimeout_ms = 200").unwrap();
+    let registry = one_tool("argv = [\"/bin/sleep\", \"5\"]\ntimeout = \"200ms\"").unwrap();
     let started = Instant::now();
     let error = registry
         .prepare("t", &[], Tier::Observer)
@@ -459,7 +464,7 @@ async fn a_tool_past_its_timeout_is_killed() {
         .unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(error, ToolsError::Timeout { .. }), "{error}");
-    assert!(error.to_string().contains("200 ms"), "{error}");
+    assert!(error.to_string().contains("its 200ms limit"), "{error}");
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 }
 

@@ -1,0 +1,103 @@
+//! Ledger records of the host's own decisions: the subject of a row, action and violation
+//! entries, operator actions that belong to no run.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::context::Services;
+use crate::error::Error;
+use crate::ledger::{ActionRecord, Entry, Subject, ViolationRecord};
+use crate::packet::now_rfc3339;
+use crate::phase::Phase;
+use crate::tier::Tier;
+
+pub(crate) fn host_subject(
+    services: &Services,
+    agent: &str,
+    tier: Tier,
+    task: Option<&str>,
+    digest: Option<&str>,
+) -> Arc<Subject> {
+    Arc::new(Subject {
+        agent_id: Arc::from(agent),
+        agent_version: Arc::from(digest.map_or("", short_digest)),
+        tier,
+        task_id: task.map(Arc::from),
+        component_digest: digest.map(Arc::from),
+        policy_revision: Some(Arc::from(services.tiers.revision.as_str())),
+    })
+}
+
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+pub(crate) fn action(
+    subject: &Arc<Subject>,
+    phase: Option<Phase>,
+    name: impl Into<Cow<'static, str>>,
+    decision: impl Into<Cow<'static, str>>,
+    error: Option<(&str, String)>,
+) -> Entry {
+    let mut record = ActionRecord::new(subject.clone(), name, decision);
+    if let Some(phase) = phase {
+        record = record.phase(phase.as_str());
+    }
+    if let Some((kind, message)) = error {
+        record = record.failed(kind.to_string(), message);
+    }
+    Entry::Action(record)
+}
+
+pub(crate) fn violation(
+    subject: &Arc<Subject>,
+    phase: Phase,
+    kind: &'static str,
+    resource: String,
+    details: String,
+) -> Entry {
+    Entry::Violation(
+        ViolationRecord::new(subject.clone(), kind, details)
+            .phase(phase.as_str())
+            .resource(resource),
+    )
+}
+
+/// Record an operator or host action that belongs to no run, durably.
+pub(crate) async fn record_host_action(
+    services: &Services,
+    agent: &str,
+    task: Option<&str>,
+    name: &'static str,
+    decision: &str,
+) -> Result<(), Error> {
+    let tier = services
+        .ledger
+        .agent(agent)?
+        .map_or(Tier::Observer, |a| a.tier);
+    let subject = host_subject(services, agent, tier, task, None);
+    services
+        .ledger_durable(action(&subject, None, name, decision.to_string(), None))
+        .await?;
+    Ok(())
+}
+
+/// Record an approval for a task (`warden approve`).
+pub(crate) async fn approve(services: &Services, task: &str, approver: &str) -> Result<(), Error> {
+    let json = serde_json::json!({ "task_id": task, "approved_by": approver, "approved_at": now_rfc3339() }).to_string();
+    services.state.put_approval(task, &json).await?;
+    let agent = services
+        .state
+        .active_agent(task)
+        .await?
+        .unwrap_or_else(|| "-".to_string());
+    record_host_action(
+        services,
+        &agent,
+        Some(task),
+        "approval.grant",
+        &format!("approved by {approver}"),
+    )
+    .await
+}

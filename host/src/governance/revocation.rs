@@ -1,0 +1,273 @@
+//! Revocation and handoff: a revoked run is interrupted at its next epoch tick, the
+//! revocation is recorded in the state store and the ledger, its secrets session is revoked,
+//! a handoff is written for the next agent and its lock is released. Revocations made by
+//! other hosts reach a run through [`spawn_revocation_watcher`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::record::{action, host_subject};
+use crate::artifacts::{ArtifactRef, latest_per_name};
+use crate::context::{RunShared, Services};
+use crate::error::{Error, Refusal};
+use crate::packet::{Handoff, LastKnownState, Revocation, RevocationReason, now_rfc3339};
+use crate::phase::Phase;
+
+/// Revoke a running agent: interrupt its store (next epoch tick), record the revocation,
+/// write the handoff, revoke its secrets session, release its lock. Idempotent.
+pub(crate) async fn revoke(
+    services: &Services,
+    run: &Arc<RunShared>,
+    reason: RevocationReason,
+    by: &str,
+) {
+    if !run.mark_revoked(reason.clone()) {
+        return;
+    }
+    let agent = run.agent_id.to_string();
+    let task = run.task_id.to_string();
+    let revocation = Revocation {
+        agent_id: agent.clone(),
+        task_id: Some(task.clone()),
+        reason: reason.clone(),
+        revoked_by: by.to_string(),
+        revoked_at: now_rfc3339(),
+    };
+    if let Ok(json) = serde_json::to_string(&revocation)
+        && let Err(error) = services.state.record_revocation(&agent, &json).await
+    {
+        tracing::error!(%error, "cannot record revocation in the state store");
+    }
+    let entry = action(
+        &run.subject,
+        Some(run.phase()),
+        "agent.revoke",
+        reason.kind.clone(),
+        Some((reason.kind.as_str(), reason.details.clone())),
+    );
+    if let Err(error) = services.ledger_durable(entry).await {
+        tracing::error!(%error, "cannot record revocation in the ledger");
+    }
+    finish_revocation(services, run, &reason).await;
+}
+
+/// What follows a revocation wherever it was recorded: the secrets session is revoked, the
+/// handoff written, the lock released.
+async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &RevocationReason) {
+    let agent = run.agent_id.to_string();
+    let task = run.task_id.to_string();
+    let phase = run.phase();
+    let session = run.secrets.lock().take();
+    if let Some(session) = session
+        && let Err(error) = session.revoke().await
+    {
+        tracing::warn!(%error, "cannot revoke secrets session");
+    }
+    let handoff = build_handoff(services, run, reason, phase).await;
+    if let Ok(json) = serde_json::to_string(&handoff) {
+        if let Err(error) = services.state.put_handoff(&task, &json).await {
+            tracing::error!(%error, "cannot write handoff");
+        }
+        services.ledger.append(action(
+            &run.subject,
+            Some(phase),
+            "handoff.write",
+            json,
+            None,
+        ));
+    }
+    if let Err(error) = services.state.release_lock(&agent, &run.lock_owner).await {
+        tracing::warn!(%error, "cannot release lock of revoked agent");
+    }
+    tracing::warn!(agent = %agent, task = %task, kind = %reason.kind, "agent revoked: {}", reason.details);
+}
+
+async fn build_handoff(
+    services: &Services,
+    run: &Arc<RunShared>,
+    reason: &RevocationReason,
+    phase: Phase,
+) -> Handoff {
+    let _ = services.ledger_flush().await;
+    let query = crate::ledger::LedgerQuery {
+        agent_id: Some(run.agent_id.to_string()),
+        task_id: Some(run.task_id.to_string()),
+        limit: Some(50),
+        ..Default::default()
+    };
+    let tried: Vec<String> = services
+        .ledger
+        .query(&query)
+        .map(|rows| rows.iter().filter_map(|row| row.tried()).collect())
+        .unwrap_or_default();
+    let last_step = tried.last().cloned().unwrap_or_else(|| "enter".to_string());
+    let artifacts = match services.state.artifacts(&run.task_id).await {
+        Ok(raw) => latest_per_name(
+            raw.iter()
+                .filter_map(|j| serde_json::from_str::<ArtifactRef>(j).ok()),
+        )
+        .into_iter()
+        .map(|a| a.name)
+        .collect(),
+        Err(_) => Vec::new(),
+    };
+    let constraints = &run.packet.constraints;
+    let mut reminder = Vec::new();
+    if !constraints.scope.is_empty() {
+        reminder.push(format!(
+            "scope: {}",
+            constraints
+                .scope
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !constraints.forbidden.is_empty() {
+        reminder.push(format!(
+            "forbidden: {}",
+            constraints
+                .forbidden
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !constraints.required_steps.is_empty() {
+        reminder.push(format!(
+            "required steps: {}",
+            constraints.required_steps.join(", ")
+        ));
+    }
+    reminder.push(format!("tier: {}", run.tier));
+    Handoff {
+        task_id: run.task_id.to_string(),
+        previous_agent_id: run.agent_id.to_string(),
+        revoked: true,
+        revocation_reason: reason.clone(),
+        last_known_state: LastKnownState {
+            phase: phase.as_str().to_string(),
+            step: last_step,
+        },
+        what_was_tried: tried.into_iter().rev().take(20).rev().collect(),
+        blocking_issue: reason.details.clone(),
+        required_next_actions: vec![
+            format!(
+                "review the violations of `{}` in task `{}` (`warden ledger query --task {}`)",
+                run.agent_id, run.task_id, run.task_id
+            ),
+            format!(
+                "assign task `{}` to a new agent id with a fresh instruction packet",
+                run.task_id
+            ),
+            format!("the next agent must not repeat: {}", reason.details),
+        ],
+        constraints_reminder: reminder,
+        artifacts,
+        created_at: now_rfc3339(),
+    }
+}
+
+/// Watch the shared revocation ledger so a revocation by another process or host stops this
+/// run too (the embedded store has no publish/subscribe; polling is the portable floor).
+pub(crate) fn spawn_revocation_watcher(
+    services: Arc<Services>,
+    run: Arc<RunShared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // Pushed revocations (Redis publish/subscribe) stop the run at once; polling the
+        // revocation ledger is the floor for backends that cannot push, and for a missed
+        // message.
+        let mut events = services.state.revocation_events();
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        interval.tick().await;
+        loop {
+            let pushed = async {
+                match events.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = interval.tick() => {}
+                event = pushed => match event {
+                    Ok(agent) if agent != *run.agent_id => continue,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
+                },
+            }
+            if run.is_revoked() {
+                return;
+            }
+            if let Ok(Some(json)) = services.state.revocation(&run.agent_id).await {
+                let reason = serde_json::from_str::<Revocation>(&json)
+                    .map(|r| r.reason)
+                    .unwrap_or(RevocationReason {
+                        kind: "OPERATOR".into(),
+                        details: "revoked elsewhere".into(),
+                    });
+                if run.mark_revoked(reason.clone()) {
+                    finish_revocation(&services, &run, &reason).await;
+                }
+                return;
+            }
+        }
+    })
+}
+
+/// Operator revocation (`warden agents revoke`).
+pub(crate) async fn revoke_agent(
+    services: &Arc<Services>,
+    agent: &str,
+    details: &str,
+    actor: &str,
+) -> Result<(), Error> {
+    let record = services
+        .ledger
+        .agent(agent)?
+        .ok_or_else(|| Refusal::UnknownAgent {
+            agent: agent.to_string(),
+        })?;
+    let reason = RevocationReason {
+        kind: "OPERATOR".into(),
+        details: details.to_string(),
+    };
+    let running = services.running.lock().get(agent).cloned();
+    if let Some(run) = running {
+        revoke(services, &run, reason, actor).await;
+        return Ok(());
+    }
+    if services.state.revocation(agent).await?.is_some() {
+        return Err(Error::Invalid(format!(
+            "agent `{agent}` is already revoked"
+        )));
+    }
+    let revocation = Revocation {
+        agent_id: agent.to_string(),
+        task_id: None,
+        reason: reason.clone(),
+        revoked_by: actor.to_string(),
+        revoked_at: now_rfc3339(),
+    };
+    let json = serde_json::to_string(&revocation).map_err(|e| Error::Invalid(e.to_string()))?;
+    services.state.record_revocation(agent, &json).await?;
+    let subject = host_subject(
+        services,
+        agent,
+        record.tier,
+        None,
+        record.component_digest.as_deref(),
+    );
+    services
+        .ledger_durable(action(
+            &subject,
+            None,
+            "agent.revoke",
+            "OPERATOR",
+            Some(("OPERATOR", details.to_string())),
+        ))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,962 @@
+//! The phase driver: from the lock to EXIT, every phase in order.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+
+use crate::artifacts::{ArtifactRef, latest_per_name};
+use crate::bindings::Architect;
+use crate::bindings::warden::agent::types as wit;
+use crate::capabilities::{self, AgentCtx};
+use crate::context::{RunShared, Services};
+use crate::governance::{
+    action, budget_trigger, charge_error, revoke, spawn_revocation_watcher, violation,
+};
+use crate::packet::{RevocationReason, now_rfc3339};
+use crate::pattern::first_match;
+use crate::phase::Phase;
+use crate::policy::{Approval, TierPolicy};
+use crate::report::{BudgetUse, PhaseRecord, RunOutcome, RunReport};
+use crate::runtime::EPOCH_TICK;
+use crate::runtime::limits::{Interrupt, LimitHit};
+use crate::runtime::output::CappedOutput;
+use crate::sandbox::{Sandbox, wit_packet};
+use crate::state::{ErrorCounts, Transition};
+use crate::tier::Tier;
+
+/// Why a run stopped early.
+/// The guest's captured output at EXIT.
+struct Output {
+    stdout: String,
+    stderr: String,
+    dropped: u64,
+}
+
+pub(super) enum Stop {
+    Revoked,
+    Failed { code: &'static str, message: String },
+}
+
+/// One agent-driven phase: arm the deadlines, call the guest under the wall-clock timeout,
+/// and settle the result (`?` on a stop).
+macro_rules! guest_call {
+    ($driver:ident, $phase:expr, $method:ident($($arg:expr),*)) => {{
+        let wall = $driver.arm();
+        let Some(booted) = &mut $driver.booted else {
+            return Err(not_booted());
+        };
+        let call = booted.guest.warden_agent_agent().$method(&mut booted.store, $($arg),*);
+        let result = tokio::time::timeout(wall, call).await;
+        $driver.settle($phase, result).await?
+    }};
+}
+
+struct Booted {
+    store: Store<AgentCtx>,
+    guest: Architect,
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+pub(super) struct Driver {
+    services: Arc<Services>,
+    sandbox: Arc<Sandbox>,
+    run: Arc<RunShared>,
+    started: Instant,
+    phase_started: Instant,
+    component_digest: String,
+    booted: Option<Booted>,
+    phases: Vec<PhaseRecord>,
+    counts: ErrorCounts,
+    plan: Option<wit::Plan>,
+    verification: Option<wit::Verification>,
+    report: Option<wit::Report>,
+    verification_failed: Option<String>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        services: Arc<Services>,
+        sandbox: Arc<Sandbox>,
+        run: Arc<RunShared>,
+        started: Instant,
+        component_digest: String,
+    ) -> Driver {
+        Driver {
+            services,
+            sandbox,
+            run,
+            started,
+            phase_started: started,
+            component_digest,
+            booted: None,
+            phases: Vec::with_capacity(8),
+            counts: ErrorCounts::default(),
+            plan: None,
+            verification: None,
+            report: None,
+            verification_failed: None,
+            watcher: None,
+        }
+    }
+
+    fn policy(&self) -> &TierPolicy {
+        self.services.tiers.policy(self.run.tier)
+    }
+
+    fn log(&self, phase: Phase, name: &'static str, decision: impl Into<Cow<'static, str>>) {
+        self.services
+            .ledger
+            .append(action(&self.run.subject, Some(phase), name, decision, None));
+    }
+
+    /// The rest of BOOTSTRAP once the lock is held: secrets login, sandbox, instantiate.
+    pub(super) async fn boot(
+        &mut self,
+        component: &wasmtime::component::Component,
+        policy: &TierPolicy,
+    ) -> Result<(), Stop> {
+        let agent = self.run.agent_id.to_string();
+        let fail = |code: &'static str, message: String| Stop::Failed { code, message };
+        self.services
+            .state
+            .reset_errors(&agent)
+            .await
+            .map_err(|e| fail("STATE_UNAVAILABLE", e.to_string()))?;
+        self.services
+            .state
+            .set_active_agent(&self.run.task_id, &agent)
+            .await
+            .map_err(|e| fail("STATE_UNAVAILABLE", e.to_string()))?;
+
+        let session = if policy
+            .interfaces
+            .contains(crate::interface::Interface::Secrets)
+        {
+            // Login binds the backend identity to the current tier (Vault: the AppRole's
+            // policies and TTL), so a tier change takes effect at the next bootstrap.
+            let session = self
+                .services
+                .secrets
+                .login(&agent, self.run.tier, policy.secrets_ttl)
+                .await
+                .map_err(|e| {
+                    fail(
+                        "SECRETS_LOGIN_FAILED",
+                        format!("secrets login for `{agent}` failed: {e}"),
+                    )
+                })?;
+            *self.run.secrets.lock() = Some(session.clone());
+            Some(session)
+        } else {
+            None
+        };
+
+        let pre = self
+            .sandbox
+            .instance_pre(&self.component_digest, self.run.tier, component)
+            .map_err(|e| fail("INVALID_COMPONENT", e))?;
+        let cap = self.services.tiers.defaults.output_cap_bytes;
+        let stdout = CappedOutput::new(cap);
+        let stderr = CappedOutput::new(cap);
+        let deadline = self.started + self.run_wall();
+        let mut store = self
+            .sandbox
+            .new_store(
+                &self.services,
+                &self.run,
+                session,
+                &stdout,
+                &stderr,
+                deadline,
+            )
+            .map_err(|message| fail("SANDBOX_FAILED", message))?;
+        let guest = match pre.instantiate_async(&mut store).await {
+            Ok(guest) => guest,
+            Err(error) => {
+                return Err(fail(
+                    "INSTANTIATION_FAILED",
+                    format!("cannot instantiate `{agent}`: {error:#}"),
+                ));
+            }
+        };
+        self.booted = Some(Booted {
+            store,
+            guest,
+            stdout,
+            stderr,
+        });
+        self.watcher = Some(spawn_revocation_watcher(
+            self.services.clone(),
+            self.run.clone(),
+        ));
+        self.log(Phase::Bootstrap, "bootstrap", "complete");
+        self.phases.push(PhaseRecord {
+            phase: Phase::Bootstrap,
+            elapsed_ms: self.started.elapsed().as_secs_f64() * 1e3,
+        });
+        Ok(())
+    }
+
+    fn run_wall(&self) -> Duration {
+        let policy = self.policy();
+        self.run
+            .packet
+            .limits
+            .run_wall_ms
+            .map_or(policy.run_wall, |ms| {
+                Duration::from_millis(ms).min(policy.run_wall)
+            })
+    }
+
+    /// Deadlines for one guest call: the tighter of the phase limit and what is left of the run.
+    fn arm(&mut self) -> Duration {
+        let policy = self.policy();
+        let limits = self.run.packet.limits;
+        let phase_wall = limits.phase_wall_ms.map_or(policy.phase_wall, |ms| {
+            Duration::from_millis(ms).min(policy.phase_wall)
+        });
+        let phase_cpu = limits.phase_cpu_ms.map_or(policy.phase_cpu, |ms| {
+            Duration::from_millis(ms).min(policy.phase_cpu)
+        });
+        let remaining = self.run_wall().saturating_sub(self.started.elapsed());
+        let wall = phase_wall.min(remaining);
+        if let Some(booted) = &mut self.booted {
+            let meter = &mut booted.store.data_mut().meter;
+            meter.cpu_ticks = 0;
+            meter.cpu_limit_ticks = (phase_cpu.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+            meter.deadline = Instant::now() + wall;
+            meter.interrupt = None;
+        }
+        wall
+    }
+
+    /// The transition into `phase`: heartbeat, lock refresh, checkpoint, budget read.
+    async fn transition(&mut self, phase: Phase) -> Result<(), Stop> {
+        let now = Instant::now();
+        if let Some(last) = self.phases.last_mut()
+            && last.phase != Phase::Bootstrap
+        {
+            last.elapsed_ms = (now - self.phase_started).as_secs_f64() * 1e3;
+        }
+        self.phase_started = now;
+        if self.run.is_revoked() {
+            return Err(Stop::Revoked);
+        }
+        self.run.set_phase(phase);
+        let checkpoint = serde_json::json!({
+            "phase": phase.as_str(),
+            "step": "enter",
+            "task_id": &*self.run.task_id,
+            "component_digest": &self.component_digest,
+            "at": now_rfc3339(),
+        })
+        .to_string();
+        let defaults = &self.services.tiers.defaults;
+        let transition = Transition {
+            agent: &self.run.agent_id,
+            owner: &self.run.lock_owner,
+            lock_ttl: defaults.lock_ttl,
+            heartbeat_ttl: defaults.heartbeat_ttl,
+            checkpoint_json: &checkpoint,
+        };
+        let result = self
+            .services
+            .state
+            .transition(&transition)
+            .await
+            .map_err(|e| Stop::Failed {
+                code: "STATE_UNAVAILABLE",
+                message: format!("transition to {} failed: {e}", phase.as_str()),
+            })?;
+        self.counts = result.errors.clone();
+        if !result.lock_held {
+            return Err(Stop::Failed {
+                code: "LOCK_LOST",
+                message: format!(
+                    "the lock of agent `{}` is no longer held by this run; {} was not entered",
+                    self.run.agent_id,
+                    phase.as_str()
+                ),
+            });
+        }
+        if let Some((kind, details)) = budget_trigger(&result.errors, &self.run.packet) {
+            revoke(
+                &self.services,
+                &self.run,
+                RevocationReason {
+                    kind: kind.into(),
+                    details,
+                },
+                "host",
+            )
+            .await;
+            return Err(Stop::Revoked);
+        }
+        self.log(phase, "phase.enter", phase.as_str());
+        self.phases.push(PhaseRecord {
+            phase,
+            elapsed_ms: 0.0,
+        });
+        Ok(())
+    }
+
+    /// Interpret the end of a guest call.
+    async fn settle<T>(
+        &mut self,
+        phase: Phase,
+        result: Result<wasmtime::Result<Result<T, String>>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Stop> {
+        let error = match result {
+            Ok(Ok(Ok(value))) => return Ok(value),
+            Ok(Ok(Err(message))) => {
+                let signature = format!("AGENT_ERROR:{}", phase.as_str());
+                let message = format!("the agent's {} failed: {message}", phase.as_str());
+                if charge_error(&self.services, &self.run, &signature, false, &message)
+                    .await
+                    .is_some()
+                {
+                    return Err(Stop::Revoked);
+                }
+                return Err(Stop::Failed {
+                    code: "AGENT_ERROR",
+                    message,
+                });
+            }
+            Ok(Err(trap)) => Some(trap),
+            Err(_elapsed) => None,
+        };
+        if self.run.is_revoked() {
+            return Err(Stop::Revoked);
+        }
+        let (interrupt, hit) = match &self.booted {
+            Some(b) => (b.store.data().meter.interrupt, b.store.data().limits.hit),
+            None => (None, None),
+        };
+        let (code, message) = match (interrupt, hit, &error) {
+            (_, Some(LimitHit::Memory { limit, desired }), _) => (
+                "RESOURCE_LIMIT",
+                format!(
+                    "{} stopped: the agent asked for {desired} bytes of memory; its limit is {limit} bytes (tier {} or the packet's `limits.memory_bytes`)",
+                    phase.as_str(),
+                    self.run.tier
+                ),
+            ),
+            (_, Some(LimitHit::Table { limit, desired }), _) => (
+                "RESOURCE_LIMIT",
+                format!(
+                    "{} stopped: the agent asked for {desired} table elements; its limit is {limit}",
+                    phase.as_str()
+                ),
+            ),
+            (Some(Interrupt::CpuDeadline), _, _) => (
+                "DEADLINE_EXCEEDED",
+                format!(
+                    "{} stopped: the agent exceeded its cpu time for the phase",
+                    phase.as_str()
+                ),
+            ),
+            (Some(Interrupt::WallDeadline), _, _) | (_, _, None) => (
+                "DEADLINE_EXCEEDED",
+                format!(
+                    "{} stopped: the agent exceeded its wall-clock deadline",
+                    phase.as_str()
+                ),
+            ),
+            (_, _, Some(trap)) => (
+                "GUEST_TRAP",
+                format!("{} trapped: {trap:#}", phase.as_str()),
+            ),
+        };
+        // The instance is unusable after a trap or a cancelled call.
+        if code != "GUEST_TRAP" {
+            let entry = violation(
+                &self.run.subject,
+                phase,
+                code,
+                format!("phase:{}", phase.as_str()),
+                message.clone(),
+            );
+            if let Err(error) = self.services.ledger_durable(entry).await {
+                tracing::error!(%error, "cannot record violation");
+            }
+        }
+        let signature = format!("{code}:{}", phase.as_str());
+        if charge_error(&self.services, &self.run, &signature, false, &message)
+            .await
+            .is_some()
+        {
+            return Err(Stop::Revoked);
+        }
+        Err(Stop::Failed { code, message })
+    }
+
+    /// Every phase after BOOTSTRAP, in order.
+    pub(super) async fn drive(&mut self) -> Result<(), Stop> {
+        let packet = wit_packet(&self.run.packet);
+
+        self.transition(Phase::Preflight).await?;
+        self.preflight()?;
+
+        self.transition(Phase::Plan).await?;
+        let plan = guest_call!(self, Phase::Plan, call_plan(&packet));
+        self.write_host_artifact("plan.json", &plan_json(&plan))
+            .await;
+        self.log(Phase::Plan, "plan", plan.summary.clone());
+        self.plan = Some(plan.clone());
+
+        if self.policy().stops_after_plan {
+            self.require_deliverables(Phase::Plan).await?;
+            self.transition(Phase::Package).await?;
+            self.package().await;
+            return Ok(());
+        }
+
+        self.approval_gate().await?;
+
+        self.transition(Phase::Execute).await?;
+        let outcome = guest_call!(self, Phase::Execute, call_execute(&packet, &plan));
+        self.log(Phase::Execute, "execute", outcome.summary.clone());
+        self.require_deliverables(Phase::Execute).await?;
+
+        self.transition(Phase::Verify).await?;
+        let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
+        let missing = self.missing_deliverables(Phase::Verify).await?;
+        if !outcome.success {
+            // The agent's own verdict on EXECUTE stands even if its VERIFY is lenient.
+            self.verification_failed = Some(format!(
+                "the agent reported EXECUTE unsuccessful: {}",
+                outcome.summary
+            ));
+        } else if !verification.passed {
+            self.verification_failed = Some(format!(
+                "the agent's verification failed: {}",
+                verification.findings.join("; ")
+            ));
+        } else if !missing.is_empty() {
+            self.verification_failed = Some(format!(
+                "deliverables missing at VERIFY: {}",
+                missing.join(", ")
+            ));
+        }
+        self.log(
+            Phase::Verify,
+            "verify",
+            if self.verification_failed.is_none() {
+                "passed"
+            } else {
+                "failed"
+            },
+        );
+        self.verification = Some(verification.clone());
+
+        self.transition(Phase::Package).await?;
+        self.package().await;
+
+        self.transition(Phase::Report).await?;
+        let report = guest_call!(self, Phase::Report, call_report(&packet, &verification));
+        let report_json = serde_json::json!({
+            "summary": report.summary,
+            "details": report.details,
+            "verification": { "passed": verification.passed, "findings": verification.findings },
+        });
+        self.write_host_artifact("report.json", &report_json.to_string())
+            .await;
+        self.log(Phase::Report, "report", report.summary.clone());
+        self.report = Some(report);
+        Ok(())
+    }
+
+    /// PREFLIGHT: the packet against the tier — deliverables the tier may write, not
+    /// forbidden, in scope; required steps the tier can reach.
+    fn preflight(&self) -> Result<(), Stop> {
+        let policy = self.policy();
+        let packet = &self.run.packet;
+        let fail = |message: String| Stop::Failed {
+            code: "PREFLIGHT_FAILED",
+            message,
+        };
+        for name in &packet.deliverables {
+            if let Err(reason) = capabilities::check_artifact_write(policy, name) {
+                return Err(fail(format!(
+                    "deliverable `{name}` cannot be written: {reason}"
+                )));
+            }
+            let resource = format!("artifact:{name}");
+            if let Some(pattern) = first_match(&packet.constraints.forbidden, &resource) {
+                return Err(fail(format!(
+                    "deliverable `{name}` is forbidden by the packet's own `{pattern}`"
+                )));
+            }
+            if !packet.constraints.scope.is_empty()
+                && first_match(&packet.constraints.scope, &resource).is_none()
+            {
+                return Err(fail(format!(
+                    "deliverable `{name}` is outside the packet's scope"
+                )));
+            }
+        }
+        if policy.stops_after_plan {
+            let beyond = ["execute", "verify", "package", "report"];
+            if let Some(step) = packet
+                .constraints
+                .required_steps
+                .iter()
+                .find(|s| beyond.contains(&s.to_ascii_lowercase().as_str()))
+            {
+                return Err(fail(format!(
+                    "required step `{step}` is beyond PLAN, where tier {} stops; T1 (operator) runs every phase",
+                    self.run.tier
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn approval_gate(&mut self) -> Result<(), Stop> {
+        if self.policy().approval != Approval::Required {
+            return Ok(());
+        }
+        let task = self.run.task_id.to_string();
+        let timeout = self.run.packet.limits.approval_timeout_ms.map_or(
+            self.services.tiers.defaults.approval_timeout,
+            Duration::from_millis,
+        );
+        let request = action(
+            &self.run.subject,
+            Some(Phase::Plan),
+            "approval.requested",
+            format!(
+                "waiting up to {}s for `warden approve {task}`",
+                timeout.as_secs()
+            ),
+            None,
+        );
+        if let Err(error) = self.services.ledger_durable(request).await {
+            tracing::error!(%error, "cannot record approval request");
+        }
+        tracing::info!(task = %task, "run needs approval: `warden approve {task}`");
+        let deadline = Instant::now() + timeout;
+        let mut last_refresh = Instant::now();
+        loop {
+            if self.run.is_revoked() {
+                return Err(Stop::Revoked);
+            }
+            match self.services.state.approval(&task).await {
+                Ok(Some(approval)) => {
+                    self.log(Phase::Plan, "approval.granted", approval);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot read approval"),
+            }
+            if Instant::now() >= deadline {
+                return Err(Stop::Failed {
+                    code: "APPROVAL_TIMEOUT",
+                    message: format!(
+                        "no approval for task `{task}` within {}s; approve it with `warden approve {task}` and run again",
+                        timeout.as_secs()
+                    ),
+                });
+            }
+            if last_refresh.elapsed() >= Duration::from_secs(1) {
+                last_refresh = Instant::now();
+                let defaults = &self.services.tiers.defaults;
+                let agent = &self.run.agent_id;
+                let held = self
+                    .services
+                    .state
+                    .refresh_lock(agent, &self.run.lock_owner, defaults.lock_ttl)
+                    .await
+                    .map_err(|e| Stop::Failed {
+                        code: "STATE_UNAVAILABLE",
+                        message: format!(
+                            "cannot refresh the lock of agent `{agent}` while waiting for approval: {e}"
+                        ),
+                    })?;
+                if !held {
+                    return Err(Stop::Failed {
+                        code: "LOCK_LOST",
+                        message: format!(
+                            "the lock of agent `{agent}` was lost while waiting for approval"
+                        ),
+                    });
+                }
+                let _ = self
+                    .services
+                    .state
+                    .heartbeat(agent, defaults.heartbeat_ttl)
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deliverables without an artifact. A state store that cannot list the artifacts stops
+    /// the run rather than counting them missing (which would revoke the agent).
+    async fn missing_deliverables(&mut self, phase: Phase) -> Result<Vec<String>, Stop> {
+        if self.run.packet.deliverables.is_empty() {
+            // Nothing to look for: skip listing a task whose artifacts may be thousands.
+            return Ok(Vec::new());
+        }
+        let raw = self
+            .services
+            .state
+            .artifacts(&self.run.task_id)
+            .await
+            .map_err(|e| Stop::Failed {
+                code: "STATE_UNAVAILABLE",
+                message: format!(
+                    "cannot check the deliverables after {}: {e}",
+                    phase.as_str()
+                ),
+            })?;
+        let present: Vec<ArtifactRef> =
+            latest_per_name(raw.iter().filter_map(|j| serde_json::from_str(j).ok()));
+        Ok(self
+            .run
+            .packet
+            .deliverables
+            .iter()
+            .filter(|name| !present.iter().any(|a| &a.name == *name))
+            .cloned()
+            .collect())
+    }
+
+    /// A required artifact missing after EXECUTE (after PLAN for T0) revokes the agent.
+    async fn require_deliverables(&mut self, phase: Phase) -> Result<(), Stop> {
+        let missing = self.missing_deliverables(phase).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let details = format!(
+            "required artifact(s) missing after {}: {}",
+            phase.as_str(),
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let entry = violation(
+            &self.run.subject,
+            phase,
+            "MISSING_REQUIRED_ARTIFACT",
+            missing.join(","),
+            details.clone(),
+        );
+        if let Err(error) = self.services.ledger_durable(entry).await {
+            tracing::error!(%error, "cannot record violation");
+        }
+        revoke(
+            &self.services,
+            &self.run,
+            RevocationReason {
+                kind: "MISSING_REQUIRED_ARTIFACT".into(),
+                details,
+            },
+            "host",
+        )
+        .await;
+        Err(Stop::Revoked)
+    }
+
+    async fn write_host_artifact(&mut self, name: &str, content: &str) {
+        let write = async {
+            let digest = self
+                .services
+                .blobs
+                .put(content.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let reference = ArtifactRef {
+                name: name.to_string(),
+                digest,
+                size: content.len() as u64,
+                author: "host".to_string(),
+                created_at: now_rfc3339(),
+            };
+            let json = serde_json::to_string(&reference).map_err(|e| e.to_string())?;
+            self.services
+                .state
+                .push_artifact(&self.run.task_id, &json)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.run.wrote(reference);
+            Ok::<(), String>(())
+        };
+        if let Err(error) = write.await {
+            tracing::warn!(%error, artifact = name, "cannot write host artifact");
+        }
+    }
+
+    async fn package(&mut self) {
+        let artifacts = self.run.written();
+        let manifest: Vec<String> = artifacts
+            .iter()
+            .map(|a| format!("{} {}", a.name, a.digest))
+            .collect();
+        self.log(Phase::Package, "package", manifest.join("; "));
+    }
+
+    /// EXIT: checkpoint, release the lock, metrics, promotion check, flush the ledger.
+    pub(super) async fn exit(mut self, outcome: Result<(), Stop>) -> RunReport {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        let revoked = self.run.is_revoked() || matches!(outcome, Err(Stop::Revoked));
+        let outcome = self.outcome(outcome, revoked);
+        self.release(revoked).await;
+        let output = self.collect_output();
+        let compliant =
+            outcome.is_success() && self.counts.total == 0 && self.counts.procedure == 0;
+        let promoted_to = self.promote(compliant).await;
+        self.record_end(&outcome).await;
+        self.write_logs(&output.stdout, &output.stderr);
+        self.assemble_report(outcome, output, compliant, promoted_to)
+    }
+
+    /// How the run ended, from how the phases stopped.
+    fn outcome(&mut self, stopped: Result<(), Stop>, revoked: bool) -> RunOutcome {
+        match stopped {
+            Ok(()) if self.policy().stops_after_plan => RunOutcome::PlanOnly,
+            Ok(()) => match self.verification_failed.take() {
+                None => RunOutcome::Completed,
+                Some(message) => RunOutcome::Failed {
+                    code: "VERIFICATION_FAILED".into(),
+                    message,
+                },
+            },
+            Err(_) if revoked => {
+                let reason = self.run.revocation().unwrap_or(RevocationReason {
+                    kind: "REVOKED".into(),
+                    details: String::new(),
+                });
+                RunOutcome::Revoked {
+                    reason: reason.kind,
+                    details: reason.details,
+                }
+            }
+            Err(Stop::Failed { code, message }) => RunOutcome::Failed {
+                code: code.to_string(),
+                message,
+            },
+            Err(Stop::Revoked) => RunOutcome::Revoked {
+                reason: "REVOKED".into(),
+                details: String::new(),
+            },
+        }
+    }
+
+    /// The last checkpoint (unless revoked), the lock, the secrets session, the running-agent
+    /// entry; then the final error counts.
+    async fn release(&mut self, revoked: bool) {
+        let agent = self.run.agent_id.to_string();
+        if !revoked {
+            // Best effort: the run is over whatever the checkpoint write says.
+            let _ = self.transition(Phase::Exit).await;
+        }
+        // Owner-checked, so harmless when a revocation already released it.
+        if let Err(error) = self
+            .services
+            .state
+            .release_lock(&agent, &self.run.lock_owner)
+            .await
+        {
+            tracing::warn!(%error, "cannot release lock");
+        }
+        if let Some(session) = self.run.secrets.lock().take() {
+            drop(session);
+        }
+        self.services.running.lock().remove(&agent);
+        if let Ok(counts) = self.services.state.error_counts(&agent).await {
+            self.counts = counts;
+        }
+    }
+
+    /// The guest's captured stdout and stderr, each logged to the ledger.
+    fn collect_output(&self) -> Output {
+        let (stdout, stderr, dropped) = match &self.booted {
+            Some(b) => {
+                let (out, out_dropped) = b.stdout.contents();
+                let (err, err_dropped) = b.stderr.contents();
+                (out, err, out_dropped + err_dropped)
+            }
+            None => Default::default(),
+        };
+        for (stream, text) in [("agent.stdout", &stdout), ("agent.stderr", &stderr)] {
+            if !text.is_empty() {
+                self.log(Phase::Exit, stream, text.clone());
+            }
+        }
+        if dropped > 0 {
+            self.log(
+                Phase::Exit,
+                "agent.output_truncated",
+                format!("{dropped} bytes past the cap were dropped"),
+            );
+        }
+        Output {
+            stdout,
+            stderr,
+            dropped,
+        }
+    }
+
+    /// Count the run in the agent's metrics and promote it when the rules say so; returns the
+    /// tier it was promoted to.
+    async fn promote(&mut self, compliant: bool) -> Option<Tier> {
+        let ledger = self.services.ledger.clone();
+        let tier = self.run.tier;
+        let agent = self.run.agent_id.to_string();
+        let metrics =
+            tokio::task::spawn_blocking(move || ledger.record_run(&agent, tier, compliant)).await;
+        let metrics = match metrics {
+            Ok(Ok(metrics)) => metrics,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot record run metrics");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot record run metrics");
+                return None;
+            }
+        };
+        let rules = &self.services.tiers.promotion;
+        if !compliant || metrics.consecutive_compliant < u64::from(rules.consecutive_compliant) {
+            return None;
+        }
+        let next = tier.next()?;
+        if next >= rules.auto_promote_below {
+            self.log(
+                Phase::Exit,
+                "promotion.eligible",
+                format!(
+                    "eligible for {next}; promote with `warden agents promote {} --tier {}`",
+                    self.run.agent_id,
+                    next.code()
+                ),
+            );
+            return None;
+        }
+        let reason = format!(
+            "{} consecutive compliant runs",
+            metrics.consecutive_compliant
+        );
+        match self
+            .services
+            .ledger
+            .set_tier(&self.run.agent_id, next, &reason, "host")
+        {
+            Ok(()) => Some(next),
+            Err(error) => {
+                tracing::warn!(%error, "cannot promote");
+                None
+            }
+        }
+    }
+
+    /// The `run.end` row; then every row of the run is committed.
+    async fn record_end(&mut self, outcome: &RunOutcome) {
+        let summary = match outcome {
+            RunOutcome::Completed => "completed".to_string(),
+            RunOutcome::PlanOnly => "plan-only".to_string(),
+            RunOutcome::Revoked { reason, .. } => format!("revoked: {reason}"),
+            RunOutcome::Failed { code, .. } => format!("failed: {code}"),
+        };
+        let error = match outcome {
+            RunOutcome::Failed { code, message } => Some((code.as_str(), message.clone())),
+            RunOutcome::Revoked { reason, details } => Some((reason.as_str(), details.clone())),
+            _ => None,
+        };
+        let end = action(
+            &self.run.subject,
+            Some(Phase::Exit),
+            "run.end",
+            summary,
+            error,
+        );
+        self.services.ledger.append(end);
+        if let Err(error) = self.services.ledger_flush().await {
+            tracing::error!(%error, "ledger flush at exit failed");
+        }
+    }
+
+    fn assemble_report(
+        mut self,
+        outcome: RunOutcome,
+        output: Output,
+        compliant: bool,
+        promoted_to: Option<Tier>,
+    ) -> RunReport {
+        if let Some(last) = self.phases.last_mut()
+            && last.phase == Phase::Exit
+        {
+            last.elapsed_ms = self.phase_started.elapsed().as_secs_f64() * 1e3;
+        }
+        RunReport {
+            agent_id: self.run.agent_id.to_string(),
+            task_id: self.run.task_id.to_string(),
+            tier: self.run.tier,
+            component_digest: self.component_digest.clone(),
+            policy_revision: self.services.tiers.revision.clone(),
+            outcome,
+            phases: std::mem::take(&mut self.phases),
+            plan_summary: self.plan.as_ref().map(|p| p.summary.clone()),
+            plan_steps: self
+                .plan
+                .as_ref()
+                .map(|p| p.steps.clone())
+                .unwrap_or_default(),
+            verification_findings: self
+                .verification
+                .as_ref()
+                .map(|v| v.findings.clone())
+                .unwrap_or_default(),
+            report_summary: self.report.as_ref().map(|r| r.summary.clone()),
+            artifacts: self.run.written(),
+            budget: BudgetUse::from(&self.counts),
+            compliant,
+            promoted_to,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            output_dropped_bytes: output.dropped,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
+        }
+    }
+
+    fn write_logs(&self, stdout: &str, stderr: &str) {
+        let Some(dir) = &self.services.data_dir else {
+            return;
+        };
+        if stdout.is_empty() && stderr.is_empty() {
+            return;
+        }
+        let dir = dir.join("logs").join(&*self.run.task_id);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(format!("{}.stdout", self.run.agent_id)), stdout)?;
+            std::fs::write(dir.join(format!("{}.stderr", self.run.agent_id)), stderr)
+        };
+        if let Err(error) = write() {
+            tracing::warn!(%error, "cannot write agent logs");
+        }
+    }
+}
+fn not_booted() -> Stop {
+    Stop::Failed {
+        code: "INTERNAL",
+        message: "the agent instance is missing".into(),
+    }
+}
+
+fn plan_json(plan: &wit::Plan) -> String {
+    serde_json::json!({
+        "summary": plan.summary,
+        "steps": plan.steps,
+        "confidence": plan.confidence,
+    })
+    .to_string()
+}

@@ -1,0 +1,274 @@
+//! The sandbox: the wasmtime engine and compiled-component cache ([`Runtime`]), one linker
+//! per tier with exactly the interfaces the tier grants, the `InstancePre` cache, the load-time
+//! import gate, and the store of one run (deny-by-default WASI, limits, epoch deadlines).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::bindings::ArchitectPre;
+use crate::bindings::warden::agent::types as wit;
+use crate::capabilities::{AgentCtx, tier_linker};
+use crate::context::{RunShared, Services};
+use crate::error::{Error, Refusal};
+use crate::governance::{Governor, host_subject};
+use crate::packet::Packet;
+use crate::phase::Phase;
+use crate::policy::TierTable;
+use crate::runtime::imports::{self, ImportRefusal};
+use crate::runtime::limits::{GuestLimits, Interrupt, Meter};
+use crate::runtime::output::CappedOutput;
+use crate::runtime::{Runtime, digest};
+use crate::tier::Tier;
+
+/// The engine, the per-tier linkers and the pre-instantiated components of one host.
+pub(crate) struct Sandbox {
+    pub runtime: Runtime,
+    linkers: Vec<Linker<AgentCtx>>,
+    pres: Mutex<HashMap<(String, Tier), ArchitectPre<AgentCtx>>>,
+}
+
+impl Sandbox {
+    /// Start the engine and link each tier's grant.
+    pub fn new(runtime: Runtime, tiers: &TierTable) -> Result<Sandbox, Error> {
+        let mut linkers = Vec::with_capacity(Tier::ALL.len());
+        for tier in Tier::ALL {
+            let linker =
+                tier_linker(runtime.engine(), tiers.policy(tier)).map_err(|e| Error::Sandbox {
+                    agent: String::new(),
+                    message: format!("cannot link tier {tier}: {e}"),
+                })?;
+            linkers.push(linker);
+        }
+        Ok(Sandbox {
+            runtime,
+            linkers,
+            pres: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The load-time gate: refuse a component whose imports exceed the tier.
+    pub fn load_gate(
+        &self,
+        tiers: &TierTable,
+        agent: &str,
+        tier: Tier,
+        component: &Component,
+    ) -> Result<(), Refusal> {
+        let summary = imports::summarize(self.runtime.engine(), component);
+        imports::check(&summary, tier, tiers).map_err(|refusal| match refusal {
+            ImportRefusal::AboveTier { interface, lowest } => Refusal::ImportAboveTier {
+                agent: agent.to_string(),
+                interface: interface.name().to_string(),
+                tier,
+                lowest,
+            },
+            ImportRefusal::Unknown { import } => Refusal::UnknownImport {
+                agent: agent.to_string(),
+                import,
+            },
+        })
+    }
+
+    /// The pre-instantiated component for a tier, cached per (digest, tier).
+    pub fn instance_pre(
+        &self,
+        digest: &str,
+        tier: Tier,
+        component: &Component,
+    ) -> Result<ArchitectPre<AgentCtx>, String> {
+        let key = (digest.to_string(), tier);
+        if let Some(pre) = self.pres.lock().get(&key) {
+            return Ok(pre.clone());
+        }
+        let linker = &self.linkers[tier as usize];
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("component cannot be linked at tier {tier}: {e:#}"))?;
+        let pre = ArchitectPre::new(instance_pre).map_err(|e| {
+            format!("component does not export `warden:agent/agent@0.1.0` (plan, execute, verify, report): {e:#}")
+        })?;
+        self.pres.lock().insert(key, pre.clone());
+        Ok(pre)
+    }
+
+    /// A store for one run of an agent: deny-by-default WASI with the agent's workspace, its
+    /// limits, its governor, and the epoch callback that enforces deadlines and revocation.
+    pub fn new_store(
+        &self,
+        services: &Arc<Services>,
+        run: &Arc<RunShared>,
+        session: Option<Arc<dyn crate::secrets::SecretSession>>,
+        stdout: &CappedOutput,
+        stderr: &CappedOutput,
+        deadline: Instant,
+    ) -> Result<Store<AgentCtx>, String> {
+        let policy = services.tiers.policy(run.tier);
+        let memory = run
+            .packet
+            .limits
+            .memory_bytes
+            .map_or(policy.memory_bytes, |m| m.min(policy.memory_bytes));
+        std::fs::create_dir_all(&run.workspace)
+            .map_err(|e| format!("cannot create workspace `{}`: {e}", run.workspace.display()))?;
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let perms = if policy.workspace_write {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(&run.workspace, "/workspace", perms)
+            .map_err(|e| format!("cannot open workspace `{}`: {e}", run.workspace.display()))?;
+        let ctx = AgentCtx {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: GuestLimits::new(memory, policy.table_elements, policy.instances),
+            gov: Governor::new(services.clone(), run.clone(), session),
+            meter: Meter::new(deadline),
+        };
+        let mut store = Store::new(self.runtime.engine(), ctx);
+        store.limiter(|ctx| &mut ctx.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let data = ctx.data_mut();
+            let meter = &mut data.meter;
+            if data.gov.run.is_revoked() {
+                meter.interrupt = Some(Interrupt::Revoked);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            meter.cpu_ticks += 1;
+            if meter.cpu_ticks > meter.cpu_limit_ticks {
+                meter.interrupt = Some(Interrupt::CpuDeadline);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if Instant::now() >= meter.deadline {
+                meter.interrupt = Some(Interrupt::WallDeadline);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Yield so a guest spinning in a loop never starves other agents on the runtime.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+}
+
+/// The packet as the guest sees it.
+pub(crate) fn wit_packet(packet: &Packet) -> wit::Packet {
+    let budget = &packet.error_budget;
+    wit::Packet {
+        agent_id: packet.agent_id.clone(),
+        task_id: packet.task_id.clone(),
+        created_for: packet.created_for.clone(),
+        objective: packet.objective.clone(),
+        deliverables: packet.deliverables.clone(),
+        constraints: wit::Constraints {
+            scope: packet
+                .constraints
+                .scope
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            forbidden: packet
+                .constraints
+                .forbidden
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect(),
+            required_steps: packet.constraints.required_steps.clone(),
+        },
+        success_criteria: packet.success_criteria.clone(),
+        error_budget: wit::ErrorBudget {
+            max_total_errors: budget.max_total_errors,
+            max_same_error_repeats: budget.max_same_error_repeats,
+            max_procedure_violations: budget.max_procedure_violations,
+        },
+        escalation_rules: packet.escalation_rules.clone(),
+        created_at: packet.created_at.clone(),
+    }
+}
+
+/// Benchmark access to the governed instantiate-and-call path, without the rest of the
+/// lifecycle. Not part of the stable API.
+#[doc(hidden)]
+pub struct BenchInstance {
+    services: Arc<Services>,
+    sandbox: Arc<Sandbox>,
+    run: Arc<RunShared>,
+    pre: ArchitectPre<AgentCtx>,
+    packet: wit::Packet,
+}
+
+impl BenchInstance {
+    pub(crate) fn new(
+        services: Arc<Services>,
+        sandbox: Arc<Sandbox>,
+        agent: &str,
+        tier: Tier,
+        bytes: &[u8],
+        packet: Packet,
+    ) -> Result<BenchInstance, Error> {
+        let digest = digest(bytes);
+        let component = sandbox.runtime.component(&digest, bytes, agent)?;
+        let pre = sandbox
+            .instance_pre(&digest, tier, &component)
+            .map_err(Error::Invalid)?;
+        let subject = host_subject(&services, agent, tier, Some(&packet.task_id), Some(&digest));
+        let workspace = services.workspaces.for_agent(agent);
+        let wit = wit_packet(&packet);
+        let run = Arc::new(RunShared::new(
+            subject,
+            tier,
+            packet,
+            "bench".into(),
+            workspace,
+        ));
+        run.set_phase(Phase::Execute);
+        Ok(BenchInstance {
+            services,
+            sandbox,
+            run,
+            pre,
+            packet: wit,
+        })
+    }
+
+    /// Build a governed store, instantiate, call `plan`; with `execute`, call `execute` too.
+    pub async fn instantiate_and_call(&self, execute: bool) -> Result<(), Error> {
+        let cap = self.services.tiers.defaults.output_cap_bytes;
+        let (stdout, stderr) = (CappedOutput::new(cap), CappedOutput::new(cap));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut store = self
+            .sandbox
+            .new_store(&self.services, &self.run, None, &stdout, &stderr, deadline)
+            .map_err(Error::Invalid)?;
+        let guest = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let agent = guest.warden_agent_agent();
+        let plan = agent
+            .call_plan(&mut store, &self.packet)
+            .await
+            .map_err(|e| Error::Invalid(format!("{e:#}")))?
+            .map_err(Error::Invalid)?;
+        if execute {
+            agent
+                .call_execute(&mut store, &self.packet, &plan)
+                .await
+                .map_err(|e| Error::Invalid(format!("{e:#}")))?
+                .map_err(Error::Invalid)?;
+        }
+        Ok(())
+    }
+}
