@@ -216,3 +216,71 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+
+    #[tokio::test]
+    async fn a_put_is_read_back_and_listed() {
+        let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let digest = agent.ctx.put("out/a.txt".into(), b"hello".to_vec()).await.unwrap();
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        assert_eq!(agent.ctx.get("out/a.txt".into()).await.unwrap(), b"hello");
+        let listed = agent.ctx.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].name.as_str(), listed[0].size), ("out/a.txt", 5));
+        assert_eq!(agent.ctx.gov.run.written().len(), 1, "the run knows what it wrote");
+        let err = agent.ctx.get("missing".into()).await.unwrap_err();
+        assert!(matches!(&err, WitError::NotFound(m) if m.contains("`missing` does not exist in task `task-1`")), "{err:?}");
+        assert_eq!(agent.errors().await.total, 0, "not found is an answer, not an error");
+    }
+
+    #[tokio::test]
+    async fn an_observer_writes_only_plans_and_is_told_who_may() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        agent.ctx.put("plan.md".into(), b"p".to_vec()).await.unwrap();
+        let err = agent.ctx.put("notes.txt".into(), b"n".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&err, WitError::Denied(m) if m.contains("tier T0 (observer) may only write artifacts named [\"plan*\", \"plans/*\"]; lowest tier that may write it: T1 (operator)")),
+            "{err:?}"
+        );
+        assert_eq!(agent.violations(), ["TIER_DENIED"]);
+        assert_eq!(agent.errors().await.total, 1);
+    }
+
+    #[tokio::test]
+    async fn a_traversal_is_a_procedure_violation_checked_before_the_tier() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        let err = agent.ctx.put("../escape".into(), b"x".to_vec()).await.unwrap_err();
+        assert!(matches!(&err, WitError::Revoked(m) if m.contains("leaves the task's artifact space")), "{err:?}");
+        assert_eq!(agent.violations(), ["PATH_ESCAPE"]);
+        assert!(agent.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_artifact_is_refused_before_it_is_stored() {
+        let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let err = agent
+            .ctx
+            .put("big.bin".into(), vec![0; MAX_ARTIFACT_BYTES + 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("artifacts are at most")), "{err:?}");
+        assert!(agent.ctx.list().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn preflight_asks_the_same_grant() {
+        let tiers = TierTable::builtin().unwrap();
+        assert_eq!(check_write(tiers.policy(Tier::Observer), "plans/a"), Ok(()));
+        assert_eq!(
+            check_write(tiers.policy(Tier::Observer), "report.md"),
+            Err("tier T0 (observer) may only write artifacts named [\"plan*\", \"plans/*\"]".into())
+        );
+        assert_eq!(check_write(tiers.policy(Tier::Operator), "report.md"), Ok(()));
+    }
+}

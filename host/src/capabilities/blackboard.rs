@@ -176,3 +176,62 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+
+    #[tokio::test]
+    async fn an_operator_writes_and_an_observer_reads() {
+        let mut writer = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        writer
+            .ctx
+            .write(WitSection::Solutions, "p1".into(), "use a queue".into())
+            .await
+            .unwrap();
+        let mut reader = writer.peer("observer-1", Tier::Observer).await;
+        assert_eq!(
+            reader.ctx.read(WitSection::Solutions, "p1".into()).await.unwrap().as_deref(),
+            Some("use a queue")
+        );
+        assert_eq!(
+            reader.ctx.entries(WitSection::Solutions).await.unwrap(),
+            [("p1".to_string(), "use a queue".to_string())]
+        );
+        let err = reader
+            .ctx
+            .write(WitSection::Progress, "k".into(), "v".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("tier T0 (observer) may read the blackboard but not write it; lowest tier with blackboard write: T1 (operator)")), "{err:?}");
+        assert_eq!(reader.violations(), ["TIER_DENIED"]);
+        assert!(writer.violations().is_empty());
+    }
+
+    /// Each refusal is charged; the second of the same kind spends the reference's
+    /// `max_same_error_repeats` of 2 and revokes.
+    #[tokio::test]
+    async fn keys_and_values_are_bounded_and_repeats_revoke() {
+        let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let err = agent
+            .ctx
+            .write(WitSection::Progress, "a\nb".into(), "v".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WitError::Invalid(_)), "{err:?}");
+        let err = agent
+            .ctx
+            .write(WitSection::Progress, "k".into(), "v".repeat(MAX_VALUE_BYTES + 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WitError::Revoked(m) if m.contains("blackboard values are at most") && m.contains("repeated 2 times")),
+            "{err:?}"
+        );
+        assert_eq!(agent.errors().await.total, 2);
+        assert!(agent.is_revoked());
+    }
+}

@@ -345,3 +345,65 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+
+    #[tokio::test]
+    async fn votes_are_final_and_tallied() {
+        let mut alpha = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let mut beta = alpha.peer("beta", Tier::Operator).await;
+        let id = alpha
+            .ctx
+            .propose("use a queue".into(), "details".into(), vec!["beta".into()])
+            .await
+            .unwrap();
+        assert_eq!(id, "p1");
+        beta.ctx
+            .cast(id.clone(), WitChoice::Accept, "fine".into())
+            .await
+            .unwrap();
+        let err = beta
+            .ctx
+            .cast(id.clone(), WitChoice::Reject, "changed my mind".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("already voted ACCEPT and votes are final")), "{err:?}");
+        let tally = alpha.ctx.tally(id.clone()).await.unwrap();
+        assert_eq!((tally.accepts, tally.rejects, tally.reached), (1, 0, true));
+        let err = alpha.ctx.tally("p9".into()).await.unwrap_err();
+        assert!(matches!(err, WitError::NotFound(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn only_the_proposer_or_a_mediator_settles_a_proposal() {
+        let mut alpha = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let mut beta = alpha.peer("beta", Tier::Operator).await;
+        let mut gamma = alpha.peer("gamma", MEDIATOR_TIER).await;
+        let id = alpha.ctx.propose("t".into(), "b".into(), vec![]).await.unwrap();
+        let err = beta.ctx.resolve(id.clone(), "mine now".into()).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("needs tier T2 (builder) or above")), "{err:?}");
+        assert_eq!(beta.violations(), ["TIER_DENIED"]);
+        gamma.ctx.resolve(id.clone(), "merged".into()).await.unwrap();
+        let err = alpha.ctx.resolve(id, "again".into()).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("`gamma` already settled it")), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn proposals_are_bounded() {
+        let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let err = agent
+            .ctx
+            .propose(String::new(), "b".into(), vec![])
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("titles are 1 to 256 bytes")), "{err:?}");
+        let many = (0..=MAX_REQUIRED).map(|i| format!("a{i}")).collect();
+        let err = agent.ctx.propose("t".into(), "b".into(), many).await.unwrap_err();
+        assert!(matches!(&err, WitError::Revoked(m) if m.contains("may require at most 32")), "{err:?}");
+    }
+}

@@ -77,3 +77,51 @@ impl Host for AgentCtx {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+    use crate::tier::Tier;
+
+    #[tokio::test]
+    async fn notes_and_decisions_are_rows_of_the_run() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        agent.ctx.note("looked around".into()).await.unwrap();
+        agent
+            .ctx
+            .decision("deploy".into(), "not yet".into(), 0.25)
+            .await
+            .unwrap();
+        let actions: Vec<(String, String)> = agent
+            .actions()
+            .into_iter()
+            .map(|(a, d, _)| (a, d))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("agent.note".to_string(), "looked around".to_string()),
+                ("agent.decision:deploy".to_string(), "not yet".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_entries_and_bad_confidence_are_refused() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        let err = agent.ctx.note("x".repeat(MAX_TEXT_BYTES + 1)).await.unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("entries are at most 8192 bytes")), "{err:?}");
+        let err = agent
+            .ctx
+            .decision("a".into(), "b".into(), 1.5)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("outside 0.0..=1.0")), "{err:?}");
+        assert_eq!(agent.errors().await.total, 2);
+        let kinds: Vec<String> = agent.actions().into_iter().map(|(a, _, _)| a).collect();
+        assert_eq!(kinds, ["ledger.note", "ledger.decision"], "only the refusals");
+    }
+}

@@ -125,3 +125,94 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::bindings::warden::agent::llm::Message;
+    use crate::capabilities::testing::TestEnv;
+    use crate::llm::ScriptedProvider;
+    use crate::policy::{BUILTIN_TIERS_TOML, TierTable};
+    use crate::tier::Tier;
+
+    fn provider() -> Arc<ScriptedProvider> {
+        let rules = "model = \"scripted-1\"\ndefault = \"four words of text\"\n";
+        Arc::new(ScriptedProvider::from_toml_str(rules).unwrap())
+    }
+
+    fn ask(model: Option<&str>) -> CompletionRequest {
+        CompletionRequest {
+            model: model.map(str::to_string),
+            messages: vec![Message {
+                role: Role::User,
+                content: "say something".into(),
+            }],
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_completion_is_charged_to_the_task() {
+        let mut agent = TestEnv::new()
+            .llm(provider())
+            .agent(Tier::Observer, json!({}))
+            .await;
+        let completion = agent.ctx.complete(ask(None)).await.unwrap();
+        assert_eq!(completion.model, "scripted-1");
+        let spent = u64::from(completion.prompt_tokens + completion.completion_tokens);
+        assert!(spent > 0);
+        assert_eq!(agent.services.tokens_used("task-1"), spent);
+        assert_eq!(agent.actions()[0].1, "allowed");
+    }
+
+    #[tokio::test]
+    async fn without_a_provider_the_call_is_unavailable_not_an_error() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        let err = agent.ctx.complete(ask(None)).await.unwrap_err();
+        assert!(matches!(&err, WitError::Unavailable(m) if m.contains("set `[llm]` in warden.toml")), "{err:?}");
+        assert_eq!(agent.errors().await.total, 0);
+    }
+
+    #[tokio::test]
+    async fn a_model_outside_the_allowlist_is_denied() {
+        let text = BUILTIN_TIERS_TOML.replacen("models = [\"*\"]", "models = [\"gpt-*\"]", 1);
+        let mut agent = TestEnv::new()
+            .tiers(TierTable::from_toml_str(&text).unwrap())
+            .llm(provider())
+            .agent(Tier::Observer, json!({}))
+            .await;
+        let err = agent.ctx.complete(ask(Some("llama3"))).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("model `llama3` is not in tier T0 (observer)'s allowlist [\"gpt-*\"]")), "{err:?}");
+        assert_eq!(agent.violations(), ["TIER_DENIED"]);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_is_refused_before_the_provider_is_asked() {
+        let text = BUILTIN_TIERS_TOML.replacen("token_budget = 20000", "token_budget = 3", 1);
+        let mut agent = TestEnv::new()
+            .tiers(TierTable::from_toml_str(&text).unwrap())
+            .llm(provider())
+            .agent(Tier::Observer, json!({}))
+            .await;
+        agent.ctx.complete(ask(None)).await.unwrap();
+        let err = agent.ctx.complete(ask(None)).await.unwrap_err();
+        assert!(matches!(&err, WitError::BudgetExhausted(m) if m.contains("of its 3 llm tokens")), "{err:?}");
+        assert_eq!(agent.violations(), ["TOKEN_BUDGET_EXHAUSTED"]);
+    }
+
+    #[test]
+    fn a_tier_without_the_section_allows_no_model() {
+        let text = BUILTIN_TIERS_TOML
+            .replacen("[tiers.T0.llm]\nmodels = [\"*\"]                # models the tier may ask for (glob)\ntoken_budget = 20000          # tokens a task may spend\n", "", 1);
+        let tiers = TierTable::from_toml_str(&text).unwrap();
+        let policy = tiers.policy(Tier::Observer);
+        assert!(!policy.interfaces.contains(Interface::Llm));
+        assert!(check_model(policy, "llm.complete", "any").is_err());
+        assert_eq!(policy.grant::<Grant>(Interface::Llm).token_budget, 0);
+    }
+}

@@ -181,3 +181,58 @@ impl Host for AgentCtx {
         result.map(|batch| batch.into_iter().map(to_wit).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+    use crate::tier::Tier;
+
+    #[tokio::test]
+    async fn a_message_reaches_its_recipient_once() {
+        let mut alpha = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let mut beta = alpha.peer("beta", Tier::Operator).await;
+        let id = alpha
+            .ctx
+            .send("beta".into(), Kind::Proposal, "p1".into())
+            .await
+            .unwrap();
+        alpha.ctx.broadcast(Kind::Other("STATUS".into()), "hi".into()).await.unwrap();
+        let received = beta.ctx.receive(0).await.unwrap();
+        let seen: Vec<(u64, &str, &str)> = received
+            .iter()
+            .map(|m| (m.id, m.sender.as_str(), m.body.as_str()))
+            .collect();
+        assert_eq!(seen, [(id, "agent-1", "p1"), (id + 1, "agent-1", "hi")]);
+        assert!(beta.ctx.receive(0).await.unwrap().is_empty(), "delivered once");
+        assert!(alpha.ctx.receive(0).await.unwrap().is_empty(), "not its own broadcast");
+    }
+
+    #[tokio::test]
+    async fn malformed_messages_are_refused() {
+        let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;
+        let err = agent
+            .ctx
+            .send("a:lock".into(), Kind::Feedback, "x".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("recipient")), "{err:?}");
+        let err = agent
+            .ctx
+            .broadcast(Kind::Other(String::new()), "x".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("free-form kinds are 1 to 64 bytes")), "{err:?}");
+        assert!(agent.violations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_observer_has_no_messaging() {
+        let mut agent = TestEnv::new().agent(Tier::Observer, json!({})).await;
+        let err = agent.ctx.receive(0).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("lowest tier granting it: T1 (operator)")), "{err:?}");
+        assert_eq!(agent.violations(), ["TIER_DENIED"]);
+    }
+}

@@ -124,3 +124,64 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::{TestAgent, TestEnv};
+    use crate::secrets::{EmbeddedSecrets, SecretBackend};
+
+    async fn agent(tier: Tier) -> TestAgent {
+        let store = Arc::new(EmbeddedSecrets::in_memory());
+        store.put("t3/db", "s3cret").await.unwrap();
+        store.put("t4/root", "r00t").await.unwrap();
+        store.put("agents/agent-1/key", "mine").await.unwrap();
+        TestEnv::new().secrets(store).agent(tier, json!({})).await
+    }
+
+    #[tokio::test]
+    async fn an_executor_reads_its_tier_and_its_own_paths() {
+        let mut executor = agent(Tier::Executor).await;
+        assert_eq!(executor.ctx.get("t3/db".into()).await.unwrap(), "s3cret");
+        assert_eq!(executor.ctx.get("agents/agent-1/key".into()).await.unwrap(), "mine");
+        let err = executor.ctx.get("t3/missing".into()).await.unwrap_err();
+        assert!(matches!(err, WitError::NotFound(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_path_above_the_tier_names_the_tier_that_may_read_it() {
+        let mut executor = agent(Tier::Executor).await;
+        let err = executor.ctx.get("t4/root".into()).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("secret `t4/root` is above tier T3 (executor); lowest tier that may read it: T4 (architect)")), "{err:?}");
+        assert_eq!(executor.violations(), ["TIER_DENIED"]);
+        let err = executor.ctx.get("agents/other/key".into()).await.unwrap_err();
+        // The second refusal of the same kind spends `max_same_error_repeats`.
+        assert!(matches!(&err, WitError::Revoked(m) if m.contains("lowest tier that may read it: none")), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_traversal_is_a_procedure_violation() {
+        let mut executor = agent(Tier::Executor).await;
+        let err = executor.ctx.get("t3/../t4/root".into()).await.unwrap_err();
+        assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
+        assert_eq!(executor.violations(), ["PATH_ESCAPE"]);
+    }
+
+    #[tokio::test]
+    async fn the_value_is_never_recorded() {
+        let mut executor = agent(Tier::Executor).await;
+        executor.ctx.get("t3/db".into()).await.unwrap();
+        executor.services.ledger.flush().unwrap();
+        let rows = executor
+            .services
+            .ledger
+            .query(&crate::ledger::LedgerQuery::default())
+            .unwrap();
+        assert!(!rows.is_empty());
+        assert!(rows.iter().all(|r| !serde_json::to_string(&r.fields).unwrap().contains("s3cret")));
+    }
+}

@@ -125,6 +125,7 @@ impl TestAgent {
             Some("sha256:0000"),
         );
         let agent_workspace: PathBuf = services.workspaces.for_agent(&packet.agent_id);
+        std::fs::create_dir_all(&agent_workspace).expect("agent workspace");
         let run = Arc::new(RunShared::new(
             subject,
             tier,

@@ -96,3 +96,104 @@ impl Host for AgentCtx {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+
+    const TOOLS: &str = r#"
+[[tool]]
+name = "greet"
+description = "print a greeting"
+min_tier = "T1"
+full_tier = "T2"
+argv = ["/bin/echo", "hello", "{0}"]
+check_argv = ["/bin/echo", "would greet", "{0}"]
+args = ["^[a-z]{1,16}$"]
+max_args = 1
+
+[[tool]]
+name = "deploy"
+description = "deploy"
+min_tier = "T3"
+full_tier = "T4"
+argv = ["/bin/echo", "deploying"]
+"#;
+
+    async fn agent(tier: Tier) -> crate::capabilities::testing::TestAgent {
+        TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(TOOLS).unwrap())
+            .agent(tier, json!({}))
+            .await
+    }
+
+    #[tokio::test]
+    async fn below_its_full_tier_a_tool_runs_in_check_mode() {
+        let mut operator = agent(Tier::Operator).await;
+        let output = operator
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert!(output.check_mode);
+        assert_eq!(output.stdout.trim(), "would greet world");
+        let mut builder = agent(Tier::Builder).await;
+        let output = builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert!(!output.check_mode);
+        assert_eq!(output.stdout.trim(), "hello world");
+    }
+
+    #[tokio::test]
+    async fn the_list_shows_what_the_tier_may_call() {
+        let mut operator = agent(Tier::Operator).await;
+        let names: Vec<String> = operator
+            .ctx
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["greet"]);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_by_cause() {
+        let mut operator = agent(Tier::Operator).await;
+        let err = operator.ctx.invoke("deploy".into(), vec![]).await.unwrap_err();
+        assert!(matches!(err, WitError::Denied(_)), "{err:?}");
+        assert_eq!(operator.violations(), ["TIER_DENIED"]);
+        let err = operator
+            .ctx
+            .invoke("greet".into(), vec!["NOT ALLOWED".into()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WitError::Invalid(_)), "{err:?}");
+        let err = operator.ctx.invoke("nope".into(), vec![]).await.unwrap_err();
+        assert!(matches!(err, WitError::NotFound(_)), "{err:?}");
+        assert_eq!(operator.errors().await.total, 2, "not found is not charged");
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_invocation_revokes() {
+        let packet = json!({ "constraints": { "forbidden": ["tool:greet root*"] } });
+        let mut operator = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(TOOLS).unwrap())
+            .agent(Tier::Operator, packet)
+            .await;
+        let err = operator
+            .ctx
+            .invoke("greet".into(), vec!["root".into()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
+        assert_eq!(operator.violations(), ["FORBIDDEN_ACTION"]);
+    }
+}
