@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::artifacts::{ArtifactRef, BlobStore, latest_per_name};
+use crate::id::{AgentId, TaskId};
 use crate::ledger::{Entry, Ledger, LedgerError, Subject};
 use crate::llm::LlmProvider;
 use crate::packet::{Packet, RevocationReason};
 use crate::phase::Phase;
 use crate::policy::TierTable;
 use crate::secrets::{SecretBackend, SecretSession};
-use crate::state::StateStore;
+use crate::state::{LockOwner, StateStore};
 use crate::tier::Tier;
 use crate::tools::ToolRegistry;
 
@@ -48,10 +49,10 @@ pub(crate) enum Workspaces {
 }
 
 impl Workspaces {
-    pub fn for_agent(&self, agent: &str) -> PathBuf {
+    pub fn for_agent(&self, agent: &AgentId) -> PathBuf {
         match self {
-            Workspaces::Dir(root) => root.join(agent),
-            Workspaces::Temp(dir) => dir.path().join(agent),
+            Workspaces::Dir(root) => root.join(agent.as_str()),
+            Workspaces::Temp(dir) => dir.path().join(agent.as_str()),
         }
     }
 }
@@ -66,8 +67,8 @@ pub(crate) struct Services {
     pub tools: ToolRegistry,
     pub blobs: Arc<dyn BlobStore>,
     pub workspaces: Workspaces,
-    tokens: Mutex<HashMap<String, u64>>,
-    pub running: Mutex<HashMap<String, Arc<RunShared>>>,
+    tokens: Mutex<HashMap<TaskId, u64>>,
+    pub running: Mutex<HashMap<AgentId, Arc<RunShared>>>,
     pub host_id: String,
     pub data_dir: Option<PathBuf>,
     pub call_durability: CallDurability,
@@ -120,23 +121,23 @@ impl Services {
         self.ledger.flush_async().await
     }
 
-    pub fn tokens_used(&self, task: &str) -> u64 {
+    pub fn tokens_used(&self, task: &TaskId) -> u64 {
         self.tokens.lock().get(task).copied().unwrap_or(0)
     }
 
-    pub fn add_tokens(&self, task: &str, spent: u64) {
-        *self.tokens.lock().entry(task.to_string()).or_insert(0) += spent;
+    pub fn add_tokens(&self, task: &TaskId, spent: u64) {
+        *self.tokens.lock().entry(task.clone()).or_insert(0) += spent;
     }
 }
 
 /// What the lifecycle driver, the capabilities and revokers share about one run.
 pub(crate) struct RunShared {
     pub subject: Arc<Subject>,
-    pub agent_id: Arc<str>,
-    pub task_id: Arc<str>,
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
     pub tier: Tier,
     pub packet: Packet,
-    pub lock_owner: String,
+    pub lock_owner: LockOwner,
     pub workspace: PathBuf,
     pub secrets: Mutex<Option<Arc<dyn SecretSession>>>,
     revoked: AtomicBool,
@@ -154,12 +155,12 @@ impl RunShared {
         subject: Arc<Subject>,
         tier: Tier,
         packet: Packet,
-        lock_owner: String,
+        lock_owner: LockOwner,
         workspace: PathBuf,
     ) -> RunShared {
         RunShared {
-            agent_id: subject.agent_id.clone(),
-            task_id: Arc::from(packet.task_id.as_str()),
+            agent_id: packet.agent_id.clone(),
+            task_id: packet.task_id.clone(),
             subject,
             tier,
             packet,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::artifacts::BlobError;
+use crate::id::IdError;
 use crate::ledger::LedgerError;
 use crate::llm::LlmError;
 use crate::packet::PacketError;
@@ -89,6 +90,8 @@ impl Refusal {
 pub enum Error {
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error(transparent)]
+    Id(#[from] IdError),
     #[error(transparent)]
     Packet(#[from] PacketError),
     #[error(transparent)]

@@ -8,6 +8,7 @@ use crate::artifacts::{BlobStore, DirBlobs, MemoryBlobs};
 use crate::context::{CallDurability, ServiceParts, Services, Workspaces};
 use crate::error::Error;
 use crate::governance;
+use crate::id::{AgentId, TaskId};
 use crate::ledger::{AgentRecord, Ledger};
 use crate::lifecycle;
 use crate::llm::LlmProvider;
@@ -303,8 +304,7 @@ impl Host {
         component: Option<&[u8]>,
         actor: &str,
     ) -> Result<AgentRecord, Error> {
-        crate::packet::validate_id(agent)
-            .map_err(|reason| Error::Invalid(format!("agent id {reason}")))?;
+        let agent = &AgentId::new(agent)?;
         let digest = match component {
             Some(bytes) => {
                 let digest = runtime::digest(bytes);
@@ -390,10 +390,7 @@ impl Host {
     /// Store an instruction packet for its agent (`agent:{id}:packet`).
     pub async fn submit_packet(&self, packet: &Packet) -> Result<(), Error> {
         packet.validate()?;
-        self.services
-            .state
-            .put_packet(&packet.agent_id, &packet.to_json())
-            .await?;
+        self.services.state.put_packet(packet).await?;
         governance::record_host_action(
             &self.services,
             &packet.agent_id,
@@ -407,10 +404,11 @@ impl Host {
 
     /// Run an agent's whole governed lifecycle with the given component bytes.
     pub async fn run(&self, agent: &str, component: &[u8]) -> Result<RunReport, Error> {
+        let agent = AgentId::new(agent)?;
         lifecycle::run(
             self.services.clone(),
             self.sandbox.clone(),
-            agent,
+            &agent,
             component,
         )
         .await
@@ -418,30 +416,28 @@ impl Host {
 
     /// Approve the task's pending run (the approval gate after PLAN).
     pub async fn approve(&self, task: &str, approver: &str) -> Result<(), Error> {
-        crate::packet::validate_id(task)
-            .map_err(|reason| Error::Invalid(format!("task id {reason}")))?;
-        governance::approve(&self.services, task, approver).await
+        governance::approve(&self.services, &TaskId::new(task)?, approver).await
     }
 
     /// Revoke an agent: a run of it in this host stops within one epoch tick; every later
     /// bootstrap, on any host sharing the state backend, refuses it.
     pub async fn revoke(&self, agent: &str, details: &str, actor: &str) -> Result<(), Error> {
-        governance::revoke_agent(&self.services, agent, details, actor).await
+        governance::revoke_agent(&self.services, &AgentId::new(agent)?, details, actor).await
     }
 
     /// The latest handoff object of a task.
     pub async fn handoff(&self, task: &str) -> Result<Option<Handoff>, Error> {
-        match self.services.state.handoff(task).await? {
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
-                Error::Invalid(format!("handoff of task `{task}` is not valid JSON: {e}"))
-            }),
-            None => Ok(None),
-        }
+        Ok(self.services.state.handoff(&TaskId::new(task)?).await?)
     }
 
     /// Agents running in this host right now.
     pub fn running(&self) -> Vec<String> {
-        self.services.running.lock().keys().cloned().collect()
+        self.services
+            .running
+            .lock()
+            .keys()
+            .map(|id| id.to_string())
+            .collect()
     }
 }
 
@@ -503,11 +499,8 @@ impl Host {
 
     /// The artifacts of a task, latest per name.
     pub async fn artifacts(&self, task: &str) -> Result<Vec<crate::artifacts::ArtifactRef>, Error> {
-        let raw = self.services.state.artifacts(task).await?;
-        Ok(crate::artifacts::latest_per_name(
-            raw.iter()
-                .filter_map(|json| serde_json::from_str(json).ok()),
-        ))
+        let refs = self.services.state.artifacts(&TaskId::new(task)?).await?;
+        Ok(crate::artifacts::latest_per_name(refs))
     }
 }
 

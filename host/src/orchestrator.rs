@@ -51,10 +51,11 @@ use crate::clock::now_ms;
 use crate::context::Services;
 use crate::error::Error;
 use crate::host::Host;
+use crate::id::{AgentId, TaskId};
 use crate::ledger::{ActionRecord, Entry, Subject};
 use crate::packet::{Constraints, ErrorBudget, Packet, PacketLimits, now_rfc3339};
 use crate::report::{RunOutcome, RunReport};
-use crate::state::{Section, validate_id};
+use crate::state::Section;
 use crate::tier::Tier;
 
 /// The ledger identity of rows the orchestrator writes itself.
@@ -259,9 +260,10 @@ impl TaskSpec {
         self
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Check the spec; its task id, validated.
+    fn validate(&self) -> Result<TaskId, Error> {
         let invalid = |message: String| Err(Error::Invalid(message));
-        validate_id("task", &self.task_id).map_err(|e| Error::Invalid(e.to_string()))?;
+        let task = TaskId::new(&self.task_id)?;
         if self.objective.trim().is_empty() {
             return invalid(
                 "the task's objective is empty: give the agents something to do".into(),
@@ -272,7 +274,7 @@ impl TaskSpec {
         }
         let mut seen = std::collections::HashSet::new();
         for agent in self.agents.iter().chain(&self.mediator) {
-            validate_id("agent", agent).map_err(|e| Error::Invalid(e.to_string()))?;
+            AgentId::new(agent)?;
             if agent == ORCHESTRATOR_ID {
                 return invalid(format!(
                     "agent id `{ORCHESTRATOR_ID}` is reserved for the orchestrator's own ledger rows"
@@ -297,7 +299,8 @@ impl TaskSpec {
                 "complexity `{score}`: expected a finite score of 0 or more"
             ));
         }
-        self.conditions.validate()
+        self.conditions.validate()?;
+        Ok(task)
     }
 }
 
@@ -417,7 +420,7 @@ struct Finished {
 impl Host {
     /// Run a multi-agent task: see [the module](crate::orchestrator).
     pub async fn orchestrate(&self, spec: &TaskSpec) -> Result<TaskMetrics, Error> {
-        spec.validate()?;
+        let task = spec.validate()?;
         // Everything that can be refused is refused before anything starts.
         let mut components = HashMap::new();
         for agent in spec.agents.iter().chain(&spec.mediator) {
@@ -429,6 +432,7 @@ impl Host {
         let run = Orchestration {
             host: self.clone(),
             services: self.services().clone(),
+            task,
             spec: spec.clone(),
             components,
             started: Instant::now(),
@@ -449,6 +453,7 @@ impl Host {
 struct Orchestration {
     host: Host,
     services: Arc<Services>,
+    task: TaskId,
     spec: TaskSpec,
     components: HashMap<String, Arc<[u8]>>,
     started: Instant,
@@ -465,7 +470,7 @@ struct Orchestration {
 impl Orchestration {
     async fn execute(mut self) -> Result<TaskMetrics, Error> {
         let spec = self.spec.clone();
-        let task = spec.task_id.as_str();
+        let task = &self.task.clone();
         let mut problem = vec![
             ("objective", spec.objective.clone()),
             ("agents", spec.agents.join(",")),
@@ -554,9 +559,9 @@ impl Orchestration {
     /// Start submitting the agent's packet and running it. Both happen in the spawned task,
     /// so the durable ledger rows of many agents' submissions share group commits.
     fn start(&mut self, runs: &mut JoinSet<Finished>, agent: &str, mediator: bool) {
-        let mut packet = Packet {
-            agent_id: agent.to_string(),
-            task_id: self.spec.task_id.clone(),
+        let packet = AgentId::new(agent).map(|agent_id| Packet {
+            agent_id,
+            task_id: self.task.clone(),
             created_for: ORCHESTRATOR_ID.to_string(),
             objective: self.spec.objective.clone(),
             deliverables: Vec::new(),
@@ -566,7 +571,7 @@ impl Orchestration {
             escalation_rules: Vec::new(),
             created_at: now_rfc3339(),
             limits: PacketLimits::default(),
-        };
+        });
         let deadline = self.started + self.spec.timeout;
         let host = self.host.clone();
         let component = self
@@ -588,11 +593,16 @@ impl Orchestration {
             let remaining_ms = u64::try_from(remaining.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1);
-            packet.limits.run_wall_ms = Some(remaining_ms);
-            packet.limits.approval_timeout_ms = Some(remaining_ms);
-            let result = match host.submit_packet(&packet).await {
-                Ok(()) => host.run(&agent, &component).await,
-                Err(error) => Err(error),
+            let result = match packet {
+                Ok(mut packet) => {
+                    packet.limits.run_wall_ms = Some(remaining_ms);
+                    packet.limits.approval_timeout_ms = Some(remaining_ms);
+                    match host.submit_packet(&packet).await {
+                        Ok(()) => host.run(&agent, &component).await,
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(error) => Err(error.into()),
             };
             Finished {
                 agent,
@@ -606,7 +616,7 @@ impl Orchestration {
     /// The first spawn condition that holds now, with what was measured.
     async fn condition(&self) -> Result<Option<(SpawnReason, String)>, Error> {
         let conditions = &self.spec.conditions;
-        let task = self.spec.task_id.as_str();
+        let task = &self.task;
         let stuck = self.stuck_agents();
         if let Some((agent, idle)) = stuck.first() {
             return Ok(Some((
@@ -676,10 +686,9 @@ impl Orchestration {
             .iter()
             .filter(|agent| !self.finished.contains_key(*agent))
             .filter_map(|agent| {
-                let run = running.get(agent)?;
+                let run = running.get(agent.as_str())?;
                 let idle = run.idle_for();
-                (run.task_id.as_ref() == self.spec.task_id && idle >= threshold)
-                    .then(|| (agent.clone(), idle))
+                (run.task_id == self.task && idle >= threshold).then(|| (agent.clone(), idle))
             })
             .collect()
     }
@@ -691,7 +700,7 @@ impl Orchestration {
         reason: SpawnReason,
         detail: String,
     ) -> Result<(), Error> {
-        let task = self.spec.task_id.clone();
+        let task = self.task.clone();
         let stuck: Vec<String> = self.stuck_agents().into_iter().map(|(a, _)| a).collect();
         let voters: Vec<&str> = self
             .spec
@@ -728,7 +737,7 @@ impl Orchestration {
     }
 
     async fn finish(mut self) -> Result<TaskMetrics, Error> {
-        let task = self.spec.task_id.clone();
+        let task = self.task.clone();
         self.services.ledger_flush().await?;
         let counts = self.services.ledger.action_counts(&task)?;
         let count = |names: &[&str]| {
@@ -769,7 +778,7 @@ impl Orchestration {
             .collect();
         agents.sort_by_key(|a| a.mediator);
         let metrics = TaskMetrics {
-            task_id: task.clone(),
+            task_id: task.to_string(),
             objective: self.spec.objective.clone(),
             duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
             success: agents.iter().all(AgentResult::succeeded),
@@ -806,7 +815,7 @@ impl Orchestration {
     ) -> Result<(), Error> {
         let subject = Arc::new(
             Subject::new(ORCHESTRATOR_ID, "", Tier::Observer)
-                .with_task_id(self.spec.task_id.as_str())
+                .with_task_id(self.task.as_str())
                 .with_policy_revision(self.services.tiers.revision.as_str()),
         );
         let row =
@@ -837,6 +846,7 @@ pub struct TaskView {
 
 impl TaskView {
     pub async fn read(host: &Host, task: &str) -> Result<TaskView, Error> {
+        let task = &TaskId::new(task)?;
         let state = host.state();
         let mut blackboard = Vec::new();
         for section in Section::ALL {

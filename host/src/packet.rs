@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::{AgentId, IdError, TaskId};
 use crate::pattern::Pattern;
 
 /// An agent's error budget. Exceeding any limit revokes the agent.
@@ -67,11 +68,12 @@ pub struct PacketLimits {
 }
 
 /// The structured mission every agent receives (the reference's `InstructionPacket`).
+/// Deserializing validates it ([`Packet::from_json`] names the field at fault).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPacket")]
 pub struct Packet {
-    pub agent_id: String,
-    pub task_id: String,
+    pub agent_id: AgentId,
+    pub task_id: TaskId,
     #[serde(default)]
     pub created_for: String,
     pub objective: String,
@@ -92,6 +94,32 @@ pub struct Packet {
     pub limits: PacketLimits,
 }
 
+/// A packet as written, before its ids and fields are validated.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPacket {
+    agent_id: String,
+    task_id: String,
+    #[serde(default)]
+    created_for: String,
+    objective: String,
+    /// Artifact names that must exist after EXECUTE (after PLAN for tiers that stop there).
+    #[serde(default)]
+    deliverables: Vec<String>,
+    #[serde(default)]
+    constraints: Constraints,
+    #[serde(default)]
+    success_criteria: Vec<String>,
+    #[serde(default)]
+    error_budget: ErrorBudget,
+    #[serde(default)]
+    escalation_rules: Vec<String>,
+    #[serde(default = "now_rfc3339")]
+    created_at: String,
+    #[serde(default)]
+    limits: PacketLimits,
+}
+
 fn is_default_limits(limits: &PacketLimits) -> bool {
     *limits == PacketLimits::default()
 }
@@ -110,13 +138,41 @@ pub enum PacketError {
     Field { field: String, reason: String },
 }
 
+impl TryFrom<RawPacket> for Packet {
+    type Error = PacketError;
+
+    fn try_from(raw: RawPacket) -> Result<Packet, PacketError> {
+        let field = |field: &str| {
+            let field = field.to_string();
+            move |e: IdError| PacketError::Field {
+                field,
+                reason: e.reason,
+            }
+        };
+        let packet = Packet {
+            agent_id: AgentId::new(&raw.agent_id).map_err(field("agent_id"))?,
+            task_id: TaskId::new(&raw.task_id).map_err(field("task_id"))?,
+            created_for: raw.created_for,
+            objective: raw.objective,
+            deliverables: raw.deliverables,
+            constraints: raw.constraints,
+            success_criteria: raw.success_criteria,
+            error_budget: raw.error_budget,
+            escalation_rules: raw.escalation_rules,
+            created_at: raw.created_at,
+            limits: raw.limits,
+        };
+        packet.validate()?;
+        Ok(packet)
+    }
+}
+
 impl Packet {
     /// Parse and validate a packet from JSON.
     pub fn from_json(text: &str) -> Result<Packet, PacketError> {
-        let packet: Packet =
+        let raw: RawPacket =
             serde_json::from_str(text).map_err(|e| PacketError::Syntax(e.to_string()))?;
-        packet.validate()?;
-        Ok(packet)
+        Packet::try_from(raw)
     }
 
     /// The packet as JSON.
@@ -130,8 +186,6 @@ impl Packet {
             field: field.to_string(),
             reason,
         };
-        validate_id(&self.agent_id).map_err(|r| field("agent_id", r))?;
-        validate_id(&self.task_id).map_err(|r| field("task_id", r))?;
         if self.objective.trim().is_empty() {
             return Err(field("objective", "must not be empty".into()));
         }
@@ -169,25 +223,6 @@ impl Packet {
     }
 }
 
-/// Agent and task ids: 1–64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(format!("`{id}` must be 1 to 64 characters long"));
-    }
-    if id.starts_with('.') {
-        return Err(format!("`{id}` must not start with `.`"));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "`{id}` contains `{c}`: only letters, digits, `.`, `_` and `-` are accepted"
-        ));
-    }
-    Ok(())
-}
-
 /// Artifact names: `/`-separated segments of `[A-Za-z0-9._-]`, no `.`/`..` segments, ≤ 200 bytes.
 pub fn validate_artifact_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
@@ -213,20 +248,67 @@ pub fn validate_artifact_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The reference's revocation triggers, and the operator's, as the ledger and the state
+/// store name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RevocationKind {
+    /// `procedure_violations >= max_procedure_violations` (a forbidden action, an escape).
+    ProcedureViolation,
+    /// `same_error >= max_same_error_repeats` or `total_errors >= max_total_errors`.
+    ErrorBudgetExceeded,
+    /// A deliverable missing after EXECUTE (after PLAN for a tier that stops there).
+    MissingRequiredArtifact,
+    /// An operator revoked the agent (`warden agents revoke`).
+    Operator,
+    /// Revoked, the reason not known to this run.
+    Revoked,
+}
+
+impl RevocationKind {
+    /// The name as stored (`ERROR_BUDGET_EXCEEDED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::ProcedureViolation => "PROCEDURE_VIOLATION",
+            RevocationKind::ErrorBudgetExceeded => "ERROR_BUDGET_EXCEEDED",
+            RevocationKind::MissingRequiredArtifact => "MISSING_REQUIRED_ARTIFACT",
+            RevocationKind::Operator => "OPERATOR",
+            RevocationKind::Revoked => "REVOKED",
+        }
+    }
+}
+
+impl std::fmt::Display for RevocationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for RevocationKind {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RevocationKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Why an agent was revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationReason {
-    /// `PROCEDURE_VIOLATION`, `ERROR_BUDGET_EXCEEDED`, `MISSING_REQUIRED_ARTIFACT`, `OPERATOR`, …
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: RevocationKind,
     pub details: String,
 }
 
 /// One entry of `revocations:ledger`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
-    pub agent_id: String,
-    pub task_id: Option<String>,
+    pub agent_id: AgentId,
+    pub task_id: Option<TaskId>,
     pub reason: RevocationReason,
     pub revoked_by: String,
     pub revoked_at: String,
@@ -242,8 +324,8 @@ pub struct LastKnownState {
 /// What a revoked agent leaves for the next one (the reference's `HandoffObject`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
-    pub task_id: String,
-    pub previous_agent_id: String,
+    pub task_id: TaskId,
+    pub previous_agent_id: AgentId,
     pub revoked: bool,
     pub revocation_reason: RevocationReason,
     pub last_known_state: LastKnownState,
@@ -255,8 +337,29 @@ pub struct Handoff {
     pub created_at: String,
 }
 
+/// The approval of a task's run at the approval gate (`task:{id}:approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub task_id: TaskId,
+    pub approved_by: String,
+    pub approved_at: String,
+}
+
+/// The last lifecycle checkpoint of an agent (`agent:{id}:state` field `checkpoint`),
+/// written at every transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The phase entered (`EXECUTE`).
+    pub phase: String,
+    /// Where in the phase (`enter`).
+    pub step: String,
+    pub task_id: TaskId,
+    pub component_digest: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

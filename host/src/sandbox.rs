@@ -24,6 +24,7 @@ use crate::runtime::imports::{self, ImportRefusal};
 use crate::runtime::limits::{GuestLimits, Interrupt, Meter};
 use crate::runtime::output::CappedOutput;
 use crate::runtime::{Runtime, digest};
+use crate::state::LockOwner;
 use crate::tier::Tier;
 
 /// The engine, the per-tier linkers and the pre-instantiated components of one host.
@@ -166,8 +167,8 @@ impl Sandbox {
 pub(crate) fn wit_packet(packet: &Packet) -> wit::Packet {
     let budget = &packet.error_budget;
     wit::Packet {
-        agent_id: packet.agent_id.clone(),
-        task_id: packet.task_id.clone(),
+        agent_id: packet.agent_id.to_string(),
+        task_id: packet.task_id.to_string(),
         created_for: packet.created_for.clone(),
         objective: packet.objective.clone(),
         deliverables: packet.deliverables.clone(),
@@ -223,13 +224,13 @@ impl BenchInstance {
             .instance_pre(&digest, tier, &component)
             .map_err(Error::Invalid)?;
         let subject = host_subject(&services, agent, tier, Some(&packet.task_id), Some(&digest));
-        let workspace = services.workspaces.for_agent(agent);
+        let workspace = services.workspaces.for_agent(&packet.agent_id);
         let wit = wit_packet(&packet);
         let run = Arc::new(RunShared::new(
             subject,
             tier,
             packet,
-            "bench".into(),
+            LockOwner::new("bench")?,
             workspace,
         ));
         run.set_phase(Phase::Execute);

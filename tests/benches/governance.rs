@@ -22,7 +22,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use warden::bare::{ArchitectPre, WitError, engine_config, warden as wit};
 use warden::ledger::{ActionRecord, Entry, Ledger, Subject};
 use warden::state::StateStore;
-use warden::{Host, Tier};
+use warden::{AgentId, Host, Tier};
 use warden_tests::{agent, packet};
 
 const ROUNDS: usize = 15;
@@ -36,6 +36,7 @@ struct BareCtx {
     wasi: WasiCtx,
     table: ResourceTable,
     state: Arc<dyn StateStore>,
+    agent: AgentId,
 }
 
 impl WasiView for BareCtx {
@@ -52,25 +53,25 @@ impl wit::agent::types::Host for BareCtx {}
 impl wit::agent::state::Host for BareCtx {
     async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
         self.state
-            .kv_get("bench", &key)
+            .kv_get(&self.agent, &key)
             .await
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
         self.state
-            .kv_set("bench", &key, &value)
+            .kv_set(&self.agent, &key, &value)
             .await
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }
     async fn delete(&mut self, key: String) -> Result<bool, WitError> {
         self.state
-            .kv_delete("bench", &key)
+            .kv_delete(&self.agent, &key)
             .await
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }
     async fn keys(&mut self) -> Result<Vec<String>, WitError> {
         self.state
-            .kv_keys("bench")
+            .kv_keys(&self.agent)
             .await
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }
@@ -112,6 +113,7 @@ impl Bare {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             state: self.state.clone(),
+            agent: AgentId::new("bench").unwrap(),
         };
         let mut store = Store::new(&self.engine, ctx);
         store.set_epoch_deadline(u64::MAX / 2);

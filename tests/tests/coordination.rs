@@ -10,12 +10,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use warden::TaskId;
 use warden::llm::ScriptedProvider;
 use warden::orchestrator::{SpawnConditions, SpawnReason, TaskMetrics, TaskSpec};
 use warden::state::{RedisState, Section};
 use warden::{Host, Tier};
 use warden_tests::redis_server::RedisServer;
 use warden_tests::{actions, agent, packet};
+
+fn tid(task: &str) -> TaskId {
+    TaskId::new(task).unwrap()
+}
 
 /// The demo's scripted LLM, which steers ALPHA, BETA and GAMMA.
 fn demo_llm() -> Arc<ScriptedProvider> {
@@ -80,7 +85,12 @@ impl Backend {
     async fn script(&self, task: &str, agent: &str, script: &str) {
         self.host
             .state()
-            .board_write(task, Section::Problem, &format!("script:{agent}"), script)
+            .board_write(
+                &tid(task),
+                Section::Problem,
+                &format!("script:{agent}"),
+                script,
+            )
             .await
             .unwrap();
     }
@@ -90,7 +100,7 @@ impl Backend {
         let text = self
             .host
             .state()
-            .board_read(task, Section::Progress, agent)
+            .board_read(&tid(task), Section::Progress, agent)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("`{agent}` wrote no results in task `{task}`"));
@@ -136,7 +146,7 @@ async fn blackboard_is_read_only_at_t0(b: Backend) {
     let t = task("t0-board");
     b.host
         .state()
-        .board_write(&t, Section::Problem, "objective", "read me")
+        .board_write(&tid(&t), Section::Problem, "objective", "read me")
         .await
         .unwrap();
     let p = packet(
@@ -157,7 +167,7 @@ async fn blackboard_is_read_only_at_t0(b: Backend) {
     let written = b
         .host
         .state()
-        .board_read(&t, Section::Solutions, "mine")
+        .board_read(&tid(&t), Section::Solutions, "mine")
         .await
         .unwrap();
     assert_eq!(written, None, "a refused write must not land");
@@ -205,7 +215,7 @@ async fn messages_arrive_in_order_per_sender(b: Backend) {
     );
     assert_eq!(cat[1], "msg.recv 0 -> ok", "each message is delivered once");
     // ann sent nothing to bob and receives no broadcast of its own.
-    let log = b.host.state().messages(&t).await.unwrap();
+    let log = b.host.state().messages(&tid(&t)).await.unwrap();
     assert_eq!(log.len(), 8);
     assert_eq!(metrics.messages, 8);
 }
@@ -278,7 +288,7 @@ async fn vote(
     }
     b.host
         .state()
-        .proposal(&t, "p1")
+        .proposal(&tid(&t), "p1")
         .await
         .unwrap()
         .unwrap()
@@ -406,9 +416,15 @@ async fn a_revoked_agent_cannot_message_or_vote(b: Backend) {
     revoker.await.unwrap();
     let rex = metrics.agents.iter().find(|a| a.agent_id == "rex").unwrap();
     assert_eq!(rex.status, "revoked", "{metrics:#?}");
-    let log = b.host.state().messages(&t).await.unwrap();
+    let log = b.host.state().messages(&tid(&t)).await.unwrap();
     assert!(log.iter().all(|m| m.sender != "rex"), "{log:?}");
-    let proposal = b.host.state().proposal(&t, "p1").await.unwrap().unwrap();
+    let proposal = b
+        .host
+        .state()
+        .proposal(&tid(&t), "p1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(proposal.votes.is_empty(), "{proposal:?}");
     // The wait itself ended with the revocation, recorded as such.
     let rows = b
@@ -665,7 +681,7 @@ async fn bad_task_specs_are_refused_before_anything_runs(b: Backend) {
     assert_eq!(
         b.host
             .state()
-            .board_entries(&t, Section::Problem)
+            .board_entries(&tid(&t), Section::Problem)
             .await
             .unwrap(),
         vec![],
@@ -742,7 +758,13 @@ async fn alpha_beta_gamma_settle_a_conflict(b: Backend) {
         metrics.consensus.resolved, 3,
         "the three rejected designs were superseded"
     );
-    let merged = b.host.state().proposal(&t, "p4").await.unwrap().unwrap();
+    let merged = b
+        .host
+        .state()
+        .proposal(&tid(&t), "p4")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(merged.record.proposer, "gamma");
     assert_eq!(merged.tally().accepts, 3);
     // The reference's metrics, counted from the ledger.

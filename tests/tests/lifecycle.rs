@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::json;
-use warden::{Phase, RunOutcome, Tier};
+use warden::state::{LockOwner, Ttl};
+use warden::{AgentId, Phase, RunOutcome, Tier};
 use warden_tests::{actions, agent, host, packet, run};
 
 #[tokio::test]
@@ -37,15 +38,20 @@ async fn phases_run_in_order_with_a_checkpoint_at_each_transition() {
     assert_eq!(entered.len(), 7, "one transition per phase after BOOTSTRAP");
     let checkpoint = host
         .state()
-        .checkpoint("hello")
+        .checkpoint(&AgentId::new("hello").unwrap())
         .await
         .unwrap()
         .expect("checkpoint");
-    let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
-    assert_eq!(checkpoint["phase"], "EXIT");
-    assert_eq!(checkpoint["task_id"], "t-order");
+    assert_eq!(checkpoint.phase, "EXIT");
+    assert_eq!(checkpoint.task_id, "t-order");
     // The lock is released at EXIT and the host wrote its plan and report artifacts.
-    assert_eq!(host.state().lock_owner("hello").await.unwrap(), None);
+    assert_eq!(
+        host.state()
+            .lock_owner(&AgentId::new("hello").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let names: Vec<&str> = report.artifacts.iter().map(|a| a.name.as_str()).collect();
     for expected in ["plan.json", "hello.txt", "report.json"] {
         assert!(names.contains(&expected), "{names:?}");
@@ -143,12 +149,16 @@ async fn bootstrap_refuses_without_a_packet_and_when_locked_or_revoked() {
     host.submit_packet(&packet("hello", "t-lock", "greet", &[], json!({})))
         .await
         .unwrap();
+    let (hello, other) = (
+        AgentId::new("hello").unwrap(),
+        LockOwner::new("another-host:run").unwrap(),
+    );
     let held = host
         .state()
         .acquire_lock(
-            "hello",
-            "another-host:run",
-            std::time::Duration::from_secs(30),
+            &hello,
+            &other,
+            Ttl::new("lock", std::time::Duration::from_secs(30)).unwrap(),
         )
         .await
         .unwrap();
@@ -159,10 +169,7 @@ async fn bootstrap_refuses_without_a_packet_and_when_locked_or_revoked() {
         "{err}"
     );
     assert!(err.to_string().contains("another-host:run"), "{err}");
-    host.state()
-        .release_lock("hello", "another-host:run")
-        .await
-        .unwrap();
+    host.state().release_lock(&hello, &other).await.unwrap();
 
     host.revoke("hello", "testing", "test").await.unwrap();
     let err = host.run("hello", &bytes).await.unwrap_err();
@@ -270,7 +277,10 @@ async fn approval_times_out() {
         "{report:?}"
     );
     assert_eq!(
-        host.state().lock_owner("arch").await.unwrap(),
+        host.state()
+            .lock_owner(&AgentId::new("arch").unwrap())
+            .await
+            .unwrap(),
         None,
         "lock released"
     );

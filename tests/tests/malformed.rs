@@ -58,9 +58,12 @@ async fn a_malformed_packet_is_refused_and_history_kept() {
         assert!(err.contains(expect), "{text}: {err}");
     }
     // A packet corrupted in the state store is refused at BOOTSTRAP, not run.
-    host.state()
-        .put_packet("hello", "{\"agent_id\":\"hello\"")
-        .await
+    rusqlite::Connection::open(dir.path().join("state.db"))
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO strings (key, value) VALUES ('agent:hello:packet', '{\"agent_id\":\"hello\"')",
+            [],
+        )
         .unwrap();
     let err = host.run("hello", &agent("hello")).await.unwrap_err();
     assert!(err.to_string().contains("INVALID_PACKET"), "{err}");

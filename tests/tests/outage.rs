@@ -238,7 +238,10 @@ async fn a_command_to_a_stalled_server_fails_at_the_command_timeout() {
         .await
         .unwrap();
     let started = Instant::now();
-    let err = store.packet("stalled").await.unwrap_err();
+    let err = store
+        .packet(&warden::AgentId::new("stalled").unwrap())
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_millis(1500),

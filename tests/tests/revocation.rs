@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warden::{RunOutcome, Tier};
+use warden::{AgentId, RunOutcome, Tier};
 use warden_tests::{actions, agent, host, packet, run, violations};
 
 fn revoked_for(outcome: &RunOutcome) -> &str {
     match outcome {
-        RunOutcome::Revoked { reason, .. } => reason,
+        RunOutcome::Revoked { reason, .. } => reason.as_str(),
         other => panic!("expected a revocation, got {other:?}"),
     }
 }
@@ -34,8 +34,20 @@ async fn a_forbidden_action_is_a_procedure_violation_and_revokes() {
     assert_eq!(violations(&host, "rogue"), ["FORBIDDEN_ACTION"]);
     // Revocation: recorded, handoff written, lock released, refused at the next bootstrap.
     assert!(actions(&host, "rogue").contains(&"agent.revoke".to_string()));
-    assert!(host.state().revocation("rogue").await.unwrap().is_some());
-    assert_eq!(host.state().lock_owner("rogue").await.unwrap(), None);
+    assert!(
+        host.state()
+            .revocation(&AgentId::new("rogue").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        host.state()
+            .lock_owner(&AgentId::new("rogue").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
     let handoff = host.handoff("t-forbid").await.unwrap().expect("handoff");
     assert!(handoff.revoked);
     assert_eq!(handoff.previous_agent_id, "rogue");

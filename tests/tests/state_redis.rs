@@ -10,13 +10,27 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+use warden::packet::{Checkpoint, Revocation, RevocationKind, RevocationReason};
 use warden::state::{
-    Coordination, LockAttempt, NewMessage, NewProposal, RedisState, Section, StateError,
-    StateStore, Transition, Vote, VoteChoice, conformance, coordination, keys,
+    Coordination, LockAttempt, LockOwner, NewMessage, NewProposal, RedisState, Section, StateError,
+    StateStore, Transition, Ttl, Vote, VoteChoice, conformance, coordination, keys,
 };
+use warden::{AgentId, Packet, TaskId};
 use warden_tests::redis_server::RedisServer;
 
 const LONG: Duration = Duration::from_secs(60);
+
+fn ttl(duration: Duration) -> Ttl {
+    Ttl::new("test", duration).unwrap()
+}
+
+fn owner(token: &str) -> LockOwner {
+    LockOwner::new(token).unwrap()
+}
+
+fn id(agent: &str) -> AgentId {
+    AgentId::new(agent).unwrap()
+}
 
 async fn admin(server: &RedisServer) -> MultiplexedConnection {
     redis::Client::open(server.url())
@@ -26,8 +40,36 @@ async fn admin(server: &RedisServer) -> MultiplexedConnection {
         .unwrap()
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid_like())
+fn unique(prefix: &str) -> AgentId {
+    id(&format!("{prefix}-{}", uuid_like()))
+}
+
+fn unique_task(prefix: &str) -> TaskId {
+    TaskId::new(&format!("{prefix}-{}", uuid_like())).unwrap()
+}
+
+/// A checkpoint whose `step` marks who wrote it.
+fn checkpoint(mark: &str) -> Checkpoint {
+    Checkpoint {
+        phase: "PLAN".into(),
+        step: mark.into(),
+        task_id: TaskId::new("t").unwrap(),
+        component_digest: "sha256:0".into(),
+        at: "2026-12-01T00:00:00.000Z".into(),
+    }
+}
+
+fn revocation(agent: &AgentId) -> Revocation {
+    Revocation {
+        agent_id: agent.clone(),
+        task_id: None,
+        reason: RevocationReason {
+            kind: RevocationKind::Operator,
+            details: "test".into(),
+        },
+        revoked_by: "test".into(),
+        revoked_at: "2026-12-01T00:00:00.000Z".into(),
+    }
 }
 
 /// Unique enough for ids within one server's lifetime.
@@ -41,14 +83,23 @@ fn uuid_like() -> String {
     )
 }
 
-fn step<'a>(agent: &'a str, owner: &'a str, checkpoint_json: &'a str) -> Transition<'a> {
+fn step<'a>(
+    agent: &'a AgentId,
+    owner: &'a LockOwner,
+    checkpoint: &'a Checkpoint,
+) -> Transition<'a> {
     Transition {
         agent,
         owner,
-        lock_ttl: LONG,
-        heartbeat_ttl: LONG,
-        checkpoint_json,
+        lock_ttl: ttl(LONG),
+        heartbeat_ttl: ttl(LONG),
+        checkpoint,
     }
+}
+
+/// The mark of an agent's last checkpoint.
+async fn mark(store: &RedisState, agent: &AgentId) -> Option<String> {
+    store.checkpoint(agent).await.unwrap().map(|c| c.step)
 }
 
 /// Calls per command since the server started, from `INFO commandstats`.
@@ -123,41 +174,37 @@ async fn two_hosts_contend_for_one_lock() {
     let a = RedisState::connect(&server.url()).await.unwrap();
     let b = RedisState::connect(&server.url()).await.unwrap();
     let agent = unique("contended");
+    let (host_a, host_b) = (owner("host-a"), owner("host-b"));
+    let (by_a, by_b) = (checkpoint("by-a"), checkpoint("by-b"));
 
     assert_eq!(
-        a.acquire_lock(&agent, "host-a", LONG).await.unwrap(),
+        a.acquire_lock(&agent, &host_a, ttl(LONG)).await.unwrap(),
         LockAttempt::Acquired
     );
     assert_eq!(
-        b.acquire_lock(&agent, "host-b", LONG).await.unwrap(),
+        b.acquire_lock(&agent, &host_b, ttl(LONG)).await.unwrap(),
         LockAttempt::Held {
             owner: "host-a".into()
         }
     );
-    assert!(!b.refresh_lock(&agent, "host-b", LONG).await.unwrap());
-    assert!(!b.release_lock(&agent, "host-b").await.unwrap());
-    let lost = b
-        .transition(&step(&agent, "host-b", r#"{"by":"b"}"#))
-        .await
-        .unwrap();
+    assert!(!b.refresh_lock(&agent, &host_b, ttl(LONG)).await.unwrap());
+    assert!(!b.release_lock(&agent, &host_b).await.unwrap());
+    let lost = b.transition(&step(&agent, &host_b, &by_b)).await.unwrap();
     assert!(!lost.lock_held);
-    assert_eq!(b.checkpoint(&agent).await.unwrap(), None);
+    assert_eq!(mark(&b, &agent).await, None);
     assert!(
-        a.transition(&step(&agent, "host-a", r#"{"by":"a"}"#))
+        a.transition(&step(&agent, &host_a, &by_a))
             .await
             .unwrap()
             .lock_held
     );
-    assert_eq!(
-        b.checkpoint(&agent).await.unwrap().as_deref(),
-        Some(r#"{"by":"a"}"#)
-    );
+    assert_eq!(mark(&b, &agent).await.as_deref(), Some("by-a"));
 
     // Both hosts race for a released lock: exactly one wins.
-    assert!(a.release_lock(&agent, "host-a").await.unwrap());
+    assert!(a.release_lock(&agent, &host_a).await.unwrap());
     let (ra, rb) = tokio::join!(
-        a.acquire_lock(&agent, "host-a", LONG),
-        b.acquire_lock(&agent, "host-b", LONG)
+        a.acquire_lock(&agent, &host_a, ttl(LONG)),
+        b.acquire_lock(&agent, &host_b, ttl(LONG))
     );
     let winners = [ra.unwrap(), rb.unwrap()]
         .iter()
@@ -196,44 +243,40 @@ async fn an_expired_lock_is_taken_over_by_another_host() {
     let a = RedisState::connect(&server.url()).await.unwrap();
     let b = RedisState::connect(&server.url()).await.unwrap();
     let agent = unique("expiring");
+    let (host_a, host_b) = (owner("host-a"), owner("host-b"));
+    let (one, two) = (checkpoint("n1"), checkpoint("n2"));
 
     assert_eq!(
-        a.acquire_lock(&agent, "host-a", Duration::from_millis(150))
+        a.acquire_lock(&agent, &host_a, ttl(Duration::from_millis(150)))
             .await
             .unwrap(),
         LockAttempt::Acquired
     );
     assert!(
-        a.transition(&step(&agent, "host-a", r#"{"n":1}"#))
+        a.transition(&step(&agent, &host_a, &one))
             .await
             .map(|r| r.lock_held)
             .unwrap()
     );
     // The transition extended the lock to `LONG`; shorten it again and let it lapse.
     assert!(
-        a.refresh_lock(&agent, "host-a", Duration::from_millis(150))
+        a.refresh_lock(&agent, &host_a, ttl(Duration::from_millis(150)))
             .await
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(b.lock_owner(&agent).await.unwrap(), None);
     assert_eq!(
-        b.acquire_lock(&agent, "host-b", LONG).await.unwrap(),
+        b.acquire_lock(&agent, &host_b, ttl(LONG)).await.unwrap(),
         LockAttempt::Acquired
     );
 
     // The old holder can no longer refresh, release or write through the lock.
-    assert!(!a.refresh_lock(&agent, "host-a", LONG).await.unwrap());
-    assert!(!a.release_lock(&agent, "host-a").await.unwrap());
-    let stale = a
-        .transition(&step(&agent, "host-a", r#"{"n":2}"#))
-        .await
-        .unwrap();
+    assert!(!a.refresh_lock(&agent, &host_a, ttl(LONG)).await.unwrap());
+    assert!(!a.release_lock(&agent, &host_a).await.unwrap());
+    let stale = a.transition(&step(&agent, &host_a, &two)).await.unwrap();
     assert!(!stale.lock_held);
-    assert_eq!(
-        b.checkpoint(&agent).await.unwrap().as_deref(),
-        Some(r#"{"n":1}"#)
-    );
+    assert_eq!(mark(&b, &agent).await.as_deref(), Some("n1"));
     assert_eq!(
         a.lock_owner(&agent).await.unwrap().as_deref(),
         Some("host-b")
@@ -247,12 +290,14 @@ async fn a_transition_is_one_command() {
     let store = RedisState::connect(&server.url()).await.unwrap();
     let agent = unique("round-trips");
     store.record_error(&agent, "E", true).await.unwrap();
-    store.acquire_lock(&agent, "run-1", LONG).await.unwrap();
+    let (run_1, run_2) = (owner("run-1"), owner("run-2"));
+    let plan = checkpoint("PLAN");
+    store.acquire_lock(&agent, &run_1, ttl(LONG)).await.unwrap();
 
     // Held: one `EVALSHA` from the client; the rest ran inside the script.
     let before = command_calls(&mut admin).await;
     let held = store
-        .transition(&step(&agent, "run-1", r#"{"phase":"PLAN"}"#))
+        .transition(&step(&agent, &run_1, &plan))
         .await
         .unwrap();
     let after = command_calls(&mut admin).await;
@@ -274,7 +319,7 @@ async fn a_transition_is_one_command() {
     // Not held: still one command, and it still reads the counts.
     let before = command_calls(&mut admin).await;
     let lost = store
-        .transition(&step(&agent, "run-2", r#"{"phase":"STALE"}"#))
+        .transition(&step(&agent, &run_2, &plan))
         .await
         .unwrap();
     let after = command_calls(&mut admin).await;
@@ -305,9 +350,7 @@ async fn a_revocation_reaches_other_hosts_at_once() {
     let agent = unique("revoked");
 
     let started = Instant::now();
-    a.record_revocation(&agent, &format!(r#"{{"agent_id":"{agent}"}}"#))
-        .await
-        .unwrap();
+    a.record_revocation(&revocation(&agent)).await.unwrap();
     assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, agent);
     eprintln!("revocation event after {:?}", started.elapsed());
     assert!(b.revocation(&agent).await.unwrap().is_some());
@@ -355,7 +398,11 @@ async fn the_connection_manager_reconnects_after_client_kill() {
     let mut admin = admin(&server).await;
     let store = RedisState::connect(&server.url()).await.unwrap();
     let agent = unique("reconnect");
-    store.put_packet(&agent, "{}").await.unwrap();
+    let packet = Packet::from_json(&format!(
+        r#"{{"agent_id":"{agent}","task_id":"t","objective":"reconnect"}}"#
+    ))
+    .unwrap();
+    store.put_packet(&packet).await.unwrap();
 
     let _: u64 = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
@@ -365,7 +412,7 @@ async fn the_connection_manager_reconnects_after_client_kill() {
     // The call that finds the connection dead may fail (it is not retried: it might have
     // run); it must fail as a backend error, and the one after must succeed.
     match store.packet(&agent).await {
-        Ok(packet) => assert_eq!(packet.as_deref(), Some("{}")),
+        Ok(found) => assert_eq!(found.as_ref(), Some(&packet)),
         Err(err) => {
             assert!(
                 matches!(
@@ -383,15 +430,15 @@ async fn the_connection_manager_reconnects_after_client_kill() {
                 "{message}"
             );
             assert_eq!(
-                store.packet(&agent).await.unwrap().as_deref(),
-                Some("{}"),
+                store.packet(&agent).await.unwrap().as_ref(),
+                Some(&packet),
                 "the call after a dropped connection must succeed"
             );
         }
     }
     assert!(
         store
-            .transition(&step(&agent, "nobody", "{}"))
+            .transition(&step(&agent, &owner("nobody"), &checkpoint("x")))
             .await
             .is_ok()
     );
@@ -409,7 +456,7 @@ async fn revocations_missed_while_unsubscribed_are_replayed() {
     // Kill the subscriber and record a revocation in one transaction, so its publish
     // certainly reaches nobody: only the replay after resubscribing can deliver it.
     let agent = unique("missed");
-    let record = format!(r#"{{"agent_id":"{agent}"}}"#);
+    let record = serde_json::to_string(&revocation(&agent)).unwrap();
     redis::pipe()
         .atomic()
         .cmd("CLIENT")
@@ -419,9 +466,9 @@ async fn revocations_missed_while_unsubscribed_are_replayed() {
         .ignore()
         .lpush(keys::REVOCATIONS_LEDGER, &record)
         .ignore()
-        .hset(keys::REVOCATIONS_BY_AGENT, &agent, &record)
+        .hset(keys::REVOCATIONS_BY_AGENT, agent.as_str(), &record)
         .ignore()
-        .publish("warden:revocations", &agent)
+        .publish("warden:revocations", agent.as_str())
         .ignore()
         .exec_async(&mut admin)
         .await
@@ -430,10 +477,7 @@ async fn revocations_missed_while_unsubscribed_are_replayed() {
 
     // And the new subscription is live.
     let later = unique("later");
-    store
-        .record_revocation(&later, &format!(r#"{{"agent_id":"{later}"}}"#))
-        .await
-        .unwrap();
+    store.record_revocation(&revocation(&later)).await.unwrap();
     assert_eq!(next_event(&mut events, Duration::from_secs(1)).await, later);
 }
 
@@ -448,13 +492,14 @@ async fn a_restarted_server_is_used_again() {
     // has reconnected, and scripts are reloaded on demand.
     let agent = unique("restarted");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while store.acquire_lock(&agent, "run-1", LONG).await.is_err() {
+    let run_1 = owner("run-1");
+    while store.acquire_lock(&agent, &run_1, ttl(LONG)).await.is_err() {
         assert!(Instant::now() < deadline, "no reconnection after a restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         store
-            .transition(&step(&agent, "run-1", "{}"))
+            .transition(&step(&agent, &run_1, &checkpoint("x")))
             .await
             .unwrap()
             .lock_held
@@ -463,10 +508,7 @@ async fn a_restarted_server_is_used_again() {
     // The subscription comes back too.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        store
-            .record_revocation(&agent, &format!(r#"{{"agent_id":"{agent}"}}"#))
-            .await
-            .unwrap();
+        store.record_revocation(&revocation(&agent)).await.unwrap();
         if let Ok(Ok(id)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
             assert_eq!(id, agent);
             break;
@@ -526,7 +568,7 @@ async fn two_hosts_share_one_message_log() {
     let server = RedisServer::start();
     let a = RedisState::connect(&server.url()).await.unwrap();
     let b = RedisState::connect(&server.url()).await.unwrap();
-    let task = unique("shared-log");
+    let task = unique_task("shared-log");
 
     // Both hosts send at once: one sequence of ids, no gap, no duplicate.
     let senders: Vec<_> = [a.clone(), b.clone()]
@@ -535,7 +577,7 @@ async fn two_hosts_share_one_message_log() {
         .map(|(host, store)| {
             let task = task.clone();
             tokio::spawn(async move {
-                let sender = format!("sender-{host}");
+                let sender = id(&format!("sender-{host}"));
                 let mut ids = Vec::new();
                 for n in 0..100 {
                     let body = n.to_string();
@@ -567,7 +609,10 @@ async fn two_hosts_share_one_message_log() {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 loop {
-                    let batch = store.receive_messages(&task, "reader", 7).await.unwrap();
+                    let batch = store
+                        .receive_messages(&task, &id("reader"), 7)
+                        .await
+                        .unwrap();
                     if batch.is_empty() {
                         return got;
                     }
@@ -591,19 +636,20 @@ async fn coordination_keys_are_the_documented_ones() {
     let server = RedisServer::start();
     let mut admin = admin(&server).await;
     let store = RedisState::connect(&server.url()).await.unwrap();
-    let task = unique("keyspace");
+    let task = unique_task("keyspace");
+    let (alpha, beta) = (id("alpha"), id("beta"));
     let message = NewMessage {
-        sender: "alpha",
-        recipient: Some("beta"),
+        sender: &alpha,
+        recipient: Some(&beta),
         kind: "FEEDBACK",
         body: "looks good",
         sent_at_ms: 1_700_000_000_123,
     };
     assert_eq!(store.send_message(&task, &message).await.unwrap(), 1);
-    store.receive_messages(&task, "beta", 10).await.unwrap();
-    let required = ["beta".to_string()];
+    store.receive_messages(&task, &beta, 10).await.unwrap();
+    let required = [beta.clone()];
     let proposal = NewProposal {
-        proposer: "alpha",
+        proposer: &alpha,
         title: "plan",
         body: "do it",
         required: &required,
@@ -611,7 +657,7 @@ async fn coordination_keys_are_the_documented_ones() {
     };
     assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p1");
     let vote = Vote {
-        agent: "beta".into(),
+        agent: beta.clone(),
         choice: VoteChoice::Accept,
         reasoning: "fine".into(),
         at_ms: 6,
@@ -666,31 +712,32 @@ async fn coordination_writes_are_one_command() {
     let server = RedisServer::start();
     let mut admin = admin(&server).await;
     let store = RedisState::connect(&server.url()).await.unwrap();
-    let task = unique("round-trips");
+    let task = unique_task("round-trips");
+    let (alpha, beta) = (id("alpha"), id("beta"));
     let message = NewMessage {
-        sender: "alpha",
+        sender: &alpha,
         recipient: None,
         kind: "PROPOSAL",
         body: "b",
         sent_at_ms: 0,
     };
-    let required: [String; 0] = [];
+    let required: [AgentId; 0] = [];
     let proposal = NewProposal {
-        proposer: "alpha",
+        proposer: &alpha,
         title: "t",
         body: "b",
         required: &required,
         created_at_ms: 0,
     };
     let vote = |agent: &str| Vote {
-        agent: agent.into(),
+        agent: id(agent),
         choice: VoteChoice::Accept,
         reasoning: String::new(),
         at_ms: 0,
     };
     // Load the scripts.
     store.send_message(&task, &message).await.unwrap();
-    store.receive_messages(&task, "beta", 10).await.unwrap();
+    store.receive_messages(&task, &beta, 10).await.unwrap();
     store.propose(&task, &proposal).await.unwrap();
     store.cast_vote(&task, "p1", &vote("alpha")).await.unwrap();
 
@@ -703,7 +750,7 @@ async fn coordination_writes_are_one_command() {
     );
 
     let before = command_calls(&mut admin).await;
-    let got = store.receive_messages(&task, "beta", 10).await.unwrap();
+    let got = store.receive_messages(&task, &beta, 10).await.unwrap();
     let after = command_calls(&mut admin).await;
     assert_eq!(got.len(), 1);
     assert_eq!(
@@ -731,5 +778,36 @@ async fn coordination_writes_are_one_command() {
     assert_eq!(
         delta(&before, &after),
         counts(&[("evalsha", 1), ("hexists", 1), ("hsetnx", 1)])
+    );
+}
+
+/// A stored record that does not parse is an error naming its key: a revocation that cannot be
+/// read is never mistaken for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_that_does_not_parse_is_an_error_naming_its_key() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let agent = unique("corrupt");
+    let _: () = admin
+        .hset(keys::REVOCATIONS_BY_AGENT, agent.as_str(), "{not json")
+        .await
+        .unwrap();
+    let err = store.revocation(&agent).await.unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("corrupt value in `revocations:by_agent/{agent}`")),
+        "{err}"
+    );
+    let task = unique_task("corrupt");
+    let _: () = admin
+        .rpush(format!("task:{task}:artifacts"), "[]")
+        .await
+        .unwrap();
+    let err = store.artifacts(&task).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("corrupt value in `task:{task}:artifacts[0]`")),
+        "{err}"
     );
 }

@@ -112,15 +112,13 @@ fn check_put(
 
 impl Governor {
     async fn task_artifacts(&self) -> Result<Vec<ArtifactRef>, WitError> {
-        let raw = self
+        let refs = self
             .services
             .state
             .artifacts(self.task_id())
             .await
             .map_err(|e| unavailable("the state store", e))?;
-        Ok(latest_per_name(raw.iter().filter_map(|json| {
-            serde_json::from_str::<ArtifactRef>(json).ok()
-        })))
+        Ok(latest_per_name(refs))
     }
 }
 
@@ -153,11 +151,9 @@ impl Host for AgentCtx {
                 author: gov.agent_id().to_string(),
                 created_at: now_rfc3339(),
             };
-            let json =
-                serde_json::to_string(&reference).map_err(|e| unavailable("serialization", e))?;
             gov.services
                 .state
-                .push_artifact(gov.task_id(), &json)
+                .push_artifact(gov.task_id(), &reference)
                 .await
                 .map_err(|e| unavailable("the state store", e))?;
             gov.run.wrote(reference);

@@ -11,9 +11,10 @@ use crate::bindings::WitError;
 use crate::bindings::warden::agent::consensus::{
     Host, Proposal as WitProposal, ProposalTally, Vote as WitVote, VoteChoice as WitChoice,
 };
+use crate::id::AgentId;
 use crate::interface::Interface;
 use crate::state::{
-    CastOutcome, NewProposal, Proposal, Resolution, ResolveOutcome, Vote, VoteChoice, validate_id,
+    CastOutcome, NewProposal, Proposal, Resolution, ResolveOutcome, Vote, VoteChoice,
 };
 use crate::tier::Tier;
 use crate::policy::{Linked, SectionSpec};
@@ -56,13 +57,13 @@ fn tally(proposal: &Proposal) -> ProposalTally {
         accepts: tally.accepts,
         rejects: tally.rejects,
         abstains: tally.abstains,
-        missing: tally.missing,
+        missing: tally.missing.into_iter().map(String::from).collect(),
         reached: tally.reached,
         votes: proposal
             .votes
             .iter()
             .map(|v| WitVote {
-                agent: v.agent.clone(),
+                agent: v.agent.to_string(),
                 proposal_id: proposal.record.id.clone(),
                 choice: wit_choice(v.choice),
                 reasoning: v.reasoning.clone(),
@@ -119,13 +120,14 @@ impl Host for AgentCtx {
         } else {
             required
                 .iter()
-                .find_map(|agent| validate_id("agent", agent).err())
+                .find_map(|agent| AgentId::new(agent).err())
                 .map(|e| format!("`{OP}` refused: required {e}"))
         };
         if let Some(message) = problem {
             return Err(self.invalid(OP, "consensus:propose".into(), message).await);
         }
-        let mut required = required;
+        let mut required: Vec<AgentId> =
+            required.iter().filter_map(|a| AgentId::new(a).ok()).collect();
         required.sort();
         required.dedup();
         let gov = &self.gov;
@@ -176,7 +178,7 @@ impl Host for AgentCtx {
         }
         let gov = &self.gov;
         let vote = Vote {
-            agent: gov.agent_id().to_string(),
+            agent: gov.agent_id().clone(),
             choice: vote_choice(choice),
             reasoning,
             at_ms: now_ms(),
@@ -252,10 +254,10 @@ impl Host for AgentCtx {
                     .map(|p| WitProposal {
                         in_conflict: p.in_conflict(),
                         id: p.record.id,
-                        proposer: p.record.proposer,
+                        proposer: p.record.proposer.into(),
                         title: p.record.title,
                         body: p.record.body,
-                        required: p.record.required,
+                        required: p.record.required.into_iter().map(String::from).collect(),
                         resolution: p.record.resolution.map(|r| r.note),
                     })
                     .collect()
@@ -301,7 +303,7 @@ impl Host for AgentCtx {
                 return result;
             }
         };
-        if proposal.record.proposer != self.gov.agent_id() && self.gov.run.tier < MEDIATOR_TIER {
+        if proposal.record.proposer != *self.gov.agent_id() && self.gov.run.tier < MEDIATOR_TIER {
             let refusal = CallRefusal {
                 kind: ViolationKind::TierDenied,
                 resource: format!("consensus:{proposal_id}"),
@@ -314,7 +316,7 @@ impl Host for AgentCtx {
         }
         let gov = &self.gov;
         let settled = Resolution {
-            by: gov.agent_id().to_string(),
+            by: gov.agent_id().clone(),
             note: resolution,
             at_ms: now_ms(),
         };

@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(completion.model, "scripted-1");
         let spent = u64::from(completion.prompt_tokens + completion.completion_tokens);
         assert!(spent > 0);
-        assert_eq!(agent.services.tokens_used("task-1"), spent);
+        assert_eq!(agent.services.tokens_used(agent.ctx.gov.task_id()), spent);
         assert_eq!(agent.actions()[0].1, "allowed");
     }
 

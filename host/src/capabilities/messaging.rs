@@ -14,7 +14,8 @@ use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::messaging::{Host, Kind, Message};
 use crate::interface::Interface;
-use crate::state::{NewMessage, validate_id};
+use crate::id::AgentId;
+use crate::state::NewMessage;
 use crate::policy::{Linked, SectionSpec};
 
 /// Its section (`[tiers.T1.messaging]`) has no settings: present, the interface is linked.
@@ -51,8 +52,8 @@ fn kind_of(name: &str) -> Kind {
 fn to_wit(message: crate::state::Message) -> Message {
     Message {
         id: message.id,
-        sender: message.sender,
-        recipient: message.recipient,
+        sender: message.sender.into(),
+        recipient: message.recipient.map(String::from),
         kind: kind_of(&message.kind),
         body: message.body,
         sent_at: humantime::format_rfc3339_millis(
@@ -76,7 +77,8 @@ impl AgentCtx {
             .gate(Interface::Messaging, op, || format!("msg:{to}"))
             .await?;
         let kind = kind_name(&kind);
-        let invalid = if let Some(Err(e)) = recipient.as_deref().map(|r| validate_id("agent", r)) {
+        let recipient_id = recipient.as_deref().map(AgentId::new).transpose();
+        let invalid = if let Err(e) = &recipient_id {
             Some(format!("`{op}` refused: recipient: {e}"))
         } else if kind.is_empty()
             || kind.len() > MAX_KIND_BYTES
@@ -102,10 +104,11 @@ impl AgentCtx {
             };
             return Err(self.gov.refuse(op, refusal).await);
         }
+        let recipient_id = recipient_id.ok().flatten();
         let gov = &self.gov;
         let message = NewMessage {
             sender: gov.agent_id(),
-            recipient: recipient.as_deref(),
+            recipient: recipient_id.as_ref(),
             kind,
             body: &body,
             sent_at_ms: now_ms(),

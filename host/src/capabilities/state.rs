@@ -159,7 +159,7 @@ mod tests {
             agent.actions().last().map(|(op, d, e)| (op.clone(), d.clone(), e.clone())),
             Some(("state.set".into(), "denied".into(), Some("INVALID_ARGUMENT".into())))
         );
-        assert_eq!(agent.state().kv_get("agent-1", "k").await.unwrap(), None);
+        assert_eq!(agent.state().kv_get(agent.ctx.gov.agent_id(), "k").await.unwrap(), None);
     }
 
     /// The gate comes first: a forbidden key is a procedure violation, which revokes at the

@@ -130,7 +130,7 @@ impl TestAgent {
             subject,
             tier,
             packet,
-            "test-owner".into(),
+            crate::state::LockOwner::new("test-owner").expect("owner"),
             agent_workspace,
         ));
         run.set_phase(Phase::Execute);

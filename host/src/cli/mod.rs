@@ -16,7 +16,7 @@ use warden::config::WardenConfig;
 use warden::ledger::{LedgerQuery, Table};
 use warden::secrets::{EmbeddedSecrets, SecretBackend, VaultSecrets};
 use warden::state::RedisState;
-use warden::{Error, Host, Packet, RunOutcome, Tier};
+use warden::{AgentId, Error, Host, Packet, RunOutcome, Tier};
 
 /// Exit codes that mean something to scripts.
 pub mod exit {
@@ -151,7 +151,7 @@ enum AgentsCommand {
     /// List registered agents.
     List,
     /// Show one agent: registration, metrics, revocation.
-    Show { id: String },
+    Show { id: AgentId },
     /// Change an agent's tier (recorded in `promotions`).
     Promote {
         id: String,
@@ -435,7 +435,10 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
             let agents = host.agents()?;
             let mut rows = Vec::new();
             for agent in &agents {
-                let revoked = host.state().revocation(&agent.agent_id).await?;
+                let revoked = host
+                    .state()
+                    .revocation(&AgentId::new(&agent.agent_id)?)
+                    .await?;
                 let metrics = host.ledger().metrics(&agent.agent_id)?;
                 rows.push((agent.clone(), metrics, revoked));
             }
@@ -454,7 +457,7 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 cx.json,
                 &agent,
                 metrics.as_ref(),
-                revoked.as_deref(),
+                revoked.as_ref(),
                 lock.as_deref(),
             );
         }

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, VerifyReport};
 use warden::orchestrator::{TaskMetrics, TaskView};
+use warden::packet::Revocation;
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
 
 fn print_json(value: &impl Serialize) {
@@ -38,7 +39,7 @@ pub fn agent_registered(json: bool, record: &AgentRecord) {
     }
 }
 
-pub fn agent_list(json: bool, rows: &[(AgentRecord, Option<MetricsSnapshot>, Option<String>)]) {
+pub fn agent_list(json: bool, rows: &[(AgentRecord, Option<MetricsSnapshot>, Option<Revocation>)]) {
     if json {
         let rows: Vec<Value> = rows
             .iter()
@@ -46,7 +47,7 @@ pub fn agent_list(json: bool, rows: &[(AgentRecord, Option<MetricsSnapshot>, Opt
                 json!({
                     "agent": agent,
                     "metrics": metrics,
-                    "revoked": revoked.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+                    "revoked": revoked,
                 })
             })
             .collect();
@@ -89,10 +90,9 @@ pub fn agent_show(
     json: bool,
     agent: &AgentRecord,
     metrics: Option<&MetricsSnapshot>,
-    revoked: Option<&str>,
+    revocation: Option<&Revocation>,
     lock: Option<&str>,
 ) {
-    let revocation = revoked.and_then(|r| serde_json::from_str::<Value>(r).ok());
     if json {
         print_json(
             &json!({ "agent": agent, "metrics": metrics, "revocation": revocation, "lock_owner": lock }),
@@ -115,13 +115,10 @@ pub fn agent_show(
             m.total_runs, m.compliant_runs, m.consecutive_compliant, m.last_active_at
         );
     }
-    match &revocation {
+    match revocation {
         Some(r) => println!(
             "status     REVOKED at {} by {}: {} — {}",
-            r["revoked_at"].as_str().unwrap_or("?"),
-            r["revoked_by"].as_str().unwrap_or("?"),
-            r["reason"]["type"].as_str().unwrap_or("?"),
-            r["reason"]["details"].as_str().unwrap_or("")
+            r.revoked_at, r.revoked_by, r.reason.kind, r.reason.details
         ),
         None => println!("status     active"),
     }

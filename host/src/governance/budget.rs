@@ -5,18 +5,18 @@ use std::sync::Arc;
 
 use super::revocation::revoke;
 use crate::context::{RunShared, Services};
-use crate::packet::{Packet, RevocationReason};
+use crate::packet::{Packet, RevocationKind, RevocationReason};
 use crate::state::ErrorCounts;
 
 /// The reference's automatic revocation triggers, first match wins.
 pub(crate) fn budget_trigger(
     counts: &ErrorCounts,
     packet: &Packet,
-) -> Option<(&'static str, String)> {
+) -> Option<(RevocationKind, String)> {
     let budget = &packet.error_budget;
     if counts.procedure >= budget.max_procedure_violations {
         return Some((
-            "PROCEDURE_VIOLATION",
+            RevocationKind::ProcedureViolation,
             format!(
                 "{} procedure violation(s) reached `max_procedure_violations` of {}",
                 counts.procedure, budget.max_procedure_violations
@@ -25,7 +25,7 @@ pub(crate) fn budget_trigger(
     }
     if counts.max_same >= budget.max_same_error_repeats {
         return Some((
-            "ERROR_BUDGET_EXCEEDED",
+            RevocationKind::ErrorBudgetExceeded,
             format!(
                 "error `{}` repeated {} times; `max_same_error_repeats` is {}",
                 counts.worst_signature.as_deref().unwrap_or("?"),
@@ -36,7 +36,7 @@ pub(crate) fn budget_trigger(
     }
     if counts.total >= budget.max_total_errors {
         return Some((
-            "ERROR_BUDGET_EXCEEDED",
+            RevocationKind::ErrorBudgetExceeded,
             format!(
                 "{} errors; `max_total_errors` is {}",
                 counts.total, budget.max_total_errors
@@ -68,15 +68,6 @@ pub(crate) async fn charge_error(
     };
     let (kind, budget) = budget_trigger(&counts, &run.packet)?;
     let details = format!("{budget}; last: {cause}");
-    revoke(
-        services,
-        run,
-        RevocationReason {
-            kind: kind.into(),
-            details,
-        },
-        "host",
-    )
-    .await;
+    revoke(services, run, RevocationReason { kind, details }, "host").await;
     Some(run.revoked_message())
 }

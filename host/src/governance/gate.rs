@@ -7,6 +7,7 @@ use super::budget::charge_error;
 use super::decide::{CallRefusal, Request, ViolationKind, decide};
 use crate::bindings::WitError;
 use crate::context::{CallDurability, RunShared, Services};
+use crate::id::{AgentId, TaskId};
 use crate::interface::Interface;
 use crate::ledger::{ActionRecord, Entry, ViolationRecord};
 use crate::policy::TierPolicy;
@@ -36,11 +37,11 @@ impl Governor {
         self.services.tiers.policy(self.run.tier)
     }
 
-    pub fn agent_id(&self) -> &str {
+    pub fn agent_id(&self) -> &AgentId {
         &self.run.agent_id
     }
 
-    pub fn task_id(&self) -> &str {
+    pub fn task_id(&self) -> &TaskId {
         &self.run.task_id
     }
 

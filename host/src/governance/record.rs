@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::context::Services;
 use crate::error::Error;
+use crate::id::{AgentId, TaskId};
 use crate::ledger::{ActionRecord, Entry, Subject, ViolationRecord};
-use crate::packet::now_rfc3339;
+use crate::packet::{Approval, now_rfc3339};
 use crate::phase::Phase;
 use crate::tier::Tier;
 
@@ -84,17 +85,21 @@ pub(crate) async fn record_host_action(
 }
 
 /// Record an approval for a task (`warden approve`).
-pub(crate) async fn approve(services: &Services, task: &str, approver: &str) -> Result<(), Error> {
-    let json = serde_json::json!({ "task_id": task, "approved_by": approver, "approved_at": now_rfc3339() }).to_string();
-    services.state.put_approval(task, &json).await?;
-    let agent = services
-        .state
-        .active_agent(task)
-        .await?
-        .unwrap_or_else(|| "-".to_string());
+pub(crate) async fn approve(
+    services: &Services,
+    task: &TaskId,
+    approver: &str,
+) -> Result<(), Error> {
+    let approval = Approval {
+        task_id: task.clone(),
+        approved_by: approver.to_string(),
+        approved_at: now_rfc3339(),
+    };
+    services.state.put_approval(&approval).await?;
+    let agent = services.state.active_agent(task).await?;
     record_host_action(
         services,
-        &agent,
+        agent.as_ref().map_or("-", AgentId::as_str),
         Some(task),
         "approval.grant",
         &format!("approved by {approver}"),

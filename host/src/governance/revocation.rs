@@ -7,11 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::record::{action, host_subject};
-use crate::artifacts::{ArtifactRef, latest_per_name};
+use crate::artifacts::latest_per_name;
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
-use crate::packet::{Handoff, LastKnownState, Revocation, RevocationReason, now_rfc3339};
+use crate::id::AgentId;
+use crate::packet::{
+    Handoff, LastKnownState, Revocation, RevocationKind, RevocationReason, now_rfc3339,
+};
 use crate::phase::Phase;
+use crate::state::StateError;
 
 /// Revoke a running agent: interrupt its store (next epoch tick), record the revocation,
 /// write the handoff, revoke its secrets session, release its lock. Idempotent.
@@ -24,25 +28,21 @@ pub(crate) async fn revoke(
     if !run.mark_revoked(reason.clone()) {
         return;
     }
-    let agent = run.agent_id.to_string();
-    let task = run.task_id.to_string();
     let revocation = Revocation {
-        agent_id: agent.clone(),
-        task_id: Some(task.clone()),
+        agent_id: run.agent_id.clone(),
+        task_id: Some(run.task_id.clone()),
         reason: reason.clone(),
         revoked_by: by.to_string(),
         revoked_at: now_rfc3339(),
     };
-    if let Ok(json) = serde_json::to_string(&revocation)
-        && let Err(error) = services.state.record_revocation(&agent, &json).await
-    {
+    if let Err(error) = services.state.record_revocation(&revocation).await {
         tracing::error!(%error, "cannot record revocation in the state store");
     }
     let entry = action(
         &run.subject,
         Some(run.phase()),
         "agent.revoke",
-        reason.kind.clone(),
+        reason.kind.as_str(),
         Some((reason.kind.as_str(), reason.details.clone())),
     );
     if let Err(error) = services.ledger_durable(entry).await {
@@ -54,8 +54,7 @@ pub(crate) async fn revoke(
 /// What follows a revocation wherever it was recorded: the secrets session is revoked, the
 /// handoff written, the lock released.
 async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &RevocationReason) {
-    let agent = run.agent_id.to_string();
-    let task = run.task_id.to_string();
+    let (agent, task) = (&run.agent_id, &run.task_id);
     let phase = run.phase();
     let session = run.secrets.lock().take();
     if let Some(session) = session
@@ -64,10 +63,10 @@ async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &R
         tracing::warn!(%error, "cannot revoke secrets session");
     }
     let handoff = build_handoff(services, run, reason, phase).await;
+    if let Err(error) = services.state.put_handoff(&handoff).await {
+        tracing::error!(%error, "cannot write handoff");
+    }
     if let Ok(json) = serde_json::to_string(&handoff) {
-        if let Err(error) = services.state.put_handoff(&task, &json).await {
-            tracing::error!(%error, "cannot write handoff");
-        }
         services.ledger.append(action(
             &run.subject,
             Some(phase),
@@ -76,7 +75,7 @@ async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &R
             None,
         ));
     }
-    if let Err(error) = services.state.release_lock(&agent, &run.lock_owner).await {
+    if let Err(error) = services.state.release_lock(agent, &run.lock_owner).await {
         tracing::warn!(%error, "cannot release lock of revoked agent");
     }
     tracing::warn!(agent = %agent, task = %task, kind = %reason.kind, "agent revoked: {}", reason.details);
@@ -102,14 +101,11 @@ async fn build_handoff(
         .unwrap_or_default();
     let last_step = tried.last().cloned().unwrap_or_else(|| "enter".to_string());
     let artifacts = match services.state.artifacts(&run.task_id).await {
-        Ok(raw) => latest_per_name(
-            raw.iter()
-                .filter_map(|j| serde_json::from_str::<ArtifactRef>(j).ok()),
-        )
-        .into_iter()
-        .map(|a| a.name)
-        .collect(),
-        Err(_) => Vec::new(),
+        Ok(refs) => latest_per_name(refs).into_iter().map(|a| a.name).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "the handoff lists no artifacts: the state store cannot list them");
+            Vec::new()
+        }
     };
     let constraints = &run.packet.constraints;
     let mut reminder = Vec::new();
@@ -143,8 +139,8 @@ async fn build_handoff(
     }
     reminder.push(format!("tier: {}", run.tier));
     Handoff {
-        task_id: run.task_id.to_string(),
-        previous_agent_id: run.agent_id.to_string(),
+        task_id: run.task_id.clone(),
+        previous_agent_id: run.agent_id.clone(),
         revoked: true,
         revocation_reason: reason.clone(),
         last_known_state: LastKnownState {
@@ -201,18 +197,20 @@ pub(crate) fn spawn_revocation_watcher(
             if run.is_revoked() {
                 return;
             }
-            if let Ok(Some(json)) = services.state.revocation(&run.agent_id).await {
-                let reason = serde_json::from_str::<Revocation>(&json)
-                    .map(|r| r.reason)
-                    .unwrap_or(RevocationReason {
-                        kind: "OPERATOR".into(),
-                        details: "revoked elsewhere".into(),
-                    });
-                if run.mark_revoked(reason.clone()) {
-                    finish_revocation(&services, &run, &reason).await;
-                }
-                return;
+            let reason = match services.state.revocation(&run.agent_id).await {
+                Ok(Some(revocation)) => revocation.reason,
+                // Something is recorded under the agent: it was revoked, even if the record
+                // cannot be read.
+                Err(error @ StateError::Corrupt { .. }) => RevocationReason {
+                    kind: RevocationKind::Operator,
+                    details: format!("revoked elsewhere; the record cannot be read: {error}"),
+                },
+                Ok(None) | Err(_) => continue,
+            };
+            if run.mark_revoked(reason.clone()) {
+                finish_revocation(&services, &run, &reason).await;
             }
+            return;
         }
     })
 }
@@ -220,7 +218,7 @@ pub(crate) fn spawn_revocation_watcher(
 /// Operator revocation (`warden agents revoke`).
 pub(crate) async fn revoke_agent(
     services: &Arc<Services>,
-    agent: &str,
+    agent: &AgentId,
     details: &str,
     actor: &str,
 ) -> Result<(), Error> {
@@ -231,7 +229,7 @@ pub(crate) async fn revoke_agent(
             agent: agent.to_string(),
         })?;
     let reason = RevocationReason {
-        kind: "OPERATOR".into(),
+        kind: RevocationKind::Operator,
         details: details.to_string(),
     };
     let running = services.running.lock().get(agent).cloned();
@@ -245,14 +243,13 @@ pub(crate) async fn revoke_agent(
         )));
     }
     let revocation = Revocation {
-        agent_id: agent.to_string(),
+        agent_id: agent.clone(),
         task_id: None,
         reason: reason.clone(),
         revoked_by: actor.to_string(),
         revoked_at: now_rfc3339(),
     };
-    let json = serde_json::to_string(&revocation).map_err(|e| Error::Invalid(e.to_string()))?;
-    services.state.record_revocation(agent, &json).await?;
+    services.state.record_revocation(&revocation).await?;
     let subject = host_subject(
         services,
         agent,

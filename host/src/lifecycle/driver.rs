@@ -14,16 +14,18 @@ use crate::context::{RunShared, Services};
 use crate::governance::{
     action, budget_trigger, charge_error, revoke, spawn_revocation_watcher, violation,
 };
+use crate::packet::Checkpoint;
+use crate::packet::RevocationKind;
 use crate::packet::{RevocationReason, now_rfc3339};
 use crate::pattern::first_match;
 use crate::phase::Phase;
 use crate::policy::{Approval, TierPolicy};
-use crate::report::{BudgetUse, PhaseRecord, RunOutcome, RunReport};
+use crate::report::{BudgetUse, FailureCode, PhaseRecord, RunOutcome, RunReport};
 use crate::runtime::EPOCH_TICK;
 use crate::runtime::limits::{Interrupt, LimitHit};
 use crate::runtime::output::CappedOutput;
 use crate::sandbox::{Sandbox, wit_packet};
-use crate::state::{ErrorCounts, Transition};
+use crate::state::{ErrorCounts, Transition, Ttl};
 use crate::tier::Tier;
 
 /// Why a run stopped early.
@@ -36,7 +38,7 @@ struct Output {
 
 pub(super) enum Stop {
     Revoked,
-    Failed { code: &'static str, message: String },
+    Failed { code: FailureCode, message: String },
 }
 
 /// One agent-driven phase: arm the deadlines, call the guest under the wall-clock timeout,
@@ -119,18 +121,18 @@ impl Driver {
         component: &wasmtime::component::Component,
         policy: &TierPolicy,
     ) -> Result<(), Stop> {
-        let agent = self.run.agent_id.to_string();
-        let fail = |code: &'static str, message: String| Stop::Failed { code, message };
+        let agent = self.run.agent_id.clone();
+        let fail = |code: FailureCode, message: String| Stop::Failed { code, message };
         self.services
             .state
             .reset_errors(&agent)
             .await
-            .map_err(|e| fail("STATE_UNAVAILABLE", e.to_string()))?;
+            .map_err(|e| fail(FailureCode::StateUnavailable, e.to_string()))?;
         self.services
             .state
             .set_active_agent(&self.run.task_id, &agent)
             .await
-            .map_err(|e| fail("STATE_UNAVAILABLE", e.to_string()))?;
+            .map_err(|e| fail(FailureCode::StateUnavailable, e.to_string()))?;
 
         let session = if policy
             .interfaces
@@ -145,7 +147,7 @@ impl Driver {
                 .await
                 .map_err(|e| {
                     fail(
-                        "SECRETS_LOGIN_FAILED",
+                        FailureCode::SecretsLoginFailed,
                         format!("secrets login for `{agent}` failed: {e}"),
                     )
                 })?;
@@ -158,7 +160,7 @@ impl Driver {
         let pre = self
             .sandbox
             .instance_pre(&self.component_digest, self.run.tier, component)
-            .map_err(|e| fail("INVALID_COMPONENT", e))?;
+            .map_err(|e| fail(FailureCode::InvalidComponent, e))?;
         let cap = self.services.tiers.defaults.output_cap_bytes;
         let stdout = CappedOutput::new(cap);
         let stderr = CappedOutput::new(cap);
@@ -173,12 +175,12 @@ impl Driver {
                 &stderr,
                 deadline,
             )
-            .map_err(|message| fail("SANDBOX_FAILED", message))?;
+            .map_err(|message| fail(FailureCode::SandboxFailed, message))?;
         let guest = match pre.instantiate_async(&mut store).await {
             Ok(guest) => guest,
             Err(error) => {
                 return Err(fail(
-                    "INSTANTIATION_FAILED",
+                    FailureCode::InstantiationFailed,
                     format!("cannot instantiate `{agent}`: {error:#}"),
                 ));
             }
@@ -247,21 +249,20 @@ impl Driver {
             return Err(Stop::Revoked);
         }
         self.run.set_phase(phase);
-        let checkpoint = serde_json::json!({
-            "phase": phase.as_str(),
-            "step": "enter",
-            "task_id": &*self.run.task_id,
-            "component_digest": &self.component_digest,
-            "at": now_rfc3339(),
-        })
-        .to_string();
+        let checkpoint = Checkpoint {
+            phase: phase.as_str().to_string(),
+            step: "enter".to_string(),
+            task_id: self.run.task_id.clone(),
+            component_digest: self.component_digest.clone(),
+            at: now_rfc3339(),
+        };
         let defaults = &self.services.tiers.defaults;
         let transition = Transition {
             agent: &self.run.agent_id,
             owner: &self.run.lock_owner,
-            lock_ttl: defaults.lock_ttl,
-            heartbeat_ttl: defaults.heartbeat_ttl,
-            checkpoint_json: &checkpoint,
+            lock_ttl: Ttl::at_least_1ms(defaults.lock_ttl),
+            heartbeat_ttl: Ttl::at_least_1ms(defaults.heartbeat_ttl),
+            checkpoint: &checkpoint,
         };
         let result = self
             .services
@@ -269,13 +270,13 @@ impl Driver {
             .transition(&transition)
             .await
             .map_err(|e| Stop::Failed {
-                code: "STATE_UNAVAILABLE",
+                code: FailureCode::StateUnavailable,
                 message: format!("transition to {} failed: {e}", phase.as_str()),
             })?;
         self.counts = result.errors.clone();
         if !result.lock_held {
             return Err(Stop::Failed {
-                code: "LOCK_LOST",
+                code: FailureCode::LockLost,
                 message: format!(
                     "the lock of agent `{}` is no longer held by this run; {} was not entered",
                     self.run.agent_id,
@@ -322,7 +323,7 @@ impl Driver {
                     return Err(Stop::Revoked);
                 }
                 return Err(Stop::Failed {
-                    code: "AGENT_ERROR",
+                    code: FailureCode::AgentError,
                     message,
                 });
             }
@@ -338,7 +339,7 @@ impl Driver {
         };
         let (code, message) = match (interrupt, hit, &error) {
             (_, Some(LimitHit::Memory { limit, desired }), _) => (
-                "RESOURCE_LIMIT",
+                FailureCode::ResourceLimit,
                 format!(
                     "{} stopped: the agent asked for {desired} bytes of memory; its limit is {limit} bytes (tier {} or the packet's `limits.memory_bytes`)",
                     phase.as_str(),
@@ -346,37 +347,37 @@ impl Driver {
                 ),
             ),
             (_, Some(LimitHit::Table { limit, desired }), _) => (
-                "RESOURCE_LIMIT",
+                FailureCode::ResourceLimit,
                 format!(
                     "{} stopped: the agent asked for {desired} table elements; its limit is {limit}",
                     phase.as_str()
                 ),
             ),
             (Some(Interrupt::CpuDeadline), _, _) => (
-                "DEADLINE_EXCEEDED",
+                FailureCode::DeadlineExceeded,
                 format!(
                     "{} stopped: the agent exceeded its cpu time for the phase",
                     phase.as_str()
                 ),
             ),
             (Some(Interrupt::WallDeadline), _, _) | (_, _, None) => (
-                "DEADLINE_EXCEEDED",
+                FailureCode::DeadlineExceeded,
                 format!(
                     "{} stopped: the agent exceeded its wall-clock deadline",
                     phase.as_str()
                 ),
             ),
             (_, _, Some(trap)) => (
-                "GUEST_TRAP",
+                FailureCode::GuestTrap,
                 format!("{} trapped: {trap:#}", phase.as_str()),
             ),
         };
         // The instance is unusable after a trap or a cancelled call.
-        if code != "GUEST_TRAP" {
+        if code != FailureCode::GuestTrap {
             let entry = violation(
                 &self.run.subject,
                 phase,
-                code,
+                code.as_str(),
                 format!("phase:{}", phase.as_str()),
                 message.clone(),
             );
@@ -476,7 +477,7 @@ impl Driver {
         let policy = self.policy();
         let packet = &self.run.packet;
         let fail = |message: String| Stop::Failed {
-            code: "PREFLIGHT_FAILED",
+            code: FailureCode::PreflightFailed,
             message,
         };
         for name in &packet.deliverables {
@@ -520,7 +521,7 @@ impl Driver {
         if self.policy().approval != Approval::Required {
             return Ok(());
         }
-        let task = self.run.task_id.to_string();
+        let task = self.run.task_id.clone();
         let timeout = self.run.packet.limits.approval_timeout_ms.map_or(
             self.services.tiers.defaults.approval_timeout,
             Duration::from_millis,
@@ -547,7 +548,9 @@ impl Driver {
             }
             match self.services.state.approval(&task).await {
                 Ok(Some(approval)) => {
-                    self.log(Phase::Plan, "approval.granted", approval);
+                    let record = serde_json::to_string(&approval)
+                        .unwrap_or_else(|_| approval.approved_by.clone());
+                    self.log(Phase::Plan, "approval.granted", record);
                     return Ok(());
                 }
                 Ok(None) => {}
@@ -555,7 +558,7 @@ impl Driver {
             }
             if Instant::now() >= deadline {
                 return Err(Stop::Failed {
-                    code: "APPROVAL_TIMEOUT",
+                    code: FailureCode::ApprovalTimeout,
                     message: format!(
                         "no approval for task `{task}` within {}s; approve it with `warden approve {task}` and run again",
                         timeout.as_secs()
@@ -569,17 +572,21 @@ impl Driver {
                 let held = self
                     .services
                     .state
-                    .refresh_lock(agent, &self.run.lock_owner, defaults.lock_ttl)
+                    .refresh_lock(
+                        agent,
+                        &self.run.lock_owner,
+                        Ttl::at_least_1ms(defaults.lock_ttl),
+                    )
                     .await
                     .map_err(|e| Stop::Failed {
-                        code: "STATE_UNAVAILABLE",
+                        code: FailureCode::StateUnavailable,
                         message: format!(
                             "cannot refresh the lock of agent `{agent}` while waiting for approval: {e}"
                         ),
                     })?;
                 if !held {
                     return Err(Stop::Failed {
-                        code: "LOCK_LOST",
+                        code: FailureCode::LockLost,
                         message: format!(
                             "the lock of agent `{agent}` was lost while waiting for approval"
                         ),
@@ -588,7 +595,7 @@ impl Driver {
                 let _ = self
                     .services
                     .state
-                    .heartbeat(agent, defaults.heartbeat_ttl)
+                    .heartbeat(agent, Ttl::at_least_1ms(defaults.heartbeat_ttl))
                     .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -602,20 +609,19 @@ impl Driver {
             // Nothing to look for: skip listing a task whose artifacts may be thousands.
             return Ok(Vec::new());
         }
-        let raw = self
+        let refs = self
             .services
             .state
             .artifacts(&self.run.task_id)
             .await
             .map_err(|e| Stop::Failed {
-                code: "STATE_UNAVAILABLE",
+                code: FailureCode::StateUnavailable,
                 message: format!(
                     "cannot check the deliverables after {}: {e}",
                     phase.as_str()
                 ),
             })?;
-        let present: Vec<ArtifactRef> =
-            latest_per_name(raw.iter().filter_map(|j| serde_json::from_str(j).ok()));
+        let present: Vec<ArtifactRef> = latest_per_name(refs);
         Ok(self
             .run
             .packet
@@ -655,7 +661,7 @@ impl Driver {
             &self.services,
             &self.run,
             RevocationReason {
-                kind: "MISSING_REQUIRED_ARTIFACT".into(),
+                kind: RevocationKind::MissingRequiredArtifact,
                 details,
             },
             "host",
@@ -678,10 +684,9 @@ impl Driver {
                 author: "host".to_string(),
                 created_at: now_rfc3339(),
             };
-            let json = serde_json::to_string(&reference).map_err(|e| e.to_string())?;
             self.services
                 .state
-                .push_artifact(&self.run.task_id, &json)
+                .push_artifact(&self.run.task_id, &reference)
                 .await
                 .map_err(|e| e.to_string())?;
             self.run.wrote(reference);
@@ -725,13 +730,13 @@ impl Driver {
             Ok(()) => match self.verification_failed.take() {
                 None => RunOutcome::Completed,
                 Some(message) => RunOutcome::Failed {
-                    code: "VERIFICATION_FAILED".into(),
+                    code: FailureCode::VerificationFailed,
                     message,
                 },
             },
             Err(_) if revoked => {
                 let reason = self.run.revocation().unwrap_or(RevocationReason {
-                    kind: "REVOKED".into(),
+                    kind: RevocationKind::Revoked,
                     details: String::new(),
                 });
                 RunOutcome::Revoked {
@@ -739,12 +744,9 @@ impl Driver {
                     details: reason.details,
                 }
             }
-            Err(Stop::Failed { code, message }) => RunOutcome::Failed {
-                code: code.to_string(),
-                message,
-            },
+            Err(Stop::Failed { code, message }) => RunOutcome::Failed { code, message },
             Err(Stop::Revoked) => RunOutcome::Revoked {
-                reason: "REVOKED".into(),
+                reason: RevocationKind::Revoked,
                 details: String::new(),
             },
         }
@@ -753,7 +755,7 @@ impl Driver {
     /// The last checkpoint (unless revoked), the lock, the secrets session, the running-agent
     /// entry; then the final error counts.
     async fn release(&mut self, revoked: bool) {
-        let agent = self.run.agent_id.to_string();
+        let agent = self.run.agent_id.clone();
         if !revoked {
             // Best effort: the run is over whatever the checkpoint write says.
             let _ = self.transition(Phase::Exit).await;
@@ -947,7 +949,7 @@ impl Driver {
 }
 fn not_booted() -> Stop {
     Stop::Failed {
-        code: "INTERNAL",
+        code: FailureCode::Internal,
         message: "the agent instance is missing".into(),
     }
 }

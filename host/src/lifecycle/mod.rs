@@ -19,12 +19,12 @@ use std::time::Instant;
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
 use crate::governance::{action, host_subject, violation};
+use crate::id::AgentId;
 use crate::ledger::Subject;
-use crate::packet::{Packet, Revocation};
 use crate::phase::Phase;
 use crate::report::RunReport;
 use crate::sandbox::Sandbox;
-use crate::state::{LockAttempt, StateError};
+use crate::state::{LockAttempt, LockOwner, StateError, Ttl};
 
 use driver::Driver;
 
@@ -52,22 +52,31 @@ async fn bootstrap_state<T>(
 ) -> Result<T, Error> {
     match result {
         Ok(value) => Ok(value),
-        Err(error) if error.is_unavailable() => {
-            let refusal = Refusal::StateUnavailable {
-                agent: agent.to_string(),
-                reason: error.to_string(),
-            };
-            Err(refuse_bootstrap(services, subject, refusal).await)
-        }
-        Err(error) => Err(error.into()),
+        Err(error) => Err(state_failure(services, subject, agent, error).await),
     }
+}
+
+async fn state_failure(
+    services: &Services,
+    subject: &Arc<Subject>,
+    agent: &str,
+    error: StateError,
+) -> Error {
+    if !error.is_unavailable() {
+        return error.into();
+    }
+    let refusal = Refusal::StateUnavailable {
+        agent: agent.to_string(),
+        reason: error.to_string(),
+    };
+    refuse_bootstrap(services, subject, refusal).await
 }
 
 /// Run an agent's whole lifecycle.
 pub(crate) async fn run(
     services: Arc<Services>,
     sandbox: Arc<Sandbox>,
-    agent: &str,
+    agent: &AgentId,
     bytes: &[u8],
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
@@ -101,40 +110,55 @@ pub(crate) async fn run(
         }
     }
 
-    let revoked = services.state.revocation(agent).await;
-    if let Some(json) = bootstrap_state(&services, &subject, agent, revoked).await? {
-        let revocation: Option<Revocation> = serde_json::from_str(&json).ok();
+    let revocation = match services.state.revocation(agent).await {
+        Ok(found) => found.map(|r| {
+            (
+                format!("{}: {}", r.reason.kind, r.reason.details),
+                r.revoked_at,
+            )
+        }),
+        // Something is recorded under the agent: it was revoked, even if the record cannot
+        // be read.
+        Err(error @ StateError::Corrupt { .. }) => Some((
+            format!("its record cannot be read: {error}"),
+            "an unknown time".to_string(),
+        )),
+        Err(error) => return Err(state_failure(&services, &subject, agent, error).await),
+    };
+    if let Some((reason, revoked_at)) = revocation {
         let refusal = Refusal::PreviouslyRevoked {
             agent: agent.to_string(),
-            reason: revocation.as_ref().map_or_else(
-                || "reason unreadable".to_string(),
-                |r| format!("{}: {}", r.reason.kind, r.reason.details),
-            ),
-            revoked_at: revocation.map_or_else(|| "an unknown time".to_string(), |r| r.revoked_at),
+            reason,
+            revoked_at,
         };
         return Err(refuse_bootstrap(&services, &subject, refusal).await);
     }
 
-    let packet_json = services.state.packet(agent).await;
-    let Some(packet_json) = bootstrap_state(&services, &subject, agent, packet_json).await? else {
-        let refusal = Refusal::NoInstructionPacket {
-            agent: agent.to_string(),
-        };
-        return Err(refuse_bootstrap(&services, &subject, refusal).await);
+    let packet = match services.state.packet(agent).await {
+        Ok(packet) => Ok(packet),
+        // A stored packet that does not parse is the packet's fault, refused like one.
+        Err(StateError::Corrupt { message, .. }) => Err(message),
+        Err(error) => return Err(state_failure(&services, &subject, agent, error).await),
     };
-    let packet = match Packet::from_json(&packet_json) {
-        Ok(packet) if packet.agent_id == agent => packet,
-        Ok(packet) => {
+    let packet = match packet {
+        Ok(Some(packet)) if packet.agent_id == *agent => packet,
+        Ok(Some(packet)) => {
             let refusal = Refusal::InvalidPacket {
                 agent: agent.to_string(),
                 reason: format!("it is addressed to agent `{}`", packet.agent_id),
             };
             return Err(refuse_bootstrap(&services, &subject, refusal).await);
         }
-        Err(error) => {
+        Ok(None) => {
+            let refusal = Refusal::NoInstructionPacket {
+                agent: agent.to_string(),
+            };
+            return Err(refuse_bootstrap(&services, &subject, refusal).await);
+        }
+        Err(reason) => {
             let refusal = Refusal::InvalidPacket {
                 agent: agent.to_string(),
-                reason: error.to_string(),
+                reason,
             };
             return Err(refuse_bootstrap(&services, &subject, refusal).await);
         }
@@ -161,8 +185,12 @@ pub(crate) async fn run(
     }
 
     let policy = services.tiers.policy(tier);
-    let owner = format!("{}:{}", services.host_id, uuid::Uuid::new_v4().simple());
-    let lock_ttl = services.tiers.defaults.lock_ttl;
+    let owner = LockOwner::new(format!(
+        "{}:{}",
+        services.host_id,
+        uuid::Uuid::new_v4().simple()
+    ))?;
+    let lock_ttl = Ttl::new("lock", services.tiers.defaults.lock_ttl)?;
     let attempt = services.state.acquire_lock(agent, &owner, lock_ttl).await;
     if let LockAttempt::Held { owner: holder } =
         bootstrap_state(&services, &subject, agent, attempt).await?
@@ -183,10 +211,7 @@ pub(crate) async fn run(
         owner,
         workspace,
     ));
-    services
-        .running
-        .lock()
-        .insert(agent.to_string(), run.clone());
+    services.running.lock().insert(agent.clone(), run.clone());
     let mut driver = Driver::new(
         services.clone(),
         sandbox,

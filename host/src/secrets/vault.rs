@@ -399,10 +399,10 @@ fn vault_name(agent: &str) -> String {
 }
 
 fn check_agent(agent: &str) -> Result<(), SecretsError> {
-    crate::packet::validate_id(agent).map_err(|problem| {
+    crate::id::AgentId::new(agent).map(drop).map_err(|e| {
         backend(VaultError::InvalidAgent {
             agent: agent.to_string(),
-            problem,
+            problem: e.reason,
         })
     })
 }

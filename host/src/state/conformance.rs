@@ -5,18 +5,29 @@
 //! may hand out handles on the same data; only [`revocations_are_indexed`] reads the shared
 //! revocation ledger, so run the suite against a store no one else writes to at the time.
 //! Failures panic with the name of the check and what differed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a conformance check reports a failure by panicking with what differed"
+)]
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{ErrorCounts, LockAttempt, StateError, StateStore, Transition};
+use super::{
+    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
+    MAX_OWNER_LEN, Packet, Revocation, StateStore, TaskId, Transition, Ttl,
+};
+use crate::id::MAX_ID_LEN;
+use crate::packet::{
+    Constraints, ErrorBudget, LastKnownState, PacketLimits, RevocationKind, RevocationReason,
+};
 
 mod coordination;
 
 pub use coordination::{
-    board_sections, concurrent_receives, concurrent_sends, coordination_ids_are_rejected,
+    board_sections, concurrent_receives, concurrent_sends, coordination_ids_are_exact_keys,
     coordination_tasks_are_isolated, direct_and_broadcast_delivery, message_ids_and_order,
     proposals_and_votes, receive_advances_the_cursor,
 };
@@ -27,6 +38,8 @@ const SHORT_TTL: Duration = Duration::from_millis(150);
 /// Comfortably past [`SHORT_TTL`].
 const PAST_SHORT_TTL: Duration = Duration::from_millis(400);
 const LONG_TTL: Duration = Duration::from_secs(60);
+/// A fixed RFC 3339 time for the records the checks store.
+const AT: &str = "2025-01-02T03:04:05.678Z";
 
 /// Run every check, each against a fresh handle from `make`.
 pub async fn run_all<F, Fut>(make: F)
@@ -35,7 +48,7 @@ where
     Fut: Future<Output = Arc<dyn StateStore>>,
 {
     packet_roundtrip(&*make().await).await;
-    invalid_ids_are_rejected(&*make().await).await;
+    ids_are_exact_keys(&*make().await).await;
     kv_is_isolated_per_agent(&*make().await).await;
     error_counters(&*make().await).await;
     heartbeat_expires(&*make().await).await;
@@ -53,28 +66,157 @@ where
     direct_and_broadcast_delivery(&*make().await).await;
     receive_advances_the_cursor(&*make().await).await;
     proposals_and_votes(&*make().await).await;
-    coordination_ids_are_rejected(&*make().await).await;
+    coordination_ids_are_exact_keys(&*make().await).await;
     concurrent_sends(make().await).await;
     concurrent_receives(make().await).await;
 }
 
-/// An id no other check (or earlier run against a persistent store) uses.
+/// `prefix` and a fresh uuid: an id no other check (or earlier run against a persistent
+/// store) uses. Prefixes of up to 31 bytes fit in [`MAX_ID_LEN`].
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A unique agent id starting with `prefix`.
+fn unique_agent(prefix: &str) -> AgentId {
+    agent(&unique(prefix))
+}
+
+/// A unique task id starting with `prefix`.
+fn unique_task(prefix: &str) -> TaskId {
+    task(&unique(prefix))
+}
+
+fn agent(id: &str) -> AgentId {
+    AgentId::new(id).expect("conformance: a check made an invalid agent id")
+}
+
+fn task(id: &str) -> TaskId {
+    TaskId::new(id).expect("conformance: a check made an invalid task id")
+}
+
+/// Distinct ids a sloppy backend could confuse: a unique id, the same in upper case, with
+/// its `-` replaced by `_` and by `.`, and padded to [`MAX_ID_LEN`] bytes.
+fn look_alikes(prefix: &str) -> Vec<String> {
+    let base = unique(prefix);
+    let longest = format!("{base}-{}", "x".repeat(MAX_ID_LEN - base.len() - 1));
+    vec![
+        base.to_uppercase(),
+        base.replace('-', "_"),
+        base.replace('-', "."),
+        longest,
+        base,
+    ]
+}
+
+fn ttl(ttl: Duration) -> Ttl {
+    Ttl::new("conformance", ttl).unwrap()
+}
+
+fn owner(token: &str) -> LockOwner {
+    LockOwner::new(token).unwrap()
+}
+
+fn packet(agent: &AgentId, task: &TaskId, objective: &str) -> Packet {
+    Packet {
+        agent_id: agent.clone(),
+        task_id: task.clone(),
+        created_for: "conformance".into(),
+        objective: objective.into(),
+        deliverables: vec!["plan.md".into(), "out/report.json".into()],
+        constraints: Constraints {
+            required_steps: vec!["plan".into()],
+            ..Constraints::default()
+        },
+        success_criteria: vec!["\"quoted\" ünïcode".into()],
+        error_budget: ErrorBudget {
+            max_total_errors: 3,
+            max_same_error_repeats: 2,
+            max_procedure_violations: 1,
+        },
+        escalation_rules: Vec::new(),
+        created_at: AT.into(),
+        limits: PacketLimits {
+            phase_wall_ms: Some(5_000),
+            ..PacketLimits::default()
+        },
+    }
+}
+
+fn checkpoint(task: &TaskId, phase: &str) -> Checkpoint {
+    Checkpoint {
+        phase: phase.into(),
+        step: "enter".into(),
+        task_id: task.clone(),
+        component_digest: format!("sha256:{}", "ab".repeat(32)),
+        at: AT.into(),
+    }
+}
+
+fn artifact(name: &str, n: u64) -> ArtifactRef {
+    ArtifactRef {
+        name: name.into(),
+        digest: format!("sha256:{n:064x}"),
+        size: n,
+        author: "conformance".into(),
+        created_at: AT.into(),
+    }
+}
+
+fn revocation(agent: &AgentId, task: Option<&TaskId>, n: usize) -> Revocation {
+    Revocation {
+        agent_id: agent.clone(),
+        task_id: task.cloned(),
+        reason: RevocationReason {
+            kind: RevocationKind::Operator,
+            details: format!("revocation {n}"),
+        },
+        revoked_by: "conformance".into(),
+        revoked_at: AT.into(),
+    }
+}
+
+fn handoff(task: &TaskId, previous: &AgentId, blocking_issue: &str) -> Handoff {
+    Handoff {
+        task_id: task.clone(),
+        previous_agent_id: previous.clone(),
+        revoked: true,
+        revocation_reason: RevocationReason {
+            kind: RevocationKind::ErrorBudgetExceeded,
+            details: "3 errors".into(),
+        },
+        last_known_state: LastKnownState {
+            phase: "EXECUTE".into(),
+            step: "enter".into(),
+        },
+        what_was_tried: vec!["retry".into()],
+        blocking_issue: blocking_issue.into(),
+        required_next_actions: vec!["ask".into()],
+        constraints_reminder: Vec::new(),
+        artifacts: vec!["plan.md".into()],
+        created_at: AT.into(),
+    }
+}
+
+/// A packet reads back as stored, a second put replaces the first, and storing a packet
+/// writes no checkpoint.
 pub async fn packet_roundtrip(store: &dyn StateStore) {
-    let agent = unique("packet");
+    let agent = unique_agent("packet");
+    let task = unique_task("packet");
     assert_eq!(
         store.packet(&agent).await.unwrap(),
         None,
         "packet_roundtrip: unknown agent has a packet"
     );
-    store.put_packet(&agent, r#"{"v":1}"#).await.unwrap();
-    store.put_packet(&agent, r#"{"v":2}"#).await.unwrap();
+    let second = packet(&agent, &task, "second objective");
+    store
+        .put_packet(&packet(&agent, &task, "first objective"))
+        .await
+        .unwrap();
+    store.put_packet(&second).await.unwrap();
     assert_eq!(
-        store.packet(&agent).await.unwrap().as_deref(),
-        Some(r#"{"v":2}"#),
+        store.packet(&agent).await.unwrap(),
+        Some(second),
         "packet_roundtrip: the second put must replace the first"
     );
     assert_eq!(
@@ -84,37 +226,63 @@ pub async fn packet_roundtrip(store: &dyn StateStore) {
     );
 }
 
-pub async fn invalid_ids_are_rejected(store: &dyn StateStore) {
-    for bad in ["", "a:lock", "has space"] {
-        let err = store
-            .packet(bad)
+/// Ids are exact keys: agents and tasks whose ids differ only in case or in `.`, `_` and
+/// `-` are separate, and the longest id and lock owners with colons, spaces and non-ASCII
+/// (up to [`MAX_OWNER_LEN`] bytes) come back exactly as given.
+pub async fn ids_are_exact_keys(store: &dyn StateStore) {
+    let agents: Vec<AgentId> = look_alikes("exact").iter().map(|id| agent(id)).collect();
+    let tasks: Vec<TaskId> = look_alikes("exact").iter().map(|id| task(id)).collect();
+    let owners: Vec<LockOwner> = (0..agents.len())
+        .map(|i| match i {
+            0 => owner(&"ü".repeat(MAX_OWNER_LEN / 2)),
+            _ => owner(&format!("host-{i}:run {i} — ünï")),
+        })
+        .collect();
+    for (i, ((agent, task), owner)) in agents.iter().zip(&tasks).zip(&owners).enumerate() {
+        let n = i.to_string();
+        store.kv_set(agent, "k", &n).await.unwrap();
+        store
+            .put_packet(&packet(agent, task, &format!("objective {i}")))
             .await
-            .expect_err("invalid_ids_are_rejected: agent id accepted");
-        assert!(
-            matches!(err, StateError::InvalidId { kind: "agent", .. }),
-            "invalid_ids_are_rejected: agent `{bad}` gave {err:?}"
+            .unwrap();
+        assert_eq!(
+            store
+                .acquire_lock(agent, owner, ttl(LONG_TTL))
+                .await
+                .unwrap(),
+            LockAttempt::Acquired,
+            "exact keys: agent `{agent}` found another agent's lock"
         );
-        let err = store
-            .artifacts(bad)
-            .await
-            .expect_err("invalid_ids_are_rejected: task id accepted");
-        assert!(
-            matches!(err, StateError::InvalidId { kind: "task", .. }),
-            "invalid_ids_are_rejected: task `{bad}` gave {err:?}"
+        store.set_active_agent(task, agent).await.unwrap();
+    }
+    for (i, ((agent, task), owner)) in agents.iter().zip(&tasks).zip(&owners).enumerate() {
+        assert_eq!(
+            store.kv_get(agent, "k").await.unwrap(),
+            Some(i.to_string()),
+            "exact keys: agent `{agent}` reads another agent's kv"
+        );
+        assert_eq!(
+            store.packet(agent).await.unwrap(),
+            Some(packet(agent, task, &format!("objective {i}"))),
+            "exact keys: agent `{agent}` reads another agent's packet"
+        );
+        assert_eq!(
+            store.lock_owner(agent).await.unwrap().as_deref(),
+            Some(owner.as_str()),
+            "exact keys: agent `{agent}`'s lock owner"
+        );
+        assert_eq!(
+            store.active_agent(task).await.unwrap().as_ref(),
+            Some(agent),
+            "exact keys: task `{task}`'s active agent"
         );
     }
-    let err = store
-        .heartbeat("ok", Duration::from_micros(10))
-        .await
-        .expect_err("invalid_ids_are_rejected: sub-millisecond ttl accepted");
-    assert!(
-        matches!(err, StateError::InvalidTtl { .. }),
-        "invalid_ids_are_rejected: {err:?}"
-    );
 }
 
+/// An agent's own keys are separate from other agents' and from its checkpoint, listed
+/// sorted, and deleted one at a time.
 pub async fn kv_is_isolated_per_agent(store: &dyn StateStore) {
-    let (a, b) = (unique("kv-a"), unique("kv-b"));
+    let (a, b) = (unique_agent("kv-a"), unique_agent("kv-b"));
     store.kv_set(&a, "k", "a1").await.unwrap();
     store.kv_set(&b, "k", "b1").await.unwrap();
     store.kv_set(&a, "z:with:colons", "a2").await.unwrap();
@@ -161,13 +329,19 @@ pub async fn kv_is_isolated_per_agent(store: &dyn StateStore) {
         "kv: delete leaked into another agent"
     );
     assert!(
-        store.kv_keys(&unique("kv-none")).await.unwrap().is_empty(),
+        store
+            .kv_keys(&unique_agent("kv-none"))
+            .await
+            .unwrap()
+            .is_empty(),
         "kv: unknown agent has keys"
     );
 }
 
+/// Errors and procedure violations are counted per agent and per signature, and reset
+/// per agent.
 pub async fn error_counters(store: &dyn StateStore) {
-    let (agent, other) = (unique("errors"), unique("errors-other"));
+    let (agent, other) = (unique_agent("errors"), unique_agent("errors-other"));
     assert_eq!(
         store.error_counts(&agent).await.unwrap(),
         ErrorCounts::default(),
@@ -210,15 +384,16 @@ pub async fn error_counters(store: &dyn StateStore) {
     );
 }
 
+/// A heartbeat reads back as the time of the beat until its TTL passes.
 pub async fn heartbeat_expires(store: &dyn StateStore) {
-    let agent = unique("heartbeat");
+    let agent = unique_agent("heartbeat");
     assert_eq!(
         store.last_heartbeat(&agent).await.unwrap(),
         None,
         "heartbeat: unknown agent has one"
     );
     let before = SystemTime::now() - Duration::from_secs(1);
-    store.heartbeat(&agent, SHORT_TTL).await.unwrap();
+    store.heartbeat(&agent, ttl(SHORT_TTL)).await.unwrap();
     let beat = store
         .last_heartbeat(&agent)
         .await
@@ -236,29 +411,32 @@ pub async fn heartbeat_expires(store: &dyn StateStore) {
     );
 }
 
+/// A live lock has one owner: only it can refresh, renew or release it.
 pub async fn lock_contention(store: &dyn StateStore) {
-    let agent = unique("lock");
+    let agent = unique_agent("lock");
+    let (a, b) = (owner("a"), owner("b"));
+    let long = ttl(LONG_TTL);
     assert_eq!(
         store.lock_owner(&agent).await.unwrap(),
         None,
         "lock: unknown agent is locked"
     );
     assert_eq!(
-        store.acquire_lock(&agent, "a", LONG_TTL).await.unwrap(),
+        store.acquire_lock(&agent, &a, long).await.unwrap(),
         LockAttempt::Acquired,
         "lock: a acquires"
     );
     assert_eq!(
-        store.acquire_lock(&agent, "b", LONG_TTL).await.unwrap(),
+        store.acquire_lock(&agent, &b, long).await.unwrap(),
         LockAttempt::Held { owner: "a".into() },
         "lock: b must see a's lock"
     );
     assert!(
-        !store.refresh_lock(&agent, "b", LONG_TTL).await.unwrap(),
+        !store.refresh_lock(&agent, &b, long).await.unwrap(),
         "lock: b refreshed a's lock"
     );
     assert!(
-        !store.release_lock(&agent, "b").await.unwrap(),
+        !store.release_lock(&agent, &b).await.unwrap(),
         "lock: b released a's lock"
     );
     assert_eq!(
@@ -267,20 +445,20 @@ pub async fn lock_contention(store: &dyn StateStore) {
         "lock: owner after b's attempts"
     );
     assert!(
-        store.refresh_lock(&agent, "a", LONG_TTL).await.unwrap(),
+        store.refresh_lock(&agent, &a, long).await.unwrap(),
         "lock: a cannot refresh its lock"
     );
     assert_eq!(
-        store.acquire_lock(&agent, "a", LONG_TTL).await.unwrap(),
+        store.acquire_lock(&agent, &a, long).await.unwrap(),
         LockAttempt::Acquired,
         "lock: re-acquiring one's own lock renews it"
     );
     assert!(
-        store.release_lock(&agent, "a").await.unwrap(),
+        store.release_lock(&agent, &a).await.unwrap(),
         "lock: a cannot release its lock"
     );
     assert!(
-        !store.release_lock(&agent, "a").await.unwrap(),
+        !store.release_lock(&agent, &a).await.unwrap(),
         "lock: released twice"
     );
     assert_eq!(
@@ -289,16 +467,21 @@ pub async fn lock_contention(store: &dyn StateStore) {
         "lock: still owned after release"
     );
     assert_eq!(
-        store.acquire_lock(&agent, "b", LONG_TTL).await.unwrap(),
+        store.acquire_lock(&agent, &b, long).await.unwrap(),
         LockAttempt::Acquired,
         "lock: b after release"
     );
 }
 
+/// An expired lock is no one's: it cannot be refreshed and another owner can take it.
 pub async fn lock_expiry_and_takeover(store: &dyn StateStore) {
-    let agent = unique("lock-expiry");
+    let agent = unique_agent("lock-expiry");
+    let (a, b) = (owner("a"), owner("b"));
     assert_eq!(
-        store.acquire_lock(&agent, "a", SHORT_TTL).await.unwrap(),
+        store
+            .acquire_lock(&agent, &a, ttl(SHORT_TTL))
+            .await
+            .unwrap(),
         LockAttempt::Acquired,
         "lock expiry: a acquires"
     );
@@ -309,16 +492,16 @@ pub async fn lock_expiry_and_takeover(store: &dyn StateStore) {
         "lock expiry: expired lock still owned"
     );
     assert!(
-        !store.refresh_lock(&agent, "a", LONG_TTL).await.unwrap(),
+        !store.refresh_lock(&agent, &a, ttl(LONG_TTL)).await.unwrap(),
         "lock expiry: an expired lock was refreshed"
     );
     assert_eq!(
-        store.acquire_lock(&agent, "b", LONG_TTL).await.unwrap(),
+        store.acquire_lock(&agent, &b, ttl(LONG_TTL)).await.unwrap(),
         LockAttempt::Acquired,
         "lock expiry: b cannot take over an expired lock"
     );
     assert!(
-        !store.release_lock(&agent, "a").await.unwrap(),
+        !store.release_lock(&agent, &a).await.unwrap(),
         "lock expiry: a released b's lock"
     );
     assert_eq!(
@@ -328,21 +511,27 @@ pub async fn lock_expiry_and_takeover(store: &dyn StateStore) {
     );
 }
 
+/// A transition writes its checkpoint and heartbeat and extends the lock only while its
+/// owner holds the lock, and always returns the error counts.
 pub async fn transition_requires_the_lock(store: &dyn StateStore) {
-    let agent = unique("transition");
-    let step = |checkpoint_json| Transition {
+    let agent = unique_agent("transition");
+    let task = unique_task("transition");
+    let (run_1, run_2) = (owner("run-1"), owner("run-2"));
+    let (nolock, plan, execute) = (
+        checkpoint(&task, "NOLOCK"),
+        checkpoint(&task, "PLAN"),
+        checkpoint(&task, "EXECUTE"),
+    );
+    let step = |checkpoint| Transition {
         agent: &agent,
-        owner: "run-1",
-        lock_ttl: LONG_TTL,
-        heartbeat_ttl: LONG_TTL,
-        checkpoint_json,
+        owner: &run_1,
+        lock_ttl: ttl(LONG_TTL),
+        heartbeat_ttl: ttl(LONG_TTL),
+        checkpoint,
     };
     store.record_error(&agent, "E", true).await.unwrap();
 
-    let lost = store
-        .transition(&step(r#"{"phase":"NOLOCK"}"#))
-        .await
-        .unwrap();
+    let lost = store.transition(&step(&nolock)).await.unwrap();
     assert!(
         !lost.lock_held,
         "transition: reported a lock that was never taken"
@@ -360,19 +549,16 @@ pub async fn transition_requires_the_lock(store: &dyn StateStore) {
 
     // A short lock that the transition extends: it must outlive its original TTL.
     store
-        .acquire_lock(&agent, "run-1", SHORT_TTL)
+        .acquire_lock(&agent, &run_1, ttl(SHORT_TTL))
         .await
         .unwrap();
-    let held = store
-        .transition(&step(r#"{"phase":"PLAN"}"#))
-        .await
-        .unwrap();
+    let held = store.transition(&step(&plan)).await.unwrap();
     assert!(held.lock_held, "transition: lock not held by its owner");
     assert_eq!(held.errors.total, 1, "transition: error counts");
     assert_eq!(held.errors.procedure, 1, "transition: procedure count");
     assert_eq!(
-        store.checkpoint(&agent).await.unwrap().as_deref(),
-        Some(r#"{"phase":"PLAN"}"#),
+        store.checkpoint(&agent).await.unwrap().as_ref(),
+        Some(&plan),
         "transition: checkpoint"
     );
     assert!(
@@ -387,13 +573,13 @@ pub async fn transition_requires_the_lock(store: &dyn StateStore) {
     );
 
     // Another run takes the lock: the old run's transition must write nothing.
-    assert!(store.release_lock(&agent, "run-1").await.unwrap());
-    store.acquire_lock(&agent, "run-2", LONG_TTL).await.unwrap();
-    store.record_error(&agent, "E", false).await.unwrap();
-    let stale = store
-        .transition(&step(r#"{"phase":"EXECUTE"}"#))
+    assert!(store.release_lock(&agent, &run_1).await.unwrap());
+    store
+        .acquire_lock(&agent, &run_2, ttl(LONG_TTL))
         .await
         .unwrap();
+    store.record_error(&agent, "E", false).await.unwrap();
+    let stale = store.transition(&step(&execute)).await.unwrap();
     assert!(
         !stale.lock_held,
         "transition: run-1 still holds run-2's lock"
@@ -407,8 +593,8 @@ pub async fn transition_requires_the_lock(store: &dyn StateStore) {
         "transition: same-signature count when the lock is lost"
     );
     assert_eq!(
-        store.checkpoint(&agent).await.unwrap().as_deref(),
-        Some(r#"{"phase":"PLAN"}"#),
+        store.checkpoint(&agent).await.unwrap().as_ref(),
+        Some(&plan),
         "transition: overwrote the checkpoint without the lock"
     );
     assert_eq!(
@@ -418,35 +604,37 @@ pub async fn transition_requires_the_lock(store: &dyn StateStore) {
     );
 }
 
+/// A task's active agent is the last one set; its artifacts are listed oldest first and
+/// only its own.
 pub async fn active_agent_and_artifacts(store: &dyn StateStore) {
-    let (task, other) = (unique("task"), unique("task-other"));
+    let (task, other) = (unique_task("task"), unique_task("task-other"));
+    let (agent_1, agent_2) = (agent("agent-1"), agent("agent-2"));
     assert_eq!(
         store.active_agent(&task).await.unwrap(),
         None,
         "task: unknown task has an active agent"
     );
-    store.set_active_agent(&task, "agent-1").await.unwrap();
-    store.set_active_agent(&task, "agent-2").await.unwrap();
+    store.set_active_agent(&task, &agent_1).await.unwrap();
+    store.set_active_agent(&task, &agent_2).await.unwrap();
     assert_eq!(
-        store.active_agent(&task).await.unwrap().as_deref(),
-        Some("agent-2"),
+        store.active_agent(&task).await.unwrap(),
+        Some(agent_2),
         "task: active agent"
     );
     assert!(
         store.artifacts(&task).await.unwrap().is_empty(),
         "artifacts: unknown task has artifacts"
     );
-    for i in 0..5 {
-        store
-            .push_artifact(&task, &format!(r#"{{"n":{i}}}"#))
-            .await
-            .unwrap();
+    let expected: Vec<ArtifactRef> = (0..5)
+        .map(|i| artifact(&format!("out/{i}.txt"), i))
+        .collect();
+    for artifact in &expected {
+        store.push_artifact(&task, artifact).await.unwrap();
     }
     store
-        .push_artifact(&other, r#"{"n":"other"}"#)
+        .push_artifact(&other, &artifact("other.txt", 99))
         .await
         .unwrap();
-    let expected: Vec<String> = (0..5).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
     assert_eq!(
         store.artifacts(&task).await.unwrap(),
         expected,
@@ -454,38 +642,40 @@ pub async fn active_agent_and_artifacts(store: &dyn StateStore) {
     );
 }
 
+/// Revocations are indexed per agent however many came after, listed newest first, and
+/// the limit is honoured.
 pub async fn revocations_are_indexed(store: &dyn StateStore) {
-    let old = unique("revoked-long-ago");
-    let record = |agent: &str, n: usize| format!(r#"{{"agent_id":"{agent}","n":{n}}}"#);
+    let old = unique_agent("revoked-long-ago");
+    let task = unique_task("revoked");
     store
-        .record_revocation(&old, &record(&old, 0))
+        .record_revocation(&revocation(&old, Some(&task), 0))
         .await
         .unwrap();
     let mut others = Vec::new();
     for n in 1..=100 {
-        let agent = unique("revoked");
+        let agent = unique_agent("revoked");
         store
-            .record_revocation(&agent, &record(&agent, n))
+            .record_revocation(&revocation(&agent, None, n))
             .await
             .unwrap();
         others.push(agent);
     }
     assert_eq!(
         store.revocation(&old).await.unwrap(),
-        Some(record(&old, 0)),
+        Some(revocation(&old, Some(&task), 0)),
         "revocations: an agent revoked before 100 others must still be revoked"
     );
     assert_eq!(
-        store.revocation(&unique("never")).await.unwrap(),
+        store.revocation(&unique_agent("never")).await.unwrap(),
         None,
         "revocations: never-revoked agent"
     );
-    let newest: Vec<String> = others
+    let newest: Vec<Revocation> = others
         .iter()
         .enumerate()
         .rev()
         .take(3)
-        .map(|(i, a)| record(a, i + 1))
+        .map(|(i, a)| revocation(a, None, i + 1))
         .collect();
     assert_eq!(
         store.revocations(3).await.unwrap(),
@@ -498,23 +688,25 @@ pub async fn revocations_are_indexed(store: &dyn StateStore) {
     );
 
     store
-        .record_revocation(&old, &record(&old, 101))
+        .record_revocation(&revocation(&old, None, 101))
         .await
         .unwrap();
     assert_eq!(
         store.revocation(&old).await.unwrap(),
-        Some(record(&old, 101)),
+        Some(revocation(&old, None, 101)),
         "revocations: per-agent lookup returns the latest record"
     );
     assert_eq!(
         store.revocations(1).await.unwrap(),
-        [record(&old, 101)],
+        [revocation(&old, None, 101)],
         "revocations: newest first after re-revocation"
     );
 }
 
+/// A task's latest handoff and its approval read back as stored, and only for that task.
 pub async fn handoffs_and_approvals(store: &dyn StateStore) {
-    let (task, other) = (unique("handoff"), unique("handoff-other"));
+    let (task, other) = (unique_task("handoff"), unique_task("handoff-other"));
+    let (first, second) = (unique_agent("handoff-1"), unique_agent("handoff-2"));
     assert_eq!(
         store.handoff(&task).await.unwrap(),
         None,
@@ -525,20 +717,26 @@ pub async fn handoffs_and_approvals(store: &dyn StateStore) {
         None,
         "approval: unknown task"
     );
-    store.put_handoff(&task, r#"{"h":1}"#).await.unwrap();
-    store.put_handoff(&task, r#"{"h":2}"#).await.unwrap();
+    let latest = handoff(&task, &second, "still blocked");
+    let approval = Approval {
+        task_id: task.clone(),
+        approved_by: "operator: ünï".into(),
+        approved_at: AT.into(),
+    };
     store
-        .put_approval(&task, r#"{"approved":true}"#)
+        .put_handoff(&handoff(&task, &first, "blocked"))
         .await
         .unwrap();
+    store.put_handoff(&latest).await.unwrap();
+    store.put_approval(&approval).await.unwrap();
     assert_eq!(
-        store.handoff(&task).await.unwrap().as_deref(),
-        Some(r#"{"h":2}"#),
+        store.handoff(&task).await.unwrap(),
+        Some(latest),
         "handoff: latest wins"
     );
     assert_eq!(
-        store.approval(&task).await.unwrap().as_deref(),
-        Some(r#"{"approved":true}"#),
+        store.approval(&task).await.unwrap(),
+        Some(approval),
         "approval: roundtrip"
     );
     assert_eq!(
@@ -555,7 +753,7 @@ pub async fn handoffs_and_approvals(store: &dyn StateStore) {
 
 /// 16 tasks × 50 `record_error` on one agent: no increment may be lost.
 pub async fn concurrent_error_records(store: Arc<dyn StateStore>) {
-    let agent = unique("concurrent");
+    let agent = unique_agent("concurrent");
     let tasks: Vec<_> = (0..16)
         .map(|task| {
             let (store, agent) = (Arc::clone(&store), agent.clone());

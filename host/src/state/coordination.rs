@@ -19,7 +19,8 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{StateError, validate_id};
+use super::StateError;
+use crate::id::{AgentId, TaskId};
 
 /// A section of a task's blackboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -93,9 +94,9 @@ pub mod keys {
 pub struct Message {
     /// Position in the task's log, from 1.
     pub id: u64,
-    pub sender: String,
+    pub sender: AgentId,
     /// `None` for a broadcast to every other agent of the task.
-    pub recipient: Option<String>,
+    pub recipient: Option<AgentId>,
     /// `PROPOSAL`, `FEEDBACK`, `HANDOFF`, or a free-form kind.
     pub kind: String,
     pub body: String,
@@ -116,8 +117,8 @@ impl Message {
 /// A message to append; the backend assigns its id.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
-    pub sender: &'a str,
-    pub recipient: Option<&'a str>,
+    pub sender: &'a AgentId,
+    pub recipient: Option<&'a AgentId>,
     pub kind: &'a str,
     pub body: &'a str,
     pub sent_at_ms: u64,
@@ -128,8 +129,8 @@ impl NewMessage<'_> {
     pub fn with_id(&self, id: u64) -> Message {
         Message {
             id,
-            sender: self.sender.to_string(),
-            recipient: self.recipient.map(str::to_string),
+            sender: self.sender.clone(),
+            recipient: self.recipient.cloned(),
             kind: self.kind.to_string(),
             body: self.body.to_string(),
             sent_at_ms: self.sent_at_ms,
@@ -159,7 +160,7 @@ impl VoteChoice {
 /// One agent's vote on a proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
-    pub agent: String,
+    pub agent: AgentId,
     pub choice: VoteChoice,
     pub reasoning: String,
     /// Wall-clock milliseconds since the Unix epoch.
@@ -169,7 +170,7 @@ pub struct Vote {
 /// How a proposal was settled outside the vote (superseded by a merged proposal, withdrawn).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
-    pub by: String,
+    pub by: AgentId,
     pub note: String,
     pub at_ms: u64,
 }
@@ -178,11 +179,11 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposalRecord {
     pub id: String,
-    pub proposer: String,
+    pub proposer: AgentId,
     pub title: String,
     pub body: String,
     /// Agents whose votes are needed.
-    pub required: Vec<String>,
+    pub required: Vec<AgentId>,
     pub created_at_ms: u64,
     pub resolution: Option<Resolution>,
 }
@@ -190,10 +191,10 @@ pub struct ProposalRecord {
 /// A proposal to open; the backend assigns its id.
 #[derive(Debug, Clone, Copy)]
 pub struct NewProposal<'a> {
-    pub proposer: &'a str,
+    pub proposer: &'a AgentId,
     pub title: &'a str,
     pub body: &'a str,
-    pub required: &'a [String],
+    pub required: &'a [AgentId],
     pub created_at_ms: u64,
 }
 
@@ -201,7 +202,7 @@ impl NewProposal<'_> {
     pub fn with_id(&self, id: String) -> ProposalRecord {
         ProposalRecord {
             id,
-            proposer: self.proposer.to_string(),
+            proposer: self.proposer.clone(),
             title: self.title.to_string(),
             body: self.body.to_string(),
             required: self.required.to_vec(),
@@ -226,9 +227,9 @@ pub struct Tally {
     pub rejects: u32,
     pub abstains: u32,
     /// Required agents that have not voted.
-    pub missing: Vec<String>,
+    pub missing: Vec<AgentId>,
     /// Required agents that rejected.
-    pub required_rejects: Vec<String>,
+    pub required_rejects: Vec<AgentId>,
     /// The reference's rule: every required agent voted, accepts outnumber rejects, and no
     /// required agent rejected.
     pub reached: bool,
@@ -245,15 +246,15 @@ impl Proposal {
             count(VoteChoice::Reject),
             count(VoteChoice::Abstain),
         );
-        let vote_of = |agent: &str| self.votes.iter().find(|v| v.agent == agent);
-        let missing: Vec<String> = self
+        let vote_of = |agent: &AgentId| self.votes.iter().find(|v| v.agent == *agent);
+        let missing: Vec<AgentId> = self
             .record
             .required
             .iter()
             .filter(|agent| vote_of(agent).is_none())
             .cloned()
             .collect();
-        let required_rejects: Vec<String> = self
+        let required_rejects: Vec<AgentId> = self
             .record
             .required
             .iter()
@@ -321,94 +322,74 @@ pub(crate) fn proposal_number(id: &str) -> Option<u64> {
     id.get(1..)?.parse().ok()
 }
 
-/// Check the ids of a coordination call; every backend calls this first.
-pub fn validate_ids(task: &str, agent: Option<&str>) -> Result<(), StateError> {
-    validate_id("task", task)?;
-    if let Some(agent) = agent {
-        validate_id("agent", agent)?;
-    }
-    Ok(())
-}
-
-/// Check the ids of a message to send: its task, sender and recipient.
-pub(crate) fn validate_message(task: &str, message: &NewMessage<'_>) -> Result<(), StateError> {
-    validate_ids(task, Some(message.sender))?;
-    match message.recipient {
-        Some(recipient) => validate_id("agent", recipient),
-        None => Ok(()),
-    }
-}
-
-/// Check the ids of a proposal to open: its task, proposer and required agents.
-pub(crate) fn validate_proposal(task: &str, proposal: &NewProposal<'_>) -> Result<(), StateError> {
-    validate_ids(task, Some(proposal.proposer))?;
-    proposal
-        .required
-        .iter()
-        .try_for_each(|agent| validate_id("agent", agent))
-}
-
-/// The blackboard, messages and consensus of tasks. Part of every [`StateStore`](super::StateStore).
-///
-/// Values are opaque strings; size limits are the capability's business. Every operation is
-/// atomic on its own, including against other hosts sharing the backend.
 #[async_trait]
 pub trait Coordination: Send + Sync {
     /// Set `key` in the task's `section` (replacing any value).
     async fn board_write(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
         value: &str,
     ) -> Result<(), StateError>;
     async fn board_read(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
     ) -> Result<Option<String>, StateError>;
     /// Every entry of the section, sorted by key.
     async fn board_entries(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
     ) -> Result<Vec<(String, String)>, StateError>;
 
     /// Append a message to the task's log; returns its id (1 for the first message).
-    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError>;
+    async fn send_message(
+        &self,
+        task: &TaskId,
+        message: &NewMessage<'_>,
+    ) -> Result<u64, StateError>;
     /// Up to `limit` messages for `agent` ([`Message::is_for`]) after its cursor, oldest first,
     /// and advance the cursor past them in the same atomic step. With fewer than `limit`
     /// matches the cursor moves to the end of the log.
     async fn receive_messages(
         &self,
-        task: &str,
-        agent: &str,
+        task: &TaskId,
+        agent: &AgentId,
         limit: usize,
     ) -> Result<Vec<Message>, StateError>;
     /// Every message of the task, oldest first (operators and metrics).
-    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError>;
+    async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError>;
 
     /// Open a proposal; returns its id (`p1`, `p2`, …).
-    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError>;
+    async fn propose(
+        &self,
+        task: &TaskId,
+        proposal: &NewProposal<'_>,
+    ) -> Result<String, StateError>;
     /// Record `vote` on the proposal unless its agent already voted.
     async fn cast_vote(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
     ) -> Result<CastOutcome, StateError>;
     /// Settle a proposal outside the vote, once.
     async fn resolve_proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError>;
-    async fn proposal(&self, task: &str, proposal_id: &str)
-    -> Result<Option<Proposal>, StateError>;
+    async fn proposal(
+        &self,
+        task: &TaskId,
+        proposal_id: &str,
+    ) -> Result<Option<Proposal>, StateError>;
     /// Every proposal of the task in id order.
-    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError>;
+    async fn proposals(&self, task: &TaskId) -> Result<Vec<Proposal>, StateError>;
 }
 
 /// Order votes as every backend returns them: oldest first, ties by agent id.
@@ -416,30 +397,17 @@ pub fn sort_votes(votes: &mut [Vote]) {
     votes.sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.agent.cmp(&b.agent)));
 }
 
-/// Parse a stored JSON value of this keyspace.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    key: &str,
-    json: &str,
-) -> Result<T, StateError> {
-    serde_json::from_str(json).map_err(|e| StateError::Corrupt {
-        key: key.to_string(),
-        message: format!("not a valid record: {e}"),
-    })
-}
-
-/// Serialize a record of this keyspace (infallible for these types).
-pub(crate) fn encode<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    fn id(agent: &str) -> AgentId {
+        AgentId::new(agent).unwrap()
+    }
+
     fn vote(agent: &str, choice: VoteChoice) -> Vote {
         Vote {
-            agent: agent.into(),
+            agent: id(agent),
             choice,
             reasoning: String::new(),
             at_ms: 1,
@@ -449,10 +417,10 @@ mod tests {
     fn proposal(required: &[&str], votes: Vec<Vote>) -> Proposal {
         Proposal {
             record: NewProposal {
-                proposer: "alpha",
+                proposer: &id("alpha"),
                 title: "t",
                 body: "b",
-                required: &required.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                required: &required.iter().map(|s| id(s)).collect::<Vec<_>>(),
                 created_at_ms: 0,
             }
             .with_id("p1".into()),
@@ -488,7 +456,7 @@ mod tests {
             &["a", "b"],
             vec![vote("a", Reject), vote("b", Accept), vote("c", Accept)],
         );
-        assert_eq!(vetoed.tally().required_rejects, vec!["a".to_string()]);
+        assert_eq!(vetoed.tally().required_rejects, vec![id("a")]);
         assert!(!reached(&vetoed));
         assert!(vetoed.in_conflict());
         // A non-required reject is outvoted.
@@ -513,8 +481,9 @@ mod tests {
 
     #[test]
     fn broadcasts_reach_everyone_but_the_sender() {
+        let (alpha, beta) = (id("alpha"), id("beta"));
         let m = NewMessage {
-            sender: "alpha",
+            sender: &alpha,
             recipient: None,
             kind: "PROPOSAL",
             body: "x",
@@ -523,9 +492,9 @@ mod tests {
         .with_id(1);
         assert!(m.is_for("beta") && !m.is_for("alpha"));
         let direct = NewMessage {
-            recipient: Some("beta"),
+            recipient: Some(&beta),
             ..NewMessage {
-                sender: "alpha",
+                sender: &alpha,
                 recipient: None,
                 kind: "FEEDBACK",
                 body: "y",

@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, agent_key,
-    keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
+    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
+    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
+    decode_all, decoded, encode, keys, kv_field, stored_id,
 };
 
 mod coordination;
@@ -425,44 +426,50 @@ impl StateStore for EmbeddedState {
         BACKEND
     }
 
-    async fn put_packet(&self, agent: &str, packet_json: &str) -> Result<(), StateError> {
-        let key = agent_key(agent, keys::packet)?;
-        let value = packet_json.to_string();
+    async fn put_packet(&self, packet: &Packet) -> Result<(), StateError> {
+        let key = keys::packet(&packet.agent_id);
+        let value = encode(&key, packet)?;
         self.run(Access::Write, move |conn| set(conn, &key, &value, None))
             .await
     }
 
-    async fn packet(&self, agent: &str) -> Result<Option<String>, StateError> {
-        let key = agent_key(agent, keys::packet)?;
-        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
-            .await
-    }
-
-    async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError> {
-        let key = agent_key(agent, keys::state)?;
+    async fn packet(&self, agent: &AgentId) -> Result<Option<Packet>, StateError> {
+        let key = keys::packet(agent);
         self.run(Access::Read, move |conn| {
-            hget(conn, &key, keys::CHECKPOINT_FIELD)
+            Ok(decoded(&key, get(conn, &key, now_ms())?)?)
         })
         .await
     }
 
-    async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn checkpoint(&self, agent: &AgentId) -> Result<Option<Checkpoint>, StateError> {
+        let key = keys::state(agent);
+        self.run(Access::Read, move |conn| {
+            let value = hget(conn, &key, keys::CHECKPOINT_FIELD)?;
+            Ok(decoded(
+                &format!("{key}/{}", keys::CHECKPOINT_FIELD),
+                value,
+            )?)
+        })
+        .await
+    }
+
+    async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError> {
+        let hash = keys::state(agent);
         let field = kv_field(key);
         self.run(Access::Read, move |conn| hget(conn, &hash, &field))
             .await
     }
 
-    async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
+        let hash = keys::state(agent);
         let field = kv_field(key);
         let value = value.to_string();
         self.run(Access::Write, move |conn| hset(conn, &hash, &field, &value))
             .await
     }
 
-    async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
+        let hash = keys::state(agent);
         let field = kv_field(key);
         self.run(Access::Write, move |conn| {
             let mut stmt =
@@ -472,8 +479,8 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
+        let hash = keys::state(agent);
         self.run(Access::Read, move |conn| {
             let fields = hscan_prefix(conn, &hash, keys::KV_PREFIX)?;
             Ok(fields
@@ -486,11 +493,11 @@ impl StateStore for EmbeddedState {
 
     async fn record_error(
         &self,
-        agent: &str,
+        agent: &AgentId,
         signature: &str,
         procedure: bool,
     ) -> Result<ErrorCounts, StateError> {
-        let key = agent_key(agent, keys::errors)?;
+        let key = keys::errors(agent);
         let same = format!("{}{signature}", keys::SAME_PREFIX);
         self.run_tx(move |conn| {
             hincr(conn, &key, keys::TOTAL_FIELD)?;
@@ -503,14 +510,14 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn error_counts(&self, agent: &str) -> Result<ErrorCounts, StateError> {
-        let key = agent_key(agent, keys::errors)?;
+    async fn error_counts(&self, agent: &AgentId) -> Result<ErrorCounts, StateError> {
+        let key = keys::errors(agent);
         self.run(Access::Read, move |conn| error_counts(conn, &key))
             .await
     }
 
-    async fn reset_errors(&self, agent: &str) -> Result<(), StateError> {
-        let key = agent_key(agent, keys::errors)?;
+    async fn reset_errors(&self, agent: &AgentId) -> Result<(), StateError> {
+        let key = keys::errors(agent);
         self.run(Access::Write, move |conn| {
             conn.prepare_cached("DELETE FROM hashes WHERE key = ?1")?
                 .execute(params![key])?;
@@ -519,9 +526,9 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError> {
-        let key = agent_key(agent, keys::heartbeat)?;
-        let ttl = ttl_millis("heartbeat", ttl)?;
+    async fn heartbeat(&self, agent: &AgentId, ttl: Ttl) -> Result<(), StateError> {
+        let key = keys::heartbeat(agent);
+        let ttl = ttl.millis();
         self.run(Access::Write, move |conn| {
             let now = now_ms();
             set(conn, &key, &now.to_string(), Some(now.saturating_add(ttl)))
@@ -529,8 +536,8 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError> {
-        let key = agent_key(agent, keys::heartbeat)?;
+    async fn last_heartbeat(&self, agent: &AgentId) -> Result<Option<SystemTime>, StateError> {
+        let key = keys::heartbeat(agent);
         self.run(Access::Read, move |conn| {
             let Some(value) = get(conn, &key, now_ms())? else {
                 return Ok(None);
@@ -546,14 +553,13 @@ impl StateStore for EmbeddedState {
 
     async fn acquire_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<LockAttempt, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
-        let owner = owner.to_string();
+        let key = keys::lock(agent);
+        let ttl = ttl.millis();
+        let owner = owner.as_str().to_string();
         self.run_tx(move |conn| {
             let now = now_ms();
             // `SET key owner NX PX ttl`, except that the owner may renew its own lock.
@@ -575,24 +581,22 @@ impl StateStore for EmbeddedState {
 
     async fn refresh_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<bool, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
-        let owner = owner.to_string();
+        let key = keys::lock(agent);
+        let ttl = ttl.millis();
+        let owner = owner.as_str().to_string();
         self.run(Access::Write, move |conn| {
             refresh(conn, &key, &owner, ttl, now_ms())
         })
         .await
     }
 
-    async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
-        let owner = owner.to_string();
+    async fn release_lock(&self, agent: &AgentId, owner: &LockOwner) -> Result<bool, StateError> {
+        let key = keys::lock(agent);
+        let owner = owner.as_str().to_string();
         self.run(Access::Write, move |conn| {
             let mut stmt = conn.prepare_cached(
                 "DELETE FROM strings WHERE key = ?1 AND value = ?2
@@ -603,25 +607,22 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn lock_owner(&self, agent: &str) -> Result<Option<String>, StateError> {
-        let key = agent_key(agent, keys::lock)?;
+    async fn lock_owner(&self, agent: &AgentId) -> Result<Option<String>, StateError> {
+        let key = keys::lock(agent);
         self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
             .await
     }
 
     async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError> {
-        validate_id("agent", t.agent)?;
-        validate_owner(t.owner)?;
-        let lock_ttl = ttl_millis("lock", t.lock_ttl)?;
-        let heartbeat_ttl = ttl_millis("heartbeat", t.heartbeat_ttl)?;
+        let (lock_ttl, heartbeat_ttl) = (t.lock_ttl.millis(), t.heartbeat_ttl.millis());
         let (lock, heartbeat, state, errors) = (
             keys::lock(t.agent),
             keys::heartbeat(t.agent),
             keys::state(t.agent),
             keys::errors(t.agent),
         );
-        let owner = t.owner.to_string();
-        let checkpoint = t.checkpoint_json.to_string();
+        let owner = t.owner.as_str().to_string();
+        let checkpoint = encode(&state, t.checkpoint)?;
         self.run_tx(move |conn| {
             let now = now_ms();
             let lock_held = refresh(conn, &lock, &owner, lock_ttl, now)?;
@@ -640,41 +641,42 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn set_active_agent(&self, task: &str, agent: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::active_agent)?;
-        validate_id("agent", agent)?;
+    async fn set_active_agent(&self, task: &TaskId, agent: &AgentId) -> Result<(), StateError> {
+        let key = keys::active_agent(task);
         let agent = agent.to_string();
         self.run(Access::Write, move |conn| set(conn, &key, &agent, None))
             .await
     }
 
-    async fn active_agent(&self, task: &str) -> Result<Option<String>, StateError> {
-        let key = task_key(task, keys::active_agent)?;
-        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
-            .await
+    async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError> {
+        let key = keys::active_agent(task);
+        self.run(Access::Read, move |conn| {
+            Ok(get(conn, &key, now_ms())?
+                .map(|id| stored_id(&key, &id))
+                .transpose()?)
+        })
+        .await
     }
 
-    async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::artifacts)?;
-        let value = artifact_json.to_string();
+    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
+        let key = keys::artifacts(task);
+        let value = encode(&key, artifact)?;
         self.run_tx(move |conn| push(conn, &key, &value, false))
             .await
     }
 
-    async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError> {
-        let key = task_key(task, keys::artifacts)?;
-        self.run(Access::Read, move |conn| range(conn, &key, -1))
-            .await
+    async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
+        let key = keys::artifacts(task);
+        self.run(Access::Read, move |conn| {
+            let rows = range(conn, &key, -1)?;
+            Ok(decode_all(&key, &rows)?)
+        })
+        .await
     }
 
-    async fn record_revocation(
-        &self,
-        agent: &str,
-        revocation_json: &str,
-    ) -> Result<(), StateError> {
-        validate_id("agent", agent)?;
-        let agent = agent.to_string();
-        let value = revocation_json.to_string();
+    async fn record_revocation(&self, revocation: &Revocation) -> Result<(), StateError> {
+        let agent = revocation.agent_id.to_string();
+        let value = encode(keys::REVOCATIONS_LEDGER, revocation)?;
         self.run_tx(move |conn| {
             push(conn, keys::REVOCATIONS_LEDGER, &value, true)?;
             hset(conn, keys::REVOCATIONS_BY_AGENT, &agent, &value)
@@ -682,50 +684,58 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError> {
-        validate_id("agent", agent)?;
+    async fn revocation(&self, agent: &AgentId) -> Result<Option<Revocation>, StateError> {
         let agent = agent.to_string();
         self.run(Access::Read, move |conn| {
-            hget(conn, keys::REVOCATIONS_BY_AGENT, &agent)
+            let value = hget(conn, keys::REVOCATIONS_BY_AGENT, &agent)?;
+            Ok(decoded(
+                &format!("{}/{agent}", keys::REVOCATIONS_BY_AGENT),
+                value,
+            )?)
         })
         .await
     }
 
-    async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError> {
+    async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(-1);
         self.run(Access::Read, move |conn| {
-            range(conn, keys::REVOCATIONS_LEDGER, limit)
+            let rows = range(conn, keys::REVOCATIONS_LEDGER, limit)?;
+            Ok(decode_all(keys::REVOCATIONS_LEDGER, &rows)?)
         })
         .await
     }
 
-    async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::handoff)?;
-        let value = handoff_json.to_string();
+    async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError> {
+        let key = keys::handoff(&handoff.task_id);
+        let value = encode(&key, handoff)?;
         self.run(Access::Write, move |conn| set(conn, &key, &value, None))
             .await
     }
 
-    async fn handoff(&self, task: &str) -> Result<Option<String>, StateError> {
-        let key = task_key(task, keys::handoff)?;
-        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
-            .await
+    async fn handoff(&self, task: &TaskId) -> Result<Option<Handoff>, StateError> {
+        let key = keys::handoff(task);
+        self.run(Access::Read, move |conn| {
+            Ok(decoded(&key, get(conn, &key, now_ms())?)?)
+        })
+        .await
     }
 
-    async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::approval)?;
-        let value = approval_json.to_string();
+    async fn put_approval(&self, approval: &Approval) -> Result<(), StateError> {
+        let key = keys::approval(&approval.task_id);
+        let value = encode(&key, approval)?;
         self.run(Access::Write, move |conn| set(conn, &key, &value, None))
             .await
     }
 
-    async fn approval(&self, task: &str) -> Result<Option<String>, StateError> {
-        let key = task_key(task, keys::approval)?;
-        self.run(Access::Read, move |conn| get(conn, &key, now_ms()))
-            .await
+    async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
+        let key = keys::approval(task);
+        self.run(Access::Read, move |conn| {
+            Ok(decoded(&key, get(conn, &key, now_ms())?)?)
+        })
+        .await
     }
 }
 
@@ -739,10 +749,10 @@ fn refresh(conn: &Connection, key: &str, owner: &str, ttl: i64, now: i64) -> OpR
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::state::conformance;
+    use crate::state::test_values::{agent, owner, task, ttl};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance_in_memory() {
@@ -771,26 +781,27 @@ mod tests {
         let path = dir.path().join("state.db");
         let a = Arc::new(EmbeddedState::open(&path).unwrap());
         let b = Arc::new(EmbeddedState::open(&path).unwrap());
-        let ttl = Duration::from_secs(30);
+        let ttl = ttl(Duration::from_secs(30));
+        let (agent, host_a, host_b) = (agent("agent-1"), owner("host-a"), owner("host-b"));
 
         assert_eq!(
-            a.acquire_lock("agent-1", "host-a", ttl).await.unwrap(),
+            a.acquire_lock(&agent, &host_a, ttl).await.unwrap(),
             LockAttempt::Acquired
         );
         assert_eq!(
-            b.acquire_lock("agent-1", "host-b", ttl).await.unwrap(),
+            b.acquire_lock(&agent, &host_b, ttl).await.unwrap(),
             LockAttempt::Held {
                 owner: "host-a".into()
             }
         );
-        assert!(!b.release_lock("agent-1", "host-b").await.unwrap());
-        assert!(a.release_lock("agent-1", "host-a").await.unwrap());
+        assert!(!b.release_lock(&agent, &host_b).await.unwrap());
+        assert!(a.release_lock(&agent, &host_a).await.unwrap());
         assert_eq!(
-            b.acquire_lock("agent-1", "host-b", ttl).await.unwrap(),
+            b.acquire_lock(&agent, &host_b, ttl).await.unwrap(),
             LockAttempt::Acquired
         );
         assert_eq!(
-            a.lock_owner("agent-1").await.unwrap().as_deref(),
+            a.lock_owner(&agent).await.unwrap().as_deref(),
             Some("host-b")
         );
 
@@ -801,33 +812,65 @@ mod tests {
             } else {
                 Arc::clone(&b)
             };
+            let agent = agent.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..25 {
-                    store.record_error("agent-1", "boom", false).await.unwrap();
+                    store.record_error(&agent, "boom", false).await.unwrap();
                 }
             }));
         }
         for task in tasks {
             task.await.unwrap();
         }
-        assert_eq!(a.error_counts("agent-1").await.unwrap().total, 200);
-        assert_eq!(b.error_counts("agent-1").await.unwrap().max_same, 200);
+        assert_eq!(a.error_counts(&agent).await.unwrap().total, 200);
+        assert_eq!(b.error_counts(&agent).await.unwrap().max_same, 200);
     }
 
     #[tokio::test]
     async fn expired_entries_are_purged() {
         let store = EmbeddedState::in_memory().unwrap();
+        let a = agent("a");
         store
-            .heartbeat("a", Duration::from_millis(1))
+            .heartbeat(&a, ttl(Duration::from_millis(1)))
             .await
             .unwrap();
         store
-            .acquire_lock("a", "o", Duration::from_secs(60))
+            .acquire_lock(&a, &owner("o"), ttl(Duration::from_secs(60)))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.purge_expired().await.unwrap(), 1);
-        assert_eq!(store.lock_owner("a").await.unwrap().as_deref(), Some("o"));
+        assert_eq!(store.lock_owner(&a).await.unwrap().as_deref(), Some("o"));
+    }
+
+    /// A stored record that does not parse is an error naming its key, never a row skipped
+    /// or a revocation forgotten.
+    #[tokio::test]
+    async fn a_record_that_does_not_parse_is_an_error_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = EmbeddedState::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO hashes (key, field, value) VALUES ('revocations:by_agent', 'a', '{not json')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO lists (key, idx, value) VALUES ('task:t:artifacts', 0, '[]')",
+            [],
+        )
+        .unwrap();
+        let err = store.revocation(&agent("a")).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("corrupt value in `revocations:by_agent/a`"),
+            "{err}"
+        );
+        let err = store.artifacts(&task("t")).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("corrupt value in `task:t:artifacts[0]`"),
+            "{err}"
+        );
     }
 
     #[test]

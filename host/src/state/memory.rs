@@ -11,8 +11,8 @@
 //! `Board` per task (module `coordination`). Semantics, including which check fails first, match
 //! [`EmbeddedState`](super::EmbeddedState); the conformance suite holds both to it.
 //!
-//! TTLs are validated in whole milliseconds by [`ttl_millis`] like every backend, but expire
-//! against the monotonic clock: wall-clock TTLs exist so that several processes agree, and a
+//! TTLs are whole milliseconds ([`Ttl`]) like in every backend, but expire against the
+//! monotonic clock: wall-clock TTLs exist so that several processes agree, and a
 //! single process is better served by a clock that a time sync cannot move.
 //!
 //! Every operation is one short critical section with no `.await` inside; nothing blocks.
@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, ttl_millis,
-    validate_id, validate_owner,
+    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
+    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
 };
 
 mod coordination;
@@ -51,9 +51,9 @@ struct Data {
     agents: HashMap<String, Agent>,
     tasks: HashMap<String, Task>,
     /// `revocations:ledger`, newest first.
-    ledger: VecDeque<String>,
+    ledger: VecDeque<Revocation>,
     /// `revocations:by_agent`.
-    revoked: HashMap<String, String>,
+    revoked: HashMap<String, Revocation>,
     /// `blackboard:{task}:*` and `msg:{task}:*`.
     boards: HashMap<String, coordination::Board>,
 }
@@ -62,9 +62,9 @@ struct Data {
 #[derive(Default)]
 struct Agent {
     /// `agent:{id}:packet`.
-    packet: Option<String>,
+    packet: Option<Packet>,
     /// `agent:{id}:state` field `checkpoint`.
-    checkpoint: Option<String>,
+    checkpoint: Option<Checkpoint>,
     /// `agent:{id}:state` fields `kv:<key>`; ordered because `kv_keys` is sorted.
     kv: BTreeMap<String, String>,
     /// `agent:{id}:errors`.
@@ -156,11 +156,11 @@ impl Errors {
 /// Everything under `task:{id}:` and `handoff:{id}:latest`.
 #[derive(Default)]
 struct Task {
-    active_agent: Option<String>,
+    active_agent: Option<AgentId>,
     /// Oldest first.
-    artifacts: Vec<String>,
-    approval: Option<String>,
-    handoff: Option<String>,
+    artifacts: Vec<ArtifactRef>,
+    approval: Option<Approval>,
+    handoff: Option<Handoff>,
 }
 
 /// Wall-clock milliseconds since the epoch, the heartbeat's value in every backend.
@@ -188,32 +188,36 @@ impl MemoryState {
         MemoryState::default()
     }
 
-    fn agent<R>(&self, agent: &str, f: impl FnOnce(&Agent) -> R) -> Result<Option<R>, StateError> {
-        validate_id("agent", agent)?;
-        Ok(self.inner.lock().agents.get(agent).map(f))
+    fn agent<R>(
+        &self,
+        agent: &AgentId,
+        f: impl FnOnce(&Agent) -> R,
+    ) -> Result<Option<R>, StateError> {
+        Ok(self.inner.lock().agents.get(agent.as_str()).map(f))
     }
 
-    fn agent_mut<R>(&self, agent: &str, f: impl FnOnce(&mut Agent) -> R) -> Result<R, StateError> {
-        validate_id("agent", agent)?;
+    fn agent_mut<R>(
+        &self,
+        agent: &AgentId,
+        f: impl FnOnce(&mut Agent) -> R,
+    ) -> Result<R, StateError> {
         Ok(upsert(&mut self.inner.lock().agents, agent, f))
     }
 
-    fn task<R>(&self, task: &str, f: impl FnOnce(&Task) -> R) -> Result<Option<R>, StateError> {
-        validate_id("task", task)?;
-        Ok(self.inner.lock().tasks.get(task).map(f))
+    fn task<R>(&self, task: &TaskId, f: impl FnOnce(&Task) -> R) -> Result<Option<R>, StateError> {
+        Ok(self.inner.lock().tasks.get(task.as_str()).map(f))
     }
 
-    fn task_mut(&self, task: &str, f: impl FnOnce(&mut Task)) -> Result<(), StateError> {
-        validate_id("task", task)?;
+    fn task_mut(&self, task: &TaskId, f: impl FnOnce(&mut Task)) -> Result<(), StateError> {
         upsert(&mut self.inner.lock().tasks, task, f);
         Ok(())
     }
 }
 
 /// `PEXPIRE` the lock if `owner` holds it and it is live.
-fn refresh(agent: Option<&mut Agent>, owner: &str, now: Instant, ttl_ms: i64) -> bool {
+fn refresh(agent: Option<&mut Agent>, owner: &LockOwner, now: Instant, ttl_ms: i64) -> bool {
     match agent.and_then(|a| a.lock.as_mut()) {
-        Some(lock) if lock.value == owner && lock.live(now) => {
+        Some(lock) if lock.value == owner.as_str() && lock.live(now) => {
             lock.renew(now, ttl_ms);
             true
         }
@@ -227,24 +231,24 @@ impl StateStore for MemoryState {
         BACKEND
     }
 
-    async fn put_packet(&self, agent: &str, packet_json: &str) -> Result<(), StateError> {
-        let value = packet_json.to_string();
-        self.agent_mut(agent, |a| a.packet = Some(value))
+    async fn put_packet(&self, packet: &Packet) -> Result<(), StateError> {
+        let value = packet.clone();
+        self.agent_mut(&packet.agent_id, |a| a.packet = Some(value))
     }
 
-    async fn packet(&self, agent: &str) -> Result<Option<String>, StateError> {
+    async fn packet(&self, agent: &AgentId) -> Result<Option<Packet>, StateError> {
         Ok(self.agent(agent, |a| a.packet.clone())?.flatten())
     }
 
-    async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError> {
+    async fn checkpoint(&self, agent: &AgentId) -> Result<Option<Checkpoint>, StateError> {
         Ok(self.agent(agent, |a| a.checkpoint.clone())?.flatten())
     }
 
-    async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError> {
+    async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError> {
         Ok(self.agent(agent, |a| a.kv.get(key).cloned())?.flatten())
     }
 
-    async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError> {
+    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
         let value = value.to_string();
         self.agent_mut(agent, |a| match a.kv.get_mut(key) {
             Some(slot) => *slot = value,
@@ -254,16 +258,15 @@ impl StateStore for MemoryState {
         })
     }
 
-    async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError> {
-        validate_id("agent", agent)?;
+    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
         let mut data = self.inner.lock();
         Ok(data
             .agents
-            .get_mut(agent)
+            .get_mut(agent.as_str())
             .is_some_and(|a| a.kv.remove(key).is_some()))
     }
 
-    async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError> {
+    async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
         Ok(self
             .agent(agent, |a| a.kv.keys().cloned().collect())?
             .unwrap_or_default())
@@ -271,7 +274,7 @@ impl StateStore for MemoryState {
 
     async fn record_error(
         &self,
-        agent: &str,
+        agent: &AgentId,
         signature: &str,
         procedure: bool,
     ) -> Result<ErrorCounts, StateError> {
@@ -281,23 +284,21 @@ impl StateStore for MemoryState {
         })
     }
 
-    async fn error_counts(&self, agent: &str) -> Result<ErrorCounts, StateError> {
+    async fn error_counts(&self, agent: &AgentId) -> Result<ErrorCounts, StateError> {
         Ok(self
             .agent(agent, |a| a.errors.counts())?
             .unwrap_or_default())
     }
 
-    async fn reset_errors(&self, agent: &str) -> Result<(), StateError> {
-        validate_id("agent", agent)?;
-        if let Some(a) = self.inner.lock().agents.get_mut(agent) {
+    async fn reset_errors(&self, agent: &AgentId) -> Result<(), StateError> {
+        if let Some(a) = self.inner.lock().agents.get_mut(agent.as_str()) {
             a.errors = Errors::default();
         }
         Ok(())
     }
 
-    async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError> {
-        validate_id("agent", agent)?;
-        let ttl = ttl_millis("heartbeat", ttl)?;
+    async fn heartbeat(&self, agent: &AgentId, ttl: Ttl) -> Result<(), StateError> {
+        let ttl = ttl.millis();
         let mut data = self.inner.lock();
         let (now, beat) = (Instant::now(), now_ms());
         upsert(&mut data.agents, agent, |a| {
@@ -306,13 +307,12 @@ impl StateStore for MemoryState {
         Ok(())
     }
 
-    async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError> {
-        validate_id("agent", agent)?;
+    async fn last_heartbeat(&self, agent: &AgentId) -> Result<Option<SystemTime>, StateError> {
         let data = self.inner.lock();
         let now = Instant::now();
         Ok(data
             .agents
-            .get(agent)
+            .get(agent.as_str())
             .and_then(|a| a.heartbeat.as_ref())
             .filter(|beat| beat.live(now))
             .and_then(|beat| UNIX_EPOCH.checked_add(Duration::from_millis(beat.value))))
@@ -320,25 +320,23 @@ impl StateStore for MemoryState {
 
     async fn acquire_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<LockAttempt, StateError> {
-        validate_id("agent", agent)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
+        let ttl = ttl.millis();
         let mut data = self.inner.lock();
         let now = Instant::now();
         Ok(upsert(&mut data.agents, agent, |a| {
             // `SET key owner NX PX ttl`, except that the owner may renew its own lock.
             match &mut a.lock {
-                Some(lock) if lock.value == owner => lock.renew(now, ttl),
+                Some(lock) if lock.value == owner.as_str() => lock.renew(now, ttl),
                 Some(lock) if lock.live(now) => {
                     return LockAttempt::Held {
                         owner: lock.value.clone(),
                     };
                 }
-                _ => a.lock = Some(Expiring::new(owner.to_string(), now, ttl)),
+                _ => a.lock = Some(Expiring::new(owner.as_str().to_string(), now, ttl)),
             }
             LockAttempt::Acquired
         }))
@@ -346,61 +344,53 @@ impl StateStore for MemoryState {
 
     async fn refresh_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<bool, StateError> {
-        validate_id("agent", agent)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
+        let ttl = ttl.millis();
         let mut data = self.inner.lock();
         Ok(refresh(
-            data.agents.get_mut(agent),
+            data.agents.get_mut(agent.as_str()),
             owner,
             Instant::now(),
             ttl,
         ))
     }
 
-    async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError> {
-        validate_id("agent", agent)?;
-        validate_owner(owner)?;
+    async fn release_lock(&self, agent: &AgentId, owner: &LockOwner) -> Result<bool, StateError> {
         let mut data = self.inner.lock();
         let now = Instant::now();
-        let Some(a) = data.agents.get_mut(agent) else {
+        let Some(a) = data.agents.get_mut(agent.as_str()) else {
             return Ok(false);
         };
         let held = a
             .lock
             .as_ref()
-            .is_some_and(|lock| lock.value == owner && lock.live(now));
+            .is_some_and(|lock| lock.value == owner.as_str() && lock.live(now));
         if held {
             a.lock = None;
         }
         Ok(held)
     }
 
-    async fn lock_owner(&self, agent: &str) -> Result<Option<String>, StateError> {
-        validate_id("agent", agent)?;
+    async fn lock_owner(&self, agent: &AgentId) -> Result<Option<String>, StateError> {
         let data = self.inner.lock();
         let now = Instant::now();
         Ok(data
             .agents
-            .get(agent)
+            .get(agent.as_str())
             .and_then(|a| a.lock.as_ref())
             .filter(|lock| lock.live(now))
             .map(|lock| lock.value.clone()))
     }
 
     async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError> {
-        validate_id("agent", t.agent)?;
-        validate_owner(t.owner)?;
-        let lock_ttl = ttl_millis("lock", t.lock_ttl)?;
-        let heartbeat_ttl = ttl_millis("heartbeat", t.heartbeat_ttl)?;
+        let (lock_ttl, heartbeat_ttl) = (t.lock_ttl.millis(), t.heartbeat_ttl.millis());
         let mut data = self.inner.lock();
         let now = Instant::now();
         // No lock means no record: a transition that writes nothing must not create one.
-        let Some(a) = data.agents.get_mut(t.agent) else {
+        let Some(a) = data.agents.get_mut(t.agent.as_str()) else {
             return Ok(TransitionResult {
                 lock_held: false,
                 errors: ErrorCounts::default(),
@@ -409,13 +399,7 @@ impl StateStore for MemoryState {
         let lock_held = refresh(Some(&mut *a), t.owner, now, lock_ttl);
         if lock_held {
             a.heartbeat = Some(Expiring::new(now_ms(), now, heartbeat_ttl));
-            match &mut a.checkpoint {
-                Some(checkpoint) => {
-                    checkpoint.clear();
-                    checkpoint.push_str(t.checkpoint_json);
-                }
-                None => a.checkpoint = Some(t.checkpoint_json.to_string()),
-            }
+            a.checkpoint = Some(t.checkpoint.clone());
         }
         Ok(TransitionResult {
             lock_held,
@@ -423,77 +407,70 @@ impl StateStore for MemoryState {
         })
     }
 
-    async fn set_active_agent(&self, task: &str, agent: &str) -> Result<(), StateError> {
-        validate_id("task", task)?;
-        validate_id("agent", agent)?;
-        let agent = agent.to_string();
+    async fn set_active_agent(&self, task: &TaskId, agent: &AgentId) -> Result<(), StateError> {
+        let agent = agent.clone();
         upsert(&mut self.inner.lock().tasks, task, |t| {
             t.active_agent = Some(agent);
         });
         Ok(())
     }
 
-    async fn active_agent(&self, task: &str) -> Result<Option<String>, StateError> {
+    async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError> {
         Ok(self.task(task, |t| t.active_agent.clone())?.flatten())
     }
 
-    async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError> {
-        let value = artifact_json.to_string();
+    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
+        let value = artifact.clone();
         self.task_mut(task, |t| t.artifacts.push(value))
     }
 
-    async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError> {
+    async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
         Ok(self
             .task(task, |t| t.artifacts.clone())?
             .unwrap_or_default())
     }
 
-    async fn record_revocation(
-        &self,
-        agent: &str,
-        revocation_json: &str,
-    ) -> Result<(), StateError> {
-        validate_id("agent", agent)?;
-        let (entry, latest) = (revocation_json.to_string(), revocation_json.to_string());
+    async fn record_revocation(&self, revocation: &Revocation) -> Result<(), StateError> {
         let mut data = self.inner.lock();
-        data.ledger.push_front(entry);
-        upsert(&mut data.revoked, agent, |slot: &mut String| *slot = latest);
+        data.ledger.push_front(revocation.clone());
+        data.revoked
+            .insert(revocation.agent_id.to_string(), revocation.clone());
         Ok(())
     }
 
-    async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError> {
-        validate_id("agent", agent)?;
-        Ok(self.inner.lock().revoked.get(agent).cloned())
+    async fn revocation(&self, agent: &AgentId) -> Result<Option<Revocation>, StateError> {
+        Ok(self.inner.lock().revoked.get(agent.as_str()).cloned())
     }
 
-    async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError> {
+    async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         let data = self.inner.lock();
         Ok(data.ledger.iter().take(limit).cloned().collect())
     }
 
-    async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError> {
-        let value = handoff_json.to_string();
-        self.task_mut(task, |t| t.handoff = Some(value))
+    async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError> {
+        let value = handoff.clone();
+        self.task_mut(&handoff.task_id, |t| t.handoff = Some(value))
     }
 
-    async fn handoff(&self, task: &str) -> Result<Option<String>, StateError> {
+    async fn handoff(&self, task: &TaskId) -> Result<Option<Handoff>, StateError> {
         Ok(self.task(task, |t| t.handoff.clone())?.flatten())
     }
 
-    async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError> {
-        let value = approval_json.to_string();
-        self.task_mut(task, |t| t.approval = Some(value))
+    async fn put_approval(&self, approval: &Approval) -> Result<(), StateError> {
+        let value = approval.clone();
+        self.task_mut(&approval.task_id, |t| t.approval = Some(value))
     }
 
-    async fn approval(&self, task: &str) -> Result<Option<String>, StateError> {
+    async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         Ok(self.task(task, |t| t.approval.clone())?.flatten())
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::packet::{LastKnownState, RevocationReason};
+    use crate::state::test_values::{agent, owner, task, ttl};
     use crate::state::{EmbeddedState, conformance};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -516,16 +493,27 @@ mod tests {
     #[tokio::test]
     async fn worst_signature_ties_go_to_the_smallest() {
         let store = MemoryState::new();
+        let a = agent("a");
         let worst = |c: ErrorCounts| (c.max_same, c.worst_signature.unwrap());
-        let step = |sig| store.record_error("a", sig, false);
+        let step = |sig| store.record_error(&a, sig, false);
         assert_eq!(worst(step("b").await.unwrap()), (1, "b".into()));
         assert_eq!(worst(step("a").await.unwrap()), (1, "a".into()));
         assert_eq!(worst(step("b").await.unwrap()), (2, "b".into()));
         assert_eq!(worst(step("c").await.unwrap()), (2, "b".into()));
         assert_eq!(worst(step("a").await.unwrap()), (2, "a".into()));
         assert_eq!(worst(step("a").await.unwrap()), (3, "a".into()));
-        store.reset_errors("a").await.unwrap();
+        store.reset_errors(&a).await.unwrap();
         assert_eq!(worst(step("z").await.unwrap()), (1, "z".into()));
+    }
+
+    fn checkpoint(task: &TaskId) -> Checkpoint {
+        Checkpoint {
+            phase: "PLAN".into(),
+            step: "enter".into(),
+            task_id: task.clone(),
+            component_digest: "sha256:0".into(),
+            at: "2026-12-01T00:00:00.000Z".into(),
+        }
     }
 
     /// Reads, and writes that change nothing, must not create records: the store would grow
@@ -533,26 +521,24 @@ mod tests {
     #[tokio::test]
     async fn reads_do_not_create_records() {
         let store = MemoryState::new();
-        let t = Transition {
-            agent: "a",
-            owner: "o",
-            lock_ttl: Duration::from_secs(1),
-            heartbeat_ttl: Duration::from_secs(1),
-            checkpoint_json: "{}",
+        let (a, o, t) = (agent("a"), owner("o"), task("t"));
+        let second = ttl(Duration::from_secs(1));
+        let checkpoint = checkpoint(&t);
+        let transition = Transition {
+            agent: &a,
+            owner: &o,
+            lock_ttl: second,
+            heartbeat_ttl: second,
+            checkpoint: &checkpoint,
         };
-        assert!(!store.transition(&t).await.unwrap().lock_held);
-        assert!(
-            !store
-                .refresh_lock("a", "o", Duration::from_secs(1))
-                .await
-                .unwrap()
-        );
-        assert!(!store.release_lock("a", "o").await.unwrap());
-        assert!(!store.kv_delete("a", "k").await.unwrap());
-        store.reset_errors("a").await.unwrap();
-        store.packet("a").await.unwrap();
-        store.artifacts("t").await.unwrap();
-        store.revocation("a").await.unwrap();
+        assert!(!store.transition(&transition).await.unwrap().lock_held);
+        assert!(!store.refresh_lock(&a, &o, second).await.unwrap());
+        assert!(!store.release_lock(&a, &o).await.unwrap());
+        assert!(!store.kv_delete(&a, "k").await.unwrap());
+        store.reset_errors(&a).await.unwrap();
+        store.packet(&a).await.unwrap();
+        store.artifacts(&t).await.unwrap();
+        store.revocation(&a).await.unwrap();
         let data = store.inner.lock();
         assert!(data.agents.is_empty() && data.tasks.is_empty() && data.revoked.is_empty());
     }
@@ -563,10 +549,10 @@ mod tests {
     async fn answers_like_the_embedded_store() {
         let memory = MemoryState::new();
         let embedded = EmbeddedState::in_memory().unwrap();
-        let agents = ["a", "b", "c:bad", ""];
-        let tasks = ["t", "u", "bad task"];
-        let owners = ["o1", "o2", "\n"];
-        let ttls = [Duration::from_secs(60), Duration::from_micros(5)];
+        let agents = [agent("a"), agent("b"), agent("c")];
+        let tasks = [task("t"), task("u")];
+        let owners = [owner("o1"), owner("o2")];
+        let ttls = [ttl(Duration::from_secs(60)), ttl(Duration::from_secs(30))];
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = |n: usize| {
             seed ^= seed << 13;
@@ -575,16 +561,60 @@ mod tests {
             (seed % n as u64) as usize
         };
         for step in 0..4000 {
-            let agent = agents[next(agents.len())];
-            let task = tasks[next(tasks.len())];
-            let owner = owners[next(owners.len())];
+            let agent = &agents[next(agents.len())];
+            let task = &tasks[next(tasks.len())];
+            let owner = &owners[next(owners.len())];
             let ttl = ttls[usize::from(next(8) == 0)];
             let value = format!("v{}", next(5));
             let op = next(27);
+            let packet = Packet::from_json(&format!(
+                r#"{{"agent_id":"{agent}","task_id":"{task}","objective":"{value}"}}"#
+            ))
+            .unwrap();
+            let artifact = ArtifactRef {
+                name: value.clone(),
+                digest: format!("sha256:{value}"),
+                size: 1,
+                author: agent.to_string(),
+                created_at: "2026-12-01T00:00:00.000Z".into(),
+            };
+            let reason = RevocationReason {
+                kind: crate::packet::RevocationKind::Operator,
+                details: value.clone(),
+            };
+            let revocation = Revocation {
+                agent_id: agent.clone(),
+                task_id: Some(task.clone()),
+                reason: reason.clone(),
+                revoked_by: "test".into(),
+                revoked_at: "2026-12-01T00:00:00.000Z".into(),
+            };
+            let handoff = Handoff {
+                task_id: task.clone(),
+                previous_agent_id: agent.clone(),
+                revoked: true,
+                revocation_reason: reason,
+                last_known_state: LastKnownState {
+                    phase: "EXECUTE".into(),
+                    step: value.clone(),
+                },
+                what_was_tried: Vec::new(),
+                blocking_issue: value.clone(),
+                required_next_actions: Vec::new(),
+                constraints_reminder: Vec::new(),
+                artifacts: Vec::new(),
+                created_at: "2026-12-01T00:00:00.000Z".into(),
+            };
+            let approval = Approval {
+                task_id: task.clone(),
+                approved_by: value.clone(),
+                approved_at: "2026-12-01T00:00:00.000Z".into(),
+            };
+            let checkpoint = checkpoint(task);
             let mut answers = Vec::new();
             for store in [&memory as &dyn StateStore, &embedded] {
                 let answer = match op {
-                    0 => format!("{:?}", store.put_packet(agent, &value).await),
+                    0 => format!("{:?}", store.put_packet(&packet).await),
                     1 => format!("{:?}", store.packet(agent).await),
                     2 => format!("{:?}", store.checkpoint(agent).await),
                     3 => format!("{:?}", store.kv_set(agent, &value, &value).await),
@@ -609,21 +639,21 @@ mod tests {
                             owner,
                             lock_ttl: ttl,
                             heartbeat_ttl: ttls[0],
-                            checkpoint_json: &value,
+                            checkpoint: &checkpoint,
                         };
                         format!("{:?}", store.transition(&t).await)
                     }
                     18 => format!("{:?}", store.set_active_agent(task, agent).await),
                     19 => format!("{:?}", store.active_agent(task).await),
-                    20 => format!("{:?}", store.push_artifact(task, &value).await),
+                    20 => format!("{:?}", store.push_artifact(task, &artifact).await),
                     21 => format!("{:?}", store.artifacts(task).await),
-                    22 => format!("{:?}", store.record_revocation(agent, &value).await),
+                    22 => format!("{:?}", store.record_revocation(&revocation).await),
                     23 => format!("{:?}", store.revocation(agent).await),
                     24 => format!("{:?}", store.revocations(step % 7).await),
-                    25 => format!("{:?}", store.put_handoff(task, &value).await),
+                    25 => format!("{:?}", store.put_handoff(&handoff).await),
                     _ => format!(
                         "{:?} {:?} {:?}",
-                        store.put_approval(task, &value).await,
+                        store.put_approval(&approval).await,
                         store.approval(task).await,
                         store.handoff(task).await
                     ),

@@ -25,13 +25,24 @@
 //! reference answered "is this agent revoked?" by scanning the last 50 ledger entries, so an
 //! agent revoked before 50 others was silently un-revoked.
 //!
-//! Agent and task ids are interpolated into keys, so backends reject ids that could forge
-//! another key (see [`validate_id`]).
+//! The trait is typed: ids are [`AgentId`] and [`TaskId`] (validated where they entered, so
+//! they cannot forge another key), TTLs are [`Ttl`] and lock owners [`LockOwner`] (validated
+//! when made), and records are the documents themselves ([`Packet`], [`Revocation`],
+//! [`ArtifactRef`], …). A backend that stores text serializes them with [`encode`] and reads
+//! them with [`decode`], so a stored value that does not parse is a [`StateError::Corrupt`]
+//! naming its key, never a row silently skipped.
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+pub use crate::artifacts::ArtifactRef;
+pub use crate::id::{AgentId, TaskId};
+pub use crate::packet::{Approval, Checkpoint, Handoff, Packet, Revocation};
+
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod coordination;
 mod embedded;
@@ -53,14 +64,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
-    /// An agent or task id that cannot be used in a key.
-    #[error(
-        "invalid {kind} id `{id}`: expected 1 to {MAX_ID_LEN} bytes without `:`, whitespace or control characters"
-    )]
-    InvalidId { kind: &'static str, id: String },
     /// A lock owner token that cannot be stored.
     #[error(
-        "invalid lock owner `{owner}`: expected 1 to {MAX_ID_LEN} bytes without control characters"
+        "invalid lock owner `{owner}`: expected 1 to {MAX_OWNER_LEN} bytes without control characters"
     )]
     InvalidOwner { owner: String },
     /// A TTL the backend cannot express.
@@ -103,46 +109,110 @@ impl StateError {
     }
 }
 
-/// Longest agent id, task id or lock owner accepted by [`validate_id`].
-pub const MAX_ID_LEN: usize = 128;
+/// Longest lock owner token accepted by [`LockOwner::new`].
+pub const MAX_OWNER_LEN: usize = 128;
 
-/// Check that an agent or task id can be interpolated into a key: 1 to [`MAX_ID_LEN`] bytes,
-/// no `:` (which would let `a:lock` address another agent's keys), no whitespace or control
-/// characters. Every backend calls this before touching a key. `kind` names the id in errors.
-pub fn validate_id(kind: &'static str, id: &str) -> Result<(), StateError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && !id
-            .chars()
-            .any(|c| c == ':' || c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::InvalidId {
-            kind,
-            id: id.to_string(),
-        })
+/// A lock owner token (`<host>:<run>`): 1 to [`MAX_OWNER_LEN`] bytes without control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockOwner(String);
+
+impl LockOwner {
+    /// Validate an owner token.
+    pub fn new(owner: impl Into<String>) -> Result<LockOwner, StateError> {
+        let owner = owner.into();
+        if owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
+            return Err(StateError::InvalidOwner {
+                owner: owner.escape_debug().to_string(),
+            });
+        }
+        Ok(LockOwner(owner))
+    }
+
+    /// The token.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// Check a lock owner token: 1 to [`MAX_ID_LEN`] bytes without control characters.
-pub fn validate_owner(owner: &str) -> Result<(), StateError> {
-    if owner.is_empty() || owner.len() > MAX_ID_LEN || owner.chars().any(char::is_control) {
-        return Err(StateError::InvalidOwner {
-            owner: owner.to_string(),
-        });
+impl std::fmt::Display for LockOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    Ok(())
 }
 
-/// A TTL in whole milliseconds, the unit both SQLite rows and Redis `PX` use.
-/// Sub-millisecond TTLs are refused rather than rounded to a lock that never exists.
-pub fn ttl_millis(what: &'static str, ttl: Duration) -> Result<i64, StateError> {
-    match i64::try_from(ttl.as_millis()) {
-        Ok(ms) if ms >= 1 => Ok(ms),
-        Ok(_) => Err(StateError::InvalidTtl { what, ttl }),
-        Err(_) => Ok(i64::MAX / 4),
+/// A TTL the keyspace can hold: whole milliseconds, at least one, the unit both SQLite rows
+/// and Redis `PX` use. Sub-millisecond TTLs are refused rather than rounded to a lock that
+/// never exists; TTLs past `i64::MAX / 4` ms saturate there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ttl(i64);
+
+impl Ttl {
+    /// Validate `ttl`; `what` names it in the error (`lock`, `heartbeat`).
+    pub fn new(what: &'static str, ttl: Duration) -> Result<Ttl, StateError> {
+        match i64::try_from(ttl.as_millis()) {
+            Ok(ms) if ms >= 1 => Ok(Ttl(ms.min(i64::MAX / 4))),
+            Ok(_) => Err(StateError::InvalidTtl { what, ttl }),
+            Err(_) => Ok(Ttl(i64::MAX / 4)),
+        }
     }
+
+    /// `ttl` rounded up to 1 ms, for durations already validated as positive (the tier
+    /// table's).
+    pub fn at_least_1ms(ttl: Duration) -> Ttl {
+        Ttl::new("ttl", ttl.max(Duration::from_millis(1))).unwrap_or(Ttl(1))
+    }
+
+    /// The TTL in milliseconds, at least 1.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// The TTL as a duration.
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0.unsigned_abs())
+    }
+}
+
+/// A record as a backend stores it under `key`: JSON.
+pub fn encode<T: Serialize>(key: &str, value: &T) -> Result<String, StateError> {
+    serde_json::to_string(value).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        message: format!("cannot encode the record: {e}"),
+    })
+}
+
+/// An optional stored record (`GET`, `HGET`), decoded.
+pub fn decoded<T: DeserializeOwned>(
+    key: &str,
+    json: Option<String>,
+) -> Result<Option<T>, StateError> {
+    json.map(|json| decode(key, &json)).transpose()
+}
+
+/// Every record of a list, decoded; the first that does not parse is an error naming the
+/// list and its position.
+pub fn decode_all<T: DeserializeOwned>(key: &str, rows: &[String]) -> Result<Vec<T>, StateError> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, json)| decode(&format!("{key}[{i}]"), json))
+        .collect()
+}
+
+/// An agent id read back from the store (`task:{id}:active_agent`).
+pub fn stored_id(key: &str, id: &str) -> Result<AgentId, StateError> {
+    AgentId::new(id).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A stored record, or [`StateError::Corrupt`] naming its key.
+pub fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StateError> {
+    serde_json::from_str(json).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        message: format!("holds a value that is not a valid record: {e}"),
+    })
 }
 
 /// Key and field names of the shared keyspace, for every backend.
@@ -255,15 +325,15 @@ impl ErrorCounts {
 /// One lifecycle transition, applied atomically by [`StateStore::transition`].
 #[derive(Debug, Clone, Copy)]
 pub struct Transition<'a> {
-    pub agent: &'a str,
+    pub agent: &'a AgentId,
     /// The run's lock owner token.
-    pub owner: &'a str,
+    pub owner: &'a LockOwner,
     /// New lock TTL, from now.
-    pub lock_ttl: Duration,
+    pub lock_ttl: Ttl,
     /// New heartbeat TTL, from now.
-    pub heartbeat_ttl: Duration,
+    pub heartbeat_ttl: Ttl,
     /// Checkpoint to store in `agent:{id}:state` field `checkpoint`.
-    pub checkpoint_json: &'a str,
+    pub checkpoint: &'a Checkpoint,
 }
 
 /// What [`StateStore::transition`] found.
@@ -286,62 +356,62 @@ pub enum LockAttempt {
 
 /// Runtime state shared by every run on this host (and, with a shared backend, every host).
 ///
-/// Ids are checked with [`validate_id`]; values are opaque strings (the callers store JSON).
-/// Expired heartbeats and locks read as absent.
+/// Everything it is given is already valid (typed ids, TTLs and owners); records go in and
+/// come out as their types. Expired heartbeats and locks read as absent.
 #[async_trait]
 pub trait StateStore: Coordination + Send + Sync + 'static {
-    /// Backend name for logs and health output: `"memory"`, `"embedded"`, later `"redis"`.
+    /// Backend name for logs and health output: `"memory"`, `"embedded"`, `"redis"`.
     fn backend(&self) -> &'static str;
 
-    /// Store the agent's packet (replacing any previous one).
-    async fn put_packet(&self, agent: &str, packet_json: &str) -> Result<(), StateError>;
-    async fn packet(&self, agent: &str) -> Result<Option<String>, StateError>;
+    /// Store the packet under its agent (replacing any previous one).
+    async fn put_packet(&self, packet: &Packet) -> Result<(), StateError>;
+    async fn packet(&self, agent: &AgentId) -> Result<Option<Packet>, StateError>;
     /// The last checkpoint written by [`StateStore::transition`].
-    async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError>;
+    async fn checkpoint(&self, agent: &AgentId) -> Result<Option<Checkpoint>, StateError>;
 
-    async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError>;
-    async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError>;
+    async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError>;
+    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError>;
     /// Whether the key existed.
-    async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError>;
+    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError>;
     /// The agent's keys, sorted.
-    async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError>;
+    async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError>;
 
     /// Count one error (and one procedure violation if `procedure`) atomically, so concurrent
     /// callers never lose an increment; returns the counts after it.
     async fn record_error(
         &self,
-        agent: &str,
+        agent: &AgentId,
         signature: &str,
         procedure: bool,
     ) -> Result<ErrorCounts, StateError>;
-    async fn error_counts(&self, agent: &str) -> Result<ErrorCounts, StateError>;
-    async fn reset_errors(&self, agent: &str) -> Result<(), StateError>;
+    async fn error_counts(&self, agent: &AgentId) -> Result<ErrorCounts, StateError>;
+    async fn reset_errors(&self, agent: &AgentId) -> Result<(), StateError>;
 
     /// Record that the agent is alive for the next `ttl`.
-    async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError>;
+    async fn heartbeat(&self, agent: &AgentId, ttl: Ttl) -> Result<(), StateError>;
     /// When the agent last beat; `None` once that beat's TTL passed.
-    async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError>;
+    async fn last_heartbeat(&self, agent: &AgentId) -> Result<Option<SystemTime>, StateError>;
 
     /// Take the agent's lock for `ttl` unless another owner holds a live one. An expired lock
     /// is taken over; re-acquiring a lock the caller holds renews it (so a retried request
     /// whose first reply was lost does not contend with itself).
     async fn acquire_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<LockAttempt, StateError>;
     /// Extend the lock to `ttl` from now; false unless `owner` holds it and it is live.
     async fn refresh_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<bool, StateError>;
     /// Release the lock; false unless `owner` holds it and it is live.
-    async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError>;
+    async fn release_lock(&self, agent: &AgentId, owner: &LockOwner) -> Result<bool, StateError>;
     /// The owner of the live lock, if any.
-    async fn lock_owner(&self, agent: &str) -> Result<Option<String>, StateError>;
+    async fn lock_owner(&self, agent: &AgentId) -> Result<Option<String>, StateError>;
 
     /// One lifecycle transition in one round trip: lock refresh (owner-checked), then — only
     /// if the lock is still held — heartbeat and checkpoint write; then the error-budget read.
@@ -349,27 +419,28 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     /// checkpoint nor claim the agent is alive on its behalf.
     async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError>;
 
-    async fn set_active_agent(&self, task: &str, agent: &str) -> Result<(), StateError>;
-    async fn active_agent(&self, task: &str) -> Result<Option<String>, StateError>;
+    async fn set_active_agent(&self, task: &TaskId, agent: &AgentId) -> Result<(), StateError>;
+    async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError>;
 
     /// Append an artifact reference to the task.
-    async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError>;
+    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError>;
     /// The task's artifact references, oldest first.
-    async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError>;
+    async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError>;
 
-    /// Prepend to `revocations:ledger` and index the record under the agent, atomically.
-    async fn record_revocation(&self, agent: &str, revocation_json: &str)
-    -> Result<(), StateError>;
+    /// Prepend to `revocations:ledger` and index the record under its agent, atomically.
+    async fn record_revocation(&self, revocation: &Revocation) -> Result<(), StateError>;
     /// The agent's latest revocation record, if it was ever revoked. Never scans the ledger.
-    async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError>;
+    async fn revocation(&self, agent: &AgentId) -> Result<Option<Revocation>, StateError>;
     /// Up to `limit` revocation records, newest first.
-    async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError>;
+    async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError>;
 
-    async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError>;
-    async fn handoff(&self, task: &str) -> Result<Option<String>, StateError>;
+    /// Store the handoff as its task's latest.
+    async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError>;
+    async fn handoff(&self, task: &TaskId) -> Result<Option<Handoff>, StateError>;
 
-    async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError>;
-    async fn approval(&self, task: &str) -> Result<Option<String>, StateError>;
+    /// Store the approval of its task.
+    async fn put_approval(&self, approval: &Approval) -> Result<(), StateError>;
+    async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError>;
 
     /// Revocations recorded by any host sharing this backend, pushed as agent ids, when the
     /// backend can push them (Redis publish/subscribe). `None`: the host polls `revocation`.
@@ -388,48 +459,64 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     }
 }
 
-/// The key of a validated agent id (`keys::packet`, `keys::lock`, …), shared by backends
-/// that store the reference keyspace as keys.
-pub(crate) fn agent_key(agent: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("agent", agent)?;
-    Ok(key(agent))
-}
-
-/// The key of a validated task id.
-pub(crate) fn task_key(task: &str, key: fn(&str) -> String) -> Result<String, StateError> {
-    validate_id("task", task)?;
-    Ok(key(task))
-}
-
 /// The `agent:{id}:state` field of an agent's own key.
 pub(crate) fn kv_field(key: &str) -> String {
     format!("{}{key}", keys::KV_PREFIX)
 }
 
+/// Typed values for the backends' own tests.
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod test_values {
+    use std::time::Duration;
+
+    use super::{AgentId, LockOwner, TaskId, Ttl};
+
+    pub fn agent(id: &str) -> AgentId {
+        AgentId::new(id).unwrap()
+    }
+
+    pub fn task(id: &str) -> TaskId {
+        TaskId::new(id).unwrap()
+    }
+
+    pub fn owner(token: &str) -> LockOwner {
+        LockOwner::new(token).unwrap()
+    }
+
+    pub fn ttl(duration: Duration) -> Ttl {
+        Ttl::new("test", duration).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ids_that_could_forge_keys_are_rejected() {
-        assert!(validate_id("agent", "planner-1.a_b").is_ok());
-        for bad in ["", "a:lock", "a b", "a\n", &"x".repeat(MAX_ID_LEN + 1)] {
-            let err = validate_id("agent", bad).unwrap_err().to_string();
-            assert!(err.starts_with("invalid agent id `"), "{err}");
-        }
-        assert!(validate_owner("host-1:run-2").is_ok());
-        assert!(validate_owner("").is_err());
-    }
-
-    #[test]
-    fn ttls_are_whole_positive_milliseconds() {
-        assert_eq!(ttl_millis("lock", Duration::from_millis(150)).unwrap(), 150);
-        let err = ttl_millis("lock", Duration::from_micros(999))
+    fn owners_and_ttls_are_validated_when_made() {
+        assert!(LockOwner::new("host-1:run-2").is_ok());
+        assert!(LockOwner::new("").is_err());
+        assert!(LockOwner::new("a\nb").is_err());
+        assert_eq!(
+            Ttl::new("lock", Duration::from_millis(150))
+                .unwrap()
+                .millis(),
+            150
+        );
+        let err = Ttl::new("lock", Duration::from_micros(999))
             .unwrap_err()
             .to_string();
         assert_eq!(err, "invalid lock ttl `999µs`: expected at least 1 ms");
-        assert!(ttl_millis("lock", Duration::MAX).unwrap() > 0);
+        assert!(Ttl::new("lock", Duration::MAX).unwrap().millis() > 0);
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_names_its_key() {
+        let err = decode::<Revocation>("revocations:by_agent/a", "{").unwrap_err();
+        assert!(
+            err.to_string().starts_with("corrupt value in `revocations:by_agent/a`: holds a value that is not a valid record"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -39,8 +39,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 
 use super::{
-    ErrorCounts, LockAttempt, StateError, StateStore, Transition, TransitionResult, agent_key,
-    keys, kv_field, task_key, ttl_millis, validate_id, validate_owner,
+    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
+    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
+    decode_all, decoded, encode, keys, kv_field, stored_id,
 };
 
 mod coordination;
@@ -477,26 +478,29 @@ impl StateStore for RedisState {
         BACKEND
     }
 
-    async fn put_packet(&self, agent: &str, packet_json: &str) -> Result<(), StateError> {
-        self.set(&agent_key(agent, keys::packet)?, packet_json)
-            .await
+    async fn put_packet(&self, packet: &Packet) -> Result<(), StateError> {
+        let key = keys::packet(&packet.agent_id);
+        self.set(&key, &encode(&key, packet)?).await
     }
 
-    async fn packet(&self, agent: &str) -> Result<Option<String>, StateError> {
-        self.get(&agent_key(agent, keys::packet)?).await
+    async fn packet(&self, agent: &AgentId) -> Result<Option<Packet>, StateError> {
+        let key = keys::packet(agent);
+        decoded(&key, self.get(&key).await?)
     }
 
-    async fn checkpoint(&self, agent: &str) -> Result<Option<String>, StateError> {
-        let key = agent_key(agent, keys::state)?;
-        let key = key.as_str();
-        self.guarded("HGET", key, |mut c| async move {
-            c.hget(key, keys::CHECKPOINT_FIELD).await
-        })
-        .await
+    async fn checkpoint(&self, agent: &AgentId) -> Result<Option<Checkpoint>, StateError> {
+        let key = keys::state(agent);
+        let hash = key.as_str();
+        let value: Option<String> = self
+            .guarded("HGET", hash, |mut c| async move {
+                c.hget(hash, keys::CHECKPOINT_FIELD).await
+            })
+            .await?;
+        decoded(&format!("{key}/{}", keys::CHECKPOINT_FIELD), value)
     }
 
-    async fn kv_get(&self, agent: &str, key: &str) -> Result<Option<String>, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError> {
+        let hash = keys::state(agent);
         let (hash, field) = (hash.as_str(), kv_field(key));
         let field = field.as_str();
         self.guarded(
@@ -507,8 +511,8 @@ impl StateStore for RedisState {
         .await
     }
 
-    async fn kv_set(&self, agent: &str, key: &str, value: &str) -> Result<(), StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
+        let hash = keys::state(agent);
         let (hash, field) = (hash.as_str(), kv_field(key));
         let field = field.as_str();
         self.guarded("HSET", hash, |mut c| async move {
@@ -517,8 +521,8 @@ impl StateStore for RedisState {
         .await
     }
 
-    async fn kv_delete(&self, agent: &str, key: &str) -> Result<bool, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
+        let hash = keys::state(agent);
         let (hash, field) = (hash.as_str(), kv_field(key));
         let field = field.as_str();
         let removed: u64 = self
@@ -531,8 +535,8 @@ impl StateStore for RedisState {
         Ok(removed > 0)
     }
 
-    async fn kv_keys(&self, agent: &str) -> Result<Vec<String>, StateError> {
-        let hash = agent_key(agent, keys::state)?;
+    async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
+        let hash = keys::state(agent);
         let hash = hash.as_str();
         let fields: Vec<String> = self
             .guarded("HKEYS", hash, |mut c| async move { c.hkeys(hash).await })
@@ -547,11 +551,11 @@ impl StateStore for RedisState {
 
     async fn record_error(
         &self,
-        agent: &str,
+        agent: &AgentId,
         signature: &str,
         procedure: bool,
     ) -> Result<ErrorCounts, StateError> {
-        let key = agent_key(agent, keys::errors)?;
+        let key = keys::errors(agent);
         let same = format!("{}{signature}", keys::SAME_PREFIX);
         let script = &self.inner.scripts.record_error;
         let fields: HashMap<String, String> = self
@@ -568,20 +572,20 @@ impl StateStore for RedisState {
         ErrorCounts::from_fields(&key, fields)
     }
 
-    async fn error_counts(&self, agent: &str) -> Result<ErrorCounts, StateError> {
-        self.hgetall_counts(&agent_key(agent, keys::errors)?).await
+    async fn error_counts(&self, agent: &AgentId) -> Result<ErrorCounts, StateError> {
+        self.hgetall_counts(&keys::errors(agent)).await
     }
 
-    async fn reset_errors(&self, agent: &str) -> Result<(), StateError> {
-        let key = agent_key(agent, keys::errors)?;
+    async fn reset_errors(&self, agent: &AgentId) -> Result<(), StateError> {
+        let key = keys::errors(agent);
         let key = key.as_str();
         self.guarded("DEL", key, |mut c| async move { c.del::<_, ()>(key).await })
             .await
     }
 
-    async fn heartbeat(&self, agent: &str, ttl: Duration) -> Result<(), StateError> {
-        let key = agent_key(agent, keys::heartbeat)?;
-        let ttl = ttl_millis("heartbeat", ttl)?;
+    async fn heartbeat(&self, agent: &AgentId, ttl: Ttl) -> Result<(), StateError> {
+        let key = keys::heartbeat(agent);
+        let ttl = ttl.millis();
         self.guarded("SET", &key, |mut c| {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&key).arg(now_ms()).arg("PX").arg(ttl);
@@ -590,8 +594,8 @@ impl StateStore for RedisState {
         .await
     }
 
-    async fn last_heartbeat(&self, agent: &str) -> Result<Option<SystemTime>, StateError> {
-        let key = agent_key(agent, keys::heartbeat)?;
+    async fn last_heartbeat(&self, agent: &AgentId) -> Result<Option<SystemTime>, StateError> {
+        let key = keys::heartbeat(agent);
         let Some(value) = self.get(&key).await? else {
             return Ok(None);
         };
@@ -604,18 +608,17 @@ impl StateStore for RedisState {
 
     async fn acquire_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<LockAttempt, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
+        let key = keys::lock(agent);
+        let ttl = ttl.millis();
         let script = &self.inner.scripts.acquire;
         let holder: Option<String> = self
             .guarded("acquire script on", &key, |mut c| {
                 let mut call = script.key(&key);
-                call.arg(owner).arg(ttl);
+                call.arg(owner.as_str()).arg(ttl);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
@@ -627,50 +630,46 @@ impl StateStore for RedisState {
 
     async fn refresh_lock(
         &self,
-        agent: &str,
-        owner: &str,
-        ttl: Duration,
+        agent: &AgentId,
+        owner: &LockOwner,
+        ttl: Ttl,
     ) -> Result<bool, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
-        let ttl = ttl_millis("lock", ttl)?;
+        let key = keys::lock(agent);
+        let ttl = ttl.millis();
         let script = &self.inner.scripts.refresh;
         let refreshed: i64 = self
             .guarded("refresh script on", &key, |mut c| {
                 let mut call = script.key(&key);
-                call.arg(owner).arg(ttl);
+                call.arg(owner.as_str()).arg(ttl);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(refreshed == 1)
     }
 
-    async fn release_lock(&self, agent: &str, owner: &str) -> Result<bool, StateError> {
-        let key = agent_key(agent, keys::lock)?;
-        validate_owner(owner)?;
+    async fn release_lock(&self, agent: &AgentId, owner: &LockOwner) -> Result<bool, StateError> {
+        let key = keys::lock(agent);
         let script = &self.inner.scripts.release;
         let released: i64 = self
             .guarded("release script on", &key, |mut c| {
                 let mut call = script.key(&key);
-                call.arg(owner);
+                call.arg(owner.as_str());
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
         Ok(released == 1)
     }
 
-    async fn lock_owner(&self, agent: &str) -> Result<Option<String>, StateError> {
-        self.get(&agent_key(agent, keys::lock)?).await
+    async fn lock_owner(&self, agent: &AgentId) -> Result<Option<String>, StateError> {
+        self.get(&keys::lock(agent)).await
     }
 
     async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError> {
-        validate_id("agent", t.agent)?;
-        validate_owner(t.owner)?;
-        let lock_ttl = ttl_millis("lock", t.lock_ttl)?;
-        let heartbeat_ttl = ttl_millis("heartbeat", t.heartbeat_ttl)?;
+        let (lock_ttl, heartbeat_ttl) = (t.lock_ttl.millis(), t.heartbeat_ttl.millis());
         let lock = keys::lock(t.agent);
         let errors = keys::errors(t.agent);
         let (heartbeat, state) = (keys::heartbeat(t.agent), keys::state(t.agent));
+        let checkpoint = encode(&state, t.checkpoint)?;
         let script = &self.inner.scripts.transition;
         let (held, fields): (i64, HashMap<String, String>) = self
             .guarded("transition script on", &lock, |mut c| {
@@ -678,12 +677,12 @@ impl StateStore for RedisState {
                 call.key(&heartbeat)
                     .key(&state)
                     .key(&errors)
-                    .arg(t.owner)
+                    .arg(t.owner.as_str())
                     .arg(lock_ttl)
                     .arg(now_ms())
                     .arg(heartbeat_ttl)
                     .arg(keys::CHECKPOINT_FIELD)
-                    .arg(t.checkpoint_json);
+                    .arg(&checkpoint);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
@@ -693,46 +692,47 @@ impl StateStore for RedisState {
         })
     }
 
-    async fn set_active_agent(&self, task: &str, agent: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::active_agent)?;
-        validate_id("agent", agent)?;
-        self.set(&key, agent).await
+    async fn set_active_agent(&self, task: &TaskId, agent: &AgentId) -> Result<(), StateError> {
+        self.set(&keys::active_agent(task), agent).await
     }
 
-    async fn active_agent(&self, task: &str) -> Result<Option<String>, StateError> {
-        self.get(&task_key(task, keys::active_agent)?).await
+    async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError> {
+        let key = keys::active_agent(task);
+        self.get(&key)
+            .await?
+            .map(|id| stored_id(&key, &id))
+            .transpose()
     }
 
-    async fn push_artifact(&self, task: &str, artifact_json: &str) -> Result<(), StateError> {
-        let key = task_key(task, keys::artifacts)?;
-        let key = key.as_str();
+    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
+        let key = keys::artifacts(task);
+        let value = encode(&key, artifact)?;
+        let (key, value) = (key.as_str(), value.as_str());
         self.guarded("RPUSH", key, |mut c| async move {
-            c.rpush::<_, _, ()>(key, artifact_json).await
+            c.rpush::<_, _, ()>(key, value).await
         })
         .await
     }
 
-    async fn artifacts(&self, task: &str) -> Result<Vec<String>, StateError> {
-        let key = task_key(task, keys::artifacts)?;
-        let key = key.as_str();
-        self.guarded(
-            "LRANGE",
-            key,
-            |mut c| async move { c.lrange(key, 0, -1).await },
-        )
-        .await
+    async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
+        let key = keys::artifacts(task);
+        let list = key.as_str();
+        let rows: Vec<String> = self
+            .guarded("LRANGE", list, |mut c| async move {
+                c.lrange(list, 0, -1).await
+            })
+            .await?;
+        decode_all(&key, &rows)
     }
 
     /// One `MULTI`: `LPUSH` to the ledger, `HSET` of the index, then `PUBLISH` of the agent
     /// id. Publishing inside the transaction means subscribers hear of a revocation exactly
     /// when it is stored: never before (they would find nothing), never lost to a crash
     /// between the write and the publish.
-    async fn record_revocation(
-        &self,
-        agent: &str,
-        revocation_json: &str,
-    ) -> Result<(), StateError> {
-        validate_id("agent", agent)?;
+    async fn record_revocation(&self, revocation: &Revocation) -> Result<(), StateError> {
+        let agent = revocation.agent_id.as_str();
+        let value = encode(keys::REVOCATIONS_LEDGER, revocation)?;
+        let revocation_json = value.as_str();
         self.guarded("MULTI revocation of", agent, |mut c| {
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -747,42 +747,48 @@ impl StateStore for RedisState {
         .await
     }
 
-    async fn revocation(&self, agent: &str) -> Result<Option<String>, StateError> {
-        validate_id("agent", agent)?;
-        self.guarded("HGET", keys::REVOCATIONS_BY_AGENT, |mut c| async move {
-            c.hget(keys::REVOCATIONS_BY_AGENT, agent).await
-        })
-        .await
+    async fn revocation(&self, agent: &AgentId) -> Result<Option<Revocation>, StateError> {
+        let field = agent.as_str();
+        let value: Option<String> = self
+            .guarded("HGET", keys::REVOCATIONS_BY_AGENT, |mut c| async move {
+                c.hget(keys::REVOCATIONS_BY_AGENT, field).await
+            })
+            .await?;
+        decoded(&format!("{}/{agent}", keys::REVOCATIONS_BY_AGENT), value)
     }
 
-    async fn revocations(&self, limit: usize) -> Result<Vec<String>, StateError> {
+    async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         // `LRANGE` takes a signed end index; -1 is the end of the list.
         let end = isize::try_from(limit).map_or(-1, |limit| limit - 1);
-        self.guarded("LRANGE", keys::REVOCATIONS_LEDGER, |mut c| async move {
-            c.lrange(keys::REVOCATIONS_LEDGER, 0, end).await
-        })
-        .await
+        let rows: Vec<String> = self
+            .guarded("LRANGE", keys::REVOCATIONS_LEDGER, |mut c| async move {
+                c.lrange(keys::REVOCATIONS_LEDGER, 0, end).await
+            })
+            .await?;
+        decode_all(keys::REVOCATIONS_LEDGER, &rows)
     }
 
-    async fn put_handoff(&self, task: &str, handoff_json: &str) -> Result<(), StateError> {
-        self.set(&task_key(task, keys::handoff)?, handoff_json)
-            .await
+    async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError> {
+        let key = keys::handoff(&handoff.task_id);
+        self.set(&key, &encode(&key, handoff)?).await
     }
 
-    async fn handoff(&self, task: &str) -> Result<Option<String>, StateError> {
-        self.get(&task_key(task, keys::handoff)?).await
+    async fn handoff(&self, task: &TaskId) -> Result<Option<Handoff>, StateError> {
+        let key = keys::handoff(task);
+        decoded(&key, self.get(&key).await?)
     }
 
-    async fn put_approval(&self, task: &str, approval_json: &str) -> Result<(), StateError> {
-        self.set(&task_key(task, keys::approval)?, approval_json)
-            .await
+    async fn put_approval(&self, approval: &Approval) -> Result<(), StateError> {
+        let key = keys::approval(&approval.task_id);
+        self.set(&key, &encode(&key, approval)?).await
     }
 
-    async fn approval(&self, task: &str) -> Result<Option<String>, StateError> {
-        self.get(&task_key(task, keys::approval)?).await
+    async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
+        let key = keys::approval(task);
+        decoded(&key, self.get(&key).await?)
     }
 
     fn revocation_events(&self) -> Option<broadcast::Receiver<String>> {
@@ -968,7 +974,7 @@ impl Subscriber {
             let agent = serde_json::from_str::<serde_json::Value>(&record)
                 .ok()
                 .and_then(|value| value.get("agent_id")?.as_str().map(str::to_string))
-                .filter(|agent| validate_id("agent", agent).is_ok());
+                .filter(|agent| AgentId::new(agent).is_ok());
             match agent {
                 Some(agent) => self.forward(agent),
                 None => tracing::warn!("skipping a revocation record without an `agent_id`"),
@@ -978,7 +984,6 @@ impl Subscriber {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -4,13 +4,17 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::unique;
+use super::{agent, look_alikes, task, unique_task};
 use crate::state::{
-    CastOutcome, Message, NewMessage, NewProposal, Proposal, Resolution, ResolveOutcome, Section,
-    StateError, StateStore, Vote, VoteChoice,
+    AgentId, CastOutcome, Message, NewMessage, NewProposal, Proposal, Resolution, ResolveOutcome,
+    Section, StateStore, TaskId, Vote, VoteChoice,
 };
 
-fn message<'a>(sender: &'a str, recipient: Option<&'a str>, body: &'a str) -> NewMessage<'a> {
+fn message<'a>(
+    sender: &'a AgentId,
+    recipient: Option<&'a AgentId>,
+    body: &'a str,
+) -> NewMessage<'a> {
     NewMessage {
         sender,
         recipient,
@@ -20,16 +24,16 @@ fn message<'a>(sender: &'a str, recipient: Option<&'a str>, body: &'a str) -> Ne
     }
 }
 
-fn vote(agent: &str, choice: VoteChoice, at_ms: u64) -> Vote {
+fn vote(agent: &AgentId, choice: VoteChoice, at_ms: u64) -> Vote {
     Vote {
-        agent: agent.to_string(),
+        agent: agent.clone(),
         choice,
         reasoning: format!("{agent} says {}", choice.as_str()),
         at_ms,
     }
 }
 
-fn proposal<'a>(proposer: &'a str, required: &'a [String]) -> NewProposal<'a> {
+fn proposal<'a>(proposer: &'a AgentId, required: &'a [AgentId]) -> NewProposal<'a> {
     NewProposal {
         proposer,
         title: "t",
@@ -39,20 +43,27 @@ fn proposal<'a>(proposer: &'a str, required: &'a [String]) -> NewProposal<'a> {
     }
 }
 
-fn resolution(by: &str, note: &str) -> Resolution {
+fn resolution(by: &AgentId, note: &str) -> Resolution {
     Resolution {
-        by: by.to_string(),
+        by: by.clone(),
         note: note.to_string(),
         at_ms: 42,
     }
+}
+
+/// The agents the checks talk about.
+fn agents<const N: usize>(names: [&str; N]) -> [AgentId; N] {
+    names.map(agent)
 }
 
 fn ids(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.id).collect()
 }
 
+/// Blackboard entries are opaque, replaced by a write, sorted by key and separate per
+/// section.
 pub async fn board_sections(store: &dyn StateStore) {
-    let task = unique("board");
+    let task = unique_task("board");
     assert_eq!(
         store
             .board_read(&task, Section::Problem, "objective")
@@ -139,18 +150,21 @@ pub async fn board_sections(store: &dyn StateStore) {
     }
 }
 
+/// A task's board, messages and proposals are its own, and message and proposal ids
+/// start afresh in every task.
 pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
-    let (a, b) = (unique("coord-a"), unique("coord-b"));
+    let (a, b) = (unique_task("coord-a"), unique_task("coord-b"));
+    let [alpha, beta] = agents(["alpha", "beta"]);
     store
         .board_write(&a, Section::Progress, "status", "running")
         .await
         .unwrap();
     store
-        .send_message(&a, &message("alpha", None, "for task a"))
+        .send_message(&a, &message(&alpha, None, "for task a"))
         .await
         .unwrap();
-    let required = ["alpha".to_string()];
-    let proposal = proposal("alpha", &required);
+    let required = [alpha.clone()];
+    let proposal = proposal(&alpha, &required);
     assert_eq!(store.propose(&a, &proposal).await.unwrap(), "p1");
 
     assert_eq!(
@@ -167,7 +181,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     );
     assert!(
         store
-            .receive_messages(&b, "beta", 10)
+            .receive_messages(&b, &beta, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -181,7 +195,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     assert!(store.proposals(&b).await.unwrap().is_empty());
     assert_eq!(
         store
-            .cast_vote(&b, "p1", &vote("alpha", VoteChoice::Accept, 1))
+            .cast_vote(&b, "p1", &vote(&alpha, VoteChoice::Accept, 1))
             .await
             .unwrap(),
         CastOutcome::UnknownProposal,
@@ -190,7 +204,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     // Ids are per task.
     assert_eq!(
         store
-            .send_message(&b, &message("alpha", None, "for task b"))
+            .send_message(&b, &message(&alpha, None, "for task b"))
             .await
             .unwrap(),
         1,
@@ -207,7 +221,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     );
     assert_eq!(
         store
-            .receive_messages(&a, "beta", 10)
+            .receive_messages(&a, &beta, 10)
             .await
             .unwrap()
             .iter()
@@ -218,16 +232,18 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     );
 }
 
+/// Messages get ids 1, 2, … in send order and the log holds them as sent.
 pub async fn message_ids_and_order(store: &dyn StateStore) {
-    let task = unique("messages");
+    let task = unique_task("messages");
+    let [alpha, beta, gamma] = agents(["alpha", "beta", "gamma"]);
     assert!(store.messages(&task).await.unwrap().is_empty());
     let body = "\"quoted\"\n\\ ünïcode {}";
     let sent = [
-        ("alpha", None, "a1"),
-        ("beta", Some("alpha"), "b1"),
-        ("alpha", Some("beta"), "a2"),
-        ("gamma", None, body),
-        ("alpha", None, "a3"),
+        (&alpha, None, "a1"),
+        (&beta, Some(&alpha), "b1"),
+        (&alpha, Some(&beta), "a2"),
+        (&gamma, None, body),
+        (&alpha, None, "a3"),
     ];
     for (n, &(sender, recipient, body)) in sent.iter().enumerate() {
         let id = store
@@ -250,106 +266,111 @@ pub async fn message_ids_and_order(store: &dyn StateStore) {
     );
 }
 
+/// An agent receives what is addressed to it and the broadcasts of others.
 pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
-    let task = unique("delivery");
+    let task = unique_task("delivery");
+    let [alpha, beta, gamma, delta] = agents(["alpha", "beta", "gamma", "delta"]);
     store
-        .send_message(&task, &message("alpha", None, "broadcast by alpha"))
+        .send_message(&task, &message(&alpha, None, "broadcast by alpha"))
         .await
         .unwrap();
     store
-        .send_message(&task, &message("alpha", Some("beta"), "alpha to beta"))
+        .send_message(&task, &message(&alpha, Some(&beta), "alpha to beta"))
         .await
         .unwrap();
     store
-        .send_message(&task, &message("beta", Some("alpha"), "beta to alpha"))
+        .send_message(&task, &message(&beta, Some(&alpha), "beta to alpha"))
         .await
         .unwrap();
     store
-        .send_message(&task, &message("gamma", None, "broadcast by gamma"))
+        .send_message(&task, &message(&gamma, None, "broadcast by gamma"))
         .await
         .unwrap();
     store
-        .send_message(&task, &message("alpha", Some("alpha"), "alpha to itself"))
+        .send_message(&task, &message(&alpha, Some(&alpha), "alpha to itself"))
         .await
         .unwrap();
     let bodies = |messages: Vec<Message>| -> Vec<String> {
         messages.into_iter().map(|m| m.body).collect::<Vec<_>>()
     };
     assert_eq!(
-        bodies(store.receive_messages(&task, "alpha", 100).await.unwrap()),
+        bodies(store.receive_messages(&task, &alpha, 100).await.unwrap()),
         ["beta to alpha", "broadcast by gamma", "alpha to itself"],
         "delivery: alpha gets what is addressed to it and others' broadcasts"
     );
     assert_eq!(
-        bodies(store.receive_messages(&task, "beta", 100).await.unwrap()),
+        bodies(store.receive_messages(&task, &beta, 100).await.unwrap()),
         ["broadcast by alpha", "alpha to beta", "broadcast by gamma"],
         "delivery: beta"
     );
     assert_eq!(
-        bodies(store.receive_messages(&task, "gamma", 100).await.unwrap()),
+        bodies(store.receive_messages(&task, &gamma, 100).await.unwrap()),
         ["broadcast by alpha"],
         "delivery: gamma never gets its own broadcast nor others' direct messages"
     );
     assert_eq!(
-        bodies(store.receive_messages(&task, "delta", 100).await.unwrap()),
+        bodies(store.receive_messages(&task, &delta, 100).await.unwrap()),
         ["broadcast by alpha", "broadcast by gamma"],
         "delivery: an agent that never sent gets the broadcasts"
     );
 }
 
+/// Receiving advances the agent's own cursor past what it read, limit honoured, without
+/// removing messages from the log.
 pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
-    let task = unique("cursor");
+    let task = unique_task("cursor");
+    let [alpha, beta, gamma] = agents(["alpha", "beta", "gamma"]);
     for n in 1..=5 {
         store
-            .send_message(&task, &message("alpha", None, &format!("m{n}")))
+            .send_message(&task, &message(&alpha, None, &format!("m{n}")))
             .await
             .unwrap();
     }
     // Not for beta: skipped, but the cursor still moves past it.
     store
-        .send_message(&task, &message("alpha", Some("gamma"), "m6"))
+        .send_message(&task, &message(&alpha, Some(&gamma), "m6"))
         .await
         .unwrap();
     assert!(
         store
-            .receive_messages(&task, "beta", 0)
+            .receive_messages(&task, &beta, 0)
             .await
             .unwrap()
             .is_empty(),
         "cursor: limit 0 delivers nothing"
     );
-    let first = store.receive_messages(&task, "beta", 2).await.unwrap();
+    let first = store.receive_messages(&task, &beta, 2).await.unwrap();
     assert_eq!(ids(&first), [1, 2], "cursor: limit is respected");
-    let second = store.receive_messages(&task, "beta", 2).await.unwrap();
+    let second = store.receive_messages(&task, &beta, 2).await.unwrap();
     assert_eq!(ids(&second), [3, 4], "cursor: the rest follows next call");
-    let third = store.receive_messages(&task, "beta", 10).await.unwrap();
+    let third = store.receive_messages(&task, &beta, 10).await.unwrap();
     assert_eq!(ids(&third), [5], "cursor: the remainder");
     assert!(
         store
-            .receive_messages(&task, "beta", 10)
+            .receive_messages(&task, &beta, 10)
             .await
             .unwrap()
             .is_empty(),
         "cursor: a message was delivered twice"
     );
     // gamma's cursor is its own: it starts from the beginning.
-    let gamma = store.receive_messages(&task, "gamma", 3).await.unwrap();
+    let gamma_got = store.receive_messages(&task, &gamma, 3).await.unwrap();
     assert_eq!(
-        ids(&gamma),
+        ids(&gamma_got),
         [1, 2, 3],
         "cursor: agents' cursors are independent"
     );
     store
-        .send_message(&task, &message("gamma", None, "m7"))
+        .send_message(&task, &message(&gamma, None, "m7"))
         .await
         .unwrap();
     assert_eq!(
-        ids(&store.receive_messages(&task, "beta", 10).await.unwrap()),
+        ids(&store.receive_messages(&task, &beta, 10).await.unwrap()),
         [7],
         "cursor: only messages sent since the last receive"
     );
     assert_eq!(
-        ids(&store.receive_messages(&task, "gamma", 10).await.unwrap()),
+        ids(&store.receive_messages(&task, &gamma, 10).await.unwrap()),
         [4, 5, 6],
         "cursor: gamma continues where it stopped, without its own broadcast"
     );
@@ -360,12 +381,15 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
     );
 }
 
+/// Proposal ids are `p1`, `p2`, … in numeric order; the first vote and the first
+/// resolution stand; votes are listed oldest first.
 pub async fn proposals_and_votes(store: &dyn StateStore) {
-    let task = unique("consensus");
+    let task = unique_task("consensus");
+    let [alpha, beta, gamma] = agents(["alpha", "beta", "gamma"]);
     assert!(store.proposals(&task).await.unwrap().is_empty());
-    let required = ["alpha".to_string(), "beta".to_string()];
+    let required = [alpha.clone(), beta.clone()];
     let new = |title: &'static str| NewProposal {
-        proposer: "alpha",
+        proposer: &alpha,
         title,
         body: "details \"quoted\" ünïcode",
         required: &required,
@@ -380,7 +404,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     }
     assert_eq!(
         store
-            .cast_vote(&task, "p2", &vote("beta", VoteChoice::Accept, 5))
+            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Accept, 5))
             .await
             .unwrap(),
         CastOutcome::Recorded,
@@ -388,15 +412,15 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     );
     assert_eq!(
         store
-            .cast_vote(&task, "p2", &vote("beta", VoteChoice::Reject, 9))
+            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Reject, 9))
             .await
             .unwrap(),
-        CastOutcome::AlreadyVoted(vote("beta", VoteChoice::Accept, 5)),
+        CastOutcome::AlreadyVoted(vote(&beta, VoteChoice::Accept, 5)),
         "votes: the first vote stands"
     );
     for v in [
-        vote("alpha", VoteChoice::Reject, 5),
-        vote("gamma", VoteChoice::Abstain, 1),
+        vote(&alpha, VoteChoice::Reject, 5),
+        vote(&gamma, VoteChoice::Abstain, 1),
     ] {
         assert_eq!(
             store.cast_vote(&task, "p2", &v).await.unwrap(),
@@ -405,7 +429,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     }
     assert_eq!(
         store
-            .cast_vote(&task, "p10", &vote("beta", VoteChoice::Accept, 7))
+            .cast_vote(&task, "p10", &vote(&beta, VoteChoice::Accept, 7))
             .await
             .unwrap(),
         CastOutcome::Recorded,
@@ -414,7 +438,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     for bad in ["p12", "p0", "p01", "p", "", "x1", "p1:votes", "p1 ", "P1"] {
         assert_eq!(
             store
-                .cast_vote(&task, bad, &vote("beta", VoteChoice::Accept, 1))
+                .cast_vote(&task, bad, &vote(&beta, VoteChoice::Accept, 1))
                 .await
                 .unwrap(),
             CastOutcome::UnknownProposal,
@@ -422,7 +446,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
         );
         assert_eq!(
             store
-                .resolve_proposal(&task, bad, &resolution("alpha", "n"))
+                .resolve_proposal(&task, bad, &resolution(&alpha, "n"))
                 .await
                 .unwrap(),
             ResolveOutcome::UnknownProposal,
@@ -437,17 +461,17 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
 
     assert_eq!(
         store
-            .resolve_proposal(&task, "p3", &resolution("alpha", "merged into p11"))
+            .resolve_proposal(&task, "p3", &resolution(&alpha, "merged into p11"))
             .await
             .unwrap(),
         ResolveOutcome::Resolved
     );
     assert_eq!(
         store
-            .resolve_proposal(&task, "p3", &resolution("beta", "withdrawn"))
+            .resolve_proposal(&task, "p3", &resolution(&beta, "withdrawn"))
             .await
             .unwrap(),
-        ResolveOutcome::AlreadyResolved(resolution("alpha", "merged into p11")),
+        ResolveOutcome::AlreadyResolved(resolution(&alpha, "merged into p11")),
         "resolve: only once"
     );
 
@@ -455,9 +479,9 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     let expected_p2 = Proposal {
         record: new("plan").with_id("p2".into()),
         votes: vec![
-            vote("gamma", VoteChoice::Abstain, 1),
-            vote("alpha", VoteChoice::Reject, 5),
-            vote("beta", VoteChoice::Accept, 5),
+            vote(&gamma, VoteChoice::Abstain, 1),
+            vote(&alpha, VoteChoice::Reject, 5),
+            vote(&beta, VoteChoice::Accept, 5),
         ],
     };
     assert_eq!(
@@ -478,12 +502,12 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     assert_eq!(all[1], expected_p2, "proposals: p2 with its votes");
     assert_eq!(
         all[2].record.resolution,
-        Some(resolution("alpha", "merged into p11")),
+        Some(resolution(&alpha, "merged into p11")),
         "proposals: the resolution is stored"
     );
     assert_eq!(
         all[9].votes,
-        [vote("beta", VoteChoice::Accept, 7)],
+        [vote(&beta, VoteChoice::Accept, 7)],
         "proposals: p10's votes"
     );
     assert!(
@@ -495,153 +519,127 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     );
 }
 
-pub async fn coordination_ids_are_rejected(store: &dyn StateStore) {
-    fn kind_of(err: StateError) -> &'static str {
-        match err {
-            StateError::InvalidId { kind, .. } => kind,
-            other => panic!("coordination ids: expected InvalidId, got {other:?}"),
-        }
+/// Ids are exact keys here too: tasks whose ids differ only in case or in `.`, `_` and `-`
+/// have separate boards, message logs and proposal sequences, agents whose ids differ so
+/// have separate receive cursors and votes, and the longest ids come back exactly as given.
+pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
+    let tasks: Vec<TaskId> = look_alikes("exact").iter().map(|id| task(id)).collect();
+    let agents: Vec<AgentId> = look_alikes("exact").iter().map(|id| agent(id)).collect();
+    for (i, (task, author)) in tasks.iter().zip(&agents).enumerate() {
+        let n = i.to_string();
+        store
+            .board_write(task, Section::Progress, "status", &n)
+            .await
+            .unwrap();
+        store
+            .send_message(task, &message(author, None, &n))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .propose(task, &proposal(author, &agents))
+                .await
+                .unwrap(),
+            "p1",
+            "exact keys: task `{task}` continues another task's proposal ids"
+        );
     }
-    let good = unique("coord-ids");
-    let required = ["alpha".to_string()];
-    for bad in ["", "a:b", "has space", "tab\t"] {
-        let bad_required = [bad.to_string()];
-        let results: Vec<(&str, &str, Result<(), StateError>)> = vec![
-            (
-                "board_write",
-                "task",
-                store
-                    .board_write(bad, Section::Problem, "k", "v")
-                    .await
-                    .map(drop),
-            ),
-            (
-                "board_read",
-                "task",
-                store.board_read(bad, Section::Problem, "k").await.map(drop),
-            ),
-            (
-                "board_entries",
-                "task",
-                store.board_entries(bad, Section::Problem).await.map(drop),
-            ),
-            (
-                "send_message task",
-                "task",
-                store
-                    .send_message(bad, &message("alpha", None, "x"))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "send_message sender",
-                "agent",
-                store
-                    .send_message(&good, &message(bad, None, "x"))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "send_message recipient",
-                "agent",
-                store
-                    .send_message(&good, &message("alpha", Some(bad), "x"))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "receive_messages task",
-                "task",
-                store.receive_messages(bad, "alpha", 1).await.map(drop),
-            ),
-            (
-                "receive_messages agent",
-                "agent",
-                store.receive_messages(&good, bad, 1).await.map(drop),
-            ),
-            ("messages", "task", store.messages(bad).await.map(drop)),
-            (
-                "propose task",
-                "task",
-                store
-                    .propose(bad, &proposal("alpha", &required))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "propose proposer",
-                "agent",
-                store
-                    .propose(&good, &proposal(bad, &required))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "propose required",
-                "agent",
-                store
-                    .propose(&good, &proposal("alpha", &bad_required))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "cast_vote task",
-                "task",
-                store
-                    .cast_vote(bad, "p1", &vote("alpha", VoteChoice::Accept, 0))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "cast_vote agent",
-                "agent",
-                store
-                    .cast_vote(&good, "p1", &vote(bad, VoteChoice::Accept, 0))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "resolve_proposal task",
-                "task",
-                store
-                    .resolve_proposal(bad, "p1", &resolution("alpha", "n"))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "resolve_proposal by",
-                "agent",
-                store
-                    .resolve_proposal(&good, "p1", &resolution(bad, "n"))
-                    .await
-                    .map(drop),
-            ),
-            (
-                "proposal",
-                "task",
-                store.proposal(bad, "p1").await.map(drop),
-            ),
-            ("proposals", "task", store.proposals(bad).await.map(drop)),
-        ];
-        for (op, kind, result) in results {
-            let err = result.expect_err(&format!("coordination ids: {op} accepted `{bad}`"));
-            assert_eq!(kind_of(err), kind, "coordination ids: {op} with `{bad}`");
-        }
+    for (i, (task, author)) in tasks.iter().zip(&agents).enumerate() {
+        let n = i.to_string();
+        assert_eq!(
+            store
+                .board_read(task, Section::Progress, "status")
+                .await
+                .unwrap(),
+            Some(n.clone()),
+            "exact keys: task `{task}` reads another task's board"
+        );
+        assert_eq!(
+            store.messages(task).await.unwrap(),
+            [message(author, None, &n).with_id(1)],
+            "exact keys: task `{task}` reads another task's messages"
+        );
+        assert_eq!(
+            store.proposals(task).await.unwrap(),
+            [Proposal {
+                record: proposal(author, &agents).with_id("p1".into()),
+                votes: Vec::new(),
+            }],
+            "exact keys: task `{task}` reads another task's proposals"
+        );
     }
-    // Nothing was written under the good task by the rejected calls.
-    assert!(store.messages(&good).await.unwrap().is_empty());
-    assert!(store.proposals(&good).await.unwrap().is_empty());
+
+    // One task, look-alike agents: each has its own cursor, deliveries and vote.
+    let room = unique_task("exact-room");
+    let sender = agent("sender");
+    store
+        .send_message(&room, &message(&sender, None, "to all"))
+        .await
+        .unwrap();
+    for (i, agent) in agents.iter().enumerate() {
+        store
+            .send_message(&room, &message(&sender, Some(agent), &format!("to {i}")))
+            .await
+            .unwrap();
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        let bodies: Vec<String> = store
+            .receive_messages(&room, agent, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(
+            bodies,
+            ["to all".to_string(), format!("to {i}")],
+            "exact keys: agent `{agent}` shares another agent's cursor or messages"
+        );
+    }
+    assert_eq!(
+        store
+            .propose(&room, &proposal(&sender, &agents))
+            .await
+            .unwrap(),
+        "p1"
+    );
+    let votes: Vec<Vote> = (0u64..)
+        .zip(&agents)
+        .map(|(at_ms, agent)| vote(agent, VoteChoice::Accept, at_ms))
+        .collect();
+    for v in &votes {
+        assert_eq!(
+            store.cast_vote(&room, "p1", v).await.unwrap(),
+            CastOutcome::Recorded,
+            "exact keys: agent `{}`'s vote was taken for another agent's",
+            v.agent
+        );
+    }
+    let p1 = store
+        .proposal(&room, "p1")
+        .await
+        .unwrap()
+        .expect("exact keys: the proposal is gone");
+    assert_eq!(p1.votes, votes, "exact keys: every look-alike's vote");
+    assert_eq!(
+        p1.record.required, agents,
+        "exact keys: the required agents as given"
+    );
+    assert!(
+        p1.tally().reached,
+        "exact keys: every required agent accepted"
+    );
 }
 
 /// 4 tasks × 50 `send_message` on one task: ids 1..=200, no gap or duplicate, and each
 /// sender's messages in the order it sent them.
 pub async fn concurrent_sends(store: Arc<dyn StateStore>) {
-    let task = unique("concurrent-send");
+    let task = unique_task("concurrent-send");
     let senders: Vec<_> = (0..4)
         .map(|s| {
             let (store, task) = (Arc::clone(&store), task.clone());
             tokio::spawn(async move {
-                let sender = format!("sender-{s}");
+                let sender = agent(&format!("sender-{s}"));
                 let mut ids = Vec::new();
                 for n in 0..50 {
                     let body = n.to_string();
@@ -678,7 +676,7 @@ pub async fn concurrent_sends(store: Arc<dyn StateStore>) {
         "concurrent_sends: the log's ids"
     );
     for s in 0..4 {
-        let sender = format!("sender-{s}");
+        let sender = agent(&format!("sender-{s}"));
         let bodies: Vec<String> = log
             .iter()
             .filter(|m| m.sender == sender)
@@ -691,14 +689,15 @@ pub async fn concurrent_sends(store: Arc<dyn StateStore>) {
 
 /// Four concurrent receivers of one agent: every message for it is delivered exactly once.
 pub async fn concurrent_receives(store: Arc<dyn StateStore>) {
-    let task = unique("concurrent-receive");
+    let task = unique_task("concurrent-receive");
+    let [alpha, reader, someone_else] = agents(["alpha", "reader", "someone-else"]);
     let mut for_reader = BTreeSet::new();
     for n in 0..120u32 {
         let (sender, recipient) = match n % 4 {
-            0 => ("alpha", None),
-            1 => ("alpha", Some("reader")),
-            2 => ("alpha", Some("someone-else")),
-            _ => ("reader", None),
+            0 => (&alpha, None),
+            1 => (&alpha, Some(&reader)),
+            2 => (&alpha, Some(&someone_else)),
+            _ => (&reader, None),
         };
         let id = store
             .send_message(&task, &message(sender, recipient, &n.to_string()))
@@ -710,11 +709,11 @@ pub async fn concurrent_receives(store: Arc<dyn StateStore>) {
     }
     let receivers: Vec<_> = (0..4)
         .map(|_| {
-            let (store, task) = (Arc::clone(&store), task.clone());
+            let (store, task, reader) = (Arc::clone(&store), task.clone(), reader.clone());
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 loop {
-                    let batch = store.receive_messages(&task, "reader", 3).await.unwrap();
+                    let batch = store.receive_messages(&task, &reader, 3).await.unwrap();
                     if batch.is_empty() {
                         return got;
                     }

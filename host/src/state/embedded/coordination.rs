@@ -10,15 +10,17 @@
 //! multi-statement reads run in a deferred transaction, so they see one snapshot.
 
 use async_trait::async_trait;
+
+use crate::id::{AgentId, TaskId};
 use rusqlite::{Connection, params};
 
 use super::{Access, EmbeddedState, OpResult, get, hget, hset, now_ms, range, set};
 use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
-    Resolution, ResolveOutcome, Section, Vote, decode, encode, keys, proposal_id, proposal_number,
-    sort_votes, validate_ids, validate_message, validate_proposal,
+    Resolution, ResolveOutcome, Section, Vote, keys, proposal_id, proposal_number, sort_votes,
 };
+use crate::state::{decode, encode};
 
 /// A stored number that does not parse.
 fn not_a_number(key: &str, field: Option<&str>, value: &str) -> StateError {
@@ -38,7 +40,7 @@ fn hgetall(conn: &Connection, key: &str) -> OpResult<Vec<(String, String)>> {
 }
 
 /// The votes of a proposal, in [`sort_votes`] order.
-fn votes(conn: &Connection, task: &str, proposal: &str) -> OpResult<Vec<Vote>> {
+fn votes(conn: &Connection, task: &TaskId, proposal: &str) -> OpResult<Vec<Vote>> {
     let key = keys::votes(task, proposal);
     let mut votes = hgetall(conn, &key)?
         .into_iter()
@@ -49,7 +51,7 @@ fn votes(conn: &Connection, task: &str, proposal: &str) -> OpResult<Vec<Vote>> {
 }
 
 /// A proposal with its votes, if it exists.
-fn proposal(conn: &Connection, task: &str, id: &str) -> OpResult<Option<Proposal>> {
+fn proposal(conn: &Connection, task: &TaskId, id: &str) -> OpResult<Option<Proposal>> {
     let key = keys::proposals(task);
     let Some(json) = hget(conn, &key, id)? else {
         return Ok(None);
@@ -67,7 +69,7 @@ fn append(conn: &Connection, log: &str, mut message: Message) -> OpResult<u64> {
     let idx: i64 = stmt.query_row(params![log], |row| row.get(0))?;
     message.id = u64::try_from(idx).map_err(|_| not_a_number(log, None, &idx.to_string()))? + 1;
     conn.prepare_cached("INSERT INTO lists (key, idx, value) VALUES (?1, ?2, ?3)")?
-        .execute(params![log, idx, encode(&message)])?;
+        .execute(params![log, idx, encode(log, &message)?])?;
     Ok(message.id)
 }
 
@@ -76,7 +78,7 @@ fn receive(
     conn: &Connection,
     log: &str,
     cursors: &str,
-    agent: &str,
+    agent: &AgentId,
     limit: usize,
 ) -> OpResult<Vec<Message>> {
     let cursor = match hget(conn, cursors, agent)? {
@@ -111,7 +113,7 @@ fn receive(
 }
 
 /// `INCR blackboard:{task}:proposal_seq` and `HSET` of the record under the new id.
-fn open_proposal(conn: &Connection, task: &str, mut record: ProposalRecord) -> OpResult<String> {
+fn open_proposal(conn: &Connection, task: &TaskId, mut record: ProposalRecord) -> OpResult<String> {
     let seq_key = keys::proposal_seq(task);
     let seq = match get(conn, &seq_key, now_ms())? {
         None => 0,
@@ -122,7 +124,12 @@ fn open_proposal(conn: &Connection, task: &str, mut record: ProposalRecord) -> O
     let n = seq.saturating_add(1);
     set(conn, &seq_key, &n.to_string(), None)?;
     record.id = proposal_id(n);
-    hset(conn, &keys::proposals(task), &record.id, &encode(&record))?;
+    hset(
+        conn,
+        &keys::proposals(task),
+        &record.id,
+        &encode(&keys::proposals(task), &record)?,
+    )?;
     Ok(record.id)
 }
 
@@ -130,12 +137,11 @@ fn open_proposal(conn: &Connection, task: &str, mut record: ProposalRecord) -> O
 impl Coordination for EmbeddedState {
     async fn board_write(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
         value: &str,
     ) -> Result<(), StateError> {
-        validate_ids(task, None)?;
         let (hash, field, value) = (
             keys::section(task, section),
             key.to_string(),
@@ -147,11 +153,10 @@ impl Coordination for EmbeddedState {
 
     async fn board_read(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
     ) -> Result<Option<String>, StateError> {
-        validate_ids(task, None)?;
         let (hash, field) = (keys::section(task, section), key.to_string());
         self.run(Access::Read, move |conn| hget(conn, &hash, &field))
             .await
@@ -159,17 +164,19 @@ impl Coordination for EmbeddedState {
 
     async fn board_entries(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
     ) -> Result<Vec<(String, String)>, StateError> {
-        validate_ids(task, None)?;
         let hash = keys::section(task, section);
         self.run(Access::Read, move |conn| hgetall(conn, &hash))
             .await
     }
 
-    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
-        validate_message(task, message)?;
+    async fn send_message(
+        &self,
+        task: &TaskId,
+        message: &NewMessage<'_>,
+    ) -> Result<u64, StateError> {
         let log = keys::message_log(task);
         // The id is assigned inside the transaction.
         let message = message.with_id(0);
@@ -178,25 +185,23 @@ impl Coordination for EmbeddedState {
 
     async fn receive_messages(
         &self,
-        task: &str,
-        agent: &str,
+        task: &TaskId,
+        agent: &AgentId,
         limit: usize,
     ) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, Some(agent))?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         let (log, cursors, agent) = (
             keys::message_log(task),
             keys::message_cursors(task),
-            agent.to_string(),
+            agent.clone(),
         );
         self.run_tx(move |conn| receive(conn, &log, &cursors, &agent, limit))
             .await
     }
 
-    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, None)?;
+    async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         let log = keys::message_log(task);
         self.run(Access::Read, move |conn| {
             range(conn, &log, -1)?
@@ -207,9 +212,12 @@ impl Coordination for EmbeddedState {
         .await
     }
 
-    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
-        validate_proposal(task, proposal)?;
-        let task = task.to_string();
+    async fn propose(
+        &self,
+        task: &TaskId,
+        proposal: &NewProposal<'_>,
+    ) -> Result<String, StateError> {
+        let task = task.clone();
         // The id is assigned inside the transaction.
         let record = proposal.with_id(String::new());
         self.run_tx(move |conn| open_proposal(conn, &task, record))
@@ -218,11 +226,10 @@ impl Coordination for EmbeddedState {
 
     async fn cast_vote(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
     ) -> Result<CastOutcome, StateError> {
-        validate_ids(task, Some(&vote.agent))?;
         if proposal_number(proposal_id).is_none() {
             return Ok(CastOutcome::UnknownProposal);
         }
@@ -236,7 +243,7 @@ impl Coordination for EmbeddedState {
             if let Some(first) = hget(conn, &votes, &vote.agent)? {
                 return Ok(CastOutcome::AlreadyVoted(decode(&votes, &first)?));
             }
-            hset(conn, &votes, &vote.agent, &encode(&vote))?;
+            hset(conn, &votes, &vote.agent, &encode(&votes, &vote)?)?;
             Ok(CastOutcome::Recorded)
         })
         .await
@@ -244,11 +251,10 @@ impl Coordination for EmbeddedState {
 
     async fn resolve_proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError> {
-        validate_ids(task, Some(&resolution.by))?;
         if proposal_number(proposal_id).is_none() {
             return Ok(ResolveOutcome::UnknownProposal);
         }
@@ -263,7 +269,7 @@ impl Coordination for EmbeddedState {
                 return Ok(ResolveOutcome::AlreadyResolved(first));
             }
             record.resolution = Some(resolution);
-            hset(conn, &proposals, &id, &encode(&record))?;
+            hset(conn, &proposals, &id, &encode(&proposals, &record)?)?;
             Ok(ResolveOutcome::Resolved)
         })
         .await
@@ -271,14 +277,13 @@ impl Coordination for EmbeddedState {
 
     async fn proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
     ) -> Result<Option<Proposal>, StateError> {
-        validate_ids(task, None)?;
         if proposal_number(proposal_id).is_none() {
             return Ok(None);
         }
-        let (task, id) = (task.to_string(), proposal_id.to_string());
+        let (task, id) = (task.clone(), proposal_id.to_string());
         self.run(Access::Read, move |conn| {
             let tx = conn.transaction()?;
             let found = proposal(&tx, &task, &id)?;
@@ -288,9 +293,8 @@ impl Coordination for EmbeddedState {
         .await
     }
 
-    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
-        validate_ids(task, None)?;
-        let task = task.to_string();
+    async fn proposals(&self, task: &TaskId) -> Result<Vec<Proposal>, StateError> {
+        let task = task.clone();
         self.run(Access::Read, move |conn| {
             let tx = conn.transaction()?;
             let key = keys::proposals(&task);
@@ -322,7 +326,6 @@ impl Coordination for EmbeddedState {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;
 
@@ -342,7 +345,8 @@ mod tests {
             .map(|i| {
                 let store = Arc::clone(&handles[i % 2]);
                 tokio::spawn(async move {
-                    let sender = format!("sender-{i}");
+                    let sender = AgentId::new(&format!("sender-{i}")).unwrap();
+                    let task = TaskId::new("t").unwrap();
                     let mut ids = Vec::new();
                     for _ in 0..25 {
                         let message = NewMessage {
@@ -352,7 +356,7 @@ mod tests {
                             body: "b",
                             sent_at_ms: 0,
                         };
-                        ids.push(store.send_message("t", &message).await.unwrap());
+                        ids.push(store.send_message(&task, &message).await.unwrap());
                     }
                     ids
                 })
@@ -370,8 +374,10 @@ mod tests {
                 let store = Arc::clone(&handles[i % 2]);
                 tokio::spawn(async move {
                     let mut got = Vec::new();
+                    let (task, reader) =
+                        (TaskId::new("t").unwrap(), AgentId::new("reader").unwrap());
                     loop {
-                        let batch = store.receive_messages("t", "reader", 3).await.unwrap();
+                        let batch = store.receive_messages(&task, &reader, 3).await.unwrap();
                         if batch.is_empty() {
                             return got;
                         }

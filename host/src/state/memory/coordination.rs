@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 
+use crate::id::{AgentId, TaskId};
+
 use super::MemoryState;
 use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
     Resolution, ResolveOutcome, Section, Vote, proposal_id, proposal_number, sort_votes,
-    validate_ids, validate_message, validate_proposal,
 };
 
 /// Everything under `blackboard:{task}:` and `msg:{task}:`.
@@ -68,7 +69,7 @@ fn proposal_index(id: &str) -> Option<usize> {
 
 /// The messages of `log` after `cursor` that are for `agent`, at most `limit`, and the
 /// cursor after them: the last one picked when `limit` is reached, else the end of the log.
-fn pick(log: &[Message], cursor: u64, agent: &str, limit: usize) -> (Vec<Message>, u64) {
+fn pick(log: &[Message], cursor: u64, agent: &AgentId, limit: usize) -> (Vec<Message>, u64) {
     let start = usize::try_from(cursor).unwrap_or(usize::MAX).min(log.len());
     let mut picked = Vec::new();
     let mut last = cursor;
@@ -85,13 +86,13 @@ fn pick(log: &[Message], cursor: u64, agent: &str, limit: usize) -> (Vec<Message
 }
 
 impl MemoryState {
-    /// Run `f` on the task's board if it has one. The caller validated `task`.
-    fn board<R>(&self, task: &str, f: impl FnOnce(&Board) -> R) -> Option<R> {
-        self.inner.lock().boards.get(task).map(f)
+    /// Run `f` on the task's board if it has one.
+    fn board<R>(&self, task: &TaskId, f: impl FnOnce(&Board) -> R) -> Option<R> {
+        self.inner.lock().boards.get(task.as_str()).map(f)
     }
 
-    /// Run `f` on the task's board, creating it if absent. The caller validated `task`.
-    fn board_mut<R>(&self, task: &str, f: impl FnOnce(&mut Board) -> R) -> R {
+    /// Run `f` on the task's board, creating it if absent.
+    fn board_mut<R>(&self, task: &TaskId, f: impl FnOnce(&mut Board) -> R) -> R {
         super::upsert(&mut self.inner.lock().boards, task, f)
     }
 }
@@ -100,12 +101,11 @@ impl MemoryState {
 impl Coordination for MemoryState {
     async fn board_write(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
         value: &str,
     ) -> Result<(), StateError> {
-        validate_ids(task, None)?;
         let value = value.to_string();
         self.board_mut(task, |b| {
             let entries = b.sections.entry(section).or_default();
@@ -121,11 +121,10 @@ impl Coordination for MemoryState {
 
     async fn board_read(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
     ) -> Result<Option<String>, StateError> {
-        validate_ids(task, None)?;
         Ok(self
             .board(task, |b| b.sections.get(&section)?.get(key).cloned())
             .flatten())
@@ -133,10 +132,9 @@ impl Coordination for MemoryState {
 
     async fn board_entries(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
     ) -> Result<Vec<(String, String)>, StateError> {
-        validate_ids(task, None)?;
         Ok(self
             .board(task, |b| {
                 b.sections
@@ -152,8 +150,11 @@ impl Coordination for MemoryState {
             .unwrap_or_default())
     }
 
-    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
-        validate_message(task, message)?;
+    async fn send_message(
+        &self,
+        task: &TaskId,
+        message: &NewMessage<'_>,
+    ) -> Result<u64, StateError> {
         Ok(self.board_mut(task, |b| {
             let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
             b.log.push(message.with_id(id));
@@ -163,23 +164,22 @@ impl Coordination for MemoryState {
 
     async fn receive_messages(
         &self,
-        task: &str,
-        agent: &str,
+        task: &TaskId,
+        agent: &AgentId,
         limit: usize,
     ) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, Some(agent))?;
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut data = self.inner.lock();
         // No board, no messages: reading must not create one.
-        let Some(board) = data.boards.get_mut(task) else {
+        let Some(board) = data.boards.get_mut(task.as_str()) else {
             return Ok(Vec::new());
         };
-        let cursor = board.cursors.get(agent).copied().unwrap_or(0);
+        let cursor = board.cursors.get(agent.as_str()).copied().unwrap_or(0);
         let (picked, last) = pick(&board.log, cursor, agent, limit);
         if last != cursor {
-            match board.cursors.get_mut(agent) {
+            match board.cursors.get_mut(agent.as_str()) {
                 Some(slot) => *slot = last,
                 None => {
                     board.cursors.insert(agent.to_string(), last);
@@ -189,13 +189,15 @@ impl Coordination for MemoryState {
         Ok(picked)
     }
 
-    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, None)?;
+    async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         Ok(self.board(task, |b| b.log.clone()).unwrap_or_default())
     }
 
-    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
-        validate_proposal(task, proposal)?;
+    async fn propose(
+        &self,
+        task: &TaskId,
+        proposal: &NewProposal<'_>,
+    ) -> Result<String, StateError> {
         Ok(self.board_mut(task, |b| {
             let n = u64::try_from(b.proposals.len()).unwrap_or(u64::MAX - 1) + 1;
             let id = proposal_id(n);
@@ -209,15 +211,14 @@ impl Coordination for MemoryState {
 
     async fn cast_vote(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
     ) -> Result<CastOutcome, StateError> {
-        validate_ids(task, Some(&vote.agent))?;
         let mut data = self.inner.lock();
         let Some(stored) = data
             .boards
-            .get_mut(task)
+            .get_mut(task.as_str())
             .and_then(|b| b.stored_mut(proposal_id))
         else {
             return Ok(CastOutcome::UnknownProposal);
@@ -231,15 +232,14 @@ impl Coordination for MemoryState {
 
     async fn resolve_proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError> {
-        validate_ids(task, Some(&resolution.by))?;
         let mut data = self.inner.lock();
         let Some(stored) = data
             .boards
-            .get_mut(task)
+            .get_mut(task.as_str())
             .and_then(|b| b.stored_mut(proposal_id))
         else {
             return Ok(ResolveOutcome::UnknownProposal);
@@ -253,17 +253,15 @@ impl Coordination for MemoryState {
 
     async fn proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
     ) -> Result<Option<Proposal>, StateError> {
-        validate_ids(task, None)?;
         Ok(self
             .board(task, |b| b.stored(proposal_id).map(Stored::proposal))
             .flatten())
     }
 
-    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
-        validate_ids(task, None)?;
+    async fn proposals(&self, task: &TaskId) -> Result<Vec<Proposal>, StateError> {
         Ok(self
             .board(task, |b| b.proposals.iter().map(Stored::proposal).collect())
             .unwrap_or_default())
@@ -271,51 +269,61 @@ impl Coordination for MemoryState {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::state::coordination::{NewMessage, Resolution, Section, Vote, VoteChoice};
+    use crate::state::test_values::{agent, task};
     use crate::state::{Coordination, MemoryState};
 
     /// Reads, and writes that change nothing, must not create boards.
     #[tokio::test]
     async fn reads_do_not_create_boards() {
         let store = MemoryState::new();
-        store.board_read("t", Section::Problem, "k").await.unwrap();
-        store.board_entries("t", Section::Problem).await.unwrap();
-        store.receive_messages("t", "a", 10).await.unwrap();
-        store.messages("t").await.unwrap();
+        store
+            .board_read(&task("t"), Section::Problem, "k")
+            .await
+            .unwrap();
+        store
+            .board_entries(&task("t"), Section::Problem)
+            .await
+            .unwrap();
+        store
+            .receive_messages(&task("t"), &agent("a"), 10)
+            .await
+            .unwrap();
+        store.messages(&task("t")).await.unwrap();
         let vote = Vote {
-            agent: "a".into(),
+            agent: agent("a"),
             choice: VoteChoice::Accept,
             reasoning: String::new(),
             at_ms: 0,
         };
-        store.cast_vote("t", "p1", &vote).await.unwrap();
+        store.cast_vote(&task("t"), "p1", &vote).await.unwrap();
         let resolution = Resolution {
-            by: "a".into(),
+            by: agent("a"),
             note: String::new(),
             at_ms: 0,
         };
         store
-            .resolve_proposal("t", "p1", &resolution)
+            .resolve_proposal(&task("t"), "p1", &resolution)
             .await
             .unwrap();
-        store.proposal("t", "p1").await.unwrap();
-        store.proposals("t").await.unwrap();
+        store.proposal(&task("t"), "p1").await.unwrap();
+        store.proposals(&task("t")).await.unwrap();
         assert!(store.inner.lock().boards.is_empty());
 
         // A receive moves the cursor past what is not for the agent; limit 0 touches nothing.
+        let a = agent("a");
         let message = NewMessage {
-            sender: "a",
+            sender: &a,
             recipient: None,
             kind: "K",
             body: "b",
             sent_at_ms: 0,
         };
-        store.send_message("t", &message).await.unwrap();
+        store.send_message(&task("t"), &message).await.unwrap();
         assert!(
             store
-                .receive_messages("t", "a", 10)
+                .receive_messages(&task("t"), &agent("a"), 10)
                 .await
                 .unwrap()
                 .is_empty()
@@ -323,7 +331,7 @@ mod tests {
         assert_eq!(store.inner.lock().boards["t"].cursors["a"], 1);
         assert!(
             store
-                .receive_messages("t", "b", 0)
+                .receive_messages(&task("t"), &agent("b"), 0)
                 .await
                 .unwrap()
                 .is_empty()

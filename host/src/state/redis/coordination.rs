@@ -25,15 +25,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+
+use crate::id::{AgentId, TaskId};
 use redis::{AsyncCommands, Script};
 
 use super::{BACKEND, RedisState};
 use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
-    Resolution, ResolveOutcome, Section, Vote, decode, encode, keys, proposal_number, sort_votes,
-    validate_ids, validate_message, validate_proposal,
+    Resolution, ResolveOutcome, Section, Vote, keys, proposal_number, sort_votes,
 };
+use crate::state::{decode, encode};
 
 /// `KEYS[1]` log. `ARGV[1]`: the message's JSON after `{"id":<id>`. Returns the id.
 const SEND_LUA: &str = r#"
@@ -158,12 +160,11 @@ fn votes_of(key: &str, fields: HashMap<String, String>) -> Result<Vec<Vote>, Sta
 impl Coordination for RedisState {
     async fn board_write(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
         value: &str,
     ) -> Result<(), StateError> {
-        validate_ids(task, None)?;
         let hash = keys::section(task, section);
         self.guarded("HSET", &hash, |mut c| {
             let hash = &hash;
@@ -174,11 +175,10 @@ impl Coordination for RedisState {
 
     async fn board_read(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
         key: &str,
     ) -> Result<Option<String>, StateError> {
-        validate_ids(task, None)?;
         let hash = keys::section(task, section);
         self.guarded("HGET", &hash, |mut c| {
             let hash = &hash;
@@ -189,10 +189,9 @@ impl Coordination for RedisState {
 
     async fn board_entries(
         &self,
-        task: &str,
+        task: &TaskId,
         section: Section,
     ) -> Result<Vec<(String, String)>, StateError> {
-        validate_ids(task, None)?;
         let hash = keys::section(task, section);
         let entries: BTreeMap<String, String> = self
             .guarded("HGETALL", &hash, |mut c| {
@@ -203,10 +202,13 @@ impl Coordination for RedisState {
         Ok(entries.into_iter().collect())
     }
 
-    async fn send_message(&self, task: &str, message: &NewMessage<'_>) -> Result<u64, StateError> {
-        validate_message(task, message)?;
+    async fn send_message(
+        &self,
+        task: &TaskId,
+        message: &NewMessage<'_>,
+    ) -> Result<u64, StateError> {
         let log = keys::message_log(task);
-        let json = encode(&message.with_id(0));
+        let json = encode(&log, &message.with_id(0))?;
         let record = after_id(&log, &json, MESSAGE_PREFIX)?;
         self.guarded("send script on", &log, |mut c| {
             let (log, record) = (&log, &record);
@@ -217,11 +219,10 @@ impl Coordination for RedisState {
 
     async fn receive_messages(
         &self,
-        task: &str,
-        agent: &str,
+        task: &TaskId,
+        agent: &AgentId,
         limit: usize,
     ) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, Some(agent))?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -235,7 +236,7 @@ impl Coordination for RedisState {
                     RECEIVE
                         .key(log)
                         .key(cursors)
-                        .arg(agent)
+                        .arg(agent.as_str())
                         .arg(limit)
                         .invoke_async(&mut c)
                         .await
@@ -245,8 +246,7 @@ impl Coordination for RedisState {
         picked.iter().map(|json| decode(&log, json)).collect()
     }
 
-    async fn messages(&self, task: &str) -> Result<Vec<Message>, StateError> {
-        validate_ids(task, None)?;
+    async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         let log = keys::message_log(task);
         let stored: Vec<String> = self
             .guarded("LRANGE", &log, |mut c| {
@@ -257,10 +257,13 @@ impl Coordination for RedisState {
         stored.iter().map(|json| decode(&log, json)).collect()
     }
 
-    async fn propose(&self, task: &str, proposal: &NewProposal<'_>) -> Result<String, StateError> {
-        validate_proposal(task, proposal)?;
+    async fn propose(
+        &self,
+        task: &TaskId,
+        proposal: &NewProposal<'_>,
+    ) -> Result<String, StateError> {
         let proposals = keys::proposals(task);
-        let json = encode(&proposal.with_id(String::new()));
+        let json = encode(&proposals, &proposal.with_id(String::new()))?;
         let (seq, record) = (
             keys::proposal_seq(task),
             after_id(&proposals, &json, PROPOSAL_PREFIX)?,
@@ -281,16 +284,16 @@ impl Coordination for RedisState {
 
     async fn cast_vote(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
     ) -> Result<CastOutcome, StateError> {
-        validate_ids(task, Some(&vote.agent))?;
         if proposal_number(proposal_id).is_none() {
             return Ok(CastOutcome::UnknownProposal);
         }
         let votes = keys::votes(task, proposal_id);
-        let (proposals, encoded) = (keys::proposals(task), encode(vote));
+        let proposals = keys::proposals(task);
+        let encoded = encode(&proposals, vote)?;
         let (outcome, first): (i64, Option<String>) = self
             .guarded("cast script on", &votes, |mut c| {
                 let (proposals, votes, encoded) = (&proposals, &votes, &encoded);
@@ -298,7 +301,7 @@ impl Coordination for RedisState {
                     CAST.key(proposals)
                         .key(votes)
                         .arg(proposal_id)
-                        .arg(&vote.agent)
+                        .arg(vote.agent.as_str())
                         .arg(encoded)
                         .invoke_async(&mut c)
                         .await
@@ -321,11 +324,10 @@ impl Coordination for RedisState {
 
     async fn resolve_proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError> {
-        validate_ids(task, Some(&resolution.by))?;
         if proposal_number(proposal_id).is_none() {
             return Ok(ResolveOutcome::UnknownProposal);
         }
@@ -345,7 +347,7 @@ impl Coordination for RedisState {
                 return Ok(ResolveOutcome::AlreadyResolved(first));
             }
             record.resolution = Some(resolution.clone());
-            let updated = encode(&record);
+            let updated = encode(&proposals, &record)?;
             let (swapped, current): (i64, Option<String>) = self
                 .guarded("resolve script on", &proposals, |mut c| {
                     let (proposals, json, updated) = (&proposals, &json, &updated);
@@ -375,10 +377,9 @@ impl Coordination for RedisState {
 
     async fn proposal(
         &self,
-        task: &str,
+        task: &TaskId,
         proposal_id: &str,
     ) -> Result<Option<Proposal>, StateError> {
-        validate_ids(task, None)?;
         if proposal_number(proposal_id).is_none() {
             return Ok(None);
         }
@@ -404,8 +405,7 @@ impl Coordination for RedisState {
         }))
     }
 
-    async fn proposals(&self, task: &str) -> Result<Vec<Proposal>, StateError> {
-        validate_ids(task, None)?;
+    async fn proposals(&self, task: &TaskId) -> Result<Vec<Proposal>, StateError> {
         let proposals = keys::proposals(task);
         let stored: HashMap<String, String> = self
             .guarded("HGETALL", &proposals, |mut c| {
@@ -453,7 +453,6 @@ impl Coordination for RedisState {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -461,33 +460,37 @@ mod tests {
     /// store: the encoded record with its real id.
     #[test]
     fn scripts_splice_the_id_into_the_encoded_record() {
+        let (alpha, beta) = (
+            AgentId::new("alpha").unwrap(),
+            AgentId::new("beta").unwrap(),
+        );
         let message = NewMessage {
-            sender: "alpha",
-            recipient: Some("beta"),
+            sender: &alpha,
+            recipient: Some(&beta),
             kind: "FEEDBACK",
             body: "\"{\\\"id\\\":0}\" ünïcode",
             sent_at_ms: u64::MAX,
         };
-        let json = encode(&message.with_id(0));
+        let json = encode("k", &message.with_id(0)).unwrap();
         let tail = after_id("k", &json, MESSAGE_PREFIX).unwrap();
         assert_eq!(
             format!("{{\"id\":{}{tail}", 1234),
-            encode(&message.with_id(1234))
+            encode("k", &message.with_id(1234)).unwrap()
         );
 
-        let required = ["alpha".to_string()];
+        let required = [alpha.clone()];
         let proposal = NewProposal {
-            proposer: "alpha",
+            proposer: &alpha,
             title: "t",
             body: "b",
             required: &required,
             created_at_ms: 7,
         };
-        let json = encode(&proposal.with_id(String::new()));
+        let json = encode("k", &proposal.with_id(String::new())).unwrap();
         let tail = after_id("k", &json, PROPOSAL_PREFIX).unwrap();
         assert_eq!(
             format!("{{\"id\":\"p12\"{tail}"),
-            encode(&proposal.with_id("p12".into()))
+            encode("k", &proposal.with_id("p12".into())).unwrap()
         );
         assert!(after_id("k", "{}", MESSAGE_PREFIX).is_err());
     }
