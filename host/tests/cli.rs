@@ -1,6 +1,9 @@
 //! The `warden` binary end to end: exit codes, `--json`, errors that say what would allow it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

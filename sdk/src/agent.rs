@@ -199,7 +199,7 @@ macro_rules! export_agent {
             }
 
             // The generated C-ABI entry points are the only unsafe code an agent contains.
-            #[allow(unsafe_code)]
+            #[expect(unsafe_code, reason = "the generated C-ABI entry points are the only unsafe code an agent contains")]
             const _: () = {
         $crate::bindings::export!(__WardenExport with_types_in $crate::bindings);
             };

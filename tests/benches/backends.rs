@@ -14,7 +14,10 @@
 //!
 //! Medians of several rounds: the machine is small and noisy.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

@@ -9,7 +9,10 @@
 //! 3. ledger appends/s vs raw rusqlite batched inserts at the same durability;
 //! 4. a full governed lifecycle of `hello`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

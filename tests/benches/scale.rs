@@ -6,7 +6,10 @@
 //! Peak memory is the process's high-water mark (`VmHWM`), read after the parallel rounds and
 //! before anything runs sequentially, so it includes the engine and the ledger.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,11 @@
 //! `wasm32-wasip2`; the suites read them from `WARDEN_AGENTS_DIR`, defaulting to
 //! `target/wasm32-wasip2/release`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a failure is a failed test, with the value in the message"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Several hosts, one fleet: two real `warden` processes sharing one real Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,6 +1,10 @@
 //! The tier gate at load (imports) and at call (every host function).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use serde_json::json;
 use warden::{RunOutcome, Tier};

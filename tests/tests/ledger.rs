@@ -1,7 +1,5 @@
 //! The audit ledger end to end: a real run's rows chain, and tampering is detected.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::json;
 use warden::Tier;
 use warden_tests::{packet, run};

@@ -1,8 +1,6 @@
 //! The host-owned lifecycle: order, checkpoints, the T0 stop, the approval gate and the
 //! BOOTSTRAP refusals.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::json;
 use warden::state::{LockOwner, Ttl};
 use warden::{AgentId, Phase, RunOutcome, Tier};

@@ -1,8 +1,6 @@
 //! Every automatic revocation trigger of the reference, operator revocation of a running
 //! agent, and what a revocation leaves behind.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;

@@ -1,8 +1,6 @@
 //! The security corpus: every rogue attempt is contained while a second agent in the same
 //! host finishes normally.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::json;
 use warden::{RunOutcome, Tier};
 use warden_tests::{agent, host, packet, violations};

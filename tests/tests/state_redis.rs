@@ -2,7 +2,10 @@
 //! what only a networked, shared store has (several hosts, round trips, publish/subscribe,
 //! dropped connections). Every test starts its own server, so they run in parallel.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::collections::HashMap;
 use std::sync::Arc;

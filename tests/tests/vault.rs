@@ -4,7 +4,10 @@
 //! Tokens are never exposed by the backend; the tests recover them from the server's raw
 //! audit log to call Vault directly, as an attacker holding a leaked token would.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -152,7 +152,6 @@ pub fn latest_per_name(refs: impl IntoIterator<Item = ArtifactRef>) -> Vec<Artif
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

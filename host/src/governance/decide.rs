@@ -156,19 +156,22 @@ mod tests {
         }
     }
 
-    /// One row per rule: tier, interface, resource, scope, forbidden → the kind refused.
+    /// Tier, interface, resource, scope, forbidden → the kind refused.
+    type Row<'a> = (
+        Tier,
+        Interface,
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        Option<ViolationKind>,
+    );
+
+    /// One row per rule.
     #[test]
     fn decisions() {
         let tiers = TierTable::builtin().expect("built-in tier table");
         let none: &[&str] = &[];
-        let rows: &[(
-            Tier,
-            Interface,
-            &str,
-            &[&str],
-            &[&str],
-            Option<ViolationKind>,
-        )] = &[
+        let rows: &[Row<'_>] = &[
             // The tier's grant.
             (
                 Tier::Observer,

@@ -515,7 +515,10 @@ impl State {
         self.insert(tx, Table::Promotions, &row.fields())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per column of the registration row"
+    )]
     fn register(
         &mut self,
         tx: &Transaction<'_>,

@@ -288,10 +288,7 @@ impl Driver {
             revoke(
                 &self.services,
                 &self.run,
-                RevocationReason {
-                    kind: kind.into(),
-                    details,
-                },
+                RevocationReason { kind, details },
                 "host",
             )
             .await;

@@ -287,7 +287,6 @@ pub(crate) fn excerpt(text: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

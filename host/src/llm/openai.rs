@@ -278,7 +278,6 @@ impl LlmProvider for OpenAiCompatible {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;

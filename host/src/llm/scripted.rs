@@ -231,7 +231,6 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

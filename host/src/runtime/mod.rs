@@ -137,7 +137,7 @@ impl Runtime {
         // are only written by `store_cached`, from components this engine compiled itself.
         // Wasmtime checks the engine version and configuration in the artifact header and
         // refuses a mismatch, in which case we recompile.
-        #[allow(unsafe_code)]
+        #[expect(unsafe_code, reason = "deserializing a compiled component; see SAFETY")]
         let loaded = unsafe { Component::deserialize_file(&self.engine, &path) };
         match loaded {
             Ok(component) => Some(component),

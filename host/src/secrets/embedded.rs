@@ -389,7 +389,6 @@ impl SecretSession for EmbeddedSession {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1205,7 +1205,6 @@ impl SecretSession for VaultSession {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

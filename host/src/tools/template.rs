@@ -145,7 +145,6 @@ fn parse_element(element: &str) -> Result<Element, String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
