@@ -21,51 +21,96 @@ pub enum Refusal {
     #[error(
         "UNKNOWN_AGENT: agent `{agent}` is not registered; register it with `warden agents register {agent} --tier <T0..T4> --component <file>`"
     )]
-    UnknownAgent { agent: String },
+    /// The agent is not in the ledger's agent registry.
+    UnknownAgent {
+        /// The agent id asked for.
+        agent: String,
+    },
     #[error(
         "AGENT_PREVIOUSLY_REVOKED: agent `{agent}` was revoked at {revoked_at} ({reason}); a revoked agent is refused at every bootstrap; give the task to a new agent id"
     )]
+    /// The agent has a revocation on record; revocation is permanent.
     PreviouslyRevoked {
+        /// The revoked agent.
         agent: String,
+        /// `KIND: details` of the recorded revocation, or why it cannot be read.
         reason: String,
+        /// When it was revoked, RFC 3339 (`an unknown time` when the record is unreadable).
         revoked_at: String,
     },
     #[error(
         "NO_INSTRUCTION_PACKET: agent `{agent}` has no instruction packet; submit one (`warden run <component> --packet <file>` or `Host::submit_packet`)"
     )]
-    NoInstructionPacket { agent: String },
+    /// No packet was submitted for the agent.
+    NoInstructionPacket {
+        /// The agent without a packet.
+        agent: String,
+    },
     #[error(
         "CANNOT_ACQUIRE_LOCK: agent `{agent}` is locked by `{holder}`; it may start when that run exits or its lock expires"
     )]
-    CannotAcquireLock { agent: String, holder: String },
+    /// Another run holds the agent's lock.
+    CannotAcquireLock {
+        /// The locked agent.
+        agent: String,
+        /// The lock's owner, `{host id}:{run id}`.
+        holder: String,
+    },
     #[error(
         "COMPONENT_MISMATCH: agent `{agent}` is registered to component `{registered}`, not `{offered}`; re-register the agent with the new component to bind it (the change is recorded)"
     )]
+    /// The component offered is not the one the agent is registered to.
     ComponentMismatch {
+        /// The agent being run.
         agent: String,
+        /// `sha256:<hex>` the agent is registered to.
         registered: String,
+        /// `sha256:<hex>` of the component offered.
         offered: String,
     },
     #[error(
         "IMPORT_ABOVE_TIER: agent `{agent}` imports `warden:agent/{interface}`, which tier {tier} does not grant; lowest tier granting it: {}",
         lowest.map_or("none".to_string(), |t| t.to_string())
     )]
+    /// The component imports a `warden:agent` interface its tier does not grant.
     ImportAboveTier {
+        /// The agent being run.
         agent: String,
+        /// The interface's short name (`secrets`), without `warden:agent/`.
         interface: String,
+        /// The agent's tier.
         tier: Tier,
+        /// The lowest tier that grants the interface; `None` if no tier does.
         lowest: Option<Tier>,
     },
     #[error(
         "UNKNOWN_IMPORT: agent `{agent}` imports `{import}`, which this host does not provide; agents may import only `warden:agent/*@0.1.0` and the WASI 0.2 interfaces of wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random and wasi:sockets (`warden compile` lists a component's imports)"
     )]
-    UnknownImport { agent: String, import: String },
+    /// The component imports an interface this host does not provide at all.
+    UnknownImport {
+        /// The agent being run.
+        agent: String,
+        /// The import's full name, as the component spells it.
+        import: String,
+    },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
-    InvalidPacket { agent: String, reason: String },
+    /// The stored packet cannot be read or is addressed to another agent.
+    InvalidPacket {
+        /// The agent being run.
+        agent: String,
+        /// What is wrong with the packet.
+        reason: String,
+    },
     #[error(
         "STATE_UNAVAILABLE: agent `{agent}` cannot bootstrap: {reason}; no phase runs without the agent's lock, so run it again once the state store answers"
     )]
-    StateUnavailable { agent: String, reason: String },
+    /// The state store failed while bootstrapping (lock, packet or revocation lookup).
+    StateUnavailable {
+        /// The agent being run.
+        agent: String,
+        /// The state store's error.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -88,37 +133,64 @@ impl Refusal {
 /// Any error of the host library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A run was refused at BOOTSTRAP.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// An agent or task id is malformed.
     #[error(transparent)]
     Id(#[from] IdError),
+    /// An instruction packet is malformed.
     #[error(transparent)]
     Packet(#[from] PacketError),
+    /// The tier table is malformed.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A component cannot be read or compiled, or the engine cannot be set up.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The state store failed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The secrets backend failed.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The LLM provider failed or is misconfigured.
     #[error(transparent)]
     Llm(#[from] LlmError),
+    /// A tool registry cannot be loaded, or a tool call failed.
     #[error(transparent)]
     Tools(#[from] ToolsError),
+    /// The artifact blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The sandbox (linker, tier wiring) of an agent cannot be prepared.
     #[error("cannot prepare the sandbox of agent `{agent}`: {message}")]
-    Sandbox { agent: String, message: String },
+    Sandbox {
+        /// The agent whose sandbox failed.
+        agent: String,
+        /// What failed.
+        message: String,
+    },
+    /// A file or directory cannot be read or written.
     #[error("cannot use `{path}`: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// A configuration file or setting is invalid.
     #[error("configuration {origin} is invalid: {message}")]
-    Config { origin: String, message: String },
+    Config {
+        /// Where the setting came from, in backticks (`` `warden.toml` ``, `` `[vault]` ``).
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A request that cannot be served as asked (an argument, an operation on a revoked agent).
     #[error("{0}")]
     Invalid(String),
 }

@@ -28,6 +28,8 @@
 //! packets, handoffs), [`ledger`], [`state`], [`secrets`], [`llm`], [`tools`], [`artifacts`]
 //! (backends behind small traits), and the host itself ([`Host`], [`HostBuilder`]).
 
+#![warn(missing_docs)]
+
 pub mod artifacts;
 mod bindings;
 pub mod breaker;
@@ -51,7 +53,7 @@ pub mod pattern;
 mod phase;
 pub mod policy;
 mod report;
-pub mod runtime;
+mod runtime;
 mod sandbox;
 pub mod secrets;
 pub mod state;
@@ -60,6 +62,7 @@ pub mod tools;
 
 pub use context::CallDurability;
 pub use error::{Error, Refusal};
+pub use runtime::ComponentError;
 pub use host::{ComponentSummary, Host, HostBuilder};
 pub use id::{AgentId, IdError, TaskId};
 pub use packet::{ErrorBudget, Handoff, Packet};

@@ -74,12 +74,17 @@ pub const ORCHESTRATOR_ID: &str = "orchestrator";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawConditions")]
 pub struct SpawnConditions {
+    /// How often the conditions are checked (default 2 s); at least 1 ms.
     #[serde(serialize_with = "crate::duration::ser")]
     pub check_interval: Duration,
+    /// `STUCK`: a running agent inactive this long (default 30 s); at least 1 ms.
     #[serde(serialize_with = "crate::duration::ser")]
     pub stuck_after: Duration,
+    /// `CONFLICT`: this many proposals in conflict at once (default 3); at least 1.
     pub conflict_threshold: u32,
+    /// `COMPLEXITY`: a `problem/complexity` score strictly above this (default 0.8).
     pub complexity_threshold: f64,
+    /// `SUCCESS`: spawn the mediator to validate once every agent succeeded (default on).
     pub validate_on_success: bool,
 }
 
@@ -172,13 +177,18 @@ impl SpawnConditions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SpawnReason {
+    /// A running agent was inactive for [`SpawnConditions::stuck_after`].
     Stuck,
+    /// [`SpawnConditions::conflict_threshold`] proposals were in conflict.
     Conflict,
+    /// The task's complexity score was above [`SpawnConditions::complexity_threshold`].
     Complexity,
+    /// Every agent succeeded and [`SpawnConditions::validate_on_success`] is set.
     Success,
 }
 
 impl SpawnReason {
+    /// The uppercase name written to the blackboard and the ledger (`STUCK`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             SpawnReason::Stuck => "STUCK",
@@ -198,7 +208,9 @@ impl fmt::Display for SpawnReason {
 /// A multi-agent task. Agents must be registered with their components.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
+    /// The task id, shared by every agent's packet.
     pub task_id: String,
+    /// What the task is to achieve; every agent's packet gets it.
     pub objective: String,
     /// Run in parallel from the start.
     pub agents: Vec<String>,
@@ -208,6 +220,7 @@ pub struct TaskSpec {
     pub timeout: Duration,
     /// An initial complexity score, written to `problem/complexity`.
     pub complexity: Option<f64>,
+    /// When the mediator is spawned.
     pub conditions: SpawnConditions,
     /// At most this many agents run at once (the mediator is never held back); the rest
     /// wait for a slot. `None` (the default): all at once. Agents that wait for each other's
@@ -235,26 +248,31 @@ impl TaskSpec {
         }
     }
 
+    /// Run at most `limit` agents at once; the others wait for a slot.
     pub fn max_parallel(mut self, limit: usize) -> Self {
         self.max_parallel = Some(limit);
         self
     }
 
+    /// Spawn `agent` as the mediator when a condition fires.
     pub fn mediator(mut self, agent: impl Into<String>) -> Self {
         self.mediator = Some(agent.into());
         self
     }
 
+    /// Set the whole task's deadline (default 120 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// Set the initial complexity score written to `problem/complexity`.
     pub fn complexity(mut self, score: f64) -> Self {
         self.complexity = Some(score);
         self
     }
 
+    /// Replace the spawn conditions.
     pub fn conditions(mut self, conditions: SpawnConditions) -> Self {
         self.conditions = conditions;
         self
@@ -307,23 +325,30 @@ impl TaskSpec {
 /// The mediator's spawn.
 #[derive(Debug, Clone, Serialize)]
 pub struct Spawned {
+    /// The mediator's agent id.
     pub agent: String,
+    /// The condition that fired.
     pub reason: SpawnReason,
     /// What was measured against which threshold.
     pub detail: String,
+    /// Milliseconds from the start of the task to the spawn.
     pub after_ms: f64,
 }
 
 /// How one agent's run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentResult {
+    /// The agent.
     pub agent_id: String,
+    /// Whether it ran as the task's mediator.
     pub mediator: bool,
     /// `completed`, `plan_only`, `revoked`, `failed`, or `refused` (never started).
     pub status: String,
     /// Why it did not complete; empty when it did.
     pub detail: String,
+    /// The run's duration in ms; 0 when it never started.
     pub duration_ms: f64,
+    /// The run's [`RunReport::compliant`]; `false` when it never started.
     pub compliant: bool,
 }
 
@@ -355,6 +380,7 @@ impl AgentResult {
         }
     }
 
+    /// Whether the run ended `completed` or `plan_only`.
     pub fn succeeded(&self) -> bool {
         self.status == "completed" || self.status == "plan_only"
     }
@@ -363,6 +389,7 @@ impl AgentResult {
 /// The task's proposals at the end.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConsensusSummary {
+    /// Proposals opened in the task.
     pub proposals: u32,
     /// Proposals that reached consensus, in id order.
     pub reached: Vec<String>,
@@ -390,23 +417,33 @@ impl ConsensusSummary {
 /// The reference's per-task metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskMetrics {
+    /// The task.
     pub task_id: String,
+    /// The task's objective.
     pub objective: String,
+    /// Wall-clock duration of the whole task, in ms.
     pub duration_ms: f64,
     /// Every agent completed (the mediator too, if spawned).
     pub success: bool,
+    /// One result per agent that finished, the mediator last.
     pub agents: Vec<AgentResult>,
     /// Messages sent (direct and broadcast).
     pub messages: u64,
     /// Blackboard reads, writes and listings by agents.
     pub blackboard_ops: u64,
+    /// `llm.complete` calls.
     pub llm_calls: u64,
+    /// Proposals opened (`consensus.propose`).
     pub proposals: u64,
+    /// Votes cast (`consensus.cast`).
     pub votes: u64,
+    /// The mediator's spawn; `None` if none was spawned.
     pub mediator: Option<Spawned>,
     /// Conditions that held after the mediator was spawned (or with no mediator configured).
     pub conditions_seen: Vec<SpawnReason>,
+    /// The task's proposals at the end.
     pub consensus: ConsensusSummary,
+    /// [`ConsensusSummary::result`]: `reached`, `not reached` or `no proposals`.
     pub consensus_result: String,
 }
 
@@ -828,23 +865,31 @@ impl Orchestration {
 /// A proposal with its tally, as `warden task show` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProposalView {
+    /// The proposal and its votes, flattened into the same JSON object.
     #[serde(flatten)]
     pub proposal: crate::state::Proposal,
+    /// Its vote count and whether it reached consensus.
     pub tally: crate::state::Tally,
+    /// [`Proposal::in_conflict`](crate::state::Proposal::in_conflict).
     pub in_conflict: bool,
 }
 
 /// Everything the coordination backend holds about a task.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskView {
+    /// The task.
     pub task_id: String,
     /// Section name → entries sorted by key.
     pub blackboard: Vec<(Section, Vec<(String, String)>)>,
+    /// Every proposal in id order, with its tally.
     pub proposals: Vec<ProposalView>,
+    /// Every message of the task, oldest first.
     pub messages: Vec<crate::state::Message>,
 }
 
 impl TaskView {
+    /// Read the task's blackboard, proposals and messages; fails if `task` is not a valid
+    /// task id or the state store cannot be read.
     pub async fn read(host: &Host, task: &str) -> Result<TaskView, Error> {
         let task = &TaskId::new(task)?;
         let state = host.state();

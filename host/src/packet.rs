@@ -12,10 +12,13 @@ use crate::pattern::Pattern;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBudget {
+    /// Errors of any kind at which the agent is revoked (default 8).
     #[serde(default = "ErrorBudget::default_total")]
     pub max_total_errors: u32,
+    /// Occurrences of one same error at which the agent is revoked (default 2).
     #[serde(default = "ErrorBudget::default_same")]
     pub max_same_error_repeats: u32,
+    /// Procedure violations at which the agent is revoked (default 1: the first one).
     #[serde(default = "ErrorBudget::default_procedure")]
     pub max_procedure_violations: u32,
 }
@@ -52,6 +55,8 @@ pub struct Constraints {
     /// Resource patterns whose use is a procedure violation.
     #[serde(default)]
     pub forbidden: Vec<Pattern>,
+    /// Steps the agent must take, passed to it and repeated in the handoff. A tier that stops
+    /// after PLAN refuses a packet that requires `execute` or a later step.
     #[serde(default)]
     pub required_steps: Vec<String>,
 }
@@ -60,10 +65,16 @@ pub struct Constraints {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PacketLimits {
+    /// Wall-clock limit of one phase, in ms; `None` keeps the tier's.
     pub phase_wall_ms: Option<u64>,
+    /// CPU limit of one phase, in ms; `None` keeps the tier's.
     pub phase_cpu_ms: Option<u64>,
+    /// Wall-clock limit of the whole run, in ms; `None` keeps the tier's.
     pub run_wall_ms: Option<u64>,
+    /// Linear memory the guest may grow to, in bytes; `None` keeps the tier's.
     pub memory_bytes: Option<u64>,
+    /// How long the approval gate waits for `warden approve`, in ms; `None` keeps the
+    /// tier table's default. Unlike the others it replaces the default rather than capping it.
     pub approval_timeout_ms: Option<u64>,
 }
 
@@ -72,24 +83,34 @@ pub struct PacketLimits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawPacket")]
 pub struct Packet {
+    /// The agent the packet is addressed to.
     pub agent_id: AgentId,
+    /// The task the run belongs to.
     pub task_id: TaskId,
+    /// Who the packet was written for (a person, a team, the orchestrator); free text.
     #[serde(default)]
     pub created_for: String,
+    /// What the agent is to achieve; must not be blank.
     pub objective: String,
     /// Artifact names that must exist after EXECUTE (after PLAN for tiers that stop there).
     #[serde(default)]
     pub deliverables: Vec<String>,
+    /// Scope, forbidden resources and required steps.
     #[serde(default)]
     pub constraints: Constraints,
+    /// How the work will be judged; passed to the agent as written.
     #[serde(default)]
     pub success_criteria: Vec<String>,
+    /// The limits whose crossing revokes the agent.
     #[serde(default)]
     pub error_budget: ErrorBudget,
+    /// When and to whom the agent should escalate; passed to the agent as written.
     #[serde(default)]
     pub escalation_rules: Vec<String>,
+    /// When the packet was written, RFC 3339; defaults to the time it was parsed.
     #[serde(default = "now_rfc3339")]
     pub created_at: String,
+    /// The operator's limits for this run; left out of the JSON when none is set.
     #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: PacketLimits,
 }
@@ -132,10 +153,17 @@ pub fn now_rfc3339() -> String {
 /// A packet that cannot be used, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
+    /// The text is not JSON of a packet's shape (the parser's message); unknown fields land here.
     #[error("packet is not valid JSON for an instruction packet: {0}")]
     Syntax(String),
+    /// A field parsed but failed validation.
     #[error("packet field `{field}` is invalid: {reason}")]
-    Field { field: String, reason: String },
+    Field {
+        /// The field's path, e.g. `deliverables[0]` or `error_budget.max_total_errors`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl TryFrom<RawPacket> for Packet {
@@ -299,49 +327,72 @@ impl PartialEq<&str> for RevocationKind {
 /// Why an agent was revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationReason {
+    /// The trigger, serialized as `type`.
     #[serde(rename = "type")]
     pub kind: RevocationKind,
+    /// What happened, in words (the budget count, the operator's reason).
     pub details: String,
 }
 
 /// One entry of `revocations:ledger`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
+    /// The revoked agent.
     pub agent_id: AgentId,
+    /// The task it was running; `None` when an operator revoked it between runs.
     pub task_id: Option<TaskId>,
+    /// Why it was revoked.
     pub reason: RevocationReason,
+    /// Who revoked it: `host` for an automatic revocation, else the operator's name.
     pub revoked_by: String,
+    /// When, RFC 3339.
     pub revoked_at: String,
 }
 
 /// Where the agent was when it stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastKnownState {
+    /// The phase it was in (`EXECUTE`).
     pub phase: String,
+    /// The summary of its last recorded action, or `enter` if it had none.
     pub step: String,
 }
 
 /// What a revoked agent leaves for the next one (the reference's `HandoffObject`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
+    /// The task being handed on.
     pub task_id: TaskId,
+    /// The agent that was revoked.
     pub previous_agent_id: AgentId,
+    /// Whether the previous agent was revoked (the host writes handoffs only on revocation).
     pub revoked: bool,
+    /// Why it was revoked.
     pub revocation_reason: RevocationReason,
+    /// Where it stopped.
     pub last_known_state: LastKnownState,
+    /// Summaries of its last recorded actions (at most 20), oldest first.
     pub what_was_tried: Vec<String>,
+    /// What stopped it: the revocation's details.
     pub blocking_issue: String,
+    /// What the operator and the next agent should do.
     pub required_next_actions: Vec<String>,
+    /// The packet's scope, forbidden patterns and required steps, and the tier, in words.
     pub constraints_reminder: Vec<String>,
+    /// Names of the task's artifacts (latest version of each).
     pub artifacts: Vec<String>,
+    /// When the handoff was written, RFC 3339.
     pub created_at: String,
 }
 
 /// The approval of a task's run at the approval gate (`task:{id}:approval`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
+    /// The approved task.
     pub task_id: TaskId,
+    /// Who approved it (`warden approve --by`).
     pub approved_by: String,
+    /// When, RFC 3339.
     pub approved_at: String,
 }
 
@@ -353,7 +404,9 @@ pub struct Checkpoint {
     pub phase: String,
     /// Where in the phase (`enter`).
     pub step: String,
+    /// The task being run.
     pub task_id: TaskId,
+    /// `sha256:<hex>` of the component being run.
     pub component_digest: String,
     /// When, RFC 3339.
     pub at: String,

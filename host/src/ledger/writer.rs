@@ -23,7 +23,6 @@ use crate::tier::Tier;
 /// the work lost if it fails) stays bounded under a flood.
 const MAX_BATCH: usize = 4096;
 
-/// Where a caller waits for its result.
 /// Where the writer sends an answer: a blocking caller or an async one (which must not
 /// park a runtime thread while the batch commits).
 pub(crate) enum Reply<T> {

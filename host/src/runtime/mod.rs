@@ -5,7 +5,7 @@ pub mod limits;
 pub mod output;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -199,12 +199,4 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the epoch ticker; deadlines will not fire");
     }
-}
-
-/// Read a component file.
-pub fn read_component(path: &Path) -> Result<Vec<u8>, ComponentError> {
-    std::fs::read(path).map_err(|source| ComponentError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
 }

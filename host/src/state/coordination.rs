@@ -37,6 +37,7 @@ pub enum Section {
 }
 
 impl Section {
+    /// Every section, in blackboard order.
     pub const ALL: [Section; 4] = [
         Section::Problem,
         Section::Solutions,
@@ -44,6 +45,7 @@ impl Section {
         Section::Consensus,
     ];
 
+    /// The lowercase name used in keys and on the wire (`problem`, `solutions`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Section::Problem => "problem",
@@ -69,21 +71,27 @@ impl std::fmt::Display for Section {
 pub mod keys {
     use super::Section;
 
+    /// `blackboard:{task}:{section}`: the entries of one blackboard section.
     pub fn section(task: &str, section: Section) -> String {
         format!("blackboard:{task}:{}", section.as_str())
     }
+    /// `blackboard:{task}:proposals`: proposal id → [`ProposalRecord`](super::ProposalRecord).
     pub fn proposals(task: &str) -> String {
         format!("blackboard:{task}:proposals")
     }
+    /// `blackboard:{task}:proposal_seq`: the last proposal number handed out.
     pub fn proposal_seq(task: &str) -> String {
         format!("blackboard:{task}:proposal_seq")
     }
+    /// `blackboard:{task}:votes:{proposal}`: agent id → [`Vote`](super::Vote).
     pub fn votes(task: &str, proposal: &str) -> String {
         format!("blackboard:{task}:votes:{proposal}")
     }
+    /// `msg:{task}:log`: the task's messages, oldest first.
     pub fn message_log(task: &str) -> String {
         format!("msg:{task}:log")
     }
+    /// `msg:{task}:cursors`: agent id → id of the last message it received.
     pub fn message_cursors(task: &str) -> String {
         format!("msg:{task}:cursors")
     }
@@ -94,11 +102,13 @@ pub mod keys {
 pub struct Message {
     /// Position in the task's log, from 1.
     pub id: u64,
+    /// The agent that sent it.
     pub sender: AgentId,
     /// `None` for a broadcast to every other agent of the task.
     pub recipient: Option<AgentId>,
     /// `PROPOSAL`, `FEEDBACK`, `HANDOFF`, or a free-form kind.
     pub kind: String,
+    /// The message text, as the sender wrote it.
     pub body: String,
     /// Wall-clock milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
@@ -117,10 +127,15 @@ impl Message {
 /// A message to append; the backend assigns its id.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
+    /// The agent sending it.
     pub sender: &'a AgentId,
+    /// `None` for a broadcast to every other agent of the task.
     pub recipient: Option<&'a AgentId>,
+    /// `PROPOSAL`, `FEEDBACK`, `HANDOFF`, or a free-form kind.
     pub kind: &'a str,
+    /// The message text.
     pub body: &'a str,
+    /// Wall-clock milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
 }
 
@@ -142,12 +157,16 @@ impl NewMessage<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum VoteChoice {
+    /// For the proposal (`ACCEPT`).
     Accept,
+    /// Against it (`REJECT`); a required agent's reject blocks consensus.
     Reject,
+    /// Counted as a vote cast, neither for nor against (`ABSTAIN`).
     Abstain,
 }
 
 impl VoteChoice {
+    /// The uppercase name stored and shown to agents (`ACCEPT`, `REJECT`, `ABSTAIN`).
     pub fn as_str(self) -> &'static str {
         match self {
             VoteChoice::Accept => "ACCEPT",
@@ -160,8 +179,11 @@ impl VoteChoice {
 /// One agent's vote on a proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
+    /// The voting agent.
     pub agent: AgentId,
+    /// For, against or abstaining.
     pub choice: VoteChoice,
+    /// The agent's free-text justification; may be empty.
     pub reasoning: String,
     /// Wall-clock milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -170,35 +192,50 @@ pub struct Vote {
 /// How a proposal was settled outside the vote (superseded by a merged proposal, withdrawn).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
+    /// The agent that settled the proposal.
     pub by: AgentId,
+    /// Why it was settled, e.g. the proposal that superseded it.
     pub note: String,
+    /// Wall-clock milliseconds since the Unix epoch.
     pub at_ms: u64,
 }
 
 /// A proposal as stored in `blackboard:{task}:proposals` (votes live beside it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposalRecord {
+    /// The proposal id, `p1`, `p2`, … per task.
     pub id: String,
+    /// The agent that opened it.
     pub proposer: AgentId,
+    /// A short summary.
     pub title: String,
+    /// The full proposal text.
     pub body: String,
     /// Agents whose votes are needed.
     pub required: Vec<AgentId>,
+    /// Wall-clock milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// How it was settled outside the vote; `None` while unresolved.
     pub resolution: Option<Resolution>,
 }
 
 /// A proposal to open; the backend assigns its id.
 #[derive(Debug, Clone, Copy)]
 pub struct NewProposal<'a> {
+    /// The agent opening it.
     pub proposer: &'a AgentId,
+    /// A short summary.
     pub title: &'a str,
+    /// The full proposal text.
     pub body: &'a str,
+    /// Agents whose votes are needed.
     pub required: &'a [AgentId],
+    /// Wall-clock milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
 
 impl NewProposal<'_> {
+    /// The stored form, once the backend knows the id; unresolved.
     pub fn with_id(&self, id: String) -> ProposalRecord {
         ProposalRecord {
             id,
@@ -215,16 +252,21 @@ impl NewProposal<'_> {
 /// A proposal with its votes, oldest vote first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// The proposal itself, flattened into the same JSON object.
     #[serde(flatten)]
     pub record: ProposalRecord,
+    /// Votes cast so far, in [`sort_votes`] order.
     pub votes: Vec<Vote>,
 }
 
 /// The count of a proposal's votes and whether it reached consensus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
+    /// Number of `ACCEPT` votes.
     pub accepts: u32,
+    /// Number of `REJECT` votes.
     pub rejects: u32,
+    /// Number of `ABSTAIN` votes.
     pub abstains: u32,
     /// Required agents that have not voted.
     pub missing: Vec<AgentId>,
@@ -236,6 +278,7 @@ pub struct Tally {
 }
 
 impl Proposal {
+    /// Count the votes and apply the consensus rule (see [`Tally::reached`]).
     pub fn tally(&self) -> Tally {
         let count = |choice| {
             let n = self.votes.iter().filter(|v| v.choice == choice).count();
@@ -284,17 +327,22 @@ impl Proposal {
 /// What [`Coordination::cast_vote`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CastOutcome {
+    /// The vote was stored.
     Recorded,
     /// The agent had voted; votes are final, so the first one stands.
     AlreadyVoted(Vote),
+    /// No proposal of the task has that id.
     UnknownProposal,
 }
 
 /// What [`Coordination::resolve_proposal`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolveOutcome {
+    /// The resolution was stored.
     Resolved,
+    /// It was already settled; the first resolution stands.
     AlreadyResolved(Resolution),
+    /// No proposal of the task has that id.
     UnknownProposal,
 }
 
@@ -322,6 +370,8 @@ pub(crate) fn proposal_number(id: &str) -> Option<u64> {
     id.get(1..)?.parse().ok()
 }
 
+/// Backend of a task's blackboard, messages and proposals (the keyspace above). Every call
+/// fails with [`StateError`] when the backend cannot be reached.
 #[async_trait]
 pub trait Coordination: Send + Sync {
     /// Set `key` in the task's `section` (replacing any value).
@@ -332,6 +382,7 @@ pub trait Coordination: Send + Sync {
         key: &str,
         value: &str,
     ) -> Result<(), StateError>;
+    /// The value of `key` in the task's `section`; `None` if it was never written.
     async fn board_read(
         &self,
         task: &TaskId,
@@ -383,6 +434,7 @@ pub trait Coordination: Send + Sync {
         proposal_id: &str,
         resolution: &Resolution,
     ) -> Result<ResolveOutcome, StateError>;
+    /// The proposal with its votes; `None` if the task has no proposal with that id.
     async fn proposal(
         &self,
         task: &TaskId,
