@@ -51,10 +51,13 @@ pub struct BreakerConfig {
 /// Why a [`BreakerConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BreakerConfigError {
+    /// `failure_threshold` is 0.
     #[error("breaker `failure_threshold` is 0: expected at least 1 consecutive failure")]
     ZeroThreshold,
+    /// `open_for` is outside 1 ms to 24 h; the duration as given.
     #[error("breaker `open_for` is `{0}`: expected from 1ms to 24h, e.g. `5s`")]
     OpenFor(String),
+    /// `open_for` is not a duration; the text as written.
     #[error("breaker `open_for` is `{0}`, not a duration: expected e.g. `5s`, `500ms` or `1m`")]
     Unparsable(String),
 }
@@ -77,10 +80,12 @@ impl BreakerConfig {
         })
     }
 
+    /// Consecutive failures that open the circuit.
     pub fn failure_threshold(&self) -> u32 {
         self.failure_threshold
     }
 
+    /// How long an open circuit fails calls fast before it lets one probe through.
     pub fn open_for(&self) -> Duration {
         self.open_for
     }
@@ -147,10 +152,13 @@ impl fmt::Display for BreakerState {
 /// A breaker's state for health output, read without any I/O.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BreakerStatus {
+    /// Where the circuit is.
     pub state: BreakerState,
     /// Failed calls in a row (reset by any success).
     pub consecutive_failures: u32,
+    /// The configured [`BreakerConfig::failure_threshold`].
     pub failure_threshold: u32,
+    /// The configured [`BreakerConfig::open_for`], in ms.
     pub open_for_ms: u64,
     /// While open: how long until a probe is let through.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -254,6 +262,7 @@ impl CircuitBreaker {
         }
     }
 
+    /// The thresholds it was made with.
     pub fn config(&self) -> BreakerConfig {
         self.config
     }

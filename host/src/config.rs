@@ -39,13 +39,30 @@ use crate::llm::{LlmConfig, provider_from_config};
 use crate::policy::TierTable;
 use crate::tools::ToolRegistry;
 
+/// The secrets identity the host itself logs in with to read its LLM API key.
+pub const HOST_IDENTITY: &str = "warden-host";
+
+/// When [`WardenConfig::builder_with`] contacts networked backends (Redis, Vault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// Connect while building; an unreachable server is an error.
+    Now,
+    /// Build without contacting them; the first call finds out (`warden health`).
+    Lazily,
+}
+
 /// The contents of `warden.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WardenConfig {
+    /// Where the ledger, state, blobs and logs live; the `data_dir` argument of
+    /// [`WardenConfig::builder`] overrides it.
     pub data_dir: Option<PathBuf>,
+    /// The tier table file; `None` for the built-in table.
     pub policies: Option<PathBuf>,
+    /// The tool registry file; `None` for no tools.
     pub tools: Option<PathBuf>,
+    /// `[llm]`: the LLM provider; `None` for none.
     pub llm: Option<LlmConfig>,
     /// `batched` (default) or `every-call`: see [`crate::CallDurability`].
     #[serde(default)]
@@ -79,9 +96,12 @@ pub struct HealthSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSection {
+    /// The Vault address (`http://127.0.0.1:8200`); `VAULT_ADDR` overrides it.
     pub addr: Option<String>,
+    /// Mount of the KV v2 secrets engine (default `secret`).
     #[serde(default = "VaultSection::default_kv_mount")]
     pub kv_mount: String,
+    /// Mount of the AppRole auth method (default `approle`).
     #[serde(default = "VaultSection::default_approle_mount")]
     pub approle_mount: String,
 }
@@ -176,9 +196,67 @@ impl WardenConfig {
         }
     }
 
-    /// A host builder with everything this config names. The LLM API key, when the config
-    /// names a secret for it, is read from the host's secrets store (operator access).
+    /// A host builder with everything this config names, its networked backends connected
+    /// now: the data directory (`data_dir` overrides the file's), the tier table, the tools,
+    /// call durability, health checks, the state store ([`WardenConfig::state_url`]), the
+    /// secrets backend (Vault when [`WardenConfig::vault_config`] names one, else the
+    /// embedded store of the data directory) and the LLM provider, its API key read from that
+    /// secrets backend.
     pub async fn builder(&self, data_dir: Option<PathBuf>) -> Result<HostBuilder, Error> {
+        self.builder_with(data_dir, None, Connect::Now).await
+    }
+
+    /// [`WardenConfig::builder`] with a state URL that overrides the file's and the
+    /// environment's (`--state`), and a choice of when networked backends are contacted.
+    pub async fn builder_with(
+        &self,
+        data_dir: Option<PathBuf>,
+        state_flag: Option<&str>,
+        connect: Connect,
+    ) -> Result<HostBuilder, Error> {
+        let mut builder = self.local_builder(data_dir.clone())?;
+        let data_dir = data_dir.or_else(|| self.data_dir.as_ref().map(|d| self.resolve(d)));
+        let secrets: Arc<dyn crate::secrets::SecretBackend> = match self.vault_config()? {
+            Some(vault) => match connect {
+                Connect::Now => Arc::new(crate::secrets::VaultSecrets::connect(vault).await?),
+                Connect::Lazily => Arc::new(crate::secrets::VaultSecrets::new(vault)?),
+            },
+            None => match &data_dir {
+                Some(dir) => Arc::new(crate::secrets::EmbeddedSecrets::open(
+                    dir.join("secrets.json"),
+                )?),
+                None => Arc::new(crate::secrets::EmbeddedSecrets::in_memory()),
+            },
+        };
+        builder = builder.secrets(secrets.clone());
+        if let Some(url) = self.state_url(state_flag) {
+            let options = self.redis_options();
+            let state = match connect {
+                Connect::Now => crate::state::RedisState::connect_with(&url, options).await?,
+                Connect::Lazily => crate::state::RedisState::connect_lazily(&url, options).await?,
+            };
+            builder = builder.state(Arc::new(state));
+        }
+        let llm = self
+            .llm_provider(|path| async move {
+                let session = secrets
+                    .login(
+                        HOST_IDENTITY,
+                        crate::Tier::Architect,
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                Ok(session.read(&path).await?)
+            })
+            .await?;
+        if let Some(llm) = llm {
+            builder = builder.llm(llm);
+        }
+        Ok(builder)
+    }
+
+    /// What needs no connection: data directory, tier table, tools, durability, health.
+    fn local_builder(&self, data_dir: Option<PathBuf>) -> Result<HostBuilder, Error> {
         let mut builder = crate::Host::builder().call_durability(self.call_durability);
         if let Some(dir) = data_dir.or_else(|| self.data_dir.as_ref().map(|d| self.resolve(d))) {
             builder = builder.data_dir(dir);

@@ -166,11 +166,11 @@ pub enum Error {
     /// The artifact blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
-    /// The sandbox (linker, tier wiring) of an agent cannot be prepared.
-    #[error("cannot prepare the sandbox of agent `{agent}`: {message}")]
-    Sandbox {
-        /// The agent whose sandbox failed.
-        agent: String,
+    /// A tier's interfaces cannot be linked (at host start).
+    #[error("cannot link the interfaces of tier {tier}: {message}")]
+    Link {
+        /// The tier whose linker failed.
+        tier: Tier,
         /// What failed.
         message: String,
     },

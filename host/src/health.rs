@@ -27,7 +27,9 @@ pub struct Check {
     pub component: &'static str,
     /// The backend's name (`redis`, `vault`, `embedded`, `scripted`, …).
     pub backend: String,
+    /// Whether the probe succeeded within the check timeout (5 s).
     pub healthy: bool,
+    /// How long the probe took, in ms.
     pub latency_ms: f64,
     /// Why it is unhealthy; empty when healthy.
     pub detail: String,
@@ -38,12 +40,14 @@ pub struct Check {
 /// Every backend's answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
+    /// One check per configured backend: state, secrets, then llm if any.
     pub checks: Vec<Check>,
     /// When the checks ran (RFC 3339, UTC).
     pub checked_at: String,
 }
 
 impl HealthReport {
+    /// Whether every check is healthy.
     pub fn healthy(&self) -> bool {
         self.checks.iter().all(|c| c.healthy)
     }

@@ -444,6 +444,7 @@ impl Host {
 /// What `warden compile` tells about a component.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComponentSummary {
+    /// `sha256:<hex>` of the component's bytes.
     pub digest: String,
     /// `warden:agent` interfaces it imports.
     pub imports: Vec<String>,

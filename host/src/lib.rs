@@ -62,13 +62,13 @@ pub mod tools;
 
 pub use context::CallDurability;
 pub use error::{Error, Refusal};
-pub use runtime::ComponentError;
 pub use host::{ComponentSummary, Host, HostBuilder};
 pub use id::{AgentId, IdError, TaskId};
 pub use packet::{ErrorBudget, Handoff, Packet};
 pub use phase::Phase;
 pub use policy::{Interface, TierTable};
 pub use report::{BudgetUse, FailureCode, PhaseRecord, RunOutcome, RunReport};
+pub use runtime::ComponentError;
 #[doc(hidden)]
 pub use sandbox::BenchInstance;
 pub use tier::Tier;

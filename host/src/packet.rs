@@ -87,7 +87,8 @@ pub struct Packet {
     pub agent_id: AgentId,
     /// The task the run belongs to.
     pub task_id: TaskId,
-    /// Who the packet was written for (a person, a team, the orchestrator); free text.
+    /// Free text: on whose behalf the packet was written (the orchestrator writes
+    /// `orchestrator`).
     #[serde(default)]
     pub created_for: String,
     /// What the agent is to achieve; must not be blank.

@@ -7,17 +7,26 @@ use serde::Serialize;
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
 pub enum Phase {
+    /// Registry, revocation, packet and import checks, the lock, then instantiation.
     Bootstrap = 0,
+    /// The packet checked against the tier, before the agent runs.
     Preflight = 1,
+    /// The agent's `plan`; tiers that stop after PLAN go on to PACKAGE.
     Plan = 2,
+    /// The agent's `execute`, after the approval gate when the tier requires approval.
     Execute = 3,
+    /// The agent's `verify`, and the deliverables checked.
     Verify = 4,
+    /// The artifacts the run wrote, recorded as its manifest.
     Package = 5,
+    /// The agent's `report`.
     Report = 6,
+    /// Checkpoint, lock release, metrics and promotion.
     Exit = 7,
 }
 
 impl Phase {
+    /// The uppercase name used in the ledger and checkpoints (`EXECUTE`).
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Bootstrap => "BOOTSTRAP",

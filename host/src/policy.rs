@@ -126,18 +126,29 @@ fn covers_grant<G: Grant>(upper: &dyn GrantObject, lower: &dyn GrantObject) -> R
 /// Everything the tier table says about one tier.
 #[derive(Debug, Clone)]
 pub struct TierPolicy {
+    /// The tier described.
     pub tier: Tier,
+    /// Its `name` in the table (`observer`, `operator`, …).
     pub name: String,
     /// The interfaces the tier links: `types` and one per capability section.
     pub interfaces: InterfaceSet,
+    /// Whether the workspace is mounted writable (otherwise read-only); default `false`.
     pub workspace_write: bool,
+    /// Whether a run goes on after PLAN by itself or waits for `warden approve`.
     pub approval: Approval,
+    /// Whether runs stop after PLAN (then PACKAGE and EXIT with the plan artifact).
     pub stops_after_plan: bool,
+    /// Wall-clock limit of one phase.
     pub phase_wall: Duration,
+    /// CPU limit of one phase: time the guest spends executing, counted in epoch ticks.
     pub phase_cpu: Duration,
+    /// Wall-clock limit of the whole run.
     pub run_wall: Duration,
+    /// Linear memory an agent may grow to, in bytes.
     pub memory_bytes: u64,
+    /// Elements a table of the agent may grow to.
     pub table_elements: u64,
+    /// Wasm instances an agent's store may hold (memories alike; tables four times as many).
     pub instances: u32,
     /// TTL of the tokens of the tier's secrets identity (Vault: the AppRole's token TTL).
     pub secrets_ttl: Duration,
@@ -160,15 +171,20 @@ impl TierPolicy {
 /// Table-wide defaults.
 #[derive(Debug, Clone)]
 pub struct Defaults {
+    /// TTL of `agent:{id}:lock`, refreshed at every lifecycle transition; at least 1 ms.
     pub lock_ttl: Duration,
+    /// TTL of `agent:{id}:heartbeat`; at least 1 ms.
     pub heartbeat_ttl: Duration,
+    /// How long a run that needs approval waits for `warden approve <task>`.
     pub approval_timeout: Duration,
+    /// Bytes of stdout, and of stderr, kept per run; output past the cap is dropped.
     pub output_cap_bytes: usize,
 }
 
 /// When compliant agents move up a tier.
 #[derive(Debug, Clone)]
 pub struct PromotionRules {
+    /// Compliant runs in a row before an agent is eligible for the next tier.
     pub consecutive_compliant: u32,
     /// Automatic promotion only moves agents into tiers below this one.
     pub auto_promote_below: Tier,
@@ -177,8 +193,11 @@ pub struct PromotionRules {
 /// The validated tier table.
 #[derive(Debug, Clone)]
 pub struct TierTable {
+    /// The table's `revision`, recorded as `policy_revision` in ledger rows; never empty.
     pub revision: String,
+    /// `[defaults]`: table-wide settings.
     pub defaults: Defaults,
+    /// `[promotion]`: when compliant agents move up.
     pub promotion: PromotionRules,
     tiers: [TierPolicy; 5],
     source: Option<PathBuf>,
@@ -187,15 +206,30 @@ pub struct TierTable {
 /// A tier table that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The table file cannot be read.
     #[error("cannot read tier table `{path}`: {source}")]
     Read {
+        /// The table file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// The text is not TOML, or not of a tier table's shape.
     #[error("tier table {origin} is not valid TOML for a tier table: {message}")]
-    Syntax { origin: String, message: String },
+    Syntax {
+        /// The table: `` `path` ``, `(inline)` or `(built-in)`.
+        origin: String,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// The table parses but breaks a rule (a tier missing, a grant narrower than below, …).
     #[error("tier table {origin}: {message}")]
-    Invalid { origin: String, message: String },
+    Invalid {
+        /// The table: `` `path` ``, `(inline)` or `(built-in)`.
+        origin: String,
+        /// The rule broken.
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]

@@ -100,14 +100,22 @@ pub enum RunOutcome {
     PlanOnly,
     /// The agent was revoked during the run.
     Revoked {
+        /// The trigger; `REVOKED` when the run cannot tell which.
         reason: RevocationKind,
+        /// What happened, in words.
         details: String,
     },
     /// The run stopped without revocation (deadline, trap, agent error, failed verification…).
-    Failed { code: FailureCode, message: String },
+    Failed {
+        /// Why it stopped.
+        code: FailureCode,
+        /// What happened, in words.
+        message: String,
+    },
 }
 
 impl RunOutcome {
+    /// Whether the run ended [`RunOutcome::Completed`] or [`RunOutcome::PlanOnly`].
     pub fn is_success(&self) -> bool {
         matches!(self, RunOutcome::Completed | RunOutcome::PlanOnly)
     }
@@ -116,15 +124,20 @@ impl RunOutcome {
 /// One phase as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRecord {
+    /// The phase entered.
     pub phase: Phase,
+    /// Time spent in it, in ms; for BOOTSTRAP, from the start of the run.
     pub elapsed_ms: f64,
 }
 
 /// Error-budget counters at the end of the run.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct BudgetUse {
+    /// Every error recorded (`agent:{id}:errors` field `total`).
     pub total_errors: u32,
+    /// Errors that were procedure violations (field `procedure`).
     pub procedure_violations: u32,
+    /// The highest count of any single error signature.
     pub max_same_error: u32,
 }
 
@@ -141,23 +154,42 @@ impl From<&ErrorCounts> for BudgetUse {
 /// Everything a run produced, for people (`warden run`) and programs (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The agent that ran.
     pub agent_id: String,
+    /// The task of its packet.
     pub task_id: String,
+    /// The tier it ran at.
     pub tier: Tier,
+    /// `sha256:<hex>` of the component that ran.
     pub component_digest: String,
+    /// The tier table's `revision`.
     pub policy_revision: String,
+    /// How the run ended.
     pub outcome: RunOutcome,
+    /// The phases in the order they were entered.
     pub phases: Vec<PhaseRecord>,
+    /// The summary of the agent's plan; `None` if it never returned one.
     pub plan_summary: Option<String>,
+    /// The steps of the agent's plan; empty if it never returned one.
     pub plan_steps: Vec<String>,
+    /// The findings of the agent's verification; empty if VERIFY did not run.
     pub verification_findings: Vec<String>,
+    /// The summary of the agent's report; `None` if REPORT did not run.
     pub report_summary: Option<String>,
+    /// The artifacts this run wrote, the latest version of each name.
     pub artifacts: Vec<ArtifactRef>,
+    /// The error budget used, as of the end of the run.
     pub budget: BudgetUse,
+    /// The run succeeded with no error and no procedure violation; counts toward promotion.
     pub compliant: bool,
+    /// The tier the agent was promoted to at the end of the run; `None` if it was not.
     pub promoted_to: Option<Tier>,
+    /// The guest's standard output, up to the tier table's `output_cap_bytes`.
     pub stdout: String,
+    /// The guest's standard error, up to the tier table's `output_cap_bytes`.
     pub stderr: String,
+    /// Bytes of stdout and stderr dropped past the cap.
     pub output_dropped_bytes: u64,
+    /// Wall-clock duration of the whole run, in ms.
     pub duration_ms: f64,
 }

@@ -40,9 +40,9 @@ impl Sandbox {
         let mut linkers = Vec::with_capacity(Tier::ALL.len());
         for tier in Tier::ALL {
             let linker =
-                tier_linker(runtime.engine(), tiers.policy(tier)).map_err(|e| Error::Sandbox {
-                    agent: String::new(),
-                    message: format!("cannot link tier {tier}: {e}"),
+                tier_linker(runtime.engine(), tiers.policy(tier)).map_err(|e| Error::Link {
+                    tier,
+                    message: format!("{e:#}"),
                 })?;
             linkers.push(linker);
         }

@@ -77,7 +77,11 @@ fn references(module: &Module, code: &str, all: &BTreeMap<Module, String>) -> BT
     for path in paths_after(code, "crate::") {
         add(path);
     }
-    let parent: Module = module.iter().take(module.len().saturating_sub(1)).cloned().collect();
+    let parent: Module = module
+        .iter()
+        .take(module.len().saturating_sub(1))
+        .cloned()
+        .collect();
     for path in paths_after(code, "super::") {
         let mut full = parent.clone();
         full.extend(path);
@@ -132,7 +136,11 @@ fn host_src_has_no_import_loop() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut all = BTreeMap::new();
     modules(&src, &[], &mut all);
-    assert!(all.len() > 40, "found only {} modules in {src:?}", all.len());
+    assert!(
+        all.len() > 40,
+        "found only {} modules in {src:?}",
+        all.len()
+    );
     let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut siblings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, code) in &all {
@@ -160,7 +168,11 @@ fn host_src_has_no_import_loop() {
         "the scan no longer sees `use crate::` paths: {top:?}"
     );
     assert_eq!(loops(&top), Vec::<Vec<String>>::new(), "top-level modules");
-    assert_eq!(loops(&siblings), Vec::<Vec<String>>::new(), "sibling submodules");
+    assert_eq!(
+        loops(&siblings),
+        Vec::<Vec<String>>::new(),
+        "sibling submodules"
+    );
 }
 
 #[test]

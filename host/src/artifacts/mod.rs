@@ -15,30 +15,46 @@ use crate::runtime::digest;
 /// One named artifact of a task, as recorded in `task:{id}:artifacts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRef {
+    /// The artifact's name within the task (`plan.md`, `out/report.txt`); a later
+    /// reference with the same name is a newer version.
     pub name: String,
     /// `sha256:<hex>`.
     pub digest: String,
+    /// Content length in bytes.
     pub size: u64,
     /// The agent that wrote it (`host` for artifacts the host writes itself).
     pub author: String,
+    /// When it was written, RFC 3339.
     pub created_at: String,
 }
 
 /// A blob store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
+    /// The blob directory cannot be created or opened.
     #[error("artifact store at `{path}` cannot be opened: {source}")]
     Open {
+        /// The blob directory.
         path: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// A blob cannot be read or written.
     #[error("artifact store i/o failed for `{digest}`: {source}")]
     Io {
+        /// The blob's digest, `sha256:<hex>`.
         digest: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// A blob's content does not hash to its digest.
     #[error("artifact blob `{digest}` is corrupt: its content hashes to `{actual}`")]
-    Corrupt { digest: String, actual: String },
+    Corrupt {
+        /// The digest asked for.
+        digest: String,
+        /// The digest of the content found.
+        actual: String,
+    },
 }
 
 /// Where artifact content lives. Small on purpose: names, authorship and order are kept by
@@ -78,6 +94,7 @@ pub struct DirBlobs {
 }
 
 impl DirBlobs {
+    /// Open the blob directory at `path`, creating it if needed.
     pub fn open(path: &Path) -> Result<DirBlobs, BlobError> {
         let open = || -> std::io::Result<Dir> {
             std::fs::create_dir_all(path)?;
@@ -122,7 +139,7 @@ impl BlobStore for DirBlobs {
         match self.dir.read(&name) {
             Ok(bytes) => {
                 let actual = crate::runtime::digest(&bytes);
-                if actual != digest {
+                if actual.strip_prefix("sha256:") != Some(name.as_str()) {
                     return Err(BlobError::Corrupt {
                         digest: digest.to_string(),
                         actual,

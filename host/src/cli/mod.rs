@@ -5,17 +5,15 @@ mod output;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use warden::config::WardenConfig;
+use warden::config::{Connect, HOST_IDENTITY, WardenConfig};
 use warden::ledger::{LedgerQuery, Table};
-use warden::secrets::{EmbeddedSecrets, SecretBackend, VaultSecrets};
-use warden::state::RedisState;
+use warden::secrets::VaultSecrets;
 use warden::{AgentId, Error, Host, Packet, RunOutcome, Tier};
 
 /// Exit codes that mean something to scripts.
@@ -293,55 +291,20 @@ impl Env {
         })
     }
 
-    /// The secrets backend the config names: Vault when configured, else the embedded file.
-    /// `lazily`: without contacting Vault (the first call finds out).
-    async fn secrets(&self, lazily: bool) -> Result<Arc<dyn SecretBackend>> {
-        match self.config.vault_config()? {
-            Some(vault) if lazily => Ok(Arc::new(VaultSecrets::new(vault)?)),
-            Some(vault) => Ok(Arc::new(VaultSecrets::connect(vault).await?)),
-            None => Ok(Arc::new(EmbeddedSecrets::open(
-                self.data_dir.join("secrets.json"),
-            )?)),
-        }
-    }
-
     async fn host(&self) -> Result<Host> {
-        self.build_host(false).await
+        self.build_host(Connect::Now).await
     }
 
-    /// `lazily`: networked backends are not contacted while building, so a host can be
-    /// built to report that they are down (`warden health`).
-    async fn build_host(&self, lazily: bool) -> Result<Host> {
+    /// With [`Connect::Lazily`], networked backends are not contacted while building, so a
+    /// host can be built to report that they are down (`warden health`).
+    async fn build_host(&self, connect: Connect) -> Result<Host> {
         std::fs::create_dir_all(&self.data_dir).with_context(|| {
             format!("cannot create data directory `{}`", self.data_dir.display())
         })?;
-        let secrets = self.secrets(lazily).await?;
-        let mut builder = self
+        let builder = self
             .config
-            .builder(Some(self.data_dir.clone()))
-            .await?
-            .secrets(secrets.clone());
-        if let Some(url) = &self.state {
-            let options = self.config.redis_options();
-            let state = if lazily {
-                RedisState::connect_lazily(url, options).await?
-            } else {
-                RedisState::connect_with(url, options).await?
-            };
-            builder = builder.state(Arc::new(state));
-        }
-        let llm = self
-            .config
-            .llm_provider(|path| async move {
-                let session = secrets
-                    .login("warden-host", Tier::Architect, Duration::from_secs(60))
-                    .await?;
-                Ok(session.read(&path).await?)
-            })
+            .builder_with(Some(self.data_dir.clone()), self.state.as_deref(), connect)
             .await?;
-        if let Some(llm) = llm {
-            builder = builder.llm(llm);
-        }
         Ok(builder.build()?)
     }
 }
@@ -594,7 +557,7 @@ async fn vault_setup(cx: &Env, policies: &Path) -> Result<u8> {
         .map(|a| (a.agent_id, a.tier))
         .collect();
     // The host itself reads its LLM key through Vault as an architect.
-    agents.push(("warden-host".to_string(), Tier::Architect));
+    agents.push((HOST_IDENTITY.to_string(), Tier::Architect));
     let tiers = host.tiers().clone();
     let report = vault
         .setup(policies, &agents, |tier| tiers.policy(tier).secrets_ttl)
@@ -608,7 +571,7 @@ async fn vault_setup(cx: &Env, policies: &Path) -> Result<u8> {
 }
 
 async fn health(cx: &Env) -> Result<u8> {
-    let host = cx.build_host(true).await?;
+    let host = cx.build_host(Connect::Lazily).await?;
     let report = host.health().await;
     output::health(cx.json, &report);
     Ok(if report.healthy() {

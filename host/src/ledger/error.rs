@@ -15,14 +15,18 @@ pub enum LedgerError {
     /// The file could not be opened or created.
     #[error("cannot open ledger `{path}`: {source}")]
     Open {
+        /// The ledger file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: Arc<rusqlite::Error>,
     },
     /// The file could not be read while checking what it is.
     #[error("cannot read ledger `{path}`: {source}")]
     Io {
+        /// The ledger file.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: Arc<io::Error>,
     },
@@ -30,11 +34,18 @@ pub enum LedgerError {
     #[error(
         "`{path}` is not a warden ledger ({reason}); expected a ledger created by warden or a path to a new or empty file"
     )]
-    NotALedger { path: PathBuf, reason: String },
+    NotALedger {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away (no `meta` table, another format tag, …).
+        reason: String,
+    },
     /// The file looks like a ledger but SQLite reports it as damaged.
     #[error("ledger `{path}` is corrupt: {source}; restore it from a backup")]
     Corrupt {
+        /// The ledger file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: Arc<rusqlite::Error>,
     },
@@ -43,8 +54,11 @@ pub enum LedgerError {
         "ledger `{path}` has schema version {found}, newer than the supported version {supported}; upgrade warden to open it"
     )]
     NewerSchema {
+        /// The ledger file.
         path: PathBuf,
+        /// The schema version in the file.
         found: i64,
+        /// The version this build writes ([`SCHEMA_VERSION`](super::SCHEMA_VERSION)).
         supported: i64,
     },
     /// The ledger's schema version is older than any this build can read.
@@ -52,8 +66,11 @@ pub enum LedgerError {
         "ledger `{path}` has schema version {found}, which this build cannot read; expected version {supported}"
     )]
     UnsupportedSchema {
+        /// The ledger file.
         path: PathBuf,
+        /// The schema version in the file.
         found: i64,
+        /// The version this build writes ([`SCHEMA_VERSION`](super::SCHEMA_VERSION)).
         supported: i64,
     },
     /// A database operation failed after the ledger was opened.
@@ -62,9 +79,13 @@ pub enum LedgerError {
     /// A stored value is outside what the schema allows (e.g. tier `9`).
     #[error("ledger table `{table}` has invalid `{column}` value `{value}`: {expected}")]
     InvalidValue {
+        /// The SQL table (`agent_actions`, `agents`, …).
         table: &'static str,
+        /// The column.
         column: &'static str,
+        /// The value found.
         value: String,
+        /// What the schema allows there.
         expected: &'static str,
     },
     /// An agent id was empty.
@@ -82,7 +103,9 @@ pub enum LedgerError {
     /// next `flush`.
     #[error("{count} appended ledger entries were lost: {cause}")]
     AppendsLost {
+        /// How many entries were lost.
         count: u64,
+        /// Why their batch failed.
         #[source]
         cause: Box<LedgerError>,
     },

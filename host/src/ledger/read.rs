@@ -101,12 +101,20 @@ pub(crate) fn metrics(
 /// A row of any chained table, for display and export.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LedgerRow {
+    /// The table the row is in.
     pub table: Table,
+    /// The row's `id` within its table.
     pub id: i64,
+    /// The row's position in the ledger's single chain, shared by all four tables.
     pub seq: u64,
+    /// When it was written, RFC 3339 (`last_active_at` for metrics rows).
     pub timestamp: String,
+    /// The agent it is about.
     pub agent_id: String,
+    /// The task; `None` for metrics and promotions, and rows outside a task.
     pub task_id: Option<String>,
+    /// The lifecycle phase (`EXECUTE`); `None` for metrics and promotions, and rows outside
+    /// the lifecycle.
     pub phase: Option<String>,
     /// `action` for actions, `violation_type` for violations, else the
     /// table's kind (`promotion`, `metrics`).
@@ -122,8 +130,11 @@ pub struct LedgerRow {
 /// promotions or metrics) exclude that table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerQuery {
+    /// Only rows of this table.
     pub table: Option<Table>,
+    /// Only rows about this agent.
     pub agent_id: Option<String>,
+    /// Only rows of this task.
     pub task_id: Option<String>,
     /// Matches `action` (actions) or `violation_type` (violations).
     pub kind: Option<String>,
@@ -334,10 +345,12 @@ pub struct VerifyReport {
     /// `row_hash` of the last verified row; publish it to anchor the chain
     /// outside the file.
     pub head: String,
+    /// The first break; `None` when the whole chain verifies.
     pub broken: Option<ChainBreak>,
 }
 
 impl VerifyReport {
+    /// Whether the whole chain verified.
     pub fn is_intact(&self) -> bool {
         self.broken.is_none()
     }
@@ -348,9 +361,12 @@ impl VerifyReport {
 pub struct ChainBreak {
     /// `None` when the break is rows missing at the end.
     pub table: Option<Table>,
+    /// The offending row's `id` within its table; `None` when the break is rows missing at
+    /// the end.
     pub id: Option<i64>,
     /// The offending row's seq, or the first missing seq.
     pub seq: u64,
+    /// What does not hold there.
     pub reason: BreakReason,
 }
 
@@ -359,21 +375,45 @@ pub struct ChainBreak {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BreakReason {
     /// The row's content does not hash to its `row_hash`: it was edited.
-    HashMismatch { stored: String, computed: String },
+    HashMismatch {
+        /// The row's stored `row_hash`.
+        stored: String,
+        /// The hash of its content as read.
+        computed: String,
+    },
     /// The row does not link to its predecessor: rows were reordered,
     /// replaced or re-hashed.
-    PrevMismatch { expected: String, found: String },
+    PrevMismatch {
+        /// The previous row's `row_hash`.
+        expected: String,
+        /// The row's `prev_hash`.
+        found: String,
+    },
     /// Seqs before this row are absent: rows were deleted.
-    Gap { expected_seq: u64 },
+    Gap {
+        /// The first missing seq.
+        expected_seq: u64,
+    },
     /// Another row already has this seq.
     DuplicateSeq,
     /// The chain ends before the head recorded at the last commit: trailing
     /// rows were deleted.
-    Missing { recorded_head_seq: u64 },
+    Missing {
+        /// The head seq recorded at the last commit.
+        recorded_head_seq: u64,
+    },
     /// The last row differs from the head recorded at the last commit.
-    HeadMismatch { recorded: String, found: String },
+    HeadMismatch {
+        /// The head hash recorded at the last commit.
+        recorded: String,
+        /// The last row's `row_hash`.
+        found: String,
+    },
     /// A chain column has the wrong type.
-    Malformed { column: &'static str },
+    Malformed {
+        /// The column (`seq`, `prev_hash`, `row_hash`).
+        column: &'static str,
+    },
 }
 
 impl fmt::Display for ChainBreak {

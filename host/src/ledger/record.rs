@@ -17,9 +17,14 @@ pub type Text = Cow<'static, str>;
 /// The context every entry of one run repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
+    /// The agent, or a pseudo-agent such as `orchestrator` (column `agent_id`).
     pub agent_id: Arc<str>,
+    /// Free-form build identity (column `agent_version`); the host writes the first 12 hex
+    /// digits of the component digest, or an empty string when there is none.
     pub agent_version: Arc<str>,
+    /// The agent's tier when the entry was made.
     pub tier: Tier,
+    /// The task of the run; `None` outside a task (registry events, health rows).
     pub task_id: Option<Arc<str>>,
     /// Digest of the Wasm component that ran.
     pub component_digest: Option<Arc<str>>,
@@ -28,6 +33,7 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// A subject with no task, component digest or policy revision.
     pub fn new(
         agent_id: impl Into<Arc<str>>,
         agent_version: impl Into<Arc<str>>,
@@ -43,16 +49,19 @@ impl Subject {
         }
     }
 
+    /// Set [`Subject::task_id`].
     pub fn with_task_id(mut self, task_id: impl Into<Arc<str>>) -> Self {
         self.task_id = Some(task_id.into());
         self
     }
 
+    /// Set [`Subject::component_digest`].
     pub fn with_component_digest(mut self, digest: impl Into<Arc<str>>) -> Self {
         self.component_digest = Some(digest.into());
         self
     }
 
+    /// Set [`Subject::policy_revision`].
     pub fn with_policy_revision(mut self, revision: impl Into<Arc<str>>) -> Self {
         self.policy_revision = Some(revision.into());
         self
@@ -62,7 +71,9 @@ impl Subject {
 /// Something an agent did or attempted, and what governance decided.
 #[derive(Debug, Clone)]
 pub struct ActionRecord {
+    /// Who acted, in which run.
     pub subject: Arc<Subject>,
+    /// The lifecycle phase (`EXECUTE`); `None` outside the lifecycle.
     pub phase: Option<&'static str>,
     /// What was attempted, e.g. `tool.call`.
     pub action: Text,
@@ -70,8 +81,11 @@ pub struct ActionRecord {
     pub decision: Text,
     /// Stored as NULL when NaN, since SQLite cannot keep NaN.
     pub confidence: Option<f64>,
+    /// Whether the action succeeded; see [`ActionRecord::failed`].
     pub success: bool,
+    /// A short error class, e.g. `denied` or `BACKEND_UNHEALTHY`; `None` when it succeeded.
     pub error_type: Option<Text>,
+    /// The error's text; `None` when it succeeded.
     pub error_message: Option<Text>,
     /// Free-form context (JSON by convention).
     pub details: Option<Text>,
@@ -93,11 +107,13 @@ impl ActionRecord {
         }
     }
 
+    /// Set the lifecycle phase the action happened in.
     pub fn phase(mut self, phase: &'static str) -> Self {
         self.phase = Some(phase);
         self
     }
 
+    /// Set the confidence the agent reported (a NaN is stored as NULL).
     pub fn confidence(mut self, confidence: f64) -> Self {
         self.confidence = Some(confidence);
         self
@@ -111,6 +127,7 @@ impl ActionRecord {
         self
     }
 
+    /// Set the free-form context (JSON by convention).
     pub fn details(mut self, details: impl Into<Text>) -> Self {
         self.details = Some(details.into());
         self
@@ -120,7 +137,9 @@ impl ActionRecord {
 /// A breach of policy or procedure.
 #[derive(Debug, Clone)]
 pub struct ViolationRecord {
+    /// Who committed it, in which run.
     pub subject: Arc<Subject>,
+    /// The lifecycle phase (`EXECUTE`); `None` outside the lifecycle.
     pub phase: Option<&'static str>,
     /// Caller-defined, e.g. `TIER_DENIED`, `PATH_ESCAPE`, `DEADLINE_EXCEEDED`.
     pub violation_type: Text,
@@ -128,10 +147,12 @@ pub struct ViolationRecord {
     pub procedure: bool,
     /// What was touched, e.g. a path or tool name.
     pub resource: Option<Text>,
+    /// What happened, in words.
     pub details: Text,
 }
 
 impl ViolationRecord {
+    /// A rule violation (not a procedure one) with no phase or resource.
     pub fn new(
         subject: Arc<Subject>,
         violation_type: impl Into<Text>,
@@ -147,16 +168,19 @@ impl ViolationRecord {
         }
     }
 
+    /// Set the lifecycle phase the violation happened in.
     pub fn phase(mut self, phase: &'static str) -> Self {
         self.phase = Some(phase);
         self
     }
 
+    /// Mark it as a procedure violation.
     pub fn procedure(mut self) -> Self {
         self.procedure = true;
         self
     }
 
+    /// Set what was touched.
     pub fn resource(mut self, resource: impl Into<Text>) -> Self {
         self.resource = Some(resource.into());
         self
@@ -167,10 +191,13 @@ impl ViolationRecord {
 /// [`Ledger::set_tier`](super::Ledger::set_tier) to change the registry too.
 #[derive(Debug, Clone)]
 pub struct PromotionRecord {
+    /// The agent whose tier changed.
     pub agent_id: Arc<str>,
     /// `None` when the agent had no tier yet.
     pub from_tier: Option<Tier>,
+    /// The new tier.
     pub to_tier: Tier,
+    /// Why the tier changed.
     pub reason: Text,
     /// Who made the change: a user, `policy`, `auto-promotion`…
     pub actor: Text,
@@ -179,8 +206,11 @@ pub struct PromotionRecord {
 /// One fire-and-forget ledger entry.
 #[derive(Debug, Clone)]
 pub enum Entry {
+    /// A row of `agent_actions`.
     Action(ActionRecord),
+    /// A row of `violations`.
     Violation(ViolationRecord),
+    /// A row of `promotions`.
     Promotion(PromotionRecord),
 }
 
@@ -205,10 +235,16 @@ impl From<PromotionRecord> for Entry {
 /// A row of the `agents` registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentRecord {
+    /// The registered agent.
     pub agent_id: String,
+    /// Its current tier.
     pub tier: Tier,
+    /// `sha256:<hex>` of the component it is bound to; `None` when it was registered without
+    /// one and has not run yet.
     pub component_digest: Option<String>,
+    /// When it was first registered, RFC 3339.
     pub registered_at: String,
+    /// When the row was last written (registration, tier or component change), RFC 3339.
     pub updated_at: String,
 }
 
@@ -222,16 +258,19 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Whether the agent was not registered before.
     pub fn created(&self) -> bool {
         self.previous.is_none()
     }
 
+    /// Whether an existing agent's tier changed.
     pub fn tier_changed(&self) -> bool {
         self.previous
             .as_ref()
             .is_some_and(|p| p.tier != self.agent.tier)
     }
 
+    /// Whether an existing agent was bound to a different component digest.
     pub fn rebound(&self) -> bool {
         self.previous
             .as_ref()
@@ -242,12 +281,18 @@ impl Registration {
 /// An agent's run counters as of one `agent_metrics` row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MetricsSnapshot {
+    /// The row's position in the `agent_metrics` chain.
     pub seq: u64,
+    /// The agent.
     pub agent_id: String,
+    /// Its tier at that run.
     pub current_tier: Tier,
+    /// Runs recorded, this one included.
     pub total_runs: u64,
+    /// Runs that were compliant.
     pub compliant_runs: u64,
     /// Compliant runs since the last non-compliant one.
     pub consecutive_compliant: u64,
+    /// When the row was written, RFC 3339.
     pub last_active_at: String,
 }

@@ -26,9 +26,13 @@ const FORMAT: &str = "warden-ledger";
 /// One of the four hash-chained tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
+    /// `agent_actions`: every capability call and host decision.
     Actions,
+    /// `violations`: breaches of policy or procedure.
     Violations,
+    /// `agent_metrics`: one row of run counters per finished run.
     Metrics,
+    /// `promotions`: tier changes.
     Promotions,
 }
 

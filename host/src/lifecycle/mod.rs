@@ -176,7 +176,7 @@ pub(crate) async fn run(
         let entry = violation(
             &subject,
             Phase::Bootstrap,
-            "IMPORT_ABOVE_TIER",
+            refusal.code(),
             component_digest.clone(),
             refusal.to_string(),
         );

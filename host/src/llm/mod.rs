@@ -21,8 +21,11 @@ pub use scripted::{ScriptRule, ScriptedProvider};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Instructions that frame the conversation.
     System,
+    /// The asking side: the agent's prompt.
     User,
+    /// The model's replies.
     Assistant,
 }
 
@@ -40,11 +43,14 @@ impl Role {
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who wrote it.
     pub role: Role,
+    /// The message text.
     pub content: String,
 }
 
 impl ChatMessage {
+    /// A message of `role`.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         ChatMessage {
             role,
@@ -52,14 +58,17 @@ impl ChatMessage {
         }
     }
 
+    /// A [`Role::System`] message.
     pub fn system(content: impl Into<String>) -> Self {
         ChatMessage::new(Role::System, content)
     }
 
+    /// A [`Role::User`] message.
     pub fn user(content: impl Into<String>) -> Self {
         ChatMessage::new(Role::User, content)
     }
 
+    /// A [`Role::Assistant`] message.
     pub fn assistant(content: impl Into<String>) -> Self {
         ChatMessage::new(Role::Assistant, content)
     }
@@ -68,9 +77,13 @@ impl ChatMessage {
 /// A completion request. `model: None` means the provider's [`LlmProvider::default_model`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LlmRequest {
+    /// The model asked for; `None` for the provider's default.
     pub model: Option<String>,
+    /// The conversation, oldest message first.
     pub messages: Vec<ChatMessage>,
+    /// Cap on the completion's tokens; `None` leaves it to the provider.
     pub max_tokens: Option<u32>,
+    /// Sampling temperature; `None` leaves it to the provider.
     pub temperature: Option<f32>,
 }
 
@@ -78,10 +91,13 @@ pub struct LlmRequest {
 /// ([`estimate_tokens`]) otherwise; the host charges them to the task's budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmResponse {
+    /// The completion's text.
     pub text: String,
     /// The model that answered, which may differ from the one asked for (aliases, routing).
     pub model: String,
+    /// Tokens of the request's messages.
     pub prompt_tokens: u32,
+    /// Tokens of the completion.
     pub completion_tokens: u32,
 }
 
@@ -94,6 +110,8 @@ pub trait LlmProvider: Send + Sync + 'static {
     /// The model used when a request names none.
     fn default_model(&self) -> &str;
 
+    /// Complete the conversation of `request`; fails when the provider cannot be reached,
+    /// refuses, or answers with something that is not a completion.
     async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, LlmError>;
 
     /// A cheap liveness probe, for `warden doctor` and startup checks; it spends no tokens.
@@ -110,14 +128,21 @@ pub enum LlmError {
     Unavailable(String),
     /// The provider did not answer within the configured time.
     #[error(
-        "llm provider did not answer `{url}` within {} ms; raise `timeout_ms` or check the server",
-        timeout.as_millis()
+        "llm provider did not answer `{url}` within {}; raise `timeout` in `[llm]` or check the server",
+        crate::duration::format(*timeout)
     )]
-    Timeout { url: String, timeout: Duration },
+    Timeout {
+        /// The URL requested.
+        url: String,
+        /// The whole-request timeout that passed.
+        timeout: Duration,
+    },
     /// The provider answered with a non-2xx status.
     #[error("llm provider answered http {status} to `{url}`: {body}")]
     Http {
+        /// The URL requested.
         url: String,
+        /// The HTTP status code.
         status: u16,
         /// The start of the response body (at most 512 bytes), for the operator.
         body: String,
@@ -136,12 +161,19 @@ pub enum LlmError {
     /// A scripted rules file cannot be read.
     #[error("cannot read scripted llm rules `{path}`: {source}")]
     ReadRules {
+        /// The rules file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A scripted rules file or rule list is malformed.
     #[error("scripted llm rules {origin} are invalid: {message}")]
-    Rules { origin: String, message: String },
+    Rules {
+        /// The rules: `` `path` `` for a file, `(inline)` for text, `(in code)` for a rule list.
+        origin: String,
+        /// What is wrong with them.
+        message: String,
+    },
     /// The `[llm]` configuration or a provider setting cannot be used.
     #[error("llm configuration is invalid: {0}")]
     Config(String),
@@ -151,7 +183,9 @@ pub enum LlmError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
+    /// `scripted`: [`ScriptedProvider`], canned responses from a rules file.
     Scripted,
+    /// `openai-compatible`: [`OpenAiCompatible`], chat completions over HTTP.
     OpenaiCompatible,
 }
 

@@ -17,10 +17,12 @@ pub struct ScriptRule {
     /// A case-sensitive substring, or with `regex = true` a regex searched for anywhere in the
     /// message (anchor it with `^`/`$` to match whole messages).
     pub pattern: String,
+    /// The completion returned when the rule matches.
     pub response: String,
     /// Match only messages of this role; `None` matches any message.
     #[serde(default)]
     pub role: Option<Role>,
+    /// Whether `pattern` is a regex rather than a substring; default `false`.
     #[serde(default)]
     pub regex: bool,
 }

@@ -21,15 +21,25 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// A component that could not be compiled or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
+    /// A component file, or the compiled-component cache directory, cannot be read or created.
     #[error("cannot read component `{path}`: {source}")]
     Read {
+        /// The file or directory.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error(
         "`{origin}` is not a valid WebAssembly component: {message} (build agents for `wasm32-wasip2`, e.g. `cargo build --target wasm32-wasip2`)"
     )]
-    Invalid { origin: String, message: String },
+    /// The bytes are not a WebAssembly component wasmtime can compile.
+    Invalid {
+        /// Where the bytes came from (a path, or the agent they were offered for).
+        origin: String,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// The wasmtime engine cannot be created; wasmtime's error.
     #[error("cannot set up the wasmtime engine: {0}")]
     Engine(String),
 }
@@ -72,6 +82,7 @@ impl Runtime {
         })
     }
 
+    /// The shared wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -30,11 +30,21 @@ pub enum SecretsError {
     #[error(
         "invalid secret path `{path}`: {problem}; expected `/`-separated segments of `a-z`, `0-9`, `_` and `-`, at most {MAX_PATH_LEN} bytes"
     )]
-    InvalidPath { path: String, problem: String },
+    /// A path that breaks [`validate_path`]'s rules.
+    InvalidPath {
+        /// The path given.
+        path: String,
+        /// Which rule it breaks.
+        problem: String,
+    },
     #[error(
         "invalid secrets session ttl `{ttl:?}`: expected more than zero and less than a century"
     )]
-    InvalidTtl { ttl: Duration },
+    /// A session TTL of zero, or longer than a century.
+    InvalidTtl {
+        /// The TTL asked for.
+        ttl: Duration,
+    },
     /// The session was revoked (the agent was revoked or its run ended).
     #[error("the secrets session was revoked")]
     Revoked,
@@ -44,35 +54,61 @@ pub enum SecretsError {
     /// The backend itself refused the session this path (Vault: the token's policies do
     /// not grant it), after the caller's tier check let it through.
     #[error("the {backend} secret backend denied access to secret `{path}`")]
-    Denied { backend: &'static str, path: String },
+    Denied {
+        /// The backend's name (`vault`).
+        backend: &'static str,
+        /// The secret path asked for.
+        path: String,
+    },
     #[error(
         "secrets file `{path}` is accessible by group or others (mode {mode:03o}); run `chmod 600 {path}`",
         path = .path.display()
     )]
-    InsecurePermissions { path: PathBuf, mode: u32 },
+    /// The embedded secrets file can be read or written by group or others.
+    InsecurePermissions {
+        /// The secrets file.
+        path: PathBuf,
+        /// Its permission bits (`0o644`).
+        mode: u32,
+    },
     #[error(
         "secrets file `{path}` is not a secrets file: {problem}; expected {{\"version\":1,\"secrets\":{{\"<path>\":\"<value>\"}}}}",
         path = .path.display()
     )]
-    Corrupt { path: PathBuf, problem: String },
-    #[error("cannot {action} secrets file `{path}`: {source}", path = .path.display())]
-    Io {
-        action: &'static str,
+    /// The embedded secrets file does not have the expected JSON shape.
+    Corrupt {
+        /// The secrets file.
         path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    #[error("cannot {action} secrets file `{path}`: {source}", path = .path.display())]
+    /// A file of the backend cannot be read or written.
+    Io {
+        /// What was being done (`open`, `read`, `create`, `write`).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The backend failed or is unreachable.
     #[error("the {backend} secret backend failed: {source}")]
     Backend {
+        /// The backend's name (`embedded`, `vault`).
         backend: &'static str,
+        /// What failed: the Vault client's error, or the embedded store's worker.
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// The backend's circuit breaker is open after failures in a row: the call was not
     /// attempted. It is let through again once the breaker's cool-down has passed.
     #[error("the {backend} secret backend at `{location}` is unavailable ({reason})")]
     Unavailable {
+        /// The backend's name (`vault`).
         backend: &'static str,
+        /// The backend's address.
         location: String,
+        /// The failures that opened the breaker and when it lets a call through again.
         reason: crate::breaker::CircuitOpen,
     },
 }

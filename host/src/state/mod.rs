@@ -68,32 +68,54 @@ pub enum StateError {
     #[error(
         "invalid lock owner `{owner}`: expected 1 to {MAX_OWNER_LEN} bytes without control characters"
     )]
-    InvalidOwner { owner: String },
+    InvalidOwner {
+        /// The token, with control characters escaped.
+        owner: String,
+    },
     /// A TTL the backend cannot express.
     #[error("invalid {what} ttl `{ttl:?}`: expected at least 1 ms")]
-    InvalidTtl { what: &'static str, ttl: Duration },
+    InvalidTtl {
+        /// What the TTL is for (`lock`, `heartbeat`).
+        what: &'static str,
+        /// The TTL asked for.
+        ttl: Duration,
+    },
     /// A stored value that does not have the shape this module writes.
     #[error("corrupt value in `{key}`: {message}")]
-    Corrupt { key: String, message: String },
+    Corrupt {
+        /// The key (with `[index]` for a list element) holding the value.
+        key: String,
+        /// What is wrong with the value.
+        message: String,
+    },
     /// The store could not be opened.
     #[error("cannot open the {backend} state store at `{location}`: {source}")]
     Open {
+        /// The backend's name (`embedded`, `redis`).
         backend: &'static str,
+        /// Where it was opened: a file path, `:memory:`, or a Redis address with the password
+        /// redacted.
         location: String,
+        /// The client library's error.
         source: BoxError,
     },
     /// The store failed or is unreachable.
     #[error("the {backend} state store failed: {source}")]
     Backend {
+        /// The backend's name (`embedded`, `redis`).
         backend: &'static str,
+        /// The client library's error.
         source: BoxError,
     },
     /// The store's circuit breaker is open after failures in a row: the call was not
     /// attempted. It is let through again once the breaker's cool-down has passed.
     #[error("the {backend} state store at `{location}` is unavailable ({reason})")]
     Unavailable {
+        /// The backend's name (`redis`).
         backend: &'static str,
+        /// The store's address (`host:port/db`).
         location: String,
+        /// The failures that opened the breaker and when it lets a call through again.
         reason: crate::breaker::CircuitOpen,
     },
 }
@@ -232,30 +254,39 @@ pub mod keys {
     /// Hash: agent id → its latest revocation record.
     pub const REVOCATIONS_BY_AGENT: &str = "revocations:by_agent";
 
+    /// `agent:{id}:packet`: the agent's packet.
     pub fn packet(agent: &str) -> String {
         format!("agent:{agent}:packet")
     }
+    /// `agent:{id}:state`: the checkpoint and the agent's own key/value state.
     pub fn state(agent: &str) -> String {
         format!("agent:{agent}:state")
     }
+    /// `agent:{id}:errors`: the error budget counters.
     pub fn errors(agent: &str) -> String {
         format!("agent:{agent}:errors")
     }
+    /// `agent:{id}:heartbeat`: milliseconds of the last beat, with a TTL.
     pub fn heartbeat(agent: &str) -> String {
         format!("agent:{agent}:heartbeat")
     }
+    /// `agent:{id}:lock`: the lock owner token, with a TTL.
     pub fn lock(agent: &str) -> String {
         format!("agent:{agent}:lock")
     }
+    /// `task:{id}:active_agent`: the agent last started on the task.
     pub fn active_agent(task: &str) -> String {
         format!("task:{task}:active_agent")
     }
+    /// `task:{id}:artifacts`: the task's artifact references, oldest first.
     pub fn artifacts(task: &str) -> String {
         format!("task:{task}:artifacts")
     }
+    /// `task:{id}:approval`: the approval gate record.
     pub fn approval(task: &str) -> String {
         format!("task:{task}:approval")
     }
+    /// `handoff:{task}:latest`: the task's latest handoff.
     pub fn handoff(task: &str) -> String {
         format!("handoff:{task}:latest")
     }
@@ -325,6 +356,7 @@ impl ErrorCounts {
 /// One lifecycle transition, applied atomically by [`StateStore::transition`].
 #[derive(Debug, Clone, Copy)]
 pub struct Transition<'a> {
+    /// The agent in transition.
     pub agent: &'a AgentId,
     /// The run's lock owner token.
     pub owner: &'a LockOwner,
@@ -351,7 +383,10 @@ pub enum LockAttempt {
     /// The caller now holds the lock (or already did, and its TTL was renewed).
     Acquired,
     /// Someone else holds a live lock.
-    Held { owner: String },
+    Held {
+        /// The holder's owner token.
+        owner: String,
+    },
 }
 
 /// Runtime state shared by every run on this host (and, with a shared backend, every host).
@@ -365,11 +400,14 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
 
     /// Store the packet under its agent (replacing any previous one).
     async fn put_packet(&self, packet: &Packet) -> Result<(), StateError>;
+    /// The agent's packet; `None` if none was stored.
     async fn packet(&self, agent: &AgentId) -> Result<Option<Packet>, StateError>;
     /// The last checkpoint written by [`StateStore::transition`].
     async fn checkpoint(&self, agent: &AgentId) -> Result<Option<Checkpoint>, StateError>;
 
+    /// The value of the agent's own `key`; `None` if it is not set.
     async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError>;
+    /// Set the agent's own `key` (replacing any value).
     async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError>;
     /// Whether the key existed.
     async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError>;
@@ -384,7 +422,9 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
         signature: &str,
         procedure: bool,
     ) -> Result<ErrorCounts, StateError>;
+    /// The agent's error counts; all zero if it has none.
     async fn error_counts(&self, agent: &AgentId) -> Result<ErrorCounts, StateError>;
+    /// Clear the agent's error counters (done at every bootstrap).
     async fn reset_errors(&self, agent: &AgentId) -> Result<(), StateError>;
 
     /// Record that the agent is alive for the next `ttl`.
@@ -419,7 +459,9 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     /// checkpoint nor claim the agent is alive on its behalf.
     async fn transition(&self, t: &Transition<'_>) -> Result<TransitionResult, StateError>;
 
+    /// Record `agent` as the task's active agent (replacing any previous one).
     async fn set_active_agent(&self, task: &TaskId, agent: &AgentId) -> Result<(), StateError>;
+    /// The task's active agent; `None` if no agent was started on it.
     async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError>;
 
     /// Append an artifact reference to the task.
@@ -436,10 +478,12 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
 
     /// Store the handoff as its task's latest.
     async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError>;
+    /// The task's latest handoff; `None` if no agent of it was revoked.
     async fn handoff(&self, task: &TaskId) -> Result<Option<Handoff>, StateError>;
 
     /// Store the approval of its task.
     async fn put_approval(&self, approval: &Approval) -> Result<(), StateError>;
+    /// The task's approval; `None` until it is approved.
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError>;
 
     /// Revocations recorded by any host sharing this backend, pushed as agent ids, when the

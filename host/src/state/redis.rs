@@ -174,6 +174,7 @@ impl Default for RedisOptions {
 }
 
 impl RedisOptions {
+    /// Set the circuit breaker's thresholds.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
         self.breaker = breaker;
         self

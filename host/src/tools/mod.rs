@@ -44,36 +44,59 @@ pub const MAX_OUTPUT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// A tool registry that cannot be loaded, or a call of a tool that is refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolsError {
+    /// The registry file cannot be read.
     #[error("cannot read tool registry `{path}`: {source}")]
     Read {
+        /// The registry file.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// The registry is not TOML of the expected shape (the message has the line and field).
     #[error("tool registry {origin} is invalid{}: {message}", in_tool(.tool))]
     Parse {
+        /// The registry, `` `path` `` for a file or `(inline)` for text.
         origin: String,
+        /// The entry at fault: its name in backticks, or `#N` when it has none; `None` when
+        /// no single entry is at fault.
         tool: Option<String>,
+        /// `line L, column C: message`, from the TOML parser.
         message: String,
     },
     /// A tool's field is well-formed but unusable.
     #[error("tool registry {origin}, tool `{tool}`, field `{field}`: {message}")]
     Invalid {
+        /// The registry, `` `path` `` for a file or `(inline)` for text.
         origin: String,
+        /// The tool's name.
         tool: String,
+        /// The field at fault (`argv`, `max_args`, …).
         field: &'static str,
+        /// What is wrong with it.
         message: String,
     },
     #[error("no tool named `{tool}` is registered; {}", known_tools(.known))]
-    NotFound { tool: String, known: Vec<String> },
-    #[error("tool `{tool}` is refused to tier {tier}: it needs at least tier {lowest}")]
-    Denied {
+    /// No tool of that name is registered.
+    NotFound {
+        /// The name asked for.
         tool: String,
+        /// The registered tools' names, in registry order.
+        known: Vec<String>,
+    },
+    #[error("tool `{tool}` is refused to tier {tier}: it needs at least tier {lowest}")]
+    /// The caller's tier is below the tool's `min_tier`.
+    Denied {
+        /// The tool.
+        tool: String,
+        /// The caller's tier.
         tier: Tier,
+        /// The tool's `min_tier`.
         lowest: Tier,
     },
     #[error("{}", invalid_argument(.tool, *.index, .value.as_deref(), .patterns, .problem))]
+    /// An argument was refused.
     InvalidArgument {
+        /// The tool.
         tool: String,
         /// The argument's position, from 0 as in `{0}`.
         index: usize,
@@ -81,17 +104,28 @@ pub enum ToolsError {
         value: Option<String>,
         /// The tool's argument patterns, as written.
         patterns: Vec<String>,
+        /// Why it was refused.
         problem: ArgumentProblem,
     },
     #[error(
         "tool `{tool}` ran longer than its {} limit and was killed; the operator may raise its `timeout`",
         crate::duration::format(*timeout)
     )]
-    Timeout { tool: String, timeout: Duration },
-    #[error("tool `{tool}` (`{program}`) is unavailable: {message}")]
-    Unavailable {
+    /// The tool ran past its `timeout` and was killed.
+    Timeout {
+        /// The tool.
         tool: String,
+        /// Its `timeout`.
+        timeout: Duration,
+    },
+    #[error("tool `{tool}` (`{program}`) is unavailable: {message}")]
+    /// The tool's program cannot be started, or its output cannot be collected.
+    Unavailable {
+        /// The tool.
+        tool: String,
+        /// The program that was to run (`argv[0]`).
         program: String,
+        /// What failed.
         message: String,
     },
 }
@@ -100,13 +134,19 @@ pub enum ToolsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgumentProblem {
     /// More arguments than `max_args`; `index` is the first one too many.
-    TooMany { max: usize },
+    TooMany {
+        /// The tool's `max_args`.
+        max: usize,
+    },
     /// The argument fully matches none of the tool's patterns.
     NoMatch,
     /// The argument contains a NUL byte, which no program can receive.
     ContainsNul,
     /// The tool's argv uses `{index}` but only `given` arguments were passed.
-    Missing { given: usize },
+    Missing {
+        /// How many arguments were passed.
+        given: usize,
+    },
 }
 
 fn in_tool(tool: &Option<String>) -> String {
@@ -160,7 +200,9 @@ fn invalid_argument(
 /// One registered tool, validated.
 #[derive(Clone)]
 pub struct ToolSpec {
+    /// The name agents call it by; unique in the registry.
     pub name: String,
+    /// What it does, as shown to agents.
     pub description: String,
     /// The lowest tier that may call the tool at all.
     pub min_tier: Tier,
@@ -173,8 +215,11 @@ pub struct ToolSpec {
     pub check_argv: Option<Vec<String>>,
     /// The argument patterns as written (each is matched whole).
     pub args: Vec<String>,
+    /// How many arguments it takes at most (default 0).
     pub max_args: usize,
+    /// How long a run may take before it is killed (default 30 s).
     pub timeout: Duration,
+    /// How much of standard output, and of standard error, is kept, in bytes (default 64 KiB).
     pub max_output_bytes: usize,
     program: String,
     template: Template,
@@ -288,14 +333,17 @@ impl ToolRegistry {
         self.tools.iter()
     }
 
+    /// The tool named `name`; `None` if none is registered.
     pub fn get(&self, name: &str) -> Option<&ToolSpec> {
         self.tools.iter().find(|t| t.name == name)
     }
 
+    /// The number of registered tools.
     pub fn len(&self) -> usize {
         self.tools.len()
     }
 
+    /// Whether no tool is registered.
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
     }

@@ -36,6 +36,7 @@ pub struct ToolOutput {
     pub exit_code: i32,
     /// Standard output, lossily decoded as UTF-8, at most `max_output_bytes` of it.
     pub stdout: String,
+    /// Standard error, lossily decoded as UTF-8, at most `max_output_bytes` of it.
     pub stderr: String,
     /// The caller's tier is below the tool's `full_tier`: the check command ran, or nothing did.
     pub check_mode: bool,
