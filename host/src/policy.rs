@@ -38,6 +38,45 @@ pub enum Approval {
     Required,
 }
 
+/// What a run may do in PLAN, before the approval gate (`[tiers.Tn.plan]`). The gate is
+/// there to hold effects back, so by default an agent only reads and plans: tools run in
+/// check mode, secrets are closed, and only plan artifacts are written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanRules {
+    /// `"check"`: every tool runs its check command (or nothing) in PLAN; `"full"`: as in
+    /// EXECUTE.
+    pub tools: PlanTools,
+    /// Whether secrets may be read in PLAN.
+    pub secrets: bool,
+    /// The artifact names (globs) that may be written in PLAN, within the tier's own
+    /// `[tiers.Tn.artifacts] names`.
+    pub artifacts: Vec<crate::pattern::Pattern>,
+}
+
+impl Default for PlanRules {
+    fn default() -> Self {
+        PlanRules {
+            tools: PlanTools::Check,
+            secrets: false,
+            artifacts: vec![
+                crate::pattern::Pattern::new("plan*"),
+                crate::pattern::Pattern::new("plans/*"),
+            ],
+        }
+    }
+}
+
+/// How tools run in PLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanTools {
+    /// The check command, or nothing.
+    Check,
+    /// As in EXECUTE.
+    Full,
+}
+
 /// A capability's grant: its section of a tier (`[tiers.T1.llm]`), parsed by the
 /// capability's own module. `NONE` is what a tier without the section is granted.
 pub trait Grant: Any + fmt::Debug + Send + Sync + DeserializeOwned {
@@ -134,6 +173,8 @@ pub struct TierPolicy {
     pub interfaces: InterfaceSet,
     /// Whether the workspace is mounted writable (otherwise read-only); default `false`.
     pub workspace_write: bool,
+    /// What PLAN, before the approval gate, may do (`[tiers.Tn.plan]`).
+    pub plan: PlanRules,
     /// Whether a run goes on after PLAN by itself or waits for `warden approve`.
     pub approval: Approval,
     /// Whether runs stop after PLAN (then PACKAGE and EXIT with the plan artifact).
@@ -267,6 +308,8 @@ struct RawTier {
     name: String,
     #[serde(default)]
     workspace_write: bool,
+    #[serde(default)]
+    plan: PlanRules,
     approval: Approval,
     stops_after_plan: bool,
     #[serde(deserialize_with = "crate::duration::de")]
@@ -441,6 +484,7 @@ fn parse_tier(
         name: raw.name,
         interfaces,
         workspace_write: raw.workspace_write,
+        plan: raw.plan,
         approval: raw.approval,
         stops_after_plan: raw.stops_after_plan,
         phase_wall: raw.phase_wall,

@@ -197,7 +197,8 @@ async fn probe(
 
 #[tokio::test]
 async fn call_gate_artifact_names_by_tier() {
-    // T0 writes plan artifacts only; T1 and up write any name.
+    // T0 writes plan artifacts only; T1 and up write any name, but in PLAN, before the
+    // approval gate, every tier writes only plan artifacts.
     for tier in Tier::ALL {
         let (host, steps) = probe(
             tier,
@@ -205,21 +206,115 @@ async fn call_gate_artifact_names_by_tier() {
             json!({}),
         )
         .await;
+        let id = format!("probe-{}", tier.code());
         assert_eq!(steps[0], "artifacts.put plan.md -> ok", "{tier}");
+        assert!(
+            steps[1].starts_with("artifacts.put notes.txt -> denied"),
+            "{tier}: {steps:?}"
+        );
         if tier == Tier::Observer {
-            assert!(
-                steps[1].starts_with("artifacts.put notes.txt -> denied"),
-                "{tier}: {steps:?}"
-            );
             assert!(
                 steps[1].contains("lowest tier that may write it: T1 (operator)"),
                 "{steps:?}"
             );
-            assert_eq!(violations(&host, "probe-T0"), ["TIER_DENIED"]);
+            assert_eq!(violations(&host, &id), ["TIER_DENIED"]);
         } else {
-            assert_eq!(steps[1], "artifacts.put notes.txt -> ok", "{tier}");
+            assert!(
+                steps[1].contains("in PLAN, before the approval gate"),
+                "{tier}: {steps:?}"
+            );
+            assert_eq!(violations(&host, &id), ["PHASE_DENIED"]);
+            let (_, executed) = probe_execute(tier, "artifacts.put notes.txt").await;
+            assert_eq!(executed, ["artifacts.put notes.txt -> ok"], "{tier}");
         }
     }
+}
+
+/// The probe's calls made in EXECUTE, after the approval gate (`probe execute: …`).
+async fn probe_execute(tier: warden::Tier, calls: &str) -> (warden::Host, Vec<String>) {
+    let host = host();
+    let id = format!("probe-x-{}", tier.code());
+    let p = packet(
+        &id,
+        &format!("t-probe-x-{}", tier.code()),
+        &format!("probe execute: {calls}"),
+        &[],
+        json!({}),
+    );
+    host.approve(&p.task_id, "test").await.unwrap();
+    let report = run(&host, &id, "probe", tier, &p).await.unwrap();
+    (host, report.verification_findings)
+}
+
+/// Deliverables are sealed from VERIFY on: what was verified is what is packaged.
+#[tokio::test]
+async fn a_deliverable_cannot_be_rewritten_after_execute() {
+    let host = host();
+    let p = packet(
+        "sealer",
+        "t-seal",
+        "probe execute: artifacts.put out.txt | verify: artifacts.put out.txt; artifacts.put extra.txt",
+        &["out.txt"],
+        json!({}),
+    );
+    let report = run(&host, "sealer", "probe", Tier::Operator, &p)
+        .await
+        .unwrap();
+    let findings = &report.verification_findings;
+    assert_eq!(findings[0], "artifacts.put out.txt -> ok", "{findings:?}");
+    assert!(
+        findings[1].starts_with("artifacts.put out.txt -> denied")
+            && findings[1].contains("deliverables are sealed from VERIFY on"),
+        "{findings:?}"
+    );
+    assert_eq!(findings[2], "artifacts.put extra.txt -> ok", "{findings:?}");
+    assert_eq!(violations(&host, "sealer"), ["PHASE_DENIED"]);
+    let out: Vec<_> = report
+        .artifacts
+        .iter()
+        .filter(|a| a.name == "out.txt")
+        .collect();
+    assert_eq!(out.len(), 1, "{:?}", report.artifacts);
+}
+
+/// Before the approval gate a T4 agent can do nothing the gate is there to hold back: its
+/// tool runs in check mode, its secret stays closed, its artifact is not written.
+#[tokio::test]
+async fn a_t4_agent_can_do_nothing_in_plan_that_the_gate_holds_back() {
+    let host = host();
+    let p = packet(
+        "early",
+        "t-early",
+        "early-effects before approval",
+        &["evidence.md"],
+        json!({}),
+    );
+    host.approve("t-early", "test").await.unwrap();
+    let report = run(&host, "early", "rogue", Tier::Architect, &p)
+        .await
+        .unwrap();
+    let steps = &report.plan_steps;
+    assert_eq!(
+        steps[0], "tools.invoke deploy-prod --force: check mode",
+        "{steps:?}"
+    );
+    assert!(
+        steps[1].starts_with("secrets.get t4/root-token: refused")
+            && steps[1].contains("secrets are closed in PLAN"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[2].starts_with("artifacts.put notes.txt: refused")
+            && steps[2].contains("in PLAN, before the approval gate"),
+        "{steps:?}"
+    );
+    assert_eq!(violations(&host, "early"), ["PHASE_DENIED", "PHASE_DENIED"]);
+    assert!(
+        report.artifacts.iter().all(|a| a.name != "notes.txt"),
+        "{:?}",
+        report.artifacts
+    );
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
 }
 
 #[tokio::test]

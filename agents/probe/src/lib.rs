@@ -9,11 +9,40 @@
 //! argument is visible), `spin` (loop forever, for crash and deadline tests) and `sleep <ms>`
 //! (block on the WASI clock, for tests that change the world while a phase runs). PLAN
 //! returns one step per call: `<call> -> ok` or `<call> -> <error>`.
+//!
+//! `probe execute: <call>; …` makes the calls in EXECUTE instead, after the approval gate;
+//! `probe execute: …; | verify: …` in EXECUTE and then in VERIFY. The lines of the calls made
+//! after PLAN are VERIFY's findings.
 
 use warden_sdk::prelude::*;
 
 #[derive(Default)]
-struct Probe;
+struct Probe {
+    /// What the calls made in EXECUTE answered.
+    executed: Vec<String>,
+}
+
+/// The calls the objective gives `phase` (`execute`, `verify`), if any.
+fn calls_for<'a>(objective: &'a str, phase: &str) -> Option<&'a str> {
+    let rest = objective.trim().strip_prefix("probe ")?;
+    rest.split('|').find_map(|part| {
+        let (name, calls) = part.split_once(':')?;
+        (name.trim() == phase).then_some(calls)
+    })
+}
+
+/// Make each call of `calls` (`;`-separated) and say how it ended.
+fn run_calls(calls: &str) -> Vec<String> {
+    calls
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| match call(c) {
+            Ok(()) => format!("{c} -> ok"),
+            Err(error) => format!("{c} -> {error}"),
+        })
+        .collect()
+}
 
 fn board_section(name: &str) -> Result<blackboard::Section, String> {
     use blackboard::Section;
@@ -81,15 +110,7 @@ impl Agent for Probe {
             .trim()
             .strip_prefix("probe:")
             .unwrap_or_default();
-        let steps = calls
-            .split(';')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(|c| match call(c) {
-                Ok(()) => format!("{c} -> ok"),
-                Err(error) => format!("{c} -> {error}"),
-            })
-            .collect();
+        let steps = run_calls(calls);
         Ok(Plan {
             summary: "probe".into(),
             steps,
@@ -97,18 +118,25 @@ impl Agent for Probe {
         })
     }
 
-    fn execute(&mut self, _packet: &Packet, _plan: &Plan) -> Result<Outcome, AgentError> {
+    fn execute(&mut self, packet: &Packet, _plan: &Plan) -> Result<Outcome, AgentError> {
+        if let Some(calls) = calls_for(&packet.objective, "execute") {
+            self.executed = run_calls(calls);
+        }
         Ok(Outcome {
             success: true,
-            summary: "probed during plan".into(),
+            summary: "probed".into(),
             artifacts: vec![],
         })
     }
 
-    fn verify(&mut self, _packet: &Packet, _outcome: &Outcome) -> Result<Verification, AgentError> {
+    fn verify(&mut self, packet: &Packet, _outcome: &Outcome) -> Result<Verification, AgentError> {
+        let mut findings = std::mem::take(&mut self.executed);
+        if let Some(calls) = calls_for(&packet.objective, "verify") {
+            findings.extend(run_calls(calls));
+        }
         Ok(Verification {
             passed: true,
-            findings: vec![],
+            findings,
         })
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! | word             | EXECUTE tries to …                                                |
 //! |------------------|-------------------------------------------------------------------|
+//! | `early-effects`  | (in PLAN, before the approval gate) run `deploy-prod --force`, read `t4/root-token` and write `notes.txt`; PLAN's steps say how each ended |
 //! | `secret`         | read `t4/root-token` twice (the agent is registered at T3)       |
 //! | `escape`         | write outside its workspace, through WASI and through `artifacts` |
 //! | `forbidden-tool` | run `deploy-prod --force`                                         |
@@ -27,6 +28,7 @@ use warden_sdk::prelude::*;
 /// What the agent is going to try.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Attempt {
+    EarlyEffects,
     Secret,
     Escape,
     ForbiddenTool,
@@ -38,7 +40,8 @@ enum Attempt {
 }
 
 impl Attempt {
-    const WORDS: [(&str, Attempt); 6] = [
+    const WORDS: [(&str, Attempt); 7] = [
+        ("early-effects", Attempt::EarlyEffects),
         ("secret", Attempt::Secret),
         ("escape", Attempt::Escape),
         ("forbidden-tool", Attempt::ForbiddenTool),
@@ -66,15 +69,20 @@ impl Agent for Rogue {
         let _ = tools::list();
 
         self.attempt = Attempt::from_objective(&packet.objective);
+        let steps = match self.attempt {
+            Attempt::EarlyEffects => early_effects(),
+            attempt => vec![format!("{attempt:?}")],
+        };
         Ok(Plan {
             summary: format!("attempt: {:?}", self.attempt),
-            steps: vec![format!("{:?}", self.attempt)],
+            steps,
             confidence: 1.0,
         })
     }
 
     fn execute(&mut self, packet: &Packet, _plan: &Plan) -> Result<Outcome, AgentError> {
         let log = match self.attempt {
+            Attempt::EarlyEffects => vec!["early effects were tried in PLAN".to_owned()],
             Attempt::Secret => read_secret(),
             Attempt::Escape => escape_workspace(),
             Attempt::ForbiddenTool => run_forbidden_tool(),
@@ -105,6 +113,32 @@ impl Agent for Rogue {
             artifacts: packet.deliverables.clone(),
         })
     }
+}
+
+/// Effects the approval gate is there to hold back, tried before it.
+#[cfg(not(feature = "overreach"))]
+fn early_effects() -> Vec<String> {
+    let tool = match tools::invoke("deploy-prod", &["--force"]) {
+        Ok(out) if out.check_mode => "tools.invoke deploy-prod --force: check mode".to_owned(),
+        Ok(out) => format!(
+            "tools.invoke deploy-prod --force: RAN ({})",
+            out.stdout.trim()
+        ),
+        Err(e) => format!("tools.invoke deploy-prod --force: refused ({e})"),
+    };
+    vec![
+        tool,
+        outcome("secrets.get t4/root-token", secrets::get("t4/root-token")),
+        outcome(
+            "artifacts.put notes.txt",
+            artifacts::put_text("notes.txt", "early"),
+        ),
+    ]
+}
+
+#[cfg(feature = "overreach")]
+fn early_effects() -> Vec<String> {
+    Vec::new()
 }
 
 /// Describes the result of one attempt for the log.

@@ -13,6 +13,7 @@ use crate::governance::{CallRefusal, Governor, ViolationKind, unavailable};
 use crate::interface::Interface;
 use crate::packet::{now_rfc3339, validate_artifact_name};
 use crate::pattern::{Pattern, first_match};
+use crate::phase::Phase;
 use crate::policy::{SectionSpec, TierPolicy, TierTable};
 use crate::tier::Tier;
 
@@ -81,6 +82,41 @@ fn check_name(op: &str, name: &str) -> Result<(), CallRefusal> {
     })
 }
 
+/// What the phase allows: in PLAN, before the approval gate, only the tier's plan artifacts
+/// (`[tiers.Tn.plan] artifacts`); from VERIFY on, the deliverables are sealed, so what was
+/// verified is what is packaged.
+fn check_phase(
+    policy: &TierPolicy,
+    phase: Phase,
+    deliverables: &[String],
+    op: &str,
+    name: &str,
+) -> Result<(), CallRefusal> {
+    let refuse = |message: String| CallRefusal {
+        kind: ViolationKind::PhaseDenied,
+        resource: format!("artifact:{name}"),
+        message,
+    };
+    match phase {
+        Phase::Plan if first_match(&policy.plan.artifacts, name).is_none() => {
+            let allowed: Vec<&str> = policy.plan.artifacts.iter().map(Pattern::as_str).collect();
+            Err(refuse(format!(
+                "`{op}` of `{name}` refused: in PLAN, before the approval gate, tier {} may only write artifacts named {allowed:?} (`[tiers.{}.plan] artifacts`); write it in EXECUTE",
+                policy.tier,
+                policy.tier.code()
+            )))
+        }
+        Phase::Verify | Phase::Package | Phase::Report | Phase::Exit
+            if deliverables.iter().any(|d| d == name) =>
+        {
+            Err(refuse(format!(
+                "`{op}` of `{name}` refused: deliverables are sealed from VERIFY on, so the artifact packaged is the one verified; write deliverables in EXECUTE"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The tier's grant and the size of the content of a put.
 fn check_put(
     tiers: &TierTable,
@@ -135,6 +171,15 @@ impl Host for AgentCtx {
             OP,
             &name,
             content.len(),
+        );
+        self.gov.check(OP, decision).await?;
+        let run = &self.gov.run;
+        let decision = check_phase(
+            self.gov.policy(),
+            run.phase(),
+            &run.packet.deliverables,
+            OP,
+            &name,
         );
         self.gov.check(OP, decision).await?;
         let gov = &self.gov;

@@ -10,7 +10,8 @@ use crate::bindings::WitError;
 use crate::bindings::warden::agent::secrets::Host;
 use crate::interface::Interface;
 use crate::pattern::Pattern;
-use crate::policy::{SectionSpec, TierTable};
+use crate::phase::Phase;
+use crate::policy::{SectionSpec, TierPolicy, TierTable};
 use crate::secrets::{SecretsError, validate_path};
 use crate::tier::Tier;
 use serde::Deserialize;
@@ -34,6 +35,22 @@ impl Grant {
     fn admits(&self, agent: &str, path: &str) -> bool {
         self.paths.iter().any(|p| p.with_agent(agent).matches(path))
     }
+}
+
+/// Secrets are closed in PLAN, before the approval gate, unless the tier's
+/// `[tiers.Tn.plan] secrets` opens them.
+fn check_phase(policy: &TierPolicy, phase: Phase, op: &str, path: &str) -> Result<(), CallRefusal> {
+    if phase == Phase::Plan && !policy.plan.secrets {
+        return Err(CallRefusal {
+            kind: ViolationKind::PhaseDenied,
+            resource: format!("secret:{path}"),
+            message: format!(
+                "`{op}` of `{path}` refused: secrets are closed in PLAN, before the approval gate (`[tiers.{}.plan] secrets = false`); read it in EXECUTE",
+                policy.tier.code()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The path's shape first (a `..` is an escape attempt), then the tier's grant.
@@ -81,6 +98,8 @@ impl Host for AgentCtx {
         self.gov
             .gate(Interface::Secrets, OP, || format!("secret:{path}"))
             .await?;
+        let decision = check_phase(self.gov.policy(), self.gov.run.phase(), OP, &path);
+        self.gov.check(OP, decision).await?;
         let decision = check_read(
             &self.gov.services.tiers,
             self.gov.run.tier,
@@ -169,6 +188,17 @@ mod tests {
         let err = executor.ctx.get("t3/../t4/root".into()).await.unwrap_err();
         assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
         assert_eq!(executor.violations(), ["PATH_ESCAPE"]);
+    }
+
+    #[tokio::test]
+    async fn secrets_are_closed_in_plan() {
+        let mut architect = agent(Tier::Architect).await;
+        architect.ctx.gov.run.set_phase(crate::phase::Phase::Plan);
+        let err = architect.ctx.get("t3/db".into()).await.unwrap_err();
+        assert!(matches!(&err, WitError::Denied(m) if m.contains("secrets are closed in PLAN")), "{err:?}");
+        assert_eq!(architect.violations(), ["PHASE_DENIED"]);
+        architect.ctx.gov.run.set_phase(crate::phase::Phase::Execute);
+        assert_eq!(architect.ctx.get("t3/db".into()).await.unwrap(), "s3cret");
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@ use crate::bindings::WitError;
 use crate::bindings::warden::agent::tools::{Host, ToolInfo, ToolOutput};
 use crate::bindings::warden::agent::types::Tier as WitTier;
 use crate::interface::Interface;
+use crate::phase::Phase;
+use crate::policy::PlanTools;
 use crate::tier::Tier;
 use crate::tools::ToolsError;
 use crate::policy::{Linked, SectionSpec};
@@ -62,7 +64,15 @@ impl Host for AgentCtx {
             })
             .await?;
         let tier = self.gov.run.tier;
-        let invocation = match self.gov.services.tools.prepare(&name, &args, tier) {
+        // Before the approval gate a tool only shows what it would do.
+        let check_only = self.gov.run.phase() == Phase::Plan
+            && self.gov.policy().plan.tools == PlanTools::Check;
+        let invocation = match self
+            .gov
+            .services
+            .tools
+            .prepare_with(&name, &args, tier, check_only)
+        {
             Ok(invocation) => invocation,
             Err(error) => {
                 let kind = match &error {
@@ -148,6 +158,19 @@ argv = ["/bin/echo", "deploying"]
             .unwrap();
         assert!(!output.check_mode);
         assert_eq!(output.stdout.trim(), "hello world");
+    }
+
+    #[tokio::test]
+    async fn in_plan_every_tool_runs_in_check_mode() {
+        let mut builder = agent(Tier::Builder).await;
+        builder.ctx.gov.run.set_phase(crate::phase::Phase::Plan);
+        let output = builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert!(output.check_mode);
+        assert_eq!(output.stdout.trim(), "would greet world");
     }
 
     #[tokio::test]

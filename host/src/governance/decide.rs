@@ -26,6 +26,9 @@ pub(crate) enum ViolationKind {
     Invalid,
     /// The task's LLM token budget is spent.
     TokenBudget,
+    /// Not in this phase: an effect before the approval gate, a write to a sealed
+    /// deliverable.
+    PhaseDenied,
 }
 
 impl ViolationKind {
@@ -38,6 +41,7 @@ impl ViolationKind {
             ViolationKind::PathEscape => "PATH_ESCAPE",
             ViolationKind::Invalid => "INVALID_ARGUMENT",
             ViolationKind::TokenBudget => "TOKEN_BUDGET_EXHAUSTED",
+            ViolationKind::PhaseDenied => "PHASE_DENIED",
         }
     }
 

@@ -356,6 +356,18 @@ impl ToolRegistry {
         args: &[String],
         caller: Tier,
     ) -> Result<Invocation, ToolsError> {
+        self.prepare_with(name, args, caller, false)
+    }
+
+    /// [`ToolRegistry::prepare`], in check mode whatever the tier when `check_only` (PLAN,
+    /// before the approval gate).
+    pub fn prepare_with(
+        &self,
+        name: &str,
+        args: &[String],
+        caller: Tier,
+        check_only: bool,
+    ) -> Result<Invocation, ToolsError> {
         let Some(spec) = self.get(name) else {
             return Err(ToolsError::NotFound {
                 tool: name.to_string(),
@@ -397,7 +409,7 @@ impl ToolRegistry {
             })
         };
         let argv = render(&spec.program, &spec.template)?;
-        let check_mode = caller < spec.full_tier;
+        let check_mode = check_only || caller < spec.full_tier;
         let (argv, executes) = match (&spec.check, check_mode) {
             (Some((program, template)), true) => (render(program, template)?, true),
             (None, true) => (argv, false),
