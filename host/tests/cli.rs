@@ -533,3 +533,90 @@ fn orchestrate_prints_metrics_and_task_show_the_tally() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent `alpha` is named twice"));
 }
+
+/// What an agent writes reaches human output with its control characters and line breaks
+/// escaped, so it can neither fake a ledger line nor rewrite the operator's screen; `--json`
+/// keeps it exact.
+#[test]
+fn guest_strings_are_escaped_in_human_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let probe = wasm("probe");
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "register",
+            "evil",
+            "--tier",
+            "T1",
+            "--component",
+            &probe,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let note = "fake\u{1b}[2J\n2026-01-01 agent_actions hello run.end completed";
+    let packet = write_packet(
+        data,
+        "evil",
+        serde_json::json!({
+            "agent_id": "evil",
+            "task_id": "t-evil",
+            "objective": format!("probe: ledger.note {note}; bb.write progress k v\u{1b}[31m\u{202e}red; state.get secret-x"),
+            "constraints": { "forbidden": ["state:secret-*"] },
+        }),
+    );
+    let run = warden(data, &["run", &probe, "--packet", &packet]);
+    let handoff = warden(data, &["handoff", "show", "t-evil"]);
+    let tail = warden(data, &["ledger", "tail", "-n", "100"]);
+    let query = warden(data, &["ledger", "query", "--agent", "evil"]);
+    let task = warden(data, &["task", "show", "t-evil"]);
+    for (what, out) in [
+        ("run", &run),
+        ("handoff show", &handoff),
+        ("ledger tail", &tail),
+        ("ledger query", &query),
+        ("task show", &task),
+    ] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.is_empty(),
+            "{what}: no output; {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "{what} printed a raw escape: {text}"
+        );
+        assert!(
+            !text.contains('\u{202e}'),
+            "{what} printed a bidi override: {text}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("2026-01-01 agent_actions hello")),
+            "{what} printed a forged line: {text}"
+        );
+    }
+    let text = String::from_utf8_lossy(&tail.stdout);
+    assert!(text.contains(r"fake\u{1b}[2J\n2026-01-01"), "{text}");
+    // `--json` is exact.
+    let rows = json(&warden(
+        data,
+        &[
+            "--json",
+            "ledger",
+            "query",
+            "--agent",
+            "evil",
+            "--kind",
+            "agent.note",
+        ],
+    ));
+    assert_eq!(rows[0]["fields"]["decision"], note, "{rows}");
+}

@@ -255,14 +255,28 @@ pub fn main() -> ExitCode {
                 });
                 println!(
                     "{}",
-                    json!({ "error": format!("{error:#}"), "code": refusal })
+                    json!({ "error": error_text(&error), "code": refusal })
                 );
             } else {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", output::escape(&error_text(&error)));
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes in one sentence: a cause whose text the message already
+/// carries (most of ours quote their source) is not repeated.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 struct Env {

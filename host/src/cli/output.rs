@@ -1,4 +1,8 @@
 //! Human and JSON renderings of CLI results.
+//!
+//! Human output goes through [`say!`], which escapes control characters, line breaks and
+//! bidirectional overrides, so nothing an agent wrote (a plan, a note, a message, an error)
+//! can fake a line or rewrite the operator's terminal. `--json` is printed exactly.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -7,6 +11,34 @@ use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, VerifyReport};
 use warden::orchestrator::{TaskMetrics, TaskView};
 use warden::packet::Revocation;
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
+
+/// `println!` for human output: the formatted line with [`escape`] applied.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", escape(&format!($($arg)*)))
+    };
+}
+
+/// `text` with every character that could move the cursor, break a line, switch the
+/// terminal's state or reorder what is shown replaced by its escape (`\n`, `\u{1b}`).
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
@@ -19,7 +51,7 @@ pub fn done(json: bool, human: &str, value: Value) {
     if json {
         print_json(&value);
     } else {
-        println!("{human}");
+        say!("{human}");
     }
 }
 
@@ -27,7 +59,7 @@ pub fn agent_registered(json: bool, record: &AgentRecord) {
     if json {
         print_json(record);
     } else {
-        println!(
+        say!(
             "agent `{}` registered at {} bound to {}",
             record.agent_id,
             record.tier,
@@ -55,21 +87,24 @@ pub fn agent_list(json: bool, rows: &[(AgentRecord, Option<MetricsSnapshot>, Opt
         return;
     }
     if rows.is_empty() {
-        println!(
-            "no agents registered; `warden agents register <id> --tier <T> --component <file>`"
-        );
+        say!("no agents registered; `warden agents register <id> --tier <T> --component <file>`");
         return;
     }
-    println!(
+    say!(
         "{:<24} {:<15} {:>5} {:>9} {:>6}  {:<10} component",
-        "agent", "tier", "runs", "compliant", "streak", "status"
+        "agent",
+        "tier",
+        "runs",
+        "compliant",
+        "streak",
+        "status"
     );
     for (agent, metrics, revoked) in rows {
         let (runs, compliant, streak) = metrics.as_ref().map_or((0, 0, 0), |m| {
             (m.total_runs, m.compliant_runs, m.consecutive_compliant)
         });
         let digest = agent.component_digest.as_deref().unwrap_or("-");
-        println!(
+        say!(
             "{:<24} {:<15} {:>5} {:>9} {:>6}  {:<10} {}",
             agent.agent_id,
             agent.tier.to_string(),
@@ -99,31 +134,38 @@ pub fn agent_show(
         );
         return;
     }
-    println!("agent      {}", agent.agent_id);
-    println!("tier       {}", agent.tier);
-    println!(
+    say!("agent      {}", agent.agent_id);
+    say!("tier       {}", agent.tier);
+    say!(
         "component  {}",
         agent.component_digest.as_deref().unwrap_or("-")
     );
-    println!(
+    say!(
         "registered {} (updated {})",
-        agent.registered_at, agent.updated_at
+        agent.registered_at,
+        agent.updated_at
     );
     if let Some(m) = metrics {
-        println!(
+        say!(
             "runs       {} total, {} compliant, {} in a row; last active {}",
-            m.total_runs, m.compliant_runs, m.consecutive_compliant, m.last_active_at
+            m.total_runs,
+            m.compliant_runs,
+            m.consecutive_compliant,
+            m.last_active_at
         );
     }
     match revocation {
-        Some(r) => println!(
+        Some(r) => say!(
             "status     REVOKED at {} by {}: {} — {}",
-            r.revoked_at, r.revoked_by, r.reason.kind, r.reason.details
+            r.revoked_at,
+            r.revoked_by,
+            r.reason.kind,
+            r.reason.details
         ),
-        None => println!("status     active"),
+        None => say!("status     active"),
     }
     if let Some(owner) = lock {
-        println!("lock       held by {owner}");
+        say!("lock       held by {owner}");
     }
 }
 
@@ -132,24 +174,27 @@ pub fn run_report(json: bool, report: &RunReport) {
         print_json(report);
         return;
     }
-    println!(
+    say!(
         "agent `{}` ({}) · task `{}` · {}",
-        report.agent_id, report.tier, report.task_id, report.component_digest
+        report.agent_id,
+        report.tier,
+        report.task_id,
+        report.component_digest
     );
     let phases: Vec<String> = report
         .phases
         .iter()
         .map(|p| format!("{} {:.1}ms", p.phase.as_str(), p.elapsed_ms))
         .collect();
-    println!("  phases     {}", phases.join(" → "));
+    say!("  phases     {}", phases.join(" → "));
     if let Some(plan) = &report.plan_summary {
-        println!("  plan       {plan}");
+        say!("  plan       {plan}");
         for step in &report.plan_steps {
-            println!("             - {step}");
+            say!("             - {step}");
         }
     }
     for artifact in &report.artifacts {
-        println!(
+        say!(
             "  artifact   {:<24} {} bytes  {}  by {}",
             artifact.name,
             artifact.size,
@@ -158,34 +203,34 @@ pub fn run_report(json: bool, report: &RunReport) {
         );
     }
     for finding in &report.verification_findings {
-        println!("  finding    {finding}");
+        say!("  finding    {finding}");
     }
     if let Some(summary) = &report.report_summary {
-        println!("  report     {summary}");
+        say!("  report     {summary}");
     }
-    println!(
+    say!(
         "  budget     {} errors, {} procedure violations (worst repeat {})",
         report.budget.total_errors,
         report.budget.procedure_violations,
         report.budget.max_same_error
     );
     if let Some(tier) = report.promoted_to {
-        println!("  promoted   to {tier}");
+        say!("  promoted   to {tier}");
     }
     match &report.outcome {
-        RunOutcome::Completed => println!(
+        RunOutcome::Completed => say!(
             "  outcome    completed in {:.1} ms{}",
             report.duration_ms,
             if report.compliant { " (compliant)" } else { "" }
         ),
-        RunOutcome::PlanOnly => println!(
+        RunOutcome::PlanOnly => say!(
             "  outcome    plan only (tier stops after PLAN) in {:.1} ms",
             report.duration_ms
         ),
         RunOutcome::Revoked { reason, details } => {
-            println!("  outcome    REVOKED ({reason}): {details}")
+            say!("  outcome    REVOKED ({reason}): {details}")
         }
-        RunOutcome::Failed { code, message } => println!("  outcome    FAILED ({code}): {message}"),
+        RunOutcome::Failed { code, message } => say!("  outcome    FAILED ({code}): {message}"),
     }
 }
 
@@ -195,7 +240,7 @@ pub fn ledger_rows(json: bool, rows: &[LedgerRow]) {
         return;
     }
     for row in rows {
-        println!("{}", row.one_line());
+        say!("{}", row.one_line());
     }
 }
 
@@ -205,11 +250,12 @@ pub fn verify_report(json: bool, report: &VerifyReport) {
         return;
     }
     match &report.broken {
-        None => println!(
+        None => say!(
             "ledger intact: {} rows, chain head {}",
-            report.rows, report.head
+            report.rows,
+            report.head
         ),
-        Some(broken) => println!("LEDGER TAMPERED: {broken}"),
+        Some(broken) => say!("LEDGER TAMPERED: {broken}"),
     }
 }
 
@@ -218,30 +264,33 @@ pub fn handoff(json: bool, handoff: &Handoff) {
         print_json(handoff);
         return;
     }
-    println!("task               {}", handoff.task_id);
-    println!(
+    say!("task               {}", handoff.task_id);
+    say!(
         "previous agent     {} (revoked: {})",
-        handoff.previous_agent_id, handoff.revoked
+        handoff.previous_agent_id,
+        handoff.revoked
     );
-    println!(
+    say!(
         "reason             {}: {}",
-        handoff.revocation_reason.kind, handoff.revocation_reason.details
+        handoff.revocation_reason.kind,
+        handoff.revocation_reason.details
     );
-    println!(
+    say!(
         "last known state   {} / {}",
-        handoff.last_known_state.phase, handoff.last_known_state.step
+        handoff.last_known_state.phase,
+        handoff.last_known_state.step
     );
-    println!("blocking issue     {}", handoff.blocking_issue);
+    say!("blocking issue     {}", handoff.blocking_issue);
     for tried in &handoff.what_was_tried {
-        println!("tried              {tried}");
+        say!("tried              {tried}");
     }
     for next in &handoff.required_next_actions {
-        println!("next               {next}");
+        say!("next               {next}");
     }
     for reminder in &handoff.constraints_reminder {
-        println!("constraint         {reminder}");
+        say!("constraint         {reminder}");
     }
-    println!("artifacts          {}", handoff.artifacts.join(", "));
+    say!("artifacts          {}", handoff.artifacts.join(", "));
 }
 
 pub fn compile_summary(json: bool, summary: &ComponentSummary) {
@@ -249,8 +298,8 @@ pub fn compile_summary(json: bool, summary: &ComponentSummary) {
         print_json(summary);
         return;
     }
-    println!("digest       {}", summary.digest);
-    println!(
+    say!("digest       {}", summary.digest);
+    say!(
         "imports      {}",
         if summary.imports.is_empty() {
             "-".to_string()
@@ -258,14 +307,14 @@ pub fn compile_summary(json: bool, summary: &ComponentSummary) {
             summary.imports.join(", ")
         }
     );
-    println!("wasi         {}", summary.wasi.len());
+    say!("wasi         {}", summary.wasi.len());
     if !summary.unknown.is_empty() {
-        println!(
+        say!(
             "unknown      {} (refused at load)",
             summary.unknown.join(", ")
         );
     }
-    println!(
+    say!(
         "lowest tier  {}",
         summary.lowest_tier.map_or(
             "none: the component cannot run at any tier".to_string(),
@@ -273,7 +322,7 @@ pub fn compile_summary(json: bool, summary: &ComponentSummary) {
         )
     );
     if let Some(path) = &summary.cached {
-        println!("cached       {}", path.display());
+        say!("cached       {}", path.display());
     }
 }
 
@@ -287,7 +336,7 @@ pub fn health(json: bool, report: &warden::health::HealthReport) {
             .breaker
             .as_ref()
             .map_or_else(|| "-".to_string(), |b| format!("breaker {b}"));
-        println!(
+        say!(
             "{:<8} {:<18} {:<4} {:>8.1} ms  {:<28} {}",
             check.component,
             check.backend,
@@ -304,7 +353,7 @@ pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
         print_json(metrics);
         return;
     }
-    println!("task `{}` · {}", metrics.task_id, metrics.objective);
+    say!("task `{}` · {}", metrics.task_id, metrics.objective);
     for agent in &metrics.agents {
         let role = if agent.mediator { "mediator" } else { "agent" };
         let detail = if agent.detail.is_empty() {
@@ -312,9 +361,11 @@ pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
         } else {
             format!(": {}", agent.detail)
         };
-        println!(
+        say!(
             "  {role:<9} {:<12} {} in {:.1} ms{detail}",
-            agent.agent_id, agent.status, agent.duration_ms
+            agent.agent_id,
+            agent.status,
+            agent.duration_ms
         );
     }
     let mediator = match &metrics.mediator {
@@ -357,11 +408,11 @@ pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
         ),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    println!("  ┌{}┬{}", "─".repeat(width + 2), "─".repeat(40));
+    say!("  ┌{}┬{}", "─".repeat(width + 2), "─".repeat(40));
     for (key, value) in rows {
-        println!("  │ {key:<width$} │ {value}");
+        say!("  │ {key:<width$} │ {value}");
     }
-    println!("  └{}┴{}", "─".repeat(width + 2), "─".repeat(40));
+    say!("  └{}┴{}", "─".repeat(width + 2), "─".repeat(40));
 }
 
 pub fn task_view(json: bool, view: &TaskView) {
@@ -369,9 +420,9 @@ pub fn task_view(json: bool, view: &TaskView) {
         print_json(view);
         return;
     }
-    println!("task `{}`", view.task_id);
+    say!("task `{}`", view.task_id);
     for (section, entries) in &view.blackboard {
-        println!("  blackboard/{section} ({} entries)", entries.len());
+        say!("  blackboard/{section} ({} entries)", entries.len());
         for (key, value) in entries {
             let first_line = value.lines().next().unwrap_or("");
             let more = if value.lines().nth(1).is_some() {
@@ -379,10 +430,10 @@ pub fn task_view(json: bool, view: &TaskView) {
             } else {
                 ""
             };
-            println!("    {key:<20} {}{more}", truncate(first_line, 90));
+            say!("    {key:<20} {}{more}", truncate(first_line, 90));
         }
     }
-    println!("  proposals ({})", view.proposals.len());
+    say!("  proposals ({})", view.proposals.len());
     for p in &view.proposals {
         let t = &p.tally;
         let status = if let Some(r) = &p.proposal.record.resolution {
@@ -394,7 +445,7 @@ pub fn task_view(json: bool, view: &TaskView) {
         } else {
             format!("open, waiting for {}", t.missing.join(", "))
         };
-        println!(
+        say!(
             "    {:<4} {:<40} by {:<8} {} accept / {} reject / {} abstain · {status}",
             p.proposal.record.id,
             truncate(&p.proposal.record.title, 40),
@@ -404,7 +455,7 @@ pub fn task_view(json: bool, view: &TaskView) {
             t.abstains
         );
         for vote in &p.proposal.votes {
-            println!(
+            say!(
                 "           {} {}: {}",
                 vote.agent,
                 vote.choice.as_str(),
@@ -412,9 +463,9 @@ pub fn task_view(json: bool, view: &TaskView) {
             );
         }
     }
-    println!("  messages ({})", view.messages.len());
+    say!("  messages ({})", view.messages.len());
     for m in &view.messages {
-        println!(
+        say!(
             "    #{:<3} {} → {} [{}] {}",
             m.id,
             m.sender,
@@ -431,5 +482,20 @@ fn truncate(text: &str, max: usize) -> String {
     } else {
         let cut: String = text.chars().take(max.saturating_sub(1)).collect();
         format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(escape("plain — ünïcode → ok"), "plain — ünïcode → ok");
+        assert_eq!(
+            escape("line\nfake row\r\u{1b}[2Jgone\u{7}"),
+            "line\\nfake row\\r\\u{1b}[2Jgone\\u{7}"
+        );
+        assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
     }
 }
