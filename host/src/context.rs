@@ -67,7 +67,6 @@ pub(crate) struct Services {
     pub tools: ToolRegistry,
     pub blobs: Arc<dyn BlobStore>,
     pub workspaces: Workspaces,
-    tokens: Mutex<HashMap<TaskId, u64>>,
     pub running: Mutex<HashMap<AgentId, Arc<RunShared>>>,
     pub host_id: String,
     pub data_dir: Option<PathBuf>,
@@ -102,7 +101,6 @@ impl Services {
             tools: parts.tools,
             blobs: parts.blobs,
             workspaces: parts.workspaces,
-            tokens: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             host_id: parts.host_id,
             data_dir: parts.data_dir,
@@ -119,14 +117,6 @@ impl Services {
     /// Wait until every row appended so far is committed.
     pub async fn ledger_flush(&self) -> Result<(), LedgerError> {
         self.ledger.flush_async().await
-    }
-
-    pub fn tokens_used(&self, task: &TaskId) -> u64 {
-        self.tokens.lock().get(task).copied().unwrap_or(0)
-    }
-
-    pub fn add_tokens(&self, task: &TaskId, spent: u64) {
-        *self.tokens.lock().entry(task.clone()).or_insert(0) += spent;
     }
 }
 

@@ -390,7 +390,26 @@ impl Host {
     /// Store an instruction packet for its agent (`agent:{id}:packet`).
     pub async fn submit_packet(&self, packet: &Packet) -> Result<(), Error> {
         packet.validate()?;
-        self.services.state.put_packet(packet).await?;
+        if let Err(error) = self.services.state.put_packet(packet).await {
+            if !error.is_unavailable() {
+                return Err(error.into());
+            }
+            // The run cannot start without its state store: refused like a bootstrap, and
+            // recorded, though nothing of the agent ran.
+            let refusal = crate::error::Refusal::StateUnavailable {
+                agent: packet.agent_id.to_string(),
+                reason: error.to_string(),
+            };
+            governance::record_host_refusal(
+                &self.services,
+                &packet.agent_id,
+                Some(&packet.task_id),
+                "packet.submit",
+                &refusal,
+            )
+            .await;
+            return Err(refusal.into());
+        }
         governance::record_host_action(
             &self.services,
             &packet.agent_id,

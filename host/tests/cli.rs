@@ -620,3 +620,64 @@ fn guest_strings_are_escaped_in_human_output() {
     ));
     assert_eq!(rows[0]["fields"]["decision"], note, "{rows}");
 }
+
+/// A state store that is down when a run starts refuses the run with `STATE_UNAVAILABLE`,
+/// exit 3, recorded in the ledger, in one sentence.
+#[test]
+fn a_state_store_down_at_start_is_a_recorded_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let hello = wasm("hello");
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "register",
+            "hello",
+            "--tier",
+            "T1",
+            "--component",
+            &hello,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://127.0.0.1:{}/", closed.local_addr().unwrap().port());
+    drop(closed);
+    let packet = write_packet(
+        data,
+        "hello",
+        serde_json::json!({"agent_id":"hello","task_id":"t-down","objective":"greet"}),
+    );
+    let out = warden(data, &["--state", &url, "run", &hello, "--packet", &packet]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.starts_with("error: STATE_UNAVAILABLE: agent `hello`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+    let json_out = warden(
+        data,
+        &[
+            "--json", "--state", &url, "run", &hello, "--packet", &packet,
+        ],
+    );
+    assert_eq!(json(&json_out)["code"], "STATE_UNAVAILABLE");
+    let rows = json(&warden(
+        data,
+        &["--json", "ledger", "query", "--kind", "packet.submit"],
+    ));
+    let row = &rows[0]["fields"];
+    assert_eq!(row["decision"], "refused", "{rows}");
+    assert_eq!(row["error_type"], "STATE_UNAVAILABLE", "{rows}");
+}

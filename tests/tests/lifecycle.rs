@@ -304,3 +304,49 @@ async fn compliant_runs_promote_up_to_the_automatic_limit() {
         Tier::Builder
     );
 }
+
+/// A task's LLM budget lives in the state store: a second host on the same data directory
+/// (another `warden` process) sees what the first spent, and a run that would go past it is
+/// refused before its request is sent.
+#[tokio::test]
+async fn the_llm_budget_holds_across_runs_and_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .build()
+        .unwrap();
+    let task = warden::TaskId::new("t-budget").unwrap();
+    let p = packet("planner-a", "t-budget", "plan the work", &[], json!({}));
+    run(&first, "planner-a", "planner", Tier::Operator, &p)
+        .await
+        .unwrap();
+    let spent = first.state().tokens_spent(&task).await.unwrap();
+    assert!(spent > 0, "the first run spent nothing");
+    drop(first);
+
+    // The second host's tier table leaves the task one token.
+    let text = warden::policy::BUILTIN_TIERS_TOML.replacen(
+        "token_budget = 40000",
+        &format!("token_budget = {}", spent + 1),
+        1,
+    );
+    let second = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .tiers(warden::TierTable::from_toml_str(&text).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(second.state().tokens_spent(&task).await.unwrap(), spent);
+    let p = packet("planner-b", "t-budget", "plan the work", &[], json!({}));
+    let _ = run(&second, "planner-b", "planner", Tier::Operator, &p).await;
+    assert!(
+        warden_tests::violations(&second, "planner-b")
+            .contains(&"TOKEN_BUDGET_EXHAUSTED".to_string()),
+        "{:?}",
+        warden_tests::violations(&second, "planner-b")
+    );
+    assert_eq!(
+        second.state().tokens_spent(&task).await.unwrap(),
+        spent,
+        "nothing more was spent"
+    );
+}

@@ -553,12 +553,12 @@ fn the_cli_reports_a_stopped_redis_in_health_and_refuses_runs() {
             packet.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Refused, not failed: exit 3, the backend named, recorded in the ledger.
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.starts_with(&format!(
-            "error: cannot open the redis state store at `{location}`"
-        )),
+        stderr.starts_with("error: STATE_UNAVAILABLE: agent `hello`")
+            && stderr.contains(&format!("`{location}`")),
         "{stderr}"
     );
 }

@@ -581,3 +581,43 @@ async fn connect_errors_name_the_address_and_never_the_token() {
         Err(SecretsError::InvalidPath { .. })
     ));
 }
+
+/// Every run's token is revoked when the run ends, not only when the agent is revoked: after
+/// three completed runs no token of the agent is live in OpenBao.
+#[tokio::test]
+async fn a_runs_token_is_revoked_at_its_end() {
+    let server = BaoServer::start();
+    let (vault, _) = prepared(&server, &[("exec-1", Tier::Executor)]).await;
+    let host = warden::Host::builder()
+        .secrets(Arc::new(vault))
+        .build()
+        .unwrap();
+    for n in 0..3 {
+        let p = warden_tests::packet(
+            "exec-1",
+            &format!("t-token-{n}"),
+            "greet",
+            &["hello.txt"],
+            serde_json::json!({}),
+        );
+        let report = warden_tests::run(&host, "exec-1", "hello", Tier::Executor, &p)
+            .await
+            .unwrap();
+        assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    }
+    let tokens: Vec<String> = server
+        .audit_log()
+        .into_iter()
+        .filter(|e| e["type"] == "response" && e["request"]["path"] == "auth/approle/login")
+        .filter(|e| e["auth"]["metadata"]["warden_agent"] == "exec-1")
+        .filter_map(|e| e["auth"]["client_token"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(tokens.len(), 3, "one login per run");
+    for token in tokens {
+        assert_eq!(
+            call(&server, "GET", "auth/token/lookup-self", &token).0,
+            403,
+            "a token outlived its run"
+        );
+    }
+}

@@ -22,15 +22,75 @@ pub(crate) struct Grant {
     /// Models the tier may ask for.
     #[serde(default)]
     pub models: Vec<Pattern>,
-    /// Tokens (prompt and completion) a task may spend.
+    /// Tokens (prompt and completion) a task may spend, across its runs.
     #[serde(default)]
     pub token_budget: u64,
+    /// The largest prompt, in bytes of message text, the tier may send.
+    #[serde(default = "default_max_prompt_bytes")]
+    pub max_prompt_bytes: u64,
+}
+
+/// A prompt's size bound when the tier's section does not set one: 256 KiB.
+const DEFAULT_MAX_PROMPT_BYTES: u64 = 256 * 1024;
+
+fn default_max_prompt_bytes() -> u64 {
+    DEFAULT_MAX_PROMPT_BYTES
+}
+
+/// What a request will cost at least, before it is sent: a token per word or per four bytes,
+/// whichever is more, so a prompt without spaces is not free.
+fn prompt_estimate(messages: &[ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| {
+            let words = u64::from(crate::llm::estimate_tokens(&m.content));
+            words.max(u64::try_from(m.content.len().div_ceil(4)).unwrap_or(u64::MAX))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The prompt's size and the task's budget, before anything is sent: what the request may
+/// still spend on its completion.
+fn check_budget(
+    grant: &Grant,
+    op: &str,
+    task: &str,
+    model: &str,
+    prompt_bytes: u64,
+    prompt_tokens: u64,
+    spent: u64,
+) -> Result<u64, CallRefusal> {
+    let refuse = |kind, message| CallRefusal {
+        kind,
+        resource: format!("llm:{model}"),
+        message,
+    };
+    if prompt_bytes > grant.max_prompt_bytes {
+        return Err(refuse(
+            ViolationKind::Invalid,
+            format!(
+                "`{op}` refused: the prompt is {prompt_bytes} bytes; the tier sends at most {} (`[tiers.Tn.llm] max_prompt_bytes`)",
+                grant.max_prompt_bytes
+            ),
+        ));
+    }
+    let budget = grant.token_budget;
+    if spent.saturating_add(prompt_tokens) >= budget {
+        return Err(refuse(
+            ViolationKind::TokenBudget,
+            format!(
+                "`{op}` refused: task `{task}` has spent {spent} of its {budget} llm tokens and the prompt is about {prompt_tokens} more; a higher tier has a larger budget"
+            ),
+        ));
+    }
+    Ok(budget - spent - prompt_tokens)
 }
 
 impl crate::policy::Grant for Grant {
     const NONE: &'static Self = &Grant {
         models: Vec::new(),
         token_budget: 0,
+        max_prompt_bytes: 0,
     };
 }
 
@@ -75,54 +135,99 @@ impl Host for AgentCtx {
             .await?;
         let decision = check_model(self.gov.policy(), OP, &model);
         self.gov.check(OP, decision).await?;
-        let budget = self.gov.policy().grant::<Grant>(Interface::Llm).token_budget;
+        let messages: Vec<ChatMessage> = request
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage {
+                role: match m.role {
+                    Role::System => LlmRole::System,
+                    Role::User => LlmRole::User,
+                    Role::Assistant => LlmRole::Assistant,
+                },
+                content: m.content,
+            })
+            .collect();
+        let prompt_bytes = messages
+            .iter()
+            .map(|m| u64::try_from(m.content.len()).unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add);
+        let spent = self
+            .gov
+            .services
+            .state
+            .tokens_spent(self.gov.task_id())
+            .await;
+        let spent = match spent {
+            Ok(spent) => spent,
+            Err(e) => {
+                let error = unavailable("the state store", e);
+                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                return Err(error);
+            }
+        };
+        let decision = check_budget(
+            self.gov.policy().grant::<Grant>(Interface::Llm),
+            OP,
+            self.gov.task_id(),
+            &model,
+            prompt_bytes,
+            prompt_estimate(&messages),
+            spent,
+        );
+        let left = match decision {
+            Ok(left) => left,
+            Err(refusal) => return Err(self.gov.refuse(OP, refusal).await),
+        };
         let reserve = request.max_tokens.map_or(DEFAULT_MAX_TOKENS, u64::from);
-        let used = self.gov.services.tokens_used(self.gov.task_id());
-        if used >= budget {
-            let refusal = CallRefusal {
-                kind: ViolationKind::TokenBudget,
-                resource: format!("llm:{model}"),
-                message: format!(
-                    "`{OP}` refused: task `{}` has used {used} of its {budget} llm tokens; a higher tier has a larger budget",
-                    self.gov.task_id()
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
         let llm_request = LlmRequest {
-            model: Some(model),
-            messages: request
-                .messages
-                .into_iter()
-                .map(|m| ChatMessage {
-                    role: match m.role {
-                        Role::System => LlmRole::System,
-                        Role::User => LlmRole::User,
-                        Role::Assistant => LlmRole::Assistant,
-                    },
-                    content: m.content,
-                })
-                .collect(),
-            max_tokens: Some(u32::try_from(reserve.min(budget - used)).unwrap_or(u32::MAX)),
+            model: Some(model.clone()),
+            messages,
+            max_tokens: Some(u32::try_from(reserve.min(left)).unwrap_or(u32::MAX)),
             temperature: request.temperature,
         };
-        let result = match provider.complete(&llm_request).await {
-            Ok(response) => {
-                let spent =
-                    u64::from(response.prompt_tokens) + u64::from(response.completion_tokens);
-                self.gov.services.add_tokens(self.gov.task_id(), spent);
-                Ok(Completion {
-                    text: response.text,
-                    model: response.model,
-                    prompt_tokens: response.prompt_tokens,
-                    completion_tokens: response.completion_tokens,
-                })
+        let response = match provider.complete(&llm_request).await {
+            Ok(response) => response,
+            Err(LlmError::Unavailable(message)) => {
+                let error = unavailable("the llm provider", message);
+                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                return Err(error);
             }
-            Err(LlmError::Unavailable(message)) => Err(unavailable("the llm provider", message)),
-            Err(error) => Err(unavailable("the llm provider", error)),
+            Err(error) => {
+                let error = unavailable("the llm provider", error);
+                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                return Err(error);
+            }
         };
-        self.gov.record_result(OP, &result).await;
-        result
+        // Charged from what the provider reports, once per answer the guest sees: an answer
+        // that cannot be charged is not given.
+        let used = u64::from(response.prompt_tokens) + u64::from(response.completion_tokens);
+        let total = match self
+            .gov
+            .services
+            .state
+            .charge_tokens(self.gov.task_id(), used)
+            .await
+        {
+            Ok(total) => total,
+            Err(e) => {
+                let error = unavailable("the state store", e);
+                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                return Err(error);
+            }
+        };
+        let details = serde_json::json!({
+            "model": response.model,
+            "prompt_tokens": response.prompt_tokens,
+            "completion_tokens": response.completion_tokens,
+            "task_tokens": total,
+        });
+        self.gov.record_details(OP, details.to_string()).await;
+        Ok(Completion {
+            text: response.text,
+            model: response.model,
+            prompt_tokens: response.prompt_tokens,
+            completion_tokens: response.completion_tokens,
+        })
     }
 }
 
@@ -166,8 +271,22 @@ mod tests {
         assert_eq!(completion.model, "scripted-1");
         let spent = u64::from(completion.prompt_tokens + completion.completion_tokens);
         assert!(spent > 0);
-        assert_eq!(agent.services.tokens_used(agent.ctx.gov.task_id()), spent);
+        let task = agent.ctx.gov.task_id().clone();
+        assert_eq!(agent.state().tokens_spent(&task).await.unwrap(), spent);
         assert_eq!(agent.actions()[0].1, "allowed");
+        // The row says what was spent, so the spend can be rebuilt from the ledger.
+        let row = agent.services.ledger.tail(1).unwrap().remove(0);
+        let details: serde_json::Value =
+            serde_json::from_str(row.fields["details"].as_str().unwrap()).unwrap();
+        assert_eq!(details["model"], "scripted-1");
+        assert_eq!(
+            details["prompt_tokens"].as_u64().unwrap() + details["completion_tokens"].as_u64().unwrap(),
+            spent
+        );
+        // A second run of the same task spends the same budget.
+        let mut again = agent.peer("agent-2", Tier::Observer).await;
+        again.ctx.complete(ask(None)).await.unwrap();
+        assert_eq!(agent.state().tokens_spent(&task).await.unwrap(), 2 * spent);
     }
 
     #[tokio::test]
@@ -193,7 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_spent_budget_is_refused_before_the_provider_is_asked() {
-        let text = BUILTIN_TIERS_TOML.replacen("token_budget = 20000", "token_budget = 3", 1);
+        let text = BUILTIN_TIERS_TOML.replacen("token_budget = 20000", "token_budget = 8", 1);
         let mut agent = TestEnv::new()
             .tiers(TierTable::from_toml_str(&text).unwrap())
             .llm(provider())
@@ -201,8 +320,37 @@ mod tests {
             .await;
         agent.ctx.complete(ask(None)).await.unwrap();
         let err = agent.ctx.complete(ask(None)).await.unwrap_err();
-        assert!(matches!(&err, WitError::BudgetExhausted(m) if m.contains("of its 3 llm tokens")), "{err:?}");
+        assert!(matches!(&err, WitError::BudgetExhausted(m) if m.contains("of its 8 llm tokens")), "{err:?}");
         assert_eq!(agent.violations(), ["TOKEN_BUDGET_EXHAUSTED"]);
+    }
+
+    #[tokio::test]
+    async fn a_prompt_over_the_tier_bound_is_refused_before_it_is_sent() {
+        let text = BUILTIN_TIERS_TOML.replacen(
+            "token_budget = 20000",
+            "token_budget = 20000\nmax_prompt_bytes = 64",
+            1,
+        );
+        let mut agent = TestEnv::new()
+            .tiers(TierTable::from_toml_str(&text).unwrap())
+            .llm(provider())
+            .agent(Tier::Observer, json!({}))
+            .await;
+        let mut request = ask(None);
+        request.messages[0].content = "x".repeat(65);
+        let err = agent.ctx.complete(request).await.unwrap_err();
+        assert!(matches!(&err, WitError::Invalid(m) if m.contains("the prompt is 65 bytes; the tier sends at most 64")), "{err:?}");
+        let task = agent.ctx.gov.task_id().clone();
+        assert_eq!(agent.state().tokens_spent(&task).await.unwrap(), 0, "nothing was sent");
+    }
+
+    #[test]
+    fn a_prompt_without_spaces_is_not_free() {
+        let message = ChatMessage {
+            role: LlmRole::User,
+            content: "x".repeat(4000),
+        };
+        assert_eq!(prompt_estimate(&[message]), 1000);
     }
 
     #[test]

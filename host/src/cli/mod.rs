@@ -306,7 +306,9 @@ impl Env {
     }
 
     async fn host(&self) -> Result<Host> {
-        self.build_host(Connect::Now).await
+        // Networked backends are contacted at first use, so one that is down is a refusal of
+        // the command that needs it (`STATE_UNAVAILABLE`), recorded, not a failure to start.
+        self.build_host(Connect::Lazily).await
     }
 
     /// With [`Connect::Lazily`], networked backends are not contacted while building, so a

@@ -20,5 +20,7 @@ mod revocation;
 pub(crate) use budget::{budget_trigger, charge_error};
 pub(crate) use decide::{CallRefusal, ViolationKind};
 pub(crate) use gate::{Governor, unavailable};
-pub(crate) use record::{action, approve, host_subject, record_host_action, violation};
+pub(crate) use record::{
+    action, approve, host_subject, record_host_action, record_host_refusal, violation,
+};
 pub(crate) use revocation::{revoke, revoke_agent, spawn_revocation_watcher};

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::context::Services;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::id::{AgentId, TaskId};
 use crate::ledger::{ActionRecord, Entry, Subject, ViolationRecord};
 use crate::packet::{Approval, now_rfc3339};
@@ -82,6 +82,33 @@ pub(crate) async fn record_host_action(
         .ledger_durable(action(&subject, None, name, decision.to_string(), None))
         .await?;
     Ok(())
+}
+
+/// Record, durably, an operator or host request the host refused before any run began.
+pub(crate) async fn record_host_refusal(
+    services: &Services,
+    agent: &str,
+    task: Option<&str>,
+    name: &'static str,
+    refusal: &Refusal,
+) {
+    let tier = services
+        .ledger
+        .agent(agent)
+        .ok()
+        .flatten()
+        .map_or(Tier::Observer, |a| a.tier);
+    let subject = host_subject(services, agent, tier, task, None);
+    let entry = action(
+        &subject,
+        Some(Phase::Bootstrap),
+        name,
+        "refused",
+        Some((refusal.code(), refusal.to_string())),
+    );
+    if let Err(error) = services.ledger_durable(entry).await {
+        tracing::error!(%error, "cannot record a refusal");
+    }
 }
 
 /// Record an approval for a task (`warden approve`).

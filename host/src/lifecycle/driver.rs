@@ -766,8 +766,12 @@ impl Driver {
         {
             tracing::warn!(%error, "cannot release lock");
         }
-        if let Some(session) = self.run.secrets.lock().take() {
-            drop(session);
+        // The run's secrets token ends with the run, not with its TTL.
+        let session = self.run.secrets.lock().take();
+        if let Some(session) = session
+            && let Err(error) = session.revoke().await
+        {
+            tracing::warn!(%error, agent = %agent, "cannot revoke the run's secrets token");
         }
         self.services.running.lock().remove(&agent);
         if let Ok(counts) = self.services.state.error_counts(&agent).await {

@@ -59,6 +59,7 @@ where
     revocations_are_indexed(&*make().await).await;
     handoffs_and_approvals(&*make().await).await;
     concurrent_error_records(make().await).await;
+    token_spend_is_atomic_and_per_task(make().await).await;
 
     board_sections(&*make().await).await;
     coordination_tasks_are_isolated(&*make().await).await;
@@ -781,5 +782,44 @@ pub async fn concurrent_error_records(store: Arc<dyn StateStore>) {
             worst_signature: Some("E_SAME".into()),
         },
         "concurrent_error_records: increments were lost"
+    );
+}
+
+/// The task's LLM spend: charges from many callers at once all count, and each task has its
+/// own.
+pub async fn token_spend_is_atomic_and_per_task(store: Arc<dyn StateStore>) {
+    let (task, other) = (unique_task("tokens"), unique_task("tokens-other"));
+    assert_eq!(
+        store.tokens_spent(&task).await.unwrap(),
+        0,
+        "token_spend: a new task has spent something"
+    );
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, task) = (Arc::clone(&store), task.clone());
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    store.charge_tokens(&task, 3).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("token_spend: a writer panicked");
+    }
+    assert_eq!(
+        store.tokens_spent(&task).await.unwrap(),
+        600,
+        "token_spend: charges were lost"
+    );
+    assert_eq!(
+        store.charge_tokens(&task, 0).await.unwrap(),
+        600,
+        "token_spend: a charge returns the total"
+    );
+    assert_eq!(
+        store.tokens_spent(&other).await.unwrap(),
+        0,
+        "token_spend: tasks share a counter"
     );
 }

@@ -737,6 +737,34 @@ impl StateStore for EmbeddedState {
         })
         .await
     }
+
+    async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError> {
+        let key = keys::tokens(task);
+        self.run_tx(move |conn| {
+            let spent = counter(&key, get(conn, &key, now_ms())?)?.saturating_add(tokens);
+            set(conn, &key, &spent.to_string(), None)?;
+            Ok(spent)
+        })
+        .await
+    }
+
+    async fn tokens_spent(&self, task: &TaskId) -> Result<u64, StateError> {
+        let key = keys::tokens(task);
+        self.run(Access::Read, move |conn| {
+            Ok(counter(&key, get(conn, &key, now_ms())?)?)
+        })
+        .await
+    }
+}
+
+/// A stored counter (absent is 0).
+fn counter(key: &str, value: Option<String>) -> Result<u64, StateError> {
+    value.map_or(Ok(0), |value| {
+        value.parse().map_err(|_| StateError::Corrupt {
+            key: key.to_string(),
+            message: format!("holds `{value}`, expected a non-negative integer"),
+        })
+    })
 }
 
 /// `PEXPIRE` the lock if `owner` holds it and it is live.

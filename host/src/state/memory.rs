@@ -161,6 +161,8 @@ struct Task {
     artifacts: Vec<ArtifactRef>,
     approval: Option<Approval>,
     handoff: Option<Handoff>,
+    /// `task:{id}:tokens`.
+    tokens: u64,
 }
 
 /// Wall-clock milliseconds since the epoch, the heartbeat's value in every backend.
@@ -463,6 +465,18 @@ impl StateStore for MemoryState {
 
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         Ok(self.task(task, |t| t.approval.clone())?.flatten())
+    }
+
+    async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError> {
+        let mut data = self.inner.lock();
+        Ok(upsert(&mut data.tasks, task, |t| {
+            t.tokens = t.tokens.saturating_add(tokens);
+            t.tokens
+        }))
+    }
+
+    async fn tokens_spent(&self, task: &TaskId) -> Result<u64, StateError> {
+        Ok(self.task(task, |t| t.tokens)?.unwrap_or(0))
     }
 }
 

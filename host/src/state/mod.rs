@@ -14,6 +14,7 @@
 //! | `task:{id}:active_agent`   | string        | agent id                                          |
 //! | `task:{id}:artifacts`      | list          | artifact references (JSON), oldest first (RPUSH)  |
 //! | `task:{id}:approval`       | string        | approval gate record (JSON)                       |
+//! | `task:{id}:tokens`         | string        | LLM tokens the task has spent (counter)           |
 //! | `handoff:{task}:latest`    | string        | latest handoff (JSON)                             |
 //! | `revocations:ledger`       | list          | revocation records (JSON), newest first (LPUSH)   |
 //! | `revocations:by_agent`     | hash          | agent id → its latest revocation record (JSON)    |
@@ -290,6 +291,10 @@ pub mod keys {
     pub fn handoff(task: &str) -> String {
         format!("handoff:{task}:latest")
     }
+    /// `task:{id}:tokens`: the task's LLM spend, a counter.
+    pub fn tokens(task: &str) -> String {
+        format!("task:{task}:tokens")
+    }
 }
 
 /// An agent's error budget use, read from `agent:{id}:errors`.
@@ -485,6 +490,12 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     async fn put_approval(&self, approval: &Approval) -> Result<(), StateError>;
     /// The task's approval; `None` until it is approved.
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError>;
+
+    /// Add `tokens` to the task's LLM spend atomically, so the budget holds across runs,
+    /// processes and hosts sharing the store; returns the spend after it (saturating).
+    async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError>;
+    /// The task's LLM spend so far.
+    async fn tokens_spent(&self, task: &TaskId) -> Result<u64, StateError>;
 
     /// Revocations recorded by any host sharing this backend, pushed as agent ids, when the
     /// backend can push them (Redis publish/subscribe). `None`: the host polls `revocation`.

@@ -223,12 +223,18 @@ impl fmt::Debug for RedisState {
 struct CommandError {
     op: &'static str,
     key: String,
+    /// The server, credentials masked.
+    at: String,
     source: RedisError,
 }
 
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} `{}`: {}", self.op, self.key, self.source)
+        write!(
+            f,
+            "{} `{}` at `{}`: {}",
+            self.op, self.key, self.at, self.source
+        )
     }
 }
 
@@ -239,11 +245,16 @@ impl std::error::Error for CommandError {
 }
 
 /// Maps a redis error to [`StateError::Backend`], naming the operation and key.
-fn failed(op: &'static str, key: &str) -> impl FnOnce(RedisError) -> StateError {
-    let key = key.to_string();
+fn failed(op: &'static str, key: &str, at: &str) -> impl FnOnce(RedisError) -> StateError {
+    let (key, at) = (key.to_string(), at.to_string());
     move |source| StateError::Backend {
         backend: BACKEND,
-        source: Box::new(CommandError { op, key, source }),
+        source: Box::new(CommandError {
+            op,
+            key,
+            at,
+            source,
+        }),
     }
 }
 
@@ -450,7 +461,7 @@ impl RedisState {
             Err(error) if is_outage(error) => permit.failed(format!("{op}: {error}")),
             _ => permit.succeeded(),
         }
-        result.map_err(failed(op, key))
+        result.map_err(failed(op, key, &self.inner.url))
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, StateError> {
@@ -790,6 +801,29 @@ impl StateStore for RedisState {
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         let key = keys::approval(task);
         decoded(&key, self.get(&key).await?)
+    }
+
+    async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError> {
+        let key = keys::tokens(task);
+        let by = i64::try_from(tokens).unwrap_or(i64::MAX);
+        let counter = key.as_str();
+        let spent: i64 = self
+            .guarded("INCRBY", counter, |mut c| async move {
+                c.incr(counter, by).await
+            })
+            .await?;
+        Ok(u64::try_from(spent).unwrap_or(0))
+    }
+
+    async fn tokens_spent(&self, task: &TaskId) -> Result<u64, StateError> {
+        let key = keys::tokens(task);
+        match self.get(&key).await? {
+            None => Ok(0),
+            Some(value) => value.parse().map_err(|_| StateError::Corrupt {
+                key,
+                message: format!("holds `{value}`, expected a non-negative integer"),
+            }),
+        }
     }
 
     fn revocation_events(&self) -> Option<broadcast::Receiver<String>> {
