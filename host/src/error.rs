@@ -93,6 +93,16 @@ pub enum Refusal {
         /// The import's full name, as the component spells it.
         import: String,
     },
+    #[error(
+        "REGISTRY_TAMPERED: the registry row of agent `{agent}` disagrees with the ledger's chain ({mismatch}); the chain is the agent's registration, so nothing runs until an operator re-registers it (`warden agents register`) or restores the registry"
+    )]
+    /// The registry row (`agents`) disagrees with the ledger's chain.
+    RegistryTampered {
+        /// The agent.
+        agent: String,
+        /// What differs.
+        mismatch: String,
+    },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
     /// The stored packet cannot be read or is addressed to another agent.
     InvalidPacket {
@@ -125,6 +135,7 @@ impl Refusal {
             Refusal::ImportAboveTier { .. } => "IMPORT_ABOVE_TIER",
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
+            Refusal::RegistryTampered { .. } => "REGISTRY_TAMPERED",
             Refusal::StateUnavailable { .. } => "STATE_UNAVAILABLE",
         }
     }
@@ -196,6 +207,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The BOOTSTRAP refusal this error is, if it is one: its [`Refusal::code`] is stable.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Error::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }

@@ -444,6 +444,29 @@ impl Host {
         governance::revoke_agent(&self.services, &AgentId::new(agent)?, details, actor).await
     }
 
+    /// Lift an agent's revocation: the only act that does, recorded in the ledger with who
+    /// did it and why. Refused when the agent is not revoked.
+    pub async fn reinstate(&self, agent: &str, reason: &str, actor: &str) -> Result<(), Error> {
+        governance::reinstate_agent(&self.services, &AgentId::new(agent)?, reason, actor).await
+    }
+
+    /// The agent's revocation, if it stands: the state store's record, else the ledger's
+    /// (a revocation the state store lost still counts).
+    pub async fn revocation(
+        &self,
+        agent: &str,
+    ) -> Result<Option<crate::packet::Revocation>, Error> {
+        let agent = AgentId::new(agent)?;
+        if let Some(found) = self.services.state.revocation(&agent).await? {
+            return Ok(Some(found));
+        }
+        Ok(self
+            .services
+            .ledger
+            .revocation(&agent)?
+            .map(|lost| governance::from_chain(&agent, &lost)))
+    }
+
     /// The latest handoff object of a task.
     pub async fn handoff(&self, task: &str) -> Result<Option<Handoff>, Error> {
         Ok(self.services.state.handoff(&TaskId::new(task)?).await?)

@@ -295,6 +295,19 @@ pub enum RevocationKind {
 }
 
 impl RevocationKind {
+    /// The kind stored as `code` (`ERROR_BUDGET_EXCEEDED`).
+    pub fn from_code(code: &str) -> Option<RevocationKind> {
+        [
+            RevocationKind::ProcedureViolation,
+            RevocationKind::ErrorBudgetExceeded,
+            RevocationKind::MissingRequiredArtifact,
+            RevocationKind::Operator,
+            RevocationKind::Revoked,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == code)
+    }
+
     /// The name as stored (`ERROR_BUDGET_EXCEEDED`).
     pub fn as_str(self) -> &'static str {
         match self {

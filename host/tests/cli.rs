@@ -130,6 +130,69 @@ fn register_run_revoke_and_verify_from_the_cli() {
 
     let out = warden(data, &["--json", "ledger", "tail", "-n", "5"]);
     assert_eq!(json(&out).as_array().unwrap().len(), 5);
+
+    // Re-registering does not lift a revocation and keeps the binding; reinstating does.
+    let out = warden(data, &["agents", "register", "hello", "--tier", "T1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stays revoked"), "{text}");
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("hello"), "--packet", &packet],
+    );
+    assert_eq!(json(&out)["code"], "AGENT_PREVIOUSLY_REVOKED");
+    let out = warden(data, &["agents", "reinstate", "hello"]);
+    assert_eq!(out.status.code(), Some(2), "a reinstatement needs --reason");
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "reinstate",
+            "hello",
+            "--reason",
+            "reviewed",
+            "--by",
+            "alice",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("hello"), "--packet", &packet],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A registry row edited behind the ledger's back: verify says so and fails.
+    let db = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    db.execute("UPDATE agents SET tier = 4 WHERE agent_id = 'hello'", [])
+        .unwrap();
+    drop(db);
+    let out = warden(data, &["ledger", "verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(
+        text.contains("REGISTRY TAMPERED") && text.contains("hello"),
+        "{text}"
+    );
+    let out = warden(
+        data,
+        &["--json", "run", &wasm("hello"), "--packet", &packet],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "REGISTRY_TAMPERED");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use warden::packet::RevocationKind;
 use warden::{AgentId, RunOutcome, Tier};
 use warden_tests::{actions, agent, host, packet, run, violations};
 
@@ -234,4 +235,187 @@ async fn revocation_recorded_by_another_process_stops_the_run() {
         revoked_at.elapsed()
     );
     assert!(a.ledger().verify().unwrap().broken.is_none());
+}
+
+/// A hello run at T1 in `dir` (registering on first use); the run's outcome or refusal.
+async fn hello_in(host: &warden::Host, task: &str) -> Result<RunOutcome, warden::Error> {
+    let p = packet("hello", task, "greet", &["hello.txt"], json!({}));
+    run(host, "hello", "hello", Tier::Executor, &p)
+        .await
+        .map(|report| report.outcome)
+}
+
+fn refusal_code(result: Result<RunOutcome, warden::Error>) -> String {
+    match result {
+        Ok(outcome) => panic!("expected a refusal, got {outcome:?}"),
+        Err(error) => error
+            .refusal()
+            .map(|r| r.code().to_string())
+            .unwrap_or_else(|| panic!("expected a refusal, got {error}")),
+    }
+}
+
+#[tokio::test]
+async fn a_hand_edited_registry_row_is_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        hello_in(&host, "t-reg-1").await.unwrap(),
+        RunOutcome::Completed
+    );
+    host.ledger().flush().unwrap();
+    assert!(host.ledger().verify().unwrap().is_intact());
+    // Someone with write access to ledger.db lifts the agent to T4 in the registry alone.
+    let db = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+    db.execute("UPDATE agents SET tier = 4 WHERE agent_id = 'hello'", [])
+        .unwrap();
+    drop(db);
+    let p = packet("hello", "t-reg-2", "greet", &["hello.txt"], json!({}));
+    host.submit_packet(&p).await.unwrap();
+    let err = host.run("hello", &agent("hello")).await.unwrap_err();
+    assert_eq!(
+        err.refusal().map(|r| r.code()),
+        Some("REGISTRY_TAMPERED"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("tier T4"), "{err}");
+    assert!(err.to_string().contains("chain records tier T3"), "{err}");
+    // The refusal is recorded, and verify reports the registry even though the chain holds.
+    host.ledger().flush().unwrap();
+    let report = host.ledger().verify().unwrap();
+    assert!(report.broken.is_none());
+    assert!(!report.is_intact());
+    assert_eq!(report.registry.len(), 1);
+    assert_eq!(report.registry[0].agent_id, "hello");
+    let rows = host
+        .ledger()
+        .query(&warden::ledger::LedgerQuery {
+            agent_id: Some("hello".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .unwrap();
+    let refused = rows
+        .iter()
+        .rev()
+        .find(|r| r.kind == "bootstrap")
+        .expect("a bootstrap row");
+    assert!(refused.summary.contains("REGISTRY_TAMPERED"), "{refused:?}");
+    // A re-registration by the operator is the repair: the chain records it, runs resume.
+    host.register_agent("hello", Tier::Executor, None, "alice")
+        .unwrap();
+    assert!(host.ledger().verify().unwrap().is_intact());
+    assert_eq!(
+        hello_in(&host, "t-reg-3").await.unwrap(),
+        RunOutcome::Completed
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_the_state_store_lost_still_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .build()
+        .unwrap();
+    let bytes = agent("hello");
+    host.register_agent("hello", Tier::Executor, Some(&bytes), "test")
+        .unwrap();
+    host.revoke("hello", "suspected exfiltration", "alice")
+        .await
+        .unwrap();
+    // The revocation vanishes from state.db (a wiped file, a hand edit).
+    let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let deleted = db
+        .execute("DELETE FROM hashes WHERE key LIKE 'revocations:%'", [])
+        .unwrap()
+        + db.execute("DELETE FROM lists WHERE key LIKE 'revocations:%'", [])
+            .unwrap();
+    assert!(
+        deleted > 0,
+        "the revocation key was not where the test expects"
+    );
+    drop(db);
+    let hello = AgentId::new("hello").unwrap();
+    assert!(host.state().revocation(&hello).await.unwrap().is_none());
+    assert_eq!(
+        refusal_code(hello_in(&host, "t-lost-1").await),
+        "AGENT_PREVIOUSLY_REVOKED"
+    );
+    // Put back from the ledger, with the original reason.
+    let restored = host
+        .state()
+        .revocation(&hello)
+        .await
+        .unwrap()
+        .expect("re-seeded");
+    assert_eq!(restored.reason.kind, RevocationKind::Operator);
+    assert!(restored.reason.details.contains("suspected exfiltration"));
+    // Only a recorded reinstatement lifts it.
+    host.reinstate("hello", "investigated: false alarm", "alice")
+        .await
+        .unwrap();
+    assert!(host.revocation("hello").await.unwrap().is_none());
+    assert!(actions(&host, "hello").contains(&"agent.reinstate".to_string()));
+    assert_eq!(
+        hello_in(&host, "t-lost-2").await.unwrap(),
+        RunOutcome::Completed
+    );
+    // Reinstating what is not revoked, or without a reason, is refused.
+    assert!(host.reinstate("hello", "again", "alice").await.is_err());
+    host.revoke("hello", "second time", "alice").await.unwrap();
+    let err = host.reinstate("hello", " ", "alice").await.unwrap_err();
+    assert!(err.to_string().contains("--reason"), "{err}");
+}
+
+#[tokio::test]
+async fn a_revocation_survives_a_redis_restart_without_persistence() {
+    let server = warden_tests::redis_server::RedisServer::start();
+    let mut server = server;
+    let dir = tempfile::tempdir().unwrap();
+    let state = warden::state::RedisState::connect(&server.url())
+        .await
+        .unwrap();
+    let host = warden_tests::builder_with("[]")
+        .data_dir(dir.path())
+        .state(std::sync::Arc::new(state))
+        .build()
+        .unwrap();
+    let p = packet(
+        "rogue",
+        "t-restart",
+        "attempt: forbidden-tool",
+        &["evidence.md"],
+        json!({ "constraints": { "forbidden": ["tool:deploy-prod*"] } }),
+    );
+    let report = run(&host, "rogue", "rogue", Tier::Executor, &p)
+        .await
+        .unwrap();
+    assert_eq!(revoked_for(&report.outcome), "PROCEDURE_VIOLATION");
+    // Redis restarts empty: every key, the revocation with them, is gone.
+    server.restart();
+    let rogue = AgentId::new("rogue").unwrap();
+    let mut waited = Duration::ZERO;
+    while host.state().revocation(&rogue).await.is_err() && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    assert!(host.state().revocation(&rogue).await.unwrap().is_none());
+    host.submit_packet(&p).await.unwrap();
+    let err = host.run("rogue", &agent("rogue")).await.unwrap_err();
+    assert_eq!(
+        err.refusal().map(|r| r.code()),
+        Some("AGENT_PREVIOUSLY_REVOKED"),
+        "{err}"
+    );
+    let restored = host
+        .state()
+        .revocation(&rogue)
+        .await
+        .unwrap()
+        .expect("re-seeded");
+    assert_eq!(restored.reason.kind, RevocationKind::ProcedureViolation);
 }

@@ -160,6 +160,15 @@ enum AgentsCommand {
         #[arg(long, default_value_t = default_actor())]
         by: String,
     },
+    /// Lift an agent's revocation: the only act that does, recorded with who and why.
+    Reinstate {
+        id: String,
+        /// Why the agent may run again (recorded).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
     /// Revoke an agent: a running instance stops; every later bootstrap refuses it.
     Revoke {
         id: String,
@@ -408,16 +417,14 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 None => None,
             };
             let record = host.register_agent(&id, tier, bytes.as_deref(), &by)?;
-            output::agent_registered(cx.json, &record);
+            let revoked = host.revocation(&id).await?;
+            output::agent_registered(cx.json, &record, revoked.as_ref());
         }
         AgentsCommand::List => {
             let agents = host.agents()?;
             let mut rows = Vec::new();
             for agent in &agents {
-                let revoked = host
-                    .state()
-                    .revocation(&AgentId::new(&agent.agent_id)?)
-                    .await?;
+                let revoked = host.revocation(&agent.agent_id).await?;
                 let metrics = host.ledger().metrics(&agent.agent_id)?;
                 rows.push((agent.clone(), metrics, revoked));
             }
@@ -430,7 +437,7 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 );
             };
             let metrics = host.ledger().metrics(&id)?;
-            let revoked = host.state().revocation(&id).await?;
+            let revoked = host.revocation(&id).await?;
             let lock = host.state().lock_owner(&id).await?;
             output::agent_show(
                 cx.json,
@@ -451,6 +458,14 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 cx.json,
                 &format!("agent `{id}` is now {tier}"),
                 json!({ "agent": id, "tier": tier }),
+            );
+        }
+        AgentsCommand::Reinstate { id, reason, by } => {
+            host.reinstate(&id, &reason, &by).await?;
+            output::done(
+                cx.json,
+                &format!("agent `{id}` reinstated: {reason}"),
+                json!({ "reinstated": id, "reason": reason, "by": by }),
             );
         }
         AgentsCommand::Revoke { id, reason, by } => {
@@ -507,7 +522,7 @@ async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
         LedgerCommand::Verify => {
             let report = host.ledger().verify()?;
             output::verify_report(cx.json, &report);
-            Ok(if report.broken.is_none() {
+            Ok(if report.is_intact() {
                 exit::OK
             } else {
                 exit::FAILED

@@ -55,18 +55,32 @@ pub fn done(json: bool, human: &str, value: Value) {
     }
 }
 
-pub fn agent_registered(json: bool, record: &AgentRecord) {
+pub fn agent_registered(json: bool, record: &AgentRecord, revoked: Option<&Revocation>) {
     if json {
-        print_json(record);
-    } else {
+        let mut value = serde_json::to_value(record).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("revoked".into(), json!(revoked));
+        }
+        print_json(&value);
+        return;
+    }
+    say!(
+        "agent `{}` registered at {} bound to {}",
+        record.agent_id,
+        record.tier,
+        record
+            .component_digest
+            .as_deref()
+            .unwrap_or("no component yet (the first run binds one)")
+    );
+    if let Some(r) = revoked {
         say!(
-            "agent `{}` registered at {} bound to {}",
+            "agent `{}` stays revoked (since {}: {} — {}); `warden agents reinstate {} --reason <why>` lifts it",
             record.agent_id,
-            record.tier,
-            record
-                .component_digest
-                .as_deref()
-                .unwrap_or("no component yet (the first run binds one)")
+            r.revoked_at,
+            r.reason.kind,
+            r.reason.details,
+            record.agent_id
         );
     }
 }
@@ -256,6 +270,9 @@ pub fn verify_report(json: bool, report: &VerifyReport) {
             report.head
         ),
         Some(broken) => say!("LEDGER TAMPERED: {broken}"),
+    }
+    for mismatch in &report.registry {
+        say!("REGISTRY TAMPERED: {mismatch}");
     }
 }
 

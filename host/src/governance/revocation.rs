@@ -237,9 +237,11 @@ pub(crate) async fn revoke_agent(
         revoke(services, &run, reason, actor).await;
         return Ok(());
     }
-    if services.state.revocation(agent).await?.is_some() {
+    if services.state.revocation(agent).await?.is_some()
+        || services.ledger.revocation(agent)?.is_some()
+    {
         return Err(Error::Invalid(format!(
-            "agent `{agent}` is already revoked"
+            "agent `{agent}` is already revoked; `warden agents reinstate {agent} --reason <why>` lifts a revocation"
         )));
     }
     let revocation = Revocation {
@@ -266,5 +268,86 @@ pub(crate) async fn revoke_agent(
             Some(("OPERATOR", details.to_string())),
         ))
         .await?;
+    Ok(())
+}
+
+/// The state-store record of a revocation the ledger holds.
+pub(crate) fn from_chain(agent: &AgentId, lost: &crate::ledger::ChainRevocation) -> Revocation {
+    Revocation {
+        agent_id: agent.clone(),
+        task_id: lost
+            .task_id
+            .as_deref()
+            .and_then(|t| crate::id::TaskId::new(t).ok()),
+        reason: RevocationReason {
+            kind: RevocationKind::from_code(&lost.kind).unwrap_or(RevocationKind::Revoked),
+            details: lost.details.clone(),
+        },
+        revoked_by: "ledger".to_string(),
+        revoked_at: lost.revoked_at.clone(),
+    }
+}
+
+/// Put a revocation the state store lost back from the ledger's record of it.
+pub(crate) async fn reseed_revocation(
+    services: &Services,
+    agent: &AgentId,
+    lost: &crate::ledger::ChainRevocation,
+) {
+    let revocation = from_chain(agent, lost);
+    match services.state.record_revocation(&revocation).await {
+        Ok(()) => tracing::warn!(
+            agent = %agent,
+            seq = lost.seq,
+            "the state store had lost the agent's revocation; restored from the ledger"
+        ),
+        Err(error) => tracing::error!(%error, agent = %agent, "cannot restore a revocation"),
+    }
+}
+
+/// Lift a revocation (`warden agents reinstate`): the only act that does, recorded in the
+/// ledger before the state store forgets the standing.
+pub(crate) async fn reinstate_agent(
+    services: &Arc<Services>,
+    agent: &AgentId,
+    reason: &str,
+    actor: &str,
+) -> Result<(), Error> {
+    let record = services
+        .ledger
+        .agent(agent)?
+        .ok_or_else(|| Refusal::UnknownAgent {
+            agent: agent.to_string(),
+        })?;
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid(
+            "a reinstatement needs a reason: `--reason <why the agent may run again>`".into(),
+        ));
+    }
+    let in_state = services.state.revocation(agent).await?;
+    let in_ledger = services.ledger.revocation(agent)?;
+    if in_state.is_none() && in_ledger.is_none() {
+        return Err(Error::Invalid(format!(
+            "agent `{agent}` is not revoked; nothing to reinstate"
+        )));
+    }
+    let subject = host_subject(
+        services,
+        agent,
+        record.tier,
+        None,
+        record.component_digest.as_deref(),
+    );
+    let details = serde_json::json!({
+        "by": actor,
+        "reason": reason,
+        "lifts": in_ledger.map(|r| r.seq),
+    });
+    let row = crate::ledger::ActionRecord::new(subject, "agent.reinstate", "OPERATOR")
+        .details(details.to_string());
+    services
+        .ledger_durable(crate::ledger::Entry::Action(row))
+        .await?;
+    services.state.clear_revocation(agent).await?;
     Ok(())
 }

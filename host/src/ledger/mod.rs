@@ -37,7 +37,10 @@ use rusqlite::{Connection, OpenFlags};
 
 pub use chain::GENESIS_HASH;
 pub use error::LedgerError;
-pub use read::{BreakReason, ChainBreak, LedgerQuery, LedgerRow, VerifyReport};
+pub use read::{
+    BreakReason, ChainBreak, ChainRegistration, ChainRevocation, LedgerQuery, LedgerRow,
+    RegistryMismatch, VerifyReport,
+};
 pub use record::{
     ActionRecord, AgentRecord, Entry, MetricsSnapshot, PromotionRecord, Registration, Subject,
     Text, ViolationRecord,
@@ -349,6 +352,20 @@ impl Ledger {
     /// The registry row for `agent_id`.
     pub fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, LedgerError> {
         read::agent(&self.inner.reader.lock(), agent_id)
+    }
+
+    /// What the chain recorded of an agent's registration (tier, component).
+    pub fn chain_registration(
+        &self,
+        agent_id: &str,
+    ) -> Result<Option<ChainRegistration>, LedgerError> {
+        read::chain_registration(&self.inner.reader.lock(), agent_id)
+    }
+
+    /// The agent's revocation as the chain holds it, unless a later reinstatement lifted it.
+    /// An indexed lookup, never a scan of the agent's history.
+    pub fn revocation(&self, agent_id: &str) -> Result<Option<ChainRevocation>, LedgerError> {
+        read::chain_revocation(&self.inner.reader.lock(), agent_id)
     }
 
     /// Every registered agent, by id.

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, Row, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
@@ -61,6 +61,153 @@ pub(crate) fn agent(conn: &Connection, agent_id: &str) -> Result<Option<AgentRec
     ))?;
     let mut rows = stmt.query([agent_id])?;
     rows.next()?.map(agent_from).transpose()
+}
+
+/// What the chain says of an agent's registration: the tier of its latest `promotions` row
+/// and the component digest of its latest `agent.register` or `agent.rebind` action. The
+/// `agents` table is a working copy of this; [`verify`] and BOOTSTRAP compare the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainRegistration {
+    /// The tier the chain last recorded.
+    pub tier: Tier,
+    /// The component the chain last bound; `None` when never bound.
+    pub component_digest: Option<String>,
+}
+
+pub(crate) fn chain_registration(
+    conn: &Connection,
+    agent_id: &str,
+) -> Result<Option<ChainRegistration>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT to_tier FROM promotions WHERE agent_id = ?1 ORDER BY seq DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query([agent_id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let tier = tier_at(row, 0, "promotions", "to_tier")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT component_digest FROM agent_actions INDEXED BY agent_actions_standing \
+         WHERE agent_id = ?1 AND action IN ('agent.register', 'agent.rebind') \
+         ORDER BY seq DESC LIMIT 1",
+    )?;
+    let component_digest: Option<String> = stmt
+        .query_row([agent_id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(Some(ChainRegistration {
+        tier,
+        component_digest,
+    }))
+}
+
+/// An agent's revocation as the chain holds it: its latest `agent.revoke` row, unless an
+/// `agent.reinstate` row came after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainRevocation {
+    /// The row's sequence number in the chain.
+    pub seq: u64,
+    /// When it was revoked (RFC 3339).
+    pub revoked_at: String,
+    /// The task of the run it was revoked in, if any.
+    pub task_id: Option<String>,
+    /// The revocation kind as recorded (`PROCEDURE_VIOLATION`, `OPERATOR`, …).
+    pub kind: String,
+    /// Why.
+    pub details: String,
+}
+
+pub(crate) fn chain_revocation(
+    conn: &Connection,
+    agent_id: &str,
+) -> Result<Option<ChainRevocation>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT action, seq, timestamp, task_id, decision, error_message \
+         FROM agent_actions INDEXED BY agent_actions_standing \
+         WHERE agent_id = ?1 AND action IN ('agent.revoke', 'agent.reinstate') \
+         ORDER BY seq DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query([agent_id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let action: String = row.get(0)?;
+    if action != "agent.revoke" {
+        return Ok(None);
+    }
+    Ok(Some(ChainRevocation {
+        seq: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+        revoked_at: row.get(2)?,
+        task_id: row.get(3)?,
+        kind: row.get(4)?,
+        details: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+    }))
+}
+
+/// A registry row that disagrees with the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryMismatch {
+    /// The agent.
+    pub agent_id: String,
+    /// What the `agents` table holds, `None` when the row is missing.
+    pub registry: Option<ChainRegistration>,
+    /// What the chain says, `None` when it never registered the agent.
+    pub chain: Option<ChainRegistration>,
+}
+
+impl fmt::Display for RegistryMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |r: &Option<ChainRegistration>| match r {
+            Some(r) => format!(
+                "tier {}, component {}",
+                r.tier.code(),
+                r.component_digest.as_deref().unwrap_or("none")
+            ),
+            None => "nothing".to_string(),
+        };
+        write!(
+            f,
+            "agent `{}`: the registry holds {} but the chain records {}",
+            self.agent_id,
+            show(&self.registry),
+            show(&self.chain)
+        )
+    }
+}
+
+/// Every disagreement between the `agents` table and the chain.
+pub(crate) fn registry_mismatches(conn: &Connection) -> Result<Vec<RegistryMismatch>, LedgerError> {
+    let mut out = Vec::new();
+    for agent in agents(conn)? {
+        let registry = ChainRegistration {
+            tier: agent.tier,
+            component_digest: agent.component_digest.clone(),
+        };
+        let chain = chain_registration(conn, &agent.agent_id)?;
+        if chain.as_ref() != Some(&registry) {
+            out.push(RegistryMismatch {
+                agent_id: agent.agent_id,
+                registry: Some(registry),
+                chain,
+            });
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT agent_id FROM agent_actions WHERE action = 'agent.register' \
+         AND agent_id NOT IN (SELECT agent_id FROM agents) ORDER BY agent_id",
+    )?;
+    let missing: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for agent_id in missing {
+        let chain = chain_registration(conn, &agent_id)?;
+        out.push(RegistryMismatch {
+            agent_id,
+            registry: None,
+            chain,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn agents(conn: &Connection) -> Result<Vec<AgentRecord>, LedgerError> {
@@ -347,12 +494,15 @@ pub struct VerifyReport {
     pub head: String,
     /// The first break; `None` when the whole chain verifies.
     pub broken: Option<ChainBreak>,
+    /// Registry rows (`agents`) that disagree with what the chain recorded; an agent's
+    /// registration is the chain's.
+    pub registry: Vec<RegistryMismatch>,
 }
 
 impl VerifyReport {
-    /// Whether the whole chain verified.
+    /// Whether the whole chain verified and the registry agrees with it.
     pub fn is_intact(&self) -> bool {
-        self.broken.is_none()
+        self.broken.is_none() && self.registry.is_empty()
     }
 }
 
@@ -521,6 +671,7 @@ pub(crate) fn verify(conn: &mut Connection) -> Result<VerifyReport, LedgerError>
         rows: 0,
         head: GENESIS_HASH.to_string(),
         broken: None,
+        registry: registry_mismatches(&tx)?,
     };
     let mut expected_seq: i64 = 1;
     let mut last: Option<(Table, i64)> = None;

@@ -304,6 +304,12 @@ impl<'a> PromotionRow<'a> {
     }
 }
 
+/// Index of the rows that decide an agent's registration and standing (register, rebind,
+/// revoke, reinstate), so BOOTSTRAP finds the latest of each without scanning the agent's
+/// history.
+const STANDING_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS agent_actions_standing ON agent_actions (agent_id, action, seq);";
+
 const CHAIN_COLUMNS: &str = "seq INTEGER NOT NULL UNIQUE,
     prev_hash TEXT NOT NULL,
     row_hash TEXT NOT NULL";
@@ -331,6 +337,7 @@ CREATE TABLE agent_actions (
     {CHAIN_COLUMNS}
 );
 CREATE INDEX agent_actions_agent ON agent_actions (agent_id);
+{STANDING_INDEX}
 CREATE INDEX agent_actions_task ON agent_actions (task_id);
 CREATE TABLE violations (
     id INTEGER PRIMARY KEY,
@@ -515,6 +522,11 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path, wal: bool) -> Result<(
     if wal {
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+    }
+    if let Found::Ledger = found {
+        // Added after schema 1 shipped; harmless to repeat.
+        conn.execute_batch(STANDING_INDEX)
             .map_err(|e| classify(path, e))?;
     }
     if let Found::Empty = found {

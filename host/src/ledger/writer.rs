@@ -560,9 +560,10 @@ impl State {
                 previous: None,
             });
         };
+        // Re-registering without a component keeps the binding; a new one is a rebind.
         let mut agent = AgentRecord {
             tier,
-            component_digest: digest.map(str::to_string),
+            component_digest: digest.map(str::to_string).or(prev.component_digest.clone()),
             ..prev.clone()
         };
         if agent == prev {

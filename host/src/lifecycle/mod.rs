@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
-use crate::governance::{action, host_subject, violation};
+use crate::governance::{self, action, host_subject, violation};
 use crate::id::AgentId;
 use crate::ledger::Subject;
 use crate::phase::Phase;
@@ -87,6 +87,25 @@ pub(crate) async fn run(
             agent: agent.to_string(),
         })?;
     let tier = record.tier;
+    // The ledger's chain is the registration; the registry row is its working copy.
+    let chain = services.ledger.chain_registration(agent)?;
+    let registered = crate::ledger::ChainRegistration {
+        tier,
+        component_digest: record.component_digest.clone(),
+    };
+    if chain.as_ref() != Some(&registered) {
+        let subject = host_subject(&services, agent, tier, None, None);
+        let mismatch = crate::ledger::RegistryMismatch {
+            agent_id: agent.to_string(),
+            registry: Some(registered),
+            chain,
+        };
+        let refusal = Refusal::RegistryTampered {
+            agent: agent.to_string(),
+            mismatch: mismatch.to_string(),
+        };
+        return Err(refuse_bootstrap(&services, &subject, refusal).await);
+    }
     let component_digest = sandbox
         .runtime
         .digest_of(bytes, record.component_digest.as_deref());
@@ -124,6 +143,18 @@ pub(crate) async fn run(
             "an unknown time".to_string(),
         )),
         Err(error) => return Err(state_failure(&services, &subject, agent, error).await),
+    };
+    // The ledger holds every revocation this host recorded: one the state store lost (a
+    // Redis restart without persistence, a deleted key) is put back and still refuses.
+    let revocation = match revocation {
+        Some(found) => Some(found),
+        None => match services.ledger.revocation(agent)? {
+            Some(lost) => {
+                governance::reseed_revocation(&services, agent, &lost).await;
+                Some((format!("{}: {}", lost.kind, lost.details), lost.revoked_at))
+            }
+            None => None,
+        },
     };
     if let Some((reason, revoked_at)) = revocation {
         let refusal = Refusal::PreviouslyRevoked {

@@ -702,6 +702,26 @@ pub async fn revocations_are_indexed(store: &dyn StateStore) {
         [revocation(&old, None, 101)],
         "revocations: newest first after re-revocation"
     );
+
+    // Reinstatement lifts the standing, not the history.
+    assert!(
+        store.clear_revocation(&old).await.unwrap(),
+        "revocations: clearing a revoked agent"
+    );
+    assert_eq!(
+        store.revocation(&old).await.unwrap(),
+        None,
+        "revocations: a reinstated agent is still revoked"
+    );
+    assert!(
+        !store.clear_revocation(&old).await.unwrap(),
+        "revocations: clearing twice"
+    );
+    assert_eq!(
+        store.revocations(1).await.unwrap(),
+        [revocation(&old, None, 101)],
+        "revocations: reinstatement erased the history"
+    );
 }
 
 /// A task's latest handoff and its approval read back as stored, and only for that task.

@@ -696,6 +696,16 @@ impl StateStore for EmbeddedState {
         .await
     }
 
+    async fn clear_revocation(&self, agent: &AgentId) -> Result<bool, StateError> {
+        let agent = agent.to_string();
+        self.run(Access::Write, move |conn| {
+            let mut stmt =
+                conn.prepare_cached("DELETE FROM hashes WHERE key = ?1 AND field = ?2")?;
+            Ok(stmt.execute(params![keys::REVOCATIONS_BY_AGENT, agent])? > 0)
+        })
+        .await
+    }
+
     async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         if limit == 0 {
             return Ok(Vec::new());

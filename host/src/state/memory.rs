@@ -444,6 +444,10 @@ impl StateStore for MemoryState {
         Ok(self.inner.lock().revoked.get(agent.as_str()).cloned())
     }
 
+    async fn clear_revocation(&self, agent: &AgentId) -> Result<bool, StateError> {
+        Ok(self.inner.lock().revoked.remove(agent.as_str()).is_some())
+    }
+
     async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         let data = self.inner.lock();
         Ok(data.ledger.iter().take(limit).cloned().collect())

@@ -478,6 +478,10 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     async fn record_revocation(&self, revocation: &Revocation) -> Result<(), StateError>;
     /// The agent's latest revocation record, if it was ever revoked. Never scans the ledger.
     async fn revocation(&self, agent: &AgentId) -> Result<Option<Revocation>, StateError>;
+    /// Lift the agent's revocation (an operator's reinstatement): its entry in
+    /// `revocations:by_agent` goes, the history in `revocations:ledger` stays. Whether there
+    /// was one.
+    async fn clear_revocation(&self, agent: &AgentId) -> Result<bool, StateError>;
     /// Up to `limit` revocation records, newest first.
     async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError>;
 

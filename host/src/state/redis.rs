@@ -769,6 +769,16 @@ impl StateStore for RedisState {
         decoded(&format!("{}/{agent}", keys::REVOCATIONS_BY_AGENT), value)
     }
 
+    async fn clear_revocation(&self, agent: &AgentId) -> Result<bool, StateError> {
+        let field = agent.as_str();
+        let removed: u64 = self
+            .guarded("HDEL", keys::REVOCATIONS_BY_AGENT, |mut c| async move {
+                c.hdel(keys::REVOCATIONS_BY_AGENT, field).await
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
     async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         if limit == 0 {
             return Ok(Vec::new());
