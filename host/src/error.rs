@@ -103,6 +103,18 @@ pub enum Refusal {
         /// What differs.
         mismatch: String,
     },
+    #[error(
+        "INVALID_COMPONENT: the component `{digest}` offered for agent `{agent}` cannot be loaded: {reason}; agents are WebAssembly components built for `wasm32-wasip2` (`warden compile <file>` checks one)"
+    )]
+    /// The bytes offered are not a component wasmtime can compile.
+    InvalidComponent {
+        /// The agent being run.
+        agent: String,
+        /// `sha256:<hex>` of the bytes offered.
+        digest: String,
+        /// wasmtime's error, cut to a readable length.
+        reason: String,
+    },
     #[error("INVALID_PACKET: the instruction packet of agent `{agent}` cannot be used: {reason}")]
     /// The stored packet cannot be read or is addressed to another agent.
     InvalidPacket {
@@ -135,6 +147,7 @@ impl Refusal {
             Refusal::ImportAboveTier { .. } => "IMPORT_ABOVE_TIER",
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
+            Refusal::InvalidComponent { .. } => "INVALID_COMPONENT",
             Refusal::RegistryTampered { .. } => "REGISTRY_TAMPERED",
             Refusal::StateUnavailable { .. } => "STATE_UNAVAILABLE",
         }

@@ -308,9 +308,39 @@ impl Host {
         let digest = match component {
             Some(bytes) => {
                 let digest = runtime::digest(bytes);
-                let compiled = self.sandbox.runtime.component(&digest, bytes, agent)?;
-                self.sandbox
-                    .load_gate(&self.services.tiers, agent, tier, &compiled)?;
+                let loaded = self
+                    .sandbox
+                    .runtime
+                    .component(&digest, bytes, agent)
+                    .map_err(Error::from)
+                    .and_then(|compiled| {
+                        Ok(self
+                            .sandbox
+                            .load_gate(&self.services.tiers, agent, tier, &compiled)?)
+                    });
+                if let Err(error) = loaded {
+                    // A refused load is recorded like a refused run, though nothing is bound.
+                    let code = match &error {
+                        Error::Refused(refusal) => refusal.code(),
+                        _ => "INVALID_COMPONENT",
+                    };
+                    let subject = crate::governance::host_subject(
+                        &self.services,
+                        agent,
+                        tier,
+                        None,
+                        Some(&digest),
+                    );
+                    let entry = crate::governance::action(
+                        &subject,
+                        None,
+                        "agent.register",
+                        "refused",
+                        Some((code, crate::text::clip(&error.to_string(), 2048))),
+                    );
+                    self.services.ledger.append(entry);
+                    return Err(error);
+                }
                 // Kept by digest so the agent can later be run by name (`orchestrate`).
                 self.services.blobs.put(bytes)?;
                 Some(digest)
@@ -494,31 +524,45 @@ pub struct ComponentSummary {
     pub wasi: Vec<String>,
     /// Imports that are neither (refused at load).
     pub unknown: Vec<String>,
-    /// The lowest tier whose grant covers every import.
+    /// The lowest tier that can run it: its grant covers every import and the component links
+    /// and exports the agent world there. `None` when no tier can; `unrunnable` says why.
     pub lowest_tier: Option<Tier>,
+    /// Why no tier can run it, when `lowest_tier` is `None`.
+    pub unrunnable: Option<String>,
     /// The compiled artifact in the cache, if cached on disk.
     pub cached: Option<PathBuf>,
 }
 
 impl Host {
-    /// Compile a component into the cache and summarize its imports.
+    /// Compile a component into the cache and summarize its imports, and the lowest tier that
+    /// can run it: the one whose load gate passes and whose linker instantiates it, exactly
+    /// as BOOTSTRAP will.
     pub fn inspect_component(&self, bytes: &[u8], origin: &str) -> Result<ComponentSummary, Error> {
         let digest = runtime::digest(bytes);
         let component = self.sandbox.runtime.component(&digest, bytes, origin)?;
         let summary = runtime::imports::summarize(self.sandbox.runtime.engine(), &component);
-        let lowest_tier = if summary.unknown.is_empty() {
-            summary
-                .warden
-                .iter()
-                .try_fold(Tier::Observer, |lowest, interface| {
-                    self.services
-                        .tiers
-                        .lowest_tier_granting(*interface)
-                        .map(|tier| tier.max(lowest))
-                })
-        } else {
-            None
-        };
+        let mut lowest_tier = None;
+        let mut unrunnable = None;
+        for tier in Tier::ALL {
+            let linked = self
+                .sandbox
+                .load_gate(&self.services.tiers, origin, tier, &component)
+                .map_err(|refusal| refusal.to_string())
+                .and_then(|()| {
+                    self.sandbox
+                        .instance_pre(&digest, tier, &component)
+                        .map(drop)
+                });
+            match linked {
+                Ok(()) => {
+                    lowest_tier = Some(tier);
+                    unrunnable = None;
+                    break;
+                }
+                // The highest tier's reason is the one that no tier gets past.
+                Err(reason) => unrunnable = Some(reason),
+            }
+        }
         Ok(ComponentSummary {
             imports: summary
                 .warden
@@ -528,6 +572,7 @@ impl Host {
             wasi: summary.wasi,
             unknown: summary.unknown,
             lowest_tier,
+            unrunnable,
             cached: self.sandbox.runtime.cached_file(&digest),
             digest,
         })

@@ -57,6 +57,7 @@ mod runtime;
 mod sandbox;
 pub mod secrets;
 pub mod state;
+mod text;
 pub mod tier;
 pub mod tools;
 

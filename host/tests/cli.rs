@@ -364,6 +364,17 @@ fn compile_reports_digest_imports_and_lowest_tier() {
     assert!(summary["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(summary["lowest_tier"], "T1");
     assert!(summary["cached"].as_str().unwrap().ends_with(".cwasm"));
+
+    // A component without the agent world's exports imports nothing, yet no tier can run it.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
+    let out = warden(dir.path(), &["compile", empty.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("no tier can run it") && text.contains("warden:agent/agent@0.1.0"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -99,6 +99,35 @@ async fn a_malformed_component_is_refused_and_history_kept() {
             .contains("not a valid WebAssembly component"),
         "{err}"
     );
+    // Both refusals are in the ledger, though nothing was registered.
+    let refused = warden_tests::actions(&host, "junk");
+    assert_eq!(refused, ["agent.register", "agent.register"], "{refused:?}");
+    // An agent registered without a component, run with bytes that are none: refused at
+    // BOOTSTRAP, recorded, and the junk never becomes its binding.
+    host.register_agent("unbound", Tier::Operator, None, "test")
+        .unwrap();
+    host.submit_packet(&packet("unbound", "t-junk", "greet", &[], json!({})))
+        .await
+        .unwrap();
+    let err = host.run("unbound", b"\0asm\x01\0\0\0").await.unwrap_err();
+    assert_eq!(
+        err.refusal().map(|r| r.code()),
+        Some("INVALID_COMPONENT"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+    assert_eq!(
+        host.ledger()
+            .agent("unbound")
+            .unwrap()
+            .unwrap()
+            .component_digest,
+        None
+    );
+    assert!(warden_tests::actions(&host, "unbound").contains(&"bootstrap".to_string()));
+    // Then the real component runs and is bound.
+    let report = host.run("unbound", &agent("hello")).await.unwrap();
+    assert_eq!(report.outcome, warden::RunOutcome::Completed, "{report:?}");
     drop(host);
     rows_intact(dir.path(), rows);
 }

@@ -537,7 +537,12 @@ async fn compile(cx: &Env, component: &Path) -> Result<u8> {
     let host = cx.host().await?;
     let summary = host.inspect_component(&bytes, &component.display().to_string())?;
     output::compile_summary(cx.json, &summary);
-    Ok(exit::OK)
+    // A component no tier can run would be refused at every bootstrap: say so in the status.
+    Ok(if summary.lowest_tier.is_some() {
+        exit::OK
+    } else {
+        exit::REFUSED
+    })
 }
 
 async fn secrets(cx: &Env, command: SecretsCommand) -> Result<u8> {

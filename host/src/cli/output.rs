@@ -331,13 +331,13 @@ pub fn compile_summary(json: bool, summary: &ComponentSummary) {
             summary.unknown.join(", ")
         );
     }
-    say!(
-        "lowest tier  {}",
-        summary.lowest_tier.map_or(
-            "none: the component cannot run at any tier".to_string(),
-            |t| t.to_string()
-        )
-    );
+    match (&summary.lowest_tier, &summary.unrunnable) {
+        (Some(tier), _) => say!("lowest tier  {tier}"),
+        (None, why) => say!(
+            "lowest tier  none: no tier can run it: {}",
+            why.as_deref().unwrap_or("no tier links it")
+        ),
+    }
     if let Some(path) = &summary.cached {
         say!("cached       {}", path.display());
     }

@@ -111,22 +111,35 @@ pub(crate) async fn run(
         .digest_of(bytes, record.component_digest.as_deref());
     let mut subject = host_subject(&services, agent, tier, None, Some(&component_digest));
 
-    match &record.component_digest {
-        Some(registered) if *registered != component_digest => {
-            let refusal = Refusal::ComponentMismatch {
+    if let Some(registered) = &record.component_digest
+        && *registered != component_digest
+    {
+        let refusal = Refusal::ComponentMismatch {
+            agent: agent.to_string(),
+            registered: registered.clone(),
+            offered: component_digest.clone(),
+        };
+        return Err(refuse_bootstrap(&services, &subject, refusal).await);
+    }
+    // Compiled before a first run binds it: bytes that are no component are refused (recorded)
+    // and never become the agent's binding.
+    let component = match sandbox.runtime.component(&component_digest, bytes, agent) {
+        Ok(component) => component,
+        Err(crate::runtime::ComponentError::Invalid { message, .. }) => {
+            let refusal = Refusal::InvalidComponent {
                 agent: agent.to_string(),
-                registered: registered.clone(),
-                offered: component_digest.clone(),
+                digest: component_digest.clone(),
+                reason: crate::text::clip(&message, 1024),
             };
             return Err(refuse_bootstrap(&services, &subject, refusal).await);
         }
-        Some(_) => {}
-        None => {
-            // First run of an agent registered without a component binds it (recorded).
-            services
-                .ledger
-                .register_agent(agent, tier, Some(&component_digest), "host")?;
-        }
+        Err(error) => return Err(error.into()),
+    };
+    if record.component_digest.is_none() {
+        // First run of an agent registered without a component binds it (recorded).
+        services
+            .ledger
+            .register_agent(agent, tier, Some(&component_digest), "host")?;
     }
 
     let revocation = match services.state.revocation(agent).await {
@@ -202,7 +215,6 @@ pub(crate) async fn run(
         Some(&component_digest),
     );
 
-    let component = sandbox.runtime.component(&component_digest, bytes, agent)?;
     if let Err(refusal) = sandbox.load_gate(&services.tiers, agent, tier, &component) {
         let entry = violation(
             &subject,
