@@ -350,3 +350,103 @@ async fn the_llm_budget_holds_across_runs_and_hosts() {
         "nothing more was spent"
     );
 }
+
+/// A provider that never answers: only the phase deadline can end the call.
+struct Hanging;
+
+#[async_trait::async_trait]
+impl warden::llm::LlmProvider for Hanging {
+    fn name(&self) -> &str {
+        "hanging"
+    }
+
+    fn default_model(&self) -> &str {
+        "hanging-1"
+    }
+
+    async fn complete(
+        &self,
+        _request: &warden::llm::LlmRequest,
+    ) -> Result<warden::llm::LlmResponse, warden::llm::LlmError> {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        Err(warden::llm::LlmError::Unavailable("woke up".into()))
+    }
+}
+
+fn deadline_code(outcome: &RunOutcome) -> warden::FailureCode {
+    match outcome {
+        RunOutcome::Failed { code, .. } => *code,
+        other => panic!("expected a failed run, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_call_is_cut_at_the_phase_deadline() {
+    // An LLM call that would never return, in PLAN.
+    let host = warden::Host::builder()
+        .llm(std::sync::Arc::new(Hanging))
+        .build()
+        .unwrap();
+    let p = packet(
+        "slow-llm",
+        "t-cut-llm",
+        "write the report",
+        &["report.md"],
+        json!({ "limits": { "phase_wall_ms": 500 } }),
+    );
+    let started = std::time::Instant::now();
+    let report = run(&host, "slow-llm", "planner", Tier::Operator, &p)
+        .await
+        .unwrap();
+    assert_eq!(
+        deadline_code(&report.outcome),
+        warden::FailureCode::DeadlineExceeded
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    // A tool that runs past the deadline (its own timeout is a minute), in EXECUTE.
+    let tools = r#"
+[[tool]]
+name = "sleepy"
+description = "sleeps"
+min_tier = "T1"
+full_tier = "T1"
+argv = ["/bin/sleep", "30"]
+timeout = "60s"
+"#;
+    let llm = warden::llm::ScriptedProvider::from_toml_str(&warden_tests::planner_rules(
+        r#"[{"name":"sleepy","args":[]}]"#,
+    ))
+    .unwrap();
+    let host = warden::Host::builder()
+        .tools(warden::tools::ToolRegistry::from_toml_str(tools).unwrap())
+        .llm(std::sync::Arc::new(llm))
+        .build()
+        .unwrap();
+    let p = packet(
+        "slow-tool",
+        "t-cut-tool",
+        "write the report",
+        &["report.md"],
+        json!({ "limits": { "phase_wall_ms": 800 } }),
+    );
+    let started = std::time::Instant::now();
+    let report = run(&host, "slow-tool", "planner", Tier::Operator, &p)
+        .await
+        .unwrap();
+    assert_eq!(
+        deadline_code(&report.outcome),
+        warden::FailureCode::DeadlineExceeded,
+        "{report:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    let phase = report.phases.iter().find(|p| p.phase == Phase::Execute).unwrap();
+    assert!(phase.elapsed_ms < 3000.0, "{phase:?}");
+}
