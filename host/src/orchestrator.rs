@@ -227,6 +227,11 @@ pub struct TaskSpec {
     /// messages or votes need a limit of at least their number, or they wait until the
     /// deadline.
     pub max_parallel: Option<usize>,
+    /// Votes a proposal needs before it can reach consensus (`problem/quorum`); default 2.
+    pub quorum: u32,
+    /// Whether a proposer may vote on, and count toward, its own proposal
+    /// (`problem/proposer_votes`); default off.
+    pub proposer_votes: bool,
 }
 
 impl TaskSpec {
@@ -245,7 +250,21 @@ impl TaskSpec {
             complexity: None,
             conditions: SpawnConditions::default(),
             max_parallel: None,
+            quorum: crate::state::coordination::DEFAULT_QUORUM,
+            proposer_votes: false,
         }
+    }
+
+    /// Set the votes a proposal needs (at least 1).
+    pub fn quorum(mut self, votes: u32) -> Self {
+        self.quorum = votes;
+        self
+    }
+
+    /// Let a proposer vote on its own proposals, and count that vote.
+    pub fn proposer_votes(mut self, counts: bool) -> Self {
+        self.proposer_votes = counts;
+        self
     }
 
     /// Run at most `limit` agents at once; the others wait for a slot.
@@ -303,6 +322,11 @@ impl TaskSpec {
                     "agent `{agent}` is named twice; each agent runs once per task (the mediator too)"
                 ));
             }
+        }
+        if self.quorum == 0 {
+            return invalid(
+                "quorum `0`: a proposal needs at least 1 vote to reach consensus".into(),
+            );
         }
         if self.max_parallel == Some(0) {
             return invalid("max_parallel `0`: expected at least 1 agent at a time".into());
@@ -397,8 +421,10 @@ pub struct ConsensusSummary {
     pub resolved: u32,
     /// Proposals still in conflict.
     pub in_conflict: u32,
-    /// `consensus/final` from the blackboard, if an agent wrote it.
+    /// `consensus/final`: the decision `consensus.finalize` recorded from the host's tally.
     pub final_decision: Option<String>,
+    /// `consensus/validation`: the mediator's verdict (`consensus.validate`).
+    pub validation: Option<String>,
 }
 
 impl ConsensusSummary {
@@ -512,6 +538,8 @@ impl Orchestration {
             ("objective", spec.objective.clone()),
             ("agents", spec.agents.join(",")),
             ("deadline_ms", self.deadline_ms.to_string()),
+            ("quorum", spec.quorum.to_string()),
+            ("proposer_votes", spec.proposer_votes.to_string()),
         ];
         if let Some(mediator) = &spec.mediator {
             problem.push(("mediator", mediator.clone()));
@@ -804,6 +832,11 @@ impl Orchestration {
                 .services
                 .state
                 .board_read(&task, Section::Consensus, "final")
+                .await?,
+            validation: self
+                .services
+                .state
+                .board_read(&task, Section::Consensus, "validation")
                 .await?,
         };
         let mut agents: Vec<AgentResult> = self

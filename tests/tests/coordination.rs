@@ -20,7 +20,7 @@ use warden::orchestrator::{SpawnConditions, SpawnReason, TaskMetrics, TaskSpec};
 use warden::state::{RedisState, Section};
 use warden::{Host, Tier};
 use warden_tests::redis_server::RedisServer;
-use warden_tests::{actions, agent, packet};
+use warden_tests::{actions, agent, packet, violations};
 
 fn tid(task: &str) -> TaskId {
     TaskId::new(task).unwrap()
@@ -259,7 +259,8 @@ async fn tasks_are_isolated(b: Backend) {
     assert_eq!(reader[3], "bb.entries solutions -> ok");
 }
 
-/// Run a vote: `ann` proposes (requiring `required`), then each voter casts its choice.
+/// Run a vote: `ann` proposes (requiring `required`, with every agent that votes a voter),
+/// then each voter casts its choice.
 async fn vote(
     b: &Backend,
     name: &str,
@@ -270,10 +271,13 @@ async fn vote(
     agents.extend(votes.iter().map(|(agent, _)| *agent));
     b.probes(&agents);
     let t = task(name);
+    let voters = agents[1..].join(",");
     b.script(
         &t,
         "ann",
-        &format!("vote.propose design {required} the design; bb.write progress pid $last"),
+        &format!(
+            "vote.propose-to design {voters} {required} the design; bb.write progress pid $last"
+        ),
     )
     .await;
     for (voter, choice) in votes {
@@ -342,32 +346,150 @@ async fn consensus_passes_and_fails_each_way(b: Backend) {
 
     let abstained = vote(&b, "abstain", "bob", &[("bob", "abstain")]).await;
     assert!(!abstained.reached, "abstentions are not a majority");
+
+    // No required voters: one accept is below the quorum of two; two reach it.
+    let alone = vote(&b, "below-quorum", "-", &[("bob", "accept")]).await;
+    assert!(!alone.reached && alone.quorum == 2, "{alone:?}");
+    let two = vote(&b, "quorum", "-", &[("bob", "accept"), ("cat", "abstain")]).await;
+    assert!(two.reached, "{two:?}");
+}
+
+async fn only_a_proposals_voters_may_vote(b: Backend) {
+    // mallory is in the task but not among the proposal's voters: she cannot sink it, and
+    // ann cannot pass it on her own vote.
+    b.probes(&["ann", "bob", "cat", "mallory"]);
+    let t = task("voters");
+    b.script(
+        &t,
+        "ann",
+        "vote.propose-to plan bob,cat - the plan; bb.write progress pid $last; vote.cast p1 accept mine",
+    )
+    .await;
+    for voter in ["bob", "cat"] {
+        b.script(
+            &t,
+            voter,
+            "wait.bb progress pid 10000; vote.cast $last accept fine",
+        )
+        .await;
+    }
+    b.script(
+        &t,
+        "mallory",
+        "wait.bb progress pid 10000; vote.cast $last reject sabotage",
+    )
+    .await;
+    let metrics = orchestrate(&b, &t, &["ann", "bob", "cat", "mallory"], None, quick()).await;
+    let mallory = b.results(&t, "mallory").await;
+    assert!(
+        mallory[1].contains("`mallory` is not one of the voters of `p1` (bob, cat)"),
+        "{mallory:?}"
+    );
+    let ann = b.results(&t, "ann").await;
+    assert!(ann[2].contains("`proposer_votes`"), "{ann:?}");
+    assert_eq!(violations(&b.host, "mallory"), ["NOT_A_VOTER"]);
+    let tally = b
+        .host
+        .state()
+        .proposal(&tid(&t), "p1")
+        .await
+        .unwrap()
+        .unwrap()
+        .tally();
+    assert!(
+        tally.reached && tally.accepts == 2 && tally.rejects == 0,
+        "{tally:?}"
+    );
+    assert_eq!(metrics.votes, 2, "refused votes are not votes");
+
+    // A task that counts its proposer's vote, with a quorum of one: a solo proposal passes.
+    let t = task("solo");
+    b.script(
+        &t,
+        "ann",
+        "vote.propose-to solo ann - it; vote.cast $last accept mine; vote.tally p1",
+    )
+    .await;
+    let spec = TaskSpec::new(&t, "coordinate", ["ann"])
+        .timeout(Duration::from_secs(30))
+        .conditions(quick())
+        .quorum(1)
+        .proposer_votes(true);
+    assert!(b.host.orchestrate(&spec).await.unwrap().success);
+    let ann = b.results(&t, "ann").await;
+    assert_eq!(
+        ann[2],
+        "vote.tally p1 -> ok reached=true accepts=1 rejects=0 abstains=0 missing= quorum=1"
+    );
+}
+
+async fn a_forged_decision_is_refused_and_revokes(b: Backend) {
+    b.probes(&["forger", "ann"]);
+    let t = task("forge");
+    b.script(
+        &t,
+        "forger",
+        r#"bb.write consensus final {"proposal_id":"p1","reached":true}"#,
+    )
+    .await;
+    b.script(&t, "ann", "sleep 100").await;
+    let metrics = orchestrate(&b, &t, &["forger", "ann"], None, quick()).await;
+    let forger = metrics
+        .agents
+        .iter()
+        .find(|a| a.agent_id == "forger")
+        .unwrap();
+    assert_eq!(forger.status, "revoked", "{metrics:#?}");
+    assert_eq!(violations(&b.host, "forger"), ["HOST_OWNED_RECORD"]);
+    assert_eq!(
+        metrics.consensus.final_decision, None,
+        "nothing was written"
+    );
+    assert_eq!(
+        b.host
+            .state()
+            .board_read(&tid(&t), Section::Consensus, "final")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn votes_are_final_and_recorded(b: Backend) {
-    b.probes(&["ann"]);
+    b.probes(&["ann", "bob"]);
     let t = task("final");
     b.script(
         &t,
         "ann",
-        "vote.propose solo ann; vote.cast $last accept first; vote.cast p1 reject second; vote.tally p1",
+        "vote.propose solo bob; bb.write progress pid $last",
     )
     .await;
-    assert!(orchestrate(&b, &t, &["ann"], None, quick()).await.success);
-    let lines = b.results(&t, "ann").await;
+    b.script(
+        &t,
+        "bob",
+        "wait.bb progress pid 10000; vote.cast $last accept first; vote.cast p1 reject second; vote.tally p1",
+    )
+    .await;
     assert!(
-        lines[2].contains("agent `ann` already voted ACCEPT and votes are final"),
+        orchestrate(&b, &t, &["ann", "bob"], None, quick())
+            .await
+            .success
+    );
+    let lines = b.results(&t, "bob").await;
+    assert!(
+        lines[2].contains("agent `bob` already voted ACCEPT and votes are final"),
         "{lines:?}"
     );
+    // One vote of the quorum of two: recorded, not yet consensus.
     assert_eq!(
         lines[3],
-        "vote.tally p1 -> ok reached=true accepts=1 rejects=0 abstains=0 missing="
+        "vote.tally p1 -> ok reached=false accepts=1 rejects=0 abstains=0 missing= quorum=2"
     );
     let rows = b
         .host
         .ledger()
         .query(&warden::ledger::LedgerQuery {
-            agent_id: Some("ann".into()),
+            agent_id: Some("bob".into()),
             kind: Some("consensus.cast".into()),
             ..Default::default()
         })
@@ -495,7 +617,7 @@ async fn conflicts(b: &Backend, name: &str, count: usize, threshold: u32) -> Tas
     let mut ann = Vec::new();
     let mut bob = Vec::new();
     for i in 1..=count {
-        ann.push(format!("vote.propose option{i} ann,bob option {i}"));
+        ann.push(format!("vote.propose option{i} bob option {i}"));
         bob.push(format!(
             "vote.cast p{i} reject conflicts with my constraints"
         ));
@@ -574,16 +696,16 @@ async fn success_fires_when_every_agent_completed(b: Backend) {
     b.script(
         &t,
         "mediator",
-        "bb.read solutions answer; bb.write consensus final validated",
+        "bb.read solutions answer; vote.validate yes the answer holds",
     )
     .await;
     let metrics = orchestrate(&b, &t, &["ann", "bob"], Some("mediator"), validate.clone()).await;
     let spawned = metrics.mediator.as_ref().expect("mediator spawned");
     assert_eq!(spawned.reason, SpawnReason::Success);
-    assert_eq!(
-        metrics.consensus.final_decision.as_deref(),
-        Some("validated")
-    );
+    let validation: serde_json::Value =
+        serde_json::from_str(metrics.consensus.validation.as_deref().expect("validation")).unwrap();
+    assert_eq!(validation["validated"], true);
+    assert_eq!(validation["by"], "mediator");
     assert_eq!(metrics.agents.len(), 3);
     assert!(
         metrics.agents[2].mediator && metrics.success,
@@ -612,7 +734,7 @@ async fn the_mediator_is_spawned_once(b: Backend) {
     b.script(
         &t,
         "ann",
-        "vote.propose x ann,bob; bb.write progress proposed yes; sleep 300",
+        "vote.propose x bob; bb.write progress proposed yes; sleep 300",
     )
     .await;
     b.script(
@@ -770,20 +892,24 @@ async fn alpha_beta_gamma_settle_a_conflict(b: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(merged.record.proposer, "gamma");
-    assert_eq!(merged.tally().accepts, 3);
-    // The reference's metrics, counted from the ledger.
+    // alpha and beta vote; the mediator's own vote would not count.
+    assert_eq!(merged.record.voters, ["alpha", "beta"]);
+    assert_eq!(merged.tally().accepts, 2);
+    // The reference's metrics, counted from the ledger: beta's three rejects, then the two
+    // votes on the merge.
     assert_eq!(metrics.proposals, 4);
-    assert_eq!(metrics.votes, 9);
+    assert_eq!(metrics.votes, 5);
     assert!(metrics.messages >= 8, "{metrics:#?}");
     assert!(
         metrics.blackboard_ops >= 20 && metrics.llm_calls >= 6,
         "{metrics:#?}"
     );
-    let final_decision = metrics.consensus.final_decision.unwrap();
-    assert!(
-        final_decision.contains("\"reached\":true"),
-        "{final_decision}"
-    );
+    // Written by the host from its own tally, when gamma finalized the merge.
+    let final_decision: serde_json::Value =
+        serde_json::from_str(&metrics.consensus.final_decision.unwrap()).unwrap();
+    assert_eq!(final_decision["proposal_id"], "p4");
+    assert_eq!(final_decision["reached"], true);
+    assert_eq!(final_decision["finalized_by"], "gamma");
     assert!(b.host.ledger().verify().unwrap().is_intact());
 }
 
@@ -816,6 +942,8 @@ on_both_backends!(
     messages_arrive_in_order_per_sender,
     tasks_are_isolated,
     consensus_passes_and_fails_each_way,
+    only_a_proposals_voters_may_vote,
+    a_forged_decision_is_refused_and_revokes,
     votes_are_final_and_recorded,
     a_revoked_agent_cannot_message_or_vote,
     stuck_fires_past_its_threshold_only,

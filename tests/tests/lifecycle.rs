@@ -447,6 +447,10 @@ timeout = "60s"
         "cut after {:?}",
         started.elapsed()
     );
-    let phase = report.phases.iter().find(|p| p.phase == Phase::Execute).unwrap();
+    let phase = report
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Execute)
+        .unwrap();
     assert!(phase.elapsed_ms < 3000.0, "{phase:?}");
 }

@@ -656,6 +656,8 @@ async fn coordination_keys_are_the_documented_ones() {
         title: "plan",
         body: "do it",
         required: &required,
+        voters: &required,
+        quorum: 1,
         created_at_ms: 5,
     };
     assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p1");
@@ -730,6 +732,8 @@ async fn coordination_writes_are_one_command() {
         title: "t",
         body: "b",
         required: &required,
+        voters: &required,
+        quorum: 1,
         created_at_ms: 0,
     };
     let vote = |agent: &str| Vote {

@@ -4,8 +4,9 @@
 //! - PLAN asks the model `ALPHA research: <objective>` for a JSON object
 //!   `{"complexity": number, "analysis": string, "proposals": [{"title", "body"}],
 //!   "confidence"?: number}`; an answer that is not such an object fails the plan.
-//! - EXECUTE publishes the analysis, proposes each design to every primary agent, votes
-//!   ACCEPT on it and announces it, then waits (see `wait.rs`), voting on what requires it
+//! - EXECUTE publishes the analysis, proposes each design to every other primary agent (a
+//!   proposer's own vote does not count) and announces it, then waits (see `wait.rs`), voting
+//!   on what requires it
 //!   with `ALPHA vote: <title>\n<body>` (`ACCEPT|REJECT|ABSTAIN: reasoning`). It succeeds
 //!   when every proposal it made is settled: consensus reached, or resolved by a mediator.
 //!   It writes `alpha-research.md`.
@@ -15,7 +16,7 @@
 //!
 //! | reads | writes |
 //! |-------|--------|
-//! | `problem/objective` (else the packet's), `problem/agents`, `problem/mediator`, `problem/deadline_ms`, `problem/spawn_reason`, `consensus/final` | `problem/analysis`, `problem/complexity`, `solutions/proposal_<i>`, `progress/<own id>` (`proposed N`), `progress/feedback_<proposal id>` |
+//! | `problem/objective` (else the packet's), `problem/agents`, `problem/mediator`, `problem/deadline_ms`, `problem/spawn_reason`, `consensus/final`, `progress/mediation` | `problem/analysis`, `problem/complexity`, `solutions/proposal_<i>`, `progress/<own id>` (`proposed N`), `progress/feedback_<proposal id>` |
 //!
 //! Messages: sends PROPOSAL `{"proposal_id", "title"}` to each other primary agent; records
 //! FEEDBACK `{"proposal_id", "vote", "reasoning"}`; treats HANDOFF as a cue to look at the
@@ -25,7 +26,6 @@ mod wait;
 
 use serde::Deserialize;
 use warden_sdk::blackboard::Section;
-use warden_sdk::consensus::VoteChoice;
 use warden_sdk::messaging::{Kind, Message};
 use warden_sdk::prelude::*;
 
@@ -170,11 +170,13 @@ impl Agent for Alpha {
             .ok_or("alpha: EXECUTE without the research of PLAN")?;
         let deadline = Deadline::from_board(now_ms())?;
         let me = packet.agent_id.as_str();
-        let mut required = problem_ids("agents")?;
-        if !required.iter().any(|id| id == me) {
-            required.push(me.to_owned());
-        }
-        let required: Vec<&str> = required.iter().map(String::as_str).collect();
+        // Every other primary agent must vote; a proposer's own vote does not count.
+        let others = problem_ids("agents")?;
+        let required: Vec<&str> = others
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != me)
+            .collect();
         let mediator_configured = read_problem("mediator")?.is_some();
 
         blackboard::write(Section::Problem, "analysis", &research.analysis)?;
@@ -185,12 +187,7 @@ impl Agent for Alpha {
         for (i, draft) in research.proposals.iter().enumerate() {
             let key = format!("proposal_{}", i + 1);
             blackboard::write(Section::Solutions, &key, &draft.body)?;
-            let id = consensus::propose(&draft.title, &draft.body, &required)?;
-            let reasoning = format!(
-                "alpha researched and proposed this design for: {}",
-                self.objective
-            );
-            consensus::cast(&id, VoteChoice::Accept, clip(&reasoning, MAX_VALUE_BYTES))?;
+            let id = consensus::propose(&draft.title, &draft.body, &[], &required)?;
             let notice = serde_json::json!({ "proposal_id": id, "title": draft.title }).to_string();
             for other in required.iter().filter(|agent| **agent != me) {
                 messaging::send(other, Kind::Proposal, &notice)?;

@@ -335,7 +335,7 @@ pub struct WaitConfig<'a> {
 /// Why the wait loop ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitEnd {
-    /// `consensus/final` was written; its value.
+    /// `consensus/final` was written (or a mediator's `progress/mediation`); its value.
     Final(String),
     /// Every relevant proposal is settled and no mediator is pending.
     Settled,
@@ -374,7 +374,13 @@ pub fn wait_for_settlement(
             heard || last_check.is_none_or(|at| now_ms().saturating_sub(at) >= CHECK_EVERY_MS);
         if due {
             last_check = Some(now_ms());
-            if let Some(value) = blackboard::read(Section::Consensus, "final")? {
+            // The task's decision, or the mediator's word that its merge did not reach one.
+            let done = match blackboard::read(Section::Consensus, "final")? {
+                Some(value) => Some(value),
+                None if mediator_spawned => blackboard::read(Section::Progress, "mediation")?,
+                None => None,
+            };
+            if let Some(value) = done {
                 // Once more, so that the caller judges its proposals as they ended.
                 board.refresh()?;
                 return Ok(WaitEnd::Final(value));
@@ -442,8 +448,9 @@ fn stop(
             }
         }
     }
-    // A spawned mediator is pending until it writes `consensus/final`, which was checked
-    // first; once spawned it stays so, which saves reading the entry again.
+    // A spawned mediator is pending until its merge is finalized (`consensus/final`) or it
+    // says it is done (`progress/mediation`), which were checked first; once spawned it stays
+    // so, which saves reading the entry again.
     if !*mediator_spawned {
         *mediator_spawned = read_problem("spawn_reason")?.is_some();
     }

@@ -16,7 +16,10 @@
 //! | `msg.broadcast <kind> <body…>`         | broadcast                                    |
 //! | `msg.recv <timeout ms>`                | receive: `sender/kind/body` per message      |
 //! | `msg.drain <count> <timeout ms>`       | receive until `count` messages or timeout    |
-//! | `vote.propose <title> <required,…\|->` | open a proposal: its id                      |
+//! | `vote.propose <title> <required,…\|->` | open a proposal (voters: the task's agents, or the required ones): its id |
+//! | `vote.propose-to <title> <voters,…\|-> <required,…\|->` | open a proposal with named voters: its id |
+//! | `vote.finalize <id>`                   | make it the task's decision: `reached=… accepts=…` |
+//! | `vote.validate <yes\|no> <note…>`      | the mediator's verdict                       |
 //! | `vote.cast <id> <accept\|reject\|abstain> <reasoning…>` | vote              |
 //! | `vote.tally <id>`                      | `reached=… accepts=… rejects=… missing=…`   |
 //! | `vote.resolve <id> <note…>`            | settle a proposal                            |
@@ -44,6 +47,14 @@ fn section(name: &str) -> Result<Section, String> {
         "progress" => Ok(Section::Progress),
         "consensus" => Ok(Section::Consensus),
         other => Err(format!("no section `{other}`")),
+    }
+}
+
+/// `a,b,c` as ids; `-` for none.
+fn ids(list: &str) -> Vec<&str> {
+    match list {
+        "-" => Vec::new(),
+        list => list.split(',').collect(),
     }
 }
 
@@ -129,11 +140,20 @@ fn call(line: &str) -> Result<String, String> {
             Ok(messages(&all))
         }
         "vote.propose" => {
-            let required: Vec<&str> = match arg(2)? {
-                "-" => Vec::new(),
-                list => list.split(',').collect(),
-            };
-            consensus::propose(arg(1)?, &rest(3), &required).map_err(host)
+            let required = ids(arg(2)?);
+            consensus::propose(arg(1)?, &rest(3), &[], &required).map_err(host)
+        }
+        "vote.propose-to" => {
+            let (voters, required) = (ids(arg(2)?), ids(arg(3)?));
+            consensus::propose(arg(1)?, &rest(4), &voters, &required).map_err(host)
+        }
+        "vote.finalize" => {
+            let t = consensus::finalize(arg(1)?).map_err(host)?;
+            Ok(format!("reached={} accepts={}", t.reached, t.accepts))
+        }
+        "vote.validate" => {
+            consensus::validate(arg(1)? == "yes", &rest(2)).map_err(host)?;
+            Ok(String::new())
         }
         "vote.cast" => {
             let choice = match arg(2)? {
@@ -148,12 +168,13 @@ fn call(line: &str) -> Result<String, String> {
         "vote.tally" => {
             let t = consensus::tally(arg(1)?).map_err(host)?;
             Ok(format!(
-                "reached={} accepts={} rejects={} abstains={} missing={}",
+                "reached={} accepts={} rejects={} abstains={} missing={} quorum={}",
                 t.reached,
                 t.accepts,
                 t.rejects,
                 t.abstains,
-                t.missing.join(",")
+                t.missing.join(","),
+                t.quorum
             ))
         }
         "vote.resolve" => {

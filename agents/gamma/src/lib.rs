@@ -6,19 +6,20 @@
 //! - EXECUTE, for `CONFLICT`, `STUCK` or `COMPLEXITY`, asks
 //!   `GAMMA resolve: <reason>: <titles of the contested or open proposals joined by "; ">`
 //!   for a merged proposal (first line the title, the rest the body), resolves each contested
-//!   proposal as superseded, proposes the merge to `problem/voters` and itself, votes ACCEPT,
-//!   hands the vote off to everyone, and waits for the votes until the deadline. It succeeds
-//!   when the merge reaches consensus. For `SUCCESS` it asks `GAMMA validate: <objective>`
-//!   (with the blackboard after it) for `VALID: …` or `INVALID: …` and succeeds when valid.
-//!   Either way it writes `consensus/final`, which tells the primary agents to stop, and
-//!   `gamma-mediation.md`.
+//!   proposal as superseded, proposes the merge to `problem/voters` (its own vote would not
+//!   count), hands the vote off to everyone, and waits for the votes until the deadline. It
+//!   succeeds when the merge reaches consensus, and then finalizes it: the host writes
+//!   `consensus/final`, which tells the primary agents to stop. For `SUCCESS` it asks
+//!   `GAMMA validate: <objective>` (with the blackboard after it) for `VALID: …` or
+//!   `INVALID: …`, records the verdict (`consensus.validate`, so `consensus/validation`) and
+//!   succeeds when valid. Either way it writes `gamma-mediation.md`.
 //! - VERIFY and REPORT keep the SDK defaults.
 //!
 //! Blackboard, as the orchestrator's protocol defines it:
 //!
 //! | reads | writes |
 //! |-------|--------|
-//! | `problem/spawn_reason`, `problem/spawn_detail`, `problem/objective` (else the packet's), `problem/voters` (else `problem/agents`), `problem/deadline_ms`, `solutions/*`; for `SUCCESS` every section | `progress/gamma_resolution`, `progress/validation`, `consensus/final` (`{"proposal_id", "reached", "accepts", "rejects"}` or `{"validated", "note"}`) |
+//! | `problem/spawn_reason`, `problem/spawn_detail`, `problem/objective` (else the packet's), `problem/voters` (else `problem/agents`), `problem/deadline_ms`, `solutions/*`; for `SUCCESS` every section | `progress/gamma_resolution`, `progress/mediation` (`{"proposal_id", "reached", "accepts", "rejects"}`, which tells the primary agents the mediator is done), `progress/validation`; through the consensus interface, `consensus/final` and `consensus/validation` |
 //!
 //! Messages: broadcasts HANDOFF `{"vote": <proposal id>}` once the merge is proposed and
 //! `{"settled": <proposal id>}` once `consensus/final` is written.
@@ -224,16 +225,16 @@ impl Gamma {
         for id in &superseded {
             consensus::resolve(id, SUPERSEDED)?;
         }
-        let mut required = read_problem("voters")?
+        // The agents still in the task vote; the mediator's own vote would not count.
+        let voters = read_problem("voters")?
             .filter(|v| !v.trim().is_empty())
             .map_or_else(|| problem_ids("agents"), |v| Ok(split_ids(&v)))?;
-        if !required.iter().any(|id| id == me) {
-            required.push(me.to_owned());
-        }
-        let required: Vec<&str> = required.iter().map(String::as_str).collect();
-        let id = consensus::propose(title, body, &required)?;
-        let why = format!("the mediator's merge of: {titles}");
-        consensus::cast(&id, VoteChoice::Accept, clip(&why, MAX_VALUE_BYTES))?;
+        let required: Vec<&str> = voters
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != me)
+            .collect();
+        let id = consensus::propose(title, body, &[], &required)?;
         ledger::note(&format!(
             "{reason}: superseded [{}] by {id} `{title}`, required {}",
             superseded.join(", "),
@@ -260,7 +261,11 @@ impl Gamma {
             "rejects": tally.rejects,
         })
         .to_string();
-        blackboard::write(Section::Consensus, "final", &result)?;
+        if tally.reached {
+            // The host writes `consensus/final` from its own tally.
+            consensus::finalize(&id)?;
+        }
+        blackboard::write(Section::Progress, "mediation", &result)?;
         messaging::broadcast(
             Kind::Handoff,
             &serde_json::json!({ "settled": id }).to_string(),
@@ -315,13 +320,13 @@ impl Gamma {
             clip(answer, MAX_VALUE_BYTES),
         )?;
         let result = serde_json::json!({ "validated": valid, "note": note }).to_string();
-        blackboard::write(Section::Consensus, "final", &result)?;
+        consensus::validate(valid, &note)?;
 
         let verdict = if valid { "VALID" } else { "INVALID" };
         let summary = format!("SUCCESS validation: {verdict}: {note}");
         let markdown = format!(
             "# Mediation: {}\n\nSpawned for: SUCCESS ({})\n\n## Validation\n\n{verdict}: {note}\n\n\
-             ## consensus/final\n\n```json\n{result}\n```\n",
+             ## consensus/validation\n\n```json\n{result}\n```\n",
             self.objective, self.detail
         );
         Ok((valid, summary, markdown))

@@ -58,6 +58,27 @@ fn check_write(
     ))
 }
 
+/// Entries a capability owns are written only by it: an agent's write there would forge
+/// the task's decision or its roster.
+fn check_owner(op: &str, section: Section, key: &str) -> Result<(), CallRefusal> {
+    if !crate::state::coordination::is_host_owned(section, key) {
+        return Ok(());
+    }
+    let owner = match section {
+        Section::Consensus => {
+            "the consensus interface writes it from its own tally (`consensus.finalize`, `consensus.validate`)"
+        }
+        _ => "the host writes it when the task starts or its mediator is spawned",
+    };
+    Err(CallRefusal {
+        kind: ViolationKind::HostOwned,
+        resource: resource(section, key),
+        message: format!(
+            "`{op}` of `{section}/{key}` refused: the entry is the host's, not an agent's: {owner}; agents write `solutions`, `progress` and the other `problem` entries; this is a procedure violation"
+        ),
+    })
+}
+
 /// Longest entry key.
 pub(crate) const MAX_KEY_BYTES: usize = 256;
 /// Largest entry value.
@@ -137,6 +158,7 @@ impl Host for AgentCtx {
         );
         self.gov.check(OP, decision).await?;
         self.check_entry_key(OP, section, &key).await?;
+        self.gov.check(OP, check_owner(OP, section, &key)).await?;
         if value.len() > MAX_VALUE_BYTES {
             let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,
@@ -213,6 +235,43 @@ mod tests {
 
     /// Each refusal is charged; the second of the same kind spends the reference's
     /// `max_same_error_repeats` of 2 and revokes.
+    #[tokio::test]
+    async fn a_forged_decision_is_refused_as_a_procedure_violation() {
+        // Even an architect may not write what the consensus interface owns.
+        let mut agent = TestEnv::new().agent(Tier::Architect, json!({})).await;
+        let err = agent
+            .ctx
+            .write(WitSection::Consensus, "final".into(), "{\"reached\":true}".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Revoked(m) if m.contains("the entry is the host's")), "{err:?}");
+        assert_eq!(agent.violations(), ["HOST_OWNED_RECORD"]);
+        let task = crate::id::TaskId::new("task-1").unwrap();
+        assert_eq!(
+            agent
+                .state()
+                .board_read(&task, Section::Consensus, "final")
+                .await
+                .unwrap(),
+            None,
+            "nothing was written"
+        );
+        // The task's roster is the host's too; an agent's own problem entries are not.
+        let mut other = agent.peer("agent-2", Tier::Operator).await;
+        other
+            .ctx
+            .write(WitSection::Problem, "analysis".into(), "mine".into())
+            .await
+            .unwrap();
+        let err = other
+            .ctx
+            .write(WitSection::Problem, "agents".into(), "agent-2".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, WitError::Revoked(_)), "{err:?}");
+        assert_eq!(other.violations(), ["HOST_OWNED_RECORD"]);
+    }
+
     #[tokio::test]
     async fn keys_and_values_are_bounded_and_repeats_revoke() {
         let mut agent = TestEnv::new().agent(Tier::Operator, json!({})).await;

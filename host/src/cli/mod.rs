@@ -109,6 +109,12 @@ enum Command {
         /// Run at most this many agents at once (default: all).
         #[arg(long)]
         max_parallel: Option<usize>,
+        /// Votes a proposal needs before it can reach consensus.
+        #[arg(long, default_value_t = warden::state::coordination::DEFAULT_QUORUM)]
+        quorum: u32,
+        /// Let a proposer vote on its own proposals, and count that vote (default: off).
+        #[arg(long)]
+        proposer_votes: bool,
     },
     /// A task's blackboard, messages and proposals with their tallies.
     #[command(subcommand)]
@@ -374,6 +380,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             timeout,
             complexity,
             max_parallel,
+            quorum,
+            proposer_votes,
         } => {
             let host = cx.host().await?;
             let task = task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
@@ -383,6 +391,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             spec.mediator = mediator;
             spec.complexity = complexity;
             spec.max_parallel = max_parallel;
+            spec.quorum = quorum;
+            spec.proposer_votes = proposer_votes;
             let metrics = host.orchestrate(&spec).await?;
             output::task_metrics(cx.json, &metrics);
             Ok(if metrics.success {

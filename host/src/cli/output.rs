@@ -420,6 +420,13 @@ pub fn task_metrics(json: bool, metrics: &TaskMetrics) {
                 .unwrap_or_else(|| "none".into()),
         ),
         (
+            "validation",
+            consensus
+                .validation
+                .clone()
+                .unwrap_or_else(|| "none".into()),
+        ),
+        (
             "outcome",
             if metrics.success { "success" } else { "FAILED" }.to_string(),
         ),

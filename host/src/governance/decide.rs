@@ -29,6 +29,11 @@ pub(crate) enum ViolationKind {
     /// Not in this phase: an effect before the approval gate, a write to a sealed
     /// deliverable.
     PhaseDenied,
+    /// A write to a record a capability owns (the blackboard's `consensus` section, the
+    /// task's roster and settings): a forgery attempt, so a procedure violation.
+    HostOwned,
+    /// A vote on a proposal whose voters do not include the agent.
+    NotAVoter,
 }
 
 impl ViolationKind {
@@ -42,12 +47,17 @@ impl ViolationKind {
             ViolationKind::Invalid => "INVALID_ARGUMENT",
             ViolationKind::TokenBudget => "TOKEN_BUDGET_EXHAUSTED",
             ViolationKind::PhaseDenied => "PHASE_DENIED",
+            ViolationKind::HostOwned => "HOST_OWNED_RECORD",
+            ViolationKind::NotAVoter => "NOT_A_VOTER",
         }
     }
 
     /// Whether it counts as a procedure violation (`max_procedure_violations`).
     pub fn is_procedure(self) -> bool {
-        matches!(self, ViolationKind::Forbidden | ViolationKind::PathEscape)
+        matches!(
+            self,
+            ViolationKind::Forbidden | ViolationKind::PathEscape | ViolationKind::HostOwned
+        )
     }
 
     /// Whether it gets a `violations` row (malformed input only counts against the budget).

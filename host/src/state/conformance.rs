@@ -27,9 +27,10 @@ use crate::packet::{
 mod coordination;
 
 pub use coordination::{
-    board_sections, concurrent_receives, concurrent_sends, coordination_ids_are_exact_keys,
-    coordination_tasks_are_isolated, direct_and_broadcast_delivery, message_ids_and_order,
-    proposals_and_votes, receive_advances_the_cursor,
+    board_insert_is_first_writer_wins, board_sections, concurrent_receives, concurrent_sends,
+    coordination_ids_are_exact_keys, coordination_tasks_are_isolated,
+    direct_and_broadcast_delivery, message_ids_and_order, proposals_and_votes,
+    receive_advances_the_cursor,
 };
 
 /// Short TTL for expiry checks: long enough for a slow CI machine to do a few round trips
@@ -62,6 +63,7 @@ where
     token_spend_is_atomic_and_per_task(make().await).await;
 
     board_sections(&*make().await).await;
+    board_insert_is_first_writer_wins(make().await).await;
     coordination_tasks_are_isolated(&*make().await).await;
     message_ids_and_order(&*make().await).await;
     direct_and_broadcast_delivery(&*make().await).await;

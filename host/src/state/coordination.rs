@@ -67,6 +67,35 @@ impl std::fmt::Display for Section {
     }
 }
 
+/// Votes a proposal needs when its task sets no quorum (`problem/quorum`): two, so that no
+/// proposal passes on one agent's say.
+pub const DEFAULT_QUORUM: u32 = 2;
+
+/// Entries of the `problem` section the host writes: the task's objective, roster, deadline
+/// and consensus settings (the orchestrator), and the mediator's spawn. Agents read them and
+/// cannot write them.
+pub const HOST_PROBLEM_KEYS: &[&str] = &[
+    "objective",
+    "agents",
+    "mediator",
+    "deadline_ms",
+    "quorum",
+    "proposer_votes",
+    "spawn_reason",
+    "spawn_detail",
+    "voters",
+];
+
+/// Whether an entry is the host's: the whole `consensus` section (written by the consensus
+/// capability from its own tally: `final`, `validation`) and [`HOST_PROBLEM_KEYS`].
+pub fn is_host_owned(section: Section, key: &str) -> bool {
+    match section {
+        Section::Consensus => true,
+        Section::Problem => HOST_PROBLEM_KEYS.contains(&key),
+        Section::Solutions | Section::Progress => false,
+    }
+}
+
 /// Keys of the coordination keyspace.
 pub mod keys {
     use super::Section;
@@ -217,6 +246,14 @@ pub struct ProposalRecord {
     pub created_at_ms: u64,
     /// How it was settled outside the vote; `None` while unresolved.
     pub resolution: Option<Resolution>,
+    /// The agents that may vote (the required ones among them); a vote from anyone else is
+    /// refused. Empty only in records written before proposals declared their voters.
+    #[serde(default)]
+    pub voters: Vec<AgentId>,
+    /// Votes it needs before it can reach consensus. 0 only in records written before
+    /// proposals had a quorum.
+    #[serde(default)]
+    pub quorum: u32,
 }
 
 /// A proposal to open; the backend assigns its id.
@@ -230,6 +267,10 @@ pub struct NewProposal<'a> {
     pub body: &'a str,
     /// Agents whose votes are needed.
     pub required: &'a [AgentId],
+    /// Agents that may vote; includes `required`.
+    pub voters: &'a [AgentId],
+    /// Votes it needs before it can reach consensus.
+    pub quorum: u32,
     /// Wall-clock milliseconds since the Unix epoch.
     pub created_at_ms: u64,
 }
@@ -245,6 +286,8 @@ impl NewProposal<'_> {
             required: self.required.to_vec(),
             created_at_ms: self.created_at_ms,
             resolution: None,
+            voters: self.voters.to_vec(),
+            quorum: self.quorum,
         }
     }
 }
@@ -272,8 +315,10 @@ pub struct Tally {
     pub missing: Vec<AgentId>,
     /// Required agents that rejected.
     pub required_rejects: Vec<AgentId>,
-    /// The reference's rule: every required agent voted, accepts outnumber rejects, and no
-    /// required agent rejected.
+    /// Votes needed ([`ProposalRecord::quorum`]).
+    pub quorum: u32,
+    /// The reference's rule and a quorum: every required agent voted, at least `quorum`
+    /// votes were cast, accepts outnumber rejects, and no required agent rejected.
     pub reached: bool,
 }
 
@@ -304,15 +349,36 @@ impl Proposal {
             .filter(|agent| vote_of(agent).is_some_and(|v| v.choice == VoteChoice::Reject))
             .cloned()
             .collect();
-        let reached = missing.is_empty() && accepts > rejects && required_rejects.is_empty();
+        let cast = accepts.saturating_add(rejects).saturating_add(abstains);
+        let quorum = self.record.quorum;
+        let reached = missing.is_empty()
+            && cast >= quorum
+            && accepts > rejects
+            && required_rejects.is_empty();
         Tally {
             accepts,
             rejects,
             abstains,
             missing,
             required_rejects,
+            quorum,
             reached,
         }
+    }
+
+    /// Whether `agent` may vote on it: one of its voters (any agent, for a record written
+    /// before proposals declared voters). The refusal says who may.
+    pub fn may_vote(&self, agent: &AgentId) -> Result<(), String> {
+        let voters = &self.record.voters;
+        if voters.is_empty() || voters.contains(agent) {
+            return Ok(());
+        }
+        let names: Vec<&str> = voters.iter().map(AgentId::as_str).collect();
+        Err(format!(
+            "agent `{agent}` is not one of the voters of `{}` ({}), which its proposer declared",
+            self.record.id,
+            names.join(", ")
+        ))
     }
 
     /// Unresolved and contested: someone rejected it, it has not reached consensus, and no
@@ -389,6 +455,15 @@ pub trait Coordination: Send + Sync {
         section: Section,
         key: &str,
     ) -> Result<Option<String>, StateError>;
+    /// Set `key` in the task's `section` unless it is set; whether it was written. The first
+    /// writer of a record that is set once (the final decision) wins, across hosts.
+    async fn board_insert(
+        &self,
+        task: &TaskId,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StateError>;
     /// Every entry of the section, sorted by key.
     async fn board_entries(
         &self,
@@ -467,17 +542,66 @@ mod tests {
     }
 
     fn proposal(required: &[&str], votes: Vec<Vote>) -> Proposal {
+        with_quorum(required, 0, votes)
+    }
+
+    fn with_quorum(required: &[&str], quorum: u32, votes: Vec<Vote>) -> Proposal {
+        let required: Vec<AgentId> = required.iter().map(|s| id(s)).collect();
         Proposal {
             record: NewProposal {
                 proposer: &id("alpha"),
                 title: "t",
                 body: "b",
-                required: &required.iter().map(|s| id(s)).collect::<Vec<_>>(),
+                required: &required,
+                voters: &required,
+                quorum,
                 created_at_ms: 0,
             }
             .with_id("p1".into()),
             votes,
         }
+    }
+
+    #[test]
+    fn consensus_needs_a_quorum_of_votes() {
+        use VoteChoice::*;
+        // No required voters: before quorums, the proposer's one accept would have passed it.
+        assert!(!with_quorum(&[], 2, vec![vote("a", Accept)]).tally().reached);
+        assert!(
+            with_quorum(&[], 2, vec![vote("a", Accept), vote("b", Abstain)])
+                .tally()
+                .reached
+        );
+        let tally = with_quorum(&["a"], 3, vec![vote("a", Accept), vote("b", Accept)]).tally();
+        assert_eq!((tally.quorum, tally.reached), (3, false));
+    }
+
+    #[test]
+    fn only_declared_voters_may_vote() {
+        let open = proposal(&["a"], vec![]);
+        assert!(open.may_vote(&id("a")).is_ok());
+        let err = open.may_vote(&id("z")).unwrap_err();
+        assert!(
+            err.contains("`z` is not one of the voters of `p1` (a)"),
+            "{err}"
+        );
+        // A record from before voters were declared keeps its old, open rule.
+        let mut legacy = proposal(&["a"], vec![]);
+        legacy.record.voters.clear();
+        assert!(legacy.may_vote(&id("z")).is_ok());
+        let json = r#"{"id":"p1","proposer":"alpha","title":"t","body":"b","required":[],"created_at_ms":0,"resolution":null}"#;
+        let old: ProposalRecord = serde_json::from_str(json).unwrap();
+        assert_eq!((old.voters.len(), old.quorum), (0, 0));
+    }
+
+    #[test]
+    fn host_owned_entries_are_the_consensus_section_and_the_tasks_settings() {
+        assert!(is_host_owned(Section::Consensus, "final"));
+        assert!(is_host_owned(Section::Consensus, "anything"));
+        assert!(is_host_owned(Section::Problem, "agents"));
+        assert!(is_host_owned(Section::Problem, "quorum"));
+        assert!(!is_host_owned(Section::Problem, "complexity"));
+        assert!(!is_host_owned(Section::Solutions, "agents"));
     }
 
     #[test]

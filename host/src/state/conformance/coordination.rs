@@ -39,6 +39,8 @@ fn proposal<'a>(proposer: &'a AgentId, required: &'a [AgentId]) -> NewProposal<'
         title: "t",
         body: "b",
         required,
+        voters: required,
+        quorum: 1,
         created_at_ms: 0,
     }
 }
@@ -148,6 +150,52 @@ pub async fn board_sections(store: &dyn StateStore) {
             "board: {section} has entries written to other sections"
         );
     }
+}
+
+/// A record set once (the final decision): the first insert wins and later ones change
+/// nothing, even when they race.
+pub async fn board_insert_is_first_writer_wins(store: Arc<dyn StateStore>) {
+    let task = unique_task("insert");
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, task) = (store.clone(), task.clone());
+            tokio::spawn(async move {
+                let value = format!("decision {i}");
+                let won = store
+                    .board_insert(&task, Section::Consensus, "final", &value)
+                    .await
+                    .unwrap();
+                (won, value)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (won, value) = racer.await.unwrap();
+        if won {
+            winners.push(value);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "board insert: exactly one winner, got {winners:?}"
+    );
+    assert_eq!(
+        store
+            .board_read(&task, Section::Consensus, "final")
+            .await
+            .unwrap(),
+        Some(winners[0].clone()),
+        "board insert: the winner's value stands"
+    );
+    assert!(
+        store
+            .board_insert(&task, Section::Progress, "final", "other section")
+            .await
+            .unwrap(),
+        "board insert: per section"
+    );
 }
 
 /// A task's board, messages and proposals are its own, and message and proposal ids
@@ -388,11 +436,14 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     let [alpha, beta, gamma] = agents(["alpha", "beta", "gamma"]);
     assert!(store.proposals(&task).await.unwrap().is_empty());
     let required = [alpha.clone(), beta.clone()];
+    let voters = [alpha.clone(), beta.clone(), gamma.clone()];
     let new = |title: &'static str| NewProposal {
         proposer: &alpha,
         title,
         body: "details \"quoted\" ünïcode",
         required: &required,
+        voters: &voters,
+        quorum: 3,
         created_at_ms: 1_700_000_000_000,
     };
     // More than nine, so id order is numeric (p10 after p9), not lexical.

@@ -162,6 +162,28 @@ impl Coordination for EmbeddedState {
             .await
     }
 
+    async fn board_insert(
+        &self,
+        task: &TaskId,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StateError> {
+        let (hash, field, value) = (
+            keys::section(task, section),
+            key.to_string(),
+            value.to_string(),
+        );
+        self.run(Access::Write, move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, field) DO NOTHING",
+            )?;
+            Ok(stmt.execute(params![hash, field, value])? == 1)
+        })
+        .await
+    }
+
     async fn board_entries(
         &self,
         task: &TaskId,

@@ -130,6 +130,24 @@ impl Coordination for MemoryState {
             .flatten())
     }
 
+    async fn board_insert(
+        &self,
+        task: &TaskId,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StateError> {
+        let value = value.to_string();
+        Ok(self.board_mut(task, |b| {
+            let entries = b.sections.entry(section).or_default();
+            if entries.contains_key(key) {
+                return false;
+            }
+            entries.insert(key.to_string(), value);
+            true
+        }))
+    }
+
     async fn board_entries(
         &self,
         task: &TaskId,

@@ -187,6 +187,21 @@ impl Coordination for RedisState {
         .await
     }
 
+    async fn board_insert(
+        &self,
+        task: &TaskId,
+        section: Section,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StateError> {
+        let hash = keys::section(task, section);
+        self.guarded("HSETNX", &hash, |mut c| {
+            let hash = &hash;
+            async move { c.hset_nx::<_, _, _, bool>(hash, key, value).await }
+        })
+        .await
+    }
+
     async fn board_entries(
         &self,
         task: &TaskId,
@@ -484,6 +499,8 @@ mod tests {
             title: "t",
             body: "b",
             required: &required,
+            voters: &required,
+            quorum: 1,
             created_at_ms: 7,
         };
         let json = encode("k", &proposal.with_id(String::new())).unwrap();
