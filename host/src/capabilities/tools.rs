@@ -75,21 +75,25 @@ impl Host for AgentCtx {
         {
             Ok(invocation) => invocation,
             Err(error) => {
-                let kind = match &error {
-                    ToolsError::Denied { .. } => ViolationKind::TierDenied,
-                    ToolsError::NotFound { .. } => {
-                        let error = WitError::NotFound(error.to_string());
-                        self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                        return Err(error);
-                    }
-                    _ => ViolationKind::Invalid,
-                };
-                let refusal = CallRefusal {
+                let refusal = |kind| CallRefusal {
                     kind,
                     resource: format!("tool:{name}"),
                     message: format!("`{OP}` refused: {error}"),
                 };
-                return Err(self.gov.refuse(OP, refusal).await);
+                return Err(match &error {
+                    ToolsError::Denied { .. } => {
+                        self.gov.refuse(OP, refusal(ViolationKind::TierDenied)).await
+                    }
+                    // A name the tier cannot see is a malformed call like any other: charged,
+                    // and answered as not found (naming only the tools the tier may call).
+                    ToolsError::NotFound { .. } => {
+                        match self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await {
+                            WitError::Invalid(message) => WitError::NotFound(message),
+                            other => other,
+                        }
+                    }
+                    _ => self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await,
+                });
             }
         };
         let workspace = self.gov.run.workspace.clone();
@@ -189,7 +193,11 @@ argv = ["/bin/echo", "deploying"]
 
     #[tokio::test]
     async fn refusals_are_typed_by_cause() {
-        let mut operator = agent(Tier::Operator).await;
+        let budget = json!({ "error_budget": { "max_same_error_repeats": 5 } });
+        let mut operator = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(TOOLS).unwrap())
+            .agent(Tier::Operator, budget)
+            .await;
         let err = operator.ctx.invoke("deploy".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, WitError::Denied(_)), "{err:?}");
         assert_eq!(operator.violations(), ["TIER_DENIED"]);
@@ -201,7 +209,32 @@ argv = ["/bin/echo", "deploying"]
         assert!(matches!(err, WitError::Invalid(_)), "{err:?}");
         let err = operator.ctx.invoke("nope".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, WitError::NotFound(_)), "{err:?}");
-        assert_eq!(operator.errors().await.total, 2, "not found is not charged");
+        assert_eq!(operator.errors().await.total, 3, "not found is charged");
+        // Malformed input: charged, no violation row.
+        assert_eq!(operator.violations(), ["TIER_DENIED"]);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tool_names_only_what_the_tier_may_call_and_repeats_revoke() {
+        let mut operator = agent(Tier::Operator).await;
+        let err = operator.ctx.invoke("nope".into(), vec![]).await.unwrap_err();
+        let WitError::NotFound(message) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(message.contains("tools it may call: `greet`"), "{message}");
+        assert!(!message.contains("deploy"), "a T3 tool named to T1: {message}");
+        assert_eq!(
+            operator.actions().last(),
+            Some(&(
+                "tools.invoke".to_string(),
+                "denied".to_string(),
+                Some("INVALID_ARGUMENT".to_string())
+            ))
+        );
+        // The default budget allows the same error twice: guessing names ends the run.
+        let err = operator.ctx.invoke("nope2".into(), vec![]).await.unwrap_err();
+        assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
+        assert!(operator.is_revoked());
     }
 
     #[tokio::test]

@@ -75,12 +75,15 @@ pub enum ToolsError {
         /// What is wrong with it.
         message: String,
     },
-    #[error("no tool named `{tool}` is registered; {}", known_tools(.known))]
-    /// No tool of that name is registered.
+    #[error("no tool named `{tool}` is available to tier {tier}; {}", known_tools(.known))]
+    /// No tool of that name is registered. The answer names only the tools the caller's tier
+    /// may call, never one above it.
     NotFound {
         /// The name asked for.
         tool: String,
-        /// The registered tools' names, in registry order.
+        /// The caller's tier.
+        tier: Tier,
+        /// The names of the tools the caller's tier may call, in registry order.
         known: Vec<String>,
     },
     #[error("tool `{tool}` is refused to tier {tier}: it needs at least tier {lowest}")]
@@ -156,9 +159,9 @@ fn in_tool(tool: &Option<String>) -> String {
 
 fn known_tools(known: &[String]) -> String {
     if known.is_empty() {
-        "no tools are registered on this host".to_string()
+        "it may call no tool".to_string()
     } else {
-        format!("known tools: {}", backticked(known))
+        format!("tools it may call: {}", backticked(known))
     }
 }
 
@@ -371,7 +374,13 @@ impl ToolRegistry {
         let Some(spec) = self.get(name) else {
             return Err(ToolsError::NotFound {
                 tool: name.to_string(),
-                known: self.tools.iter().map(|t| t.name.clone()).collect(),
+                tier: caller,
+                known: self
+                    .tools
+                    .iter()
+                    .filter(|t| t.min_tier <= caller)
+                    .map(|t| t.name.clone())
+                    .collect(),
             });
         };
         if caller < spec.min_tier {

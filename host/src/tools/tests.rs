@@ -250,22 +250,30 @@ fn tiers_names_and_duplicates_are_validated() {
 }
 
 #[test]
-fn unknown_tools_list_the_known_ones() {
+fn unknown_tools_list_only_what_the_tier_may_call() {
     let error = registry().prepare("rm", &[], Tier::Architect).unwrap_err();
     assert!(
-        matches!(&error, ToolsError::NotFound { tool, known } if tool == "rm" && known.len() == 3)
+        matches!(&error, ToolsError::NotFound { tool, tier, known } if tool == "rm" && *tier == Tier::Architect && known.len() == 3)
     );
     assert!(
-        error.to_string().contains("`wc`, `echo`, `deploy`"),
+        error
+            .to_string()
+            .contains("tools it may call: `wc`, `echo`, `deploy`"),
         "{error}"
+    );
+    // `wc` and `deploy` need T1: an observer is never told they exist.
+    let error = registry()
+        .prepare("rm", &[], Tier::Observer)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "no tool named `rm` is available to tier T0 (observer); tools it may call: `echo`"
     );
     let error = ToolRegistry::empty()
         .prepare("rm", &[], Tier::Architect)
         .unwrap_err();
-    assert!(
-        error.to_string().contains("no tools are registered"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("it may call no tool"), "{error}");
 }
 
 #[test]
