@@ -97,17 +97,29 @@ impl Host for AgentCtx {
             }
         };
         let workspace = self.gov.run.workspace.clone();
-        let result = match invocation.run(Some(&workspace)).await {
-            Ok(output) => Ok(ToolOutput {
-                exit_code: output.exit_code,
-                stdout: output.stdout,
-                stderr: output.stderr,
-                check_mode: output.check_mode,
-            }),
-            Err(error) => Err(unavailable(&format!("tool `{name}`"), error)),
-        };
-        self.gov.record_result(OP, &result).await;
-        result
+        match invocation.run(Some(&workspace)).await {
+            Ok(output) => {
+                // Whether the process ran confined is part of the record of every call.
+                let details = serde_json::json!({
+                    "exit_code": output.exit_code,
+                    "check_mode": output.check_mode,
+                    "confined": output.confined,
+                    "truncated": output.truncated,
+                });
+                self.gov.record_details(OP, details.to_string()).await;
+                Ok(ToolOutput {
+                    exit_code: output.exit_code,
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                    check_mode: output.check_mode,
+                })
+            }
+            Err(error) => {
+                let result = Err(unavailable(&format!("tool `{name}`"), error));
+                self.gov.record_result::<ToolOutput>(OP, &result).await;
+                result
+            }
+        }
     }
 }
 
@@ -235,6 +247,33 @@ argv = ["/bin/echo", "deploying"]
         let err = operator.ctx.invoke("nope2".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
         assert!(operator.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn the_record_of_a_run_says_whether_it_was_confined() {
+        let mut builder = agent(Tier::Builder).await;
+        builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            builder.details("tools.invoke"),
+            [json!({ "exit_code": 0, "check_mode": false, "confined": true, "truncated": false })]
+        );
+
+        let unconfined = format!("confinement = \"none\"\n{TOOLS}");
+        let mut builder = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(&unconfined).unwrap())
+            .agent(Tier::Builder, json!({}))
+            .await;
+        let output = builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert_eq!(output.stdout.trim(), "hello world");
+        assert_eq!(builder.details("tools.invoke")[0]["confined"], json!(false));
     }
 
     #[tokio::test]
