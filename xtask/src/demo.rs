@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{agents_dir, build_agents, root, run};
+use crate::{agents_dir, build_agents, build_host, root};
 
 struct Warden {
     binary: PathBuf,
@@ -79,11 +79,8 @@ fn packet(name: &str) -> String {
 
 pub fn demo(_args: &[String]) -> Result<()> {
     build_agents()?;
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root())
-            .args(["build", "-p", "warden"]),
-    )?;
+    // The CLI and, beside it, the sandbox helper its tools run through.
+    build_host()?;
     let data_dir = crate::target_dir().join("demo");
     if data_dir.exists() {
         std::fs::remove_dir_all(&data_dir)

@@ -125,8 +125,16 @@ pub fn build_agents() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The host's binaries: the `warden` CLI and the `warden-tool-sandbox` helper every tool runs
+/// through, which the host looks for beside its executable (and test binaries in the parent
+/// of theirs, `target/debug`). `cargo test` of a single suite would not build them.
+pub fn build_host() -> Result<()> {
+    run(cargo().args(["build", "-p", "warden", "--bins"]))
+}
+
 fn test(extra: &[String]) -> Result<()> {
     let agents = build_agents()?;
+    build_host()?;
     let bao = ensure_openbao()?;
     let redis = ensure_redis()?;
     let mut command = cargo();

@@ -183,6 +183,18 @@ impl TestAgent {
             .collect()
     }
 
+    /// The `details` JSON of this agent's `op` rows that have one, oldest first.
+    pub fn details(&self, op: &str) -> Vec<serde_json::Value> {
+        self.rows(Table::Actions)
+            .into_iter()
+            .filter(|row| row.kind == op)
+            .filter_map(|row| {
+                let details = row.fields.get("details")?.as_str()?;
+                serde_json::from_str(details).ok()
+            })
+            .collect()
+    }
+
     /// The violation types recorded for this agent, oldest first.
     pub fn violations(&self) -> Vec<String> {
         self.rows(Table::Violations)

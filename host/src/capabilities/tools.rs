@@ -75,35 +75,51 @@ impl Host for AgentCtx {
         {
             Ok(invocation) => invocation,
             Err(error) => {
-                let kind = match &error {
-                    ToolsError::Denied { .. } => ViolationKind::TierDenied,
-                    ToolsError::NotFound { .. } => {
-                        let error = WitError::NotFound(error.to_string());
-                        self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                        return Err(error);
-                    }
-                    _ => ViolationKind::Invalid,
-                };
-                let refusal = CallRefusal {
+                let refusal = |kind| CallRefusal {
                     kind,
                     resource: format!("tool:{name}"),
                     message: format!("`{OP}` refused: {error}"),
                 };
-                return Err(self.gov.refuse(OP, refusal).await);
+                return Err(match &error {
+                    ToolsError::Denied { .. } => {
+                        self.gov.refuse(OP, refusal(ViolationKind::TierDenied)).await
+                    }
+                    // A name the tier cannot see is a malformed call like any other: charged,
+                    // and answered as not found (naming only the tools the tier may call).
+                    ToolsError::NotFound { .. } => {
+                        match self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await {
+                            WitError::Invalid(message) => WitError::NotFound(message),
+                            other => other,
+                        }
+                    }
+                    _ => self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await,
+                });
             }
         };
         let workspace = self.gov.run.workspace.clone();
-        let result = match invocation.run(Some(&workspace)).await {
-            Ok(output) => Ok(ToolOutput {
-                exit_code: output.exit_code,
-                stdout: output.stdout,
-                stderr: output.stderr,
-                check_mode: output.check_mode,
-            }),
-            Err(error) => Err(unavailable(&format!("tool `{name}`"), error)),
-        };
-        self.gov.record_result(OP, &result).await;
-        result
+        match invocation.run(Some(&workspace)).await {
+            Ok(output) => {
+                // Whether the process ran confined is part of the record of every call.
+                let details = serde_json::json!({
+                    "exit_code": output.exit_code,
+                    "check_mode": output.check_mode,
+                    "confined": output.confined,
+                    "truncated": output.truncated,
+                });
+                self.gov.record_details(OP, details.to_string()).await;
+                Ok(ToolOutput {
+                    exit_code: output.exit_code,
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                    check_mode: output.check_mode,
+                })
+            }
+            Err(error) => {
+                let result = Err(unavailable(&format!("tool `{name}`"), error));
+                self.gov.record_result::<ToolOutput>(OP, &result).await;
+                result
+            }
+        }
     }
 }
 
@@ -189,7 +205,11 @@ argv = ["/bin/echo", "deploying"]
 
     #[tokio::test]
     async fn refusals_are_typed_by_cause() {
-        let mut operator = agent(Tier::Operator).await;
+        let budget = json!({ "error_budget": { "max_same_error_repeats": 5 } });
+        let mut operator = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(TOOLS).unwrap())
+            .agent(Tier::Operator, budget)
+            .await;
         let err = operator.ctx.invoke("deploy".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, WitError::Denied(_)), "{err:?}");
         assert_eq!(operator.violations(), ["TIER_DENIED"]);
@@ -201,7 +221,59 @@ argv = ["/bin/echo", "deploying"]
         assert!(matches!(err, WitError::Invalid(_)), "{err:?}");
         let err = operator.ctx.invoke("nope".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, WitError::NotFound(_)), "{err:?}");
-        assert_eq!(operator.errors().await.total, 2, "not found is not charged");
+        assert_eq!(operator.errors().await.total, 3, "not found is charged");
+        // Malformed input: charged, no violation row.
+        assert_eq!(operator.violations(), ["TIER_DENIED"]);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tool_names_only_what_the_tier_may_call_and_repeats_revoke() {
+        let mut operator = agent(Tier::Operator).await;
+        let err = operator.ctx.invoke("nope".into(), vec![]).await.unwrap_err();
+        let WitError::NotFound(message) = &err else {
+            panic!("{err:?}");
+        };
+        assert!(message.contains("tools it may call: `greet`"), "{message}");
+        assert!(!message.contains("deploy"), "a T3 tool named to T1: {message}");
+        assert_eq!(
+            operator.actions().last(),
+            Some(&(
+                "tools.invoke".to_string(),
+                "denied".to_string(),
+                Some("INVALID_ARGUMENT".to_string())
+            ))
+        );
+        // The default budget allows the same error twice: guessing names ends the run.
+        let err = operator.ctx.invoke("nope2".into(), vec![]).await.unwrap_err();
+        assert!(matches!(err, WitError::Revoked(_)), "{err:?}");
+        assert!(operator.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn the_record_of_a_run_says_whether_it_was_confined() {
+        let mut builder = agent(Tier::Builder).await;
+        builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            builder.details("tools.invoke"),
+            [json!({ "exit_code": 0, "check_mode": false, "confined": true, "truncated": false })]
+        );
+
+        let unconfined = format!("confinement = \"none\"\n{TOOLS}");
+        let mut builder = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(&unconfined).unwrap())
+            .agent(Tier::Builder, json!({}))
+            .await;
+        let output = builder
+            .ctx
+            .invoke("greet".into(), vec!["world".into()])
+            .await
+            .unwrap();
+        assert_eq!(output.stdout.trim(), "hello world");
+        assert_eq!(builder.details("tools.invoke")[0]["confined"], json!(false));
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 //! middle of an agent's run.
 //!
 //! ```toml
+//! # confinement = "none"        # the only way to run tools unconfined (logged, recorded)
+//!
 //! [[tool]]
 //! name = "wc"
 //! description = "count words of a workspace file"
@@ -18,9 +20,55 @@
 //! max_args = 1
 //! timeout = "5s"
 //! max_output_bytes = 65536
+//! # Confinement, with the defaults:
+//! read_paths = []              # more to read (and execute), absolute, existing at load
+//! write_paths = []             # more to write besides the workspace
+//! network = false              # sockets and TCP bind/connect denied
+//! # cpu_time = "5s"            # RLIMIT_CPU per process; default: `timeout`, in whole seconds
+//! max_memory_bytes = 1073741824    # RLIMIT_AS per process (1 GiB)
+//! max_file_bytes = 67108864        # RLIMIT_FSIZE (64 MiB)
+//! max_processes = 1024             # RLIMIT_NPROC (per user, see below)
+//! max_arg_bytes = 4096             # each argument
+//! max_total_arg_bytes = 65536      # all arguments together
 //! ```
+//!
+//! # Confinement
+//!
+//! A tool runs directly (never through a shell), in the agent's workspace, with only
+//! `PATH=/usr/bin:/bin` in its environment, no standard input, and its own process group. By
+//! default ([`Confinement::Landlock`]) it is started through the `warden-tool-sandbox` helper
+//! ([`sandbox`]), which before `exec`ing it:
+//!
+//! - sets its resource limits (`cpu_time`, `max_memory_bytes`, `max_file_bytes`,
+//!   `max_processes`; no core files);
+//! - drops every capability (a host running as root does not hand root to its tools);
+//! - restricts the filesystem with Landlock to the workspace (read-write), the system
+//!   directories of [`sandbox::SYSTEM_READ_PATHS`] (read and execute), `/dev/null`, the
+//!   tool's program, and its `read_paths` and `write_paths`. The kernel checks the resolved
+//!   path, so a symlink in the workspace that points outside it leads nowhere. Without
+//!   `network = true` TCP bind and connect are denied too, and the tool cannot signal or
+//!   reach the abstract UNIX sockets of processes outside its sandbox;
+//! - installs a seccomp filter: without `network = true` no socket of any family can be made
+//!   (Landlock covers only TCP); `setsid`, `setpgid` and `io_uring` are always refused, so
+//!   nothing the tool starts leaves its process group.
+//!
+//! At its timeout, and as soon as the tool's own process exits, the host kills the whole
+//! process group, so nothing the tool started outlives it or holds its output open.
+//!
+//! If confinement cannot be applied (the helper is missing, the kernel lacks Landlock ABI 3)
+//! the call fails with [`ToolsError::Unconfined`]; nothing runs. Only `confinement = "none"`
+//! at the top of the tools file runs tools without the helper: it is logged as a warning at
+//! load and every [`ToolOutput`] says `confined: false`.
+//!
+//! Landlock does not hide metadata (a confined tool can still `stat` any path it can name),
+//! and it does not cover System V IPC, or UNIX sockets on a kernel before Landlock ABI 9 (the
+//! seccomp filter refuses every socket instead, unless `network = true`). `max_processes` is
+//! the kernel's per-user count: it counts every process and thread of the user the host runs
+//! as and does not apply to root, so it bounds a fork bomb only when Warden has a user of its
+//! own.
 
 mod run;
+pub mod sandbox;
 mod template;
 
 use std::fmt;
@@ -40,6 +88,37 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
 /// The largest `max_output_bytes`: output is held in memory and handed to the agent.
 pub const MAX_OUTPUT_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+/// `max_arg_bytes` when a tool gives none.
+pub const DEFAULT_MAX_ARG_BYTES: usize = 4 * 1024;
+/// The largest `max_arg_bytes` (the kernel takes at most 128 KiB in one argument).
+pub const MAX_ARG_BYTES_LIMIT: usize = 64 * 1024;
+/// `max_total_arg_bytes` when a tool gives none.
+pub const DEFAULT_MAX_TOTAL_ARG_BYTES: usize = 64 * 1024;
+/// The largest `max_total_arg_bytes`.
+pub const MAX_TOTAL_ARG_BYTES_LIMIT: usize = 1024 * 1024;
+/// `max_memory_bytes` (`RLIMIT_AS`) when a tool gives none.
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+/// The smallest `max_memory_bytes`: below it not even the dynamic loader can map a program.
+pub const MIN_MEMORY_BYTES: u64 = 16 * 1024 * 1024;
+/// `max_file_bytes` (`RLIMIT_FSIZE`) when a tool gives none.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// `max_processes` (`RLIMIT_NPROC`) when a tool gives none.
+pub const DEFAULT_MAX_PROCESSES: u64 = 1024;
+
+/// How the tools of a registry run: the tools file's top-level `confinement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Confinement {
+    /// `"landlock"`, the default: every tool runs through the `warden-tool-sandbox` helper,
+    /// confined as the module documentation says; a call fails if that cannot be done.
+    #[default]
+    #[serde(rename = "landlock")]
+    Landlock,
+    /// `"none"`: tools run without the helper: no filesystem, network or resource
+    /// confinement, only the cleared environment, the timeout, the process-group kill and the
+    /// output and argument bounds.
+    #[serde(rename = "none")]
+    Unconfined,
+}
 
 /// A tool registry that cannot be loaded, or a call of a tool that is refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +154,15 @@ pub enum ToolsError {
         /// What is wrong with it.
         message: String,
     },
-    #[error("no tool named `{tool}` is registered; {}", known_tools(.known))]
-    /// No tool of that name is registered.
+    #[error("no tool named `{tool}` is available to tier {tier}; {}", known_tools(.known))]
+    /// No tool of that name is registered. The answer names only the tools the caller's tier
+    /// may call, never one above it.
     NotFound {
         /// The name asked for.
         tool: String,
-        /// The registered tools' names, in registry order.
+        /// The caller's tier.
+        tier: Tier,
+        /// The names of the tools the caller's tier may call, in registry order.
         known: Vec<String>,
     },
     #[error("tool `{tool}` is refused to tier {tier}: it needs at least tier {lowest}")]
@@ -118,6 +200,15 @@ pub enum ToolsError {
         /// Its `timeout`.
         timeout: Duration,
     },
+    #[error("tool `{tool}` was not run: it cannot be confined: {reason}")]
+    /// The tool's confinement cannot be applied (the sandbox helper is missing, the kernel
+    /// lacks Landlock): the call fails closed.
+    Unconfined {
+        /// The tool.
+        tool: String,
+        /// What is missing, and how to get it.
+        reason: String,
+    },
     #[error("tool `{tool}` (`{program}`) is unavailable: {message}")]
     /// The tool's program cannot be started, or its output cannot be collected.
     Unavailable {
@@ -147,6 +238,21 @@ pub enum ArgumentProblem {
         /// How many arguments were passed.
         given: usize,
     },
+    /// The argument is longer than the tool's `max_arg_bytes`.
+    TooLong {
+        /// Its length in bytes.
+        bytes: usize,
+        /// The tool's `max_arg_bytes`.
+        max: usize,
+    },
+    /// With this argument the arguments together are longer than the tool's
+    /// `max_total_arg_bytes`.
+    TotalTooLong {
+        /// The length of the arguments up to this one, in bytes.
+        bytes: usize,
+        /// The tool's `max_total_arg_bytes`.
+        max: usize,
+    },
 }
 
 fn in_tool(tool: &Option<String>) -> String {
@@ -156,9 +262,9 @@ fn in_tool(tool: &Option<String>) -> String {
 
 fn known_tools(known: &[String]) -> String {
     if known.is_empty() {
-        "no tools are registered on this host".to_string()
+        "it may call no tool".to_string()
     } else {
-        format!("known tools: {}", backticked(known))
+        format!("tools it may call: {}", backticked(known))
     }
 }
 
@@ -178,22 +284,38 @@ fn invalid_argument(
     problem: &ArgumentProblem,
 ) -> String {
     let value = value.unwrap_or_default();
+    let shown = shown(value);
     match problem {
         ArgumentProblem::TooMany { max } => format!(
-            "tool `{tool}` refused argument {index} `{value}`: it takes at most {max} argument(s)"
+            "tool `{tool}` refused argument {index} `{shown}`: it takes at most {max} argument(s)"
         ),
         ArgumentProblem::NoMatch => format!(
-            "tool `{tool}` refused argument {index} `{value}`: it must fully match one of {}",
+            "tool `{tool}` refused argument {index} `{shown}`: it must fully match one of {}",
             backticked(patterns)
         ),
         ArgumentProblem::ContainsNul => format!(
             "tool `{tool}` refused argument {index} `{}`: it contains a NUL byte",
-            value.escape_debug()
+            shown.escape_debug()
         ),
         ArgumentProblem::Missing { given } => format!(
             "tool `{tool}` needs argument {index} (its argv uses `{{{index}}}`) but {given} argument(s) were given; pass at least {}",
             index + 1
         ),
+        ArgumentProblem::TooLong { bytes, max } => format!(
+            "tool `{tool}` refused argument {index} `{shown}`: it is {bytes} bytes, above the tool's `max_arg_bytes` of {max}; pass a shorter one (or a workspace file), or the operator may raise `max_arg_bytes`"
+        ),
+        ArgumentProblem::TotalTooLong { bytes, max } => format!(
+            "tool `{tool}` refused argument {index} `{shown}`: the arguments up to it are {bytes} bytes, above the tool's `max_total_arg_bytes` of {max}; pass fewer or shorter ones, or the operator may raise `max_total_arg_bytes`"
+        ),
+    }
+}
+
+/// A long argument as an error message shows it: its first 32 characters.
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 32;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_string(),
     }
 }
 
@@ -221,6 +343,24 @@ pub struct ToolSpec {
     pub timeout: Duration,
     /// How much of standard output, and of standard error, is kept, in bytes (default 64 KiB).
     pub max_output_bytes: usize,
+    /// What the tool may read (and execute) besides the system directories, absolute.
+    pub read_paths: Vec<PathBuf>,
+    /// What the tool may write besides its workspace, absolute.
+    pub write_paths: Vec<PathBuf>,
+    /// Whether the tool may use the network (default false: no sockets at all).
+    pub network: bool,
+    /// CPU time per process (`RLIMIT_CPU`), whole seconds (default: `timeout`, rounded up).
+    pub cpu_time: Duration,
+    /// Address space per process (`RLIMIT_AS`), in bytes (default 1 GiB).
+    pub max_memory_bytes: u64,
+    /// The largest file the tool may write (`RLIMIT_FSIZE`), in bytes (default 64 MiB).
+    pub max_file_bytes: u64,
+    /// `RLIMIT_NPROC`: processes and threads of the host's user (default 1024).
+    pub max_processes: u64,
+    /// The longest argument, in bytes (default 4 KiB).
+    pub max_arg_bytes: usize,
+    /// The longest the arguments may be together, in bytes (default 64 KiB).
+    pub max_total_arg_bytes: usize,
     program: String,
     template: Template,
     check: Option<(String, Template)>,
@@ -240,6 +380,15 @@ impl fmt::Debug for ToolSpec {
             .field("max_args", &self.max_args)
             .field("timeout", &self.timeout)
             .field("max_output_bytes", &self.max_output_bytes)
+            .field("read_paths", &self.read_paths)
+            .field("write_paths", &self.write_paths)
+            .field("network", &self.network)
+            .field("cpu_time", &self.cpu_time)
+            .field("max_memory_bytes", &self.max_memory_bytes)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("max_processes", &self.max_processes)
+            .field("max_arg_bytes", &self.max_arg_bytes)
+            .field("max_total_arg_bytes", &self.max_total_arg_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -255,6 +404,8 @@ impl ToolSpec {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
+    #[serde(default)]
+    confinement: Confinement,
     #[serde(default, rename = "tool")]
     tools: Vec<RawTool>,
 }
@@ -277,18 +428,48 @@ struct RawTool {
     /// The old form of `timeout`, refused with the new one.
     timeout_ms: Option<u64>,
     max_output_bytes: Option<usize>,
+    #[serde(default)]
+    read_paths: Vec<PathBuf>,
+    #[serde(default)]
+    write_paths: Vec<PathBuf>,
+    #[serde(default)]
+    network: bool,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    cpu_time: Option<Duration>,
+    max_memory_bytes: Option<u64>,
+    max_file_bytes: Option<u64>,
+    max_processes: Option<u64>,
+    max_arg_bytes: Option<usize>,
+    max_total_arg_bytes: Option<usize>,
 }
 
-/// The tools of a host, in registry order.
+/// The tools of a host, in registry order, and how they run.
 #[derive(Debug, Clone, Default)]
 pub struct ToolRegistry {
     tools: Vec<ToolSpec>,
+    confinement: Confinement,
+    sandbox_helper: Option<PathBuf>,
 }
 
 impl ToolRegistry {
     /// A registry without tools: every call is `NotFound`.
     pub fn empty() -> Self {
         ToolRegistry::default()
+    }
+
+    /// Run tools through the sandbox helper at `path` instead of looking for it. Without it a
+    /// call looks, in order, at the `WARDEN_TOOL_SANDBOX` environment variable, then beside
+    /// the running executable and in its parent directory (where `cargo` puts it for test
+    /// binaries) for `warden-tool-sandbox`.
+    pub fn with_sandbox_helper(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sandbox_helper = Some(path.into());
+        self
+    }
+
+    /// How the tools run: the tools file's `confinement` (default
+    /// [`Confinement::Landlock`]).
+    pub fn confinement(&self) -> Confinement {
+        self.confinement
     }
 
     /// Load and validate a registry file.
@@ -325,7 +506,17 @@ impl ToolRegistry {
             }
             tools.push(spec);
         }
-        Ok(ToolRegistry { tools })
+        if file.confinement == Confinement::Unconfined {
+            tracing::warn!(
+                registry = origin,
+                "tools run UNCONFINED (`confinement = \"none\"`): a tool can read and write whatever the host's user can, and reach the network; every tool output says `confined: false`"
+            );
+        }
+        Ok(ToolRegistry {
+            tools,
+            confinement: file.confinement,
+            sandbox_helper: None,
+        })
     }
 
     /// Every tool, in registry order.
@@ -371,7 +562,13 @@ impl ToolRegistry {
         let Some(spec) = self.get(name) else {
             return Err(ToolsError::NotFound {
                 tool: name.to_string(),
-                known: self.tools.iter().map(|t| t.name.clone()).collect(),
+                tier: caller,
+                known: self
+                    .tools
+                    .iter()
+                    .filter(|t| t.min_tier <= caller)
+                    .map(|t| t.name.clone())
+                    .collect(),
             });
         };
         if caller < spec.min_tier {
@@ -395,7 +592,29 @@ impl ToolRegistry {
                 ArgumentProblem::TooMany { max: spec.max_args },
             ));
         }
+        let mut total = 0;
         for (index, arg) in args.iter().enumerate() {
+            total += arg.len();
+            if arg.len() > spec.max_arg_bytes {
+                return Err(refuse(
+                    index,
+                    Some(arg),
+                    ArgumentProblem::TooLong {
+                        bytes: arg.len(),
+                        max: spec.max_arg_bytes,
+                    },
+                ));
+            }
+            if total > spec.max_total_arg_bytes {
+                return Err(refuse(
+                    index,
+                    Some(arg),
+                    ArgumentProblem::TotalTooLong {
+                        bytes: total,
+                        max: spec.max_total_arg_bytes,
+                    },
+                ));
+            }
             if arg.contains('\0') {
                 return Err(refuse(index, Some(arg), ArgumentProblem::ContainsNul));
             }
@@ -415,6 +634,21 @@ impl ToolRegistry {
             (None, true) => (argv, false),
             (_, false) => (argv, true),
         };
+        let sandbox = match self.confinement {
+            Confinement::Landlock => Some(run::Sandbox {
+                helper: self.sandbox_helper.clone(),
+                read: spec.read_paths.clone(),
+                write: spec.write_paths.clone(),
+                network: spec.network,
+                limits: sandbox::Limits {
+                    cpu_seconds: spec.cpu_time.as_secs(),
+                    memory_bytes: spec.max_memory_bytes,
+                    file_bytes: spec.max_file_bytes,
+                    processes: spec.max_processes,
+                },
+            }),
+            Confinement::Unconfined => None,
+        };
         Ok(Invocation {
             tool: spec.name.clone(),
             args: args.to_vec(),
@@ -423,6 +657,7 @@ impl ToolRegistry {
             executes,
             timeout: spec.timeout,
             max_output_bytes: spec.max_output_bytes,
+            sandbox,
         })
     }
 }
@@ -544,6 +779,77 @@ fn validate(raw: RawTool, origin: &str) -> Result<ToolSpec, ToolsError> {
             ),
         ));
     }
+    for (field, paths) in [
+        ("read_paths", &raw.read_paths),
+        ("write_paths", &raw.write_paths),
+    ] {
+        for path in paths {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{}` is not an absolute path; list absolute paths, e.g. `/usr/share/dict`",
+                        path.display()
+                    ),
+                ));
+            }
+            if let Err(error) = std::fs::metadata(path) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{}` cannot be used: {error}; list paths that exist when the registry is loaded",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let cpu_time = match raw.cpu_time {
+        None => whole_seconds(timeout),
+        Some(cpu_time) if cpu_time < Duration::from_millis(1) => {
+            return Err(invalid(
+                "cpu_time",
+                "it is 0, which would kill every run at once; use at least `1s`".into(),
+            ));
+        }
+        Some(cpu_time) => whole_seconds(cpu_time),
+    };
+    let max_memory_bytes = raw.max_memory_bytes.unwrap_or(DEFAULT_MAX_MEMORY_BYTES);
+    if max_memory_bytes < MIN_MEMORY_BYTES {
+        return Err(invalid(
+            "max_memory_bytes",
+            format!(
+                "{max_memory_bytes} is below {MIN_MEMORY_BYTES}, too little address space to load a program; give at least that"
+            ),
+        ));
+    }
+    let max_processes = raw.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES);
+    let bounded =
+        |field: &'static str, value: Option<usize>, default: usize, limit: usize| match value
+            .unwrap_or(default)
+        {
+            0 => Err(invalid(
+                field,
+                "it is 0, which would refuse every argument; use at least 1".into(),
+            )),
+            value if value > limit => Err(invalid(
+                field,
+                format!("{value} is above the limit of {limit}"),
+            )),
+            value => Ok(value),
+        };
+    let max_arg_bytes = bounded(
+        "max_arg_bytes",
+        raw.max_arg_bytes,
+        DEFAULT_MAX_ARG_BYTES,
+        MAX_ARG_BYTES_LIMIT,
+    )?;
+    let max_total_arg_bytes = bounded(
+        "max_total_arg_bytes",
+        raw.max_total_arg_bytes,
+        DEFAULT_MAX_TOTAL_ARG_BYTES,
+        MAX_TOTAL_ARG_BYTES_LIMIT,
+    )?;
     Ok(ToolSpec {
         name: raw.name,
         description: raw.description,
@@ -555,11 +861,26 @@ fn validate(raw: RawTool, origin: &str) -> Result<ToolSpec, ToolsError> {
         max_args: raw.max_args,
         timeout,
         max_output_bytes,
+        read_paths: raw.read_paths,
+        write_paths: raw.write_paths,
+        network: raw.network,
+        cpu_time,
+        max_memory_bytes,
+        max_file_bytes: raw.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+        max_processes,
+        max_arg_bytes,
+        max_total_arg_bytes,
         program,
         template,
         check,
         patterns,
     })
+}
+
+/// A duration rounded up to whole seconds, at least one: `RLIMIT_CPU` counts seconds.
+fn whole_seconds(duration: Duration) -> Duration {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    Duration::from_secs(seconds.max(1))
 }
 
 /// Parse an argv template and resolve its program; placeholders must be within `max_args`.

@@ -79,6 +79,71 @@ fn loads_tools_in_order_and_resolves_bare_programs() {
 }
 
 #[test]
+fn confinement_is_on_by_default_with_bounded_resources() {
+    let registry = registry();
+    assert_eq!(registry.confinement(), Confinement::Landlock);
+    let wc = registry.get("wc").unwrap();
+    assert!(wc.read_paths.is_empty() && wc.write_paths.is_empty() && !wc.network);
+    // The CPU limit follows the timeout unless given.
+    assert_eq!(wc.cpu_time, Duration::from_secs(5));
+    assert_eq!(registry.get("echo").unwrap().cpu_time, DEFAULT_TIMEOUT);
+    assert_eq!(
+        (
+            wc.max_memory_bytes,
+            wc.max_file_bytes,
+            wc.max_processes,
+            wc.max_arg_bytes,
+            wc.max_total_arg_bytes
+        ),
+        (
+            DEFAULT_MAX_MEMORY_BYTES,
+            DEFAULT_MAX_FILE_BYTES,
+            DEFAULT_MAX_PROCESSES,
+            DEFAULT_MAX_ARG_BYTES,
+            DEFAULT_MAX_TOTAL_ARG_BYTES
+        )
+    );
+    let invocation = registry
+        .prepare("echo", &strings(&["a"]), Tier::Observer)
+        .unwrap();
+    assert!(invocation.confined());
+
+    let tool = one_tool(
+        "argv = [\"/bin/echo\"]\nread_paths = [\"/usr/share\"]\nwrite_paths = [\"/tmp\"]\nnetwork = true\n\
+         timeout = \"2s\"\ncpu_time = \"1500ms\"\nmax_memory_bytes = 33554432\nmax_file_bytes = 0\nmax_processes = 8",
+    )
+    .unwrap();
+    let t = tool.get("t").unwrap();
+    assert_eq!(t.read_paths, [PathBuf::from("/usr/share")]);
+    assert_eq!(t.write_paths, [PathBuf::from("/tmp")]);
+    assert!(t.network);
+    assert_eq!(
+        t.cpu_time,
+        Duration::from_secs(2),
+        "rounded up to whole seconds"
+    );
+    assert_eq!(
+        (t.max_memory_bytes, t.max_file_bytes, t.max_processes),
+        (33554432, 0, 8)
+    );
+
+    let unconfined =
+        ToolRegistry::from_toml_str(&format!("confinement = \"none\"\n{REGISTRY}")).unwrap();
+    assert_eq!(unconfined.confinement(), Confinement::Unconfined);
+    let invocation = unconfined
+        .prepare("echo", &strings(&["a"]), Tier::Observer)
+        .unwrap();
+    assert!(!invocation.confined());
+    let error = ToolRegistry::from_toml_str("confinement = \"sometimes\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("unknown variant `sometimes`, expected `landlock` or `none`"),
+        "{error}"
+    );
+}
+
+#[test]
 fn from_file_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tools.toml");
@@ -207,6 +272,46 @@ fn validation_errors_name_the_tool_and_field() {
             "max_output_bytes",
             "above the limit",
         ),
+        (
+            "argv = [\"/bin/echo\"]\nread_paths = [\"usr/share\"]",
+            "read_paths",
+            "`usr/share` is not an absolute path",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nread_paths = [\"/nonexistent/dict\"]",
+            "read_paths",
+            "`/nonexistent/dict` cannot be used",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nwrite_paths = [\"/nonexistent/out\"]",
+            "write_paths",
+            "exist when the registry is loaded",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\ncpu_time = \"0s\"",
+            "cpu_time",
+            "at least `1s`",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nmax_memory_bytes = 4096",
+            "max_memory_bytes",
+            "too little address space",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nmax_arg_bytes = 0",
+            "max_arg_bytes",
+            "refuse every argument",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nmax_arg_bytes = 1000000",
+            "max_arg_bytes",
+            "above the limit of 65536",
+        ),
+        (
+            "argv = [\"/bin/echo\"]\nmax_total_arg_bytes = 99999999",
+            "max_total_arg_bytes",
+            "above the limit of 1048576",
+        ),
     ];
     for (fields, field, expected) in cases {
         let error = one_tool(fields).unwrap_err();
@@ -250,22 +355,30 @@ fn tiers_names_and_duplicates_are_validated() {
 }
 
 #[test]
-fn unknown_tools_list_the_known_ones() {
+fn unknown_tools_list_only_what_the_tier_may_call() {
     let error = registry().prepare("rm", &[], Tier::Architect).unwrap_err();
     assert!(
-        matches!(&error, ToolsError::NotFound { tool, known } if tool == "rm" && known.len() == 3)
+        matches!(&error, ToolsError::NotFound { tool, tier, known } if tool == "rm" && *tier == Tier::Architect && known.len() == 3)
     );
     assert!(
-        error.to_string().contains("`wc`, `echo`, `deploy`"),
+        error
+            .to_string()
+            .contains("tools it may call: `wc`, `echo`, `deploy`"),
         "{error}"
+    );
+    // `wc` and `deploy` need T1: an observer is never told they exist.
+    let error = registry()
+        .prepare("rm", &[], Tier::Observer)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "no tool named `rm` is available to tier T0 (observer); tools it may call: `echo`"
     );
     let error = ToolRegistry::empty()
         .prepare("rm", &[], Tier::Architect)
         .unwrap_err();
-    assert!(
-        error.to_string().contains("no tools are registered"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("it may call no tool"), "{error}");
 }
 
 #[test]
@@ -354,6 +467,64 @@ fn arguments_are_checked_against_count_and_whole_patterns() {
     assert!(
         text.contains("uses `{0}`") && text.contains("pass at least 1"),
         "{text}"
+    );
+}
+
+#[test]
+fn arguments_are_bounded_in_size() {
+    let bounded = one_tool(
+        "argv = [\"/bin/echo\", \"{args}\"]\nargs = [\"[a-z]+\"]\nmax_args = 3\nmax_arg_bytes = 8\nmax_total_arg_bytes = 12",
+    )
+    .unwrap();
+    let prepare = |args: &[&str]| bounded.prepare("t", &strings(args), Tier::Observer);
+    assert!(prepare(&["abcdefgh", "abcd"]).is_ok(), "at the bounds");
+
+    let error = prepare(&["abc", "abcdefghi"]).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ToolsError::InvalidArgument {
+                index: 1,
+                problem: ArgumentProblem::TooLong { bytes: 9, max: 8 },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "tool `t` refused argument 1 `abcdefghi`: it is 9 bytes, above the tool's `max_arg_bytes` of 8; pass a shorter one (or a workspace file), or the operator may raise `max_arg_bytes`"
+    );
+
+    let error = prepare(&["abcdefgh", "abcde"]).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ToolsError::InvalidArgument {
+                index: 1,
+                problem: ArgumentProblem::TotalTooLong { bytes: 13, max: 12 },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("tool `t` refused argument 1 `abcde`")
+            && text.contains("above the tool's `max_total_arg_bytes` of 12"),
+        "{text}"
+    );
+
+    // The defaults: 4 KiB an argument, and the message shows only the start of it.
+    let long = "a".repeat(DEFAULT_MAX_ARG_BYTES + 1);
+    let error = registry()
+        .prepare("echo", &[long], Tier::Observer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("`{}…`", "a".repeat(32)))
+            && error.contains("it is 4097 bytes, above the tool's `max_arg_bytes` of 4096"),
+        "{error}"
     );
 }
 
