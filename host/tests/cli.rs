@@ -582,7 +582,7 @@ fn orchestrate_prints_metrics_and_task_show_the_tally() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
-        text.contains("p4") && text.contains("3 accept / 0 reject / 0 abstain · consensus reached"),
+        text.contains("p4") && text.contains("2 accept / 0 reject / 0 abstain · consensus reached"),
         "{text}"
     );
 
