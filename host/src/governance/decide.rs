@@ -29,6 +29,9 @@ pub(crate) enum ViolationKind {
     /// Not in this phase: an effect before the approval gate, a write to a sealed
     /// deliverable.
     PhaseDenied,
+    /// A write past one of the tier's quotas on what the host keeps (ledger notes per run,
+    /// artifacts, state, blackboard, messages, returned text).
+    QuotaExceeded,
 }
 
 impl ViolationKind {
@@ -42,6 +45,7 @@ impl ViolationKind {
             ViolationKind::Invalid => "INVALID_ARGUMENT",
             ViolationKind::TokenBudget => "TOKEN_BUDGET_EXHAUSTED",
             ViolationKind::PhaseDenied => "PHASE_DENIED",
+            ViolationKind::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 
@@ -70,6 +74,15 @@ impl CallRefusal {
     pub fn invalid(resource: impl Into<String>, message: impl Into<String>) -> CallRefusal {
         CallRefusal {
             kind: ViolationKind::Invalid,
+            resource: resource.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Past a quota of the tier.
+    pub fn over_quota(resource: impl Into<String>, message: impl Into<String>) -> CallRefusal {
+        CallRefusal {
+            kind: ViolationKind::QuotaExceeded,
             resource: resource.into(),
             message: message.into(),
         }

@@ -122,7 +122,11 @@ impl Governor {
         {
             Some(revoked) => WitError::Revoked(format!("{}; {revoked}", refusal.message)),
             None if refusal.kind == ViolationKind::Invalid => WitError::Invalid(refusal.message),
-            None if refusal.kind == ViolationKind::TokenBudget => {
+            None if matches!(
+                refusal.kind,
+                ViolationKind::TokenBudget | ViolationKind::QuotaExceeded
+            ) =>
+            {
                 WitError::BudgetExhausted(refusal.message)
             }
             None => WitError::Denied(refusal.message),
