@@ -159,10 +159,12 @@ impl Governor {
         self.append(Entry::Action(record)).await;
     }
 
-    /// Append a row of this run under the host's call durability.
+    /// Append a row of this run under the host's call durability. Batched, it waits only
+    /// when the ledger's queue is full (a flood of calls): the guest is held back rather than
+    /// the host's memory growing.
     pub async fn append(&self, entry: Entry) {
         match self.services.call_durability {
-            CallDurability::Batched => self.services.ledger.append(entry),
+            CallDurability::Batched => self.services.ledger.append_async(entry).await,
             CallDurability::EveryCall => {
                 if let Err(error) = self.services.ledger_durable(entry).await {
                     tracing::error!(%error, "cannot record call");
