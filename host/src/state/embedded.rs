@@ -1036,8 +1036,8 @@ fn refresh(conn: &Connection, key: &str, owner: &str, ttl: i64, now: i64) -> OpR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::conformance;
     use crate::state::test_values::{agent, owner, task, ttl};
+    use crate::state::{Coordination, Section, conformance};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance_in_memory() {
@@ -1156,6 +1156,111 @@ mod tests {
             err.starts_with("corrupt value in `task:t:artifacts[0]`"),
             "{err}"
         );
+    }
+
+    /// A version 1 file (from before the index and the quotas) is brought up to version 2
+    /// when opened: its artifacts are indexed, and what it holds counts against the quotas.
+    #[tokio::test]
+    async fn a_version_1_file_is_indexed_and_counted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let reference = |name: &str, size: u64| ArtifactRef {
+            name: name.into(),
+            digest: format!("sha256:{size:064x}"),
+            size,
+            author: "a".into(),
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (idx, artifact) in [reference("b", 3), reference("a", 4), reference("a", 5)]
+                .iter()
+                .enumerate()
+            {
+                conn.execute(
+                    "INSERT INTO lists (key, idx, value) VALUES ('task:t:artifacts', ?1, ?2)",
+                    params![idx as i64, serde_json::to_string(artifact).unwrap()],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                r#"INSERT INTO hashes (key, field, value) VALUES
+                     ('agent:a:state', 'checkpoint', '{}'),
+                     ('agent:a:state', 'kv:k', 'vvv'),
+                     ('blackboard:t:problem', 'x', 'yy');
+                   INSERT INTO lists (key, idx, value) VALUES
+                     ('msg:t:log', 0, '{"id":1,"sender":"a","recipient":null,"kind":"K","body":"bb","sent_at_ms":0}');"#,
+            )
+            .unwrap();
+        }
+        let store = EmbeddedState::open(&path).unwrap();
+        let (a, t) = (agent("a"), task("t"));
+        assert_eq!(
+            store.artifact(&t, "a").await.unwrap(),
+            Some(reference("a", 5))
+        );
+        let names: Vec<String> = store
+            .artifact_page(&t, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let over = |stored: Admission| match stored {
+            Admission::Refused(over) => (over.used, over.requested),
+            Admission::Stored(()) => panic!("admitted past the quota"),
+        };
+        let names_full = Quota {
+            max_entries: 2,
+            max_bytes: u64::MAX,
+        };
+        let bytes_full = Quota {
+            max_entries: u64::MAX,
+            max_bytes: 12,
+        };
+        let push = store
+            .push_artifact(&t, &reference("c", 1), names_full)
+            .await;
+        assert_eq!(over(push.unwrap()), (2, 3), "names of the old history");
+        let push = store
+            .push_artifact(&t, &reference("a", 1), bytes_full)
+            .await;
+        assert_eq!(over(push.unwrap()), (12, 13), "bytes of every old version");
+        let one = Quota {
+            max_entries: 1,
+            max_bytes: u64::MAX,
+        };
+        assert_eq!(
+            over(store.kv_set(&a, "k2", "v", one).await.unwrap()),
+            (1, 2)
+        );
+        let board = store
+            .board_write(&t, Section::Solutions, "y", "", one)
+            .await;
+        assert_eq!(over(board.unwrap()), (1, 2));
+        let sent = store
+            .send_message(
+                &t,
+                &crate::state::NewMessage {
+                    sender: &a,
+                    recipient: None,
+                    kind: "K",
+                    body: "",
+                    sent_at_ms: 0,
+                },
+                one,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(sent, Admission::Refused(o) if (o.used, o.requested) == (1, 2)));
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
