@@ -23,7 +23,7 @@ use crate::packet::{Packet, RevocationReason};
 use crate::phase::Phase;
 use crate::policy::TierTable;
 use crate::secrets::{SecretBackend, SecretSession};
-use crate::state::{LockOwner, StateStore};
+use crate::state::{LockOwner, OverQuota, Quota, StateStore, Usage};
 use crate::tier::Tier;
 use crate::tools::ToolRegistry;
 
@@ -138,6 +138,17 @@ pub(crate) struct RunShared {
     written: Mutex<Vec<ArtifactRef>>,
     /// Milliseconds after `started` of the last capability call or phase change.
     last_activity_ms: AtomicU64,
+    /// What the run made the host keep, against the tier's per-run quotas.
+    usage: Mutex<RunUsage>,
+}
+
+/// The per-run counters of the quotas: ledger notes and artifact content.
+#[derive(Debug, Default)]
+struct RunUsage {
+    /// The agent's own ledger entries (notes and decisions) and the bytes of their text.
+    notes: Usage,
+    /// Bytes of artifact content the agent put.
+    artifact_bytes: u64,
 }
 
 impl RunShared {
@@ -163,7 +174,38 @@ impl RunShared {
             started: Instant::now(),
             written: Mutex::new(Vec::new()),
             last_activity_ms: AtomicU64::new(0),
+            usage: Mutex::new(RunUsage::default()),
         }
+    }
+
+    /// Count one ledger entry of the agent's of `bytes` against the run's `quota`, unless it
+    /// would cross it (then nothing is counted).
+    pub fn charge_note(&self, bytes: u64, quota: Quota) -> Result<(), OverQuota> {
+        let mut usage = self.usage.lock();
+        let after = usage.notes.after_write(true, bytes, 0);
+        quota.admit(usage.notes, after)?;
+        usage.notes = after;
+        Ok(())
+    }
+
+    /// Count `bytes` of artifact content the agent puts against the run's `max_bytes`,
+    /// unless that would cross it (then nothing is counted). Counted once the host takes the
+    /// content, whether or not the task's quota then admits the reference: the content was
+    /// stored either way.
+    pub fn charge_artifact_bytes(&self, bytes: u64, max_bytes: u64) -> Result<(), OverQuota> {
+        let mut usage = self.usage.lock();
+        let before = Usage {
+            entries: 0,
+            bytes: usage.artifact_bytes,
+        };
+        let after = before.after_write(false, bytes, 0);
+        let quota = Quota {
+            max_entries: u64::MAX,
+            max_bytes,
+        };
+        quota.admit(before, after)?;
+        usage.artifact_bytes = after.bytes;
+        Ok(())
     }
 
     pub fn is_revoked(&self) -> bool {

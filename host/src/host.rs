@@ -585,10 +585,34 @@ impl Host {
         Ok(self.services.blobs.get(digest)?)
     }
 
-    /// The artifacts of a task, latest per name.
-    pub async fn artifacts(&self, task: &str) -> Result<Vec<crate::artifacts::ArtifactRef>, Error> {
-        let refs = self.services.state.artifacts(&TaskId::new(task)?).await?;
-        Ok(crate::artifacts::latest_per_name(refs))
+    /// One page of a task's artifacts, the latest version of each name, sorted by name: up to
+    /// `limit` whose names come after `after` (from the first with `None`). A page costs its
+    /// size, not the task's.
+    pub async fn artifacts(
+        &self,
+        task: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::artifacts::ArtifactRef>, Error> {
+        let task = TaskId::new(task)?;
+        Ok(self
+            .services
+            .state
+            .artifact_page(&task, after, limit)
+            .await?)
+    }
+
+    /// The latest version of a task's artifact `name`, if it has one.
+    pub async fn artifact_ref(
+        &self,
+        task: &str,
+        name: &str,
+    ) -> Result<Option<crate::artifacts::ArtifactRef>, Error> {
+        Ok(self
+            .services
+            .state
+            .artifact(&TaskId::new(task)?, name)
+            .await?)
     }
 }
 

@@ -55,7 +55,7 @@ use crate::id::{AgentId, TaskId};
 use crate::ledger::{ActionRecord, Entry, Subject};
 use crate::packet::{Constraints, ErrorBudget, Packet, PacketLimits, now_rfc3339};
 use crate::report::{RunOutcome, RunReport};
-use crate::state::Section;
+use crate::state::{Quota, Section};
 use crate::tier::Tier;
 
 /// The ledger identity of rows the orchestrator writes itself.
@@ -548,9 +548,11 @@ impl Orchestration {
             problem.push(("complexity", score.to_string()));
         }
         for (key, value) in &problem {
-            self.services
+            // The host's own entries: counted, never refused.
+            let _stored = self
+                .services
                 .state
-                .board_write(task, Section::Problem, key, value)
+                .board_write(task, Section::Problem, key, value, Quota::UNLIMITED)
                 .await?;
         }
         self.record(
@@ -779,9 +781,10 @@ impl Orchestration {
             ("spawn_detail", detail.clone()),
             ("voters", voters.join(",")),
         ] {
-            self.services
+            let _stored = self
+                .services
                 .state
-                .board_write(&task, Section::Problem, key, &value)
+                .board_write(&task, Section::Problem, key, &value, Quota::UNLIMITED)
                 .await?;
         }
         let spawned = Spawned {

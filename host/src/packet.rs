@@ -393,7 +393,7 @@ pub struct Handoff {
     pub required_next_actions: Vec<String>,
     /// The packet's scope, forbidden patterns and required steps, and the tier, in words.
     pub constraints_reminder: Vec<String>,
-    /// Names of the task's artifacts (latest version of each).
+    /// Names of the task's artifacts: the first 100 by name (one page of the index).
     pub artifacts: Vec<String>,
     /// When the handoff was written, RFC 3339.
     pub created_at: String,

@@ -193,6 +193,10 @@ pub struct TierPolicy {
     pub instances: u32,
     /// TTL of the tokens of the tier's secrets identity (Vault: the AppRole's token TTL).
     pub secrets_ttl: Duration,
+    /// Bytes of text a plan, outcome, verification or report the agent returns may hold;
+    /// over it the phase's result is refused and the run fails (`QUOTA_EXCEEDED`). An agent's
+    /// error message is clipped to it. Default [`DEFAULT_MAX_TEXT_BYTES`].
+    pub max_text_bytes: u64,
     /// One per interface, in registry order; `None` where the tier has no section.
     grants: Vec<Option<Arc<dyn GrantObject>>>,
 }
@@ -323,6 +327,15 @@ struct RawTier {
     instances: u32,
     #[serde(deserialize_with = "crate::duration::de")]
     secrets_ttl: Duration,
+    #[serde(default = "default_max_text_bytes")]
+    max_text_bytes: u64,
+}
+
+/// [`TierPolicy::max_text_bytes`] when the tier does not say: 64 KiB.
+pub const DEFAULT_MAX_TEXT_BYTES: u64 = 64 * 1024;
+
+fn default_max_text_bytes() -> u64 {
+    DEFAULT_MAX_TEXT_BYTES
 }
 
 impl TierTable {
@@ -474,6 +487,7 @@ fn parse_tier(
         ("run_wall", raw.run_wall.is_zero()),
         ("memory_bytes", raw.memory_bytes == 0),
         ("secrets_ttl", raw.secrets_ttl.is_zero()),
+        ("max_text_bytes", raw.max_text_bytes == 0),
     ] {
         if zero {
             return Err(format!("`tiers.{code}.{field}` must be greater than 0"));
@@ -494,6 +508,7 @@ fn parse_tier(
         table_elements: raw.table_elements,
         instances: raw.instances,
         secrets_ttl: raw.secrets_ttl,
+        max_text_bytes: raw.max_text_bytes,
         grants,
     })
 }
@@ -513,6 +528,12 @@ fn check_covers(
         return Err(format!(
             "`tiers.{low}` grants `{}` but `tiers.{up}` does not: a higher tier must grant everything a lower tier does",
             missing.name()
+        ));
+    }
+    if upper.max_text_bytes < lower.max_text_bytes {
+        return Err(format!(
+            "`tiers.{up}.max_text_bytes` of {} is below `tiers.{low}`'s {}: a higher tier must grant everything a lower tier does",
+            upper.max_text_bytes, lower.max_text_bytes
         ));
     }
     if lower.workspace_write && !upper.workspace_write {

@@ -40,6 +40,8 @@ pub enum FailureCode {
     ApprovalTimeout,
     /// Verification failed (the agent's, or deliverables missing at VERIFY).
     VerificationFailed,
+    /// A phase returned more text than the tier keeps (`[tiers.Tn] max_text_bytes`).
+    QuotaExceeded,
     /// A host invariant did not hold.
     Internal,
 }
@@ -61,6 +63,7 @@ impl FailureCode {
             FailureCode::PreflightFailed => "PREFLIGHT_FAILED",
             FailureCode::ApprovalTimeout => "APPROVAL_TIMEOUT",
             FailureCode::VerificationFailed => "VERIFICATION_FAILED",
+            FailureCode::QuotaExceeded => "QUOTA_EXCEEDED",
             FailureCode::Internal => "INTERNAL",
         }
     }

@@ -18,7 +18,8 @@ pub enum Error {
     Denied(String),
     /// The agent has been revoked; nothing more will be allowed.
     Revoked(String),
-    /// The agent's error budget or the task's token budget is spent.
+    /// The agent's error budget, the task's token budget or one of the tier's quotas (ledger
+    /// notes, artifacts, state, blackboard, messages) is spent.
     BudgetExhausted(String),
     /// The named item does not exist.
     NotFound(String),

@@ -24,7 +24,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use warden::bare::{ArchitectPre, WitError, engine_config, warden as wit};
 use warden::ledger::{ActionRecord, Entry, Ledger, Subject};
-use warden::state::StateStore;
+use warden::state::{Admission, Quota, StateStore};
 use warden::{AgentId, Host, Tier};
 use warden_tests::{agent, packet};
 
@@ -61,10 +61,15 @@ impl wit::agent::state::Host for BareCtx {
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
-        self.state
-            .kv_set(&self.agent, &key, &value)
+        match self
+            .state
+            .kv_set(&self.agent, &key, &value, Quota::UNLIMITED)
             .await
-            .map_err(|e| WitError::Unavailable(e.to_string()))
+        {
+            Ok(Admission::Stored(())) => Ok(()),
+            Ok(Admission::Refused(over)) => Err(WitError::BudgetExhausted(format!("{over:?}"))),
+            Err(e) => Err(WitError::Unavailable(e.to_string())),
+        }
     }
     async fn delete(&mut self, key: String) -> Result<bool, WitError> {
         self.state

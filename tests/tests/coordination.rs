@@ -17,7 +17,7 @@ use std::time::Duration;
 use warden::TaskId;
 use warden::llm::ScriptedProvider;
 use warden::orchestrator::{SpawnConditions, SpawnReason, TaskMetrics, TaskSpec};
-use warden::state::{RedisState, Section};
+use warden::state::{Quota, RedisState, Section};
 use warden::{Host, Tier};
 use warden_tests::redis_server::RedisServer;
 use warden_tests::{actions, agent, packet, violations};
@@ -94,8 +94,11 @@ impl Backend {
                 Section::Problem,
                 &format!("script:{agent}"),
                 script,
+                Quota::UNLIMITED,
             )
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
     }
 
@@ -150,8 +153,16 @@ async fn blackboard_is_read_only_at_t0(b: Backend) {
     let t = task("t0-board");
     b.host
         .state()
-        .board_write(&tid(&t), Section::Problem, "objective", "read me")
+        .board_write(
+            &tid(&t),
+            Section::Problem,
+            "objective",
+            "read me",
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     let p = packet(
         "observer",

@@ -15,8 +15,9 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use warden::packet::{Checkpoint, Revocation, RevocationKind, RevocationReason};
 use warden::state::{
-    Coordination, LockAttempt, LockOwner, NewMessage, NewProposal, RedisState, Section, StateError,
-    StateStore, Transition, Ttl, Vote, VoteChoice, conformance, coordination, keys,
+    Admission, Coordination, LockAttempt, LockOwner, NewMessage, NewProposal, Quota, RedisState,
+    Section, StateError, StateStore, Transition, Ttl, Vote, VoteChoice, conformance, coordination,
+    keys,
 };
 use warden::{AgentId, Packet, TaskId};
 use warden_tests::redis_server::RedisServer;
@@ -591,7 +592,14 @@ async fn two_hosts_share_one_message_log() {
                         body: &body,
                         sent_at_ms: 0,
                     };
-                    ids.push(store.send_message(&task, &message).await.unwrap());
+                    ids.push(
+                        store
+                            .send_message(&task, &message, Quota::UNLIMITED)
+                            .await
+                            .unwrap()
+                            .into_result()
+                            .unwrap(),
+                    );
                 }
                 ids
             })
@@ -648,7 +656,15 @@ async fn coordination_keys_are_the_documented_ones() {
         body: "looks good",
         sent_at_ms: 1_700_000_000_123,
     };
-    assert_eq!(store.send_message(&task, &message).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .send_message(&task, &message, Quota::UNLIMITED)
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap(),
+        1
+    );
     store.receive_messages(&task, &beta, 10).await.unwrap();
     let required = [beta.clone()];
     let proposal = NewProposal {
@@ -669,8 +685,16 @@ async fn coordination_keys_are_the_documented_ones() {
     };
     store.cast_vote(&task, "p1", &vote).await.unwrap();
     store
-        .board_write(&task, Section::Problem, "objective", "ship")
+        .board_write(
+            &task,
+            Section::Problem,
+            "objective",
+            "ship",
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
 
     let log: Vec<String> = admin
@@ -743,17 +767,33 @@ async fn coordination_writes_are_one_command() {
         at_ms: 0,
     };
     // Load the scripts.
-    store.send_message(&task, &message).await.unwrap();
+    store
+        .send_message(&task, &message, Quota::UNLIMITED)
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
     store.receive_messages(&task, &beta, 10).await.unwrap();
     store.propose(&task, &proposal).await.unwrap();
     store.cast_vote(&task, "p1", &vote("alpha")).await.unwrap();
 
     let before = command_calls(&mut admin).await;
-    store.send_message(&task, &message).await.unwrap();
+    store
+        .send_message(&task, &message, Quota::UNLIMITED)
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
     let after = command_calls(&mut admin).await;
     assert_eq!(
         delta(&before, &after),
-        counts(&[("evalsha", 1), ("llen", 1), ("rpush", 1)])
+        counts(&[
+            ("evalsha", 1),
+            ("hmget", 1),
+            ("llen", 1),
+            ("rpush", 1),
+            ("hset", 1)
+        ])
     );
 
     let before = command_calls(&mut admin).await;
@@ -785,6 +825,122 @@ async fn coordination_writes_are_one_command() {
     assert_eq!(
         delta(&before, &after),
         counts(&[("evalsha", 1), ("hexists", 1), ("hsetnx", 1)])
+    );
+}
+
+/// The quota-checked writes and the artifact page are one `EVALSHA` each, and the usage
+/// hashes hold what the keyspace table says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quota_writes_are_one_command_and_keep_the_documented_keys() {
+    let server = RedisServer::start();
+    let mut admin = admin(&server).await;
+    let store = RedisState::connect(&server.url()).await.unwrap();
+    let (agent, task) = (unique("quota"), unique_task("quota"));
+    let artifact = warden::state::ArtifactRef {
+        name: "out/a.txt".into(),
+        digest: "sha256:00".into(),
+        size: 5,
+        author: agent.to_string(),
+        created_at: "2026-12-01T00:00:00.000Z".into(),
+    };
+    let quota = Quota {
+        max_entries: 10,
+        max_bytes: 100,
+    };
+
+    let before = command_calls(&mut admin).await;
+    let stored = store.kv_set(&agent, "k", "value", quota).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(stored, Admission::Stored(()));
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("hget", 1), ("hmget", 1), ("hset", 2)]),
+        "kv_set"
+    );
+
+    let before = command_calls(&mut admin).await;
+    let stored = store
+        .board_write(&task, Section::Progress, "k", "value", quota)
+        .await
+        .unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(stored, Admission::Stored(()));
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("hget", 1), ("hmget", 1), ("hset", 2)]),
+        "board_write"
+    );
+
+    let before = command_calls(&mut admin).await;
+    let stored = store.push_artifact(&task, &artifact, quota).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(stored, Admission::Stored(()));
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[
+            ("evalsha", 1),
+            ("hexists", 1),
+            ("hmget", 1),
+            ("rpush", 1),
+            ("hset", 2),
+            ("zadd", 1)
+        ]),
+        "push_artifact"
+    );
+
+    let before = command_calls(&mut admin).await;
+    let page = store.artifact_page(&task, None, 10).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(page, std::slice::from_ref(&artifact));
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("zrangebylex", 1), ("hmget", 1)]),
+        "artifact_page"
+    );
+
+    let usage = |key: String| {
+        let mut admin = admin.clone();
+        async move {
+            let fields: HashMap<String, String> = admin.hgetall(key).await.unwrap();
+            fields
+        }
+    };
+    let expect = |entries: &str, bytes: &str| {
+        HashMap::from([
+            ("entries".to_string(), entries.to_string()),
+            ("bytes".to_string(), bytes.to_string()),
+        ])
+    };
+    assert_eq!(usage(keys::state_usage(&agent)).await, expect("1", "6"));
+    assert_eq!(
+        usage(coordination::keys::board_usage(&task)).await,
+        expect("1", "6")
+    );
+    assert_eq!(usage(keys::artifact_usage(&task)).await, expect("1", "5"));
+    let latest: String = admin
+        .hget(keys::artifact_index(&task), "out/a.txt")
+        .await
+        .unwrap();
+    assert_eq!(latest, serde_json::to_string(&artifact).unwrap());
+    let names: Vec<String> = admin
+        .zrangebylex(keys::artifact_names(&task), "-", "+")
+        .await
+        .unwrap();
+    assert_eq!(names, ["out/a.txt"]);
+
+    // A refusal writes nothing.
+    let tight = Quota {
+        max_entries: 1,
+        max_bytes: 100,
+    };
+    let before = command_calls(&mut admin).await;
+    let refused = store.kv_set(&agent, "k2", "v", tight).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(matches!(refused, Admission::Refused(_)), "{refused:?}");
+    assert_eq!(
+        delta(&before, &after),
+        counts(&[("evalsha", 1), ("hget", 1), ("hmget", 1)]),
+        "a refused kv_set"
     );
 }
 

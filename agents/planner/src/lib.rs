@@ -177,9 +177,8 @@ impl Agent for Planner {
         artifacts::put_text(LOG_ARTIFACT, &log)?;
         let mut produced = vec![LOG_ARTIFACT.to_owned()];
 
-        let existing: Vec<String> = artifacts::list()?.into_iter().map(|a| a.name).collect();
         for name in &packet.deliverables {
-            if existing.contains(name) {
+            if artifacts::info(name)?.is_some() {
                 continue;
             }
             let request = CompletionRequest::new(vec![
@@ -208,13 +207,12 @@ impl Agent for Planner {
     }
 
     fn verify(&mut self, packet: &Packet, outcome: &Outcome) -> Result<Verification, AgentError> {
-        let present = artifacts::list()?;
         let mut findings = Vec::new();
         if !outcome.success {
             findings.push(format!("execute reported failure: {}", outcome.summary));
         }
         for name in &packet.deliverables {
-            match present.iter().find(|info| &info.name == name) {
+            match artifacts::info(name)? {
                 None => findings.push(format!("deliverable `{name}` is missing")),
                 Some(_) if artifacts::get(name)?.iter().all(u8::is_ascii_whitespace) => {
                     findings.push(format!("deliverable `{name}` is empty"));
@@ -233,7 +231,15 @@ impl Agent for Planner {
         packet: &Packet,
         verification: &Verification,
     ) -> Result<Report, AgentError> {
-        let artifacts = artifacts::list()?;
+        // What this run produced, looked up by name: the task may hold many more.
+        let mut artifacts = Vec::new();
+        for name in
+            std::iter::once(LOG_ARTIFACT).chain(packet.deliverables.iter().map(String::as_str))
+        {
+            if let Some(info) = artifacts::info(name)? {
+                artifacts.push(info);
+            }
+        }
         let verdict = if verification.passed {
             "verified"
         } else {

@@ -3,7 +3,9 @@
 //! loads at every tier and shows what the call gate does at each.
 //!
 //! The objective is `probe: <call>; <call>; …` with calls `state.get <key>`,
-//! `state.set <key> <value>`, `artifacts.put <name>`, `ledger.note <text>`,
+//! `state.set <key> <value>`, `artifacts.put <name>`, `artifacts.info <name>` (fails unless
+//! it exists), `artifacts.list <limit> <expected>` (one page; fails unless it holds
+//! `expected` artifacts), `ledger.note <text>`,
 //! `bb.read <section> <key>`, `bb.write <section> <key> <value>`, the sandbox probes
 //! `fs.write <path>`, `net.connect <addr>` and `env` (fails if any environment variable or
 //! argument is visible), `spin` (loop forever, for crash and deadline tests) and `sleep <ms>`
@@ -64,6 +66,22 @@ fn call(line: &str) -> Result<(), String> {
         (Some("state.set"), Some(key), Some(value)) => host(state::set(key, value)),
         (Some("artifacts.put"), Some(name), _) => {
             host(artifacts::put_text(name, "probe").map(drop))
+        }
+        (Some("artifacts.info"), Some(name), _) => match artifacts::info(name) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("no artifact `{name}`")),
+            Err(e) => Err(e.to_string()),
+        },
+        (Some("artifacts.list"), Some(limit), Some(expected)) => {
+            let limit: u32 = limit
+                .parse()
+                .map_err(|_| format!("`{limit}` is not a page size"))?;
+            let page = artifacts::page(None, limit).map_err(|e| e.to_string())?;
+            if page.len().to_string() == expected {
+                Ok(())
+            } else {
+                Err(format!("the page holds {} artifacts", page.len()))
+            }
         }
         (Some("ledger.note"), Some(_), _) => {
             host(ledger::note(line.trim_start_matches("ledger.note").trim()))

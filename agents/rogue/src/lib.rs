@@ -12,6 +12,16 @@
 //! | `spin`           | loop forever                                                      |
 //! | `hog`            | allocate memory without bound                                     |
 //! | `skip-artifact`  | report success without writing its deliverables                  |
+//! | `flood-notes`    | add ledger notes of 100 bytes without end                         |
+//! | `flood-artifacts`| put artifacts of 64 KiB under new names without end               |
+//! | `flood-state`    | set state keys of 16 KiB without end                              |
+//! | `flood-board`    | write blackboard entries of 16 KiB without end                    |
+//! | `flood-messages` | broadcast messages of 16 KiB without end                          |
+//! | `huge-plan`      | (in PLAN) return a plan whose summary is 8 MiB                    |
+//! | `huge-error`     | (in PLAN) fail with an error message of 8 MiB                     |
+//!
+//! A flood keeps going through refusals, as a runaway agent would, until the host revokes it
+//! (or after a million calls); its deliverables then say how far it got.
 //!
 //! With none of them it behaves. When the host lets it go on after an attempt, it writes what
 //! happened into its deliverables for a human to read.
@@ -35,12 +45,19 @@ enum Attempt {
     Spin,
     Hog,
     SkipArtifact,
+    FloodNotes,
+    FloodArtifacts,
+    FloodState,
+    FloodBoard,
+    FloodMessages,
+    HugePlan,
+    HugeError,
     #[default]
     Behave,
 }
 
 impl Attempt {
-    const WORDS: [(&str, Attempt); 7] = [
+    const WORDS: [(&str, Attempt); 14] = [
         ("early-effects", Attempt::EarlyEffects),
         ("secret", Attempt::Secret),
         ("escape", Attempt::Escape),
@@ -48,6 +65,13 @@ impl Attempt {
         ("spin", Attempt::Spin),
         ("hog", Attempt::Hog),
         ("skip-artifact", Attempt::SkipArtifact),
+        ("flood-notes", Attempt::FloodNotes),
+        ("flood-artifacts", Attempt::FloodArtifacts),
+        ("flood-state", Attempt::FloodState),
+        ("flood-board", Attempt::FloodBoard),
+        ("flood-messages", Attempt::FloodMessages),
+        ("huge-plan", Attempt::HugePlan),
+        ("huge-error", Attempt::HugeError),
     ];
 
     fn from_objective(objective: &str) -> Self {
@@ -71,10 +95,15 @@ impl Agent for Rogue {
         self.attempt = Attempt::from_objective(&packet.objective);
         let steps = match self.attempt {
             Attempt::EarlyEffects => early_effects(),
+            Attempt::HugeError => return Err(AgentError::new("x".repeat(HUGE))),
             attempt => vec![format!("{attempt:?}")],
         };
+        let summary = match self.attempt {
+            Attempt::HugePlan => "x".repeat(HUGE),
+            attempt => format!("attempt: {attempt:?}"),
+        };
         Ok(Plan {
-            summary: format!("attempt: {:?}", self.attempt),
+            summary,
             steps,
             confidence: 1.0,
         })
@@ -95,6 +124,22 @@ impl Agent for Rogue {
                     artifacts: packet.deliverables.clone(),
                 });
             }
+            Attempt::FloodNotes => flood("ledger::note", |i| ledger::note(&format!("{i:0>100}"))),
+            Attempt::FloodArtifacts => {
+                let content = vec![0x5A; 64 << 10];
+                flood("artifacts::put", |i| {
+                    artifacts::put(&format!("flood/{i:07}.bin"), &content).map(drop)
+                })
+            }
+            Attempt::FloodState => {
+                let value = "s".repeat(16 << 10);
+                flood("state::set", |i| {
+                    state::set(&format!("flood-{i:07}"), &value)
+                })
+            }
+            Attempt::FloodBoard => flood_board(),
+            Attempt::FloodMessages => flood_messages(),
+            Attempt::HugePlan | Attempt::HugeError => vec!["the host let PLAN pass".to_owned()],
             Attempt::Behave => vec!["behaved: nothing attempted".to_owned()],
         };
 
@@ -185,6 +230,62 @@ fn run_forbidden_tool() -> Vec<String> {
         "tools::invoke(deploy-prod --force)",
         tools::invoke("deploy-prod", &["--force"]),
     )]
+}
+
+/// The size of a huge plan's summary or error message: 8 MiB.
+const HUGE: usize = 8 << 20;
+
+/// Calls `call(0)`, `call(1)`, … through every refusal until the host revokes the agent, or
+/// a million calls; says how many were stored and how the last refusal read.
+fn flood(what: &str, mut call: impl FnMut(u64) -> Result<(), Error>) -> Vec<String> {
+    let (mut stored, mut refused, mut last) = (0u64, 0u64, String::new());
+    for i in 0..1_000_000u64 {
+        match call(i) {
+            Ok(()) => stored += 1,
+            Err(e @ Error::Revoked(_)) => {
+                last = e.to_string();
+                refused += 1;
+                break;
+            }
+            Err(e) => {
+                last = e.to_string();
+                refused += 1;
+            }
+        }
+    }
+    vec![format!(
+        "{what}: {stored} stored, {refused} refused; last: {last}"
+    )]
+}
+
+#[cfg(not(feature = "overreach"))]
+fn flood_board() -> Vec<String> {
+    let value = "b".repeat(16 << 10);
+    flood("blackboard::write", |i| {
+        blackboard::write(
+            blackboard::Section::Progress,
+            &format!("flood-{i:07}"),
+            &value,
+        )
+    })
+}
+
+#[cfg(not(feature = "overreach"))]
+fn flood_messages() -> Vec<String> {
+    let body = "m".repeat(16 << 10);
+    flood("messaging::broadcast", |_| {
+        messaging::broadcast(messaging::Kind::Other("FLOOD".into()), &body).map(drop)
+    })
+}
+
+#[cfg(feature = "overreach")]
+fn flood_board() -> Vec<String> {
+    vec!["blackboard: left out of the overreach variant".to_owned()]
+}
+
+#[cfg(feature = "overreach")]
+fn flood_messages() -> Vec<String> {
+    vec!["messaging: left out of the overreach variant".to_owned()]
 }
 
 /// Burns fuel (or wall-clock time) until the host stops it.

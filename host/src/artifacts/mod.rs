@@ -156,13 +156,19 @@ impl BlobStore for DirBlobs {
     }
 }
 
-/// The latest reference per name, in first-written order.
+/// The latest reference per name, in first-written order: one pass, whatever the number of
+/// names. A task's listing does not need it (the state store indexes the latest version of
+/// each name); a run's own writes do.
 pub fn latest_per_name(refs: impl IntoIterator<Item = ArtifactRef>) -> Vec<ArtifactRef> {
     let mut order: Vec<ArtifactRef> = Vec::new();
+    let mut position: HashMap<String, usize> = HashMap::new();
     for r in refs {
-        match order.iter_mut().find(|existing| existing.name == r.name) {
-            Some(existing) => *existing = r,
-            None => order.push(r),
+        match position.get(&r.name) {
+            Some(&at) => order[at] = r,
+            None => {
+                position.insert(r.name.clone(), order.len());
+                order.push(r);
+            }
         }
     }
     order
@@ -171,6 +177,27 @@ pub fn latest_per_name(refs: impl IntoIterator<Item = ArtifactRef>) -> Vec<Artif
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latest_per_name_keeps_first_written_order_and_the_last_version() {
+        let reference = |name: &str, digest: &str| ArtifactRef {
+            name: name.into(),
+            digest: digest.into(),
+            size: 1,
+            author: "a".into(),
+            created_at: String::new(),
+        };
+        let latest = latest_per_name([
+            reference("b", "1"),
+            reference("a", "2"),
+            reference("b", "3"),
+        ]);
+        let seen: Vec<(&str, &str)> = latest
+            .iter()
+            .map(|r| (r.name.as_str(), r.digest.as_str()))
+            .collect();
+        assert_eq!(seen, [("b", "3"), ("a", "2")]);
+    }
 
     #[test]
     fn dir_blobs_roundtrip_and_detect_corruption() {

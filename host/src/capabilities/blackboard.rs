@@ -2,14 +2,18 @@
 //!
 //! The task is always the run's own: the interface takes no task id, so an agent cannot name
 //! another task's blackboard. Tier section `[tiers.Tn.blackboard]`: present, the tier may
-//! read (T0 and up in the built-in table); `write = true` lets it write too (T1 and up).
+//! read (T0 and up in the built-in table); `write = true` lets it write too (T1 and up);
+//! `max_entries` and `max_bytes` bound what the task's blackboard may hold when the tier
+//! writes it (entries of all sections, bytes of key + value), checked by the state store in
+//! the same atomic step as the write.
 
 use super::AgentCtx;
+use super::quota::{QuotaKeys, covers, refusal};
 use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::blackboard::{Host, Section as WitSection};
 use crate::interface::Interface;
-use crate::state::Section;
+use crate::state::{Admission, Quota, Section};
 use crate::policy::{SectionSpec, TierTable};
 use crate::tier::Tier;
 use serde::Deserialize;
@@ -17,24 +21,54 @@ use serde::Deserialize;
 pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Blackboard);
 
 /// `[tiers.Tn.blackboard]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Grant {
     /// Whether the tier may write entries (reading needs only the section).
     #[serde(default)]
     pub write: bool,
+    /// Entries (all sections) the task's blackboard may hold when the tier writes.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Bytes (key + value of every entry) the task's blackboard may hold when the tier writes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Entries per task when the section does not say: 1,000.
+const DEFAULT_MAX_ENTRIES: u64 = 1000;
+/// Bytes per task when the section does not say: 16 MiB.
+const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+
+fn default_max_entries() -> u64 {
+    DEFAULT_MAX_ENTRIES
+}
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_BYTES
 }
 
 impl crate::policy::Grant for Grant {
-    const NONE: &'static Self = &Grant { write: false };
+    const NONE: &'static Self = &Grant {
+        write: false,
+        max_entries: 0,
+        max_bytes: 0,
+    };
 
     fn covers(&self, lower: &Self) -> Result<(), String> {
         if lower.write && !self.write {
             return Err("it may not write where the tier below may".into());
         }
-        Ok(())
+        covers("max_entries", self.max_entries, lower.max_entries)?;
+        covers("max_bytes", self.max_bytes, lower.max_bytes)
     }
 }
+
+const KEYS: QuotaKeys = QuotaKeys {
+    section: Some("blackboard"),
+    entries: ("max_entries", "entries"),
+    bytes: ("max_bytes", "bytes"),
+};
 
 /// Whether the tier may write the blackboard.
 fn check_write(
@@ -170,13 +204,34 @@ impl Host for AgentCtx {
             };
             return Err(self.gov.refuse(OP, refusal).await);
         }
+        let policy = self.gov.policy();
+        let grant = policy.grant::<Grant>(Interface::Blackboard);
+        let quota = Quota {
+            max_entries: grant.max_entries,
+            max_bytes: grant.max_bytes,
+        };
         let gov = &self.gov;
-        let result = gov
+        let stored = gov
             .services
             .state
-            .board_write(gov.task_id(), section, &key, &value)
-            .await
-            .map_err(|e| unavailable("the blackboard", e));
+            .board_write(gov.task_id(), section, &key, &value, quota)
+            .await;
+        let result = match stored {
+            Ok(Admission::Stored(())) => Ok(()),
+            Ok(Admission::Refused(over)) => {
+                let refusal = refusal(
+                    policy,
+                    KEYS,
+                    resource(section, &key),
+                    &format!("`{OP}` of `{section}/{key}`"),
+                    &format!("task `{}`'s blackboard", gov.task_id()),
+                    over,
+                    Some("overwrite an existing entry with no more bytes instead"),
+                );
+                return Err(self.gov.refuse(OP, refusal).await);
+            }
+            Err(e) => Err(unavailable("the blackboard", e)),
+        };
         gov.record_result(OP, &result).await;
         result
     }
@@ -204,7 +259,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::capabilities::testing::TestEnv;
+    use crate::capabilities::testing::{TestEnv, tiers_with};
 
     #[tokio::test]
     async fn an_operator_writes_and_an_observer_reads() {
@@ -292,5 +347,41 @@ mod tests {
         );
         assert_eq!(agent.errors().await.total, 2);
         assert!(agent.is_revoked());
+    }
+
+    /// The quota is the task's: two agents share it, the host's own entries count against it
+    /// without being refused.
+    #[tokio::test]
+    async fn a_tasks_blackboard_holds_at_most_its_entries() {
+        let tiers = tiers_with(&[("max_entries = 1000", "max_entries = 3")]);
+        let mut alpha = TestEnv::new().tiers(tiers).agent(Tier::Operator, json!({})).await;
+        let mut beta = alpha.peer("beta", Tier::Operator).await;
+        let task = alpha.ctx.gov.task_id().clone();
+        let host = alpha
+            .state()
+            .board_write(&task, Section::Problem, "objective", "o", Quota::UNLIMITED)
+            .await
+            .unwrap();
+        assert_eq!(host, Admission::Stored(()));
+        alpha.ctx.write(WitSection::Solutions, "a".into(), "1".into()).await.unwrap();
+        beta.ctx.write(WitSection::Progress, "b".into(), "2".into()).await.unwrap();
+        beta.ctx.write(WitSection::Progress, "b".into(), "3".into()).await.unwrap();
+        let err = alpha
+            .ctx
+            .write(WitSection::Solutions, "c".into(), "4".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WitError::BudgetExhausted(m) if m.contains("`blackboard.write` of `solutions/c` refused: task `task-1`'s blackboard would hold 4 entries (it holds 3), over the quota of 3 of tier T1 (operator) (`[tiers.T1.blackboard] max_entries`)")),
+            "{err:?}"
+        );
+        assert_eq!(alpha.violations(), ["QUOTA_EXCEEDED"]);
+        assert_eq!(alpha.errors().await.total, 1);
+        assert_eq!(
+            alpha.actions().pop(),
+            Some(("blackboard.write".into(), "denied".into(), Some("QUOTA_EXCEEDED".into())))
+        );
+        assert_eq!(alpha.ctx.read(WitSection::Solutions, "c".into()).await.unwrap(), None);
+        assert!(beta.violations().is_empty());
     }
 }

@@ -5,21 +5,71 @@
 //! waits for a message on the host's coordination bell (rung by every send in this process)
 //! and, for senders in other processes sharing the backend, polls at [`POLL_INTERVAL`]; the
 //! wait is bounded by the phase deadline and ends early when the agent is revoked.
+//!
+//! Tier section `[tiers.Tn.messaging]`: present, the interface is linked; `max_messages` and
+//! `max_bytes` bound what the task's log may hold when the tier sends (messages sent, bytes of
+//! kind + body; a log, so what was sent counts, read or not), checked by the state store in
+//! the same atomic step as the append.
 
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use super::AgentCtx;
+use super::quota::{QuotaKeys, covers, refusal};
 use crate::clock::now_ms;
 use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::messaging::{Host, Kind, Message};
 use crate::interface::Interface;
 use crate::id::AgentId;
-use crate::state::NewMessage;
-use crate::policy::{Linked, SectionSpec};
+use crate::state::{Admission, NewMessage, Quota};
+use crate::policy::SectionSpec;
 
-/// Its section (`[tiers.T1.messaging]`) has no settings: present, the interface is linked.
-pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::Messaging);
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Messaging);
+
+/// `[tiers.Tn.messaging]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Messages the task's log may hold when the tier sends.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u64,
+    /// Bytes (kind + body of every message) the task's log may hold when the tier sends.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Messages per task when the section does not say: 10,000.
+const DEFAULT_MAX_MESSAGES: u64 = 10_000;
+/// Bytes per task when the section does not say: 16 MiB.
+const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+
+fn default_max_messages() -> u64 {
+    DEFAULT_MAX_MESSAGES
+}
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_BYTES
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant {
+        max_messages: 0,
+        max_bytes: 0,
+    };
+
+    fn covers(&self, lower: &Self) -> Result<(), String> {
+        covers("max_messages", self.max_messages, lower.max_messages)?;
+        covers("max_bytes", self.max_bytes, lower.max_bytes)
+    }
+}
+
+const KEYS: QuotaKeys = QuotaKeys {
+    section: Some("messaging"),
+    entries: ("max_messages", "messages"),
+    bytes: ("max_bytes", "bytes"),
+};
 
 /// Largest message body.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -105,6 +155,12 @@ impl AgentCtx {
             return Err(self.gov.refuse(op, refusal).await);
         }
         let recipient_id = recipient_id.ok().flatten();
+        let policy = self.gov.policy();
+        let grant = policy.grant::<Grant>(Interface::Messaging);
+        let quota = Quota {
+            max_entries: grant.max_messages,
+            max_bytes: grant.max_bytes,
+        };
         let gov = &self.gov;
         let message = NewMessage {
             sender: gov.agent_id(),
@@ -113,12 +169,27 @@ impl AgentCtx {
             body: &body,
             sent_at_ms: now_ms(),
         };
-        let result = gov
+        let sent = gov
             .services
             .state
-            .send_message(gov.task_id(), &message)
-            .await
-            .map_err(|e| unavailable("messaging", e));
+            .send_message(gov.task_id(), &message, quota)
+            .await;
+        let result = match sent {
+            Ok(Admission::Stored(id)) => Ok(id),
+            Ok(Admission::Refused(over)) => {
+                let refusal = refusal(
+                    policy,
+                    KEYS,
+                    format!("msg:{to}"),
+                    &format!("`{op}` to `{to}`"),
+                    &format!("task `{}`'s message log", gov.task_id()),
+                    over,
+                    None,
+                );
+                return Err(self.gov.refuse(op, refusal).await);
+            }
+            Err(e) => Err(unavailable("messaging", e)),
+        };
         match &result {
             Ok(id) => {
                 gov.services.coordination_bell.notify_waiters();
@@ -190,7 +261,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::capabilities::testing::TestEnv;
+    use crate::capabilities::testing::{TestEnv, tiers_with};
     use crate::tier::Tier;
 
     #[tokio::test]
@@ -237,5 +308,32 @@ mod tests {
         let err = agent.ctx.receive(0).await.unwrap_err();
         assert!(matches!(&err, WitError::Denied(m) if m.contains("lowest tier granting it: T1 (operator)")), "{err:?}");
         assert_eq!(agent.violations(), ["TIER_DENIED"]);
+    }
+
+    /// Messages are a log: what was sent counts, received or not.
+    #[tokio::test]
+    async fn a_tasks_log_holds_at_most_its_messages() {
+        let tiers = tiers_with(&[("max_messages = 10000", "max_messages = 2")]);
+        let mut alpha = TestEnv::new().tiers(tiers).agent(Tier::Operator, json!({})).await;
+        let mut beta = alpha.peer("beta", Tier::Operator).await;
+        alpha.ctx.send("beta".into(), Kind::Proposal, "p1".into()).await.unwrap();
+        beta.ctx.broadcast(Kind::Feedback, "ok".into()).await.unwrap();
+        assert_eq!(beta.ctx.receive(0).await.unwrap().len(), 1);
+        let err = alpha
+            .ctx
+            .broadcast(Kind::Other("STATUS".into()), "again".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, WitError::BudgetExhausted(m) if m.contains("`messaging.broadcast` to `*` refused: task `task-1`'s message log would hold 3 messages (it holds 2), over the quota of 2 of tier T1 (operator) (`[tiers.T1.messaging] max_messages`)")),
+            "{err:?}"
+        );
+        assert_eq!(alpha.violations(), ["QUOTA_EXCEEDED"]);
+        assert_eq!(alpha.errors().await.total, 1);
+        assert_eq!(
+            alpha.actions().pop(),
+            Some(("messaging.broadcast".into(), "denied".into(), Some("QUOTA_EXCEEDED".into())))
+        );
+        assert!(beta.ctx.receive(0).await.unwrap().is_empty(), "nothing was appended");
     }
 }

@@ -23,6 +23,7 @@ use crate::interface::{Interface, with_capabilities};
 use crate::policy::{PolicyError, SectionSpec, TierPolicy, TierTable};
 use crate::runtime::limits::{GuestLimits, Meter};
 
+mod quota;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -170,7 +171,11 @@ mod tests {
     #[test]
     fn a_tier_granting_less_than_the_one_below_is_refused() {
         // T1 without `[tiers.T1.ledger]`, which T0 has.
-        let text = BUILTIN_TIERS_TOML.replacen("[tiers.T1.ledger]\n", "", 1);
+        let text = BUILTIN_TIERS_TOML.replacen(
+            "[tiers.T1.ledger]\nmax_entries_per_run = 1000\nmax_bytes_per_run = 1048576\n",
+            "",
+            1,
+        );
         let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
         assert!(
             err.contains("`tiers.T0` grants `ledger` but `tiers.T1` does not"),
@@ -185,6 +190,27 @@ mod tests {
         let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
         assert!(
             err.contains("`[tiers.T2.blackboard]` grants less than `[tiers.T1.blackboard]`"),
+            "{err}"
+        );
+        // T2 with a smaller state quota than T1's.
+        let text = BUILTIN_TIERS_TOML.replacen(
+            "[tiers.T2.state]\nmax_keys = 1000",
+            "[tiers.T2.state]\nmax_keys = 999",
+            1,
+        );
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`[tiers.T2.state]` grants less than `[tiers.T1.state]`: its `max_keys` of 999 is below the tier below's 1000"),
+            "{err}"
+        );
+        let text = BUILTIN_TIERS_TOML.replacen(
+            "max_text_bytes = 65536\n\n[tiers.T3.plan]",
+            "max_text_bytes = 100\n\n[tiers.T3.plan]",
+            1,
+        );
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.T3.max_text_bytes` of 100 is below `tiers.T2`'s 65536"),
             "{err}"
         );
     }
@@ -256,6 +282,41 @@ mod tests {
         let text = BUILTIN_TIERS_TOML.replace("lock_ttl = \"1m\"", "lock_ttl_ms = 60000");
         let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
         assert!(err.contains("write `lock_ttl = \"1m\"`"), "{err}");
+    }
+
+    /// The shipped quotas are the serde defaults: a table written without the keys (an
+    /// operator's from before quotas) is as safe as the built-in one.
+    #[test]
+    fn a_table_without_the_quota_keys_gets_the_shipped_quotas() {
+        let stripped: Vec<&str> = BUILTIN_TIERS_TOML
+            .lines()
+            .filter(|line| !line.starts_with("max_"))
+            .collect();
+        assert!(stripped.len() < BUILTIN_TIERS_TOML.lines().count() - 50);
+        let without = TierTable::from_toml_str(&stripped.join("\n")).unwrap();
+        let shipped = TierTable::builtin().unwrap();
+        for tier in Tier::ALL {
+            let (a, b) = (shipped.policy(tier), without.policy(tier));
+            assert_eq!(a.max_text_bytes, b.max_text_bytes, "{tier}");
+            let grants = |p: &TierPolicy| {
+                format!(
+                    "{:?} {:?} {:?} {:?} {:?}",
+                    p.grant::<ledger::Grant>(Interface::Ledger),
+                    p.grant::<state::Grant>(Interface::State),
+                    p.grant::<artifacts::Grant>(Interface::Artifacts),
+                    p.grant::<blackboard::Grant>(Interface::Blackboard),
+                    p.grant::<messaging::Grant>(Interface::Messaging),
+                )
+            };
+            assert_eq!(grants(a), grants(b), "{tier}");
+        }
+        let t0 = shipped.policy(Tier::Observer);
+        assert_eq!(t0.grant::<state::Grant>(Interface::State).max_keys, 1000);
+        assert_eq!(
+            t0.grant::<artifacts::Grant>(Interface::Artifacts)
+                .max_bytes_per_task,
+            256 << 20
+        );
     }
 
     #[test]

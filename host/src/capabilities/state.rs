@@ -1,13 +1,63 @@
 //! `warden:agent/state`: the agent's own key/value state (`agent:{id}:state`, `kv:*` fields).
+//!
+//! Tier section `[tiers.Tn.state]`: present, the interface is linked; `max_keys` and
+//! `max_bytes` bound what one agent's state may hold (keys, and bytes of key + value), checked
+//! by the state store in the same atomic step as the write. A delete gives its bytes back.
+
+use serde::Deserialize;
 
 use super::AgentCtx;
+use super::quota::{QuotaKeys, covers, refusal};
 use crate::governance::{CallRefusal, ViolationKind, unavailable};
 use crate::bindings::{WitError, warden::agent::state::Host};
 use crate::interface::Interface;
-use crate::policy::{Linked, SectionSpec};
+use crate::policy::SectionSpec;
+use crate::state::{Admission, Quota};
 
-/// Its section (`[tiers.T1.state]`) has no settings: present, the interface is linked.
-pub(super) const SECTION: SectionSpec = SectionSpec::of::<Linked>(Interface::State);
+pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::State);
+
+/// `[tiers.Tn.state]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Grant {
+    /// Keys one agent's state may hold.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+    /// Bytes (key + value of every key) one agent's state may hold.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Keys when the section does not say: 1,000.
+const DEFAULT_MAX_KEYS: u64 = 1000;
+/// Bytes when the section does not say: 16 MiB.
+const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+
+fn default_max_keys() -> u64 {
+    DEFAULT_MAX_KEYS
+}
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_BYTES
+}
+
+impl crate::policy::Grant for Grant {
+    const NONE: &'static Self = &Grant {
+        max_keys: 0,
+        max_bytes: 0,
+    };
+
+    fn covers(&self, lower: &Self) -> Result<(), String> {
+        covers("max_keys", self.max_keys, lower.max_keys)?;
+        covers("max_bytes", self.max_bytes, lower.max_bytes)
+    }
+}
+
+const KEYS: QuotaKeys = QuotaKeys {
+    section: Some("state"),
+    entries: ("max_keys", "keys"),
+    bytes: ("max_bytes", "bytes"),
+};
 
 const MAX_KEY_BYTES: usize = 256;
 const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -64,13 +114,34 @@ impl Host for AgentCtx {
             };
             return Err(self.gov.refuse(OP, refusal).await);
         }
+        let policy = self.gov.policy();
+        let grant = policy.grant::<Grant>(Interface::State);
+        let quota = Quota {
+            max_entries: grant.max_keys,
+            max_bytes: grant.max_bytes,
+        };
         let gov = &self.gov;
-        let result = gov
+        let stored = gov
             .services
             .state
-            .kv_set(gov.agent_id(), &key, &value)
-            .await
-            .map_err(|e| unavailable("the state store", e));
+            .kv_set(gov.agent_id(), &key, &value, quota)
+            .await;
+        let result = match stored {
+            Ok(Admission::Stored(())) => Ok(()),
+            Ok(Admission::Refused(over)) => {
+                let refusal = refusal(
+                    policy,
+                    KEYS,
+                    format!("state:{key}"),
+                    &format!("`{OP}` of `{key}`"),
+                    &format!("agent `{}`'s state", gov.agent_id()),
+                    over,
+                    Some("delete keys it no longer needs"),
+                );
+                return Err(self.gov.refuse(OP, refusal).await);
+            }
+            Err(e) => Err(unavailable("the state store", e)),
+        };
         gov.record_result(OP, &result).await;
         result
     }
@@ -114,7 +185,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::capabilities::testing::TestEnv;
+    use crate::capabilities::testing::{TestEnv, tiers_with};
     use crate::tier::Tier;
 
     #[tokio::test]
@@ -188,5 +259,42 @@ mod tests {
         assert!(matches!(&err, WitError::Denied(m) if m.contains("outside the packet's scope")), "{err:?}");
         assert_eq!(agent.violations(), ["OUT_OF_SCOPE"]);
         assert!(!agent.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn an_agents_state_holds_at_most_its_keys_and_a_delete_makes_room() {
+        let tiers = tiers_with(&[("max_keys = 1000", "max_keys = 2")]);
+        let mut agent = TestEnv::new().tiers(tiers).agent(Tier::Observer, json!({})).await;
+        agent.ctx.set("k1".into(), "v".into()).await.unwrap();
+        agent.ctx.set("k2".into(), "v".into()).await.unwrap();
+        agent.ctx.set("k2".into(), "replaced".into()).await.unwrap();
+        let err = agent.ctx.set("k3".into(), "v".into()).await.unwrap_err();
+        assert!(
+            matches!(&err, WitError::BudgetExhausted(m) if m.contains("`state.set` of `k3` refused: agent `agent-1`'s state would hold 3 keys (it holds 2), over the quota of 2 of tier T0 (observer) (`[tiers.T0.state] max_keys`); delete keys it no longer needs, or an operator raises `max_keys`")),
+            "{err:?}"
+        );
+        assert_eq!(agent.violations(), ["QUOTA_EXCEEDED"]);
+        assert_eq!(agent.errors().await.total, 1);
+        assert_eq!(
+            agent.actions().pop(),
+            Some(("state.set".into(), "denied".into(), Some("QUOTA_EXCEEDED".into())))
+        );
+        assert_eq!(agent.ctx.get("k3".into()).await.unwrap(), None);
+        assert!(agent.ctx.delete("k1".into()).await.unwrap());
+        agent.ctx.set("k3".into(), "v".into()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agents_state_holds_at_most_its_bytes() {
+        let tiers = tiers_with(&[("max_bytes = 16777216          # bytes (key + value) one agent's", "max_bytes = 10          # bytes (key + value) one agent's"), ("max_keys = 1000\nmax_bytes = 16777216", "max_keys = 1000\nmax_bytes = 10")]);
+        let mut agent = TestEnv::new().tiers(tiers).agent(Tier::Operator, json!({})).await;
+        agent.ctx.set("k".into(), "123456789".into()).await.unwrap();
+        let err = agent.ctx.set("k".into(), "1234567890".into()).await.unwrap_err();
+        assert!(
+            matches!(&err, WitError::BudgetExhausted(m) if m.contains("would hold 11 bytes (it holds 10), over the quota of 10 of tier T1 (operator) (`[tiers.T1.state] max_bytes`)")),
+            "{err:?}"
+        );
+        assert_eq!(agent.ctx.get("k".into()).await.unwrap().as_deref(), Some("123456789"));
+        assert_eq!(agent.violations(), ["QUOTA_EXCEEDED"]);
     }
 }

@@ -25,6 +25,20 @@ use crate::state::{ErrorCounts, MemoryState, StateStore};
 use crate::tier::Tier;
 use crate::tools::ToolRegistry;
 
+/// The built-in tier table with every `from` replaced by `to`, in every tier that has it, so
+/// the table stays monotonic (`&[("max_keys = 1000", "max_keys = 2")]`).
+pub(crate) fn tiers_with(changes: &[(&str, &str)]) -> TierTable {
+    let mut text = crate::policy::BUILTIN_TIERS_TOML.to_string();
+    for (from, to) in changes {
+        assert!(
+            text.contains(from),
+            "the built-in tier table has no `{from}`"
+        );
+        text = text.replace(from, to);
+    }
+    TierTable::from_toml_str(&text).expect("the changed tier table")
+}
+
 /// The services of a test host: in memory, deny-by-default, no engine.
 pub(crate) struct TestEnv {
     tiers: TierTable,

@@ -34,6 +34,9 @@ pub(crate) enum ViolationKind {
     HostOwned,
     /// A vote on a proposal whose voters do not include the agent.
     NotAVoter,
+    /// A write past one of the tier's quotas on what the host keeps (ledger notes per run,
+    /// artifacts, state, blackboard, messages, returned text).
+    QuotaExceeded,
 }
 
 impl ViolationKind {
@@ -49,6 +52,7 @@ impl ViolationKind {
             ViolationKind::PhaseDenied => "PHASE_DENIED",
             ViolationKind::HostOwned => "HOST_OWNED_RECORD",
             ViolationKind::NotAVoter => "NOT_A_VOTER",
+            ViolationKind::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 
@@ -80,6 +84,15 @@ impl CallRefusal {
     pub fn invalid(resource: impl Into<String>, message: impl Into<String>) -> CallRefusal {
         CallRefusal {
             kind: ViolationKind::Invalid,
+            resource: resource.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Past a quota of the tier.
+    pub fn over_quota(resource: impl Into<String>, message: impl Into<String>) -> CallRefusal {
+        CallRefusal {
+            kind: ViolationKind::QuotaExceeded,
             resource: resource.into(),
             message: message.into(),
         }

@@ -122,7 +122,11 @@ impl Governor {
         {
             Some(revoked) => WitError::Revoked(format!("{}; {revoked}", refusal.message)),
             None if refusal.kind == ViolationKind::Invalid => WitError::Invalid(refusal.message),
-            None if refusal.kind == ViolationKind::TokenBudget => {
+            None if matches!(
+                refusal.kind,
+                ViolationKind::TokenBudget | ViolationKind::QuotaExceeded
+            ) =>
+            {
                 WitError::BudgetExhausted(refusal.message)
             }
             None => WitError::Denied(refusal.message),
@@ -155,10 +159,12 @@ impl Governor {
         self.append(Entry::Action(record)).await;
     }
 
-    /// Append a row of this run under the host's call durability.
+    /// Append a row of this run under the host's call durability. Batched, it waits only
+    /// when the ledger's queue is full (a flood of calls): the guest is held back rather than
+    /// the host's memory growing.
     pub async fn append(&self, entry: Entry) {
         match self.services.call_durability {
-            CallDurability::Batched => self.services.ledger.append(entry),
+            CallDurability::Batched => self.services.ledger.append_async(entry).await,
             CallDurability::EveryCall => {
                 if let Err(error) = self.services.ledger_durable(entry).await {
                     tracing::error!(%error, "cannot record call");

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::record::{action, host_subject};
-use crate::artifacts::latest_per_name;
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
 use crate::id::AgentId;
@@ -16,6 +15,9 @@ use crate::packet::{
 };
 use crate::phase::Phase;
 use crate::state::StateError;
+
+/// Most artifact names a handoff lists: the first, by name, of the task's.
+pub(crate) const HANDOFF_ARTIFACTS: usize = 100;
 
 /// Revoke a running agent: interrupt its store (next epoch tick), record the revocation,
 /// write the handoff, revoke its secrets session, release its lock. Idempotent.
@@ -100,8 +102,13 @@ async fn build_handoff(
         .map(|rows| rows.iter().filter_map(|row| row.tried()).collect())
         .unwrap_or_default();
     let last_step = tried.last().cloned().unwrap_or_else(|| "enter".to_string());
-    let artifacts = match services.state.artifacts(&run.task_id).await {
-        Ok(refs) => latest_per_name(refs).into_iter().map(|a| a.name).collect(),
+    // A bounded page of the index, never the task's whole history.
+    let artifacts = match services
+        .state
+        .artifact_page(&run.task_id, None, HANDOFF_ARTIFACTS)
+        .await
+    {
+        Ok(refs) => refs.into_iter().map(|a| a.name).collect(),
         Err(error) => {
             tracing::warn!(%error, "the handoff lists no artifacts: the state store cannot list them");
             Vec::new()

@@ -13,6 +13,11 @@
 //! throughput high. Calls that must be on disk before the caller continues
 //! (registry changes, [`Ledger::append_durable`], [`Ledger::flush`]) wait for
 //! the commit of the batch that carries them.
+//!
+//! The queue holds at most [`QUEUE_CAPACITY`] commands: when the writer falls
+//! behind (a slow disk, a flood of calls), appenders wait for room —
+//! [`Ledger::append`] blocks its thread, [`Ledger::append_async`] yields —
+//! rather than the host's memory growing without bound. Nothing is dropped.
 
 mod chain;
 mod error;
@@ -28,7 +33,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -54,6 +59,12 @@ use writer::{Command, Reply, Writer};
 /// (a checkpoint, another process reading) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Commands the writer's queue holds before appenders wait: twice a batch, so
+/// the writer always has a full next batch while one commits. With entries of
+/// at most a few KiB (an agent's note is at most 8 KiB) it bounds the queue to
+/// tens of MiB.
+pub const QUEUE_CAPACITY: usize = 8192;
+
 /// How much a commit survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -73,8 +84,12 @@ pub struct Ledger {
 }
 
 struct Inner {
-    /// `None` only while dropping, to hang up on the writer.
-    tx: Option<Sender<Command>>,
+    /// `None` only while dropping, to hang up on the writer. Bounded: a send
+    /// waits while [`QUEUE_CAPACITY`] commands are queued.
+    tx: Option<SyncSender<Command>>,
+    /// Notified by the writer each time it takes a batch off the queue, for
+    /// async appenders waiting for room.
+    room: Arc<tokio::sync::Notify>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
     path: Option<PathBuf>,
@@ -177,11 +192,13 @@ impl Ledger {
         writer_conn.pragma_update(None, "synchronous", sync)?;
         reader.pragma_update(None, "query_only", true)?;
         let head = schema::load_head(&writer_conn)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let room = Arc::new(tokio::sync::Notify::new());
         let writer = Writer::new(writer_conn, head);
+        let writer_room = Arc::clone(&room);
         let handle = std::thread::Builder::new()
             .name("warden-ledger".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(rx, &writer_room))
             .map_err(|e| LedgerError::Io {
                 path: path.clone().unwrap_or_default(),
                 source: Arc::new(e),
@@ -189,6 +206,7 @@ impl Ledger {
         Ok(Ledger {
             inner: Arc::new(Inner {
                 tx: Some(tx),
+                room,
                 writer: Some(handle),
                 reader: Mutex::new(reader),
                 path,
@@ -201,10 +219,34 @@ impl Ledger {
         self.inner.path.as_deref()
     }
 
+    /// Queues a command, blocking the thread while the queue is full.
     fn send(&self, cmd: Command) -> Result<(), LedgerError> {
         match &self.inner.tx {
             Some(tx) => tx.send(cmd).map_err(|_| LedgerError::WriterStopped),
             None => Err(LedgerError::WriterStopped),
+        }
+    }
+
+    /// Queues a command, yielding (not blocking a runtime thread) while the
+    /// queue is full.
+    async fn send_async(&self, mut cmd: Command) -> Result<(), LedgerError> {
+        let Some(tx) = &self.inner.tx else {
+            return Err(LedgerError::WriterStopped);
+        };
+        loop {
+            // Registered before the attempt, so room made between a full
+            // queue and the wait still wakes us.
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match tx.try_send(cmd) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    cmd = back;
+                    room.await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(LedgerError::WriterStopped),
+            }
         }
     }
 
@@ -220,7 +262,7 @@ impl Ledger {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, LedgerError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(make(Reply::Async(reply)))?;
+        self.send_async(make(Reply::Async(reply))).await?;
         answer.await.map_err(|_| LedgerError::WriterStopped)?
     }
 
@@ -251,10 +293,11 @@ impl Ledger {
             .await
     }
 
-    /// Records `entry` without waiting. It is committed with the next batch;
-    /// if that commit fails the loss is logged and reported by the next
-    /// [`Ledger::flush`]. The queue is unbounded: memory, not the caller,
-    /// absorbs bursts.
+    /// Records `entry` without waiting for its commit. It is committed with
+    /// the next batch; if that commit fails the loss is logged and reported by
+    /// the next [`Ledger::flush`]. While [`QUEUE_CAPACITY`] commands are
+    /// queued it blocks the thread until the writer makes room: the caller,
+    /// not memory, absorbs a flood. Async callers use [`Ledger::append_async`].
     pub fn append(&self, entry: impl Into<Entry>) {
         let cmd = Command::Append {
             at: now(),
@@ -262,6 +305,19 @@ impl Ledger {
             reply: None,
         };
         if self.send(cmd).is_err() {
+            tracing::error!("ledger writer has stopped; entry dropped");
+        }
+    }
+
+    /// [`Ledger::append`] for async callers: waits for room in the queue
+    /// without blocking a thread, never for the commit.
+    pub async fn append_async(&self, entry: impl Into<Entry>) {
+        let cmd = Command::Append {
+            at: now(),
+            entry: entry.into(),
+            reply: None,
+        };
+        if self.send_async(cmd).await.is_err() {
             tracing::error!("ledger writer has stopped; entry dropped");
         }
     }

@@ -573,3 +573,71 @@ fn nan_and_negative_zero_confidence_verify() {
     assert_eq!(ledger.verify().unwrap().broken, None);
     assert_eq!(ledger.path(), None);
 }
+
+/// A writer that cannot commit (another connection holds the write lock) makes appenders
+/// wait once the queue is full, sync and async alike, instead of the queue growing; once it
+/// can commit again every entry is written, none dropped.
+#[test]
+fn a_full_queue_makes_appenders_wait_and_loses_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    let blocker = raw(&path);
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let attempts = 3 * QUEUE_CAPACITY;
+    let sync_done = Arc::new(AtomicUsize::new(0));
+    let async_done = Arc::new(AtomicUsize::new(0));
+    let s = subject("flood", "t");
+    let sync_appender = {
+        let (ledger, done, s) = (ledger.clone(), Arc::clone(&sync_done), s.clone());
+        thread::spawn(move || {
+            for _ in 0..attempts {
+                ledger.append(ActionRecord::new(s.clone(), "sync", "allow"));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let async_appender = {
+        let (ledger, done) = (ledger.clone(), Arc::clone(&async_done));
+        thread::spawn(move || {
+            runtime.block_on(async {
+                for _ in 0..attempts {
+                    ledger
+                        .append_async(ActionRecord::new(s.clone(), "async", "allow"))
+                        .await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        })
+    };
+    thread::sleep(Duration::from_millis(600));
+    let queued = sync_done.load(Ordering::SeqCst) + async_done.load(Ordering::SeqCst);
+    // The queue, plus the one batch the writer took before it blocked.
+    let bound = QUEUE_CAPACITY + writer::MAX_BATCH;
+    assert!(
+        queued <= bound,
+        "{queued} appends returned while the writer could not commit; the queue must hold at most {bound}"
+    );
+    assert!(
+        queued >= QUEUE_CAPACITY,
+        "the queue should have filled: {queued}"
+    );
+
+    blocker.execute_batch("ROLLBACK").unwrap();
+    sync_appender.join().unwrap();
+    async_appender.join().unwrap();
+    ledger.flush().unwrap();
+    let report = ledger.verify().unwrap();
+    assert_eq!(
+        (report.rows, report.broken),
+        (2 * attempts as u64, None),
+        "every entry was written"
+    );
+}

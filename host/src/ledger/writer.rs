@@ -21,7 +21,7 @@ use crate::tier::Tier;
 
 /// Upper bound on commands per transaction, so one commit's latency (and
 /// the work lost if it fails) stays bounded under a flood.
-const MAX_BATCH: usize = 4096;
+pub(super) const MAX_BATCH: usize = 4096;
 
 /// Where the writer sends an answer: a blocking caller or an async one (which must not
 /// park a runtime thread while the batch commits).
@@ -151,8 +151,10 @@ impl Writer {
         }
     }
 
-    /// Runs until every sender is gone and the queue is drained.
-    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+    /// Runs until every sender is gone and the queue is drained. `room` is
+    /// notified each time a batch is taken off the (bounded) queue, for the
+    /// async appenders waiting for room.
+    pub(crate) fn run(mut self, rx: Receiver<Command>, room: &tokio::sync::Notify) {
         let mut batch = Vec::new();
         while let Ok(first) = rx.recv() {
             batch.push(first);
@@ -162,6 +164,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            room.notify_waiters();
             self.commit_batch(&mut batch);
         }
     }

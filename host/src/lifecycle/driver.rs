@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use crate::artifacts::{ArtifactRef, latest_per_name};
+use crate::artifacts::ArtifactRef;
 use crate::bindings::Architect;
 use crate::bindings::warden::agent::types as wit;
 use crate::capabilities::{self, AgentCtx};
@@ -25,7 +25,7 @@ use crate::runtime::EPOCH_TICK;
 use crate::runtime::limits::{Interrupt, LimitHit};
 use crate::runtime::output::CappedOutput;
 use crate::sandbox::{Sandbox, wit_packet};
-use crate::state::{ErrorCounts, Transition, Ttl};
+use crate::state::{ErrorCounts, Quota, Transition, Ttl};
 use crate::tier::Tier;
 
 /// Why a run stopped early.
@@ -312,6 +312,9 @@ impl Driver {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(message))) => {
                 let signature = format!("AGENT_ERROR:{}", phase.as_str());
+                // The run fails either way; the host keeps the agent's explanation only up to
+                // the tier's bound, with a note of what was cut.
+                let message = crate::text::clip(&message, self.max_text());
                 let message = format!("the agent's {} failed: {message}", phase.as_str());
                 if charge_error(&self.services, &self.run, &signature, false, &message)
                     .await
@@ -366,7 +369,12 @@ impl Driver {
             ),
             (_, _, Some(trap)) => (
                 FailureCode::GuestTrap,
-                format!("{} trapped: {trap:#}", phase.as_str()),
+                // The backtrace names the guest's own functions, whatever their length.
+                format!(
+                    "{} trapped: {}",
+                    phase.as_str(),
+                    crate::text::clip(&format!("{trap:#}"), self.max_text())
+                ),
             ),
         };
         // The instance is unusable after a trap or a cancelled call.
@@ -392,6 +400,49 @@ impl Driver {
         Err(Stop::Failed { code, message })
     }
 
+    /// `[tiers.Tn] max_text_bytes`, as a length.
+    fn max_text(&self) -> usize {
+        usize::try_from(self.policy().max_text_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// A phase's result holds `bytes` of text the host would keep (store, log, report): past
+    /// the tier's `max_text_bytes` it is refused whole, recorded as a `QUOTA_EXCEEDED`
+    /// violation, charged, and the run fails. Refused, not clipped: a clipped plan is not
+    /// the plan the agent made, and approving, executing or reporting on a plan, outcome or
+    /// verdict the agent did not return would misstate the record.
+    async fn bound_text(&mut self, phase: Phase, what: &str, bytes: u64) -> Result<(), Stop> {
+        let policy = self.policy();
+        let max = policy.max_text_bytes;
+        if bytes <= max {
+            return Ok(());
+        }
+        let code = FailureCode::QuotaExceeded;
+        let message = format!(
+            "{}'s result refused: the {what} the agent returned holds {bytes} bytes of text, over the quota of {max} of tier {} (`[tiers.{}] max_text_bytes`); the host kept none of it. Return less text, or an operator raises `max_text_bytes` in the tier table to allow more",
+            phase.as_str(),
+            policy.tier,
+            policy.tier.code()
+        );
+        let entry = violation(
+            &self.run.subject,
+            phase,
+            code.as_str(),
+            format!("phase:{}", phase.as_str()),
+            message.clone(),
+        );
+        if let Err(error) = self.services.ledger_durable(entry).await {
+            tracing::error!(%error, "cannot record violation");
+        }
+        let signature = format!("{code}:{}", phase.as_str());
+        if charge_error(&self.services, &self.run, &signature, false, &message)
+            .await
+            .is_some()
+        {
+            return Err(Stop::Revoked);
+        }
+        Err(Stop::Failed { code, message })
+    }
+
     /// Every phase after BOOTSTRAP, in order.
     pub(super) async fn drive(&mut self) -> Result<(), Stop> {
         let packet = wit_packet(&self.run.packet);
@@ -401,6 +452,9 @@ impl Driver {
 
         self.transition(Phase::Plan).await?;
         let plan = guest_call!(self, Phase::Plan, call_plan(&packet));
+        let text = text_bytes(plan.steps.iter().chain([&plan.summary]));
+        self.bound_text(Phase::Plan, "plan (summary and steps)", text)
+            .await?;
         self.write_host_artifact("plan.json", &plan_json(&plan))
             .await;
         self.log(Phase::Plan, "plan", plan.summary.clone());
@@ -417,11 +471,17 @@ impl Driver {
 
         self.transition(Phase::Execute).await?;
         let outcome = guest_call!(self, Phase::Execute, call_execute(&packet, &plan));
+        let text = text_bytes(outcome.artifacts.iter().chain([&outcome.summary]));
+        self.bound_text(Phase::Execute, "outcome (summary and artifact names)", text)
+            .await?;
         self.log(Phase::Execute, "execute", outcome.summary.clone());
         self.require_deliverables(Phase::Execute).await?;
 
         self.transition(Phase::Verify).await?;
         let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
+        let text = text_bytes(&verification.findings);
+        self.bound_text(Phase::Verify, "verification (findings)", text)
+            .await?;
         let missing = self.missing_deliverables(Phase::Verify).await?;
         if !outcome.success {
             // The agent's own verdict on EXECUTE stands even if its VERIFY is lenient.
@@ -456,6 +516,9 @@ impl Driver {
 
         self.transition(Phase::Report).await?;
         let report = guest_call!(self, Phase::Report, call_report(&packet, &verification));
+        let text = text_bytes(report.details.iter().chain([&report.summary]));
+        self.bound_text(Phase::Report, "report (summary and details)", text)
+            .await?;
         let report_json = serde_json::json!({
             "summary": report.summary,
             "details": report.details,
@@ -602,31 +665,26 @@ impl Driver {
     /// Deliverables without an artifact. A state store that cannot list the artifacts stops
     /// the run rather than counting them missing (which would revoke the agent).
     async fn missing_deliverables(&mut self, phase: Phase) -> Result<Vec<String>, Stop> {
-        if self.run.packet.deliverables.is_empty() {
-            // Nothing to look for: skip listing a task whose artifacts may be thousands.
-            return Ok(Vec::new());
+        // One indexed lookup per deliverable, whatever the number of the task's artifacts.
+        let mut missing = Vec::new();
+        for name in &self.run.packet.deliverables {
+            let found = self
+                .services
+                .state
+                .artifact(&self.run.task_id, name)
+                .await
+                .map_err(|e| Stop::Failed {
+                    code: FailureCode::StateUnavailable,
+                    message: format!(
+                        "cannot check the deliverables after {}: {e}",
+                        phase.as_str()
+                    ),
+                })?;
+            if found.is_none() {
+                missing.push(name.clone());
+            }
         }
-        let refs = self
-            .services
-            .state
-            .artifacts(&self.run.task_id)
-            .await
-            .map_err(|e| Stop::Failed {
-                code: FailureCode::StateUnavailable,
-                message: format!(
-                    "cannot check the deliverables after {}: {e}",
-                    phase.as_str()
-                ),
-            })?;
-        let present: Vec<ArtifactRef> = latest_per_name(refs);
-        Ok(self
-            .run
-            .packet
-            .deliverables
-            .iter()
-            .filter(|name| !present.iter().any(|a| &a.name == *name))
-            .cloned()
-            .collect())
+        Ok(missing)
     }
 
     /// A required artifact missing after EXECUTE (after PLAN for T0) revokes the agent.
@@ -681,9 +739,11 @@ impl Driver {
                 author: "host".to_string(),
                 created_at: now_rfc3339(),
             };
-            self.services
+            // The host's own artifacts: counted in the task's usage, never refused.
+            let _stored = self
+                .services
                 .state
-                .push_artifact(&self.run.task_id, &reference)
+                .push_artifact(&self.run.task_id, &reference, Quota::UNLIMITED)
                 .await
                 .map_err(|e| e.to_string())?;
             self.run.wrote(reference);
@@ -953,6 +1013,14 @@ fn not_booted() -> Stop {
         code: FailureCode::Internal,
         message: "the agent instance is missing".into(),
     }
+}
+
+/// The bytes of text of a phase result's strings.
+fn text_bytes<'a>(parts: impl IntoIterator<Item = &'a String>) -> u64 {
+    parts
+        .into_iter()
+        .map(|part| u64::try_from(part.len()).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add)
 }
 
 fn plan_json(plan: &wit::Plan) -> String {

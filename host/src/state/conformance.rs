@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
-    MAX_OWNER_LEN, Packet, Revocation, StateStore, TaskId, Transition, Ttl,
+    MAX_OWNER_LEN, Packet, Quota, Revocation, StateStore, TaskId, Transition, Ttl,
 };
 use crate::id::MAX_ID_LEN;
 use crate::packet::{
@@ -25,12 +25,19 @@ use crate::packet::{
 };
 
 mod coordination;
+mod quota;
 
 pub use coordination::{
     board_insert_is_first_writer_wins, board_sections, concurrent_receives, concurrent_sends,
     coordination_ids_are_exact_keys, coordination_tasks_are_isolated,
     direct_and_broadcast_delivery, message_ids_and_order, proposals_and_votes,
     receive_advances_the_cursor,
+};
+pub use quota::{
+    artifact_index_and_quota, artifact_pages_walk_the_task, board_quota_is_per_task_and_atomic,
+    concurrent_artifact_writers_never_exceed_the_quota,
+    concurrent_state_writers_never_exceed_the_quota, message_quota_counts_what_was_sent,
+    state_quota_is_exact,
 };
 
 /// Short TTL for expiry checks: long enough for a slow CI machine to do a few round trips
@@ -72,6 +79,14 @@ where
     coordination_ids_are_exact_keys(&*make().await).await;
     concurrent_sends(make().await).await;
     concurrent_receives(make().await).await;
+
+    state_quota_is_exact(&*make().await).await;
+    concurrent_state_writers_never_exceed_the_quota(make().await).await;
+    artifact_index_and_quota(&*make().await).await;
+    artifact_pages_walk_the_task(&*make().await).await;
+    concurrent_artifact_writers_never_exceed_the_quota(make().await).await;
+    board_quota_is_per_task_and_atomic(make().await).await;
+    message_quota_counts_what_was_sent(make().await).await;
 }
 
 /// `prefix` and a fresh uuid: an id no other check (or earlier run against a persistent
@@ -243,7 +258,12 @@ pub async fn ids_are_exact_keys(store: &dyn StateStore) {
         .collect();
     for (i, ((agent, task), owner)) in agents.iter().zip(&tasks).zip(&owners).enumerate() {
         let n = i.to_string();
-        store.kv_set(agent, "k", &n).await.unwrap();
+        store
+            .kv_set(agent, "k", &n, Quota::UNLIMITED)
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
         store
             .put_packet(&packet(agent, task, &format!("objective {i}")))
             .await
@@ -286,12 +306,29 @@ pub async fn ids_are_exact_keys(store: &dyn StateStore) {
 /// sorted, and deleted one at a time.
 pub async fn kv_is_isolated_per_agent(store: &dyn StateStore) {
     let (a, b) = (unique_agent("kv-a"), unique_agent("kv-b"));
-    store.kv_set(&a, "k", "a1").await.unwrap();
-    store.kv_set(&b, "k", "b1").await.unwrap();
-    store.kv_set(&a, "z:with:colons", "a2").await.unwrap();
     store
-        .kv_set(&a, "checkpoint", "not the checkpoint")
+        .kv_set(&a, "k", "a1", Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    store
+        .kv_set(&b, "k", "b1", Quota::UNLIMITED)
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    store
+        .kv_set(&a, "z:with:colons", "a2", Quota::UNLIMITED)
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    store
+        .kv_set(&a, "checkpoint", "not the checkpoint", Quota::UNLIMITED)
+        .await
+        .unwrap()
+        .into_result()
         .unwrap();
     assert_eq!(
         store.kv_get(&a, "k").await.unwrap().as_deref(),
@@ -632,11 +669,18 @@ pub async fn active_agent_and_artifacts(store: &dyn StateStore) {
         .map(|i| artifact(&format!("out/{i}.txt"), i))
         .collect();
     for artifact in &expected {
-        store.push_artifact(&task, artifact).await.unwrap();
+        store
+            .push_artifact(&task, artifact, Quota::UNLIMITED)
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
     }
     store
-        .push_artifact(&other, &artifact("other.txt", 99))
+        .push_artifact(&other, &artifact("other.txt", 99), Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     assert_eq!(
         store.artifacts(&task).await.unwrap(),

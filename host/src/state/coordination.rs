@@ -10,16 +10,22 @@
 //! | `blackboard:{task}:votes:{proposal}`  | hash   | agent id → [`Vote`] (JSON), first vote wins |
 //! | `msg:{task}:log`                      | list   | [`Message`] (JSON), oldest first; id = index + 1 |
 //! | `msg:{task}:cursors`                  | hash   | agent id → id of the last message it received |
+//! | `blackboard:{task}:usage`             | hash   | `entries`, `bytes` of all four sections (the task's quota) |
+//! | `msg:{task}:usage`                    | hash   | `entries`, `bytes` (kind + body) of every message sent |
 //!
 //! Messages of a task form one log, so every agent sees every sender's messages in the order
 //! they were sent. Receiving is a cursor per agent that the backend advances atomically with
 //! the read, so a message is delivered to each recipient once even when hosts share the
 //! backend. Proposal ids are `p1`, `p2`, … per task.
+//!
+//! Blackboard writes and sends are bounded per task by a [`Quota`], checked and counted in
+//! the usage hashes in the same atomic step as the write ([`super::quota`]). Messages are a
+//! log, so their usage counts what was sent, not what is still unread.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
+use super::{Admission, Quota, StateError};
 use crate::id::{AgentId, TaskId};
 
 /// A section of a task's blackboard.
@@ -123,6 +129,14 @@ pub mod keys {
     /// `msg:{task}:cursors`: agent id → id of the last message it received.
     pub fn message_cursors(task: &str) -> String {
         format!("msg:{task}:cursors")
+    }
+    /// `blackboard:{task}:usage`: entries and bytes of the task's blackboard.
+    pub fn board_usage(task: &str) -> String {
+        format!("blackboard:{task}:usage")
+    }
+    /// `msg:{task}:usage`: messages sent and their bytes.
+    pub fn message_usage(task: &str) -> String {
+        format!("msg:{task}:usage")
     }
 }
 
@@ -440,14 +454,18 @@ pub(crate) fn proposal_number(id: &str) -> Option<u64> {
 /// fails with [`StateError`] when the backend cannot be reached.
 #[async_trait]
 pub trait Coordination: Send + Sync {
-    /// Set `key` in the task's `section` (replacing any value).
+    /// Set `key` in the task's `section` (replacing any value) unless that takes the task's
+    /// blackboard past `quota` (entries of all sections, bytes of key + value), checked,
+    /// written and counted in one atomic step. The host's own writes pass
+    /// [`Quota::UNLIMITED`].
     async fn board_write(
         &self,
         task: &TaskId,
         section: Section,
         key: &str,
         value: &str,
-    ) -> Result<(), StateError>;
+        quota: Quota,
+    ) -> Result<Admission, StateError>;
     /// The value of `key` in the task's `section`; `None` if it was never written.
     async fn board_read(
         &self,
@@ -471,12 +489,15 @@ pub trait Coordination: Send + Sync {
         section: Section,
     ) -> Result<Vec<(String, String)>, StateError>;
 
-    /// Append a message to the task's log; returns its id (1 for the first message).
+    /// Append a message to the task's log unless that takes the task past `quota` (messages
+    /// sent, bytes of kind + body), checked, appended and counted in one atomic step; stored,
+    /// with its id (1 for the first message).
     async fn send_message(
         &self,
         task: &TaskId,
         message: &NewMessage<'_>,
-    ) -> Result<u64, StateError>;
+        quota: Quota,
+    ) -> Result<Admission<u64>, StateError>;
     /// Up to `limit` messages for `agent` ([`Message::is_for`]) after its cursor, oldest first,
     /// and advance the cursor past them in the same atomic step. With fewer than `limit`
     /// matches the cursor moves to the end of the log.

@@ -19,10 +19,11 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::quota::{BYTES_FIELD, ENTRIES_FIELD, entry_bytes};
 use super::{
-    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
-    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
-    decode_all, decoded, encode, keys, kv_field, stored_id,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
+    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
+    TransitionResult, Ttl, Usage, decode, decode_all, decoded, encode, keys, kv_field, stored_id,
 };
 
 mod coordination;
@@ -30,7 +31,9 @@ mod coordination;
 const BACKEND: &str = "embedded";
 
 /// Schema version in `PRAGMA user_version`; a newer file is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the artifact index and the usage hashes of the quotas; a version 1 file
+/// is brought up to it when opened ([`migrate_v2`]).
+const SCHEMA_VERSION: i64 = 2;
 
 /// Expired strings are deleted once every this many writes.
 const PURGE_EVERY: u32 = 1024;
@@ -303,14 +306,130 @@ fn init(conn: &Connection, file: bool) -> rusqlite::Result<()> {
         // transactions, which for heartbeats, locks and counters is acceptable.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
     }
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         {SCHEMA}
-         COMMIT;"
-    ))?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    // One write transaction: two processes opening an old file at once migrate it once.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version < SCHEMA_VERSION {
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version == 1 {
+            migrate_v2(&tx)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()
+}
+
+/// Version 1 → 2: build what version 2 keeps beside the data from the data itself — the
+/// artifact index and usage of every task's history, the usage of every agent's state, of
+/// every blackboard and of every message log. One pass over each, once.
+fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
+    let usage_row = |key: &str, usage: Usage| -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
+        )?;
+        stmt.execute(params![key, ENTRIES_FIELD, usage.entries.to_string()])?;
+        stmt.execute(params![key, BYTES_FIELD, usage.bytes.to_string()])?;
+        Ok(())
+    };
+    // Histories, oldest first: the last reference of a name is its latest.
+    let histories: Vec<(String, String)> = {
+        let mut stmt = conn.prepare(
+            "SELECT key, value FROM lists WHERE key LIKE 'task:%:artifacts' ORDER BY key, idx",
+        )?;
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut tasks: std::collections::BTreeMap<String, (Usage, Vec<(String, String)>)> =
+        std::collections::BTreeMap::new();
+    for (list, json) in histories {
+        let Some(task) = list
+            .strip_prefix("task:")
+            .and_then(|rest| rest.strip_suffix(":artifacts"))
+        else {
+            continue;
+        };
+        // A row that does not parse stays in the history, where reading it is an error
+        // naming it; it is not indexed.
+        let Ok(artifact) = serde_json::from_str::<ArtifactRef>(&json) else {
+            tracing::warn!(key = %list, "not indexing an artifact reference that does not parse");
+            continue;
+        };
+        let (usage, latest) = tasks.entry(task.to_string()).or_default();
+        usage.bytes = usage.bytes.saturating_add(artifact.size);
+        match latest.iter_mut().find(|(name, _)| *name == artifact.name) {
+            Some(slot) => slot.1 = json,
+            None => latest.push((artifact.name, json)),
+        }
+    }
+    for (task, (mut usage, latest)) in tasks {
+        usage.entries = latest.len() as u64;
+        let index = keys::artifact_index(&task);
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key, field) DO UPDATE SET value = excluded.value",
+        )?;
+        for (name, json) in latest {
+            stmt.execute(params![index, name, json])?;
+        }
+        usage_row(&keys::artifact_usage(&task), usage)?;
+    }
+    // Keyed scopes: `agent:{id}:state` `kv:` fields and the four blackboard sections.
+    let mut scopes: std::collections::BTreeMap<String, Usage> = std::collections::BTreeMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT key, field, value FROM hashes
+             WHERE (key LIKE 'agent:%:state' AND field LIKE 'kv:%')
+                OR key LIKE 'blackboard:%:problem' OR key LIKE 'blackboard:%:solutions'
+                OR key LIKE 'blackboard:%:progress' OR key LIKE 'blackboard:%:consensus'",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (key, field, value): (String, String, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?);
+            let (scope, entry) = if let Some(agent) = key
+                .strip_prefix("agent:")
+                .and_then(|rest| rest.strip_suffix(":state"))
+            {
+                (keys::state_usage(agent), &field[keys::KV_PREFIX.len()..])
+            } else {
+                let Some((task, _section)) = key
+                    .strip_prefix("blackboard:")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                else {
+                    continue;
+                };
+                (format!("blackboard:{task}:usage"), field.as_str())
+            };
+            let usage = scopes.entry(scope).or_default();
+            *usage = usage.after_write(true, entry_bytes(entry, &value), 0);
+        }
+    }
+    // Message logs: every message sent.
+    {
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM lists WHERE key LIKE 'msg:%:log' ORDER BY key, idx")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (log, json): (String, String) = (row.get(0)?, row.get(1)?);
+            let Some(task) = log
+                .strip_prefix("msg:")
+                .and_then(|rest| rest.strip_suffix(":log"))
+            else {
+                continue;
+            };
+            let message: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let text = |field: &str| message.get(field).and_then(|v| v.as_str()).unwrap_or("");
+            let usage = scopes.entry(format!("msg:{task}:usage")).or_default();
+            *usage = usage.after_write(
+                true,
+                super::quota::message_bytes(text("kind"), text("body")),
+                0,
+            );
+        }
+    }
+    for (scope, usage) in scopes {
+        usage_row(&scope, usage)?;
     }
     Ok(())
 }
@@ -420,6 +539,46 @@ fn range(conn: &Connection, key: &str, limit: i64) -> OpResult<Vec<String>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The usage a hash of the quotas holds; absent fields are 0.
+fn usage(conn: &Connection, key: &str) -> OpResult<Usage> {
+    let count = |field: &str| -> OpResult<u64> {
+        match hget(conn, key, field)? {
+            None => Ok(0),
+            Some(value) => value.parse().map_err(|_| {
+                OpError::State(StateError::Corrupt {
+                    key: key.to_string(),
+                    message: format!(
+                        "field `{field}` holds `{value}`, expected a non-negative integer"
+                    ),
+                })
+            }),
+        }
+    };
+    Ok(Usage {
+        entries: count(ENTRIES_FIELD)?,
+        bytes: count(BYTES_FIELD)?,
+    })
+}
+
+fn set_usage(conn: &Connection, key: &str, usage: Usage) -> OpResult<()> {
+    hset(conn, key, ENTRIES_FIELD, &usage.entries.to_string())?;
+    hset(conn, key, BYTES_FIELD, &usage.bytes.to_string())
+}
+
+/// Inside a write transaction: the usage of `scope` after a write of an entry of `bytes`
+/// that replaces one of `old` bytes (`None`: a new entry), if `quota` admits it.
+fn admit(
+    conn: &Connection,
+    scope: &str,
+    quota: Quota,
+    old: Option<u64>,
+    bytes: u64,
+) -> OpResult<Result<Usage, super::OverQuota>> {
+    let before = usage(conn, scope)?;
+    let after = before.after_write(old.is_none(), bytes, old.unwrap_or(0));
+    Ok(quota.admit(before, after).map(|()| after))
+}
+
 #[async_trait]
 impl StateStore for EmbeddedState {
     fn backend(&self) -> &'static str {
@@ -460,21 +619,40 @@ impl StateStore for EmbeddedState {
             .await
     }
 
-    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
-        let hash = keys::state(agent);
-        let field = kv_field(key);
-        let value = value.to_string();
-        self.run(Access::Write, move |conn| hset(conn, &hash, &field, &value))
-            .await
+    async fn kv_set(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        value: &str,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (hash, scope) = (keys::state(agent), keys::state_usage(agent));
+        let (field, key, value) = (kv_field(key), key.to_string(), value.to_string());
+        self.run_tx(move |conn| {
+            let old = hget(conn, &hash, &field)?.map(|old| entry_bytes(&key, &old));
+            let after = match admit(conn, &scope, quota, old, entry_bytes(&key, &value))? {
+                Ok(after) => after,
+                Err(over) => return Ok(Admission::Refused(over)),
+            };
+            hset(conn, &hash, &field, &value)?;
+            set_usage(conn, &scope, after)?;
+            Ok(Admission::Stored(()))
+        })
+        .await
     }
 
     async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
-        let hash = keys::state(agent);
-        let field = kv_field(key);
-        self.run(Access::Write, move |conn| {
-            let mut stmt =
-                conn.prepare_cached("DELETE FROM hashes WHERE key = ?1 AND field = ?2")?;
-            Ok(stmt.execute(params![hash, field])? > 0)
+        let (hash, scope) = (keys::state(agent), keys::state_usage(agent));
+        let (field, key) = (kv_field(key), key.to_string());
+        self.run_tx(move |conn| {
+            let Some(old) = hget(conn, &hash, &field)? else {
+                return Ok(false);
+            };
+            conn.prepare_cached("DELETE FROM hashes WHERE key = ?1 AND field = ?2")?
+                .execute(params![hash, field])?;
+            let after = usage(conn, &scope)?.after_delete(entry_bytes(&key, &old));
+            set_usage(conn, &scope, after)?;
+            Ok(true)
         })
         .await
     }
@@ -658,11 +836,80 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
-        let key = keys::artifacts(task);
-        let value = encode(&key, artifact)?;
-        self.run_tx(move |conn| push(conn, &key, &value, false))
-            .await
+    async fn push_artifact(
+        &self,
+        task: &TaskId,
+        artifact: &ArtifactRef,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (list, index, scope) = (
+            keys::artifacts(task),
+            keys::artifact_index(task),
+            keys::artifact_usage(task),
+        );
+        let value = encode(&list, artifact)?;
+        let (name, size) = (artifact.name.clone(), artifact.size);
+        self.run_tx(move |conn| {
+            // Versions are never deleted: a new one adds its bytes and frees none.
+            let exists = hget(conn, &index, &name)?.map(|_| 0);
+            let after = match admit(conn, &scope, quota, exists, size)? {
+                Ok(after) => after,
+                Err(over) => return Ok(Admission::Refused(over)),
+            };
+            push(conn, &list, &value, false)?;
+            hset(conn, &index, &name, &value)?;
+            set_usage(conn, &scope, after)?;
+            Ok(Admission::Stored(()))
+        })
+        .await
+    }
+
+    async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError> {
+        let (index, name) = (keys::artifact_index(task), name.to_string());
+        self.run(Access::Read, move |conn| {
+            let value = hget(conn, &index, &name)?;
+            Ok(decoded(&format!("{index}/{name}"), value)?)
+        })
+        .await
+    }
+
+    async fn artifact_page(
+        &self,
+        task: &TaskId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactRef>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = keys::artifact_index(task);
+        let after = after.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(Access::Read, move |conn| {
+            // A range of the primary key (key, field): the page, not the task.
+            let rows: Vec<(String, String)> = match &after {
+                Some(after) => conn
+                    .prepare_cached(
+                        "SELECT field, value FROM hashes WHERE key = ?1 AND field > ?2
+                         ORDER BY field LIMIT ?3",
+                    )?
+                    .query_map(params![index, after, limit], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?
+                    .collect::<Result<_, _>>()?,
+                None => conn
+                    .prepare_cached(
+                        "SELECT field, value FROM hashes WHERE key = ?1 ORDER BY field LIMIT ?2",
+                    )?
+                    .query_map(params![index, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?,
+            };
+            Ok(rows
+                .iter()
+                .map(|(name, json)| decode(&format!("{index}/{name}"), json))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
@@ -789,8 +1036,8 @@ fn refresh(conn: &Connection, key: &str, owner: &str, ttl: i64, now: i64) -> OpR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::conformance;
     use crate::state::test_values::{agent, owner, task, ttl};
+    use crate::state::{Coordination, Section, conformance};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance_in_memory() {
@@ -909,6 +1156,111 @@ mod tests {
             err.starts_with("corrupt value in `task:t:artifacts[0]`"),
             "{err}"
         );
+    }
+
+    /// A version 1 file (from before the index and the quotas) is brought up to version 2
+    /// when opened: its artifacts are indexed, and what it holds counts against the quotas.
+    #[tokio::test]
+    async fn a_version_1_file_is_indexed_and_counted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let reference = |name: &str, size: u64| ArtifactRef {
+            name: name.into(),
+            digest: format!("sha256:{size:064x}"),
+            size,
+            author: "a".into(),
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            for (idx, artifact) in [reference("b", 3), reference("a", 4), reference("a", 5)]
+                .iter()
+                .enumerate()
+            {
+                conn.execute(
+                    "INSERT INTO lists (key, idx, value) VALUES ('task:t:artifacts', ?1, ?2)",
+                    params![idx as i64, serde_json::to_string(artifact).unwrap()],
+                )
+                .unwrap();
+            }
+            conn.execute_batch(
+                r#"INSERT INTO hashes (key, field, value) VALUES
+                     ('agent:a:state', 'checkpoint', '{}'),
+                     ('agent:a:state', 'kv:k', 'vvv'),
+                     ('blackboard:t:problem', 'x', 'yy');
+                   INSERT INTO lists (key, idx, value) VALUES
+                     ('msg:t:log', 0, '{"id":1,"sender":"a","recipient":null,"kind":"K","body":"bb","sent_at_ms":0}');"#,
+            )
+            .unwrap();
+        }
+        let store = EmbeddedState::open(&path).unwrap();
+        let (a, t) = (agent("a"), task("t"));
+        assert_eq!(
+            store.artifact(&t, "a").await.unwrap(),
+            Some(reference("a", 5))
+        );
+        let names: Vec<String> = store
+            .artifact_page(&t, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let over = |stored: Admission| match stored {
+            Admission::Refused(over) => (over.used, over.requested),
+            Admission::Stored(()) => panic!("admitted past the quota"),
+        };
+        let names_full = Quota {
+            max_entries: 2,
+            max_bytes: u64::MAX,
+        };
+        let bytes_full = Quota {
+            max_entries: u64::MAX,
+            max_bytes: 12,
+        };
+        let push = store
+            .push_artifact(&t, &reference("c", 1), names_full)
+            .await;
+        assert_eq!(over(push.unwrap()), (2, 3), "names of the old history");
+        let push = store
+            .push_artifact(&t, &reference("a", 1), bytes_full)
+            .await;
+        assert_eq!(over(push.unwrap()), (12, 13), "bytes of every old version");
+        let one = Quota {
+            max_entries: 1,
+            max_bytes: u64::MAX,
+        };
+        assert_eq!(
+            over(store.kv_set(&a, "k2", "v", one).await.unwrap()),
+            (1, 2)
+        );
+        let board = store
+            .board_write(&t, Section::Solutions, "y", "", one)
+            .await;
+        assert_eq!(over(board.unwrap()), (1, 2));
+        let sent = store
+            .send_message(
+                &t,
+                &crate::state::NewMessage {
+                    sender: &a,
+                    recipient: None,
+                    kind: "K",
+                    body: "",
+                    sent_at_ms: 0,
+                },
+                one,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(sent, Admission::Refused(o) if (o.used, o.requested) == (1, 2)));
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use super::quota::entry_bytes;
 use super::{
-    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
-    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
+    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
+    TransitionResult, Ttl, Usage,
 };
 
 mod coordination;
@@ -67,6 +69,8 @@ struct Agent {
     checkpoint: Option<Checkpoint>,
     /// `agent:{id}:state` fields `kv:<key>`; ordered because `kv_keys` is sorted.
     kv: BTreeMap<String, String>,
+    /// `agent:{id}:state_usage`.
+    kv_usage: Usage,
     /// `agent:{id}:errors`.
     errors: Errors,
     /// `agent:{id}:heartbeat`: wall-clock milliseconds of the beat.
@@ -157,8 +161,13 @@ impl Errors {
 #[derive(Default)]
 struct Task {
     active_agent: Option<AgentId>,
-    /// Oldest first.
+    /// `task:{id}:artifacts`, oldest first.
     artifacts: Vec<ArtifactRef>,
+    /// `task:{id}:artifact_index` and `…:artifact_names`: the latest version per name, in
+    /// name order.
+    index: BTreeMap<String, ArtifactRef>,
+    /// `task:{id}:artifact_usage`.
+    artifact_usage: Usage,
     approval: Option<Approval>,
     handoff: Option<Handoff>,
     /// `task:{id}:tokens`.
@@ -250,22 +259,50 @@ impl StateStore for MemoryState {
         Ok(self.agent(agent, |a| a.kv.get(key).cloned())?.flatten())
     }
 
-    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
+    async fn kv_set(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        value: &str,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let mut data = self.inner.lock();
+        let before = data
+            .agents
+            .get(agent.as_str())
+            .map_or_else(Usage::default, |a| a.kv_usage);
+        let old = data
+            .agents
+            .get(agent.as_str())
+            .and_then(|a| a.kv.get(key))
+            .map(|old| entry_bytes(key, old));
+        let after = before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
+        if let Err(over) = quota.admit(before, after) {
+            return Ok(Admission::Refused(over));
+        }
         let value = value.to_string();
-        self.agent_mut(agent, |a| match a.kv.get_mut(key) {
-            Some(slot) => *slot = value,
-            None => {
-                a.kv.insert(key.to_string(), value);
+        upsert(&mut data.agents, agent, |a| {
+            match a.kv.get_mut(key) {
+                Some(slot) => *slot = value,
+                None => {
+                    a.kv.insert(key.to_string(), value);
+                }
             }
-        })
+            a.kv_usage = after;
+        });
+        Ok(Admission::Stored(()))
     }
 
     async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
         let mut data = self.inner.lock();
-        Ok(data
-            .agents
-            .get_mut(agent.as_str())
-            .is_some_and(|a| a.kv.remove(key).is_some()))
+        let Some(a) = data.agents.get_mut(agent.as_str()) else {
+            return Ok(false);
+        };
+        let Some(old) = a.kv.remove(key) else {
+            return Ok(false);
+        };
+        a.kv_usage = a.kv_usage.after_delete(entry_bytes(key, &old));
+        Ok(true)
     }
 
     async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
@@ -421,9 +458,55 @@ impl StateStore for MemoryState {
         Ok(self.task(task, |t| t.active_agent.clone())?.flatten())
     }
 
-    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
-        let value = artifact.clone();
-        self.task_mut(task, |t| t.artifacts.push(value))
+    async fn push_artifact(
+        &self,
+        task: &TaskId,
+        artifact: &ArtifactRef,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let mut data = self.inner.lock();
+        let (before, exists) = data.tasks.get(task.as_str()).map_or_else(
+            || (Usage::default(), false),
+            |t| (t.artifact_usage, t.index.contains_key(&artifact.name)),
+        );
+        let after = before.after_write(!exists, artifact.size, 0);
+        if let Err(over) = quota.admit(before, after) {
+            return Ok(Admission::Refused(over));
+        }
+        upsert(&mut data.tasks, task, |t| {
+            t.artifacts.push(artifact.clone());
+            match t.index.get_mut(&artifact.name) {
+                Some(latest) => *latest = artifact.clone(),
+                None => {
+                    t.index.insert(artifact.name.clone(), artifact.clone());
+                }
+            }
+            t.artifact_usage = after;
+        });
+        Ok(Admission::Stored(()))
+    }
+
+    async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError> {
+        Ok(self.task(task, |t| t.index.get(name).cloned())?.flatten())
+    }
+
+    async fn artifact_page(
+        &self,
+        task: &TaskId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactRef>, StateError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        Ok(self
+            .task(task, |t| {
+                let start = after.map_or(Unbounded, Excluded);
+                t.index
+                    .range::<str, _>((start, Unbounded))
+                    .take(limit)
+                    .map(|(_, artifact)| artifact.clone())
+                    .collect()
+            })?
+            .unwrap_or_default())
     }
 
     async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
@@ -556,7 +639,29 @@ mod tests {
         store.reset_errors(&a).await.unwrap();
         store.packet(&a).await.unwrap();
         store.artifacts(&t).await.unwrap();
+        store.artifact(&t, "x").await.unwrap();
+        store.artifact_page(&t, None, 10).await.unwrap();
         store.revocation(&a).await.unwrap();
+        // Refused writes write nothing, not even an empty record.
+        let none = Quota {
+            max_entries: 0,
+            max_bytes: 0,
+        };
+        assert!(matches!(
+            store.kv_set(&a, "k", "v", none).await.unwrap(),
+            Admission::Refused(_)
+        ));
+        let artifact = ArtifactRef {
+            name: "x".into(),
+            digest: "sha256:0".into(),
+            size: 1,
+            author: "a".into(),
+            created_at: "2026-12-01T00:00:00.000Z".into(),
+        };
+        assert!(matches!(
+            store.push_artifact(&t, &artifact, none).await.unwrap(),
+            Admission::Refused(_)
+        ));
         let data = store.inner.lock();
         assert!(data.agents.is_empty() && data.tasks.is_empty() && data.revoked.is_empty());
     }
@@ -584,7 +689,15 @@ mod tests {
             let owner = &owners[next(owners.len())];
             let ttl = ttls[usize::from(next(8) == 0)];
             let value = format!("v{}", next(5));
-            let op = next(27);
+            let op = next(30);
+            let kv_quota = Quota {
+                max_entries: 3,
+                max_bytes: 16,
+            };
+            let artifact_quota = Quota {
+                max_entries: 3,
+                max_bytes: 100,
+            };
             let packet = Packet::from_json(&format!(
                 r#"{{"agent_id":"{agent}","task_id":"{task}","objective":"{value}"}}"#
             ))
@@ -592,7 +705,7 @@ mod tests {
             let artifact = ArtifactRef {
                 name: value.clone(),
                 digest: format!("sha256:{value}"),
-                size: 1,
+                size: (step % 5) as u64,
                 author: agent.to_string(),
                 created_at: "2026-12-01T00:00:00.000Z".into(),
             };
@@ -635,7 +748,10 @@ mod tests {
                     0 => format!("{:?}", store.put_packet(&packet).await),
                     1 => format!("{:?}", store.packet(agent).await),
                     2 => format!("{:?}", store.checkpoint(agent).await),
-                    3 => format!("{:?}", store.kv_set(agent, &value, &value).await),
+                    3 => {
+                        let text = "x".repeat(step % 7);
+                        format!("{:?}", store.kv_set(agent, &value, &text, kv_quota).await)
+                    }
                     4 => format!("{:?}", store.kv_get(agent, &value).await),
                     5 => format!("{:?}", store.kv_delete(agent, &value).await),
                     6 => format!("{:?}", store.kv_keys(agent).await),
@@ -663,12 +779,21 @@ mod tests {
                     }
                     18 => format!("{:?}", store.set_active_agent(task, agent).await),
                     19 => format!("{:?}", store.active_agent(task).await),
-                    20 => format!("{:?}", store.push_artifact(task, &artifact).await),
+                    20 => format!(
+                        "{:?}",
+                        store.push_artifact(task, &artifact, artifact_quota).await
+                    ),
                     21 => format!("{:?}", store.artifacts(task).await),
                     22 => format!("{:?}", store.record_revocation(&revocation).await),
                     23 => format!("{:?}", store.revocation(agent).await),
                     24 => format!("{:?}", store.revocations(step % 7).await),
                     25 => format!("{:?}", store.put_handoff(&handoff).await),
+                    27 => format!("{:?}", store.artifact(task, &value).await),
+                    28 => format!(
+                        "{:?}",
+                        store.artifact_page(task, Some(&value), step % 3).await
+                    ),
+                    29 => format!("{:?}", store.artifact_page(task, None, 2).await),
                     _ => format!(
                         "{:?} {:?} {:?}",
                         store.put_approval(&approval).await,

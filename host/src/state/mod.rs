@@ -8,11 +8,15 @@
 //! |----------------------------|---------------|---------------------------------------------------|
 //! | `agent:{id}:packet`        | string        | the agent's packet (JSON)                         |
 //! | `agent:{id}:state`         | hash          | `checkpoint` = last lifecycle checkpoint (JSON); `kv:<key>` = the agent's own state |
+//! | `agent:{id}:state_usage`   | hash          | `entries`, `bytes` of the agent's `kv:` fields (its state quota) |
 //! | `agent:{id}:errors`        | hash          | `total`, `procedure`, `same:<signature>` counters |
 //! | `agent:{id}:heartbeat`     | string + TTL  | wall-clock milliseconds of the last beat          |
 //! | `agent:{id}:lock`          | string + TTL  | owner token                                       |
 //! | `task:{id}:active_agent`   | string        | agent id                                          |
-//! | `task:{id}:artifacts`      | list          | artifact references (JSON), oldest first (RPUSH)  |
+//! | `task:{id}:artifacts`      | list          | artifact references (JSON), oldest first (RPUSH): the history |
+//! | `task:{id}:artifact_index` | hash          | artifact name → its latest reference (JSON)       |
+//! | `task:{id}:artifact_names` | sorted set    | artifact names, all of score 0, paged by name (`ZRANGEBYLEX`) |
+//! | `task:{id}:artifact_usage` | hash          | `entries` = distinct names, `bytes` = content of every version |
 //! | `task:{id}:approval`       | string        | approval gate record (JSON)                       |
 //! | `task:{id}:tokens`         | string        | LLM tokens the task has spent (counter)           |
 //! | `handoff:{task}:latest`    | string        | latest handoff (JSON)                             |
@@ -22,9 +26,17 @@
 //! The blackboard, messages and consensus of multi-agent tasks (`blackboard:{task}:*`,
 //! `msg:{task}:*`) are the [`Coordination`] half of the trait; see [`coordination`].
 //!
-//! `task:{id}:approval` and `revocations:by_agent` are ours. The index exists because the
-//! reference answered "is this agent revoked?" by scanning the last 50 ledger entries, so an
-//! agent revoked before 50 others was silently un-revoked.
+//! `task:{id}:approval`, `revocations:by_agent`, the artifact index and the usage hashes are
+//! ours. The revocation index exists because the reference answered "is this agent
+//! revoked?" by scanning the last 50 ledger entries, so an agent revoked before 50 others was
+//! silently un-revoked. The artifact index exists because a task's history grows with every
+//! put: looking a name up, or listing the latest version of each, must not read it whole
+//! (a task of tens of thousands of artifacts made every run of it read them all). The
+//! history list stays, written in the same step, for audits and operators.
+//!
+//! Writes an agent asks for are bounded by [`Quota`]s (its state; its task's artifacts,
+//! blackboard and messages), checked and counted in the usage hashes in the same atomic step
+//! as the write; see [`quota`].
 //!
 //! The trait is typed: ids are [`AgentId`] and [`TaskId`] (validated where they entered, so
 //! they cannot forge another key), TTLs are [`Ttl`] and lock owners [`LockOwner`] (validated
@@ -48,6 +60,7 @@ pub mod conformance;
 pub mod coordination;
 mod embedded;
 pub mod memory;
+pub mod quota;
 pub mod redis;
 
 pub use coordination::{
@@ -56,6 +69,7 @@ pub use coordination::{
 };
 pub use embedded::EmbeddedState;
 pub use memory::MemoryState;
+pub use quota::{Admission, Bound, OverQuota, Quota, Usage};
 pub use redis::RedisState;
 
 /// Boxed error of a backend's client library, kept as the `source` of [`StateError::Backend`].
@@ -283,6 +297,22 @@ pub mod keys {
     pub fn artifacts(task: &str) -> String {
         format!("task:{task}:artifacts")
     }
+    /// `task:{id}:artifact_index`: artifact name → its latest reference.
+    pub fn artifact_index(task: &str) -> String {
+        format!("task:{task}:artifact_index")
+    }
+    /// `task:{id}:artifact_names`: the artifact names, a sorted set paged by name.
+    pub fn artifact_names(task: &str) -> String {
+        format!("task:{task}:artifact_names")
+    }
+    /// `task:{id}:artifact_usage`: distinct names and bytes of every version pushed.
+    pub fn artifact_usage(task: &str) -> String {
+        format!("task:{task}:artifact_usage")
+    }
+    /// `agent:{id}:state_usage`: keys and bytes of the agent's own state.
+    pub fn state_usage(agent: &str) -> String {
+        format!("agent:{agent}:state_usage")
+    }
     /// `task:{id}:approval`: the approval gate record.
     pub fn approval(task: &str) -> String {
         format!("task:{task}:approval")
@@ -412,9 +442,17 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
 
     /// The value of the agent's own `key`; `None` if it is not set.
     async fn kv_get(&self, agent: &AgentId, key: &str) -> Result<Option<String>, StateError>;
-    /// Set the agent's own `key` (replacing any value).
-    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError>;
-    /// Whether the key existed.
+    /// Set the agent's own `key` (replacing any value) unless that takes its state past
+    /// `quota` (keys, and bytes of key + value, counted in `agent:{id}:state_usage`). The
+    /// check, the write and the new usage are one atomic step.
+    async fn kv_set(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        value: &str,
+        quota: Quota,
+    ) -> Result<Admission, StateError>;
+    /// Delete the agent's own `key`, giving its bytes back to the quota; whether it existed.
     async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError>;
     /// The agent's keys, sorted.
     async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError>;
@@ -469,9 +507,28 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     /// The task's active agent; `None` if no agent was started on it.
     async fn active_agent(&self, task: &TaskId) -> Result<Option<AgentId>, StateError>;
 
-    /// Append an artifact reference to the task.
-    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError>;
-    /// The task's artifact references, oldest first.
+    /// Record a new version of an artifact unless that takes the task past `quota` (distinct
+    /// names; bytes of every version pushed): append it to the history, make it its name's
+    /// latest in the index, and count it, in one atomic step.
+    async fn push_artifact(
+        &self,
+        task: &TaskId,
+        artifact: &ArtifactRef,
+        quota: Quota,
+    ) -> Result<Admission, StateError>;
+    /// The latest version of the task's artifact `name`: an indexed lookup.
+    async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError>;
+    /// Up to `limit` of the task's artifacts, the latest version of each name, sorted by name
+    /// (byte order), starting after `after` (from the first with `None`). Costs the page, not
+    /// the task: a cursor over the index.
+    async fn artifact_page(
+        &self,
+        task: &TaskId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactRef>, StateError>;
+    /// The task's whole history of artifact references, oldest first. For audits and
+    /// operators: it grows with every put, so no path a run takes reads it.
     async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError>;
 
     /// Prepend to `revocations:ledger` and index the record under its agent, atomically.

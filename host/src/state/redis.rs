@@ -38,10 +38,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 
+use super::quota::{Bound, OverQuota};
 use super::{
-    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
-    Packet, Revocation, StateError, StateStore, TaskId, Transition, TransitionResult, Ttl,
-    decode_all, decoded, encode, keys, kv_field, stored_id,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
+    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
+    TransitionResult, Ttl, decode, decode_all, decoded, encode, keys, kv_field, stored_id,
 };
 
 mod coordination;
@@ -133,22 +134,184 @@ end
 return redis.call('HGETALL', KEYS[1])
 ";
 
-struct Scripts {
+/// Functions the quota scripts share, put in front of each: the usage hash `KEYS[n]` (fields
+/// `entries` and `bytes`, absent as 0), the admission rule of
+/// [`Quota::admit`](super::Quota::admit), and the reply of a refusal:
+/// `{'entries'|'bytes', used, requested}` (strings, so no count is cut to a Lua float's
+/// integer reply). An admitted write replies `{'stored', …}`.
+const QUOTA_LUA: &str = r"
+local function usage(n)
+  local u = redis.call('HMGET', KEYS[n], 'entries', 'bytes')
+  return tonumber(u[1]) or 0, tonumber(u[2]) or 0
+end
+local function set_usage(n, entries, bytes)
+  redis.call('HSET', KEYS[n], 'entries', string.format('%d', entries), 'bytes', string.format('%d', bytes))
+end
+local function refused(used_e, used_b, new_e, new_b, max_e, max_b)
+  if new_e > used_e and new_e > max_e then
+    return {'entries', string.format('%d', used_e), string.format('%d', new_e)}
+  end
+  if new_b > used_b and new_b > max_b then
+    return {'bytes', string.format('%d', used_b), string.format('%d', new_b)}
+  end
+  return false
+end
+";
+
+/// `KEYS`: hash, usage. `ARGV`: field, value, bytes the entry's key counts, max entries, max
+/// bytes. Sets the field unless the quota refuses; an entry counts its key and its value.
+/// Shared by the agent's own state (`kv:` fields) and the blackboard.
+const KEYED_WRITE_LUA: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local entries, bytes = usage(2)
+local klen = tonumber(ARGV[3])
+local new_e, new_b = entries, bytes
+if old then
+  new_b = math.max(bytes - klen - string.len(old), 0)
+else
+  new_e = entries + 1
+end
+new_b = new_b + klen + string.len(ARGV[2])
+local no = refused(entries, bytes, new_e, new_b, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if no then return no end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+set_usage(2, new_e, new_b)
+return {'stored'}
+";
+
+/// `KEYS`: state, usage. `ARGV`: field, bytes the key counts. Deletes the field and gives
+/// its bytes back; returns 1 if it existed.
+const KV_DELETE_LUA: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local entries, bytes = usage(2)
+set_usage(2, math.max(entries - 1, 0), math.max(bytes - tonumber(ARGV[2]) - string.len(old), 0))
+return 1
+";
+
+/// `KEYS`: history, index, names, usage. `ARGV`: name, reference, size, max entries (names),
+/// max bytes. Appends to the history, makes it the name's latest and counts it, unless the
+/// quota refuses.
+const PUSH_ARTIFACT_LUA: &str = r"
+local exists = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1
+local entries, bytes = usage(4)
+local new_e, new_b = entries, bytes + tonumber(ARGV[3])
+if not exists then new_e = entries + 1 end
+local no = refused(entries, bytes, new_e, new_b, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if no then return no end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+set_usage(4, new_e, new_b)
+return {'stored'}
+";
+
+/// `KEYS`: names, index. `ARGV`: the `ZRANGEBYLEX` start (`-` or `(<after>`), count. Returns
+/// `{names, references}` of one page, in name order.
+const ARTIFACT_PAGE_LUA: &str = r"
+local names = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, ARGV[2])
+local refs = {}
+for i = 1, #names, 512 do
+  local chunk = redis.call('HMGET', KEYS[2], unpack(names, i, math.min(i + 511, #names)))
+  for j = 1, #chunk do refs[#refs + 1] = chunk[j] end
+end
+return {names, refs}
+";
+
+/// A quota script: [`QUOTA_LUA`] in front of `body`.
+pub(super) fn quota_script(body: &str) -> String {
+    format!("{QUOTA_LUA}{body}")
+}
+
+/// The reply of a quota script, as an [`Admission`] under `quota`: `{'stored', …rest}` is
+/// handed to `stored`; a refusal names the bound and the counts.
+pub(super) fn admission<T>(
+    key: &str,
+    quota: Quota,
+    reply: &[String],
+    stored: impl FnOnce(&[String]) -> Result<T, StateError>,
+) -> Result<Admission<T>, StateError> {
+    let count = |value: Option<&String>| -> Result<u64, StateError> {
+        value
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StateError::Corrupt {
+                key: key.to_string(),
+                message: format!("the quota script answered {reply:?}"),
+            })
+    };
+    let bound = match reply.first().map(String::as_str) {
+        Some("stored") => return Ok(Admission::Stored(stored(&reply[1..])?)),
+        Some("entries") => Bound::Entries,
+        Some("bytes") => Bound::Bytes,
+        _ => {
+            return Err(StateError::Corrupt {
+                key: key.to_string(),
+                message: format!("the quota script answered {reply:?}"),
+            });
+        }
+    };
+    Ok(Admission::Refused(OverQuota {
+        bound,
+        limit: match bound {
+            Bound::Entries => quota.max_entries,
+            Bound::Bytes => quota.max_bytes,
+        },
+        used: count(reply.get(1))?,
+        requested: count(reply.get(2))?,
+    }))
+}
+
+pub(super) struct Scripts {
     acquire: Script,
     refresh: Script,
     release: Script,
     transition: Script,
     record_error: Script,
+    pub(super) keyed_write: Script,
+    kv_delete: Script,
+    push_artifact: Script,
+    artifact_page: Script,
 }
 
 impl Scripts {
+    /// The code of every script of [`Scripts`], in field order, for `SCRIPT LOAD`.
+    fn code() -> [String; 9] {
+        [
+            ACQUIRE_LUA.to_string(),
+            REFRESH_LUA.to_string(),
+            RELEASE_LUA.to_string(),
+            TRANSITION_LUA.to_string(),
+            RECORD_ERROR_LUA.to_string(),
+            quota_script(KEYED_WRITE_LUA),
+            quota_script(KV_DELETE_LUA),
+            quota_script(PUSH_ARTIFACT_LUA),
+            ARTIFACT_PAGE_LUA.to_string(),
+        ]
+    }
+
     fn new() -> Scripts {
+        let [
+            acquire,
+            refresh,
+            release,
+            transition,
+            record_error,
+            keyed_write,
+            kv_delete,
+            push_artifact,
+            artifact_page,
+        ] = Scripts::code().map(|code| Script::new(&code));
         Scripts {
-            acquire: Script::new(ACQUIRE_LUA),
-            refresh: Script::new(REFRESH_LUA),
-            release: Script::new(RELEASE_LUA),
-            transition: Script::new(TRANSITION_LUA),
-            record_error: Script::new(RECORD_ERROR_LUA),
+            acquire,
+            refresh,
+            release,
+            transition,
+            record_error,
+            keyed_write,
+            kv_delete,
+            push_artifact,
+            artifact_page,
         }
     }
 }
@@ -198,7 +361,7 @@ pub struct RedisState {
 
 struct Inner {
     conn: ConnectionManager,
-    scripts: Scripts,
+    pub(super) scripts: Scripts,
     /// `host:port/db`, without credentials.
     location: String,
     /// The URL without credentials, for errors.
@@ -365,13 +528,7 @@ impl RedisState {
             // `Script` loads on `NOSCRIPT` (a restarted or flushed server) at the cost of two
             // more round trips; loading up front keeps even the first call to one.
             let mut load = redis::pipe();
-            for code in [
-                ACQUIRE_LUA,
-                REFRESH_LUA,
-                RELEASE_LUA,
-                TRANSITION_LUA,
-                RECORD_ERROR_LUA,
-            ] {
+            for code in Scripts::code() {
                 load.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
             }
             load.exec_async(&mut probe).await.map_err(open_error)?;
@@ -476,6 +633,33 @@ impl RedisState {
         .await
     }
 
+    /// [`KEYED_WRITE_LUA`]: set `field` of `hash` to `value` under `quota`, counted in the
+    /// usage hash `usage` as `key_bytes` + the value's bytes.
+    pub(super) async fn keyed_write(
+        &self,
+        hash: &str,
+        usage: &str,
+        field: &str,
+        key_bytes: usize,
+        value: &str,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let script = &self.inner.scripts.keyed_write;
+        let reply: Vec<String> = self
+            .guarded("quota write script on", hash, |mut c| {
+                let mut call = script.key(hash);
+                call.key(usage)
+                    .arg(field)
+                    .arg(value)
+                    .arg(key_bytes)
+                    .arg(quota.max_entries)
+                    .arg(quota.max_bytes);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        admission(usage, quota, &reply, |_| Ok(()))
+    }
+
     async fn hgetall_counts(&self, key: &str) -> Result<ErrorCounts, StateError> {
         let fields: HashMap<String, String> = self
             .guarded("HGETALL", key, |mut c| async move { c.hgetall(key).await })
@@ -523,28 +707,29 @@ impl StateStore for RedisState {
         .await
     }
 
-    async fn kv_set(&self, agent: &AgentId, key: &str, value: &str) -> Result<(), StateError> {
-        let hash = keys::state(agent);
-        let (hash, field) = (hash.as_str(), kv_field(key));
-        let field = field.as_str();
-        self.guarded("HSET", hash, |mut c| async move {
-            c.hset::<_, _, _, ()>(hash, field, value).await
-        })
-        .await
+    async fn kv_set(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        value: &str,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (hash, usage) = (keys::state(agent), keys::state_usage(agent));
+        self.keyed_write(&hash, &usage, &kv_field(key), key.len(), value, quota)
+            .await
     }
 
     async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
-        let hash = keys::state(agent);
-        let (hash, field) = (hash.as_str(), kv_field(key));
-        let field = field.as_str();
-        let removed: u64 = self
-            .guarded(
-                "HDEL",
-                hash,
-                |mut c| async move { c.hdel(hash, field).await },
-            )
+        let (hash, usage, field) = (keys::state(agent), keys::state_usage(agent), kv_field(key));
+        let script = &self.inner.scripts.kv_delete;
+        let removed: i64 = self
+            .guarded("kv_delete script on", &hash, |mut c| {
+                let mut call = script.key(&hash);
+                call.key(&usage).arg(&field).arg(key.len());
+                async move { call.invoke_async(&mut c).await }
+            })
             .await?;
-        Ok(removed > 0)
+        Ok(removed == 1)
     }
 
     async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
@@ -716,14 +901,84 @@ impl StateStore for RedisState {
             .transpose()
     }
 
-    async fn push_artifact(&self, task: &TaskId, artifact: &ArtifactRef) -> Result<(), StateError> {
-        let key = keys::artifacts(task);
-        let value = encode(&key, artifact)?;
-        let (key, value) = (key.as_str(), value.as_str());
-        self.guarded("RPUSH", key, |mut c| async move {
-            c.rpush::<_, _, ()>(key, value).await
-        })
-        .await
+    async fn push_artifact(
+        &self,
+        task: &TaskId,
+        artifact: &ArtifactRef,
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (list, index, names, usage) = (
+            keys::artifacts(task),
+            keys::artifact_index(task),
+            keys::artifact_names(task),
+            keys::artifact_usage(task),
+        );
+        let value = encode(&list, artifact)?;
+        let script = &self.inner.scripts.push_artifact;
+        let reply: Vec<String> = self
+            .guarded("push_artifact script on", &list, |mut c| {
+                let mut call = script.key(&list);
+                call.key(&index)
+                    .key(&names)
+                    .key(&usage)
+                    .arg(&artifact.name)
+                    .arg(&value)
+                    .arg(artifact.size)
+                    .arg(quota.max_entries)
+                    .arg(quota.max_bytes);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        admission(&usage, quota, &reply, |_| Ok(()))
+    }
+
+    async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError> {
+        let index = keys::artifact_index(task);
+        let hash = index.as_str();
+        let value: Option<String> = self
+            .guarded(
+                "HGET",
+                hash,
+                |mut c| async move { c.hget(hash, name).await },
+            )
+            .await?;
+        decoded(&format!("{index}/{name}"), value)
+    }
+
+    async fn artifact_page(
+        &self,
+        task: &TaskId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactRef>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (names, index) = (keys::artifact_names(task), keys::artifact_index(task));
+        let start = after.map_or_else(|| "-".to_string(), |after| format!("({after}"));
+        let count = i64::try_from(limit).unwrap_or(i64::MAX);
+        let script = &self.inner.scripts.artifact_page;
+        let (listed, refs): (Vec<String>, Vec<Option<String>>) = self
+            .guarded("artifact_page script on", &names, |mut c| {
+                let mut call = script.key(&names);
+                call.key(&index).arg(&start).arg(count);
+                async move { call.invoke_async(&mut c).await }
+            })
+            .await?;
+        listed
+            .iter()
+            .zip(refs.into_iter().chain(std::iter::repeat(None)))
+            .map(|(name, json)| {
+                let key = format!("{index}/{name}");
+                match json {
+                    Some(json) => decode(&key, &json),
+                    None => Err(StateError::Corrupt {
+                        key,
+                        message: format!("`{names}` lists the name but the index has no reference"),
+                    }),
+                }
+            })
+            .collect()
     }
 
     async fn artifacts(&self, task: &TaskId) -> Result<Vec<ArtifactRef>, StateError> {
@@ -1038,13 +1293,21 @@ mod tests {
     /// `redis.call` in every script must be a `KEYS[n]`.
     #[test]
     fn scripts_touch_only_declared_keys() {
-        for (name, code) in [
-            ("acquire", ACQUIRE_LUA),
-            ("refresh", REFRESH_LUA),
-            ("release", RELEASE_LUA),
-            ("transition", TRANSITION_LUA),
-            ("record_error", RECORD_ERROR_LUA),
-        ] {
+        let names = [
+            "acquire",
+            "refresh",
+            "release",
+            "transition",
+            "record_error",
+            "keyed_write",
+            "kv_delete",
+            "push_artifact",
+            "artifact_page",
+        ];
+        let mut scripts: Vec<(&str, String)> = names.into_iter().zip(Scripts::code()).collect();
+        scripts.extend(coordination::scripts());
+        for (name, code) in &scripts {
+            let (name, code) = (*name, code.as_str());
             let calls: Vec<&str> = code.split("redis.call(").skip(1).collect();
             assert!(!calls.is_empty(), "{name}");
             for call in calls {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{agent, look_alikes, task, unique_task};
 use crate::state::{
-    AgentId, CastOutcome, Message, NewMessage, NewProposal, Proposal, Resolution, ResolveOutcome,
-    Section, StateStore, TaskId, Vote, VoteChoice,
+    AgentId, CastOutcome, Message, NewMessage, NewProposal, Proposal, Quota, Resolution,
+    ResolveOutcome, Section, StateStore, TaskId, Vote, VoteChoice,
 };
 
 fn message<'a>(
@@ -91,13 +91,23 @@ pub async fn board_sections(store: &dyn StateStore) {
         ("objective", "v2"),
     ] {
         store
-            .board_write(&task, Section::Problem, key, value)
+            .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED)
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
     }
     store
-        .board_write(&task, Section::Solutions, "objective", "a solution")
+        .board_write(
+            &task,
+            Section::Solutions,
+            "objective",
+            "a solution",
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     assert_eq!(
         store
@@ -204,12 +214,16 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     let (a, b) = (unique_task("coord-a"), unique_task("coord-b"));
     let [alpha, beta] = agents(["alpha", "beta"]);
     store
-        .board_write(&a, Section::Progress, "status", "running")
+        .board_write(&a, Section::Progress, "status", "running", Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     store
-        .send_message(&a, &message(&alpha, None, "for task a"))
+        .send_message(&a, &message(&alpha, None, "for task a"), Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     let required = [alpha.clone()];
     let proposal = proposal(&alpha, &required);
@@ -252,8 +266,10 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     // Ids are per task.
     assert_eq!(
         store
-            .send_message(&b, &message(&alpha, None, "for task b"))
+            .send_message(&b, &message(&alpha, None, "for task b"), Quota::UNLIMITED)
             .await
+            .unwrap()
+            .into_result()
             .unwrap(),
         1,
         "isolation: message ids must start at 1 in every task"
@@ -295,8 +311,10 @@ pub async fn message_ids_and_order(store: &dyn StateStore) {
     ];
     for (n, &(sender, recipient, body)) in sent.iter().enumerate() {
         let id = store
-            .send_message(&task, &message(sender, recipient, body))
+            .send_message(&task, &message(sender, recipient, body), Quota::UNLIMITED)
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
         assert_eq!(id, n as u64 + 1, "messages: ids are 1, 2, … in send order");
     }
@@ -319,24 +337,54 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
     let task = unique_task("delivery");
     let [alpha, beta, gamma, delta] = agents(["alpha", "beta", "gamma", "delta"]);
     store
-        .send_message(&task, &message(&alpha, None, "broadcast by alpha"))
+        .send_message(
+            &task,
+            &message(&alpha, None, "broadcast by alpha"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     store
-        .send_message(&task, &message(&alpha, Some(&beta), "alpha to beta"))
+        .send_message(
+            &task,
+            &message(&alpha, Some(&beta), "alpha to beta"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     store
-        .send_message(&task, &message(&beta, Some(&alpha), "beta to alpha"))
+        .send_message(
+            &task,
+            &message(&beta, Some(&alpha), "beta to alpha"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     store
-        .send_message(&task, &message(&gamma, None, "broadcast by gamma"))
+        .send_message(
+            &task,
+            &message(&gamma, None, "broadcast by gamma"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     store
-        .send_message(&task, &message(&alpha, Some(&alpha), "alpha to itself"))
+        .send_message(
+            &task,
+            &message(&alpha, Some(&alpha), "alpha to itself"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     let bodies = |messages: Vec<Message>| -> Vec<String> {
         messages.into_iter().map(|m| m.body).collect::<Vec<_>>()
@@ -370,14 +418,26 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
     let [alpha, beta, gamma] = agents(["alpha", "beta", "gamma"]);
     for n in 1..=5 {
         store
-            .send_message(&task, &message(&alpha, None, &format!("m{n}")))
+            .send_message(
+                &task,
+                &message(&alpha, None, &format!("m{n}")),
+                Quota::UNLIMITED,
+            )
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
     }
     // Not for beta: skipped, but the cursor still moves past it.
     store
-        .send_message(&task, &message(&alpha, Some(&gamma), "m6"))
+        .send_message(
+            &task,
+            &message(&alpha, Some(&gamma), "m6"),
+            Quota::UNLIMITED,
+        )
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     assert!(
         store
@@ -409,8 +469,10 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
         "cursor: agents' cursors are independent"
     );
     store
-        .send_message(&task, &message(&gamma, None, "m7"))
+        .send_message(&task, &message(&gamma, None, "m7"), Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     assert_eq!(
         ids(&store.receive_messages(&task, &beta, 10).await.unwrap()),
@@ -579,12 +641,16 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
     for (i, (task, author)) in tasks.iter().zip(&agents).enumerate() {
         let n = i.to_string();
         store
-            .board_write(task, Section::Progress, "status", &n)
+            .board_write(task, Section::Progress, "status", &n, Quota::UNLIMITED)
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
         store
-            .send_message(task, &message(author, None, &n))
+            .send_message(task, &message(author, None, &n), Quota::UNLIMITED)
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
         assert_eq!(
             store
@@ -624,13 +690,21 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
     let room = unique_task("exact-room");
     let sender = agent("sender");
     store
-        .send_message(&room, &message(&sender, None, "to all"))
+        .send_message(&room, &message(&sender, None, "to all"), Quota::UNLIMITED)
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     for (i, agent) in agents.iter().enumerate() {
         store
-            .send_message(&room, &message(&sender, Some(agent), &format!("to {i}")))
+            .send_message(
+                &room,
+                &message(&sender, Some(agent), &format!("to {i}")),
+                Quota::UNLIMITED,
+            )
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
     }
     for (i, agent) in agents.iter().enumerate() {
@@ -696,8 +770,10 @@ pub async fn concurrent_sends(store: Arc<dyn StateStore>) {
                     let body = n.to_string();
                     ids.push(
                         store
-                            .send_message(&task, &message(&sender, None, &body))
+                            .send_message(&task, &message(&sender, None, &body), Quota::UNLIMITED)
                             .await
+                            .unwrap()
+                            .into_result()
                             .unwrap(),
                     );
                 }
@@ -751,8 +827,14 @@ pub async fn concurrent_receives(store: Arc<dyn StateStore>) {
             _ => (&reader, None),
         };
         let id = store
-            .send_message(&task, &message(sender, recipient, &n.to_string()))
+            .send_message(
+                &task,
+                &message(sender, recipient, &n.to_string()),
+                Quota::UNLIMITED,
+            )
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
         if n % 4 < 2 {
             for_reader.insert(id);

@@ -14,12 +14,15 @@ use async_trait::async_trait;
 use crate::id::{AgentId, TaskId};
 use rusqlite::{Connection, params};
 
-use super::{Access, EmbeddedState, OpResult, get, hget, hset, now_ms, range, set};
-use crate::state::StateError;
+use super::{
+    Access, EmbeddedState, OpResult, admit, get, hget, hset, now_ms, range, set, set_usage,
+};
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
     Resolution, ResolveOutcome, Section, Vote, keys, proposal_id, proposal_number, sort_votes,
 };
+use crate::state::quota::{entry_bytes, message_bytes};
+use crate::state::{Admission, Quota, StateError};
 use crate::state::{decode, encode};
 
 /// A stored number that does not parse.
@@ -141,14 +144,25 @@ impl Coordination for EmbeddedState {
         section: Section,
         key: &str,
         value: &str,
-    ) -> Result<(), StateError> {
-        let (hash, field, value) = (
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (hash, scope, field, value) = (
             keys::section(task, section),
+            keys::board_usage(task),
             key.to_string(),
             value.to_string(),
         );
-        self.run(Access::Write, move |conn| hset(conn, &hash, &field, &value))
-            .await
+        self.run_tx(move |conn| {
+            let old = hget(conn, &hash, &field)?.map(|old| entry_bytes(&field, &old));
+            let after = match admit(conn, &scope, quota, old, entry_bytes(&field, &value))? {
+                Ok(after) => after,
+                Err(over) => return Ok(Admission::Refused(over)),
+            };
+            hset(conn, &hash, &field, &value)?;
+            set_usage(conn, &scope, after)?;
+            Ok(Admission::Stored(()))
+        })
+        .await
     }
 
     async fn board_read(
@@ -198,11 +212,22 @@ impl Coordination for EmbeddedState {
         &self,
         task: &TaskId,
         message: &NewMessage<'_>,
-    ) -> Result<u64, StateError> {
-        let log = keys::message_log(task);
+        quota: Quota,
+    ) -> Result<Admission<u64>, StateError> {
+        let (log, scope) = (keys::message_log(task), keys::message_usage(task));
+        let bytes = message_bytes(message.kind, message.body);
         // The id is assigned inside the transaction.
         let message = message.with_id(0);
-        self.run_tx(move |conn| append(conn, &log, message)).await
+        self.run_tx(move |conn| {
+            let after = match admit(conn, &scope, quota, None, bytes)? {
+                Ok(after) => after,
+                Err(over) => return Ok(Admission::Refused(over)),
+            };
+            let id = append(conn, &log, message)?;
+            set_usage(conn, &scope, after)?;
+            Ok(Admission::Stored(id))
+        })
+        .await
     }
 
     async fn receive_messages(
@@ -378,7 +403,8 @@ mod tests {
                             body: "b",
                             sent_at_ms: 0,
                         };
-                        ids.push(store.send_message(&task, &message).await.unwrap());
+                        let sent = store.send_message(&task, &message, Quota::UNLIMITED).await;
+                        ids.push(sent.unwrap().into_result().unwrap());
                     }
                     ids
                 })

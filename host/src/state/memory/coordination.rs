@@ -12,19 +12,24 @@ use async_trait::async_trait;
 use crate::id::{AgentId, TaskId};
 
 use super::MemoryState;
-use crate::state::StateError;
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
     Resolution, ResolveOutcome, Section, Vote, proposal_id, proposal_number, sort_votes,
 };
+use crate::state::quota::{entry_bytes, message_bytes};
+use crate::state::{Admission, Quota, StateError, Usage};
 
 /// Everything under `blackboard:{task}:` and `msg:{task}:`.
 #[derive(Default)]
 pub(super) struct Board {
     /// `blackboard:{task}:{section}`; ordered because entries are returned sorted.
     sections: HashMap<Section, BTreeMap<String, String>>,
+    /// `blackboard:{task}:usage`.
+    board_usage: Usage,
     /// `msg:{task}:log`: the message with id `n` is at index `n - 1`.
     log: Vec<Message>,
+    /// `msg:{task}:usage`.
+    log_usage: Usage,
     /// `msg:{task}:cursors`: agent → id of the last message it received.
     cursors: HashMap<String, u64>,
     /// `blackboard:{task}:proposals` and their votes: proposal `p{n}` is at index `n - 1`, so
@@ -105,9 +110,25 @@ impl Coordination for MemoryState {
         section: Section,
         key: &str,
         value: &str,
-    ) -> Result<(), StateError> {
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let mut data = self.inner.lock();
+        let (before, old) = data
+            .boards
+            .get(task.as_str())
+            .map_or((Usage::default(), None), |b| {
+                let old = b
+                    .sections
+                    .get(&section)
+                    .and_then(|entries| entries.get(key));
+                (b.board_usage, old.map(|old| entry_bytes(key, old)))
+            });
+        let after = before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
+        if let Err(over) = quota.admit(before, after) {
+            return Ok(Admission::Refused(over));
+        }
         let value = value.to_string();
-        self.board_mut(task, |b| {
+        super::upsert(&mut data.boards, task, |b| {
             let entries = b.sections.entry(section).or_default();
             match entries.get_mut(key) {
                 Some(slot) => *slot = value,
@@ -115,8 +136,9 @@ impl Coordination for MemoryState {
                     entries.insert(key.to_string(), value);
                 }
             }
+            b.board_usage = after;
         });
-        Ok(())
+        Ok(Admission::Stored(()))
     }
 
     async fn board_read(
@@ -172,12 +194,27 @@ impl Coordination for MemoryState {
         &self,
         task: &TaskId,
         message: &NewMessage<'_>,
-    ) -> Result<u64, StateError> {
-        Ok(self.board_mut(task, |b| {
-            let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
-            b.log.push(message.with_id(id));
-            id
-        }))
+        quota: Quota,
+    ) -> Result<Admission<u64>, StateError> {
+        let mut data = self.inner.lock();
+        let before = data
+            .boards
+            .get(task.as_str())
+            .map_or_else(Usage::default, |b| b.log_usage);
+        let after = before.after_write(true, message_bytes(message.kind, message.body), 0);
+        if let Err(over) = quota.admit(before, after) {
+            return Ok(Admission::Refused(over));
+        }
+        Ok(Admission::Stored(super::upsert(
+            &mut data.boards,
+            task,
+            |b| {
+                let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
+                b.log.push(message.with_id(id));
+                b.log_usage = after;
+                id
+            },
+        )))
     }
 
     async fn receive_messages(
@@ -290,7 +327,7 @@ impl Coordination for MemoryState {
 mod tests {
     use crate::state::coordination::{NewMessage, Resolution, Section, Vote, VoteChoice};
     use crate::state::test_values::{agent, task};
-    use crate::state::{Coordination, MemoryState};
+    use crate::state::{Coordination, MemoryState, Quota};
 
     /// Reads, and writes that change nothing, must not create boards.
     #[tokio::test]
@@ -338,7 +375,10 @@ mod tests {
             body: "b",
             sent_at_ms: 0,
         };
-        store.send_message(&task("t"), &message).await.unwrap();
+        let _ = store
+            .send_message(&task("t"), &message, Quota::UNLIMITED)
+            .await
+            .unwrap();
         assert!(
             store
                 .receive_messages(&task("t"), &agent("a"), 10)

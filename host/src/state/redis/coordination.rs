@@ -1,12 +1,15 @@
 //! [`Coordination`] on Redis or DragonflyDB: the `blackboard:{task}:*` and `msg:{task}:*`
 //! keys of [`coordination`](crate::state::coordination), verbatim.
 //!
-//! Blackboard sections are plain `HSET`/`HGET`/`HGETALL`. Everything that reads and then
+//! Blackboard sections are read with plain `HGET`/`HGETALL`. Everything that reads and then
 //! writes is a Lua script, atomic on the server and one round trip:
 //!
-//! - send: `LLEN` + 1 is the id; the script writes it in front of the rest of the message's
-//!   JSON and `RPUSH`es the result, so the stored JSON carries its id, as on every backend,
-//!   and the id always equals the message's position + 1;
+//! - write: the quota check of `blackboard:{task}:usage`, then `HSET` of the entry and of
+//!   the usage (the script the agent's own state uses too);
+//! - send: the quota check of `msg:{task}:usage`; then `LLEN` + 1 is the id; the script
+//!   writes it in front of the rest of the message's JSON and `RPUSH`es the result, so the
+//!   stored JSON carries its id, as on every backend, and the id always equals the message's
+//!   position + 1;
 //! - receive: reads the agent's cursor, scans the log after it (`LRANGE` in batches), keeps
 //!   what [`Message::is_for`] the agent (decoding with `cjson`), stores the new cursor and
 //!   returns the picked messages' JSON as stored;
@@ -29,19 +32,26 @@ use async_trait::async_trait;
 use crate::id::{AgentId, TaskId};
 use redis::{AsyncCommands, Script};
 
-use super::{BACKEND, RedisState};
-use crate::state::StateError;
+use super::{BACKEND, RedisState, admission, quota_script};
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
     Resolution, ResolveOutcome, Section, Vote, keys, proposal_number, sort_votes,
 };
+use crate::state::quota::message_bytes;
+use crate::state::{Admission, Quota, StateError};
 use crate::state::{decode, encode};
 
-/// `KEYS[1]` log. `ARGV[1]`: the message's JSON after `{"id":<id>`. Returns the id.
+/// `KEYS`: log, usage. `ARGV`: the message's JSON after `{"id":<id>`, the bytes it counts,
+/// max entries, max bytes. Returns `{'stored', id}` or the quota's refusal.
 const SEND_LUA: &str = r#"
+local entries, bytes = usage(2)
+local new_b = bytes + tonumber(ARGV[2])
+local no = refused(entries, bytes, entries + 1, new_b, tonumber(ARGV[3]), tonumber(ARGV[4]))
+if no then return no end
 local id = redis.call('LLEN', KEYS[1]) + 1
 redis.call('RPUSH', KEYS[1], string.format('{"id":%d', id) .. ARGV[1])
-return id
+set_usage(2, entries + 1, new_b)
+return {'stored', string.format('%d', id)}
 "#;
 
 /// `KEYS`: log, cursors. `ARGV`: agent, limit (at least 1). Returns the JSON of up to
@@ -117,11 +127,23 @@ end
 return {0, current}
 ";
 
-static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(SEND_LUA));
+static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(&quota_script(SEND_LUA)));
 static RECEIVE: LazyLock<Script> = LazyLock::new(|| Script::new(RECEIVE_LUA));
 static PROPOSE: LazyLock<Script> = LazyLock::new(|| Script::new(PROPOSE_LUA));
 static CAST: LazyLock<Script> = LazyLock::new(|| Script::new(CAST_LUA));
 static SWAP: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP_LUA));
+
+/// The code of every coordination script, for the declared-keys test.
+#[cfg(test)]
+pub(super) fn scripts() -> Vec<(&'static str, String)> {
+    vec![
+        ("send", quota_script(SEND_LUA)),
+        ("receive", RECEIVE_LUA.to_string()),
+        ("propose", PROPOSE_LUA.to_string()),
+        ("cast", CAST_LUA.to_string()),
+        ("swap", SWAP_LUA.to_string()),
+    ]
+}
 
 /// A resolve that keeps losing its compare-and-set gives up after this many reads. Only a
 /// resolve changes a record, and once one wins the next read sees it, so two reads suffice
@@ -164,13 +186,11 @@ impl Coordination for RedisState {
         section: Section,
         key: &str,
         value: &str,
-    ) -> Result<(), StateError> {
-        let hash = keys::section(task, section);
-        self.guarded("HSET", &hash, |mut c| {
-            let hash = &hash;
-            async move { c.hset::<_, _, _, ()>(hash, key, value).await }
-        })
-        .await
+        quota: Quota,
+    ) -> Result<Admission, StateError> {
+        let (hash, usage) = (keys::section(task, section), keys::board_usage(task));
+        self.keyed_write(&hash, &usage, key, key.len(), value, quota)
+            .await
     }
 
     async fn board_read(
@@ -221,15 +241,35 @@ impl Coordination for RedisState {
         &self,
         task: &TaskId,
         message: &NewMessage<'_>,
-    ) -> Result<u64, StateError> {
-        let log = keys::message_log(task);
+        quota: Quota,
+    ) -> Result<Admission<u64>, StateError> {
+        let (log, usage) = (keys::message_log(task), keys::message_usage(task));
         let json = encode(&log, &message.with_id(0))?;
         let record = after_id(&log, &json, MESSAGE_PREFIX)?;
-        self.guarded("send script on", &log, |mut c| {
-            let (log, record) = (&log, &record);
-            async move { SEND.key(log).arg(record).invoke_async(&mut c).await }
+        let bytes = message_bytes(message.kind, message.body);
+        let reply: Vec<String> = self
+            .guarded("send script on", &log, |mut c| {
+                let (log, usage, record) = (&log, &usage, &record);
+                async move {
+                    SEND.key(log)
+                        .key(usage)
+                        .arg(record)
+                        .arg(bytes)
+                        .arg(quota.max_entries)
+                        .arg(quota.max_bytes)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        admission(&usage, quota, &reply, |rest| {
+            rest.first()
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| StateError::Corrupt {
+                    key: log.clone(),
+                    message: format!("the send script answered {reply:?}"),
+                })
         })
-        .await
     }
 
     async fn receive_messages(
