@@ -193,6 +193,19 @@ pub struct TierPolicy {
     pub instances: u32,
     /// TTL of the tokens of the tier's secrets identity (Vault: the AppRole's token TTL).
     pub secrets_ttl: Duration,
+    /// Bytes the agent's workspace may hold: its size at boot plus every byte a run writes
+    /// (an overwrite counts again) stays at or below this; a write past it fails with
+    /// `wasi:filesystem` `quota`. Applies where the workspace is writable.
+    pub workspace_bytes: u64,
+    /// Files, directories and links the agent's workspace may hold: those found at boot plus
+    /// those a run creates; a creation past it fails with `quota`.
+    pub workspace_files: u64,
+    /// Files and directories an agent may hold open at once (`open-at`); one more fails with
+    /// `insufficient-memory` until the agent closes one.
+    pub descriptors: u32,
+    /// Host resources an agent's store may hold at once (descriptors, streams, pollables,
+    /// directory listings): the cap of its resource table; past it the host call traps.
+    pub wasi_resources: u32,
     /// One per interface, in registry order; `None` where the tier has no section.
     grants: Vec<Option<Arc<dyn GrantObject>>>,
 }
@@ -323,7 +336,39 @@ struct RawTier {
     instances: u32,
     #[serde(deserialize_with = "crate::duration::de")]
     secrets_ttl: Duration,
+    #[serde(default = "default_workspace_bytes")]
+    workspace_bytes: u64,
+    #[serde(default = "default_workspace_files")]
+    workspace_files: u64,
+    #[serde(default = "default_descriptors")]
+    descriptors: u32,
+    #[serde(default = "default_wasi_resources")]
+    wasi_resources: u32,
 }
+
+/// `workspace_bytes` of a tier that does not set it: 64 MiB, as in `policies/tiers.toml`.
+fn default_workspace_bytes() -> u64 {
+    64 << 20
+}
+
+/// `workspace_files` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_workspace_files() -> u64 {
+    4096
+}
+
+/// `descriptors` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_descriptors() -> u32 {
+    64
+}
+
+/// `wasi_resources` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_wasi_resources() -> u32 {
+    1024
+}
+
+/// Resource-table entries a run needs besides its open descriptors: standard streams,
+/// preopens, a few streams and pollables.
+const WASI_RESOURCES_BESIDES_DESCRIPTORS: u32 = 32;
 
 impl TierTable {
     /// Read and validate a tier table with the given capability sections.
@@ -479,6 +524,15 @@ fn parse_tier(
             return Err(format!("`tiers.{code}.{field}` must be greater than 0"));
         }
     }
+    let least = raw
+        .descriptors
+        .saturating_add(WASI_RESOURCES_BESIDES_DESCRIPTORS);
+    if raw.wasi_resources < least {
+        return Err(format!(
+            "`tiers.{code}.wasi_resources` is {}: it must be at least `descriptors` + {WASI_RESOURCES_BESIDES_DESCRIPTORS} ({least}), since every open descriptor is a resource and a run needs a few more (standard streams, preopens)",
+            raw.wasi_resources
+        ));
+    }
     Ok(TierPolicy {
         tier,
         name: raw.name,
@@ -494,6 +548,10 @@ fn parse_tier(
         table_elements: raw.table_elements,
         instances: raw.instances,
         secrets_ttl: raw.secrets_ttl,
+        workspace_bytes: raw.workspace_bytes,
+        workspace_files: raw.workspace_files,
+        descriptors: raw.descriptors,
+        wasi_resources: raw.wasi_resources,
         grants,
     })
 }

@@ -25,6 +25,9 @@ use crate::runtime::limits::{GuestLimits, Meter};
 
 #[cfg(test)]
 pub(crate) mod testing;
+mod wasi_fs;
+
+pub(crate) use wasi_fs::{WorkspaceQuota, raise_open_file_limit};
 
 /// The data of one agent's store.
 pub(crate) struct AgentCtx {
@@ -33,6 +36,8 @@ pub(crate) struct AgentCtx {
     pub limits: GuestLimits,
     pub gov: Governor,
     pub meter: Meter,
+    /// What the run holds against its tier's workspace and descriptor limits.
+    pub quota: WorkspaceQuota,
 }
 
 impl WasiView for AgentCtx {
@@ -74,13 +79,15 @@ with_capabilities!(registry);
 pub(crate) use artifacts::check_write as check_artifact_write;
 
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot
-/// be called, whatever the component was built against.
+/// be called, whatever the component was built against. `wasi:filesystem/types` is
+/// wasmtime-wasi's under the tier's workspace and descriptor limits (`wasi_fs`).
 pub(crate) fn tier_linker(
     engine: &wasmtime::Engine,
     policy: &TierPolicy,
 ) -> wasmtime::Result<Linker<AgentCtx>> {
     let mut linker = Linker::<AgentCtx>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasi_fs::add_to_linker(&mut linker)?;
     for capability in CAPABILITIES {
         if policy.interfaces.contains(capability.interface) {
             (capability.link)(&mut linker)?;

@@ -29,6 +29,9 @@ pub(crate) enum ViolationKind {
     /// Not in this phase: an effect before the approval gate, a write to a sealed
     /// deliverable.
     PhaseDenied,
+    /// Past a tier limit on what an agent may hold on the host (workspace bytes or files,
+    /// open descriptors).
+    ResourceLimit,
 }
 
 impl ViolationKind {
@@ -42,6 +45,7 @@ impl ViolationKind {
             ViolationKind::Invalid => "INVALID_ARGUMENT",
             ViolationKind::TokenBudget => "TOKEN_BUDGET_EXHAUSTED",
             ViolationKind::PhaseDenied => "PHASE_DENIED",
+            ViolationKind::ResourceLimit => "RESOURCE_LIMIT",
         }
     }
 

@@ -308,6 +308,10 @@ impl Driver {
         phase: Phase,
         result: Result<wasmtime::Result<Result<T, String>>, tokio::time::error::Elapsed>,
     ) -> Result<T, Stop> {
+        // A refused stream write into the workspace is recorded here, when the guest is back.
+        if let Some(booted) = &mut self.booted {
+            booted.store.data_mut().record_quota_refusal().await;
+        }
         let error = match result {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(message))) => {
@@ -362,6 +366,15 @@ impl Driver {
                 format!(
                     "{} stopped: the agent exceeded its wall-clock deadline",
                     phase.as_str()
+                ),
+            ),
+            (_, _, Some(trap)) if resource_table_full(trap) => (
+                FailureCode::ResourceLimit,
+                format!(
+                    "{} stopped: the agent holds {} host resources (descriptors, streams, pollables), its limit; a host call past it traps (`tiers.{}.wasi_resources`)",
+                    phase.as_str(),
+                    self.policy().wasi_resources,
+                    self.run.tier.code()
                 ),
             ),
             (_, _, Some(trap)) => (
@@ -948,6 +961,18 @@ impl Driver {
         }
     }
 }
+/// Whether a trap is a host call refused because the store's resource table is at its
+/// `wasi_resources` cap.
+fn resource_table_full(trap: &wasmtime::Error) -> bool {
+    let full = |e: &wasmtime::component::ResourceTableError| {
+        matches!(e, wasmtime::component::ResourceTableError::Full)
+    };
+    trap.downcast_ref().is_some_and(full)
+        || trap
+            .chain()
+            .any(|cause| cause.downcast_ref().is_some_and(full))
+}
+
 fn not_booted() -> Stop {
     Stop::Failed {
         code: FailureCode::Internal,
