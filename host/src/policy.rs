@@ -366,8 +366,12 @@ fn default_wasi_resources() -> u32 {
     1024
 }
 
-/// Resource-table entries a run needs besides its open descriptors: standard streams,
-/// preopens, a few streams and pollables.
+/// Resource-table entries one open descriptor may come with: a file opened through wasi-libc
+/// holds the descriptor, a read and a write stream, and a pollable for each stream.
+const WASI_RESOURCES_PER_DESCRIPTOR: u32 = 5;
+
+/// Resource-table entries a run needs besides its descriptors': standard streams, preopens,
+/// pollables of its clocks.
 const WASI_RESOURCES_BESIDES_DESCRIPTORS: u32 = 32;
 
 impl TierTable {
@@ -526,10 +530,11 @@ fn parse_tier(
     }
     let least = raw
         .descriptors
+        .saturating_mul(WASI_RESOURCES_PER_DESCRIPTOR)
         .saturating_add(WASI_RESOURCES_BESIDES_DESCRIPTORS);
     if raw.wasi_resources < least {
         return Err(format!(
-            "`tiers.{code}.wasi_resources` is {}: it must be at least `descriptors` + {WASI_RESOURCES_BESIDES_DESCRIPTORS} ({least}), since every open descriptor is a resource and a run needs a few more (standard streams, preopens)",
+            "`tiers.{code}.wasi_resources` is {}: it must be at least {WASI_RESOURCES_PER_DESCRIPTOR} × `descriptors` + {WASI_RESOURCES_BESIDES_DESCRIPTORS} ({least}), so that an agent holding all its descriptors never runs out of resources (a file opened through wasi-libc holds up to {WASI_RESOURCES_PER_DESCRIPTOR}: the descriptor, two streams and their pollables)",
             raw.wasi_resources
         ));
     }

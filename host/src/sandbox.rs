@@ -286,3 +286,48 @@ impl BenchInstance {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wasmtime_wasi::clocks::WasiClocksView;
+    use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host as _;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+    use crate::runtime::limits::resource_table_full;
+
+    /// A guest's host resources (here pollables of `subscribe-duration`, which has no error
+    /// to answer with) stop at the tier's `wasi_resources`: the call traps, and the trap is
+    /// told apart from others.
+    #[tokio::test]
+    async fn a_store_holds_at_most_its_tiers_wasi_resources() {
+        let agent = TestEnv::new()
+            .agent(Tier::Operator, serde_json::json!({}))
+            .await;
+        let cap = agent.services.tiers.policy(Tier::Operator).wasi_resources as usize;
+        let sandbox = Sandbox::new(Runtime::new(None).unwrap(), &agent.services.tiers).unwrap();
+        let output = CappedOutput::new(16);
+        let mut store = sandbox
+            .new_store(
+                &agent.services,
+                &agent.ctx.gov.run,
+                None,
+                &output,
+                &output,
+                Instant::now() + Duration::from_secs(5),
+            )
+            .unwrap();
+        let mut held = Vec::new();
+        let trap = loop {
+            match store.data_mut().clocks().subscribe_duration(1_000_000_000) {
+                Ok(pollable) => held.push(pollable),
+                Err(trap) => break trap,
+            }
+            assert!(held.len() <= cap, "{} resources held", held.len());
+        };
+        // A clock's pollable is two entries: its deadline and the pollable over it.
+        assert_eq!(held.len() * 2, cap);
+        assert!(resource_table_full(&trap), "{trap:#}");
+        assert!(!resource_table_full(&wasmtime::format_err!("another trap")));
+    }
+}

@@ -10,8 +10,9 @@ use serde_json::json;
 use warden::{RunOutcome, Tier};
 use warden_tests::{agent, host, packet, violations};
 
+/// Descriptors the process has open.
 fn open_descriptors() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,8 +25,7 @@ async fn a_descriptor_holder_is_capped_while_a_neighbour_completes() {
         ("holder", Tier::Executor, &rogue),
         ("hello", Tier::Operator, &hello),
     ] {
-        host.register_agent(id, tier, Some(bytes), "test")
-            .unwrap();
+        host.register_agent(id, tier, Some(bytes), "test").unwrap();
         // Compiled now, so that the holder's run starts at once.
         host.inspect_component(bytes, id).unwrap();
     }
@@ -38,9 +38,15 @@ async fn a_descriptor_holder_is_capped_while_a_neighbour_completes() {
     ))
     .await
     .unwrap();
-    host.submit_packet(&packet("hello", "t-greet", "greet", &["hello.txt"], json!({})))
-        .await
-        .unwrap();
+    host.submit_packet(&packet(
+        "hello",
+        "t-greet",
+        "greet",
+        &["hello.txt"],
+        json!({}),
+    ))
+    .await
+    .unwrap();
 
     let before = open_descriptors();
     let holder = host.run("holder", &rogue);

@@ -231,12 +231,19 @@ fn fill_disk() -> Vec<String> {
     let chunk = vec![0x5A; CHUNK];
     let mut file = match std::fs::File::create("/workspace/fill.bin") {
         Ok(file) => file,
-        Err(e) => return vec![format!("fill-disk: cannot create the file: {}", describe(&e))],
+        Err(e) => {
+            return vec![format!(
+                "fill-disk: cannot create the file: {}",
+                describe(&e)
+            )];
+        }
     };
     let mut written: u64 = 0;
     let error = loop {
         if written >= MAX {
-            return vec![format!("fill-disk: wrote {written} bytes and was never refused")];
+            return vec![format!(
+                "fill-disk: wrote {written} bytes and was never refused"
+            )];
         }
         match file.write_all(&chunk) {
             Ok(()) => written += CHUNK as u64,
@@ -252,7 +259,10 @@ fn fill_disk() -> Vec<String> {
         Err(e) => format!("refused ({})", describe(&e)),
     };
     vec![
-        format!("fill-disk: wrote {written} bytes in whole chunks, then: {}", describe(&error)),
+        format!(
+            "fill-disk: wrote {written} bytes in whole chunks, then: {}",
+            describe(&error)
+        ),
         format!("fill-disk: one more chunk: {again}"),
         format!("fill-disk: growing the file by a chunk: {grow}"),
     ]
@@ -262,12 +272,17 @@ fn fill_disk() -> Vec<String> {
 fn fill_files() -> Vec<String> {
     const MAX: u64 = 20_000;
     if let Err(e) = std::fs::create_dir_all("/workspace/files") {
-        return vec![format!("fill-files: cannot create the directory: {}", describe(&e))];
+        return vec![format!(
+            "fill-files: cannot create the directory: {}",
+            describe(&e)
+        )];
     }
     let mut created: u64 = 0;
     loop {
         if created >= MAX {
-            return vec![format!("fill-files: created {created} files and was never refused")];
+            return vec![format!(
+                "fill-files: created {created} files and was never refused"
+            )];
         }
         match std::fs::File::create(format!("/workspace/files/{created}")) {
             Ok(_) => created += 1,

@@ -265,6 +265,60 @@ mod tests {
         assert!(err.contains("write `lock_ttl = \"1m\"`"), "{err}");
     }
 
+    /// A table without the host-resource keys gets the built-in table's values, and too few
+    /// resources for the tier's descriptors are refused with the least that would do.
+    #[test]
+    fn host_resource_limits_default_as_the_built_in_table_says() {
+        const KEYS: [&str; 4] = [
+            "workspace_bytes",
+            "workspace_files",
+            "descriptors",
+            "wasi_resources",
+        ];
+        let builtin = TierTable::builtin().unwrap();
+        let stripped: Vec<&str> = BUILTIN_TIERS_TOML
+            .lines()
+            .filter(|line| !KEYS.iter().any(|key| line.starts_with(&format!("{key} ="))))
+            .collect();
+        assert_eq!(BUILTIN_TIERS_TOML.lines().count() - stripped.len(), 20);
+        let defaulted = TierTable::from_toml_str(&stripped.join("\n")).unwrap();
+        for tier in Tier::ALL {
+            let (a, b) = (builtin.policy(tier), defaulted.policy(tier));
+            assert_eq!(
+                (
+                    a.workspace_bytes,
+                    a.workspace_files,
+                    a.descriptors,
+                    a.wasi_resources
+                ),
+                (
+                    b.workspace_bytes,
+                    b.workspace_files,
+                    b.descriptors,
+                    b.wasi_resources
+                ),
+                "{tier}"
+            );
+        }
+        let t2 = builtin.policy(Tier::Builder);
+        assert_eq!(
+            (
+                t2.workspace_bytes,
+                t2.workspace_files,
+                t2.descriptors,
+                t2.wasi_resources
+            ),
+            (64 << 20, 4096, 64, 1024)
+        );
+
+        let text = BUILTIN_TIERS_TOML.replacen("descriptors = 64 ", "descriptors = 256 ", 1);
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.T0.wasi_resources` is 1024: it must be at least 5 × `descriptors` + 32 (1312)"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_zero_limit_is_named() {
         let text = BUILTIN_TIERS_TOML.replacen("memory_bytes = 67108864", "memory_bytes = 0", 1);

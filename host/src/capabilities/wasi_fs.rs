@@ -188,7 +188,8 @@ impl ByteQuota {
         }
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(wanted).filter(|total| *total <= self.limit)
+                used.checked_add(wanted)
+                    .filter(|total| *total <= self.limit)
             })
             .map(|_| ())
             .map_err(|used| QuotaExceeded::Bytes {
@@ -224,6 +225,8 @@ pub(crate) struct WorkspaceQuota {
     descriptors_limit: u32,
     /// Resource reps of the descriptors `open-at` opened and `drop` has not closed.
     open: HashSet<u32>,
+    /// The process's descriptors, shared with every other run.
+    pool: Arc<DescriptorPool>,
     /// Whether a refusal of `workspace_files`, and of `descriptors`, was recorded this run.
     files_recorded: bool,
     descriptors_recorded: bool,
@@ -246,10 +249,7 @@ impl WorkspaceQuota {
                 limit = policy.workspace_files,
                 "the workspace holds more entries than its tier's `workspace_files`; it counts as full"
             );
-            (
-                measured.bytes.max(policy.workspace_bytes),
-                measured.entries,
-            )
+            (measured.bytes.max(policy.workspace_bytes), measured.entries)
         } else {
             (measured.bytes, measured.entries)
         };
@@ -271,6 +271,7 @@ impl WorkspaceQuota {
             files_limit: policy.workspace_files,
             descriptors_limit: policy.descriptors,
             open: HashSet::new(),
+            pool: process_pool().clone(),
             files_recorded: false,
             descriptors_recorded: false,
             tier,
@@ -318,24 +319,18 @@ impl WorkspaceQuota {
                 tier: self.tier,
             });
         }
-        let pool = process_pool();
-        GUEST_DESCRIPTORS
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held < pool.share).then_some(held + 1)
-            })
-            .map(|_| ())
-            .map_err(|held| QuotaExceeded::Process {
-                path: path.to_string(),
-                held,
-                nofile: pool.nofile,
-            })
+        self.pool.acquire().map_err(|held| QuotaExceeded::Process {
+            path: path.to_string(),
+            held,
+            nofile: self.pool.nofile,
+        })
     }
 }
 
 impl Drop for WorkspaceQuota {
     /// The store is gone and its descriptors closed with it: give them back to the process.
     fn drop(&mut self) {
-        release_descriptors(self.open.len() as u64);
+        self.pool.release(self.open.len() as u64);
     }
 }
 
@@ -374,20 +369,49 @@ fn measure(root: &Path, max: u64) -> Measured {
     measured
 }
 
-/// Descriptors the guests of this process hold, against [`process_pool`].
-static GUEST_DESCRIPTORS: AtomicU64 = AtomicU64::new(0);
-
-/// The process's open-file limit and the guests' share of it.
-#[derive(Debug, Clone, Copy)]
-struct Pool {
+/// The descriptors agents may hold together: half of the process's open-file limit, the
+/// other half being the host's (ledger, state, each run's workspace). One per process.
+#[derive(Debug)]
+pub(crate) struct DescriptorPool {
+    /// The process's soft `RLIMIT_NOFILE`.
     nofile: u64,
+    /// What agents may hold of it.
     share: u64,
+    /// What they hold.
+    held: AtomicU64,
 }
 
-static POOL: OnceLock<Pool> = OnceLock::new();
+impl DescriptorPool {
+    /// A pool of `share` descriptors of a process allowed `nofile`.
+    fn new(nofile: u64, share: u64) -> DescriptorPool {
+        DescriptorPool {
+            nofile,
+            share,
+            held: AtomicU64::new(0),
+        }
+    }
 
-fn process_pool() -> Pool {
-    *POOL.get_or_init(|| {
+    /// Take one, or say how many are held.
+    fn acquire(&self) -> Result<(), u64> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.share).then_some(held + 1)
+            })
+            .map(|_| ())
+    }
+
+    fn release(&self, count: u64) {
+        if count > 0 {
+            self.held.fetch_sub(count, Ordering::AcqRel);
+        }
+    }
+}
+
+static PROCESS_POOL: OnceLock<Arc<DescriptorPool>> = OnceLock::new();
+
+/// The process's pool; the first call raises the soft `RLIMIT_NOFILE` to the hard limit.
+fn process_pool() -> &'static Arc<DescriptorPool> {
+    PROCESS_POOL.get_or_init(|| {
         let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(limit) => limit,
             Err(error) => {
@@ -397,10 +421,7 @@ fn process_pool() -> Pool {
                     .map_or(1024, |(soft, _hard)| soft)
             }
         };
-        Pool {
-            nofile,
-            share: nofile / 2,
-        }
+        Arc::new(DescriptorPool::new(nofile, nofile / 2))
     })
 }
 
@@ -408,12 +429,6 @@ fn process_pool() -> Pool {
 /// it; agents together may hold half of it.
 pub(crate) fn raise_open_file_limit() -> u64 {
     process_pool().nofile
-}
-
-fn release_descriptors(count: u64) {
-    if count > 0 {
-        GUEST_DESCRIPTORS.fetch_sub(count, Ordering::AcqRel);
-    }
 }
 
 impl AgentCtx {
@@ -473,6 +488,14 @@ impl HasData for WorkspaceFsData {
     type Data<'a> = WorkspaceFs<'a>;
 }
 
+/// The bytes between the end of `file` and `offset`, which a write at `offset` fills.
+fn hole(file: &std::fs::File, offset: u64) -> std::io::Result<u64> {
+    if offset == 0 {
+        return Ok(0);
+    }
+    Ok(offset.saturating_sub(file.metadata()?.len()))
+}
+
 /// A borrowed handle of the same resource, to pass one descriptor to wasmtime-wasi twice.
 fn borrow<T: 'static>(resource: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(resource.rep())
@@ -508,15 +531,18 @@ impl WorkspaceFs<'_> {
         }
     }
 
-    /// The length of a writable file (`None` for a directory, or a file the guest may not
-    /// write, which wasmtime-wasi refuses by itself).
-    fn writable_len(&self, fd: &Resource<types::Descriptor>) -> FsResult<Option<u64>> {
+    /// The file behind `fd` if the guest may write it (`None` for a directory, or a file it
+    /// may not write, which wasmtime-wasi refuses by itself).
+    fn writable_file(
+        &self,
+        fd: &Resource<types::Descriptor>,
+    ) -> FsResult<Option<Arc<std::fs::File>>> {
         match self.wasi.table.get(fd)? {
             Descriptor::File(file)
                 if !file.perms.write_not_permitted()
                     && file.open_mode.contains(OpenMode::WRITE) =>
             {
-                Ok(Some(file.file.metadata()?.len()))
+                Ok(Some(file.file.clone()))
             }
             Descriptor::File(_) | Descriptor::Dir(_) => Ok(None),
         }
@@ -572,7 +598,10 @@ impl WorkspaceFs<'_> {
     }
 
     /// Wrap an output stream of a writable file in one that counts its bytes.
-    fn counted(&mut self, stream: Resource<DynOutputStream>) -> FsResult<Resource<DynOutputStream>> {
+    fn counted(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> FsResult<Resource<DynOutputStream>> {
         let inner = self.wasi.table.delete(stream)?;
         let counted: DynOutputStream = Box::new(CountingStream {
             inner,
@@ -633,8 +662,8 @@ impl HostDescriptor for WorkspaceFs<'_> {
         size: types::Filesize,
     ) -> FsResult<()> {
         self.flush_pending().await;
-        let growth = match self.writable_len(&fd)? {
-            Some(len) => size.saturating_sub(len),
+        let growth = match self.writable_file(&fd)? {
+            Some(file) => size.saturating_sub(file.metadata()?.len()),
             None => 0,
         };
         if let Err(refusal) = self.quota.bytes.charge("filesystem.set-size", growth) {
@@ -673,9 +702,9 @@ impl HostDescriptor for WorkspaceFs<'_> {
     ) -> FsResult<types::Filesize> {
         self.flush_pending().await;
         let wanted = buf.len() as u64;
-        let charge = match self.writable_len(&fd)? {
+        let charge = match self.writable_file(&fd)? {
             // The bytes, and the hole a write past the end opens.
-            Some(len) => wanted.saturating_add(offset.saturating_sub(len)),
+            Some(file) => wanted.saturating_add(hole(&file, offset)?),
             None => 0,
         };
         if let Err(refusal) = self.quota.bytes.charge("filesystem.write", charge) {
@@ -780,7 +809,7 @@ impl HostDescriptor for WorkspaceFs<'_> {
             && self.mutable_dir(&fd).unwrap_or(false)
             && (oflags.contains(types::OpenFlags::EXCLUSIVE) || !self.exists(&fd, &path).await);
         if creates && let Err(refusal) = self.quota.check_file("filesystem.open-at", &path) {
-            release_descriptors(1);
+            self.quota.pool.release(1);
             return Err(self.refuse(refusal).await);
         }
         match HostDescriptor::open_at(&mut self.fs(), fd, path_flags, path, oflags, flags).await {
@@ -788,11 +817,14 @@ impl HostDescriptor for WorkspaceFs<'_> {
                 if creates {
                     self.quota.files += 1;
                 }
-                self.quota.open.insert(opened.rep());
+                if !self.quota.open.insert(opened.rep()) {
+                    // Not a new handle after all: it holds no second descriptor.
+                    self.quota.pool.release(1);
+                }
                 Ok(opened)
             }
             Err(error) => {
-                release_descriptors(1);
+                self.quota.pool.release(1);
                 Err(error)
             }
         }
@@ -802,7 +834,7 @@ impl HostDescriptor for WorkspaceFs<'_> {
         let rep = fd.rep();
         HostDescriptor::drop(&mut self.fs(), fd)?;
         if self.quota.open.remove(&rep) {
-            release_descriptors(1);
+            self.quota.pool.release(1);
         }
         Ok(())
     }
@@ -876,11 +908,11 @@ impl HostDescriptor for WorkspaceFs<'_> {
         fd: Resource<types::Descriptor>,
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
-        let Some(len) = self.writable_len(&fd)? else {
+        let Some(file) = self.writable_file(&fd)? else {
             return HostDescriptor::write_via_stream(&mut self.fs(), fd, offset);
         };
         // The hole a stream starting past the end opens is counted when it is made.
-        let hole = offset.saturating_sub(len);
+        let hole = hole(&file, offset)?;
         if let Err(refusal) = self.quota.bytes.charge("filesystem.write-via-stream", hole) {
             self.quota.bytes.note_from_stream(&refusal);
             return Err(refusal.code().into());
@@ -898,7 +930,7 @@ impl HostDescriptor for WorkspaceFs<'_> {
         &mut self,
         fd: Resource<types::Descriptor>,
     ) -> FsResult<Resource<DynOutputStream>> {
-        let writable = self.writable_len(&fd)?.is_some();
+        let writable = self.writable_file(&fd)?.is_some();
         let stream = HostDescriptor::append_via_stream(&mut self.fs(), fd)?;
         if writable {
             self.counted(stream)
@@ -992,5 +1024,293 @@ impl OutputStream for CountingStream {
 
     async fn cancel(&mut self) {
         self.inner.cancel().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
+    use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+    use super::*;
+    use crate::capabilities::testing::{TestAgent, TestEnv};
+    use crate::policy::{BUILTIN_TIERS_TOML, TierTable};
+    use crate::tier::Tier;
+
+    /// The built-in table with `key = value` among `[tiers.T3]`'s own keys.
+    fn t3(keys: &[(&str, u64)]) -> TierTable {
+        let (before, rest) = BUILTIN_TIERS_TOML.split_once("[tiers.T3]\n").unwrap();
+        let (own, after) = rest.split_once("\n\n").unwrap();
+        let own: Vec<String> = own
+            .lines()
+            .map(|line| {
+                keys.iter()
+                    .find(|(key, _)| line.starts_with(&format!("{key} =")))
+                    .map_or(line.to_string(), |(key, value)| format!("{key} = {value}"))
+            })
+            .collect();
+        let text = format!("{before}[tiers.T3]\n{}\n\n{after}", own.join("\n"));
+        TierTable::from_toml_str(&text).unwrap()
+    }
+
+    /// A T3 agent whose workspace (a temporary directory holding `files`) is preopened
+    /// writable, measured as at boot; and the preopen's descriptor.
+    struct Workspace {
+        agent: TestAgent,
+        dir: tempfile::TempDir,
+        root: Resource<Descriptor>,
+    }
+
+    async fn workspace(keys: &[(&str, u64)], files: &[(&str, usize)]) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, len) in files {
+            std::fs::write(dir.path().join(name), vec![b'x'; *len]).unwrap();
+        }
+        let mut agent = TestEnv::new()
+            .tiers(t3(keys))
+            .agent(Tier::Executor, json!({}))
+            .await;
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.preopened_dir(dir.path(), "/workspace", FsPerms::ReadWrite)
+            .unwrap();
+        agent.ctx.wasi = wasi.build();
+        let policy = agent.services.tiers.policy(Tier::Executor);
+        agent.ctx.quota = WorkspaceQuota::new(dir.path(), policy);
+        let (root, _) = agent.ctx.filesystem().get_directories().unwrap().remove(0);
+        Workspace { agent, dir, root }
+    }
+
+    impl Workspace {
+        fn fs(&mut self) -> WorkspaceFs<'_> {
+            view(&mut self.agent.ctx)
+        }
+
+        async fn open(
+            &mut self,
+            path: &str,
+            oflags: types::OpenFlags,
+            flags: types::DescriptorFlags,
+        ) -> FsResult<Resource<Descriptor>> {
+            let root = borrow(&self.root);
+            HostDescriptor::open_at(
+                &mut self.fs(),
+                root,
+                types::PathFlags::empty(),
+                path.to_string(),
+                oflags,
+                flags,
+            )
+            .await
+        }
+
+        /// The workspace directory itself, once more.
+        async fn open_root(&mut self) -> FsResult<Resource<Descriptor>> {
+            self.open(".", types::OpenFlags::empty(), types::DescriptorFlags::READ)
+                .await
+        }
+
+        /// A file for reading and writing, created if missing.
+        async fn create(&mut self, path: &str) -> FsResult<Resource<Descriptor>> {
+            let flags = types::DescriptorFlags::READ | types::DescriptorFlags::WRITE;
+            self.open(path, types::OpenFlags::CREATE, flags).await
+        }
+
+        fn len(&self, path: &str) -> u64 {
+            std::fs::metadata(self.dir.path().join(path)).unwrap().len()
+        }
+    }
+
+    /// The filesystem error of a refused call.
+    fn code<T>(result: FsResult<T>) -> ErrorCode {
+        match result {
+            Ok(_) => panic!("the call was allowed"),
+            Err(error) => error.downcast().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn open_descriptors_are_capped_and_closing_one_gives_it_back() {
+        let mut ws = workspace(&[("descriptors", 2)], &[]).await;
+        let first = ws.open_root().await.unwrap();
+        let _second = ws.open_root().await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(code(ws.open_root().await), ErrorCode::InsufficientMemory);
+        }
+        assert_eq!(ws.agent.ctx.quota.descriptors_open(), 2);
+        HostDescriptor::drop(&mut ws.fs(), first).unwrap();
+        assert_eq!(ws.agent.ctx.quota.descriptors_open(), 1);
+        ws.open_root().await.unwrap();
+        // Dropping the preopen (not opened by `open-at`) gives nothing back.
+        let root = Resource::new_own(ws.root.rep());
+        HostDescriptor::drop(&mut ws.fs(), root).unwrap();
+        assert_eq!(ws.agent.ctx.quota.descriptors_open(), 2);
+        // Refused twice, recorded and charged once.
+        assert_eq!(ws.agent.violations(), ["RESOURCE_LIMIT"]);
+        assert_eq!(ws.agent.errors().await.total, 1);
+        let denied: Vec<String> = ws
+            .agent
+            .actions()
+            .into_iter()
+            .filter(|(_, decision, _)| decision == "denied")
+            .map(|(action, _, _)| action)
+            .collect();
+        assert_eq!(denied, ["filesystem.open-at"]);
+    }
+
+    #[tokio::test]
+    async fn the_process_pool_is_shared_and_a_dropped_store_gives_its_descriptors_back() {
+        let pool = Arc::new(DescriptorPool::new(6, 3));
+        let mut a = workspace(&[], &[]).await;
+        let mut b = workspace(&[], &[]).await;
+        a.agent.ctx.quota.pool = pool.clone();
+        b.agent.ctx.quota.pool = pool.clone();
+        a.open_root().await.unwrap();
+        a.open_root().await.unwrap();
+        b.open_root().await.unwrap();
+        // `b` is far below its own limit, but the agents together hold the process's share.
+        assert_eq!(code(b.open_root().await), ErrorCode::InsufficientMemory);
+        // Not `b`'s fault: nothing recorded against it.
+        assert!(b.agent.violations().is_empty());
+        drop(a);
+        assert_eq!(pool.held.load(Ordering::Acquire), 1);
+        b.open_root().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_byte_quota_are_refused_whole() {
+        let mut ws = workspace(&[("workspace_bytes", 100)], &[("old", 10)]).await;
+        assert_eq!(ws.agent.ctx.quota.bytes_used(), 10, "measured at boot");
+        let file = ws.create("f").await.unwrap();
+        let write = async |ws: &mut Workspace, len: usize, offset: u64| {
+            let fd = borrow(&file);
+            HostDescriptor::write(&mut ws.fs(), fd, vec![b'a'; len], offset).await
+        };
+        assert_eq!(write(&mut ws, 50, 0).await.unwrap(), 50);
+        // An overwrite counts again: 10 + 50 + 50 > 100.
+        assert_eq!(code(write(&mut ws, 50, 0).await), ErrorCode::Quota);
+        assert_eq!(ws.len("f"), 50, "nothing of a refused write is written");
+        // A write past the end counts the hole it opens: 10 + 50 + 45 + 1 > 100.
+        assert_eq!(code(write(&mut ws, 1, 95).await), ErrorCode::Quota);
+        assert_eq!(ws.len("f"), 50);
+        assert_eq!(write(&mut ws, 40, 0).await.unwrap(), 40);
+        assert_eq!(ws.agent.ctx.quota.bytes_used(), 100);
+        // Growing the file is writing; shrinking gives nothing back within the run.
+        let fd = borrow(&file);
+        assert_eq!(
+            code(HostDescriptor::set_size(&mut ws.fs(), fd, 51).await),
+            ErrorCode::Quota
+        );
+        let fd = borrow(&file);
+        HostDescriptor::set_size(&mut ws.fs(), fd, 0).await.unwrap();
+        assert_eq!(code(write(&mut ws, 1, 0).await), ErrorCode::Quota);
+        assert_eq!(ws.agent.violations(), ["RESOURCE_LIMIT"]);
+        assert_eq!(ws.agent.errors().await.total, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_write_past_the_quota_fails_and_is_recorded_when_the_guest_is_back() {
+        let mut ws = workspace(&[("workspace_bytes", 4096)], &[]).await;
+        let file = ws.create("f").await.unwrap();
+        let fd = borrow(&file);
+        let stream = HostDescriptor::write_via_stream(&mut ws.fs(), fd, 0).unwrap();
+        let write = async |ws: &mut Workspace, len: usize| {
+            let stream = ws.agent.ctx.table.get_mut(&stream).unwrap();
+            stream
+                .blocking_write_and_flush(Bytes::from(vec![b'a'; len]))
+                .await
+        };
+        write(&mut ws, 4000).await.unwrap();
+        let Err(StreamError::LastOperationFailed(error)) = write(&mut ws, 100).await else {
+            panic!("a write past the quota was allowed");
+        };
+        assert!(
+            error.to_string().contains("`tiers.T3.workspace_bytes`"),
+            "{error}"
+        );
+        assert_eq!(ws.len("f"), 4000);
+        // The guest asks what the error was: `quota`.
+        let error = ws.agent.ctx.table.push(error).unwrap();
+        assert_eq!(
+            types::Host::filesystem_error_code(&mut ws.fs(), error).unwrap(),
+            Some(ErrorCode::Quota)
+        );
+        // wasi:io/streams has no governor: recorded when the guest call returns.
+        assert!(ws.agent.violations().is_empty());
+        ws.agent.ctx.record_quota_refusal().await;
+        assert_eq!(ws.agent.violations(), ["RESOURCE_LIMIT"]);
+        write(&mut ws, 100).await.unwrap_err();
+        ws.agent.ctx.record_quota_refusal().await;
+        assert_eq!(ws.agent.violations(), ["RESOURCE_LIMIT"]);
+        assert_eq!(ws.agent.errors().await.total, 1);
+        // An append stream counts too.
+        let fd = borrow(&file);
+        let append = HostDescriptor::append_via_stream(&mut ws.fs(), fd).unwrap();
+        let stream = ws.agent.ctx.table.get_mut(&append).unwrap();
+        stream.write(Bytes::from(vec![b'a'; 97])).unwrap_err();
+        assert_eq!(ws.agent.ctx.quota.bytes_used(), 4000);
+    }
+
+    #[tokio::test]
+    async fn creations_count_against_the_file_quota() {
+        let mut ws = workspace(&[("workspace_files", 3)], &[("old", 0)]).await;
+        assert_eq!(ws.agent.ctx.quota.files_used(), 1, "measured at boot");
+        let root = borrow(&ws.root);
+        HostDescriptor::create_directory_at(&mut ws.fs(), root, "d".into())
+            .await
+            .unwrap();
+        ws.create("f").await.unwrap();
+        // Opening an existing path with `create` creates nothing.
+        ws.create("f").await.unwrap();
+        ws.create("old").await.unwrap();
+        assert_eq!(ws.agent.ctx.quota.files_used(), 3);
+        assert_eq!(code(ws.create("g").await), ErrorCode::Quota);
+        let root = borrow(&ws.root);
+        assert_eq!(
+            code(HostDescriptor::create_directory_at(&mut ws.fs(), root, "e".into()).await),
+            ErrorCode::Quota
+        );
+        let root = borrow(&ws.root);
+        assert_eq!(
+            code(HostDescriptor::symlink_at(&mut ws.fs(), root, "f".into(), "l".into()).await),
+            ErrorCode::Quota
+        );
+        assert!(!ws.dir.path().join("g").exists());
+        assert_eq!(ws.agent.violations(), ["RESOURCE_LIMIT"]);
+    }
+
+    #[test]
+    fn the_boot_walk_counts_bytes_and_entries_follows_no_symlink_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), [0; 100]).unwrap();
+        std::fs::write(dir.path().join("g"), [0; 20]).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), [0; 5000]).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let link_len = std::fs::symlink_metadata(dir.path().join("link"))
+            .unwrap()
+            .len();
+        let measured = measure(dir.path(), 100);
+        assert_eq!(
+            (measured.bytes, measured.entries, measured.truncated),
+            (120 + link_len, 5, false)
+        );
+        assert!(measure(dir.path(), 4).truncated);
+    }
+
+    #[test]
+    fn a_workspace_over_its_file_quota_at_boot_counts_as_full() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(name), [0; 1]).unwrap();
+        }
+        let table = t3(&[("workspace_files", 2)]);
+        let quota = WorkspaceQuota::new(dir.path(), table.policy(Tier::Executor));
+        assert_eq!(quota.bytes_used(), 64 << 20);
+        assert!(quota.files_used() > 2);
+        // A read-only workspace is not walked: nothing can grow it.
+        let quota = WorkspaceQuota::new(dir.path(), table.policy(Tier::Operator));
+        assert_eq!((quota.bytes_used(), quota.files_used()), (0, 0));
     }
 }

@@ -22,7 +22,7 @@ use crate::phase::Phase;
 use crate::policy::{Approval, TierPolicy};
 use crate::report::{BudgetUse, FailureCode, PhaseRecord, RunOutcome, RunReport};
 use crate::runtime::EPOCH_TICK;
-use crate::runtime::limits::{Interrupt, LimitHit};
+use crate::runtime::limits::{Interrupt, LimitHit, resource_table_full};
 use crate::runtime::output::CappedOutput;
 use crate::sandbox::{Sandbox, wit_packet};
 use crate::state::{ErrorCounts, Transition, Ttl};
@@ -961,18 +961,6 @@ impl Driver {
         }
     }
 }
-/// Whether a trap is a host call refused because the store's resource table is at its
-/// `wasi_resources` cap.
-fn resource_table_full(trap: &wasmtime::Error) -> bool {
-    let full = |e: &wasmtime::component::ResourceTableError| {
-        matches!(e, wasmtime::component::ResourceTableError::Full)
-    };
-    trap.downcast_ref().is_some_and(full)
-        || trap
-            .chain()
-            .any(|cause| cause.downcast_ref().is_some_and(full))
-}
-
 fn not_booted() -> Stop {
     Stop::Failed {
         code: FailureCode::Internal,
