@@ -23,7 +23,9 @@
 //!   other half stays the host's (ledger, state, each run's workspace).
 //!
 //! The guest sees an ordinary I/O error: `quota` for bytes and files, `insufficient-memory`
-//! for descriptors (`wasi:filesystem` 0.2 has no "too many open files"). The first refusal of
+//! for descriptors (`wasi:filesystem` 0.2 has no "too many open files"). A refused stream write
+//! is `last-operation-failed`, whose `filesystem-error-code` is `quota`; wasi-libc (and so
+//! Rust's `std`) does not ask and reports any failed stream write as `EIO`. The first refusal of
 //! each limit in a run is a `RESOURCE_LIMIT` violation charged to the error budget: recorded
 //! through the run's governor before the guest sees it when the refused call is a
 //! `wasi:filesystem` method; a refused stream write (`wasi:io/streams`, which wasmtime-wasi
