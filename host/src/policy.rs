@@ -197,6 +197,19 @@ pub struct TierPolicy {
     /// over it the phase's result is refused and the run fails (`QUOTA_EXCEEDED`). An agent's
     /// error message is clipped to it. Default [`DEFAULT_MAX_TEXT_BYTES`].
     pub max_text_bytes: u64,
+    /// Bytes the agent's workspace may hold: its size at boot plus every byte a run writes
+    /// (an overwrite counts again) stays at or below this; a write past it fails with
+    /// `wasi:filesystem` `quota`. Applies where the workspace is writable.
+    pub workspace_bytes: u64,
+    /// Files, directories and links the agent's workspace may hold: those found at boot plus
+    /// those a run creates; a creation past it fails with `quota`.
+    pub workspace_files: u64,
+    /// Files and directories an agent may hold open at once (`open-at`); one more fails with
+    /// `insufficient-memory` until the agent closes one.
+    pub descriptors: u32,
+    /// Host resources an agent's store may hold at once (descriptors, streams, pollables,
+    /// directory listings): the cap of its resource table; past it the host call traps.
+    pub wasi_resources: u32,
     /// One per interface, in registry order; `None` where the tier has no section.
     grants: Vec<Option<Arc<dyn GrantObject>>>,
 }
@@ -329,6 +342,14 @@ struct RawTier {
     secrets_ttl: Duration,
     #[serde(default = "default_max_text_bytes")]
     max_text_bytes: u64,
+    #[serde(default = "default_workspace_bytes")]
+    workspace_bytes: u64,
+    #[serde(default = "default_workspace_files")]
+    workspace_files: u64,
+    #[serde(default = "default_descriptors")]
+    descriptors: u32,
+    #[serde(default = "default_wasi_resources")]
+    wasi_resources: u32,
 }
 
 /// [`TierPolicy::max_text_bytes`] when the tier does not say: 64 KiB.
@@ -337,6 +358,34 @@ pub const DEFAULT_MAX_TEXT_BYTES: u64 = 64 * 1024;
 fn default_max_text_bytes() -> u64 {
     DEFAULT_MAX_TEXT_BYTES
 }
+
+/// `workspace_bytes` of a tier that does not set it: 64 MiB, as in `policies/tiers.toml`.
+fn default_workspace_bytes() -> u64 {
+    64 << 20
+}
+
+/// `workspace_files` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_workspace_files() -> u64 {
+    4096
+}
+
+/// `descriptors` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_descriptors() -> u32 {
+    64
+}
+
+/// `wasi_resources` of a tier that does not set it, as in `policies/tiers.toml`.
+fn default_wasi_resources() -> u32 {
+    1024
+}
+
+/// Resource-table entries one open descriptor may come with: a file opened through wasi-libc
+/// holds the descriptor, a read and a write stream, and a pollable for each stream.
+const WASI_RESOURCES_PER_DESCRIPTOR: u32 = 5;
+
+/// Resource-table entries a run needs besides its descriptors': standard streams, preopens,
+/// pollables of its clocks.
+const WASI_RESOURCES_BESIDES_DESCRIPTORS: u32 = 32;
 
 impl TierTable {
     /// Read and validate a tier table with the given capability sections.
@@ -493,6 +542,16 @@ fn parse_tier(
             return Err(format!("`tiers.{code}.{field}` must be greater than 0"));
         }
     }
+    let least = raw
+        .descriptors
+        .saturating_mul(WASI_RESOURCES_PER_DESCRIPTOR)
+        .saturating_add(WASI_RESOURCES_BESIDES_DESCRIPTORS);
+    if raw.wasi_resources < least {
+        return Err(format!(
+            "`tiers.{code}.wasi_resources` is {}: it must be at least {WASI_RESOURCES_PER_DESCRIPTOR} × `descriptors` + {WASI_RESOURCES_BESIDES_DESCRIPTORS} ({least}), so that an agent holding all its descriptors never runs out of resources (a file opened through wasi-libc holds up to {WASI_RESOURCES_PER_DESCRIPTOR}: the descriptor, two streams and their pollables)",
+            raw.wasi_resources
+        ));
+    }
     Ok(TierPolicy {
         tier,
         name: raw.name,
@@ -509,6 +568,10 @@ fn parse_tier(
         instances: raw.instances,
         secrets_ttl: raw.secrets_ttl,
         max_text_bytes: raw.max_text_bytes,
+        workspace_bytes: raw.workspace_bytes,
+        workspace_files: raw.workspace_files,
+        descriptors: raw.descriptors,
+        wasi_resources: raw.wasi_resources,
         grants,
     })
 }

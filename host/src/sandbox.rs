@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::ArchitectPre;
 use crate::bindings::warden::agent::types as wit;
-use crate::capabilities::{AgentCtx, tier_linker};
+use crate::capabilities::{AgentCtx, WorkspaceQuota, raise_open_file_limit, tier_linker};
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
 use crate::governance::{Governor, host_subject};
@@ -27,6 +27,10 @@ use crate::runtime::{Runtime, digest};
 use crate::state::LockOwner;
 use crate::tier::Tier;
 
+/// Bytes one `wasi:random` call may ask for: wasmtime-wasi allocates them on the host before
+/// the guest sees them (its default allows 64 MiB a call).
+const RANDOM_BYTES_PER_CALL: u64 = 1 << 20;
+
 /// The engine, the per-tier linkers and the pre-instantiated components of one host.
 pub(crate) struct Sandbox {
     pub runtime: Runtime,
@@ -35,8 +39,11 @@ pub(crate) struct Sandbox {
 }
 
 impl Sandbox {
-    /// Start the engine and link each tier's grant.
+    /// Start the engine and link each tier's grant. Raises the process's open-file limit to
+    /// its hard limit, half of which agents may hold.
     pub fn new(runtime: Runtime, tiers: &TierTable) -> Result<Sandbox, Error> {
+        let nofile = raise_open_file_limit();
+        tracing::debug!(nofile, "open-file limit");
         let mut linkers = Vec::with_capacity(Tier::ALL.len());
         for tier in Tier::ALL {
             let linker =
@@ -99,7 +106,9 @@ impl Sandbox {
     }
 
     /// A store for one run of an agent: deny-by-default WASI with the agent's workspace, its
-    /// limits, its governor, and the epoch callback that enforces deadlines and revocation.
+    /// limits (memory, tables, instances, host resources, workspace bytes and files, open
+    /// descriptors), its governor, and the epoch callback that enforces deadlines and
+    /// revocation.
     pub fn new_store(
         &self,
         services: &Arc<Services>,
@@ -122,7 +131,8 @@ impl Sandbox {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(RANDOM_BYTES_PER_CALL);
         let perms = if policy.workspace_write {
             FsPerms::ReadWrite
         } else {
@@ -130,12 +140,15 @@ impl Sandbox {
         };
         wasi.preopened_dir(&run.workspace, "/workspace", perms)
             .map_err(|e| format!("cannot open workspace `{}`: {e}", run.workspace.display()))?;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(policy.wasi_resources as usize);
         let ctx = AgentCtx {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limits: GuestLimits::new(memory, policy.table_elements, policy.instances),
             gov: Governor::new(services.clone(), run.clone(), session),
             meter: Meter::new(deadline),
+            quota: WorkspaceQuota::new(&run.workspace, policy),
         };
         let mut store = Store::new(self.runtime.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limits);
@@ -271,5 +284,50 @@ impl BenchInstance {
                 .map_err(Error::Invalid)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime_wasi::clocks::WasiClocksView;
+    use wasmtime_wasi::p2::bindings::clocks::monotonic_clock::Host as _;
+
+    use super::*;
+    use crate::capabilities::testing::TestEnv;
+    use crate::runtime::limits::resource_table_full;
+
+    /// A guest's host resources (here pollables of `subscribe-duration`, which has no error
+    /// to answer with) stop at the tier's `wasi_resources`: the call traps, and the trap is
+    /// told apart from others.
+    #[tokio::test]
+    async fn a_store_holds_at_most_its_tiers_wasi_resources() {
+        let agent = TestEnv::new()
+            .agent(Tier::Operator, serde_json::json!({}))
+            .await;
+        let cap = agent.services.tiers.policy(Tier::Operator).wasi_resources as usize;
+        let sandbox = Sandbox::new(Runtime::new(None).unwrap(), &agent.services.tiers).unwrap();
+        let output = CappedOutput::new(16);
+        let mut store = sandbox
+            .new_store(
+                &agent.services,
+                &agent.ctx.gov.run,
+                None,
+                &output,
+                &output,
+                Instant::now() + Duration::from_secs(5),
+            )
+            .unwrap();
+        let mut held = Vec::new();
+        let trap = loop {
+            match store.data_mut().clocks().subscribe_duration(1_000_000_000) {
+                Ok(pollable) => held.push(pollable),
+                Err(trap) => break trap,
+            }
+            assert!(held.len() <= cap, "{} resources held", held.len());
+        };
+        // A clock's pollable is two entries: its deadline and the pollable over it.
+        assert_eq!(held.len() * 2, cap);
+        assert!(resource_table_full(&trap), "{trap:#}");
+        assert!(!resource_table_full(&wasmtime::format_err!("another trap")));
     }
 }

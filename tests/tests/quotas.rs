@@ -80,7 +80,7 @@ fn ledger_text(host: &Host, id: &str) -> usize {
         })
         .unwrap()
         .iter()
-        .map(|row| row.fields.to_string().len())
+        .map(|row| serde_json::to_string(&row.fields).unwrap().len())
         .sum()
 }
 

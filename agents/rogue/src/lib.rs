@@ -22,6 +22,9 @@
 //!
 //! A flood keeps going through refusals, as a runaway agent would, until the host revokes it
 //! (or after a million calls); its deliverables then say how far it got.
+//! | `fill-disk`      | write 1 MiB chunks into `/workspace/fill.bin` until a write fails (at most 256 MiB), then once more, then grow the file by 1 MiB |
+//! | `fill-files`     | create empty files `/workspace/files/N` until a creation fails (at most 20,000) |
+//! | `hold-descriptors` | open `/workspace` until refused, hold them 2 s, close one, open one more |
 //!
 //! With none of them it behaves. When the host lets it go on after an attempt, it writes what
 //! happened into its deliverables for a human to read.
@@ -52,12 +55,15 @@ enum Attempt {
     FloodMessages,
     HugePlan,
     HugeError,
+    FillDisk,
+    FillFiles,
+    HoldDescriptors,
     #[default]
     Behave,
 }
 
 impl Attempt {
-    const WORDS: [(&str, Attempt); 14] = [
+    const WORDS: [(&str, Attempt); 17] = [
         ("early-effects", Attempt::EarlyEffects),
         ("secret", Attempt::Secret),
         ("escape", Attempt::Escape),
@@ -72,6 +78,9 @@ impl Attempt {
         ("flood-messages", Attempt::FloodMessages),
         ("huge-plan", Attempt::HugePlan),
         ("huge-error", Attempt::HugeError),
+        ("fill-disk", Attempt::FillDisk),
+        ("fill-files", Attempt::FillFiles),
+        ("hold-descriptors", Attempt::HoldDescriptors),
     ];
 
     fn from_objective(objective: &str) -> Self {
@@ -117,6 +126,9 @@ impl Agent for Rogue {
             Attempt::ForbiddenTool => run_forbidden_tool(),
             Attempt::Spin => spin(),
             Attempt::Hog => hog(),
+            Attempt::FillDisk => fill_disk(),
+            Attempt::FillFiles => fill_files(),
+            Attempt::HoldDescriptors => hold_descriptors(),
             Attempt::SkipArtifact => {
                 return Ok(Outcome {
                     success: true,
@@ -304,6 +316,116 @@ fn hog() -> ! {
         hoard.push(vec![0xA5; CHUNK]);
         black_box(&mut hoard);
     }
+}
+
+/// An error as the log shows it: its kind and its message.
+fn describe(error: &std::io::Error) -> String {
+    format!("{:?}: {error}", error.kind())
+}
+
+/// Writes 1 MiB chunks until a write fails, then tries one more chunk. Stops at 256 MiB
+/// without a failure, so a host without a quota is not filled.
+fn fill_disk() -> Vec<String> {
+    use std::io::Write;
+    const CHUNK: usize = 1 << 20;
+    const MAX: u64 = 256 << 20;
+    let chunk = vec![0x5A; CHUNK];
+    let mut file = match std::fs::File::create("/workspace/fill.bin") {
+        Ok(file) => file,
+        Err(e) => {
+            return vec![format!(
+                "fill-disk: cannot create the file: {}",
+                describe(&e)
+            )];
+        }
+    };
+    let mut written: u64 = 0;
+    let error = loop {
+        if written >= MAX {
+            return vec![format!(
+                "fill-disk: wrote {written} bytes and was never refused"
+            )];
+        }
+        match file.write_all(&chunk) {
+            Ok(()) => written += CHUNK as u64,
+            Err(e) => break e,
+        }
+    };
+    let again = match file.write_all(&chunk) {
+        Ok(()) => "ALLOWED".to_owned(),
+        Err(e) => format!("refused ({})", describe(&e)),
+    };
+    let grow = match file.set_len(written + CHUNK as u64) {
+        Ok(()) => "ALLOWED".to_owned(),
+        Err(e) => format!("refused ({})", describe(&e)),
+    };
+    vec![
+        format!(
+            "fill-disk: wrote {written} bytes in whole chunks, then: {}",
+            describe(&error)
+        ),
+        format!("fill-disk: one more chunk: {again}"),
+        format!("fill-disk: growing the file by a chunk: {grow}"),
+    ]
+}
+
+/// Creates empty files until a creation fails; stops at 20,000 without a failure.
+fn fill_files() -> Vec<String> {
+    const MAX: u64 = 20_000;
+    if let Err(e) = std::fs::create_dir_all("/workspace/files") {
+        return vec![format!(
+            "fill-files: cannot create the directory: {}",
+            describe(&e)
+        )];
+    }
+    let mut created: u64 = 0;
+    loop {
+        if created >= MAX {
+            return vec![format!(
+                "fill-files: created {created} files and was never refused"
+            )];
+        }
+        match std::fs::File::create(format!("/workspace/files/{created}")) {
+            Ok(_) => created += 1,
+            Err(e) => {
+                return vec![format!(
+                    "fill-files: created {created} files, then: {}",
+                    describe(&e)
+                )];
+            }
+        }
+    }
+}
+
+/// Opens `/workspace` until refused, holds every descriptor for 2 s (while a neighbour runs),
+/// then closes one and opens one more.
+fn hold_descriptors() -> Vec<String> {
+    let mut held = Vec::new();
+    let error = loop {
+        match std::fs::File::open("/workspace") {
+            Ok(file) => held.push(file),
+            Err(e) => break e,
+        }
+    };
+    let mut log = vec![format!(
+        "hold-descriptors: opened {} descriptors, then: {}",
+        held.len(),
+        describe(&error)
+    )];
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    held.pop();
+    log.push(match std::fs::File::open("/workspace") {
+        Ok(file) => {
+            held.push(file);
+            "hold-descriptors: after closing one, one more opened".to_owned()
+        }
+        Err(e) => format!(
+            "hold-descriptors: after closing one, still refused: {}",
+            describe(&e)
+        ),
+    });
+    log.push(format!("hold-descriptors: held {} at the end", held.len()));
+    log
 }
 
 warden_sdk::export_agent!(Rogue);

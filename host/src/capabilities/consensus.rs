@@ -643,6 +643,7 @@ mod tests {
     use super::*;
     use crate::capabilities::testing::{TestAgent, TestEnv};
     use crate::id::TaskId;
+    use crate::state::{Admission, Quota};
 
     fn ids(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| (*n).to_string()).collect()
@@ -652,11 +653,12 @@ mod tests {
     async fn settings(agent: &TestAgent, entries: &[(&str, &str)]) {
         let task = TaskId::new("task-1").unwrap();
         for (key, value) in entries {
-            agent
+            let stored = agent
                 .state()
-                .board_write(&task, Section::Problem, key, value)
+                .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED)
                 .await
                 .unwrap();
+            assert!(matches!(stored, Admission::Stored(())));
         }
     }
 

@@ -26,6 +26,9 @@ use crate::runtime::limits::{GuestLimits, Meter};
 mod quota;
 #[cfg(test)]
 pub(crate) mod testing;
+mod wasi_fs;
+
+pub(crate) use wasi_fs::{WorkspaceQuota, raise_open_file_limit};
 
 /// The data of one agent's store.
 pub(crate) struct AgentCtx {
@@ -34,6 +37,8 @@ pub(crate) struct AgentCtx {
     pub limits: GuestLimits,
     pub gov: Governor,
     pub meter: Meter,
+    /// What the run holds against its tier's workspace and descriptor limits.
+    pub quota: WorkspaceQuota,
 }
 
 impl WasiView for AgentCtx {
@@ -75,13 +80,15 @@ with_capabilities!(registry);
 pub(crate) use artifacts::check_write as check_artifact_write;
 
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot
-/// be called, whatever the component was built against.
+/// be called, whatever the component was built against. `wasi:filesystem/types` is
+/// wasmtime-wasi's under the tier's workspace and descriptor limits (`wasi_fs`).
 pub(crate) fn tier_linker(
     engine: &wasmtime::Engine,
     policy: &TierPolicy,
 ) -> wasmtime::Result<Linker<AgentCtx>> {
     let mut linker = Linker::<AgentCtx>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasi_fs::add_to_linker(&mut linker)?;
     for capability in CAPABILITIES {
         if policy.interfaces.contains(capability.interface) {
             (capability.link)(&mut linker)?;
@@ -316,6 +323,60 @@ mod tests {
             t0.grant::<artifacts::Grant>(Interface::Artifacts)
                 .max_bytes_per_task,
             256 << 20
+        );
+    }
+
+    /// A table without the host-resource keys gets the built-in table's values, and too few
+    /// resources for the tier's descriptors are refused with the least that would do.
+    #[test]
+    fn host_resource_limits_default_as_the_built_in_table_says() {
+        const KEYS: [&str; 4] = [
+            "workspace_bytes",
+            "workspace_files",
+            "descriptors",
+            "wasi_resources",
+        ];
+        let builtin = TierTable::builtin().unwrap();
+        let stripped: Vec<&str> = BUILTIN_TIERS_TOML
+            .lines()
+            .filter(|line| !KEYS.iter().any(|key| line.starts_with(&format!("{key} ="))))
+            .collect();
+        assert_eq!(BUILTIN_TIERS_TOML.lines().count() - stripped.len(), 20);
+        let defaulted = TierTable::from_toml_str(&stripped.join("\n")).unwrap();
+        for tier in Tier::ALL {
+            let (a, b) = (builtin.policy(tier), defaulted.policy(tier));
+            assert_eq!(
+                (
+                    a.workspace_bytes,
+                    a.workspace_files,
+                    a.descriptors,
+                    a.wasi_resources
+                ),
+                (
+                    b.workspace_bytes,
+                    b.workspace_files,
+                    b.descriptors,
+                    b.wasi_resources
+                ),
+                "{tier}"
+            );
+        }
+        let t2 = builtin.policy(Tier::Builder);
+        assert_eq!(
+            (
+                t2.workspace_bytes,
+                t2.workspace_files,
+                t2.descriptors,
+                t2.wasi_resources
+            ),
+            (64 << 20, 4096, 64, 1024)
+        );
+
+        let text = BUILTIN_TIERS_TOML.replacen("descriptors = 64 ", "descriptors = 256 ", 1);
+        let err = TierTable::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`tiers.T0.wasi_resources` is 1024: it must be at least 5 × `descriptors` + 32 (1312)"),
+            "{err}"
         );
     }
 

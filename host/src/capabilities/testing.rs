@@ -165,6 +165,7 @@ impl TestAgent {
             limits: GuestLimits::new(policy.memory_bytes, policy.table_elements, policy.instances),
             gov: Governor::new(services.clone(), run, session),
             meter: Meter::new(std::time::Instant::now() + std::time::Duration::from_secs(5)),
+            quota: super::WorkspaceQuota::with_usage(policy, 0, 0),
         };
         TestAgent {
             ctx,

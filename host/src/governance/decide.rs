@@ -37,6 +37,9 @@ pub(crate) enum ViolationKind {
     /// A write past one of the tier's quotas on what the host keeps (ledger notes per run,
     /// artifacts, state, blackboard, messages, returned text).
     QuotaExceeded,
+    /// Past a tier limit on what an agent may hold on the host (workspace bytes or files,
+    /// open descriptors).
+    ResourceLimit,
 }
 
 impl ViolationKind {
@@ -53,6 +56,7 @@ impl ViolationKind {
             ViolationKind::HostOwned => "HOST_OWNED_RECORD",
             ViolationKind::NotAVoter => "NOT_A_VOTER",
             ViolationKind::QuotaExceeded => "QUOTA_EXCEEDED",
+            ViolationKind::ResourceLimit => "RESOURCE_LIMIT",
         }
     }
 

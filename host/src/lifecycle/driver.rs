@@ -22,7 +22,7 @@ use crate::phase::Phase;
 use crate::policy::{Approval, TierPolicy};
 use crate::report::{BudgetUse, FailureCode, PhaseRecord, RunOutcome, RunReport};
 use crate::runtime::EPOCH_TICK;
-use crate::runtime::limits::{Interrupt, LimitHit};
+use crate::runtime::limits::{Interrupt, LimitHit, resource_table_full};
 use crate::runtime::output::CappedOutput;
 use crate::sandbox::{Sandbox, wit_packet};
 use crate::state::{ErrorCounts, Quota, Transition, Ttl};
@@ -308,6 +308,10 @@ impl Driver {
         phase: Phase,
         result: Result<wasmtime::Result<Result<T, String>>, tokio::time::error::Elapsed>,
     ) -> Result<T, Stop> {
+        // A refused stream write into the workspace is recorded here, when the guest is back.
+        if let Some(booted) = &mut self.booted {
+            booted.store.data_mut().record_quota_refusal().await;
+        }
         let error = match result {
             Ok(Ok(Ok(value))) => return Ok(value),
             Ok(Ok(Err(message))) => {
@@ -365,6 +369,15 @@ impl Driver {
                 format!(
                     "{} stopped: the agent exceeded its wall-clock deadline",
                     phase.as_str()
+                ),
+            ),
+            (_, _, Some(trap)) if resource_table_full(trap) => (
+                FailureCode::ResourceLimit,
+                format!(
+                    "{} stopped: the agent holds {} host resources (descriptors, streams, pollables), its limit; a host call past it traps (`tiers.{}.wasi_resources`)",
+                    phase.as_str(),
+                    self.policy().wasi_resources,
+                    self.run.tier.code()
                 ),
             ),
             (_, _, Some(trap)) => (

@@ -1,4 +1,5 @@
-//! Memory, table and instance limits for one agent's store.
+//! Memory, table and instance limits for one agent's store, and how a trap at the cap of its
+//! resource table is told apart.
 
 use wasmtime::ResourceLimiter;
 
@@ -114,4 +115,15 @@ impl Meter {
             interrupt: None,
         }
     }
+}
+
+/// Whether a trap is a host call refused because the store's resource table is at its cap
+/// (`wasi_resources`): wasmtime-wasi traps when it cannot push a new resource.
+pub fn resource_table_full(trap: &wasmtime::Error) -> bool {
+    use wasmtime::component::ResourceTableError;
+    let full = |e: &ResourceTableError| matches!(e, ResourceTableError::Full);
+    trap.downcast_ref().is_some_and(full)
+        || trap
+            .chain()
+            .any(|cause| cause.downcast_ref().is_some_and(full))
 }
