@@ -275,6 +275,34 @@ async fn a_deliverable_cannot_be_rewritten_after_execute() {
         .filter(|a| a.name == "out.txt")
         .collect();
     assert_eq!(out.len(), 1, "{:?}", report.artifacts);
+
+    // PACKAGE's chained row names the sealed deliverable with the digest VERIFY found.
+    let rows = host
+        .ledger()
+        .query(&warden::ledger::LedgerQuery {
+            agent_id: Some("sealer".into()),
+            kind: Some("package".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let details: serde_json::Value =
+        serde_json::from_str(rows[0].fields["details"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        details["deliverables"]["out.txt"]["digest"], out[0].digest,
+        "{details}"
+    );
+    assert_eq!(details["deliverables"].as_object().unwrap().len(), 1);
+    let written: Vec<&str> = details["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        written.contains(&"out.txt") && written.contains(&"extra.txt"),
+        "{details}"
+    );
 }
 
 /// Before the approval gate a T4 agent can do nothing the gate is there to hold back: its

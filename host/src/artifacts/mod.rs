@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -64,6 +65,41 @@ pub trait BlobStore: Send + Sync + 'static {
     fn put(&self, bytes: &[u8]) -> Result<String, BlobError>;
     /// Content by digest, verified.
     fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, BlobError>;
+}
+
+/// [`BlobStore::put`] on the blocking pool: a store may hash, write and `fsync` megabytes,
+/// which must not hold up the async worker that also runs the phase's deadline. Dropped at
+/// the deadline, the guest's call is cut at once; the write itself finishes in the
+/// background, harmless in a content-addressed store.
+pub(crate) async fn put_off_thread(
+    store: &Arc<dyn BlobStore>,
+    bytes: Vec<u8>,
+) -> Result<String, BlobError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || store.put(&bytes))
+        .await
+        .unwrap_or_else(|join| Err(blob_task_failed("(new blob)", join)))
+}
+
+/// [`BlobStore::get`] on the blocking pool, for the same reason as [`put_off_thread`].
+pub(crate) async fn get_off_thread(
+    store: &Arc<dyn BlobStore>,
+    digest: &str,
+) -> Result<Option<Vec<u8>>, BlobError> {
+    let store = Arc::clone(store);
+    let owned = digest.to_string();
+    tokio::task::spawn_blocking(move || store.get(&owned))
+        .await
+        .unwrap_or_else(|join| Err(blob_task_failed(digest, join)))
+}
+
+/// A blob store that panicked on the blocking pool is an I/O failure of that blob, not a host
+/// crash.
+fn blob_task_failed(digest: &str, join: tokio::task::JoinError) -> BlobError {
+    BlobError::Io {
+        digest: digest.to_string(),
+        source: std::io::Error::other(format!("the blob store's task failed: {join}")),
+    }
 }
 
 /// Blobs in memory, for embedders that keep nothing on disk.

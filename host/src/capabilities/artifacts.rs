@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::AgentCtx;
 use super::quota::{QuotaKeys, covers, refusal};
-use crate::artifacts::ArtifactRef;
+use crate::artifacts::{ArtifactRef, get_off_thread, put_off_thread};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::artifacts::{ArtifactInfo, Host};
 use crate::governance::{CallRefusal, Governor, ViolationKind, unavailable};
@@ -324,10 +324,8 @@ impl Host for AgentCtx {
         };
         let gov = &self.gov;
         let stored = async {
-            let digest = gov
-                .services
-                .blobs
-                .put(&content)
+            let digest = put_off_thread(&gov.services.blobs, content)
+                .await
                 .map_err(|e| unavailable("the artifact store", e))?;
             let reference = ArtifactRef {
                 name: name.clone(),
@@ -378,7 +376,7 @@ impl Host for AgentCtx {
                     gov.task_id()
                 )));
             };
-            match gov.services.blobs.get(&reference.digest) {
+            match get_off_thread(&gov.services.blobs, &reference.digest).await {
                 Ok(Some(bytes)) => Ok(bytes),
                 Ok(None) => Err(WitError::NotFound(format!(
                     "artifact `{name}` ({}) is recorded but its content is missing",

@@ -211,8 +211,8 @@ mod tests {
             "{err}"
         );
         let text = BUILTIN_TIERS_TOML.replacen(
-            "max_text_bytes = 65536\n\n[tiers.T3.plan]",
-            "max_text_bytes = 100\n\n[tiers.T3.plan]",
+            "max_text_bytes = 65536\nworkspace_bytes = 67108864\nworkspace_files = 4096\ndescriptors = 64\nwasi_resources = 1024\n\n[tiers.T3.plan]",
+            "max_text_bytes = 100\nworkspace_bytes = 67108864\nworkspace_files = 4096\ndescriptors = 64\nwasi_resources = 1024\n\n[tiers.T3.plan]",
             1,
         );
         let err = TierTable::from_toml_str(&text).unwrap_err().to_string();

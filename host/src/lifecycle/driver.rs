@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use crate::artifacts::ArtifactRef;
+use crate::artifacts::{ArtifactRef, put_off_thread};
 use crate::bindings::Architect;
 use crate::bindings::warden::agent::types as wit;
 use crate::capabilities::{self, AgentCtx};
@@ -14,6 +14,7 @@ use crate::context::{RunShared, Services};
 use crate::governance::{
     action, budget_trigger, charge_error, revoke, spawn_revocation_watcher, violation,
 };
+use crate::ledger::{ActionRecord, Entry};
 use crate::packet::Checkpoint;
 use crate::packet::RevocationKind;
 use crate::packet::{RevocationReason, now_rfc3339};
@@ -76,6 +77,8 @@ pub(super) struct Driver {
     verification: Option<wit::Verification>,
     report: Option<wit::Report>,
     verification_failed: Option<String>,
+    /// The deliverables as VERIFY found them; sealed from then on, recorded by PACKAGE.
+    sealed: Vec<ArtifactRef>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -101,6 +104,7 @@ impl Driver {
             verification: None,
             report: None,
             verification_failed: None,
+            sealed: Vec::new(),
             watcher: None,
         }
     }
@@ -495,7 +499,8 @@ impl Driver {
         let text = text_bytes(&verification.findings);
         self.bound_text(Phase::Verify, "verification (findings)", text)
             .await?;
-        let missing = self.missing_deliverables(Phase::Verify).await?;
+        let (sealed, missing) = self.find_deliverables(Phase::Verify).await?;
+        self.sealed = sealed;
         if !outcome.success {
             // The agent's own verdict on EXECUTE stands even if its VERIFY is lenient.
             self.verification_failed = Some(format!(
@@ -678,7 +683,17 @@ impl Driver {
     /// Deliverables without an artifact. A state store that cannot list the artifacts stops
     /// the run rather than counting them missing (which would revoke the agent).
     async fn missing_deliverables(&mut self, phase: Phase) -> Result<Vec<String>, Stop> {
+        Ok(self.find_deliverables(phase).await?.1)
+    }
+
+    /// The packet's deliverables: the latest reference of each one found, and the names of
+    /// those missing.
+    async fn find_deliverables(
+        &mut self,
+        phase: Phase,
+    ) -> Result<(Vec<ArtifactRef>, Vec<String>), Stop> {
         // One indexed lookup per deliverable, whatever the number of the task's artifacts.
+        let mut found_refs = Vec::with_capacity(self.run.packet.deliverables.len());
         let mut missing = Vec::new();
         for name in &self.run.packet.deliverables {
             let found = self
@@ -693,11 +708,12 @@ impl Driver {
                         phase.as_str()
                     ),
                 })?;
-            if found.is_none() {
-                missing.push(name.clone());
+            match found {
+                Some(reference) => found_refs.push(reference),
+                None => missing.push(name.clone()),
             }
         }
-        Ok(missing)
+        Ok((found_refs, missing))
     }
 
     /// A required artifact missing after EXECUTE (after PLAN for T0) revokes the agent.
@@ -740,10 +756,8 @@ impl Driver {
 
     async fn write_host_artifact(&mut self, name: &str, content: &str) {
         let write = async {
-            let digest = self
-                .services
-                .blobs
-                .put(content.as_bytes())
+            let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
+                .await
                 .map_err(|e| e.to_string())?;
             let reference = ArtifactRef {
                 name: name.to_string(),
@@ -767,13 +781,30 @@ impl Driver {
         }
     }
 
+    /// PACKAGE: the chained row names every artifact the run wrote and each sealed
+    /// deliverable with its digest and size, so the ledger alone says which bytes were
+    /// delivered (a blob or reference changed later no longer matches it).
     async fn package(&mut self) {
         let artifacts = self.run.written();
         let manifest: Vec<String> = artifacts
             .iter()
             .map(|a| format!("{} {}", a.name, a.digest))
             .collect();
-        self.log(Phase::Package, "package", manifest.join("; "));
+        let entry = |a: &ArtifactRef| serde_json::json!({ "digest": a.digest, "size": a.size });
+        let deliverables: serde_json::Map<String, serde_json::Value> = self
+            .sealed
+            .iter()
+            .map(|a| (a.name.clone(), entry(a)))
+            .collect();
+        let written: Vec<serde_json::Value> = artifacts
+            .iter()
+            .map(|a| serde_json::json!({ "name": a.name, "digest": a.digest, "size": a.size }))
+            .collect();
+        let details = serde_json::json!({ "deliverables": deliverables, "artifacts": written });
+        let record = ActionRecord::new(self.run.subject.clone(), "package", manifest.join("; "))
+            .phase(Phase::Package.as_str())
+            .details(details.to_string());
+        self.services.ledger.append(Entry::Action(record));
     }
 
     /// EXIT: checkpoint, release the lock, metrics, promotion check, flush the ledger.
