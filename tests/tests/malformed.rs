@@ -102,6 +102,9 @@ async fn a_malformed_component_is_refused_and_history_kept() {
     // Both refusals are in the ledger, though nothing was registered.
     let refused = warden_tests::actions(&host, "junk");
     assert_eq!(refused, ["agent.register", "agent.register"], "{refused:?}");
+    // And a refused registration is not a registration the registry lost.
+    let verified = host.ledger().verify().unwrap();
+    assert!(verified.is_intact(), "{verified:?}");
     // An agent registered without a component, run with bytes that are none: refused at
     // BOOTSTRAP, recorded, and the junk never becomes its binding.
     host.register_agent("unbound", Tier::Operator, None, "test")

@@ -200,12 +200,15 @@ pub(crate) fn registry_mismatches(conn: &Connection) -> Result<Vec<RegistryMisma
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for agent_id in missing {
-        let chain = chain_registration(conn, &agent_id)?;
-        out.push(RegistryMismatch {
-            agent_id,
-            registry: None,
-            chain,
-        });
+        // Only a registration the chain holds can be missing; an id whose every
+        // `agent.register` row was refused was never registered.
+        if let Some(chain) = chain_registration(conn, &agent_id)? {
+            out.push(RegistryMismatch {
+                agent_id,
+                registry: None,
+                chain: Some(chain),
+            });
+        }
     }
     Ok(out)
 }
