@@ -39,6 +39,7 @@ pub struct HostBuilder {
     secrets: Option<Arc<dyn SecretBackend>>,
     llm: Option<Arc<dyn LlmProvider>>,
     tools: Option<ToolRegistry>,
+    blobs: Option<Arc<dyn BlobStore>>,
     host_id: Option<String>,
     call_durability: CallDurability,
     health_interval: Option<std::time::Duration>,
@@ -83,6 +84,14 @@ impl HostBuilder {
         self
     }
 
+    /// Where artifact content lives (any byte store: names, authorship and order are the
+    /// state store's). Default: `blobs/` in the data directory, else memory. The host calls
+    /// it on tokio's blocking pool, so a slow store never holds up a phase's deadline.
+    pub fn blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
     /// When capability-call rows are committed. Default: [`CallDurability::Batched`].
     pub fn call_durability(mut self, durability: CallDurability) -> Self {
         self.call_durability = durability;
@@ -122,6 +131,7 @@ impl HostBuilder {
             workspaces,
             ..
         } = storage;
+        let blobs = self.blobs.unwrap_or(blobs);
         let state = match (self.state, storage.state) {
             (Some(state), _) => state,
             (None, StateDefault::File(path)) => Arc::new(EmbeddedState::open(path)?),

@@ -454,3 +454,57 @@ timeout = "60s"
         .unwrap();
     assert!(phase.elapsed_ms < 3000.0, "{phase:?}");
 }
+
+/// A blob store that takes seconds per greeting (a slow disk, a remote object store); every
+/// other blob (the component, the host's `plan.json`) is stored at once.
+struct SlowBlobs(warden::artifacts::MemoryBlobs);
+
+impl warden::artifacts::BlobStore for SlowBlobs {
+    fn put(&self, bytes: &[u8]) -> Result<String, warden::artifacts::BlobError> {
+        if bytes.starts_with(b"Hello from Warden!") {
+            std::thread::sleep(std::time::Duration::from_secs(4));
+        }
+        self.0.put(bytes)
+    }
+
+    fn get(&self, digest: &str) -> Result<Option<Vec<u8>>, warden::artifacts::BlobError> {
+        self.0.get(digest)
+    }
+}
+
+/// A guest's artifact write is cut at the phase deadline, however slow the blob store: the
+/// store runs on the blocking pool, off the worker that keeps the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_write_is_cut_at_the_phase_deadline() {
+    let host = warden::Host::builder()
+        .blobs(std::sync::Arc::new(SlowBlobs(Default::default())))
+        .build()
+        .unwrap();
+    let p = packet(
+        "slow-disk",
+        "t-cut-blob",
+        "greet",
+        &["hello.txt"],
+        json!({ "limits": { "phase_wall_ms": 500 } }),
+    );
+    let started = std::time::Instant::now();
+    let report = run(&host, "slow-disk", "hello", Tier::Operator, &p)
+        .await
+        .unwrap();
+    assert_eq!(
+        deadline_code(&report.outcome),
+        warden::FailureCode::DeadlineExceeded,
+        "{report:?}"
+    );
+    let phase = report
+        .phases
+        .iter()
+        .find(|p| p.phase == Phase::Execute)
+        .unwrap();
+    assert!(
+        phase.elapsed_ms < 2500.0,
+        "EXECUTE was cut after {} ms, not at its 500 ms deadline",
+        phase.elapsed_ms
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}

@@ -2,7 +2,7 @@
 //! their full tier.
 
 use super::AgentCtx;
-use crate::governance::{CallRefusal, ViolationKind, unavailable};
+use crate::governance::{CallRefusal, ViolationKind, scope_reaches, unavailable};
 use crate::bindings::WitError;
 use crate::bindings::warden::agent::tools::{Host, ToolInfo, ToolOutput};
 use crate::bindings::warden::agent::types::Tier as WitTier;
@@ -29,16 +29,19 @@ pub(crate) fn wit_tier(tier: Tier) -> WitTier {
 impl Host for AgentCtx {
     async fn list(&mut self) -> Result<Vec<ToolInfo>, WitError> {
         const OP: &str = "tools.list";
-        self.gov
-            .gate(Interface::Tools, OP, || "tool:*".to_string())
-            .await?;
+        // A listing touches no tool: the tier must link the interface, and the packet's
+        // scope narrows the answer to the tools a call in scope could reach instead of
+        // refusing it (a packet scoped to `tool:ls *` lists `ls`).
+        self.gov.gate_tier(Interface::Tools, OP).await?;
         let tier = self.gov.run.tier;
+        let constraints = &self.gov.run.packet.constraints;
         let tools = self
             .gov
             .services
             .tools
             .tools()
             .filter(|t| t.min_tier <= tier)
+            .filter(|t| scope_reaches(constraints, &format!("tool:{}", t.name)))
             .map(|t| ToolInfo {
                 name: t.name.clone(),
                 description: t.description.clone(),
@@ -201,6 +204,28 @@ argv = ["/bin/echo", "deploying"]
             .map(|t| t.name)
             .collect();
         assert_eq!(names, ["greet"]);
+    }
+
+    /// A listing touches no tool, so a scoped packet is answered, not refused: the tools a
+    /// call in its scope could reach.
+    #[tokio::test]
+    async fn a_scoped_packet_lists_the_tools_its_scope_reaches() {
+        let scoped = json!({ "constraints": { "scope": ["state:*", "tool:greet *"] } });
+        let mut executor = TestEnv::new()
+            .tools(crate::tools::ToolRegistry::from_toml_str(TOOLS).unwrap())
+            .agent(Tier::Executor, scoped)
+            .await;
+        let names: Vec<String> = executor
+            .ctx
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["greet"], "`deploy` is the tier's but out of scope");
+        assert!(executor.violations().is_empty(), "{:?}", executor.violations());
+        assert_eq!(executor.errors().await.total, 0);
     }
 
     #[tokio::test]

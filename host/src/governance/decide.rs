@@ -174,10 +174,52 @@ pub(crate) fn decide(
     Ok(())
 }
 
+/// Whether some call on `resource` (`tool:ls`, its arguments after a space) could be inside
+/// the packet's scope. A listing touches nothing in particular, so the scope filters what it
+/// names instead of refusing it. Over-approximates: a pattern with a wildcard after a prefix of
+/// `resource` reaches it, so nothing reachable is ever hidden (the call itself is still
+/// decided by [`decide`]).
+pub(crate) fn scope_reaches(constraints: &Constraints, resource: &str) -> bool {
+    constraints.scope.is_empty()
+        || constraints.scope.iter().any(|pattern| {
+            let source = pattern.as_str();
+            let wildcard = source.find(['*', '?']);
+            let literal = &source[..wildcard.unwrap_or(source.len())];
+            pattern.matches(resource)
+                || source
+                    .strip_prefix(resource)
+                    .is_some_and(|rest| rest.starts_with(' '))
+                || (wildcard.is_some() && resource.starts_with(literal))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pattern::Pattern;
+
+    #[test]
+    fn a_listing_names_what_some_call_in_scope_could_reach() {
+        let rows: &[(&[&str], &str, bool)] = &[
+            (&[], "tool:ls", true),
+            (&["tool:ls *"], "tool:ls", true),
+            (&["tool:ls *"], "tool:lsblk", false),
+            (&["tool:ls"], "tool:ls", true),
+            (&["tool:l*"], "tool:ls", true),
+            (&["tool:*"], "tool:deploy", true),
+            (&["*"], "tool:deploy", true),
+            (&["tool:ls-*"], "tool:ls", false),
+            (&["state:*", "artifact:*"], "tool:ls", false),
+            (&["tool:wc *", "tool:ls ?*"], "tool:ls", true),
+        ];
+        for &(scope, resource, expected) in rows {
+            assert_eq!(
+                scope_reaches(&constraints(scope, &[]), resource),
+                expected,
+                "{scope:?} {resource}"
+            );
+        }
+    }
 
     fn constraints(scope: &[&str], forbidden: &[&str]) -> Constraints {
         Constraints {

@@ -10,6 +10,7 @@ use crate::context::{CallDurability, RunShared, Services};
 use crate::id::{AgentId, TaskId};
 use crate::interface::Interface;
 use crate::ledger::{ActionRecord, Entry, ViolationRecord};
+use crate::packet::Constraints;
 use crate::policy::TierPolicy;
 use crate::secrets::SecretSession;
 
@@ -69,6 +70,30 @@ impl Governor {
             &request,
             resource,
         ) {
+            Ok(()) => Ok(()),
+            Err(refusal) => Err(self.refuse(op, refusal).await),
+        }
+    }
+
+    /// The gate of a call that touches no resource in particular (a listing): revocation and
+    /// the tier's grant of `interface`, not the packet's `scope` or `forbidden` patterns.
+    /// The capability filters what it answers by [`scope_reaches`](super::decide::scope_reaches).
+    pub async fn gate_tier(
+        &mut self,
+        interface: Interface,
+        op: &'static str,
+    ) -> Result<(), WitError> {
+        if self.run.is_revoked() {
+            return Err(WitError::Revoked(self.run.revoked_message()));
+        }
+        self.run.touch();
+        let request = Request {
+            tier: self.run.tier,
+            interface,
+            op,
+        };
+        let unconstrained = Constraints::default();
+        match decide(&self.services.tiers, &unconstrained, &request, String::new) {
             Ok(()) => Ok(()),
             Err(refusal) => Err(self.refuse(op, refusal).await),
         }

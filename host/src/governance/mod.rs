@@ -18,7 +18,7 @@ mod record;
 mod revocation;
 
 pub(crate) use budget::{budget_trigger, charge_error};
-pub(crate) use decide::{CallRefusal, ViolationKind};
+pub(crate) use decide::{CallRefusal, ViolationKind, scope_reaches};
 pub(crate) use gate::{Governor, unavailable};
 pub(crate) use record::{
     action, approve, host_subject, record_host_action, record_host_refusal, violation,
