@@ -327,8 +327,8 @@ mod tests {
     #[tokio::test]
     async fn a_prompt_over_the_tier_bound_is_refused_before_it_is_sent() {
         let text = BUILTIN_TIERS_TOML.replacen(
-            "token_budget = 20000",
-            "token_budget = 20000\nmax_prompt_bytes = 64",
+            "max_prompt_bytes = 262144     # bytes of one prompt",
+            "max_prompt_bytes = 64     # bytes of one prompt",
             1,
         );
         let mut agent = TestEnv::new()
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn a_tier_without_the_section_allows_no_model() {
         let text = BUILTIN_TIERS_TOML
-            .replacen("[tiers.T0.llm]\nmodels = [\"*\"]                # models the tier may ask for (glob)\ntoken_budget = 20000          # tokens a task may spend\n", "", 1);
+            .replacen("[tiers.T0.llm]\nmodels = [\"*\"]                # models the tier may ask for (glob)\ntoken_budget = 20000          # tokens a task may spend\nmax_prompt_bytes = 262144     # bytes of one prompt, refused before it is sent (256 KiB)\n", "", 1);
         let tiers = TierTable::from_toml_str(&text).unwrap();
         let policy = tiers.policy(Tier::Observer);
         assert!(!policy.interfaces.contains(Interface::Llm));
