@@ -165,3 +165,16 @@ pub fn actions(host: &Host, agent: &str) -> Vec<String> {
 pub fn violations(host: &Host, agent: &str) -> Vec<String> {
     kinds(host, agent, warden::ledger::Table::Violations)
 }
+
+/// The process's resident set in bytes, from `/proc/self/status` (`VmRSS`): what the flood
+/// tests bound.
+pub fn resident_set_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a VmRSS line in /proc/self/status");
+    kib * 1024
+}

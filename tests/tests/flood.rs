@@ -7,17 +7,12 @@
 //!
 //! Its own test binary, so the resident set it reads (`VmRSS`) is its own.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test code: a failure is a failed test, with the value in the message"
-)]
-
 use serde_json::json;
 use warden::ledger::{LedgerQuery, Table};
 use warden::packet::RevocationKind;
 use warden::state::Section;
 use warden::{AgentId, RunOutcome, TaskId, Tier};
-use warden_tests::{agent, builder_with, packet, violations};
+use warden_tests::{agent, builder_with, packet, resident_set_bytes as rss, violations};
 
 const MIB: u64 = 1 << 20;
 
@@ -35,18 +30,6 @@ const FLOODS: [&str; 5] = [
     "flood-board",
     "flood-messages",
 ];
-
-/// The process's resident set, from `/proc/self/status`.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_flooding_every_capability_at_once_stays_bounded_and_recorded() {

@@ -16,21 +16,9 @@ use warden::ledger::{LedgerQuery, Table};
 use warden::packet::RevocationKind;
 use warden::state::Section;
 use warden::{AgentId, FailureCode, Host, RunOutcome, TaskId, Tier};
-use warden_tests::{agent, host, packet, violations};
+use warden_tests::{agent, host, packet, resident_set_bytes as rss, violations};
 
 const MIB: u64 = 1 << 20;
-
-/// The process's resident set, from `/proc/self/status`.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
-}
 
 /// Run the rogue's `attempt` as agent `id` (T3, so every interface is linked) in its own task.
 async fn flood(host: &Host, id: &str, attempt: &str) -> warden::RunReport {

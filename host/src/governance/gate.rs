@@ -55,24 +55,9 @@ impl Governor {
         op: &'static str,
         resource: impl FnOnce() -> String,
     ) -> Result<(), WitError> {
-        if self.run.is_revoked() {
-            return Err(WitError::Revoked(self.run.revoked_message()));
-        }
-        self.run.touch();
-        let request = Request {
-            tier: self.run.tier,
-            interface,
-            op,
-        };
-        match decide(
-            &self.services.tiers,
-            &self.run.packet.constraints,
-            &request,
-            resource,
-        ) {
-            Ok(()) => Ok(()),
-            Err(refusal) => Err(self.refuse(op, refusal).await),
-        }
+        let run = self.run.clone();
+        self.decide_call(interface, op, &run.packet.constraints, resource)
+            .await
     }
 
     /// The gate of a call that touches no resource in particular (a listing): revocation and
@@ -83,6 +68,19 @@ impl Governor {
         interface: Interface,
         op: &'static str,
     ) -> Result<(), WitError> {
+        self.decide_call(interface, op, &Constraints::default(), String::new)
+            .await
+    }
+
+    /// Revocation first (answered at once, nothing more recorded), then the decision under
+    /// `constraints`; a refusal goes through [`Governor::refuse`].
+    async fn decide_call(
+        &mut self,
+        interface: Interface,
+        op: &'static str,
+        constraints: &Constraints,
+        resource: impl FnOnce() -> String,
+    ) -> Result<(), WitError> {
         if self.run.is_revoked() {
             return Err(WitError::Revoked(self.run.revoked_message()));
         }
@@ -92,8 +90,7 @@ impl Governor {
             interface,
             op,
         };
-        let unconstrained = Constraints::default();
-        match decide(&self.services.tiers, &unconstrained, &request, String::new) {
+        match decide(&self.services.tiers, constraints, &request, resource) {
             Ok(()) => Ok(()),
             Err(refusal) => Err(self.refuse(op, refusal).await),
         }
