@@ -395,7 +395,21 @@ impl Driver {
             ),
         };
         // The instance is unusable after a trap or a cancelled call.
-        if code != FailureCode::GuestTrap {
+        let record = code != FailureCode::GuestTrap;
+        Err(self.stop_phase(phase, code, message, record).await)
+    }
+
+    /// A phase that fails the run: a `violations` row when `record` (durable before the run
+    /// goes on), a charge against the error budget, and the stop (`Revoked` when the charge
+    /// exhausted the budget).
+    async fn stop_phase(
+        &mut self,
+        phase: Phase,
+        code: FailureCode,
+        message: String,
+        record: bool,
+    ) -> Stop {
+        if record {
             let entry = violation(
                 &self.run.subject,
                 phase,
@@ -412,9 +426,9 @@ impl Driver {
             .await
             .is_some()
         {
-            return Err(Stop::Revoked);
+            return Stop::Revoked;
         }
-        Err(Stop::Failed { code, message })
+        Stop::Failed { code, message }
     }
 
     /// `[tiers.Tn] max_text_bytes`, as a length.
@@ -440,24 +454,7 @@ impl Driver {
             policy.tier,
             policy.tier.code()
         );
-        let entry = violation(
-            &self.run.subject,
-            phase,
-            code.as_str(),
-            format!("phase:{}", phase.as_str()),
-            message.clone(),
-        );
-        if let Err(error) = self.services.ledger_durable(entry).await {
-            tracing::error!(%error, "cannot record violation");
-        }
-        let signature = format!("{code}:{}", phase.as_str());
-        if charge_error(&self.services, &self.run, &signature, false, &message)
-            .await
-            .is_some()
-        {
-            return Err(Stop::Revoked);
-        }
-        Err(Stop::Failed { code, message })
+        Err(self.stop_phase(phase, code, message, true).await)
     }
 
     /// Every phase after BOOTSTRAP, in order.
