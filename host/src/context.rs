@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::artifacts::{ArtifactRef, BlobStore, latest_per_name};
+use crate::error::{Error, Refusal};
 use crate::id::{AgentId, TaskId};
-use crate::ledger::{Entry, Ledger, LedgerError, Subject};
+use crate::ledger::{AgentRecord, Entry, Ledger, LedgerError, Subject};
 use crate::llm::LlmProvider;
 use crate::packet::{Packet, RevocationReason};
 use crate::phase::Phase;
@@ -117,6 +118,16 @@ impl Services {
     /// Wait until every row appended so far is committed.
     pub async fn ledger_flush(&self) -> Result<(), LedgerError> {
         self.ledger.flush_async().await
+    }
+
+    /// The agent's registry row, or the refusal an unregistered agent gets.
+    pub fn registered(&self, agent: &str) -> Result<AgentRecord, Error> {
+        self.ledger.agent(agent)?.ok_or_else(|| {
+            Refusal::UnknownAgent {
+                agent: agent.to_string(),
+            }
+            .into()
+        })
     }
 }
 

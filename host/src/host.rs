@@ -368,11 +368,7 @@ impl Host {
 
     /// The component an agent was registered with, from the blob store.
     pub fn registered_component(&self, agent: &str) -> Result<Vec<u8>, Error> {
-        let record = self.services.ledger.agent(agent)?.ok_or_else(|| {
-            crate::error::Refusal::UnknownAgent {
-                agent: agent.to_string(),
-            }
-        })?;
+        let record = self.services.registered(agent)?;
         let Some(digest) = record.component_digest else {
             return Err(Error::Invalid(format!(
                 "agent `{agent}` is registered without a component: register it with `--component <file.wasm>`"
@@ -403,12 +399,7 @@ impl Host {
         reason: &str,
         actor: &str,
     ) -> Result<(), Error> {
-        if self.services.ledger.agent(agent)?.is_none() {
-            return Err(crate::error::Refusal::UnknownAgent {
-                agent: agent.to_string(),
-            }
-            .into());
-        }
+        self.services.registered(agent)?;
         self.services.ledger.set_tier(agent, tier, reason, actor)?;
         let ttl = self.services.tiers.policy(tier).secrets_ttl;
         if let Err(error) = self.services.secrets.bind_agent(agent, tier, ttl).await {
@@ -496,15 +487,7 @@ impl Host {
         &self,
         agent: &str,
     ) -> Result<Option<crate::packet::Revocation>, Error> {
-        let agent = AgentId::new(agent)?;
-        if let Some(found) = self.services.state.revocation(&agent).await? {
-            return Ok(Some(found));
-        }
-        Ok(self
-            .services
-            .ledger
-            .revocation(&agent)?
-            .map(|lost| governance::from_chain(&agent, &lost)))
+        governance::standing(&self.services, &AgentId::new(agent)?).await
     }
 
     /// The latest handoff object of a task.

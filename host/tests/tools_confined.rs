@@ -328,6 +328,7 @@ async fn a_tool_has_no_capabilities_and_cannot_signal_the_host() {
         .await
         .unwrap();
     assert_ne!(output.exit_code, 0, "{output:?}");
+    assert!(output.stderr.contains("not permitted"), "{output:?}");
     let output = run(&tool(kill, false), &[&host], &dirs.workspace)
         .await
         .unwrap();

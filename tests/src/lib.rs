@@ -166,15 +166,15 @@ pub fn violations(host: &Host, agent: &str) -> Vec<String> {
     kinds(host, agent, warden::ledger::Table::Violations)
 }
 
-/// The process's resident set in bytes, from `/proc/self/status` (`VmRSS`): what the flood
-/// tests bound.
-pub fn resident_set_bytes() -> u64 {
+/// The process's peak resident set in bytes so far, from `/proc/self/status` (`VmHWM`): what
+/// the flood tests bound. A peak, so memory a run held and freed before it returned counts.
+pub fn peak_resident_set_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     let kib: u64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .expect("a VmRSS line in /proc/self/status");
+        .expect("a VmHWM line in /proc/self/status");
     kib * 1024
 }

@@ -55,9 +55,7 @@ impl Governor {
         op: &'static str,
         resource: impl FnOnce() -> String,
     ) -> Result<(), WitError> {
-        let run = self.run.clone();
-        self.decide_call(interface, op, &run.packet.constraints, resource)
-            .await
+        self.decide_call(interface, op, true, resource).await
     }
 
     /// The gate of a call that touches no resource in particular (a listing): revocation and
@@ -68,17 +66,16 @@ impl Governor {
         interface: Interface,
         op: &'static str,
     ) -> Result<(), WitError> {
-        self.decide_call(interface, op, &Constraints::default(), String::new)
-            .await
+        self.decide_call(interface, op, false, String::new).await
     }
 
-    /// Revocation first (answered at once, nothing more recorded), then the decision under
-    /// `constraints`; a refusal goes through [`Governor::refuse`].
+    /// Revocation first (answered at once, nothing more recorded), then the decision, under
+    /// the packet's constraints when `scoped`; a refusal goes through [`Governor::refuse`].
     async fn decide_call(
         &mut self,
         interface: Interface,
         op: &'static str,
-        constraints: &Constraints,
+        scoped: bool,
         resource: impl FnOnce() -> String,
     ) -> Result<(), WitError> {
         if self.run.is_revoked() {
@@ -90,7 +87,15 @@ impl Governor {
             interface,
             op,
         };
-        match decide(&self.services.tiers, constraints, &request, resource) {
+        let unconstrained;
+        let constraints = if scoped {
+            &self.run.packet.constraints
+        } else {
+            unconstrained = Constraints::default();
+            &unconstrained
+        };
+        let decision = decide(&self.services.tiers, constraints, &request, resource);
+        match decision {
             Ok(()) => Ok(()),
             Err(refusal) => Err(self.refuse(op, refusal).await),
         }

@@ -24,5 +24,5 @@ pub(crate) use record::{
     action, approve, host_subject, record_host_action, record_host_refusal, violation,
 };
 pub(crate) use revocation::{
-    from_chain, reinstate_agent, reseed_revocation, revoke, revoke_agent, spawn_revocation_watcher,
+    reinstate_agent, reseed_revocation, revoke, revoke_agent, spawn_revocation_watcher, standing,
 };

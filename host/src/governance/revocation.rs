@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::record::{action, host_subject};
 use crate::context::{RunShared, Services};
-use crate::error::{Error, Refusal};
+use crate::error::Error;
 use crate::id::AgentId;
 use crate::packet::{
     Handoff, LastKnownState, Revocation, RevocationKind, RevocationReason, now_rfc3339,
@@ -69,13 +69,16 @@ async fn finish_revocation(services: &Services, run: &Arc<RunShared>, reason: &R
         tracing::error!(%error, "cannot write handoff");
     }
     if let Ok(json) = serde_json::to_string(&handoff) {
-        services.ledger.append(action(
-            &run.subject,
-            Some(phase),
-            "handoff.write",
-            json,
-            None,
-        ));
+        services
+            .ledger
+            .append_async(action(
+                &run.subject,
+                Some(phase),
+                "handoff.write",
+                json,
+                None,
+            ))
+            .await;
     }
     if let Err(error) = services.state.release_lock(agent, &run.lock_owner).await {
         tracing::warn!(%error, "cannot release lock of revoked agent");
@@ -229,12 +232,7 @@ pub(crate) async fn revoke_agent(
     details: &str,
     actor: &str,
 ) -> Result<(), Error> {
-    let record = services
-        .ledger
-        .agent(agent)?
-        .ok_or_else(|| Refusal::UnknownAgent {
-            agent: agent.to_string(),
-        })?;
+    let record = services.registered(agent)?;
     let reason = RevocationReason {
         kind: RevocationKind::Operator,
         details: details.to_string(),
@@ -244,9 +242,7 @@ pub(crate) async fn revoke_agent(
         revoke(services, &run, reason, actor).await;
         return Ok(());
     }
-    if services.state.revocation(agent).await?.is_some()
-        || services.ledger.revocation(agent)?.is_some()
-    {
+    if standing(services, agent).await?.is_some() {
         return Err(Error::Invalid(format!(
             "agent `{agent}` is already revoked; `warden agents reinstate {agent} --reason <why>` lifts a revocation"
         )));
@@ -279,6 +275,21 @@ pub(crate) async fn revoke_agent(
 }
 
 /// The state-store record of a revocation the ledger holds.
+/// The agent's revocation: the state store's record, else the chain's (which the ledger
+/// keeps whatever the state store lost).
+pub(crate) async fn standing(
+    services: &Services,
+    agent: &AgentId,
+) -> Result<Option<Revocation>, Error> {
+    if let Some(found) = services.state.revocation(agent).await? {
+        return Ok(Some(found));
+    }
+    Ok(services
+        .ledger
+        .revocation(agent)?
+        .map(|lost| from_chain(agent, &lost)))
+}
+
 pub(crate) fn from_chain(agent: &AgentId, lost: &crate::ledger::ChainRevocation) -> Revocation {
     Revocation {
         agent_id: agent.clone(),
@@ -320,12 +331,7 @@ pub(crate) async fn reinstate_agent(
     reason: &str,
     actor: &str,
 ) -> Result<(), Error> {
-    let record = services
-        .ledger
-        .agent(agent)?
-        .ok_or_else(|| Refusal::UnknownAgent {
-            agent: agent.to_string(),
-        })?;
+    let record = services.registered(agent)?;
     if reason.trim().is_empty() {
         return Err(Error::Invalid(
             "a reinstatement needs a reason: `--reason <why the agent may run again>`".into(),

@@ -233,6 +233,12 @@ impl Ledger {
         let Some(tx) = &self.inner.tx else {
             return Err(LedgerError::WriterStopped);
         };
+        // The queue almost always has room: no waiter is registered for that.
+        match tx.try_send(cmd) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(back)) => cmd = back,
+            Err(TrySendError::Disconnected(_)) => return Err(LedgerError::WriterStopped),
+        }
         loop {
             // Registered before the attempt, so room made between a full
             // queue and the wait still wakes us.
@@ -410,12 +416,12 @@ impl Ledger {
         read::agent(&self.inner.reader.lock(), agent_id)
     }
 
-    /// What the chain recorded of an agent's registration (tier, component).
-    pub fn chain_registration(
+    /// How the agent's registry row disagrees with the chain, if it does.
+    pub fn registry_mismatch(
         &self,
-        agent_id: &str,
-    ) -> Result<Option<ChainRegistration>, LedgerError> {
-        read::chain_registration(&self.inner.reader.lock(), agent_id)
+        record: &AgentRecord,
+    ) -> Result<Option<RegistryMismatch>, LedgerError> {
+        read::registry_mismatch(&self.inner.reader.lock(), record)
     }
 
     /// The agent's revocation as the chain holds it, unless a later reinstatement lifted it.

@@ -194,21 +194,29 @@ impl fmt::Display for RegistryMismatch {
 }
 
 /// Every disagreement between the `agents` table and the chain.
+/// The registry row against what the chain recorded of the agent; `None` when they agree.
+pub(crate) fn registry_mismatch(
+    conn: &Connection,
+    agent: &AgentRecord,
+) -> Result<Option<RegistryMismatch>, LedgerError> {
+    let registry = ChainRegistration {
+        tier: agent.tier,
+        component_digest: agent.component_digest.clone(),
+    };
+    let chain = chain_registration(conn, &agent.agent_id)?;
+    Ok(
+        (chain.as_ref() != Some(&registry)).then(|| RegistryMismatch {
+            agent_id: agent.agent_id.clone(),
+            registry: Some(registry),
+            chain,
+        }),
+    )
+}
+
 pub(crate) fn registry_mismatches(conn: &Connection) -> Result<Vec<RegistryMismatch>, LedgerError> {
     let mut out = Vec::new();
     for agent in agents(conn)? {
-        let registry = ChainRegistration {
-            tier: agent.tier,
-            component_digest: agent.component_digest.clone(),
-        };
-        let chain = chain_registration(conn, &agent.agent_id)?;
-        if chain.as_ref() != Some(&registry) {
-            out.push(RegistryMismatch {
-                agent_id: agent.agent_id,
-                registry: Some(registry),
-                chain,
-            });
-        }
+        out.extend(registry_mismatch(conn, &agent)?);
     }
     let mut stmt = conn.prepare_cached(
         "SELECT DISTINCT agent_id FROM agent_actions WHERE action = 'agent.register' \

@@ -113,10 +113,18 @@ impl Driver {
         self.services.tiers.policy(self.run.tier)
     }
 
-    fn log(&self, phase: Phase, name: &'static str, decision: impl Into<Cow<'static, str>>) {
-        self.services
-            .ledger
-            .append(action(&self.run.subject, Some(phase), name, decision, None));
+    /// A ledger row of the run's own; waits (never blocks the runtime) while the writer's
+    /// queue is full.
+    /// (The future holds no borrow of the driver, which is not `Sync`.)
+    fn log(
+        &self,
+        phase: Phase,
+        name: &'static str,
+        decision: impl Into<Cow<'static, str>>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let services = self.services.clone();
+        let entry = action(&self.run.subject, Some(phase), name, decision, None);
+        async move { services.ledger.append_async(entry).await }
     }
 
     /// The rest of BOOTSTRAP once the lock is held: secrets login, sandbox, instantiate.
@@ -199,7 +207,7 @@ impl Driver {
             self.services.clone(),
             self.run.clone(),
         ));
-        self.log(Phase::Bootstrap, "bootstrap", "complete");
+        self.log(Phase::Bootstrap, "bootstrap", "complete").await;
         self.phases.push(PhaseRecord {
             phase: Phase::Bootstrap,
             elapsed_ms: self.started.elapsed().as_secs_f64() * 1e3,
@@ -298,7 +306,7 @@ impl Driver {
             .await;
             return Err(Stop::Revoked);
         }
-        self.log(phase, "phase.enter", phase.as_str());
+        self.log(phase, "phase.enter", phase.as_str()).await;
         self.phases.push(PhaseRecord {
             phase,
             elapsed_ms: 0.0,
@@ -471,7 +479,7 @@ impl Driver {
             .await?;
         self.write_host_artifact("plan.json", &plan_json(&plan))
             .await;
-        self.log(Phase::Plan, "plan", plan.summary.clone());
+        self.log(Phase::Plan, "plan", plan.summary.clone()).await;
         self.plan = Some(plan.clone());
 
         if self.policy().stops_after_plan {
@@ -488,7 +496,8 @@ impl Driver {
         let text = text_bytes(outcome.artifacts.iter().chain([&outcome.summary]));
         self.bound_text(Phase::Execute, "outcome (summary and artifact names)", text)
             .await?;
-        self.log(Phase::Execute, "execute", outcome.summary.clone());
+        self.log(Phase::Execute, "execute", outcome.summary.clone())
+            .await;
         self.require_deliverables(Phase::Execute).await?;
 
         self.transition(Phase::Verify).await?;
@@ -523,7 +532,8 @@ impl Driver {
             } else {
                 "failed"
             },
-        );
+        )
+        .await;
         self.verification = Some(verification.clone());
 
         self.transition(Phase::Package).await?;
@@ -541,7 +551,8 @@ impl Driver {
         });
         self.write_host_artifact("report.json", &report_json.to_string())
             .await;
-        self.log(Phase::Report, "report", report.summary.clone());
+        self.log(Phase::Report, "report", report.summary.clone())
+            .await;
         self.report = Some(report);
         Ok(())
     }
@@ -625,7 +636,7 @@ impl Driver {
                 Ok(Some(approval)) => {
                     let record = serde_json::to_string(&approval)
                         .unwrap_or_else(|_| approval.approved_by.clone());
-                    self.log(Phase::Plan, "approval.granted", record);
+                    self.log(Phase::Plan, "approval.granted", record).await;
                     return Ok(());
                 }
                 Ok(None) => {}
@@ -801,7 +812,10 @@ impl Driver {
         let record = ActionRecord::new(self.run.subject.clone(), "package", manifest.join("; "))
             .phase(Phase::Package.as_str())
             .details(details.to_string());
-        self.services.ledger.append(Entry::Action(record));
+        self.services
+            .ledger
+            .append_async(Entry::Action(record))
+            .await;
     }
 
     /// EXIT: checkpoint, release the lock, metrics, promotion check, flush the ledger.
@@ -812,7 +826,7 @@ impl Driver {
         let revoked = self.run.is_revoked() || matches!(outcome, Err(Stop::Revoked));
         let outcome = self.outcome(outcome, revoked);
         self.release(revoked).await;
-        let output = self.collect_output();
+        let output = self.collect_output().await;
         let compliant =
             outcome.is_success() && self.counts.total == 0 && self.counts.procedure == 0;
         let promoted_to = self.promote(compliant).await;
@@ -881,7 +895,7 @@ impl Driver {
     }
 
     /// The guest's captured stdout and stderr, each logged to the ledger.
-    fn collect_output(&self) -> Output {
+    async fn collect_output(&mut self) -> Output {
         let (stdout, stderr, dropped) = match &self.booted {
             Some(b) => {
                 let (out, out_dropped) = b.stdout.contents();
@@ -892,7 +906,7 @@ impl Driver {
         };
         for (stream, text) in [("agent.stdout", &stdout), ("agent.stderr", &stderr)] {
             if !text.is_empty() {
-                self.log(Phase::Exit, stream, text.clone());
+                self.log(Phase::Exit, stream, text.clone()).await;
             }
         }
         if dropped > 0 {
@@ -900,7 +914,8 @@ impl Driver {
                 Phase::Exit,
                 "agent.output_truncated",
                 format!("{dropped} bytes past the cap were dropped"),
-            );
+            )
+            .await;
         }
         Output {
             stdout,
@@ -942,7 +957,8 @@ impl Driver {
                     self.run.agent_id,
                     next.code()
                 ),
-            );
+            )
+            .await;
             return None;
         }
         let reason = format!(
@@ -982,7 +998,7 @@ impl Driver {
             summary,
             error,
         );
-        self.services.ledger.append(end);
+        self.services.ledger.append_async(end).await;
         if let Err(error) = self.services.ledger_flush().await {
             tracing::error!(%error, "ledger flush at exit failed");
         }

@@ -80,26 +80,11 @@ pub(crate) async fn run(
     bytes: &[u8],
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
-    let record = services
-        .ledger
-        .agent(agent)?
-        .ok_or_else(|| Refusal::UnknownAgent {
-            agent: agent.to_string(),
-        })?;
+    let record = services.registered(agent)?;
     let tier = record.tier;
     // The ledger's chain is the registration; the registry row is its working copy.
-    let chain = services.ledger.chain_registration(agent)?;
-    let registered = crate::ledger::ChainRegistration {
-        tier,
-        component_digest: record.component_digest.clone(),
-    };
-    if chain.as_ref() != Some(&registered) {
+    if let Some(mismatch) = services.ledger.registry_mismatch(&record)? {
         let subject = host_subject(&services, agent, tier, None, None);
-        let mismatch = crate::ledger::RegistryMismatch {
-            agent_id: agent.to_string(),
-            registry: Some(registered),
-            chain,
-        };
         let refusal = Refusal::RegistryTampered {
             agent: agent.to_string(),
             mismatch: mismatch.to_string(),
@@ -223,7 +208,7 @@ pub(crate) async fn run(
             component_digest.clone(),
             refusal.to_string(),
         );
-        services.ledger.append(entry);
+        services.ledger.append_async(entry).await;
         return Err(refuse_bootstrap(&services, &subject, refusal).await);
     }
 

@@ -340,8 +340,12 @@ fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
         stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?
     };
-    let mut tasks: std::collections::BTreeMap<String, (Usage, Vec<(String, String)>)> =
-        std::collections::BTreeMap::new();
+    // Per task: its usage and each name's latest reference (one map insert per row, so a
+    // task of tens of thousands of artifacts migrates in linear time).
+    let mut tasks: std::collections::BTreeMap<
+        String,
+        (Usage, std::collections::HashMap<String, String>),
+    > = std::collections::BTreeMap::new();
     for (list, json) in histories {
         let Some(task) = list
             .strip_prefix("task:")
@@ -357,10 +361,7 @@ fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
         };
         let (usage, latest) = tasks.entry(task.to_string()).or_default();
         usage.bytes = usage.bytes.saturating_add(artifact.size);
-        match latest.iter_mut().find(|(name, _)| *name == artifact.name) {
-            Some(slot) => slot.1 = json,
-            None => latest.push((artifact.name, json)),
-        }
+        latest.insert(artifact.name, json);
     }
     for (task, (mut usage, latest)) in tasks {
         usage.entries = latest.len() as u64;
@@ -399,7 +400,7 @@ fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
                 else {
                     continue;
                 };
-                (format!("blackboard:{task}:usage"), field.as_str())
+                (super::coordination::keys::board_usage(task), field.as_str())
             };
             let usage = scopes.entry(scope).or_default();
             *usage = usage.after_write(true, entry_bytes(entry, &value), 0);
@@ -420,7 +421,9 @@ fn migrate_v2(conn: &Connection) -> rusqlite::Result<()> {
             };
             let message: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             let text = |field: &str| message.get(field).and_then(|v| v.as_str()).unwrap_or("");
-            let usage = scopes.entry(format!("msg:{task}:usage")).or_default();
+            let usage = scopes
+                .entry(super::coordination::keys::message_usage(task))
+                .or_default();
             *usage = usage.after_write(
                 true,
                 super::quota::message_bytes(text("kind"), text("body")),

@@ -163,6 +163,7 @@ end
 /// Shared by the agent's own state (`kv:` fields) and the blackboard.
 const KEYED_WRITE_LUA: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and ARGV[6] == 'nx' then return {'exists'} end
 local entries, bytes = usage(2)
 local klen = tonumber(ARGV[3])
 local new_e, new_b = entries, bytes
@@ -644,20 +645,62 @@ impl RedisState {
         value: &str,
         quota: Quota,
     ) -> Result<Admission, StateError> {
-        let script = &self.inner.scripts.keyed_write;
-        let reply: Vec<String> = self
-            .guarded("quota write script on", hash, |mut c| {
-                let mut call = script.key(hash);
-                call.key(usage)
-                    .arg(field)
-                    .arg(value)
-                    .arg(key_bytes)
-                    .arg(quota.max_entries)
-                    .arg(quota.max_bytes);
-                async move { call.invoke_async(&mut c).await }
-            })
+        let reply = self
+            .keyed_script(hash, usage, field, key_bytes, value, quota, false)
             .await?;
         admission(usage, quota, &reply, |_| Ok(()))
+    }
+
+    /// [`KEYED_WRITE_LUA`] for a field that is written once (the host's own records): stored
+    /// and counted only if absent; whether it was.
+    pub(super) async fn keyed_insert(
+        &self,
+        hash: &str,
+        usage: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<bool, StateError> {
+        let reply = self
+            .keyed_script(
+                hash,
+                usage,
+                field,
+                field.len(),
+                value,
+                Quota::UNLIMITED,
+                true,
+            )
+            .await?;
+        Ok(reply.first().map(String::as_str) == Some("stored"))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the script's keys and arguments, in order"
+    )]
+    async fn keyed_script(
+        &self,
+        hash: &str,
+        usage: &str,
+        field: &str,
+        key_bytes: usize,
+        value: &str,
+        quota: Quota,
+        only_new: bool,
+    ) -> Result<Vec<String>, StateError> {
+        let script = &self.inner.scripts.keyed_write;
+        self.guarded("quota write script on", hash, |mut c| {
+            let mut call = script.key(hash);
+            call.key(usage)
+                .arg(field)
+                .arg(value)
+                .arg(key_bytes)
+                .arg(quota.max_entries)
+                .arg(quota.max_bytes)
+                .arg(if only_new { "nx" } else { "" });
+            async move { call.invoke_async(&mut c).await }
+        })
+        .await
     }
 
     async fn hgetall_counts(&self, key: &str) -> Result<ErrorCounts, StateError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{agent, look_alikes, task, unique_task};
 use crate::state::{
-    AgentId, CastOutcome, Message, NewMessage, NewProposal, Proposal, Quota, Resolution,
+    Admission, AgentId, CastOutcome, Message, NewMessage, NewProposal, Proposal, Quota, Resolution,
     ResolveOutcome, Section, StateStore, TaskId, Vote, VoteChoice,
 };
 
@@ -205,6 +205,20 @@ pub async fn board_insert_is_first_writer_wins(store: Arc<dyn StateStore>) {
             .await
             .unwrap(),
         "board insert: per section"
+    );
+    // The two inserted entries count against the task's blackboard like any write: a quota
+    // of two entries admits no third.
+    let quota = Quota {
+        max_entries: 2,
+        max_bytes: u64::MAX,
+    };
+    let third = store
+        .board_write(&task, Section::Problem, "third", "x", quota)
+        .await
+        .unwrap();
+    assert!(
+        matches!(third, Admission::Refused(_)),
+        "board insert: inserted entries are counted, got {third:?}"
     );
 }
 

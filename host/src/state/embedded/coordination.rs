@@ -183,17 +183,31 @@ impl Coordination for EmbeddedState {
         key: &str,
         value: &str,
     ) -> Result<bool, StateError> {
-        let (hash, field, value) = (
+        let (hash, scope, field, value) = (
             keys::section(task, section),
+            keys::board_usage(task),
             key.to_string(),
             value.to_string(),
         );
-        self.run(Access::Write, move |conn| {
+        self.run_tx(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key, field) DO NOTHING",
             )?;
-            Ok(stmt.execute(params![hash, field, value])? == 1)
+            if stmt.execute(params![hash, field, value])? == 0 {
+                return Ok(false);
+            }
+            // The host's entry counts against the task's blackboard like any other.
+            if let Ok(after) = admit(
+                conn,
+                &scope,
+                Quota::UNLIMITED,
+                None,
+                entry_bytes(&field, &value),
+            )? {
+                set_usage(conn, &scope, after)?;
+            }
+            Ok(true)
         })
         .await
     }

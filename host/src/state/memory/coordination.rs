@@ -159,6 +159,7 @@ impl Coordination for MemoryState {
         key: &str,
         value: &str,
     ) -> Result<bool, StateError> {
+        let bytes = entry_bytes(key, value);
         let value = value.to_string();
         Ok(self.board_mut(task, |b| {
             let entries = b.sections.entry(section).or_default();
@@ -166,6 +167,8 @@ impl Coordination for MemoryState {
                 return false;
             }
             entries.insert(key.to_string(), value);
+            // The host's entry counts against the task's blackboard like any other.
+            b.board_usage = b.board_usage.after_write(true, bytes, 0);
             true
         }))
     }

@@ -214,12 +214,9 @@ impl Coordination for RedisState {
         key: &str,
         value: &str,
     ) -> Result<bool, StateError> {
-        let hash = keys::section(task, section);
-        self.guarded("HSETNX", &hash, |mut c| {
-            let hash = &hash;
-            async move { c.hset_nx::<_, _, _, bool>(hash, key, value).await }
-        })
-        .await
+        // Counted against the task's blackboard like any other entry, in the same script.
+        let (hash, usage) = (keys::section(task, section), keys::board_usage(task));
+        self.keyed_insert(&hash, &usage, key, value).await
     }
 
     async fn board_entries(
