@@ -10,6 +10,8 @@ mod generated {
         world: "architect",
         imports: { default: async },
         exports: { default: async },
+        // The journal records every answer a guest saw and feeds it back on replay.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 

@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 
 use crate::artifacts::{ArtifactRef, BlobStore, latest_per_name};
 use crate::error::{Error, Refusal};
-use crate::id::{AgentId, TaskId};
+use crate::id::{AgentId, RunId, TaskId};
+use crate::journal::Journal;
 use crate::ledger::{AgentRecord, Entry, Ledger, LedgerError, Subject};
 use crate::llm::LlmProvider;
 use crate::packet::{Packet, RevocationReason};
@@ -134,6 +135,10 @@ impl Services {
 /// What the lifecycle driver, the capabilities and revokers share about one run.
 pub(crate) struct RunShared {
     pub subject: Arc<Subject>,
+    /// The run's id (also in `subject`).
+    pub run_id: RunId,
+    /// Every answer the guest saw, recorded or replayed.
+    pub journal: Arc<Journal>,
     pub agent_id: AgentId,
     pub task_id: TaskId,
     pub tier: Tier,
@@ -169,8 +174,11 @@ impl RunShared {
         packet: Packet,
         lock_owner: LockOwner,
         workspace: PathBuf,
+        (run_id, journal): (RunId, Journal),
     ) -> RunShared {
         RunShared {
+            run_id,
+            journal: Arc::new(journal),
             agent_id: packet.agent_id.clone(),
             task_id: packet.task_id.clone(),
             subject,
@@ -255,6 +263,7 @@ impl RunShared {
 
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+        self.journal.set_phase(phase.as_str());
         self.touch();
     }
 

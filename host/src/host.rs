@@ -460,6 +460,7 @@ impl Host {
             self.sandbox.clone(),
             &agent,
             component,
+            lifecycle::RunMode::Live,
         )
         .await
     }

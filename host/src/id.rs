@@ -184,6 +184,84 @@ id_type!(
     "task"
 );
 
+/// A run's id: `run-` and 32 lowercase hex digits of a UUIDv7, so ids sort by the time the
+/// run began. Every ledger row of the run carries it, and so do its journal and its `runs` row.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(Arc<str>);
+
+/// The prefix of every [`RunId`].
+const RUN_PREFIX: &str = "run-";
+
+impl RunId {
+    /// A new id, ordered after every id this process made before.
+    pub fn generate() -> RunId {
+        RunId(Arc::from(format!(
+            "{RUN_PREFIX}{}",
+            uuid::Uuid::now_v7().simple()
+        )))
+    }
+
+    /// Validate `id`: `run-` and 32 lowercase hex digits.
+    pub fn new(id: &str) -> Result<RunId, IdError> {
+        let hex = id.strip_prefix(RUN_PREFIX);
+        let ok = hex.is_some_and(|h| {
+            h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if !ok {
+            return Err(IdError {
+                kind: "run",
+                id: crate::text::clip(&id.escape_debug().to_string(), 80),
+                reason: "run ids are `run-` and 32 lowercase hex digits, as `warden run` and `warden runs list` print them".into(),
+            });
+        }
+        Ok(RunId(Arc::from(id)))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        RunId::new(s)
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        RunId::new(&s)
+    }
+}
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> String {
+        id.0.to_string()
+    }
+}
+
+impl From<&RunId> for Arc<str> {
+    fn from(id: &RunId) -> Arc<str> {
+        id.0.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +301,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid task id `t:1`"), "{err}");
+    }
+
+    #[test]
+    fn run_ids_are_generated_in_order_and_validated() {
+        let a = RunId::generate();
+        let b = RunId::generate();
+        assert!(a < b, "{a} then {b}");
+        assert_eq!(RunId::new(a.as_str()).unwrap(), a);
+        for bad in ["", "run-", "run-XYZ", "0192f1", &format!("{a}0"), &a.as_str().to_uppercase()] {
+            let err = RunId::new(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid run id `"), "{bad:?}: {err}");
+            assert!(err.contains("32 lowercase hex digits"), "{err}");
+        }
     }
 }

@@ -42,6 +42,13 @@ pub enum FailureCode {
     VerificationFailed,
     /// A phase returned more text than the tier keeps (`[tiers.Tn] max_text_bytes`).
     QuotaExceeded,
+    /// A replayed guest made a call (or returned a phase result) other than the journal
+    /// holds at that point.
+    ReplayDiverged,
+    /// A replay reached the end of the recorded run's journal: the recorded run stopped here.
+    ReplayEnded,
+    /// The run's journal is full ([`crate::journal::MAX_RECORDS`]).
+    JournalFull,
     /// A host invariant did not hold.
     Internal,
 }
@@ -64,6 +71,9 @@ impl FailureCode {
             FailureCode::ApprovalTimeout => "APPROVAL_TIMEOUT",
             FailureCode::VerificationFailed => "VERIFICATION_FAILED",
             FailureCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            FailureCode::ReplayDiverged => "REPLAY_DIVERGED",
+            FailureCode::ReplayEnded => "REPLAY_ENDED",
+            FailureCode::JournalFull => "JOURNAL_FULL",
             FailureCode::Internal => "INTERNAL",
         }
     }
@@ -157,6 +167,8 @@ impl From<&ErrorCounts> for BudgetUse {
 /// Everything a run produced, for people (`warden run`) and programs (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// The run: every ledger row of it, its journal and its `runs` row carry this id.
+    pub run_id: String,
     /// The agent that ran.
     pub agent_id: String,
     /// The task of its packet.

@@ -133,6 +133,25 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .max_random_size(RANDOM_BYTES_PER_CALL);
+        // Every clock read and random byte the guest sees goes through the run's journal, so
+        // a replay sees the same.
+        let journal = run.journal.clone();
+        let ledger = services.ledger.clone();
+        wasi.wall_clock(crate::journal::sources::WallClock {
+            journal: journal.clone(),
+            ledger: ledger.clone(),
+        })
+        .monotonic_clock(crate::journal::sources::MonotonicClock {
+            journal: journal.clone(),
+            ledger: ledger.clone(),
+            origin: Instant::now(),
+        })
+        .secure_random(crate::journal::sources::Random {
+            journal: journal.clone(),
+            ledger: ledger.clone(),
+        })
+        .insecure_random(crate::journal::sources::Random { journal, ledger })
+        .insecure_random_seed(insecure_seed(run.run_id.as_str()));
         let perms = if policy.workspace_write {
             FsPerms::ReadWrite
         } else {
@@ -159,6 +178,10 @@ impl Sandbox {
                 meter.interrupt = Some(Interrupt::Revoked);
                 return Ok(UpdateDeadline::Interrupt);
             }
+            if data.gov.run.journal.is_halted() {
+                meter.interrupt = Some(Interrupt::Halted);
+                return Ok(UpdateDeadline::Interrupt);
+            }
             meter.cpu_ticks += 1;
             if meter.cpu_ticks > meter.cpu_limit_ticks {
                 meter.interrupt = Some(Interrupt::CpuDeadline);
@@ -174,6 +197,16 @@ impl Sandbox {
         store.set_epoch_deadline(1);
         Ok(store)
     }
+}
+
+/// `wasi:random/insecure-seed` of a run: derived from its id, so a replay sees the same seed
+/// (it is documented as not secret).
+fn insecure_seed(run_id: &str) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(run_id.as_bytes());
+    let mut seed = [0u8; 16];
+    seed.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(seed)
 }
 
 /// The packet as the guest sees it.
@@ -245,6 +278,11 @@ impl BenchInstance {
             packet,
             LockOwner::new("bench")?,
             workspace,
+            {
+                let run_id = crate::id::RunId::generate();
+                let journal = crate::journal::Journal::recording(run_id.as_str());
+                (run_id, journal)
+            },
         ));
         run.set_phase(Phase::Execute);
         Ok(BenchInstance {

@@ -283,122 +283,128 @@ impl Governor {
 
 impl Host for AgentCtx {
     async fn put(&mut self, name: String, content: Vec<u8>) -> Result<String, WitError> {
-        const OP: &str = "artifacts.put";
-        self.gov
-            .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
-            .await?;
-        self.gov.check(OP, check_name(OP, &name)).await?;
-        let size = u64::try_from(content.len()).unwrap_or(u64::MAX);
-        let decision = check_put(
-            &self.gov.services.tiers,
-            self.gov.run.tier,
-            OP,
-            &name,
-            size,
-        );
-        self.gov.check(OP, decision).await?;
-        let run = &self.gov.run;
-        let decision = check_phase(
-            self.gov.policy(),
-            run.phase(),
-            &run.packet.deliverables,
-            OP,
-            &name,
-        );
-        self.gov.check(OP, decision).await?;
-        let policy = self.gov.policy();
-        let grant = Grant::of(policy);
-        // The run's share first: it is what the host is about to write, refused or not.
-        let run_bytes = self
-            .gov
-            .run
-            .charge_artifact_bytes(size, grant.max_bytes_per_run);
-        if let Err(over) = run_bytes {
-            let scope = format!("this run of `{}`", self.gov.agent_id());
-            let refusal = over_quota(policy, RUN_KEYS, OP, &name, &scope, over);
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let quota = Quota {
-            max_entries: grant.max_artifacts_per_task,
-            max_bytes: grant.max_bytes_per_task,
-        };
-        let gov = &self.gov;
-        let stored = async {
-            let digest = put_off_thread(&gov.services.blobs, content)
-                .await
-                .map_err(|e| unavailable("the artifact store", e))?;
-            let reference = ArtifactRef {
-                name: name.clone(),
-                digest: digest.clone(),
+        super::journal_call!(self, "artifacts.put", Json, super::journaled::args(&(&name, crate::journal::bytes_digest(&content))), {
+            const OP: &str = "artifacts.put";
+            self.gov
+                .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
+                .await?;
+            self.gov.check(OP, check_name(OP, &name)).await?;
+            let size = u64::try_from(content.len()).unwrap_or(u64::MAX);
+            let decision = check_put(
+                &self.gov.services.tiers,
+                self.gov.run.tier,
+                OP,
+                &name,
                 size,
-                author: gov.agent_id().to_string(),
-                created_at: now_rfc3339(),
-            };
-            let admission = gov
-                .services
-                .state
-                .push_artifact(gov.task_id(), &reference, quota)
-                .await
-                .map_err(|e| unavailable("the state store", e))?;
-            Ok(match admission {
-                Admission::Stored(()) => {
-                    gov.run.wrote(reference);
-                    Ok(digest)
-                }
-                Admission::Refused(over) => Err(over),
-            })
-        }
-        .await;
-        let result = match stored {
-            Ok(Ok(digest)) => Ok(digest),
-            Ok(Err(over)) => {
-                let scope = format!("task `{}`", gov.task_id());
-                let refusal = over_quota(policy, TASK_KEYS, OP, &name, &scope, over);
+            );
+            self.gov.check(OP, decision).await?;
+            let run = &self.gov.run;
+            let decision = check_phase(
+                self.gov.policy(),
+                run.phase(),
+                &run.packet.deliverables,
+                OP,
+                &name,
+            );
+            self.gov.check(OP, decision).await?;
+            let policy = self.gov.policy();
+            let grant = Grant::of(policy);
+            // The run's share first: it is what the host is about to write, refused or not.
+            let run_bytes = self
+                .gov
+                .run
+                .charge_artifact_bytes(size, grant.max_bytes_per_run);
+            if let Err(over) = run_bytes {
+                let scope = format!("this run of `{}`", self.gov.agent_id());
+                let refusal = over_quota(policy, RUN_KEYS, OP, &name, &scope, over);
                 return Err(self.gov.refuse(OP, refusal).await);
             }
-            Err(error) => Err(error),
-        };
-        gov.record_result(OP, &result).await;
-        result
+            let quota = Quota {
+                max_entries: grant.max_artifacts_per_task,
+                max_bytes: grant.max_bytes_per_task,
+            };
+            let gov = &self.gov;
+            let stored = async {
+                let digest = put_off_thread(&gov.services.blobs, content)
+                    .await
+                    .map_err(|e| unavailable("the artifact store", e))?;
+                let reference = ArtifactRef {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    size,
+                    author: gov.agent_id().to_string(),
+                    created_at: now_rfc3339(),
+                };
+                let admission = gov
+                    .services
+                    .state
+                    .push_artifact(gov.task_id(), &reference, quota)
+                    .await
+                    .map_err(|e| unavailable("the state store", e))?;
+                Ok(match admission {
+                    Admission::Stored(()) => {
+                        gov.run.wrote(reference);
+                        Ok(digest)
+                    }
+                    Admission::Refused(over) => Err(over),
+                })
+            }
+            .await;
+            let result = match stored {
+                Ok(Ok(digest)) => Ok(digest),
+                Ok(Err(over)) => {
+                    let scope = format!("task `{}`", gov.task_id());
+                    let refusal = over_quota(policy, TASK_KEYS, OP, &name, &scope, over);
+                    return Err(self.gov.refuse(OP, refusal).await);
+                }
+                Err(error) => Err(error),
+            };
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn get(&mut self, name: String) -> Result<Vec<u8>, WitError> {
-        const OP: &str = "artifacts.get";
-        self.gov
-            .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
-            .await?;
-        self.gov.check(OP, check_name(OP, &name)).await?;
-        let gov = &self.gov;
-        let result = async {
-            let Some(reference) = gov.task_artifact(&name).await? else {
-                return Err(WitError::NotFound(format!(
-                    "artifact `{name}` does not exist in task `{}`",
-                    gov.task_id()
-                )));
-            };
-            match get_off_thread(&gov.services.blobs, &reference.digest).await {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(WitError::NotFound(format!(
-                    "artifact `{name}` ({}) is recorded but its content is missing",
-                    reference.digest
-                ))),
-                Err(e) => Err(unavailable("the artifact store", e)),
+        super::journal_call!(self, "artifacts.get", Bytes, super::journaled::args(&(&name,)), {
+            const OP: &str = "artifacts.get";
+            self.gov
+                .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
+                .await?;
+            self.gov.check(OP, check_name(OP, &name)).await?;
+            let gov = &self.gov;
+            let result = async {
+                let Some(reference) = gov.task_artifact(&name).await? else {
+                    return Err(WitError::NotFound(format!(
+                        "artifact `{name}` does not exist in task `{}`",
+                        gov.task_id()
+                    )));
+                };
+                match get_off_thread(&gov.services.blobs, &reference.digest).await {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(WitError::NotFound(format!(
+                        "artifact `{name}` ({}) is recorded but its content is missing",
+                        reference.digest
+                    ))),
+                    Err(e) => Err(unavailable("the artifact store", e)),
+                }
             }
-        }
-        .await;
-        self.gov.record_result(OP, &result).await;
-        result
+            .await;
+            self.gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn info(&mut self, name: String) -> Result<Option<ArtifactInfo>, WitError> {
-        const OP: &str = "artifacts.info";
-        self.gov
-            .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
-            .await?;
-        self.gov.check(OP, check_name(OP, &name)).await?;
-        let result = self.gov.task_artifact(&name).await.map(|r| r.map(info));
-        self.gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "artifacts.info", Json, super::journaled::args(&(&name,)), {
+            const OP: &str = "artifacts.info";
+            self.gov
+                .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
+                .await?;
+            self.gov.check(OP, check_name(OP, &name)).await?;
+            let result = self.gov.task_artifact(&name).await.map(|r| r.map(info));
+            self.gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn list(
@@ -406,33 +412,35 @@ impl Host for AgentCtx {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<ArtifactInfo>, WitError> {
-        const OP: &str = "artifacts.list";
-        self.gov
-            .gate(Interface::Artifacts, OP, || "artifact:*".to_string())
-            .await?;
-        // A cursor is any string: the page starts after it in name order, so it need not be
-        // a name that exists, and it is never a key. Past the longest name it is no use.
-        if let Some(after) = after.as_deref().filter(|a| a.len() > MAX_NAME_BYTES) {
-            let refusal = CallRefusal::invalid(
-                "artifact:*",
-                format!(
-                    "`{OP}` refused: a cursor of {} bytes; artifact names, and so cursors, are at most {MAX_NAME_BYTES} bytes",
-                    after.len()
-                ),
-            );
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let limit = usize::try_from(limit.min(MAX_PAGE)).unwrap_or(0);
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .artifact_page(gov.task_id(), after.as_deref(), limit)
-            .await
-            .map(|page| page.into_iter().map(info).collect())
-            .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "artifacts.list", Json, super::journaled::args(&(&after, &limit)), {
+            const OP: &str = "artifacts.list";
+            self.gov
+                .gate(Interface::Artifacts, OP, || "artifact:*".to_string())
+                .await?;
+            // A cursor is any string: the page starts after it in name order, so it need not be
+            // a name that exists, and it is never a key. Past the longest name it is no use.
+            if let Some(after) = after.as_deref().filter(|a| a.len() > MAX_NAME_BYTES) {
+                let refusal = CallRefusal::invalid(
+                    "artifact:*",
+                    format!(
+                        "`{OP}` refused: a cursor of {} bytes; artifact names, and so cursors, are at most {MAX_NAME_BYTES} bytes",
+                        after.len()
+                    ),
+                );
+                return Err(self.gov.refuse(OP, refusal).await);
+            }
+            let limit = usize::try_from(limit.min(MAX_PAGE)).unwrap_or(0);
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .artifact_page(gov.task_id(), after.as_deref(), limit)
+                .await
+                .map(|page| page.into_iter().map(info).collect())
+                .map_err(|e| unavailable("the state store", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 }
 

@@ -155,21 +155,23 @@ impl AgentCtx {
 
 impl Host for AgentCtx {
     async fn read(&mut self, section: WitSection, key: String) -> Result<Option<String>, WitError> {
-        const OP: &str = "blackboard.read";
-        let section = self::section(section);
-        self.gov
-            .gate(Interface::Blackboard, OP, || resource(section, &key))
-            .await?;
-        self.check_entry_key(OP, section, &key).await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .board_read(gov.task_id(), section, &key)
-            .await
-            .map_err(|e| unavailable("the blackboard", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "blackboard.read", Json, super::journaled::args(&(&section, &key)), {
+            const OP: &str = "blackboard.read";
+            let section = self::section(section);
+            self.gov
+                .gate(Interface::Blackboard, OP, || resource(section, &key))
+                .await?;
+            self.check_entry_key(OP, section, &key).await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .board_read(gov.task_id(), section, &key)
+                .await
+                .map_err(|e| unavailable("the blackboard", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn write(
@@ -178,79 +180,83 @@ impl Host for AgentCtx {
         key: String,
         value: String,
     ) -> Result<(), WitError> {
-        const OP: &str = "blackboard.write";
-        let section = self::section(section);
-        self.gov
-            .gate(Interface::Blackboard, OP, || resource(section, &key))
-            .await?;
-        let decision = check_write(
-            &self.gov.services.tiers,
-            self.gov.run.tier,
-            OP,
-            section,
-            &key,
-        );
-        self.gov.check(OP, decision).await?;
-        self.check_entry_key(OP, section, &key).await?;
-        self.gov.check(OP, check_owner(OP, section, &key)).await?;
-        if value.len() > MAX_VALUE_BYTES {
-            let refusal = CallRefusal {
-                kind: ViolationKind::Invalid,
-                resource: resource(section, &key),
-                message: format!(
-                    "`{OP}` refused: value of {} bytes for `{section}/{key}`; blackboard values are at most {MAX_VALUE_BYTES} bytes",
-                    value.len()
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let policy = self.gov.policy();
-        let grant = policy.grant::<Grant>(Interface::Blackboard);
-        let quota = Quota {
-            max_entries: grant.max_entries,
-            max_bytes: grant.max_bytes,
-        };
-        let gov = &self.gov;
-        let stored = gov
-            .services
-            .state
-            .board_write(gov.task_id(), section, &key, &value, quota)
-            .await;
-        let result = match stored {
-            Ok(Admission::Stored(())) => Ok(()),
-            Ok(Admission::Refused(over)) => {
-                let refusal = refusal(
-                    policy,
-                    KEYS,
-                    resource(section, &key),
-                    &format!("`{OP}` of `{section}/{key}`"),
-                    &format!("task `{}`'s blackboard", gov.task_id()),
-                    over,
-                    Some("overwrite an existing entry with no more bytes instead"),
-                );
+        super::journal_call!(self, "blackboard.write", Json, super::journaled::args(&(&section, &key, &value)), {
+            const OP: &str = "blackboard.write";
+            let section = self::section(section);
+            self.gov
+                .gate(Interface::Blackboard, OP, || resource(section, &key))
+                .await?;
+            let decision = check_write(
+                &self.gov.services.tiers,
+                self.gov.run.tier,
+                OP,
+                section,
+                &key,
+            );
+            self.gov.check(OP, decision).await?;
+            self.check_entry_key(OP, section, &key).await?;
+            self.gov.check(OP, check_owner(OP, section, &key)).await?;
+            if value.len() > MAX_VALUE_BYTES {
+                let refusal = CallRefusal {
+                    kind: ViolationKind::Invalid,
+                    resource: resource(section, &key),
+                    message: format!(
+                        "`{OP}` refused: value of {} bytes for `{section}/{key}`; blackboard values are at most {MAX_VALUE_BYTES} bytes",
+                        value.len()
+                    ),
+                };
                 return Err(self.gov.refuse(OP, refusal).await);
             }
-            Err(e) => Err(unavailable("the blackboard", e)),
-        };
-        gov.record_result(OP, &result).await;
-        result
+            let policy = self.gov.policy();
+            let grant = policy.grant::<Grant>(Interface::Blackboard);
+            let quota = Quota {
+                max_entries: grant.max_entries,
+                max_bytes: grant.max_bytes,
+            };
+            let gov = &self.gov;
+            let stored = gov
+                .services
+                .state
+                .board_write(gov.task_id(), section, &key, &value, quota)
+                .await;
+            let result = match stored {
+                Ok(Admission::Stored(())) => Ok(()),
+                Ok(Admission::Refused(over)) => {
+                    let refusal = refusal(
+                        policy,
+                        KEYS,
+                        resource(section, &key),
+                        &format!("`{OP}` of `{section}/{key}`"),
+                        &format!("task `{}`'s blackboard", gov.task_id()),
+                        over,
+                        Some("overwrite an existing entry with no more bytes instead"),
+                    );
+                    return Err(self.gov.refuse(OP, refusal).await);
+                }
+                Err(e) => Err(unavailable("the blackboard", e)),
+            };
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn entries(&mut self, section: WitSection) -> Result<Vec<(String, String)>, WitError> {
-        const OP: &str = "blackboard.entries";
-        let section = self::section(section);
-        self.gov
-            .gate(Interface::Blackboard, OP, || resource(section, "*"))
-            .await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .board_entries(gov.task_id(), section)
-            .await
-            .map_err(|e| unavailable("the blackboard", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "blackboard.entries", Json, super::journaled::args(&(&section,)), {
+            const OP: &str = "blackboard.entries";
+            let section = self::section(section);
+            self.gov
+                .gate(Interface::Blackboard, OP, || resource(section, "*"))
+                .await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .board_entries(gov.task_id(), section)
+                .await
+                .map_err(|e| unavailable("the blackboard", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 }
 

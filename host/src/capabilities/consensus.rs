@@ -249,88 +249,90 @@ impl Host for AgentCtx {
         voters: Vec<String>,
         required: Vec<String>,
     ) -> Result<String, WitError> {
-        const OP: &str = "consensus.propose";
-        self.gov
-            .gate(Interface::Consensus, OP, || "consensus:propose".to_string())
-            .await?;
-        let problem = if title.is_empty() || title.len() > MAX_TITLE_BYTES {
-            Some(format!(
-                "`{OP}` refused: title of {} bytes; titles are 1 to {MAX_TITLE_BYTES} bytes",
-                title.len()
-            ))
-        } else if body.len() > MAX_TEXT_BYTES {
-            Some(format!(
-                "`{OP}` refused: body of {} bytes; proposals are at most {MAX_TEXT_BYTES} bytes",
-                body.len()
-            ))
-        } else if voters.len() + required.len() > 2 * MAX_REQUIRED {
-            Some(format!(
-                "`{OP}` refused: {} voters and {} required agents; a proposal may name at most {MAX_REQUIRED} voters",
-                voters.len(),
-                required.len()
-            ))
-        } else {
-            voters
-                .iter()
-                .chain(&required)
-                .find_map(|agent| AgentId::new(agent).err())
-                .map(|e| format!("`{OP}` refused: voter {e}"))
-        };
-        if let Some(message) = problem {
-            return Err(self.invalid(OP, "consensus:propose".into(), message).await);
-        }
-        let ids = |names: &[String]| -> Vec<AgentId> {
-            let mut ids: Vec<AgentId> = names.iter().filter_map(|a| AgentId::new(a).ok()).collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        };
-        let (voters, required) = (ids(&voters), ids(&required));
-        let rules = match self.gov.consensus_rules().await {
-            Ok(rules) => rules,
-            Err(error) => {
-                let result: Result<String, _> = Err(error);
-                self.gov.record_result(OP, &result).await;
-                return result;
-            }
-        };
-        let voters = match voters_of(self.gov.agent_id(), &voters, &required, &rules) {
-            Ok(voters) => voters,
-            Err(reason) => {
-                let message = format!("`{OP}` refused: {reason}");
+        super::journal_call!(self, "consensus.propose", Json, super::journaled::args(&(&title, &body, &voters, &required)), {
+            const OP: &str = "consensus.propose";
+            self.gov
+                .gate(Interface::Consensus, OP, || "consensus:propose".to_string())
+                .await?;
+            let problem = if title.is_empty() || title.len() > MAX_TITLE_BYTES {
+                Some(format!(
+                    "`{OP}` refused: title of {} bytes; titles are 1 to {MAX_TITLE_BYTES} bytes",
+                    title.len()
+                ))
+            } else if body.len() > MAX_TEXT_BYTES {
+                Some(format!(
+                    "`{OP}` refused: body of {} bytes; proposals are at most {MAX_TEXT_BYTES} bytes",
+                    body.len()
+                ))
+            } else if voters.len() + required.len() > 2 * MAX_REQUIRED {
+                Some(format!(
+                    "`{OP}` refused: {} voters and {} required agents; a proposal may name at most {MAX_REQUIRED} voters",
+                    voters.len(),
+                    required.len()
+                ))
+            } else {
+                voters
+                    .iter()
+                    .chain(&required)
+                    .find_map(|agent| AgentId::new(agent).err())
+                    .map(|e| format!("`{OP}` refused: voter {e}"))
+            };
+            if let Some(message) = problem {
                 return Err(self.invalid(OP, "consensus:propose".into(), message).await);
             }
-        };
-        let gov = &self.gov;
-        let proposal = NewProposal {
-            proposer: gov.agent_id(),
-            title: &title,
-            body: &body,
-            required: &required,
-            voters: &voters,
-            quorum: rules.quorum,
-            created_at_ms: now_ms(),
-        };
-        let result = gov
-            .services
-            .state
-            .propose(gov.task_id(), &proposal)
-            .await
-            .map_err(|e| unavailable("consensus", e));
-        match &result {
-            Ok(id) => {
-                let details = serde_json::json!({
-                    "proposal": id,
-                    "title": title,
-                    "voters": voters,
-                    "required": required,
-                    "quorum": rules.quorum,
-                });
-                gov.record_details(OP, details.to_string()).await;
+            let ids = |names: &[String]| -> Vec<AgentId> {
+                let mut ids: Vec<AgentId> = names.iter().filter_map(|a| AgentId::new(a).ok()).collect();
+                ids.sort();
+                ids.dedup();
+                ids
+            };
+            let (voters, required) = (ids(&voters), ids(&required));
+            let rules = match self.gov.consensus_rules().await {
+                Ok(rules) => rules,
+                Err(error) => {
+                    let result: Result<String, _> = Err(error);
+                    self.gov.record_result(OP, &result).await;
+                    return result;
+                }
+            };
+            let voters = match voters_of(self.gov.agent_id(), &voters, &required, &rules) {
+                Ok(voters) => voters,
+                Err(reason) => {
+                    let message = format!("`{OP}` refused: {reason}");
+                    return Err(self.invalid(OP, "consensus:propose".into(), message).await);
+                }
+            };
+            let gov = &self.gov;
+            let proposal = NewProposal {
+                proposer: gov.agent_id(),
+                title: &title,
+                body: &body,
+                required: &required,
+                voters: &voters,
+                quorum: rules.quorum,
+                created_at_ms: now_ms(),
+            };
+            let result = gov
+                .services
+                .state
+                .propose(gov.task_id(), &proposal)
+                .await
+                .map_err(|e| unavailable("consensus", e));
+            match &result {
+                Ok(id) => {
+                    let details = serde_json::json!({
+                        "proposal": id,
+                        "title": title,
+                        "voters": voters,
+                        "required": required,
+                        "quorum": rules.quorum,
+                    });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
             }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result
+            result
+        })
     }
 
     async fn cast(
@@ -339,300 +341,312 @@ impl Host for AgentCtx {
         choice: WitChoice,
         reasoning: String,
     ) -> Result<(), WitError> {
-        const OP: &str = "consensus.cast";
-        self.gov
-            .gate(Interface::Consensus, OP, || {
-                format!("consensus:{proposal_id}")
-            })
-            .await?;
-        if reasoning.len() > MAX_TEXT_BYTES {
-            let message = format!(
-                "`{OP}` refused: reasoning of {} bytes; at most {MAX_TEXT_BYTES} bytes",
-                reasoning.len()
-            );
-            return Err(self
-                .invalid(OP, format!("consensus:{proposal_id}"), message)
-                .await);
-        }
-        let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
-        if let Err(reason) = proposal.may_vote(self.gov.agent_id()) {
-            let hint = if proposal.record.proposer == *self.gov.agent_id() {
-                "; a proposer votes on its own proposal only where the task counts it (`proposer_votes`)"
-            } else {
-                ""
-            };
-            let refusal = CallRefusal {
-                kind: ViolationKind::NotAVoter,
-                resource: format!("consensus:{proposal_id}"),
-                message: format!("`{OP}` on `{proposal_id}` refused: {reason}{hint}"),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let gov = &self.gov;
-        let vote = Vote {
-            agent: gov.agent_id().clone(),
-            choice: vote_choice(choice),
-            reasoning,
-            at_ms: now_ms(),
-        };
-        let outcome = gov
-            .services
-            .state
-            .cast_vote(gov.task_id(), &proposal_id, &vote)
-            .await
-            .map_err(|e| unavailable("consensus", e));
-        let result = match outcome {
-            Ok(CastOutcome::Recorded) => Ok(()),
-            Ok(CastOutcome::AlreadyVoted(first)) => Err(WitError::Denied(format!(
-                "`{OP}` on `{proposal_id}` refused: agent `{}` already voted {} and votes are final",
-                gov.agent_id(),
-                first.choice.as_str()
-            ))),
-            Ok(CastOutcome::UnknownProposal) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
-            Err(e) => Err(e),
-        };
-        let gov = &self.gov;
-        match &result {
-            Ok(()) => {
-                let details = serde_json::json!({
-                    "proposal": proposal_id,
-                    "vote": vote.choice.as_str(),
-                    "reasoning": vote.reasoning,
-                });
-                gov.record_details(OP, details.to_string()).await;
+        super::journal_call!(self, "consensus.cast", Json, super::journaled::args(&(&proposal_id, &choice, &reasoning)), {
+            const OP: &str = "consensus.cast";
+            self.gov
+                .gate(Interface::Consensus, OP, || {
+                    format!("consensus:{proposal_id}")
+                })
+                .await?;
+            if reasoning.len() > MAX_TEXT_BYTES {
+                let message = format!(
+                    "`{OP}` refused: reasoning of {} bytes; at most {MAX_TEXT_BYTES} bytes",
+                    reasoning.len()
+                );
+                return Err(self
+                    .invalid(OP, format!("consensus:{proposal_id}"), message)
+                    .await);
             }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result
+            let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
+            if let Err(reason) = proposal.may_vote(self.gov.agent_id()) {
+                let hint = if proposal.record.proposer == *self.gov.agent_id() {
+                    "; a proposer votes on its own proposal only where the task counts it (`proposer_votes`)"
+                } else {
+                    ""
+                };
+                let refusal = CallRefusal {
+                    kind: ViolationKind::NotAVoter,
+                    resource: format!("consensus:{proposal_id}"),
+                    message: format!("`{OP}` on `{proposal_id}` refused: {reason}{hint}"),
+                };
+                return Err(self.gov.refuse(OP, refusal).await);
+            }
+            let gov = &self.gov;
+            let vote = Vote {
+                agent: gov.agent_id().clone(),
+                choice: vote_choice(choice),
+                reasoning,
+                at_ms: now_ms(),
+            };
+            let outcome = gov
+                .services
+                .state
+                .cast_vote(gov.task_id(), &proposal_id, &vote)
+                .await
+                .map_err(|e| unavailable("consensus", e));
+            let result = match outcome {
+                Ok(CastOutcome::Recorded) => Ok(()),
+                Ok(CastOutcome::AlreadyVoted(first)) => Err(WitError::Denied(format!(
+                    "`{OP}` on `{proposal_id}` refused: agent `{}` already voted {} and votes are final",
+                    gov.agent_id(),
+                    first.choice.as_str()
+                ))),
+                Ok(CastOutcome::UnknownProposal) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
+                Err(e) => Err(e),
+            };
+            let gov = &self.gov;
+            match &result {
+                Ok(()) => {
+                    let details = serde_json::json!({
+                        "proposal": proposal_id,
+                        "vote": vote.choice.as_str(),
+                        "reasoning": vote.reasoning,
+                    });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
+            }
+            result
+        })
     }
 
     async fn tally(&mut self, proposal_id: String) -> Result<ProposalTally, WitError> {
-        const OP: &str = "consensus.tally";
-        self.gov
-            .gate(Interface::Consensus, OP, || {
-                format!("consensus:{proposal_id}")
-            })
-            .await?;
-        let gov = &self.gov;
-        let found = gov
-            .services
-            .state
-            .proposal(gov.task_id(), &proposal_id)
-            .await
-            .map_err(|e| unavailable("consensus", e));
-        let result = match found {
-            Ok(Some(proposal)) => Ok(tally(&proposal)),
-            Ok(None) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
-            Err(e) => Err(e),
-        };
-        self.gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "consensus.tally", Json, super::journaled::args(&(&proposal_id,)), {
+            const OP: &str = "consensus.tally";
+            self.gov
+                .gate(Interface::Consensus, OP, || {
+                    format!("consensus:{proposal_id}")
+                })
+                .await?;
+            let gov = &self.gov;
+            let found = gov
+                .services
+                .state
+                .proposal(gov.task_id(), &proposal_id)
+                .await
+                .map_err(|e| unavailable("consensus", e));
+            let result = match found {
+                Ok(Some(proposal)) => Ok(tally(&proposal)),
+                Ok(None) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
+                Err(e) => Err(e),
+            };
+            self.gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn proposals(&mut self) -> Result<Vec<WitProposal>, WitError> {
-        const OP: &str = "consensus.proposals";
-        self.gov
-            .gate(Interface::Consensus, OP, || "consensus:*".to_string())
-            .await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .proposals(gov.task_id())
-            .await
-            .map_err(|e| unavailable("consensus", e))
-            .map(|all| {
-                all.into_iter()
-                    .map(|p| WitProposal {
-                        in_conflict: p.in_conflict(),
-                        id: p.record.id,
-                        proposer: p.record.proposer.into(),
-                        title: p.record.title,
-                        body: p.record.body,
-                        required: p.record.required.into_iter().map(String::from).collect(),
-                        voters: p.record.voters.into_iter().map(String::from).collect(),
-                        quorum: p.record.quorum,
-                        resolution: p.record.resolution.map(|r| r.note),
-                    })
-                    .collect()
-            });
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "consensus.proposals", Json, super::journaled::args(&()), {
+            const OP: &str = "consensus.proposals";
+            self.gov
+                .gate(Interface::Consensus, OP, || "consensus:*".to_string())
+                .await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .proposals(gov.task_id())
+                .await
+                .map_err(|e| unavailable("consensus", e))
+                .map(|all| {
+                    all.into_iter()
+                        .map(|p| WitProposal {
+                            in_conflict: p.in_conflict(),
+                            id: p.record.id,
+                            proposer: p.record.proposer.into(),
+                            title: p.record.title,
+                            body: p.record.body,
+                            required: p.record.required.into_iter().map(String::from).collect(),
+                            voters: p.record.voters.into_iter().map(String::from).collect(),
+                            quorum: p.record.quorum,
+                            resolution: p.record.resolution.map(|r| r.note),
+                        })
+                        .collect()
+                });
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn resolve(&mut self, proposal_id: String, resolution: String) -> Result<(), WitError> {
-        const OP: &str = "consensus.resolve";
-        self.gov
-            .gate(Interface::Consensus, OP, || {
-                format!("consensus:{proposal_id}")
-            })
-            .await?;
-        if resolution.is_empty() || resolution.len() > MAX_TEXT_BYTES {
-            let message = format!(
-                "`{OP}` refused: resolution of {} bytes; resolutions are 1 to {MAX_TEXT_BYTES} bytes",
-                resolution.len()
-            );
-            return Err(self
-                .invalid(OP, format!("consensus:{proposal_id}"), message)
-                .await);
-        }
-        let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
-        let decision = check_settler(OP, &proposal, self.gov.agent_id(), self.gov.run.tier);
-        self.gov.check(OP, decision).await?;
-        let gov = &self.gov;
-        let settled = Resolution {
-            by: gov.agent_id().clone(),
-            note: resolution,
-            at_ms: now_ms(),
-        };
-        let outcome = gov
-            .services
-            .state
-            .resolve_proposal(gov.task_id(), &proposal_id, &settled)
-            .await
-            .map_err(|e| unavailable("consensus", e));
-        let result = match outcome {
-            Ok(ResolveOutcome::Resolved) => Ok(()),
-            Ok(ResolveOutcome::AlreadyResolved(first)) => Err(WitError::Denied(format!(
-                "`{OP}` of `{proposal_id}` refused: `{}` already settled it ({})",
-                first.by, first.note
-            ))),
-            Ok(ResolveOutcome::UnknownProposal) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
-            Err(e) => Err(e),
-        };
-        let gov = &self.gov;
-        match &result {
-            Ok(()) => {
-                let details =
-                    serde_json::json!({ "proposal": proposal_id, "resolution": settled.note });
-                gov.record_details(OP, details.to_string()).await;
+        super::journal_call!(self, "consensus.resolve", Json, super::journaled::args(&(&proposal_id, &resolution)), {
+            const OP: &str = "consensus.resolve";
+            self.gov
+                .gate(Interface::Consensus, OP, || {
+                    format!("consensus:{proposal_id}")
+                })
+                .await?;
+            if resolution.is_empty() || resolution.len() > MAX_TEXT_BYTES {
+                let message = format!(
+                    "`{OP}` refused: resolution of {} bytes; resolutions are 1 to {MAX_TEXT_BYTES} bytes",
+                    resolution.len()
+                );
+                return Err(self
+                    .invalid(OP, format!("consensus:{proposal_id}"), message)
+                    .await);
             }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result
+            let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
+            let decision = check_settler(OP, &proposal, self.gov.agent_id(), self.gov.run.tier);
+            self.gov.check(OP, decision).await?;
+            let gov = &self.gov;
+            let settled = Resolution {
+                by: gov.agent_id().clone(),
+                note: resolution,
+                at_ms: now_ms(),
+            };
+            let outcome = gov
+                .services
+                .state
+                .resolve_proposal(gov.task_id(), &proposal_id, &settled)
+                .await
+                .map_err(|e| unavailable("consensus", e));
+            let result = match outcome {
+                Ok(ResolveOutcome::Resolved) => Ok(()),
+                Ok(ResolveOutcome::AlreadyResolved(first)) => Err(WitError::Denied(format!(
+                    "`{OP}` of `{proposal_id}` refused: `{}` already settled it ({})",
+                    first.by, first.note
+                ))),
+                Ok(ResolveOutcome::UnknownProposal) => Err(unknown_proposal(self.gov.task_id(), OP, &proposal_id)),
+                Err(e) => Err(e),
+            };
+            let gov = &self.gov;
+            match &result {
+                Ok(()) => {
+                    let details =
+                        serde_json::json!({ "proposal": proposal_id, "resolution": settled.note });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
+            }
+            result
+        })
     }
 
     async fn finalize(&mut self, proposal_id: String) -> Result<ProposalTally, WitError> {
-        const OP: &str = "consensus.finalize";
-        self.gov
-            .gate(Interface::Consensus, OP, || {
-                format!("consensus:{proposal_id}")
-            })
-            .await?;
-        let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
-        let decision = check_settler(OP, &proposal, self.gov.agent_id(), self.gov.run.tier);
-        self.gov.check(OP, decision).await?;
-        let counted = proposal.tally();
-        let gov = &self.gov;
-        let result = if proposal.record.resolution.is_some() {
-            Err(WitError::Denied(format!(
-                "`{OP}` of `{proposal_id}` refused: it was settled outside the vote and cannot be the task's decision"
-            )))
-        } else if !counted.reached {
-            let missing: Vec<&str> = counted.missing.iter().map(AgentId::as_str).collect();
-            Err(WitError::Denied(format!(
-                "`{OP}` of `{proposal_id}` refused: it has not reached consensus ({} accept, {} reject, {} abstain of a quorum of {}; missing: {})",
-                counted.accepts,
-                counted.rejects,
-                counted.abstains,
-                counted.quorum,
-                if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
-            )))
-        } else {
-            let record = serde_json::json!({
-                "proposal_id": proposal_id,
-                "title": proposal.record.title,
-                "proposer": proposal.record.proposer,
-                "reached": true,
-                "accepts": counted.accepts,
-                "rejects": counted.rejects,
-                "abstains": counted.abstains,
-                "quorum": counted.quorum,
-                "voters": proposal.record.voters,
-                "finalized_by": gov.agent_id(),
-                "at": rfc3339(now_ms()),
-            })
-            .to_string();
-            match gov
-                .services
-                .state
-                .board_insert(gov.task_id(), Section::Consensus, "final", &record)
-                .await
-            {
-                Ok(true) => Ok(tally(&proposal)),
-                Ok(false) => Err(WitError::Denied(format!(
-                    "`{OP}` of `{proposal_id}` refused: task `{}` already has a final decision (`consensus/final`); it is set once",
-                    gov.task_id()
-                ))),
-                Err(e) => Err(unavailable("the blackboard", e)),
-            }
-        };
-        match &result {
-            Ok(_) => {
-                let details = serde_json::json!({
-                    "proposal": proposal_id,
+        super::journal_call!(self, "consensus.finalize", Json, super::journaled::args(&(&proposal_id,)), {
+            const OP: &str = "consensus.finalize";
+            self.gov
+                .gate(Interface::Consensus, OP, || {
+                    format!("consensus:{proposal_id}")
+                })
+                .await?;
+            let proposal = self.gov.find_proposal(OP, &proposal_id).await?;
+            let decision = check_settler(OP, &proposal, self.gov.agent_id(), self.gov.run.tier);
+            self.gov.check(OP, decision).await?;
+            let counted = proposal.tally();
+            let gov = &self.gov;
+            let result = if proposal.record.resolution.is_some() {
+                Err(WitError::Denied(format!(
+                    "`{OP}` of `{proposal_id}` refused: it was settled outside the vote and cannot be the task's decision"
+                )))
+            } else if !counted.reached {
+                let missing: Vec<&str> = counted.missing.iter().map(AgentId::as_str).collect();
+                Err(WitError::Denied(format!(
+                    "`{OP}` of `{proposal_id}` refused: it has not reached consensus ({} accept, {} reject, {} abstain of a quorum of {}; missing: {})",
+                    counted.accepts,
+                    counted.rejects,
+                    counted.abstains,
+                    counted.quorum,
+                    if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
+                )))
+            } else {
+                let record = serde_json::json!({
+                    "proposal_id": proposal_id,
+                    "title": proposal.record.title,
+                    "proposer": proposal.record.proposer,
+                    "reached": true,
                     "accepts": counted.accepts,
                     "rejects": counted.rejects,
+                    "abstains": counted.abstains,
                     "quorum": counted.quorum,
-                });
-                gov.record_details(OP, details.to_string()).await;
+                    "voters": proposal.record.voters,
+                    "finalized_by": gov.agent_id(),
+                    "at": rfc3339(now_ms()),
+                })
+                .to_string();
+                match gov
+                    .services
+                    .state
+                    .board_insert(gov.task_id(), Section::Consensus, "final", &record)
+                    .await
+                {
+                    Ok(true) => Ok(tally(&proposal)),
+                    Ok(false) => Err(WitError::Denied(format!(
+                        "`{OP}` of `{proposal_id}` refused: task `{}` already has a final decision (`consensus/final`); it is set once",
+                        gov.task_id()
+                    ))),
+                    Err(e) => Err(unavailable("the blackboard", e)),
+                }
+            };
+            match &result {
+                Ok(_) => {
+                    let details = serde_json::json!({
+                        "proposal": proposal_id,
+                        "accepts": counted.accepts,
+                        "rejects": counted.rejects,
+                        "quorum": counted.quorum,
+                    });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
             }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result
+            result
+        })
     }
 
     async fn validate(&mut self, valid: bool, note: String) -> Result<(), WitError> {
-        const OP: &str = "consensus.validate";
-        self.gov
-            .gate(Interface::Consensus, OP, || "consensus:validation".to_string())
-            .await?;
-        let tier = self.gov.run.tier;
-        if tier < MEDIATOR_TIER {
-            let refusal = CallRefusal::tier_denied(
-                "consensus:validation",
-                format!(
-                    "`{OP}` refused: validating the task's result is the mediator's, tier {MEDIATOR_TIER} or above (agent is {tier})"
-                ),
-            );
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        if note.len() > MAX_TEXT_BYTES {
-            let message = format!(
-                "`{OP}` refused: note of {} bytes; at most {MAX_TEXT_BYTES} bytes",
-                note.len()
-            );
-            return Err(self.invalid(OP, "consensus:validation".into(), message).await);
-        }
-        let gov = &self.gov;
-        let record = serde_json::json!({
-            "validated": valid,
-            "note": note,
-            "by": gov.agent_id(),
-            "at": rfc3339(now_ms()),
-        })
-        .to_string();
-        let result = match gov
-            .services
-            .state
-            .board_insert(gov.task_id(), Section::Consensus, "validation", &record)
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(WitError::Denied(format!(
-                "`{OP}` refused: task `{}` was already validated (`consensus/validation`); it is set once",
-                gov.task_id()
-            ))),
-            Err(e) => Err(unavailable("the blackboard", e)),
-        };
-        match &result {
-            Ok(()) => {
-                let details = serde_json::json!({ "validated": valid, "note": note });
-                gov.record_details(OP, details.to_string()).await;
+        super::journal_call!(self, "consensus.validate", Json, super::journaled::args(&(&valid, &note)), {
+            const OP: &str = "consensus.validate";
+            self.gov
+                .gate(Interface::Consensus, OP, || "consensus:validation".to_string())
+                .await?;
+            let tier = self.gov.run.tier;
+            if tier < MEDIATOR_TIER {
+                let refusal = CallRefusal::tier_denied(
+                    "consensus:validation",
+                    format!(
+                        "`{OP}` refused: validating the task's result is the mediator's, tier {MEDIATOR_TIER} or above (agent is {tier})"
+                    ),
+                );
+                return Err(self.gov.refuse(OP, refusal).await);
             }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result
+            if note.len() > MAX_TEXT_BYTES {
+                let message = format!(
+                    "`{OP}` refused: note of {} bytes; at most {MAX_TEXT_BYTES} bytes",
+                    note.len()
+                );
+                return Err(self.invalid(OP, "consensus:validation".into(), message).await);
+            }
+            let gov = &self.gov;
+            let record = serde_json::json!({
+                "validated": valid,
+                "note": note,
+                "by": gov.agent_id(),
+                "at": rfc3339(now_ms()),
+            })
+            .to_string();
+            let result = match gov
+                .services
+                .state
+                .board_insert(gov.task_id(), Section::Consensus, "validation", &record)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(WitError::Denied(format!(
+                    "`{OP}` refused: task `{}` was already validated (`consensus/validation`); it is set once",
+                    gov.task_id()
+                ))),
+                Err(e) => Err(unavailable("the blackboard", e)),
+            };
+            match &result {
+                Ok(()) => {
+                    let details = serde_json::json!({ "validated": valid, "note": note });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
+            }
+            result
+        })
     }
 }
 

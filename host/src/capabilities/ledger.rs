@@ -141,8 +141,10 @@ impl AgentCtx {
 
 impl Host for AgentCtx {
     async fn note(&mut self, message: String) -> Result<(), WitError> {
-        self.agent_entry("ledger.note", "agent.note".into(), message, None)
-            .await
+        super::journal_call!(self, "ledger.note", Json, super::journaled::args(&(&message,)), {
+            self.agent_entry("ledger.note", "agent.note".into(), message, None)
+                .await
+        })
     }
 
     async fn decision(
@@ -151,13 +153,15 @@ impl Host for AgentCtx {
         decision: String,
         confidence: f32,
     ) -> Result<(), WitError> {
-        self.agent_entry(
-            "ledger.decision",
-            format!("agent.decision:{action}"),
-            decision,
-            Some(f64::from(confidence)),
-        )
-        .await
+        super::journal_call!(self, "ledger.decision", Json, super::journaled::args(&(&action, &decision, &confidence)), {
+            self.agent_entry(
+                "ledger.decision",
+                format!("agent.decision:{action}"),
+                decision,
+                Some(f64::from(confidence)),
+            )
+            .await
+        })
     }
 }
 

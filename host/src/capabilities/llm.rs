@@ -115,118 +115,120 @@ const DEFAULT_MAX_TOKENS: u64 = 1024;
 
 impl Host for AgentCtx {
     async fn complete(&mut self, request: CompletionRequest) -> Result<Completion, WitError> {
-        const OP: &str = "llm.complete";
-        let Some(provider) = self.gov.services.llm.clone() else {
+        super::journal_call!(self, "llm.complete", Json, super::journaled::args(&(&request,)), {
+            const OP: &str = "llm.complete";
+            let Some(provider) = self.gov.services.llm.clone() else {
+                self.gov
+                    .gate(Interface::Llm, OP, || "llm:*".to_string())
+                    .await?;
+                let error = WitError::Unavailable(
+                    "no llm provider is configured on this host; set `[llm]` in warden.toml or call `HostBuilder::llm`".into(),
+                );
+                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                return Err(error);
+            };
+            let model = request
+                .model
+                .clone()
+                .unwrap_or_else(|| provider.default_model().to_string());
             self.gov
-                .gate(Interface::Llm, OP, || "llm:*".to_string())
+                .gate(Interface::Llm, OP, || format!("llm:{model}"))
                 .await?;
-            let error = WitError::Unavailable(
-                "no llm provider is configured on this host; set `[llm]` in warden.toml or call `HostBuilder::llm`".into(),
+            let decision = check_model(self.gov.policy(), OP, &model);
+            self.gov.check(OP, decision).await?;
+            let messages: Vec<ChatMessage> = request
+                .messages
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: match m.role {
+                        Role::System => LlmRole::System,
+                        Role::User => LlmRole::User,
+                        Role::Assistant => LlmRole::Assistant,
+                    },
+                    content: m.content,
+                })
+                .collect();
+            let prompt_bytes = messages
+                .iter()
+                .map(|m| u64::try_from(m.content.len()).unwrap_or(u64::MAX))
+                .fold(0u64, u64::saturating_add);
+            let spent = self
+                .gov
+                .services
+                .state
+                .tokens_spent(self.gov.task_id())
+                .await;
+            let spent = match spent {
+                Ok(spent) => spent,
+                Err(e) => {
+                    let error = unavailable("the state store", e);
+                    self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                    return Err(error);
+                }
+            };
+            let decision = check_budget(
+                self.gov.policy().grant::<Grant>(Interface::Llm),
+                OP,
+                self.gov.task_id(),
+                &model,
+                prompt_bytes,
+                prompt_estimate(&messages),
+                spent,
             );
-            self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-            return Err(error);
-        };
-        let model = request
-            .model
-            .clone()
-            .unwrap_or_else(|| provider.default_model().to_string());
-        self.gov
-            .gate(Interface::Llm, OP, || format!("llm:{model}"))
-            .await?;
-        let decision = check_model(self.gov.policy(), OP, &model);
-        self.gov.check(OP, decision).await?;
-        let messages: Vec<ChatMessage> = request
-            .messages
-            .into_iter()
-            .map(|m| ChatMessage {
-                role: match m.role {
-                    Role::System => LlmRole::System,
-                    Role::User => LlmRole::User,
-                    Role::Assistant => LlmRole::Assistant,
-                },
-                content: m.content,
+            let left = match decision {
+                Ok(left) => left,
+                Err(refusal) => return Err(self.gov.refuse(OP, refusal).await),
+            };
+            let reserve = request.max_tokens.map_or(DEFAULT_MAX_TOKENS, u64::from);
+            let llm_request = LlmRequest {
+                model: Some(model.clone()),
+                messages,
+                max_tokens: Some(u32::try_from(reserve.min(left)).unwrap_or(u32::MAX)),
+                temperature: request.temperature,
+            };
+            let response = match provider.complete(&llm_request).await {
+                Ok(response) => response,
+                Err(LlmError::Unavailable(message)) => {
+                    let error = unavailable("the llm provider", message);
+                    self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                    return Err(error);
+                }
+                Err(error) => {
+                    let error = unavailable("the llm provider", error);
+                    self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                    return Err(error);
+                }
+            };
+            // Charged from what the provider reports, once per answer the guest sees: an answer
+            // that cannot be charged is not given.
+            let used = u64::from(response.prompt_tokens) + u64::from(response.completion_tokens);
+            let total = match self
+                .gov
+                .services
+                .state
+                .charge_tokens(self.gov.task_id(), used)
+                .await
+            {
+                Ok(total) => total,
+                Err(e) => {
+                    let error = unavailable("the state store", e);
+                    self.gov.record_result::<()>(OP, &Err(error.clone())).await;
+                    return Err(error);
+                }
+            };
+            let details = serde_json::json!({
+                "model": response.model,
+                "prompt_tokens": response.prompt_tokens,
+                "completion_tokens": response.completion_tokens,
+                "task_tokens": total,
+            });
+            self.gov.record_details(OP, details.to_string()).await;
+            Ok(Completion {
+                text: response.text,
+                model: response.model,
+                prompt_tokens: response.prompt_tokens,
+                completion_tokens: response.completion_tokens,
             })
-            .collect();
-        let prompt_bytes = messages
-            .iter()
-            .map(|m| u64::try_from(m.content.len()).unwrap_or(u64::MAX))
-            .fold(0u64, u64::saturating_add);
-        let spent = self
-            .gov
-            .services
-            .state
-            .tokens_spent(self.gov.task_id())
-            .await;
-        let spent = match spent {
-            Ok(spent) => spent,
-            Err(e) => {
-                let error = unavailable("the state store", e);
-                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                return Err(error);
-            }
-        };
-        let decision = check_budget(
-            self.gov.policy().grant::<Grant>(Interface::Llm),
-            OP,
-            self.gov.task_id(),
-            &model,
-            prompt_bytes,
-            prompt_estimate(&messages),
-            spent,
-        );
-        let left = match decision {
-            Ok(left) => left,
-            Err(refusal) => return Err(self.gov.refuse(OP, refusal).await),
-        };
-        let reserve = request.max_tokens.map_or(DEFAULT_MAX_TOKENS, u64::from);
-        let llm_request = LlmRequest {
-            model: Some(model.clone()),
-            messages,
-            max_tokens: Some(u32::try_from(reserve.min(left)).unwrap_or(u32::MAX)),
-            temperature: request.temperature,
-        };
-        let response = match provider.complete(&llm_request).await {
-            Ok(response) => response,
-            Err(LlmError::Unavailable(message)) => {
-                let error = unavailable("the llm provider", message);
-                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                return Err(error);
-            }
-            Err(error) => {
-                let error = unavailable("the llm provider", error);
-                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                return Err(error);
-            }
-        };
-        // Charged from what the provider reports, once per answer the guest sees: an answer
-        // that cannot be charged is not given.
-        let used = u64::from(response.prompt_tokens) + u64::from(response.completion_tokens);
-        let total = match self
-            .gov
-            .services
-            .state
-            .charge_tokens(self.gov.task_id(), used)
-            .await
-        {
-            Ok(total) => total,
-            Err(e) => {
-                let error = unavailable("the state store", e);
-                self.gov.record_result::<()>(OP, &Err(error.clone())).await;
-                return Err(error);
-            }
-        };
-        let details = serde_json::json!({
-            "model": response.model,
-            "prompt_tokens": response.prompt_tokens,
-            "completion_tokens": response.completion_tokens,
-            "task_tokens": total,
-        });
-        self.gov.record_details(OP, details.to_string()).await;
-        Ok(Completion {
-            text: response.text,
-            model: response.model,
-            prompt_tokens: response.prompt_tokens,
-            completion_tokens: response.completion_tokens,
         })
     }
 }

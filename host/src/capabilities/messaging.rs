@@ -204,55 +204,61 @@ impl AgentCtx {
 
 impl Host for AgentCtx {
     async fn send(&mut self, recipient: String, kind: Kind, body: String) -> Result<u64, WitError> {
-        self.send_message("messaging.send", Some(recipient), kind, body)
-            .await
+        super::journal_call!(self, "messaging.send", Json, super::journaled::args(&(&recipient, &kind, &body)), {
+            self.send_message("messaging.send", Some(recipient), kind, body)
+                .await
+        })
     }
 
     async fn broadcast(&mut self, kind: Kind, body: String) -> Result<u64, WitError> {
-        self.send_message("messaging.broadcast", None, kind, body)
-            .await
+        super::journal_call!(self, "messaging.broadcast", Json, super::journaled::args(&(&kind, &body)), {
+            self.send_message("messaging.broadcast", None, kind, body)
+                .await
+        })
     }
 
     async fn receive(&mut self, timeout_ms: u32) -> Result<Vec<Message>, WitError> {
-        const OP: &str = "messaging.receive";
-        self.gov
-            .gate(Interface::Messaging, OP, || "msg:inbox".to_string())
-            .await?;
-        // Never past the phase deadline: a guest blocked here is not executing, so the epoch
-        // callback that enforces the deadline cannot fire until it returns.
-        let deadline = (Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
-            .min(self.meter.deadline);
-        let gov = &self.gov;
-        let result = loop {
-            // Armed before the read, so a send between the read and the wait still wakes us.
-            let bell = gov.services.coordination_bell.notified();
-            let batch = gov
-                .services
-                .state
-                .receive_messages(gov.task_id(), gov.agent_id(), RECEIVE_BATCH)
-                .await
-                .map_err(|e| unavailable("messaging", e));
-            let now = Instant::now();
-            match batch {
-                Ok(batch) if batch.is_empty() && now < deadline => {}
-                other => break other,
+        super::journal_call!(self, "messaging.receive", Json, super::journaled::args(&(&timeout_ms,)), {
+            const OP: &str = "messaging.receive";
+            self.gov
+                .gate(Interface::Messaging, OP, || "msg:inbox".to_string())
+                .await?;
+            // Never past the phase deadline: a guest blocked here is not executing, so the epoch
+            // callback that enforces the deadline cannot fire until it returns.
+            let deadline = (Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
+                .min(self.meter.deadline);
+            let gov = &self.gov;
+            let result = loop {
+                // Armed before the read, so a send between the read and the wait still wakes us.
+                let bell = gov.services.coordination_bell.notified();
+                let batch = gov
+                    .services
+                    .state
+                    .receive_messages(gov.task_id(), gov.agent_id(), RECEIVE_BATCH)
+                    .await
+                    .map_err(|e| unavailable("messaging", e));
+                let now = Instant::now();
+                match batch {
+                    Ok(batch) if batch.is_empty() && now < deadline => {}
+                    other => break other,
+                }
+                if gov.run.is_revoked() {
+                    break Err(WitError::Revoked(gov.run.revoked_message()));
+                }
+                let wait = (deadline - now).min(POLL_INTERVAL);
+                // Either wakes us; which one does not matter.
+                let _ = tokio::time::timeout(wait, bell).await;
+            };
+            match &result {
+                Ok(batch) => {
+                    let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
+                    let details = serde_json::json!({ "received": ids });
+                    gov.record_details(OP, details.to_string()).await;
+                }
+                Err(_) => gov.record_result(OP, &result).await,
             }
-            if gov.run.is_revoked() {
-                break Err(WitError::Revoked(gov.run.revoked_message()));
-            }
-            let wait = (deadline - now).min(POLL_INTERVAL);
-            // Either wakes us; which one does not matter.
-            let _ = tokio::time::timeout(wait, bell).await;
-        };
-        match &result {
-            Ok(batch) => {
-                let ids: Vec<u64> = batch.iter().map(|m| m.id).collect();
-                let details = serde_json::json!({ "received": ids });
-                gov.record_details(OP, details.to_string()).await;
-            }
-            Err(_) => gov.record_result(OP, &result).await,
-        }
-        result.map(|batch| batch.into_iter().map(to_wit).collect())
+            result.map(|batch| batch.into_iter().map(to_wit).collect())
+        })
     }
 }
 

@@ -23,6 +23,29 @@ use crate::interface::{Interface, with_capabilities};
 use crate::policy::{PolicyError, SectionSpec, TierPolicy, TierTable};
 use crate::runtime::limits::{GuestLimits, Meter};
 
+/// A host function's body through the run's journal ([`journaled`]): `codec` is how its
+/// answer is written (`Json`, `Bytes`, `Secret`), `args` the digest of its arguments.
+macro_rules! journal_call {
+    ($ctx:ident, $op:expr, $codec:ident, $args:expr, $body:block) => {{
+        let args = $args;
+        match $ctx
+            .journal_before::<_, super::journaled::$codec>($op, args)
+            .await
+        {
+            super::journaled::Before::Answer(answer) => answer,
+            super::journaled::Before::Live(args) => {
+                let result = async $body.await;
+                $ctx.journal_after::<_, super::journaled::$codec>($op, args, &result)
+                    .await;
+                result
+            }
+        }
+    }};
+}
+// Path-scoped, so the capability modules the registry declares can name it.
+use journal_call;
+
+mod journaled;
 mod quota;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -94,53 +94,55 @@ fn check_read(
 
 impl Host for AgentCtx {
     async fn get(&mut self, path: String) -> Result<String, WitError> {
-        const OP: &str = "secrets.get";
-        self.gov
-            .gate(Interface::Secrets, OP, || format!("secret:{path}"))
-            .await?;
-        let decision = check_phase(self.gov.policy(), self.gov.run.phase(), OP, &path);
-        self.gov.check(OP, decision).await?;
-        let decision = check_read(
-            &self.gov.services.tiers,
-            self.gov.run.tier,
-            OP,
-            self.gov.agent_id(),
-            &path,
-        );
-        self.gov.check(OP, decision).await?;
-        let result = match &self.gov.secrets {
-            None => Err(WitError::Unavailable(
-                "no secrets session: the agent was not logged in at bootstrap".into(),
-            )),
-            Some(session) => match session.read(&path).await {
-                Ok(Some(value)) => Ok(value),
-                Ok(None) => Err(WitError::NotFound(format!(
-                    "secret `{path}` does not exist"
-                ))),
-                Err(SecretsError::Revoked) => Err(WitError::Revoked(
-                    "the agent's secrets session was revoked".into(),
+        super::journal_call!(self, "secrets.get", Secret, super::journaled::args(&(&path,)), {
+            const OP: &str = "secrets.get";
+            self.gov
+                .gate(Interface::Secrets, OP, || format!("secret:{path}"))
+                .await?;
+            let decision = check_phase(self.gov.policy(), self.gov.run.phase(), OP, &path);
+            self.gov.check(OP, decision).await?;
+            let decision = check_read(
+                &self.gov.services.tiers,
+                self.gov.run.tier,
+                OP,
+                self.gov.agent_id(),
+                &path,
+            );
+            self.gov.check(OP, decision).await?;
+            let result = match &self.gov.secrets {
+                None => Err(WitError::Unavailable(
+                    "no secrets session: the agent was not logged in at bootstrap".into(),
                 )),
-                // The backend's own policy refused what the tier table allowed: the second
-                // line of defence held, and the refusal is recorded like the host's own.
-                Err(SecretsError::Denied { .. }) => {
-                    let refusal = CallRefusal {
-                        kind: ViolationKind::TierDenied,
-                        resource: format!("secret:{path}"),
-                        message: format!(
-                            "`{OP}` refused: the secrets backend's policy for tier {} denies `{path}`",
-                            self.gov.run.tier
-                        ),
-                    };
-                    return Err(self.gov.refuse(OP, refusal).await);
-                }
-                Err(error) => Err(unavailable("the secrets store", error)),
-            },
-        };
-        // Never the value: only that the read happened and how it ended.
-        self.gov
-            .record_result(OP, &result.as_ref().map(|_| ()).map_err(Clone::clone))
-            .await;
-        result
+                Some(session) => match session.read(&path).await {
+                    Ok(Some(value)) => Ok(value),
+                    Ok(None) => Err(WitError::NotFound(format!(
+                        "secret `{path}` does not exist"
+                    ))),
+                    Err(SecretsError::Revoked) => Err(WitError::Revoked(
+                        "the agent's secrets session was revoked".into(),
+                    )),
+                    // The backend's own policy refused what the tier table allowed: the second
+                    // line of defence held, and the refusal is recorded like the host's own.
+                    Err(SecretsError::Denied { .. }) => {
+                        let refusal = CallRefusal {
+                            kind: ViolationKind::TierDenied,
+                            resource: format!("secret:{path}"),
+                            message: format!(
+                                "`{OP}` refused: the secrets backend's policy for tier {} denies `{path}`",
+                                self.gov.run.tier
+                            ),
+                        };
+                        return Err(self.gov.refuse(OP, refusal).await);
+                    }
+                    Err(error) => Err(unavailable("the secrets store", error)),
+                },
+            };
+            // Never the value: only that the read happened and how it ended.
+            self.gov
+                .record_result(OP, &result.as_ref().map(|_| ()).map_err(Clone::clone))
+                .await;
+            result
+        })
     }
 }
 

@@ -81,102 +81,110 @@ impl AgentCtx {
 
 impl Host for AgentCtx {
     async fn get(&mut self, key: String) -> Result<Option<String>, WitError> {
-        const OP: &str = "state.get";
-        self.gov
-            .gate(Interface::State, OP, || format!("state:{key}"))
-            .await?;
-        self.check_key(OP, &key).await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .kv_get(gov.agent_id(), &key)
-            .await
-            .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "state.get", Json, super::journaled::args(&(&key,)), {
+            const OP: &str = "state.get";
+            self.gov
+                .gate(Interface::State, OP, || format!("state:{key}"))
+                .await?;
+            self.check_key(OP, &key).await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .kv_get(gov.agent_id(), &key)
+                .await
+                .map_err(|e| unavailable("the state store", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
-        const OP: &str = "state.set";
-        self.gov
-            .gate(Interface::State, OP, || format!("state:{key}"))
-            .await?;
-        self.check_key(OP, &key).await?;
-        if value.len() > MAX_VALUE_BYTES {
-            let refusal = CallRefusal {
-                kind: ViolationKind::Invalid,
-                resource: format!("state:{key}"),
-                message: format!(
-                    "`{OP}` refused: value of {} bytes for `{key}`; values are at most {MAX_VALUE_BYTES} bytes",
-                    value.len()
-                ),
-            };
-            return Err(self.gov.refuse(OP, refusal).await);
-        }
-        let policy = self.gov.policy();
-        let grant = policy.grant::<Grant>(Interface::State);
-        let quota = Quota {
-            max_entries: grant.max_keys,
-            max_bytes: grant.max_bytes,
-        };
-        let gov = &self.gov;
-        let stored = gov
-            .services
-            .state
-            .kv_set(gov.agent_id(), &key, &value, quota)
-            .await;
-        let result = match stored {
-            Ok(Admission::Stored(())) => Ok(()),
-            Ok(Admission::Refused(over)) => {
-                let refusal = refusal(
-                    policy,
-                    KEYS,
-                    format!("state:{key}"),
-                    &format!("`{OP}` of `{key}`"),
-                    &format!("agent `{}`'s state", gov.agent_id()),
-                    over,
-                    Some("delete keys it no longer needs"),
-                );
+        super::journal_call!(self, "state.set", Json, super::journaled::args(&(&key, &value)), {
+            const OP: &str = "state.set";
+            self.gov
+                .gate(Interface::State, OP, || format!("state:{key}"))
+                .await?;
+            self.check_key(OP, &key).await?;
+            if value.len() > MAX_VALUE_BYTES {
+                let refusal = CallRefusal {
+                    kind: ViolationKind::Invalid,
+                    resource: format!("state:{key}"),
+                    message: format!(
+                        "`{OP}` refused: value of {} bytes for `{key}`; values are at most {MAX_VALUE_BYTES} bytes",
+                        value.len()
+                    ),
+                };
                 return Err(self.gov.refuse(OP, refusal).await);
             }
-            Err(e) => Err(unavailable("the state store", e)),
-        };
-        gov.record_result(OP, &result).await;
-        result
+            let policy = self.gov.policy();
+            let grant = policy.grant::<Grant>(Interface::State);
+            let quota = Quota {
+                max_entries: grant.max_keys,
+                max_bytes: grant.max_bytes,
+            };
+            let gov = &self.gov;
+            let stored = gov
+                .services
+                .state
+                .kv_set(gov.agent_id(), &key, &value, quota)
+                .await;
+            let result = match stored {
+                Ok(Admission::Stored(())) => Ok(()),
+                Ok(Admission::Refused(over)) => {
+                    let refusal = refusal(
+                        policy,
+                        KEYS,
+                        format!("state:{key}"),
+                        &format!("`{OP}` of `{key}`"),
+                        &format!("agent `{}`'s state", gov.agent_id()),
+                        over,
+                        Some("delete keys it no longer needs"),
+                    );
+                    return Err(self.gov.refuse(OP, refusal).await);
+                }
+                Err(e) => Err(unavailable("the state store", e)),
+            };
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, WitError> {
-        const OP: &str = "state.delete";
-        self.gov
-            .gate(Interface::State, OP, || format!("state:{key}"))
-            .await?;
-        self.check_key(OP, &key).await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .kv_delete(gov.agent_id(), &key)
-            .await
-            .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "state.delete", Json, super::journaled::args(&(&key,)), {
+            const OP: &str = "state.delete";
+            self.gov
+                .gate(Interface::State, OP, || format!("state:{key}"))
+                .await?;
+            self.check_key(OP, &key).await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .kv_delete(gov.agent_id(), &key)
+                .await
+                .map_err(|e| unavailable("the state store", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn keys(&mut self) -> Result<Vec<String>, WitError> {
-        const OP: &str = "state.keys";
-        self.gov
-            .gate(Interface::State, OP, || "state:*".to_string())
-            .await?;
-        let gov = &self.gov;
-        let result = gov
-            .services
-            .state
-            .kv_keys(gov.agent_id())
-            .await
-            .map_err(|e| unavailable("the state store", e));
-        gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "state.keys", Json, super::journaled::args(&()), {
+            const OP: &str = "state.keys";
+            self.gov
+                .gate(Interface::State, OP, || "state:*".to_string())
+                .await?;
+            let gov = &self.gov;
+            let result = gov
+                .services
+                .state
+                .kv_keys(gov.agent_id())
+                .await
+                .map_err(|e| unavailable("the state store", e));
+            gov.record_result(OP, &result).await;
+            result
+        })
     }
 }
 

@@ -28,101 +28,105 @@ pub(crate) fn wit_tier(tier: Tier) -> WitTier {
 
 impl Host for AgentCtx {
     async fn list(&mut self) -> Result<Vec<ToolInfo>, WitError> {
-        const OP: &str = "tools.list";
-        // A listing touches no tool: the tier must link the interface, and the packet's
-        // scope narrows the answer to the tools a call in scope could reach instead of
-        // refusing it (a packet scoped to `tool:ls *` lists `ls`).
-        self.gov.gate_tier(Interface::Tools, OP).await?;
-        let tier = self.gov.run.tier;
-        let constraints = &self.gov.run.packet.constraints;
-        let tools = self
-            .gov
-            .services
-            .tools
-            .tools()
-            .filter(|t| t.min_tier <= tier)
-            .filter(|t| scope_reaches(constraints, &format!("tool:{}", t.name)))
-            .map(|t| ToolInfo {
-                name: t.name.clone(),
-                description: t.description.clone(),
-                min_tier: wit_tier(t.min_tier),
-                full_tier: wit_tier(t.full_tier),
-            })
-            .collect();
-        let result = Ok(tools);
-        self.gov.record_result(OP, &result).await;
-        result
+        super::journal_call!(self, "tools.list", Json, super::journaled::args(&()), {
+            const OP: &str = "tools.list";
+            // A listing touches no tool: the tier must link the interface, and the packet's
+            // scope narrows the answer to the tools a call in scope could reach instead of
+            // refusing it (a packet scoped to `tool:ls *` lists `ls`).
+            self.gov.gate_tier(Interface::Tools, OP).await?;
+            let tier = self.gov.run.tier;
+            let constraints = &self.gov.run.packet.constraints;
+            let tools = self
+                .gov
+                .services
+                .tools
+                .tools()
+                .filter(|t| t.min_tier <= tier)
+                .filter(|t| scope_reaches(constraints, &format!("tool:{}", t.name)))
+                .map(|t| ToolInfo {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    min_tier: wit_tier(t.min_tier),
+                    full_tier: wit_tier(t.full_tier),
+                })
+                .collect();
+            let result = Ok(tools);
+            self.gov.record_result(OP, &result).await;
+            result
+        })
     }
 
     async fn invoke(&mut self, name: String, args: Vec<String>) -> Result<ToolOutput, WitError> {
-        const OP: &str = "tools.invoke";
-        self.gov
-            .gate(Interface::Tools, OP, || {
-                let mut resource = format!("tool:{name}");
-                for arg in &args {
-                    resource.push(' ');
-                    resource.push_str(arg);
-                }
-                resource
-            })
-            .await?;
-        let tier = self.gov.run.tier;
-        // Before the approval gate a tool only shows what it would do.
-        let check_only = self.gov.run.phase() == Phase::Plan
-            && self.gov.policy().plan.tools == PlanTools::Check;
-        let invocation = match self
-            .gov
-            .services
-            .tools
-            .prepare_with(&name, &args, tier, check_only)
-        {
-            Ok(invocation) => invocation,
-            Err(error) => {
-                let refusal = |kind| CallRefusal {
-                    kind,
-                    resource: format!("tool:{name}"),
-                    message: format!("`{OP}` refused: {error}"),
-                };
-                return Err(match &error {
-                    ToolsError::Denied { .. } => {
-                        self.gov.refuse(OP, refusal(ViolationKind::TierDenied)).await
+        super::journal_call!(self, "tools.invoke", Json, super::journaled::args(&(&name, &args)), {
+            const OP: &str = "tools.invoke";
+            self.gov
+                .gate(Interface::Tools, OP, || {
+                    let mut resource = format!("tool:{name}");
+                    for arg in &args {
+                        resource.push(' ');
+                        resource.push_str(arg);
                     }
-                    // A name the tier cannot see is a malformed call like any other: charged,
-                    // and answered as not found (naming only the tools the tier may call).
-                    ToolsError::NotFound { .. } => {
-                        match self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await {
-                            WitError::Invalid(message) => WitError::NotFound(message),
-                            other => other,
-                        }
-                    }
-                    _ => self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await,
-                });
-            }
-        };
-        let workspace = self.gov.run.workspace.clone();
-        match invocation.run(Some(&workspace)).await {
-            Ok(output) => {
-                // Whether the process ran confined is part of the record of every call.
-                let details = serde_json::json!({
-                    "exit_code": output.exit_code,
-                    "check_mode": output.check_mode,
-                    "confined": output.confined,
-                    "truncated": output.truncated,
-                });
-                self.gov.record_details(OP, details.to_string()).await;
-                Ok(ToolOutput {
-                    exit_code: output.exit_code,
-                    stdout: output.stdout,
-                    stderr: output.stderr,
-                    check_mode: output.check_mode,
+                    resource
                 })
+                .await?;
+            let tier = self.gov.run.tier;
+            // Before the approval gate a tool only shows what it would do.
+            let check_only = self.gov.run.phase() == Phase::Plan
+                && self.gov.policy().plan.tools == PlanTools::Check;
+            let invocation = match self
+                .gov
+                .services
+                .tools
+                .prepare_with(&name, &args, tier, check_only)
+            {
+                Ok(invocation) => invocation,
+                Err(error) => {
+                    let refusal = |kind| CallRefusal {
+                        kind,
+                        resource: format!("tool:{name}"),
+                        message: format!("`{OP}` refused: {error}"),
+                    };
+                    return Err(match &error {
+                        ToolsError::Denied { .. } => {
+                            self.gov.refuse(OP, refusal(ViolationKind::TierDenied)).await
+                        }
+                        // A name the tier cannot see is a malformed call like any other: charged,
+                        // and answered as not found (naming only the tools the tier may call).
+                        ToolsError::NotFound { .. } => {
+                            match self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await {
+                                WitError::Invalid(message) => WitError::NotFound(message),
+                                other => other,
+                            }
+                        }
+                        _ => self.gov.refuse(OP, refusal(ViolationKind::Invalid)).await,
+                    });
+                }
+            };
+            let workspace = self.gov.run.workspace.clone();
+            match invocation.run(Some(&workspace)).await {
+                Ok(output) => {
+                    // Whether the process ran confined is part of the record of every call.
+                    let details = serde_json::json!({
+                        "exit_code": output.exit_code,
+                        "check_mode": output.check_mode,
+                        "confined": output.confined,
+                        "truncated": output.truncated,
+                    });
+                    self.gov.record_details(OP, details.to_string()).await;
+                    Ok(ToolOutput {
+                        exit_code: output.exit_code,
+                        stdout: output.stdout,
+                        stderr: output.stderr,
+                        check_mode: output.check_mode,
+                    })
+                }
+                Err(error) => {
+                    let result = Err(unavailable(&format!("tool `{name}`"), error));
+                    self.gov.record_result::<ToolOutput>(OP, &result).await;
+                    result
+                }
             }
-            Err(error) => {
-                let result = Err(unavailable(&format!("tool `{name}`"), error));
-                self.gov.record_result::<ToolOutput>(OP, &result).await;
-                result
-            }
-        }
+        })
     }
 }
 

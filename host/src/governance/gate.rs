@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::budget::charge_error;
 use super::decide::{CallRefusal, Request, ViolationKind, decide};
 use crate::bindings::WitError;
@@ -19,6 +21,9 @@ pub(crate) struct Governor {
     pub services: Arc<Services>,
     pub run: Arc<RunShared>,
     pub secrets: Option<Arc<dyn SecretSession>>,
+    /// The rows of the capability call in progress, held until its answer is journaled so
+    /// they name the journal head and are written in one transaction with the record.
+    call_rows: Mutex<Option<Vec<Entry>>>,
 }
 
 impl Governor {
@@ -31,7 +36,18 @@ impl Governor {
             services,
             run,
             secrets,
+            call_rows: Mutex::new(None),
         }
+    }
+
+    /// Hold this run's rows until [`Governor::close_call`].
+    pub fn open_call(&self) {
+        *self.call_rows.lock() = Some(Vec::new());
+    }
+
+    /// The rows held since [`Governor::open_call`]; rows go to the ledger again.
+    pub fn close_call(&self) -> Vec<Entry> {
+        self.call_rows.lock().take().unwrap_or_default()
     }
 
     pub fn policy(&self) -> &TierPolicy {
@@ -190,6 +206,16 @@ impl Governor {
     /// when the ledger's queue is full (a flood of calls): the guest is held back rather than
     /// the host's memory growing.
     pub async fn append(&self, entry: Entry) {
+        let entry = {
+            let mut held = self.call_rows.lock();
+            match held.as_mut() {
+                Some(rows) => {
+                    rows.push(entry);
+                    return;
+                }
+                None => entry,
+            }
+        };
         match self.services.call_durability {
             CallDurability::Batched => self.services.ledger.append_async(entry).await,
             CallDurability::EveryCall => {

@@ -26,7 +26,21 @@ pub(crate) fn host_subject(
         task_id: task.map(Arc::from),
         component_digest: digest.map(Arc::from),
         policy_revision: Some(Arc::from(services.tiers.revision.as_str())),
+        run_id: None,
     })
+}
+
+/// [`host_subject`] of a row of run `run`.
+pub(crate) fn run_subject(
+    services: &Services,
+    (agent, tier): (&str, Tier),
+    task: Option<&str>,
+    digest: Option<&str>,
+    run: &crate::id::RunId,
+) -> Arc<Subject> {
+    let mut subject = Arc::unwrap_or_clone(host_subject(services, agent, tier, task, digest));
+    subject.run_id = Some(Arc::from(run));
+    Arc::new(subject)
 }
 
 fn short_digest(digest: &str) -> &str {

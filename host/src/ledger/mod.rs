@@ -47,9 +47,10 @@ pub use read::{
     RegistryMismatch, VerifyReport,
 };
 pub use record::{
-    ActionRecord, AgentRecord, Entry, MetricsSnapshot, PromotionRecord, Registration, Subject,
-    Text, ViolationRecord,
+    ActionRecord, AgentRecord, Entry, JournalRecord, MetricsSnapshot, PromotionRecord,
+    Registration, RunRecord, Subject, Text, ViolationRecord,
 };
+pub use read::{JournalAnchor, RunFilter, RunRow};
 pub use schema::{SCHEMA_VERSION, Table};
 
 use crate::tier::Tier;
@@ -288,14 +289,16 @@ impl Ledger {
         self.call_async(Command::Flush).await
     }
 
-    /// [`Ledger::record_run`] for async callers.
+    /// [`Ledger::record_run`] for async callers; the row names `run_id`, the run it counts.
     pub async fn record_run_async(
         &self,
         agent_id: &str,
         tier: Tier,
         compliant: bool,
+        run_id: Option<&crate::id::RunId>,
     ) -> Result<MetricsSnapshot, LedgerError> {
-        self.call_async(record_run_command(agent_id, tier, compliant)?)
+        let run_id = run_id.map(|r| r.as_str().to_string());
+        self.call_async(record_run_command(agent_id, tier, compliant, run_id)?)
             .await
     }
 
@@ -325,6 +328,53 @@ impl Ledger {
         };
         if self.send_async(cmd).await.is_err() {
             tracing::error!("ledger writer has stopped; entry dropped");
+        }
+    }
+
+    /// Queue `entries` to be written in one transaction, in order: all of them are
+    /// committed or none is. Waits only while the queue is full, like [`Ledger::append_async`];
+    /// `durable` waits for the commit too.
+    pub async fn append_all_async(
+        &self,
+        entries: Vec<Entry>,
+        durable: bool,
+    ) -> Result<(), LedgerError> {
+        let at = now();
+        if durable {
+            self.call_async(|reply| Command::AppendAll {
+                at,
+                entries,
+                reply: Some(reply),
+            })
+            .await
+            .map(drop)
+        } else {
+            self.send_async(Command::AppendAll {
+                at,
+                entries,
+                reply: None,
+            })
+            .await
+        }
+    }
+
+    /// Queue `entries` for one transaction without waiting; a full queue (or a stopped
+    /// writer) hands them back.
+    pub fn try_append_all(&self, entries: Vec<Entry>) -> Result<(), Vec<Entry>> {
+        let Some(tx) = &self.inner.tx else {
+            return Err(entries);
+        };
+        let cmd = Command::AppendAll {
+            at: now(),
+            entries,
+            reply: None,
+        };
+        match tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(cmd) | TrySendError::Disconnected(cmd)) => match cmd {
+                Command::AppendAll { entries, .. } => Err(entries),
+                _ => Err(Vec::new()),
+            },
         }
     }
 
@@ -411,6 +461,45 @@ impl Ledger {
         })
     }
 
+    /// The `runs` row of `run_id`.
+    pub fn run(&self, run_id: &crate::id::RunId) -> Result<Option<RunRow>, LedgerError> {
+        read::run(&self.inner.reader.lock(), run_id.as_str())
+    }
+
+    /// Runs, newest first, narrowed by `filter`.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, LedgerError> {
+        read::runs(&self.inner.reader.lock(), filter)
+    }
+
+    /// The latest run of `agent_id`.
+    pub fn last_run(&self, agent_id: &str) -> Result<Option<RunRow>, LedgerError> {
+        read::last_run(&self.inner.reader.lock(), agent_id)
+    }
+
+    /// The journal of `run_id`, in order.
+    pub fn journal(
+        &self,
+        run_id: &crate::id::RunId,
+    ) -> Result<Vec<crate::journal::Recorded>, LedgerError> {
+        read::journal(&self.inner.reader.lock(), run_id.as_str())
+    }
+
+    /// The chained rows of `run_id` that vouch for its journal, in order.
+    pub fn journal_anchors(
+        &self,
+        run_id: &crate::id::RunId,
+    ) -> Result<Vec<JournalAnchor>, LedgerError> {
+        read::anchors(&self.inner.reader.lock(), run_id.as_str())
+    }
+
+    /// The phases `run_id` entered, with the time of each, in order.
+    pub fn run_phases(
+        &self,
+        run_id: &crate::id::RunId,
+    ) -> Result<Vec<(String, String)>, LedgerError> {
+        read::run_phases(&self.inner.reader.lock(), run_id.as_str())
+    }
+
     /// The registry row for `agent_id`.
     pub fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, LedgerError> {
         read::agent(&self.inner.reader.lock(), agent_id)
@@ -444,7 +533,7 @@ impl Ledger {
         tier: Tier,
         compliant: bool,
     ) -> Result<MetricsSnapshot, LedgerError> {
-        self.call(record_run_command(agent_id, tier, compliant)?)
+        self.call(record_run_command(agent_id, tier, compliant, None)?)
     }
 
     /// The latest metrics snapshot for `agent_id`.
@@ -458,6 +547,7 @@ fn record_run_command(
     agent_id: &str,
     tier: Tier,
     compliant: bool,
+    run_id: Option<String>,
 ) -> Result<impl FnOnce(Reply<MetricsSnapshot>) -> Command, LedgerError> {
     check_agent_id(agent_id)?;
     let agent_id = agent_id.to_string();
@@ -466,6 +556,7 @@ fn record_run_command(
         agent_id,
         tier,
         compliant,
+        run_id,
         reply,
     })
 }

@@ -664,7 +664,12 @@ fn link(table: Table, row: &Row<'_>) -> Result<Link, LedgerError> {
         ValueRef::Text(t) | ValueRef::Blob(t) => t,
         _ => &[],
     };
-    let computed = chain::row_hash(prev_bytes, table.name(), seq.unwrap_or(0), &content);
+    let computed = chain::row_hash(
+        prev_bytes,
+        table.name(),
+        seq.unwrap_or(0),
+        table.hashed(&content),
+    );
     Ok(Link {
         table,
         id: row.get(0)?,
@@ -850,4 +855,195 @@ impl LedgerRow {
                 .any(|prefix| self.kind.starts_with(prefix));
         by_agent.then(|| self.summary.clone())
     }
+}
+
+/// A `runs` row: where a run is and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRow {
+    /// The run.
+    pub run_id: String,
+    /// Its agent.
+    pub agent_id: String,
+    /// Its task.
+    pub task_id: String,
+    /// The agent's tier when it ran.
+    pub tier: Tier,
+    /// The component that ran.
+    pub component_digest: String,
+    /// `running` (or interrupted: its process is gone), `completed`, `failed`, `revoked`.
+    pub status: String,
+    /// The last phase entered.
+    pub phase: String,
+    /// Times it was started.
+    pub attempts: u32,
+    /// The host that ran it.
+    pub host: String,
+    /// The process that ran it.
+    pub pid: u32,
+    /// When it began, RFC 3339.
+    pub started_at: String,
+    /// When its row was last written, RFC 3339.
+    pub updated_at: String,
+    /// Its outcome code once ended.
+    pub outcome: Option<String>,
+    /// Journal records written.
+    pub calls: u64,
+}
+
+/// Which runs [`runs`] lists; every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Runs of this agent.
+    pub agent: Option<String>,
+    /// Runs of this task.
+    pub task: Option<String>,
+    /// Runs with this status.
+    pub status: Option<String>,
+    /// At most this many, newest first (0: 100).
+    pub limit: usize,
+}
+
+const RUN_COLUMNS: &str = "run_id, agent_id, task_id, tier, component_digest, status, phase, \
+     attempts, host, pid, started_at, updated_at, outcome, calls";
+
+fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
+    let small = |idx: usize, column: &'static str| -> Result<u32, LedgerError> {
+        let raw: i64 = row.get(idx)?;
+        u32::try_from(raw).map_err(|_| LedgerError::InvalidValue {
+            table: "runs",
+            column,
+            value: raw.to_string(),
+            expected: "a non-negative count",
+        })
+    };
+    Ok(RunRow {
+        run_id: row.get(0)?,
+        agent_id: row.get(1)?,
+        task_id: row.get(2)?,
+        tier: tier_at(row, 3, "runs", "tier")?,
+        component_digest: row.get(4)?,
+        status: row.get(5)?,
+        phase: row.get(6)?,
+        attempts: small(7, "attempts")?,
+        host: row.get(8)?,
+        pid: small(9, "pid")?,
+        started_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        outcome: row.get(12)?,
+        calls: count_at(row, 13, "calls")?,
+    })
+}
+
+pub(crate) fn run(conn: &Connection, run_id: &str) -> Result<Option<RunRow>, LedgerError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"))?;
+    let mut rows = stmt.query([run_id])?;
+    rows.next()?.map(run_from).transpose()
+}
+
+pub(crate) fn runs(conn: &Connection, filter: &RunFilter) -> Result<Vec<RunRow>, LedgerError> {
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::new();
+    for (column, value) in [
+        ("agent_id", &filter.agent),
+        ("task_id", &filter.task),
+        ("status", &filter.status),
+    ] {
+        if let Some(value) = value {
+            args.push(Value::Text(value.clone()));
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
+    }
+    let limit = if filter.limit == 0 { 100 } else { filter.limit };
+    sql.push_str(&format!(" ORDER BY run_id DESC LIMIT {limit}"));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(run_from(row)?);
+    }
+    Ok(out)
+}
+
+/// The latest run of `agent_id`.
+pub(crate) fn last_run(conn: &Connection, agent_id: &str) -> Result<Option<RunRow>, LedgerError> {
+    let filter = RunFilter {
+        agent: Some(agent_id.to_string()),
+        limit: 1,
+        ..RunFilter::default()
+    };
+    Ok(runs(conn, &filter)?.into_iter().next())
+}
+
+/// The journal of `run_id`, in order.
+pub(crate) fn journal(
+    conn: &Connection,
+    run_id: &str,
+) -> Result<Vec<crate::journal::Recorded>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, phase, op, args_digest, payload, head FROM journal WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(crate::journal::Recorded {
+            seq: count_at(row, 0, "seq")?,
+            phase: row.get(1)?,
+            op: row.get(2)?,
+            args_digest: row.get(3)?,
+            payload: row.get(4)?,
+            head: row.get(5)?,
+        });
+    }
+    Ok(out)
+}
+
+/// One chained row of a run that vouches for its journal: the row's position in the chain,
+/// the call it records and the journal head it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalAnchor {
+    /// The row's `seq` in the chain.
+    pub row: u64,
+    /// The action (`state.get`, `phase.result`).
+    pub action: String,
+    /// The journal position it vouches up to.
+    pub call_seq: u64,
+    /// The journal head at that position.
+    pub head: String,
+}
+
+/// The chained rows of `run_id` that name a journal head, in order.
+pub(crate) fn anchors(conn: &Connection, run_id: &str) -> Result<Vec<JournalAnchor>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, action, call_seq, result_digest FROM agent_actions \
+         WHERE run_id = ?1 AND call_seq IS NOT NULL ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(JournalAnchor {
+            row: count_at(row, 0, "seq")?,
+            action: row.get(1)?,
+            call_seq: count_at(row, 2, "call_seq")?,
+            head: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// The phases a run entered (its `phase.enter` rows): phase and time, in order.
+pub(crate) fn run_phases(
+    conn: &Connection,
+    run_id: &str,
+) -> Result<Vec<(String, String)>, LedgerError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT decision, timestamp FROM agent_actions \
+         WHERE run_id = ?1 AND action = 'phase.enter' ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((row.get(0)?, row.get(1)?));
+    }
+    Ok(out)
 }

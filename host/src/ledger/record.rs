@@ -30,6 +30,8 @@ pub struct Subject {
     pub component_digest: Option<Arc<str>>,
     /// Revision of the policy that decided.
     pub policy_revision: Option<Arc<str>>,
+    /// The run the row belongs to (column `run_id`); `None` outside a run.
+    pub run_id: Option<Arc<str>>,
 }
 
 impl Subject {
@@ -46,6 +48,7 @@ impl Subject {
             task_id: None,
             component_digest: None,
             policy_revision: None,
+            run_id: None,
         }
     }
 
@@ -58,6 +61,12 @@ impl Subject {
     /// Set [`Subject::component_digest`].
     pub fn with_component_digest(mut self, digest: impl Into<Arc<str>>) -> Self {
         self.component_digest = Some(digest.into());
+        self
+    }
+
+    /// Set [`Subject::run_id`].
+    pub fn with_run_id(mut self, run_id: impl Into<Arc<str>>) -> Self {
+        self.run_id = Some(run_id.into());
         self
     }
 
@@ -89,6 +98,12 @@ pub struct ActionRecord {
     pub error_message: Option<Text>,
     /// Free-form context (JSON by convention).
     pub details: Option<Text>,
+    /// The call's position in its run's journal (column `call_seq`); `None` for a row that
+    /// is not a capability call's.
+    pub call_seq: Option<u64>,
+    /// The run's journal head once the call's answer was recorded (column `result_digest`):
+    /// it chains the answer, and every answer before it, into the ledger.
+    pub result_digest: Option<Text>,
 }
 
 impl ActionRecord {
@@ -104,6 +119,8 @@ impl ActionRecord {
             error_type: None,
             error_message: None,
             details: None,
+            call_seq: None,
+            result_digest: None,
         }
     }
 
@@ -203,6 +220,56 @@ pub struct PromotionRecord {
     pub actor: Text,
 }
 
+/// One answer a run's guest saw, as the `journal` table keeps it: what was asked (`op`, the
+/// digest of its arguments) and what was answered (`payload`, JSON), in the run's order.
+#[derive(Debug, Clone)]
+pub struct JournalRecord {
+    /// The run.
+    pub run_id: Arc<str>,
+    /// Position in the run's journal, from 1.
+    pub seq: u64,
+    /// The phase the guest was in.
+    pub phase: &'static str,
+    /// The call (`state.get`) or the input observed (`clock.wall`, `random.bytes`).
+    pub op: Text,
+    /// `sha256:<hex>` of the call's arguments, as the journal encodes them.
+    pub args_digest: String,
+    /// The answer, JSON.
+    pub payload: Vec<u8>,
+    /// The journal head after this record: `sha256(previous head ‖ seq ‖ op ‖ args digest ‖
+    /// payload)`, chained into the ledger by the call's action row (`result_digest`).
+    pub head: String,
+}
+
+/// The `runs` row of a run, written as it starts, at each phase, and when it ends.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: Arc<str>,
+    /// The agent it runs.
+    pub agent_id: Arc<str>,
+    /// Its task.
+    pub task_id: Arc<str>,
+    /// The agent's tier.
+    pub tier: Tier,
+    /// The component that runs.
+    pub component_digest: Arc<str>,
+    /// `running`, `completed`, `failed`, `revoked`.
+    pub status: &'static str,
+    /// The last phase entered.
+    pub phase: &'static str,
+    /// How many times the run was started (1, then one more per resume).
+    pub attempts: u32,
+    /// The host that runs it (`host_id`).
+    pub host: Arc<str>,
+    /// Its process id, so another process on the same host can tell that it is gone.
+    pub pid: u32,
+    /// The run's outcome code once it ended (`COMPLETED`, a failure code, `REVOKED`).
+    pub outcome: Option<Text>,
+    /// Journal records written so far.
+    pub calls: u64,
+}
+
 /// One fire-and-forget ledger entry.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -212,6 +279,10 @@ pub enum Entry {
     Violation(ViolationRecord),
     /// A row of `promotions`.
     Promotion(PromotionRecord),
+    /// A `journal` record (not chained itself: the call's action row chains its head).
+    Journal(JournalRecord),
+    /// The `runs` row of a run (a working copy, written in the same batch as its rows).
+    Run(RunRecord),
 }
 
 impl From<ActionRecord> for Entry {

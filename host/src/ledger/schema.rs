@@ -18,7 +18,7 @@ use super::error::LedgerError;
 use crate::tier::Tier;
 
 /// Schema version written to `meta`; bump together with a migration.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Identifies our files; a database without it is someone else's.
 const FORMAT: &str = "warden-ledger";
@@ -44,6 +44,27 @@ impl Table {
         Table::Metrics,
         Table::Promotions,
     ];
+
+    /// Columns added in schema 2, last in [`Table::content_columns`]. A row whose added
+    /// columns are all NULL (every row written before them) hashes without them, so rows
+    /// chained at schema 1 still verify; a row with any of them set hashes them all.
+    fn added_in_v2(self) -> usize {
+        match self {
+            Table::Actions => 3,
+            Table::Violations | Table::Metrics => 1,
+            Table::Promotions => 0,
+        }
+    }
+
+    /// The fields of a row that its `row_hash` covers (see [`Table::added_in_v2`]).
+    pub(crate) fn hashed<'f, 'a>(self, fields: &'f [Field<'a>]) -> &'f [Field<'a>] {
+        let base = fields.len().saturating_sub(self.added_in_v2());
+        if fields[base..].iter().all(|f| *f == Field::Null) {
+            &fields[..base]
+        } else {
+            fields
+        }
+    }
 
     /// The SQL table name.
     pub fn name(self) -> &'static str {
@@ -125,7 +146,7 @@ impl FromStr for Table {
     }
 }
 
-const ACTION_COLUMNS: [&str; 15] = [
+const ACTION_COLUMNS: [&str; 18] = [
     "timestamp",
     "agent_id",
     "agent_version",
@@ -141,9 +162,12 @@ const ACTION_COLUMNS: [&str; 15] = [
     "phase",
     "component_digest",
     "policy_revision",
+    "run_id",
+    "call_seq",
+    "result_digest",
 ];
 
-const VIOLATION_COLUMNS: [&str; 11] = [
+const VIOLATION_COLUMNS: [&str; 12] = [
     "timestamp",
     "agent_id",
     "tier",
@@ -155,15 +179,17 @@ const VIOLATION_COLUMNS: [&str; 11] = [
     "details",
     "component_digest",
     "policy_revision",
+    "run_id",
 ];
 
-const METRICS_COLUMNS: [&str; 6] = [
+const METRICS_COLUMNS: [&str; 7] = [
     "agent_id",
     "current_tier",
     "total_runs",
     "compliant_runs",
     "consecutive_compliant",
     "last_active_at",
+    "run_id",
 ];
 
 const PROMOTION_COLUMNS: [&str; 6] = [
@@ -201,6 +227,12 @@ pub(crate) struct ActionRow<'a> {
     pub phase: Option<&'a str>,
     pub component_digest: Option<&'a str>,
     pub policy_revision: Option<&'a str>,
+    /// The run the row belongs to; `None` outside a run.
+    pub run_id: Option<&'a str>,
+    /// The call's position in the run's journal, for a capability call.
+    pub call_seq: Option<u64>,
+    /// The journal head after the call's answer (`sha256:<hex>`), for a capability call.
+    pub result_digest: Option<&'a str>,
 }
 
 impl<'a> ActionRow<'a> {
@@ -221,6 +253,9 @@ impl<'a> ActionRow<'a> {
             Field::opt_text(self.phase),
             Field::opt_text(self.component_digest),
             Field::opt_text(self.policy_revision),
+            Field::opt_text(self.run_id),
+            self.call_seq.map_or(Field::Null, count_field),
+            Field::opt_text(self.result_digest),
         ]
     }
 }
@@ -238,6 +273,7 @@ pub(crate) struct ViolationRow<'a> {
     pub details: &'a str,
     pub component_digest: Option<&'a str>,
     pub policy_revision: Option<&'a str>,
+    pub run_id: Option<&'a str>,
 }
 
 impl<'a> ViolationRow<'a> {
@@ -254,6 +290,7 @@ impl<'a> ViolationRow<'a> {
             Field::text(self.details),
             Field::opt_text(self.component_digest),
             Field::opt_text(self.policy_revision),
+            Field::opt_text(self.run_id),
         ]
     }
 }
@@ -266,6 +303,7 @@ pub(crate) struct MetricsRow<'a> {
     pub compliant_runs: u64,
     pub consecutive_compliant: u64,
     pub last_active_at: &'a str,
+    pub run_id: Option<&'a str>,
 }
 
 impl<'a> MetricsRow<'a> {
@@ -277,6 +315,7 @@ impl<'a> MetricsRow<'a> {
             count_field(self.compliant_runs),
             count_field(self.consecutive_compliant),
             Field::text(self.last_active_at),
+            Field::opt_text(self.run_id),
         ]
     }
 }
@@ -334,6 +373,9 @@ CREATE TABLE agent_actions (
     phase TEXT,
     component_digest TEXT,
     policy_revision TEXT,
+    run_id TEXT,
+    call_seq INTEGER,
+    result_digest TEXT,
     {CHAIN_COLUMNS}
 );
 CREATE INDEX agent_actions_agent ON agent_actions (agent_id);
@@ -352,6 +394,7 @@ CREATE TABLE violations (
     details TEXT NOT NULL,
     component_digest TEXT,
     policy_revision TEXT,
+    run_id TEXT,
     {CHAIN_COLUMNS}
 );
 CREATE INDEX violations_agent ON violations (agent_id);
@@ -363,6 +406,7 @@ CREATE TABLE agent_metrics (
     compliant_runs INTEGER NOT NULL,
     consecutive_compliant INTEGER NOT NULL,
     last_active_at TEXT NOT NULL,
+    run_id TEXT,
     {CHAIN_COLUMNS}
 );
 CREATE INDEX agent_metrics_agent ON agent_metrics (agent_id, seq);
@@ -388,6 +432,7 @@ CREATE TABLE agents (
     registered_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+{RUN_TABLES}
 INSERT INTO meta (key, value) VALUES
     ('format', '{FORMAT}'),
     ('schema_version', {SCHEMA_VERSION}),
@@ -396,12 +441,55 @@ INSERT INTO meta (key, value) VALUES
     )
 }
 
+/// Schema 2's tables of runs: the `runs` index (a working copy, like `agents`: the chained
+/// rows carrying `run_id` are the record) and the `journal` of every answer a run's guest saw,
+/// whose digests the chained rows hold.
+const RUN_TABLES: &str = "CREATE INDEX IF NOT EXISTS agent_actions_run ON agent_actions (run_id, seq);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY NOT NULL,
+    agent_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    component_digest TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    outcome TEXT,
+    calls INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, started_at);
+CREATE INDEX IF NOT EXISTS runs_task ON runs (task_id, started_at);
+CREATE TABLE IF NOT EXISTS journal (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    op TEXT NOT NULL,
+    args_digest TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    head TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;";
+
+/// Schema 1 → 2: the run columns (NULL in every old row, which hashes as it did) and the
+/// run tables.
+const MIGRATE_V1: &str = "ALTER TABLE agent_actions ADD COLUMN run_id TEXT;
+ALTER TABLE agent_actions ADD COLUMN call_seq INTEGER;
+ALTER TABLE agent_actions ADD COLUMN result_digest TEXT;
+ALTER TABLE violations ADD COLUMN run_id TEXT;
+ALTER TABLE agent_metrics ADD COLUMN run_id TEXT;";
+
 /// What an opened database turned out to be.
 enum Found {
     /// No tables at all: ours to initialise.
     Empty,
     /// A ledger at the current schema version.
     Ledger,
+    /// A ledger at schema 1, migrated when opened for writing.
+    V1,
 }
 
 /// Rejects files that are not SQLite databases before SQLite sees them,
@@ -504,6 +592,9 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, LedgerError> {
             supported: SCHEMA_VERSION,
         });
     }
+    if version == 1 {
+        return Ok(Found::V1);
+    }
     if version < SCHEMA_VERSION {
         return Err(LedgerError::UnsupportedSchema {
             path: path.to_path_buf(),
@@ -528,6 +619,19 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path, wal: bool) -> Result<(
         // Added after schema 1 shipped; harmless to repeat.
         conn.execute_batch(STANDING_INDEX)
             .map_err(|e| classify(path, e))?;
+    }
+    if let Found::V1 = found {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(path, e))?;
+        // Another process may have migrated it while we were looking.
+        if let Found::V1 = inspect(&tx, path)? {
+            let batch = format!(
+                "{STANDING_INDEX}\n{MIGRATE_V1}\n{RUN_TABLES}\nUPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
+            );
+            tx.execute_batch(&batch).map_err(|e| classify(path, e))?;
+        }
+        tx.commit().map_err(|e| classify(path, e))?;
     }
     if let Found::Empty = found {
         let tx = conn

@@ -47,6 +47,13 @@ pub(crate) enum Command {
         /// `None` for fire-and-forget.
         reply: Option<Reply<u64>>,
     },
+    /// Entries that are written in the same transaction, in order (a call's journal records
+    /// and its rows).
+    AppendAll {
+        at: SystemTime,
+        entries: Vec<Entry>,
+        reply: Option<Reply<u64>>,
+    },
     Flush(Reply<()>),
     Register {
         at: SystemTime,
@@ -69,6 +76,7 @@ pub(crate) enum Command {
         agent_id: String,
         tier: Tier,
         compliant: bool,
+        run_id: Option<String>,
         reply: Reply<MetricsSnapshot>,
     },
 }
@@ -79,9 +87,13 @@ impl Command {
     fn fail(self, err: &LedgerError) -> Unanswered {
         // A waiter that gave up has nobody left to tell.
         match self {
-            Command::Append { reply: None, .. } => return Unanswered::Lost,
+            Command::Append { reply: None, .. } | Command::AppendAll { reply: None, .. } => {
+                return Unanswered::Lost;
+            }
             Command::Flush(r) => return Unanswered::Flush(r),
-            Command::Append { reply: Some(r), .. } => r.send(Err(err.clone())),
+            Command::Append { reply: Some(r), .. } | Command::AppendAll { reply: Some(r), .. } => {
+                r.send(Err(err.clone()));
+            }
             Command::SetTier { reply: r, .. } => r.send(Err(err.clone())),
             Command::Register { reply, .. } => reply.send(Err(err.clone())),
             Command::RecordRun { reply, .. } => reply.send(Err(err.clone())),
@@ -313,6 +325,21 @@ impl State {
                 }),
                 Err(e) => Err((Box::new(Command::Append { at, entry, reply }), e)),
             },
+            Command::AppendAll { at, entries, reply } => {
+                let mut last = self.head.seq.unsigned_abs();
+                for entry in &entries {
+                    match self.append(tx, at, entry) {
+                        Ok(seq) => last = seq,
+                        Err(e) => {
+                            return Err((Box::new(Command::AppendAll { at, entries, reply }), e));
+                        }
+                    }
+                }
+                Ok(match reply {
+                    Some(r) => Done::Seq(r, last),
+                    None => Done::Quiet,
+                })
+            }
             Command::Flush(r) => Ok(Done::Flush(r)),
             Command::Register {
                 at,
@@ -379,10 +406,18 @@ impl State {
                 agent_id,
                 tier,
                 compliant,
+                run_id,
                 reply,
             } => match read::metrics(tx, &agent_id) {
                 Err(e) => Ok(Done::Run(reply, Err(e))),
-                Ok(last) => match self.record_run(tx, at, &agent_id, tier, compliant, last) {
+                Ok(last) => match self.record_run(
+                    tx,
+                    at,
+                    (&agent_id, run_id.as_deref()),
+                    tier,
+                    compliant,
+                    last,
+                ) {
                     Ok(snapshot) => Ok(Done::Run(reply, Ok(snapshot))),
                     Err(e) => Err((
                         Box::new(Command::RecordRun {
@@ -390,6 +425,7 @@ impl State {
                             agent_id,
                             tier,
                             compliant,
+                            run_id,
                             reply,
                         }),
                         e,
@@ -408,7 +444,12 @@ impl State {
         fields: &[Field<'_>],
     ) -> Result<u64, LedgerError> {
         let seq = self.head.seq + 1;
-        let hash = chain::row_hash(self.head.hash.as_bytes(), table.name(), seq, fields);
+        let hash = chain::row_hash(
+            self.head.hash.as_bytes(),
+            table.name(),
+            seq,
+            table.hashed(fields),
+        );
         let sql = &self.insert_sql[table as usize];
         let mut stmt = tx.prepare_cached(sql)?;
         let params = iter::once(Field::Int(seq))
@@ -445,6 +486,9 @@ impl State {
                     phase: r.phase,
                     component_digest: s.component_digest.as_deref(),
                     policy_revision: s.policy_revision.as_deref(),
+                    run_id: s.run_id.as_deref(),
+                    call_seq: r.call_seq,
+                    result_digest: r.result_digest.as_deref(),
                 };
                 self.insert(tx, Table::Actions, &row.fields())
             }
@@ -462,6 +506,7 @@ impl State {
                     details: &r.details,
                     component_digest: s.component_digest.as_deref(),
                     policy_revision: s.policy_revision.as_deref(),
+                    run_id: s.run_id.as_deref(),
                 };
                 self.insert(tx, Table::Violations, &row.fields())
             }
@@ -475,6 +520,49 @@ impl State {
                     actor: &r.actor,
                 };
                 self.insert(tx, Table::Promotions, &row.fields())
+            }
+            Entry::Journal(r) => {
+                tx.prepare_cached(
+                    "INSERT INTO journal (run_id, seq, phase, op, args_digest, payload, head) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    &*r.run_id,
+                    i64::try_from(r.seq).unwrap_or(i64::MAX),
+                    r.phase,
+                    &*r.op,
+                    r.args_digest,
+                    r.payload,
+                    r.head
+                ])?;
+                Ok(self.head.seq.unsigned_abs())
+            }
+            Entry::Run(r) => {
+                tx.prepare_cached(
+                    "INSERT INTO runs (run_id, agent_id, task_id, tier, component_digest, status, \
+                     phase, attempts, host, pid, started_at, updated_at, outcome, calls) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13) \
+                     ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, \
+                     phase = excluded.phase, attempts = excluded.attempts, host = excluded.host, \
+                     pid = excluded.pid, updated_at = excluded.updated_at, \
+                     outcome = excluded.outcome, calls = excluded.calls",
+                )?
+                .execute(params![
+                    &*r.run_id,
+                    &*r.agent_id,
+                    &*r.task_id,
+                    r.tier.level(),
+                    &*r.component_digest,
+                    r.status,
+                    r.phase,
+                    r.attempts,
+                    &*r.host,
+                    r.pid,
+                    ts,
+                    r.outcome.as_deref(),
+                    i64::try_from(r.calls).unwrap_or(i64::MAX)
+                ])?;
+                Ok(self.head.seq.unsigned_abs())
             }
         }
     }
@@ -505,6 +593,9 @@ impl State {
             phase: None,
             component_digest: agent.component_digest.as_deref(),
             policy_revision: None,
+            run_id: None,
+            call_seq: None,
+            result_digest: None,
         };
         self.insert(tx, Table::Actions, &row.fields())
     }
@@ -655,7 +746,7 @@ impl State {
         &mut self,
         tx: &Transaction<'_>,
         at: SystemTime,
-        agent_id: &str,
+        (agent_id, run_id): (&str, Option<&str>),
         tier: Tier,
         compliant: bool,
         last: Option<MetricsSnapshot>,
@@ -675,6 +766,7 @@ impl State {
                 0
             },
             last_active_at: &ts,
+            run_id,
         };
         let seq = self.insert(tx, Table::Metrics, &row.fields())?;
         Ok(MetricsSnapshot {

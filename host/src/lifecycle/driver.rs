@@ -208,6 +208,10 @@ impl Driver {
             self.run.clone(),
         ));
         self.log(Phase::Bootstrap, "bootstrap", "complete").await;
+        self.services
+            .ledger
+            .append_async(self.run_row("running", None))
+            .await;
         self.phases.push(PhaseRecord {
             phase: Phase::Bootstrap,
             elapsed_ms: self.started.elapsed().as_secs_f64() * 1e3,
@@ -307,6 +311,10 @@ impl Driver {
             return Err(Stop::Revoked);
         }
         self.log(phase, "phase.enter", phase.as_str()).await;
+        self.services
+            .ledger
+            .append_async(self.run_row("running", None))
+            .await;
         self.phases.push(PhaseRecord {
             phase,
             elapsed_ms: 0.0,
@@ -369,6 +377,7 @@ impl Driver {
                     phase.as_str()
                 ),
             ),
+            (Some(Interrupt::Halted), _, _) => self.halted(phase),
             (Some(Interrupt::CpuDeadline), _, _) => (
                 FailureCode::DeadlineExceeded,
                 format!(
@@ -405,6 +414,89 @@ impl Driver {
         // The instance is unusable after a trap or a cancelled call.
         let record = code != FailureCode::GuestTrap;
         Err(self.stop_phase(phase, code, message, record).await)
+    }
+
+    /// Why the journal halted the guest, as the run's failure.
+    fn halted(&self, phase: Phase) -> (FailureCode, String) {
+        let journal = &self.run.journal;
+        let reason = journal
+            .halt_reason()
+            .unwrap_or_else(|| "the journal halted the run".to_string());
+        let code = if journal.divergence().is_some() {
+            FailureCode::ReplayDiverged
+        } else if journal.unreached() == 0 && journal.answered() > 0 {
+            FailureCode::ReplayEnded
+        } else {
+            FailureCode::JournalFull
+        };
+        (code, format!("{} stopped: {reason}", phase.as_str()))
+    }
+
+    /// The guest's result of `phase` through the journal: recorded (chained by a
+    /// `phase.result` row) when live; on replay, compared with the recorded one, and a
+    /// different result is a divergence that stops the run.
+    async fn journal_phase<T: serde::Serialize>(
+        &mut self,
+        phase: Phase,
+        result: &T,
+    ) -> Result<(), Stop> {
+        let op = match phase {
+            Phase::Plan => "phase.PLAN",
+            Phase::Execute => "phase.EXECUTE",
+            Phase::Verify => "phase.VERIFY",
+            _ => "phase.REPORT",
+        };
+        let digest = crate::journal::args_digest(result);
+        let journal = self.run.journal.clone();
+        match journal.begin(op, &digest) {
+            crate::journal::Begin::Recorded(_) => return Ok(()),
+            crate::journal::Begin::Halt(reason) => {
+                let code = if journal.divergence().is_some() {
+                    FailureCode::ReplayDiverged
+                } else {
+                    FailureCode::ReplayEnded
+                };
+                return Err(Stop::Failed {
+                    code,
+                    message: format!("{} stopped: {reason}", phase.as_str()),
+                });
+            }
+            crate::journal::Begin::Live => {}
+        }
+        let committed = journal.commit(op, digest.clone(), Vec::new());
+        let mut record = ActionRecord::new(self.run.subject.clone(), "phase.result", digest)
+            .phase(phase.as_str());
+        record.call_seq = Some(committed.seq);
+        record.result_digest = Some(committed.head.into());
+        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        entries.push(Entry::Action(record));
+        if let Err(error) = self
+            .services
+            .ledger
+            .append_all_async(entries, false)
+            .await
+        {
+            tracing::error!(%error, "cannot record the phase result");
+        }
+        Ok(())
+    }
+
+    /// The run's `runs` row as it is now.
+    fn run_row(&self, status: &'static str, outcome: Option<String>) -> Entry {
+        Entry::Run(crate::ledger::RunRecord {
+            run_id: Arc::from(&self.run.run_id),
+            agent_id: Arc::from(&self.run.agent_id),
+            task_id: Arc::from(&self.run.task_id),
+            tier: self.run.tier,
+            component_digest: Arc::from(self.component_digest.as_str()),
+            status,
+            phase: self.run.phase().as_str(),
+            attempts: 1,
+            host: Arc::from(self.services.host_id.as_str()),
+            pid: std::process::id(),
+            outcome: outcome.map(Into::into),
+            calls: self.run.journal.len(),
+        })
     }
 
     /// A phase that fails the run: a `violations` row when `record` (durable before the run
@@ -474,6 +566,7 @@ impl Driver {
 
         self.transition(Phase::Plan).await?;
         let plan = guest_call!(self, Phase::Plan, call_plan(&packet));
+        self.journal_phase(Phase::Plan, &plan).await?;
         let text = text_bytes(plan.steps.iter().chain([&plan.summary]));
         self.bound_text(Phase::Plan, "plan (summary and steps)", text)
             .await?;
@@ -493,6 +586,7 @@ impl Driver {
 
         self.transition(Phase::Execute).await?;
         let outcome = guest_call!(self, Phase::Execute, call_execute(&packet, &plan));
+        self.journal_phase(Phase::Execute, &outcome).await?;
         let text = text_bytes(outcome.artifacts.iter().chain([&outcome.summary]));
         self.bound_text(Phase::Execute, "outcome (summary and artifact names)", text)
             .await?;
@@ -502,6 +596,7 @@ impl Driver {
 
         self.transition(Phase::Verify).await?;
         let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
+        self.journal_phase(Phase::Verify, &verification).await?;
         let text = text_bytes(&verification.findings);
         self.bound_text(Phase::Verify, "verification (findings)", text)
             .await?;
@@ -541,6 +636,7 @@ impl Driver {
 
         self.transition(Phase::Report).await?;
         let report = guest_call!(self, Phase::Report, call_report(&packet, &verification));
+        self.journal_phase(Phase::Report, &report).await?;
         let text = text_bytes(report.details.iter().chain([&report.summary]));
         self.bound_text(Phase::Report, "report (summary and details)", text)
             .await?;
@@ -604,7 +700,9 @@ impl Driver {
     }
 
     async fn approval_gate(&mut self) -> Result<(), Stop> {
-        if self.policy().approval != Approval::Required {
+        // A replay goes on where the recorded run went on: its journal holds EXECUTE only if
+        // the approval was given.
+        if self.policy().approval != Approval::Required || self.run.journal.is_replaying() {
             return Ok(());
         }
         let task = self.run.task_id.clone();
@@ -927,17 +1025,14 @@ impl Driver {
     /// Count the run in the agent's metrics and promote it when the rules say so; returns the
     /// tier it was promoted to.
     async fn promote(&mut self, compliant: bool) -> Option<Tier> {
-        let ledger = self.services.ledger.clone();
         let tier = self.run.tier;
-        let agent = self.run.agent_id.to_string();
-        let metrics =
-            tokio::task::spawn_blocking(move || ledger.record_run(&agent, tier, compliant)).await;
+        let metrics = self
+            .services
+            .ledger
+            .record_run_async(&self.run.agent_id, tier, compliant, Some(&self.run.run_id))
+            .await;
         let metrics = match metrics {
-            Ok(Ok(metrics)) => metrics,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot record run metrics");
-                return None;
-            }
+            Ok(metrics) => metrics,
             Err(error) => {
                 tracing::warn!(%error, "cannot record run metrics");
                 return None;
@@ -991,14 +1086,47 @@ impl Driver {
             RunOutcome::Revoked { reason, details } => Some((reason.as_str(), details.clone())),
             _ => None,
         };
-        let end = action(
+        let status = match outcome {
+            RunOutcome::Completed | RunOutcome::PlanOnly => "completed",
+            RunOutcome::Revoked { .. } => "revoked",
+            RunOutcome::Failed { .. } => "failed",
+        };
+        let code = match outcome {
+            RunOutcome::Completed => "COMPLETED".to_string(),
+            RunOutcome::PlanOnly => "PLAN_ONLY".to_string(),
+            RunOutcome::Revoked { reason, .. } => reason.as_str().to_string(),
+            RunOutcome::Failed { code, .. } => code.as_str().to_string(),
+        };
+        let mut end = action(
             &self.run.subject,
             Some(Phase::Exit),
             "run.end",
             summary,
             error,
         );
-        self.services.ledger.append_async(end).await;
+        // The last observations ride with the end row, which vouches for the whole journal.
+        let journal = &self.run.journal;
+        let mut entries: Vec<Entry> = journal
+            .take_pending()
+            .into_iter()
+            .map(Entry::Journal)
+            .collect();
+        if let Entry::Action(record) = &mut end
+            && !journal.is_empty()
+        {
+            record.call_seq = Some(journal.len());
+            record.result_digest = Some(journal.head().into());
+        }
+        entries.push(end);
+        entries.push(self.run_row(status, Some(code)));
+        if let Err(error) = self
+            .services
+            .ledger
+            .append_all_async(entries, false)
+            .await
+        {
+            tracing::error!(%error, "cannot record the end of the run");
+        }
         if let Err(error) = self.services.ledger_flush().await {
             tracing::error!(%error, "ledger flush at exit failed");
         }
@@ -1017,6 +1145,7 @@ impl Driver {
             last.elapsed_ms = self.phase_started.elapsed().as_secs_f64() * 1e3;
         }
         RunReport {
+            run_id: self.run.run_id.to_string(),
             agent_id: self.run.agent_id.to_string(),
             task_id: self.run.task_id.to_string(),
             tier: self.run.tier,

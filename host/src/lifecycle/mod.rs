@@ -18,8 +18,10 @@ use std::time::Instant;
 
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
-use crate::governance::{self, action, host_subject, violation};
-use crate::id::AgentId;
+use crate::artifacts::put_off_thread;
+use crate::governance::{self, action, run_subject, violation};
+use crate::id::{AgentId, RunId};
+use crate::journal::{Journal, PastEnd, Recorded};
 use crate::ledger::Subject;
 use crate::phase::Phase;
 use crate::report::RunReport;
@@ -72,19 +74,42 @@ async fn state_failure(
     refuse_bootstrap(services, subject, refusal).await
 }
 
+/// How a run's guest is answered.
+pub(crate) enum RunMode {
+    /// Live: every call runs and is journaled under a new run id.
+    Live,
+    /// A replay of recorded run `run_id`: every call is answered from `records`.
+    Replay {
+        run_id: RunId,
+        records: Vec<Recorded>,
+    },
+}
+
 /// Run an agent's whole lifecycle.
 pub(crate) async fn run(
     services: Arc<Services>,
     sandbox: Arc<Sandbox>,
     agent: &AgentId,
     bytes: &[u8],
+    mode: RunMode,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
+    let (run_id, journal) = match mode {
+        RunMode::Live => {
+            let run_id = RunId::generate();
+            let journal = Journal::recording(run_id.as_str());
+            (run_id, journal)
+        }
+        RunMode::Replay { run_id, records } => {
+            let journal = Journal::replaying(run_id.as_str(), records, PastEnd::Halt);
+            (run_id, journal)
+        }
+    };
     let record = services.registered(agent)?;
     let tier = record.tier;
     // The ledger's chain is the registration; the registry row is its working copy.
     if let Some(mismatch) = services.ledger.registry_mismatch(&record)? {
-        let subject = host_subject(&services, agent, tier, None, None);
+        let subject = run_subject(&services, (agent, tier), None, None, &run_id);
         let refusal = Refusal::RegistryTampered {
             agent: agent.to_string(),
             mismatch: mismatch.to_string(),
@@ -94,7 +119,13 @@ pub(crate) async fn run(
     let component_digest = sandbox
         .runtime
         .digest_of(bytes, record.component_digest.as_deref());
-    let mut subject = host_subject(&services, agent, tier, None, Some(&component_digest));
+    let mut subject = run_subject(
+        &services,
+        (agent, tier),
+        None,
+        Some(&component_digest),
+        &run_id,
+    );
 
     if let Some(registered) = &record.component_digest
         && *registered != component_digest
@@ -121,10 +152,14 @@ pub(crate) async fn run(
         Err(error) => return Err(error.into()),
     };
     if record.component_digest.is_none() {
-        // First run of an agent registered without a component binds it (recorded).
+        // First run of an agent registered without a component binds it (recorded), and
+        // keeps the component, so `warden replay` finds what ran.
         services
             .ledger
             .register_agent(agent, tier, Some(&component_digest), "host")?;
+        if let Err(error) = put_off_thread(&services.blobs, bytes.to_vec()).await {
+            tracing::warn!(%error, "cannot keep the component for replay");
+        }
     }
 
     let revocation = match services.state.revocation(agent).await {
@@ -192,12 +227,12 @@ pub(crate) async fn run(
             return Err(refuse_bootstrap(&services, &subject, refusal).await);
         }
     };
-    subject = host_subject(
+    subject = run_subject(
         &services,
-        agent,
-        tier,
+        (agent, tier),
         Some(&packet.task_id),
         Some(&component_digest),
+        &run_id,
     );
 
     if let Err(refusal) = sandbox.load_gate(&services.tiers, agent, tier, &component) {
@@ -238,6 +273,7 @@ pub(crate) async fn run(
         packet,
         owner,
         workspace,
+        (run_id, journal),
     ));
     services.running.lock().insert(agent.clone(), run.clone());
     let mut driver = Driver::new(

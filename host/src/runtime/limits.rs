@@ -89,6 +89,9 @@ pub enum Interrupt {
     CpuDeadline,
     /// The phase's (or the run's) wall-clock deadline passed.
     WallDeadline,
+    /// The run's journal halted it: a replay diverged or reached the end of its record, or
+    /// the journal is full.
+    Halted,
 }
 
 /// Per-phase deadlines, checked on every epoch tick while the guest executes and by host

@@ -1,0 +1,199 @@
+//! Every capability call through the run's journal: answered from it on replay, recorded with
+//! the call's rows when live (see [`crate::journal`]).
+//!
+//! [`journaled!`](super::journaled) wraps a host function's body. Before it runs, the journal
+//! decides: a replay answers the recorded payload (the body, its gate and its backend are not
+//! touched) or halts a guest that made another call; a live call that is an effect first
+//! waits until every record before it is committed. After it runs, the answer is encoded, its
+//! record chained, and the call's action rows name the journal head; records and rows go to
+//! the ledger in one transaction.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::AgentCtx;
+use crate::bindings::WitError;
+use crate::context::CallDurability;
+use crate::governance::unavailable;
+use crate::journal::{self, Begin};
+use crate::ledger::{ActionRecord, Entry};
+
+/// The digest of a call's arguments.
+pub(super) fn args<A: Serialize + ?Sized>(args: &A) -> String {
+    journal::args_digest(args)
+}
+
+/// How an answer is written in the journal.
+pub(super) trait Codec<T> {
+    fn encode(result: &Result<T, WitError>) -> Vec<u8>;
+    fn decode(payload: &[u8]) -> Option<Result<T, WitError>>;
+}
+
+/// JSON of the answer, as the WIT types derive it.
+pub(super) struct Json;
+
+impl<T: Serialize + DeserializeOwned> Codec<T> for Json {
+    fn encode(result: &Result<T, WitError>) -> Vec<u8> {
+        serde_json::to_vec(result).unwrap_or_default()
+    }
+
+    fn decode(payload: &[u8]) -> Option<Result<T, WitError>> {
+        serde_json::from_slice(payload).ok()
+    }
+}
+
+/// Content bytes as they are (an artifact's), not as a JSON array of numbers: `0` and the
+/// bytes, or `1` and the error as JSON.
+pub(super) struct Bytes;
+
+impl Codec<Vec<u8>> for Bytes {
+    fn encode(result: &Result<Vec<u8>, WitError>) -> Vec<u8> {
+        match result {
+            Ok(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(0);
+                out.extend_from_slice(bytes);
+                out
+            }
+            Err(error) => {
+                let mut out = vec![1];
+                out.extend(serde_json::to_vec(error).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    fn decode(payload: &[u8]) -> Option<Result<Vec<u8>, WitError>> {
+        match payload.split_first()? {
+            (0, bytes) => Some(Ok(bytes.to_vec())),
+            (1, error) => serde_json::from_slice(error).ok().map(Err),
+            _ => None,
+        }
+    }
+}
+
+/// A secret never enters the journal: its record holds the value's digest and length, and a
+/// replay answers a placeholder naming that digest (a replay touches no secrets backend).
+pub(super) struct Secret;
+
+#[derive(Serialize, serde::Deserialize)]
+struct Redacted {
+    redacted: String,
+    len: usize,
+}
+
+impl Codec<String> for Secret {
+    fn encode(result: &Result<String, WitError>) -> Vec<u8> {
+        let redacted = result.as_ref().map(|value| Redacted {
+            redacted: journal::bytes_digest(value.as_bytes()),
+            len: value.len(),
+        });
+        serde_json::to_vec(&redacted).unwrap_or_default()
+    }
+
+    fn decode(payload: &[u8]) -> Option<Result<String, WitError>> {
+        let recorded: Result<Redacted, WitError> = serde_json::from_slice(payload).ok()?;
+        Some(recorded.map(|r| format!("warden-replay-secret:{}", r.redacted)))
+    }
+}
+
+/// What happens to a call before its body runs.
+pub(super) enum Before<T> {
+    /// Run the body; `args` is its digest.
+    Live(String),
+    /// Answer this without running the body.
+    Answer(Result<T, WitError>),
+}
+
+impl AgentCtx {
+    /// Ask the journal about call `op` with arguments `args`.
+    pub(super) async fn journal_before<T, C: Codec<T>>(
+        &mut self,
+        op: &'static str,
+        args: String,
+    ) -> Before<T> {
+        let run = self.gov.run.clone();
+        match run.journal.begin(op, &args) {
+            Begin::Live => {}
+            Begin::Recorded(payload) => {
+                return Before::Answer(C::decode(&payload).unwrap_or_else(|| {
+                    Err(WitError::Unavailable(format!(
+                        "the journal's answer to `{op}` cannot be read"
+                    )))
+                }));
+            }
+            Begin::Halt(reason) => {
+                return Before::Answer(Err(WitError::Unavailable(reason)));
+            }
+        }
+        if journal::is_effect(op) {
+            // What the guest saw before an effect is committed before the effect happens.
+            self.flush_journal().await;
+            if let Err(error) = self.gov.services.ledger_flush().await {
+                return Before::Answer(Err(unavailable("the ledger", error)));
+            }
+        }
+        self.gov.open_call();
+        Before::Live(args)
+    }
+
+    /// Record the answer of a live call with the rows it made, in one transaction.
+    pub(super) async fn journal_after<T, C: Codec<T>>(
+        &mut self,
+        op: &'static str,
+        args: String,
+        result: &Result<T, WitError>,
+    ) {
+        let run = self.gov.run.clone();
+        let committed = run.journal.commit(op, args, C::encode(result));
+        let mut rows = self.gov.close_call();
+        let mut anchored = false;
+        for row in &mut rows {
+            if let Entry::Action(record) = row {
+                record.call_seq = Some(committed.seq);
+                record.result_digest = Some(committed.head.clone().into());
+                anchored = true;
+            }
+        }
+        if !anchored {
+            // A call answered before any row (a revoked run): the journal still needs its
+            // anchor.
+            let mut record = ActionRecord::new(run.subject.clone(), op, "answered")
+                .phase(run.phase().as_str());
+            if let Err(error) = result {
+                let (kind, message) = crate::governance::wit_error_parts(error);
+                record = record.failed(kind, message.to_string());
+            }
+            record.call_seq = Some(committed.seq);
+            record.result_digest = Some(committed.head.clone().into());
+            rows.push(Entry::Action(record));
+        }
+        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        entries.append(&mut rows);
+        let durable = self.gov.services.call_durability == CallDurability::EveryCall;
+        if let Err(error) = self
+            .gov
+            .services
+            .ledger
+            .append_all_async(entries, durable)
+            .await
+        {
+            tracing::error!(%error, "cannot record call");
+        }
+    }
+
+    /// Hand the observations kept in memory (clock reads, random bytes) to the ledger.
+    pub(super) async fn flush_journal(&mut self) {
+        let pending = self.gov.run.journal.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        let entries = pending.into_iter().map(Entry::Journal).collect();
+        let ledger = Arc::clone(&self.gov.services).ledger.clone();
+        if let Err(error) = ledger.append_all_async(entries, false).await {
+            tracing::error!(%error, "cannot record observations");
+        }
+    }
+}

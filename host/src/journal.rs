@@ -1,0 +1,629 @@
+//! The journal of a run: every answer its guest saw, in order, so the run can be replayed.
+//!
+//! Each capability call's answer, and each nondeterministic input the guest observed (the
+//! wall and monotonic clocks, random bytes), is a [`JournalRecord`]: its position (`seq`), the
+//! phase, what was asked (`op` and the digest of its arguments) and what was answered
+//! (`payload`). The records form a hash chain of their own,
+//!
+//! ```text
+//! head₀ = sha256("warden-journal-v1" ‖ run id)
+//! headₙ = sha256(headₙ₋₁ ‖ seq ‖ op ‖ args digest ‖ payload)   (each field length-prefixed)
+//! ```
+//!
+//! and the action row of each call carries the head after its answer (`result_digest`), so
+//! the hash-chained ledger vouches for every record up to it: a payload edited in the
+//! `journal` table no longer leads to the head its row names.
+//!
+//! Records are written in the same ledger transaction as the call's rows (group commit): a
+//! read is never a commit of its own. Before an effect (a write, a message, a vote, a tool
+//! run) the capability waits until every record before it is committed
+//! ([`is_effect`]), so what the guest saw before an effect is never lost behind it.
+//!
+//! A journal in replay mode answers from recorded records instead: a call whose `op` or
+//! arguments differ from the record at its position is a [`Divergence`], and the run is
+//! halted at its next epoch tick.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::ledger::JournalRecord;
+
+/// Versions the head's encoding.
+const DOMAIN: &[u8] = b"warden-journal-v1\0";
+
+/// Records one run may hold (calls and observations); past it the run is halted. A guest
+/// reading the clock in a loop is held to this many reads per run.
+pub const MAX_RECORDS: u64 = 1 << 20;
+
+/// Observations kept in memory before they go to the ledger with the next call.
+const PENDING_FLUSH: usize = 256;
+
+/// The `op` of a wall-clock read.
+pub const OP_WALL: &str = "clock.wall";
+/// The `op` of a monotonic-clock read.
+pub const OP_MONOTONIC: &str = "clock.monotonic";
+/// The `op` of random bytes.
+pub const OP_RANDOM: &str = "random.bytes";
+
+/// Whether `op` changes something outside the guest (the state store, artifacts, the
+/// blackboard, messages, votes, the ledger, a tool's world): every record before it is
+/// committed before it runs.
+pub fn is_effect(op: &str) -> bool {
+    matches!(
+        op,
+        "state.set"
+            | "state.delete"
+            | "artifacts.put"
+            | "blackboard.write"
+            | "messaging.send"
+            | "messaging.broadcast"
+            | "consensus.propose"
+            | "consensus.cast"
+            | "consensus.resolve"
+            | "consensus.finalize"
+            | "consensus.validate"
+            | "ledger.note"
+            | "ledger.decision"
+            | "tools.invoke"
+    )
+}
+
+/// One record as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// Position in the run, from 1.
+    pub seq: u64,
+    /// The phase the guest was in.
+    pub phase: String,
+    /// The call or observation.
+    pub op: String,
+    /// `sha256:<hex>` of the arguments.
+    pub args_digest: String,
+    /// The answer.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// The journal head after this record.
+    pub head: String,
+}
+
+/// A call that is not the one the journal holds at its position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// The position.
+    pub seq: u64,
+    /// What the journal holds there (`op` and argument digest), or `end of journal`.
+    pub expected: String,
+    /// What the guest did.
+    pub actual: String,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at call {}: the journal holds {}, the guest made {}",
+            self.seq, self.expected, self.actual
+        )
+    }
+}
+
+/// What a call does, as the journal decides before it runs.
+pub enum Begin {
+    /// Run it live; the answer is recorded.
+    Live,
+    /// Answer this recorded payload; the call does not run.
+    Recorded(Vec<u8>),
+    /// The run is halted (diverged, or past the end of an offline replay): answer
+    /// `unavailable`; the epoch callback stops the guest.
+    Halt(String),
+}
+
+/// What a replaying journal does past its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastEnd {
+    /// Halt: an offline replay has nothing live to go on with.
+    Halt,
+}
+
+struct Replay {
+    records: VecDeque<Recorded>,
+    past_end: PastEnd,
+    answered: u64,
+}
+
+struct State {
+    seq: u64,
+    head: [u8; 32],
+    /// Observations not yet handed to the ledger.
+    pending: Vec<JournalRecord>,
+    replay: Option<Replay>,
+    divergence: Option<Divergence>,
+    halt: Option<String>,
+    /// The phase the guest is in.
+    phase: &'static str,
+}
+
+/// The journal of one run.
+pub struct Journal {
+    run_id: Arc<str>,
+    state: Mutex<State>,
+    halted: AtomicBool,
+}
+
+/// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
+pub fn args_digest<A: Serialize + ?Sized>(args: &A) -> String {
+    let mut hasher = HashWriter(Sha256::new());
+    // Serializing plain data into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut hasher, args);
+    format!("sha256:{}", hex::encode(hasher.0.finalize()))
+}
+
+/// `sha256:<hex>` of raw bytes (an artifact's content as an argument).
+pub fn bytes_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The first head of run `run_id`'s journal.
+pub fn genesis(run_id: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(run_id.as_bytes());
+    h.finalize().into()
+}
+
+/// The head after one record.
+pub fn next_head(prev: &[u8; 32], seq: u64, op: &str, args_digest: &str, payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    for field in [op.as_bytes(), args_digest.as_bytes(), payload] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field);
+    }
+    h.finalize().into()
+}
+
+/// How a head is written in the ledger.
+pub fn head_text(head: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(head))
+}
+
+impl Journal {
+    /// A journal that records a live run.
+    pub fn recording(run_id: &str) -> Journal {
+        Journal::new(run_id, None)
+    }
+
+    /// A journal that answers from `records` (in order) and does `past_end` after them.
+    pub fn replaying(run_id: &str, records: Vec<Recorded>, past_end: PastEnd) -> Journal {
+        Journal::new(
+            run_id,
+            Some(Replay {
+                records: records.into(),
+                past_end,
+                answered: 0,
+            }),
+        )
+    }
+
+    fn new(run_id: &str, replay: Option<Replay>) -> Journal {
+        Journal {
+            run_id: Arc::from(run_id),
+            state: Mutex::new(State {
+                seq: 0,
+                head: genesis(run_id),
+                pending: Vec::new(),
+                replay,
+                divergence: None,
+                halt: None,
+                phase: "BOOTSTRAP",
+            }),
+            halted: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this journal answers from a recorded run.
+    pub fn is_replaying(&self) -> bool {
+        self.state.lock().replay.is_some()
+    }
+
+    /// Note the phase the guest enters.
+    pub fn set_phase(&self, phase: &'static str) {
+        self.state.lock().phase = phase;
+    }
+
+    /// Whether the run must stop at its next epoch tick.
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    /// Why the run was halted.
+    pub fn halt_reason(&self) -> Option<String> {
+        self.state.lock().halt.clone()
+    }
+
+    /// The first divergence, if any.
+    pub fn divergence(&self) -> Option<Divergence> {
+        self.state.lock().divergence.clone()
+    }
+
+    /// Records written (live) or answered (replay) so far.
+    pub fn len(&self) -> u64 {
+        self.state.lock().seq
+    }
+
+    /// Whether nothing was recorded or answered yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Recorded answers fed back so far (replay).
+    pub fn answered(&self) -> u64 {
+        self.state.lock().replay.as_ref().map_or(0, |r| r.answered)
+    }
+
+    /// Records a replay has not reached.
+    pub fn unreached(&self) -> usize {
+        self.state.lock().replay.as_ref().map_or(0, |r| r.records.len())
+    }
+
+    /// The current head, as the ledger writes it.
+    pub fn head(&self) -> String {
+        head_text(&self.state.lock().head)
+    }
+
+    fn halt(&self, state: &mut State, reason: String) {
+        if state.halt.is_none() {
+            state.halt = Some(reason);
+        }
+        self.halted.store(true, Ordering::Release);
+    }
+
+    /// Before a call: whether it runs live, is answered from the journal, or is halted.
+    pub fn begin(&self, op: &str, args_digest: &str) -> Begin {
+        let mut state = self.state.lock();
+        if let Some(reason) = &state.halt {
+            return Begin::Halt(reason.clone());
+        }
+        let Some(replay) = &mut state.replay else {
+            return Begin::Live;
+        };
+        match replay.records.front() {
+            Some(next) if next.op == op && next.args_digest == args_digest => {
+                let Some(record) = replay.records.pop_front() else {
+                    return Begin::Live;
+                };
+                replay.answered += 1;
+                state.seq = record.seq;
+                state.head =
+                    next_head(&state.head, record.seq, op, args_digest, &record.payload);
+                Begin::Recorded(record.payload)
+            }
+            Some(next) => {
+                let divergence = Divergence {
+                    seq: next.seq,
+                    expected: format!("`{}` with arguments {}", next.op, next.args_digest),
+                    actual: format!("`{op}` with arguments {args_digest}"),
+                };
+                let reason = format!("replay diverged {divergence}");
+                state.divergence = Some(divergence);
+                self.halt(&mut state, reason.clone());
+                Begin::Halt(reason)
+            }
+            None => match replay.past_end {
+                PastEnd::Halt => {
+                    let reason = format!(
+                        "the recorded run made no call {} (`{op}`): it ended here",
+                        state.seq + 1
+                    );
+                    self.halt(&mut state, reason.clone());
+                    Begin::Halt(reason)
+                }
+            },
+        }
+    }
+
+    /// After a live call: the records to write with the call's rows (the observations since
+    /// the last call, then this answer) and the call's position and head.
+    pub fn commit(&self, op: &str, args_digest: String, payload: Vec<u8>) -> Committed {
+        let mut state = self.state.lock();
+        let seq = state.seq + 1;
+        state.seq = seq;
+        state.head = next_head(&state.head, seq, op, &args_digest, &payload);
+        let head = head_text(&state.head);
+        if seq >= MAX_RECORDS {
+            self.halt(
+                &mut state,
+                format!("the run's journal holds {MAX_RECORDS} records, its limit"),
+            );
+        }
+        let mut records = std::mem::take(&mut state.pending);
+        records.push(JournalRecord {
+            run_id: self.run_id.clone(),
+            seq,
+            phase: state.phase,
+            op: op.to_string().into(),
+            args_digest,
+            payload,
+            head: head.clone(),
+        });
+        Committed { records, seq, head }
+    }
+
+    /// A nondeterministic input the guest observes: recorded live, answered from the journal
+    /// on replay. `live` makes the value; a replay whose record is not this observation
+    /// diverges and gets `live`'s value so the guest can be stopped.
+    pub fn observe(&self, op: &'static str, live: impl FnOnce() -> Vec<u8>) -> ObservedValue {
+        let mut state = self.state.lock();
+        if state.replay.is_some() {
+            drop(state);
+            return match self.begin(op, "sha256:-") {
+                Begin::Recorded(payload) => ObservedValue::Value(payload),
+                Begin::Live | Begin::Halt(_) => ObservedValue::Value(live()),
+            };
+        }
+        let payload = live();
+        let seq = state.seq + 1;
+        state.seq = seq;
+        state.head = next_head(&state.head, seq, op, "sha256:-", &payload);
+        if seq >= MAX_RECORDS {
+            self.halt(
+                &mut state,
+                format!("the run's journal holds {MAX_RECORDS} records, its limit (a guest reading the clock or random bytes in a loop)"),
+            );
+        }
+        let head = head_text(&state.head);
+        let phase = state.phase;
+        state.pending.push(JournalRecord {
+            run_id: self.run_id.clone(),
+            seq,
+            phase,
+            op: op.into(),
+            args_digest: "sha256:-".to_string(),
+            payload: payload.clone(),
+            head,
+        });
+        let flush = state.pending.len() >= PENDING_FLUSH;
+        ObservedValue::Recorded {
+            value: payload,
+            flush,
+        }
+    }
+
+    /// Observations not yet written, taken (the driver writes them at the end of a phase).
+    pub fn take_pending(&self) -> Vec<JournalRecord> {
+        std::mem::take(&mut self.state.lock().pending)
+    }
+}
+
+/// What [`Journal::observe`] gives.
+pub enum ObservedValue {
+    /// The value (replayed, or live in a replay that is being stopped).
+    Value(Vec<u8>),
+    /// A live value, recorded; `flush` when the observations kept in memory should go to the
+    /// ledger now.
+    Recorded {
+        /// The value.
+        value: Vec<u8>,
+        /// Whether to hand [`Journal::take_pending`] to the ledger now.
+        flush: bool,
+    },
+}
+
+impl ObservedValue {
+    fn into_parts(self) -> (Vec<u8>, bool) {
+        match self {
+            ObservedValue::Value(value) => (value, false),
+            ObservedValue::Recorded { value, flush } => (value, flush),
+        }
+    }
+}
+
+/// What [`Journal::commit`] gives.
+pub struct Committed {
+    /// Records to write, in order, in the transaction of the call's rows.
+    pub records: Vec<JournalRecord>,
+    /// The call's position.
+    pub seq: u64,
+    /// The head after it.
+    pub head: String,
+}
+
+/// The WASI clocks and random source of a run: each read goes through the run's journal.
+pub(crate) mod sources {
+    use super::*;
+    use crate::ledger::{Entry, Ledger};
+
+    /// Hands a batch of observations to the ledger without waiting (a WASI clock read is
+    /// synchronous); a full queue keeps them for the next call.
+    fn observe(
+        journal: &Journal,
+        ledger: &Ledger,
+        op: &'static str,
+        live: impl FnOnce() -> Vec<u8>,
+    ) -> Vec<u8> {
+        let (value, flush) = journal.observe(op, live).into_parts();
+        if flush {
+            let pending = journal.take_pending();
+            let entries: Vec<Entry> = pending.into_iter().map(Entry::Journal).collect();
+            if let Err(back) = ledger.try_append_all(entries) {
+                let mut state = journal.state.lock();
+                let mut kept: Vec<JournalRecord> = back
+                    .into_iter()
+                    .filter_map(|e| match e {
+                        Entry::Journal(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                kept.append(&mut state.pending);
+                state.pending = kept;
+            }
+        }
+        value
+    }
+
+    /// `wasi:clocks/wall-clock` through the journal.
+    pub struct WallClock {
+        pub journal: Arc<Journal>,
+        pub ledger: Ledger,
+    }
+
+    impl wasmtime_wasi::HostWallClock for WallClock {
+        fn resolution(&self) -> Duration {
+            Duration::from_nanos(1)
+        }
+
+        fn now(&self) -> Duration {
+            let bytes = observe(&self.journal, &self.ledger, OP_WALL, || {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let mut out = now.as_secs().to_be_bytes().to_vec();
+                out.extend_from_slice(&now.subsec_nanos().to_be_bytes());
+                out
+            });
+            let secs = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let nanos = bytes.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            Duration::new(secs.unwrap_or(0), nanos.unwrap_or(0))
+        }
+    }
+
+    /// `wasi:clocks/monotonic-clock` through the journal: nanoseconds since the run's
+    /// store was made.
+    pub struct MonotonicClock {
+        pub journal: Arc<Journal>,
+        pub ledger: Ledger,
+        pub origin: std::time::Instant,
+    }
+
+    impl wasmtime_wasi::HostMonotonicClock for MonotonicClock {
+        fn resolution(&self) -> u64 {
+            1
+        }
+
+        fn now(&self) -> u64 {
+            let origin = self.origin;
+            let bytes = observe(&self.journal, &self.ledger, OP_MONOTONIC, || {
+                let nanos = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                nanos.to_be_bytes().to_vec()
+            });
+            bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_be_bytes)
+        }
+    }
+
+    /// `wasi:random/random` and `wasi:random/insecure` through the journal.
+    pub struct Random {
+        pub journal: Arc<Journal>,
+        pub ledger: Ledger,
+    }
+
+    impl rand_core::TryRng for Random {
+        type Error = std::convert::Infallible;
+
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            let mut bytes = [0u8; 4];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u32::from_le_bytes(bytes))
+        }
+
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            let mut bytes = [0u8; 8];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            let len = dst.len();
+            let bytes = observe(&self.journal, &self.ledger, OP_RANDOM, || {
+                let mut fresh = vec![0u8; len];
+                rand::fill(&mut fresh[..]);
+                fresh
+            });
+            // A replayed record of another length is a divergence already recorded; the
+            // guest is being stopped, so what it gets meanwhile only has to be the length.
+            for (slot, byte) in dst.iter_mut().zip(bytes.iter().chain(std::iter::repeat(&0))) {
+                *slot = *byte;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_answers_in_order_and_finds_the_first_divergence() {
+        let live = Journal::recording("run-a");
+        let a = live.commit("state.get", args_digest(&("k",)), b"\"v\"".to_vec());
+        let b = live.commit("state.set", args_digest(&("k", "w")), b"null".to_vec());
+        assert_eq!((a.seq, b.seq), (1, 2));
+        let records: Vec<Recorded> = a
+            .records
+            .into_iter()
+            .chain(b.records)
+            .map(|r| Recorded {
+                seq: r.seq,
+                phase: r.phase.to_string(),
+                op: r.op.to_string(),
+                args_digest: r.args_digest,
+                payload: r.payload,
+                head: r.head,
+            })
+            .collect();
+
+        let same = Journal::replaying("run-a", records.clone(), PastEnd::Halt);
+        assert!(matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Recorded(p) if p == b"\"v\""));
+        assert!(matches!(same.begin("state.set", &args_digest(&("k", "w"))), Begin::Recorded(_)));
+        assert_eq!(same.head(), live.head(), "the replayed head is the recorded one");
+        assert!(matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Halt(r) if r.contains("ended here")));
+        assert!(same.is_halted());
+
+        let other = Journal::replaying("run-a", records, PastEnd::Halt);
+        assert!(matches!(other.begin("state.get", &args_digest(&("k",))), Begin::Recorded(_)));
+        assert!(matches!(other.begin("state.set", &args_digest(&("k", "x"))), Begin::Halt(_)));
+        let d = other.divergence().unwrap();
+        assert_eq!(d.seq, 2);
+        assert!(d.expected.starts_with("`state.set` with arguments sha256:"), "{d}");
+        assert_ne!(d.expected, d.actual);
+    }
+
+    #[test]
+    fn observations_ride_with_the_next_call_and_chain_into_its_head() {
+        let j = Journal::recording("run-b");
+        let (v, flush) = j.observe(OP_RANDOM, || vec![7; 4]).into_parts();
+        assert_eq!((v, flush), (vec![7; 4], false));
+        let c = j.commit("state.get", args_digest(&("k",)), b"null".to_vec());
+        assert_eq!(c.records.len(), 2);
+        assert_eq!(c.records[0].op, OP_RANDOM);
+        assert_eq!(c.seq, 2);
+        let mut head = genesis("run-b");
+        for r in &c.records {
+            head = next_head(&head, r.seq, &r.op, &r.args_digest, &r.payload);
+        }
+        assert_eq!(head_text(&head), c.head);
+    }
+}
