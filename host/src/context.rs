@@ -174,11 +174,11 @@ impl RunShared {
         packet: Packet,
         lock_owner: LockOwner,
         workspace: PathBuf,
-        (run_id, journal): (RunId, Journal),
+        (run_id, journal): (RunId, Arc<Journal>),
     ) -> RunShared {
         RunShared {
             run_id,
-            journal: Arc::new(journal),
+            journal,
             agent_id: packet.agent_id.clone(),
             task_id: packet.task_id.clone(),
             subject,

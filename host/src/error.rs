@@ -190,6 +190,9 @@ pub enum Error {
     /// The artifact blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A run cannot be replayed.
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
     /// A tier's interfaces cannot be linked (at host start).
     #[error("cannot link the interfaces of tier {tier}: {message}")]
     Link {

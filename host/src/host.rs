@@ -267,8 +267,8 @@ fn default_host_id() -> String {
 /// ```
 #[derive(Clone)]
 pub struct Host {
-    services: Arc<Services>,
-    sandbox: Arc<Sandbox>,
+    pub(crate) services: Arc<Services>,
+    pub(crate) sandbox: Arc<Sandbox>,
     /// The periodic health checks, when configured; they stop when the last clone is dropped.
     health: Option<Arc<crate::health::monitor::HealthMonitor>>,
 }

@@ -53,6 +53,7 @@ pub mod packet;
 pub mod pattern;
 mod phase;
 pub mod policy;
+pub mod replay;
 mod report;
 mod runtime;
 mod sandbox;

@@ -280,7 +280,7 @@ impl BenchInstance {
             workspace,
             {
                 let run_id = crate::id::RunId::generate();
-                let journal = crate::journal::Journal::recording(run_id.as_str());
+                let journal = Arc::new(crate::journal::Journal::recording(run_id.as_str()));
                 (run_id, journal)
             },
         ));

@@ -888,6 +888,9 @@ pub struct RunRow {
     pub outcome: Option<String>,
     /// Journal records written.
     pub calls: u64,
+    /// The packet it ran, JSON.
+    #[serde(skip)]
+    pub packet: String,
 }
 
 /// Which runs [`runs`] lists; every field narrows.
@@ -904,7 +907,7 @@ pub struct RunFilter {
 }
 
 const RUN_COLUMNS: &str = "run_id, agent_id, task_id, tier, component_digest, status, phase, \
-     attempts, host, pid, started_at, updated_at, outcome, calls";
+     attempts, host, pid, started_at, updated_at, outcome, calls, packet";
 
 fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
     let small = |idx: usize, column: &'static str| -> Result<u32, LedgerError> {
@@ -931,6 +934,7 @@ fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
         updated_at: row.get(11)?,
         outcome: row.get(12)?,
         calls: count_at(row, 13, "calls")?,
+        packet: row.get(14)?,
     })
 }
 

@@ -268,6 +268,8 @@ pub struct RunRecord {
     pub outcome: Option<Text>,
     /// Journal records written so far.
     pub calls: u64,
+    /// The packet it runs, JSON: what a replay runs it with.
+    pub packet: Arc<str>,
 }
 
 /// One fire-and-forget ledger entry.

@@ -459,7 +459,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     outcome TEXT,
-    calls INTEGER NOT NULL DEFAULT 0
+    calls INTEGER NOT NULL DEFAULT 0,
+    packet TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_task ON runs (task_id, started_at);

@@ -80,6 +80,8 @@ pub(super) struct Driver {
     /// The deliverables as VERIFY found them; sealed from then on, recorded by PACKAGE.
     sealed: Vec<ArtifactRef>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The packet as the `runs` row keeps it.
+    packet_json: Arc<str>,
 }
 
 impl Driver {
@@ -90,6 +92,7 @@ impl Driver {
         started: Instant,
         component_digest: String,
     ) -> Driver {
+        let packet_json = Arc::from(serde_json::to_string(&run.packet).unwrap_or_default());
         Driver {
             services,
             sandbox,
@@ -106,6 +109,7 @@ impl Driver {
             verification_failed: None,
             sealed: Vec::new(),
             watcher: None,
+            packet_json,
         }
     }
 
@@ -323,11 +327,16 @@ impl Driver {
     }
 
     /// Interpret the end of a guest call.
-    async fn settle<T>(
+    async fn settle<T: serde::Serialize>(
         &mut self,
         phase: Phase,
         result: Result<wasmtime::Result<Result<T, String>>, tokio::time::error::Elapsed>,
     ) -> Result<T, Stop> {
+        // What the guest returned, its error included, is part of the journal; a replay
+        // compares it.
+        if let Ok(Ok(returned)) = &result {
+            self.journal_phase(phase, returned).await?;
+        }
         // A refused stream write into the workspace is recorded here, when the guest is back.
         if let Some(booted) = &mut self.booted {
             booted.store.data_mut().record_quota_refusal().await;
@@ -496,6 +505,7 @@ impl Driver {
             pid: std::process::id(),
             outcome: outcome.map(Into::into),
             calls: self.run.journal.len(),
+            packet: self.packet_json.clone(),
         })
     }
 
@@ -566,7 +576,6 @@ impl Driver {
 
         self.transition(Phase::Plan).await?;
         let plan = guest_call!(self, Phase::Plan, call_plan(&packet));
-        self.journal_phase(Phase::Plan, &plan).await?;
         let text = text_bytes(plan.steps.iter().chain([&plan.summary]));
         self.bound_text(Phase::Plan, "plan (summary and steps)", text)
             .await?;
@@ -586,7 +595,6 @@ impl Driver {
 
         self.transition(Phase::Execute).await?;
         let outcome = guest_call!(self, Phase::Execute, call_execute(&packet, &plan));
-        self.journal_phase(Phase::Execute, &outcome).await?;
         let text = text_bytes(outcome.artifacts.iter().chain([&outcome.summary]));
         self.bound_text(Phase::Execute, "outcome (summary and artifact names)", text)
             .await?;
@@ -596,7 +604,6 @@ impl Driver {
 
         self.transition(Phase::Verify).await?;
         let verification = guest_call!(self, Phase::Verify, call_verify(&packet, &outcome));
-        self.journal_phase(Phase::Verify, &verification).await?;
         let text = text_bytes(&verification.findings);
         self.bound_text(Phase::Verify, "verification (findings)", text)
             .await?;
@@ -636,7 +643,6 @@ impl Driver {
 
         self.transition(Phase::Report).await?;
         let report = guest_call!(self, Phase::Report, call_report(&packet, &verification));
-        self.journal_phase(Phase::Report, &report).await?;
         let text = text_bytes(report.details.iter().chain([&report.summary]));
         self.bound_text(Phase::Report, "report (summary and details)", text)
             .await?;
@@ -795,6 +801,51 @@ impl Driver {
     /// The packet's deliverables: the latest reference of each one found, and the names of
     /// those missing.
     async fn find_deliverables(
+        &mut self,
+        phase: Phase,
+    ) -> Result<(Vec<ArtifactRef>, Vec<String>), Stop> {
+        // What the host found is an input of the run's course like any answer to the guest:
+        // journaled, and read back on replay (whose store holds none of the run's artifacts).
+        let op = "host.deliverables";
+        let journal = self.run.journal.clone();
+        if journal.is_replaying() {
+            match journal.begin(op, "sha256:-") {
+                crate::journal::Begin::Recorded(payload) => {
+                    return serde_json::from_slice(&payload).map_err(|e| Stop::Failed {
+                        code: FailureCode::ReplayDiverged,
+                        message: format!("the journal's deliverables cannot be read: {e}"),
+                    });
+                }
+                crate::journal::Begin::Halt(reason) => {
+                    let code = if journal.divergence().is_some() {
+                        FailureCode::ReplayDiverged
+                    } else {
+                        FailureCode::ReplayEnded
+                    };
+                    return Err(Stop::Failed {
+                        code,
+                        message: format!("{} stopped: {reason}", phase.as_str()),
+                    });
+                }
+                crate::journal::Begin::Live => {}
+            }
+        }
+        let found = self.look_up_deliverables(phase).await?;
+        let payload = serde_json::to_vec(&found).unwrap_or_default();
+        let committed = journal.commit(op, "sha256:-".to_string(), payload);
+        let entries = committed.records.into_iter().map(Entry::Journal).collect();
+        if let Err(error) = self
+            .services
+            .ledger
+            .append_all_async(entries, false)
+            .await
+        {
+            tracing::error!(%error, "cannot record the deliverables found");
+        }
+        Ok(found)
+    }
+
+    async fn look_up_deliverables(
         &mut self,
         phase: Phase,
     ) -> Result<(Vec<ArtifactRef>, Vec<String>), Stop> {

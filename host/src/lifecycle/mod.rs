@@ -21,7 +21,7 @@ use crate::error::{Error, Refusal};
 use crate::artifacts::put_off_thread;
 use crate::governance::{self, action, run_subject, violation};
 use crate::id::{AgentId, RunId};
-use crate::journal::{Journal, PastEnd, Recorded};
+use crate::journal::Journal;
 use crate::ledger::Subject;
 use crate::phase::Phase;
 use crate::report::RunReport;
@@ -78,10 +78,10 @@ async fn state_failure(
 pub(crate) enum RunMode {
     /// Live: every call runs and is journaled under a new run id.
     Live,
-    /// A replay of recorded run `run_id`: every call is answered from `records`.
+    /// A replay of recorded run `run_id`: every call is answered from `journal`.
     Replay {
         run_id: RunId,
-        records: Vec<Recorded>,
+        journal: Arc<Journal>,
     },
 }
 
@@ -97,13 +97,10 @@ pub(crate) async fn run(
     let (run_id, journal) = match mode {
         RunMode::Live => {
             let run_id = RunId::generate();
-            let journal = Journal::recording(run_id.as_str());
+            let journal = Arc::new(Journal::recording(run_id.as_str()));
             (run_id, journal)
         }
-        RunMode::Replay { run_id, records } => {
-            let journal = Journal::replaying(run_id.as_str(), records, PastEnd::Halt);
-            (run_id, journal)
-        }
+        RunMode::Replay { run_id, journal } => (run_id, journal),
     };
     let record = services.registered(agent)?;
     let tier = record.tier;

@@ -1,0 +1,358 @@
+//! Replay: a recorded run re-executed offline against its journal.
+//!
+//! The component runs in a fresh instance on a host of its own that touches nothing live: an
+//! in-memory state store and ledger, no secrets backend, no LLM, no tools. Every capability
+//! call, clock read and random byte is answered from the journal, after the journal was checked
+//! against the chained rows that vouch for it; the guest's phase results are compared with the
+//! recorded ones. The first call (or result) that differs is the divergence, reported with
+//! what the journal expected; a run that ends where the recorded one ended replays identical.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::artifacts::MemoryBlobs;
+use crate::context::{CallDurability, ServiceParts, Services, Workspaces};
+use crate::error::Error;
+use crate::id::{AgentId, RunId};
+use crate::journal::{self, Divergence, Journal, PastEnd, Recorded};
+use crate::ledger::Ledger;
+use crate::lifecycle::{self, RunMode};
+use crate::packet::Packet;
+use crate::report::RunOutcome;
+use crate::secrets::EmbeddedSecrets;
+use crate::state::MemoryState;
+use crate::tools::ToolRegistry;
+
+/// Why a run cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// No run has this id.
+    #[error("UNKNOWN_RUN: no run `{run}` in this ledger; `warden runs list` shows the runs it holds")]
+    UnknownRun {
+        /// The id asked for.
+        run: String,
+    },
+    /// A journal record does not lead to the head a chained row names: it was edited.
+    #[error(
+        "JOURNAL_TAMPERED: record {seq} (`{op}`) of run `{run}`'s journal disagrees with ledger row {row}: the row vouches for head {expected}, the journal leads to {actual}; the journal was edited after it was written, so it is not replayed"
+    )]
+    Tampered {
+        /// The run.
+        run: String,
+        /// The first record the row vouches for that no longer hashes to it.
+        seq: u64,
+        /// That record's `op`.
+        op: String,
+        /// The chained row (its `seq` in the ledger).
+        row: u64,
+        /// The head the row names.
+        expected: String,
+        /// The head the journal leads to.
+        actual: String,
+    },
+    /// The component that ran is not in the blob store and none was given.
+    #[error(
+        "COMPONENT_NOT_KEPT: component `{digest}` of run `{run}` is not in this data directory's blob store; pass the component file (`--component <file>`)"
+    )]
+    ComponentNotKept {
+        /// The run.
+        run: String,
+        /// The component it ran.
+        digest: String,
+    },
+    /// The component given is not the one that ran.
+    #[error(
+        "COMPONENT_MISMATCH: run `{run}` ran component `{recorded}`, not `{offered}`; pass `--allow-other-digest` to replay another build against the recorded run"
+    )]
+    ComponentMismatch {
+        /// The run.
+        run: String,
+        /// What ran.
+        recorded: String,
+        /// What was given.
+        offered: String,
+    },
+    /// The run's `runs` row does not hold a packet that parses.
+    #[error("run `{run}`'s recorded packet cannot be read: {reason}")]
+    Packet {
+        /// The run.
+        run: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ReplayError {
+    /// The stable code (`JOURNAL_TAMPERED`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReplayError::UnknownRun { .. } => "UNKNOWN_RUN",
+            ReplayError::Tampered { .. } => "JOURNAL_TAMPERED",
+            ReplayError::ComponentNotKept { .. } => "COMPONENT_NOT_KEPT",
+            ReplayError::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
+            ReplayError::Packet { .. } => "INVALID_PACKET",
+        }
+    }
+}
+
+/// What to replay a run with. Default: the component that ran, as the blob store keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// The component to run instead of the kept one.
+    pub component: Option<Vec<u8>>,
+    /// Replay a component whose digest is not the recorded one (a new build of the agent).
+    pub allow_other_digest: bool,
+}
+
+/// One phase of a replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseReplay {
+    /// The phase (`EXECUTE`).
+    pub phase: String,
+    /// `identical`, `diverged` or `not-reached`.
+    pub verdict: &'static str,
+    /// Journal records the phase holds.
+    pub recorded: u64,
+    /// Of those, answered to the replayed guest.
+    pub replayed: u64,
+    /// The calls the phase made, in order (`state.get`, …; clock reads and random bytes
+    /// counted, not listed).
+    pub calls: Vec<String>,
+}
+
+/// What [`Host::replay`](crate::Host::replay) found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The run replayed.
+    pub run_id: String,
+    /// Its agent.
+    pub agent_id: String,
+    /// Its task.
+    pub task_id: String,
+    /// `identical` when every recorded answer was asked for in order and the replay ended
+    /// where the run ended; `diverged` otherwise.
+    pub verdict: &'static str,
+    /// The component that ran.
+    pub recorded_component: String,
+    /// The component replayed.
+    pub replayed_component: String,
+    /// The recorded run's status and outcome code (`completed`, `COMPLETED`).
+    pub recorded_status: String,
+    /// The recorded outcome code.
+    pub recorded_outcome: Option<String>,
+    /// How the replay ended (its outcome code).
+    pub replay_outcome: String,
+    /// The first divergence, if any.
+    pub divergence: Option<Divergence>,
+    /// Per phase, in order.
+    pub phases: Vec<PhaseReplay>,
+    /// Journal records of the run.
+    pub recorded_records: u64,
+    /// Records answered to the replayed guest.
+    pub replayed_records: u64,
+    /// Wall-clock time of the replay, ms.
+    pub duration_ms: f64,
+}
+
+/// Check `records` against the chained rows that vouch for them; the records up to the last
+/// vouched one are what may be replayed.
+pub(crate) fn vouched(
+    run: &RunId,
+    mut records: Vec<Recorded>,
+    anchors: &[crate::ledger::JournalAnchor],
+) -> Result<Vec<Recorded>, ReplayError> {
+    let mut head = journal::genesis(run.as_str());
+    let mut heads = Vec::with_capacity(records.len());
+    for record in &records {
+        head = journal::next_head(
+            &head,
+            record.seq,
+            &record.op,
+            &record.args_digest,
+            &record.payload,
+        );
+        heads.push(journal::head_text(&head));
+    }
+    let mut last = 0usize;
+    for anchor in anchors {
+        let index = usize::try_from(anchor.call_seq).unwrap_or(usize::MAX);
+        let actual = index
+            .checked_sub(1)
+            .and_then(|i| heads.get(i))
+            .cloned()
+            .unwrap_or_else(|| "no record".to_string());
+        if actual != anchor.head {
+            // The first record after the last good anchor is where the edit begins.
+            let first = records
+                .get(last)
+                .map_or((anchor.call_seq, String::new()), |r| (r.seq, r.op.clone()));
+            return Err(ReplayError::Tampered {
+                run: run.to_string(),
+                seq: first.0,
+                op: first.1,
+                row: anchor.row,
+                expected: anchor.head.clone(),
+                actual,
+            });
+        }
+        last = last.max(index);
+    }
+    records.truncate(last);
+    Ok(records)
+}
+
+impl crate::Host {
+    /// Re-execute recorded run `run` offline against its journal (see [`crate::replay`]).
+    pub async fn replay(
+        &self,
+        run: &RunId,
+        options: ReplayOptions,
+    ) -> Result<ReplayReport, Error> {
+        let started = Instant::now();
+        let ledger = self.ledger();
+        let row = ledger.run(run)?.ok_or_else(|| ReplayError::UnknownRun {
+            run: run.to_string(),
+        })?;
+        let records = ledger.journal(run)?;
+        let anchors = ledger.journal_anchors(run)?;
+        let recorded_records = records.len() as u64;
+        let records = vouched(run, records, &anchors)?;
+        let packet = Packet::from_json(&row.packet).map_err(|e| ReplayError::Packet {
+            run: run.to_string(),
+            reason: e.to_string(),
+        })?;
+        let bytes = match options.component {
+            Some(bytes) => bytes,
+            None => crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
+                .await?
+                .ok_or_else(|| ReplayError::ComponentNotKept {
+                    run: run.to_string(),
+                    digest: row.component_digest.clone(),
+                })?,
+        };
+        let offered = crate::runtime::digest(&bytes);
+        if offered != row.component_digest && !options.allow_other_digest {
+            return Err(ReplayError::ComponentMismatch {
+                run: run.to_string(),
+                recorded: row.component_digest.clone(),
+                offered,
+            }
+            .into());
+        }
+        let agent = AgentId::new(&row.agent_id)?;
+        let offline = self.offline_services()?;
+        offline
+            .ledger
+            .register_agent(&agent, row.tier, Some(&offered), "replay")?;
+        offline.state.put_packet(&packet).await?;
+        let phases_of: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.phase.clone(), r.op.clone()))
+            .collect();
+        let journal = Arc::new(Journal::replaying(run.as_str(), records, PastEnd::Halt));
+        let report = lifecycle::run(
+            Arc::new(offline),
+            self.sandbox.clone(),
+            &agent,
+            &bytes,
+            RunMode::Replay {
+                run_id: run.clone(),
+                journal: journal.clone(),
+            },
+        )
+        .await?;
+        let divergence = journal.divergence();
+        let replay_outcome = outcome_code(&report.outcome);
+        let replayed_records = journal.answered();
+        // The recorded run's own end (a revocation, a failure the live host decided) is not
+        // re-decided offline: the replay is identical when it asked for every recorded answer,
+        // in order, and nothing else.
+        let identical = divergence.is_none() && replayed_records == phases_of.len() as u64;
+        Ok(ReplayReport {
+            run_id: run.to_string(),
+            agent_id: row.agent_id.clone(),
+            task_id: row.task_id.clone(),
+            verdict: if identical { "identical" } else { "diverged" },
+            recorded_component: row.component_digest.clone(),
+            replayed_component: report.component_digest.clone(),
+            recorded_status: row.status.clone(),
+            recorded_outcome: row.outcome.clone(),
+            replay_outcome,
+            phases: per_phase(&phases_of, replayed_records, divergence.as_ref()),
+            divergence,
+            recorded_records,
+            replayed_records,
+            duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// A host of the same tier table and engine that touches nothing live.
+    fn offline_services(&self) -> Result<Services, Error> {
+        Ok(Services::new(ServiceParts {
+            tiers: self.tiers().clone(),
+            ledger: Ledger::in_memory()?,
+            state: Arc::new(MemoryState::new()),
+            secrets: Arc::new(EmbeddedSecrets::in_memory()),
+            llm: None,
+            tools: ToolRegistry::empty(),
+            blobs: Arc::new(MemoryBlobs::default()),
+            workspaces: Workspaces::Temp(
+                tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?,
+            ),
+            host_id: "replay".to_string(),
+            data_dir: None,
+            call_durability: CallDurability::Batched,
+        }))
+    }
+}
+
+fn outcome_code(outcome: &RunOutcome) -> String {
+    match outcome {
+        RunOutcome::Completed => "COMPLETED".to_string(),
+        RunOutcome::PlanOnly => "PLAN_ONLY".to_string(),
+        RunOutcome::Revoked { reason, .. } => reason.as_str().to_string(),
+        RunOutcome::Failed { code, .. } => code.as_str().to_string(),
+    }
+}
+
+fn per_phase(
+    records: &[(String, String)],
+    replayed: u64,
+    divergence: Option<&Divergence>,
+) -> Vec<PhaseReplay> {
+    let mut phases: Vec<PhaseReplay> = Vec::new();
+    for (index, (phase, op)) in records.iter().enumerate() {
+        let seq = index as u64 + 1;
+        if phases.last().is_none_or(|p| p.phase != *phase) {
+            phases.push(PhaseReplay {
+                phase: phase.clone(),
+                verdict: "identical",
+                recorded: 0,
+                replayed: 0,
+                calls: Vec::new(),
+            });
+        }
+        let Some(current) = phases.last_mut() else {
+            continue;
+        };
+        current.recorded += 1;
+        if seq <= replayed {
+            current.replayed += 1;
+        }
+        let observation = matches!(
+            op.as_str(),
+            journal::OP_WALL | journal::OP_MONOTONIC | journal::OP_RANDOM
+        );
+        if !observation && current.calls.len() < 256 {
+            current.calls.push(op.clone());
+        }
+        if divergence.is_some_and(|d| d.seq == seq) {
+            current.verdict = "diverged";
+        } else if seq > replayed && current.verdict == "identical" && current.replayed == 0 {
+            current.verdict = "not-reached";
+        }
+    }
+    phases
+}
