@@ -62,6 +62,25 @@ enum Command {
         #[arg(long)]
         packet: PathBuf,
     },
+    /// List runs and show one: its phases with their checkpoints, status, attempts and where
+    /// it stopped.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Re-execute a recorded run offline against its journal (no state, secrets, LLM or tool
+    /// is touched) and report, per phase, whether it is identical. Exit 5 when it diverges.
+    ///
+    /// Example: `warden replay run-0192f1… --component target/agent.wasm --allow-other-digest`
+    Replay {
+        /// The run id (`warden runs list`).
+        run: warden::RunId,
+        /// The component to run (default: the one that ran, from the blob store).
+        #[arg(long)]
+        component: Option<PathBuf>,
+        /// Replay a component whose digest is not the recorded one: a new build against a
+        /// recorded run, reported at the first call where it behaves differently.
+        #[arg(long)]
+        allow_other_digest: bool,
+    },
     /// Approve a task's run that waits at the approval gate.
     Approve {
         task: String,
@@ -119,6 +138,30 @@ enum Command {
     /// A task's blackboard, messages and proposals with their tallies.
     #[command(subcommand)]
     Task(TaskCommand),
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Runs, newest first.
+    List {
+        /// Only runs of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only runs with this status: `running`, `completed`, `failed`, `revoked`.
+        #[arg(long, value_parser = ["running", "completed", "failed", "revoked"])]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One run: status, attempts, the phases it entered and when, where it stopped.
+    Show {
+        /// The run id.
+        run: warden::RunId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +309,7 @@ pub fn main() -> ExitCode {
             if json {
                 let refusal = error.downcast_ref::<Error>().and_then(|e| match e {
                     Error::Refused(r) => Some(r.code()),
+                    Error::Replay(r) => Some(r.code()),
                     _ => None,
                 });
                 println!(
@@ -345,6 +389,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Agents(command) => agents(&cx, command).await,
         Command::Run { component, packet } => run(&cx, &component, &packet).await,
+        Command::Runs(command) => runs(&cx, command).await,
+        Command::Replay {
+            run,
+            component,
+            allow_other_digest,
+        } => replay(&cx, &run, component.as_deref(), allow_other_digest).await,
         Command::Approve { task, by } => {
             let host = cx.host().await?;
             host.approve(&task, &by).await?;
@@ -505,6 +555,63 @@ async fn run(cx: &Env, component: &Path, packet_path: &Path) -> Result<u8> {
         RunOutcome::Completed | RunOutcome::PlanOnly => exit::OK,
         RunOutcome::Revoked { .. } => exit::REVOKED,
         RunOutcome::Failed { .. } => exit::FAILED,
+    })
+}
+
+async fn runs(cx: &Env, command: RunsCommand) -> Result<u8> {
+    let host = cx.host().await?;
+    match command {
+        RunsCommand::List {
+            agent,
+            task,
+            status,
+            limit,
+        } => {
+            let filter = warden::ledger::RunFilter {
+                agent,
+                task,
+                status,
+                limit,
+            };
+            let rows = host.ledger().runs(&filter)?;
+            output::runs_list(cx.json, &rows);
+        }
+        RunsCommand::Show { run } => {
+            let Some(row) = host.ledger().run(&run)? else {
+                bail!("no run `{run}` in this ledger; `warden runs list` shows the runs it holds");
+            };
+            let phases = host.ledger().run_phases(&run)?;
+            output::run_show(cx.json, &row, &phases);
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn replay(
+    cx: &Env,
+    run: &warden::RunId,
+    component: Option<&Path>,
+    allow_other_digest: bool,
+) -> Result<u8> {
+    let component = match component {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read component `{}`", path.display()))?,
+        ),
+        None => None,
+    };
+    // Networked backends are contacted lazily, and a replay contacts none of them.
+    let host = cx.host().await?;
+    let options = warden::replay::ReplayOptions {
+        component,
+        allow_other_digest,
+    };
+    let report = host.replay(run, options).await?;
+    output::replay_report(cx.json, &report);
+    Ok(if report.verdict == "identical" {
+        exit::OK
+    } else {
+        exit::FAILED
     })
 }
 

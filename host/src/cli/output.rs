@@ -7,7 +7,8 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, VerifyReport};
+use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, RunRow, VerifyReport};
+use warden::replay::ReplayReport;
 use warden::orchestrator::{TaskMetrics, TaskView};
 use warden::packet::Revocation;
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
@@ -189,7 +190,8 @@ pub fn run_report(json: bool, report: &RunReport) {
         return;
     }
     say!(
-        "agent `{}` ({}) · task `{}` · {}",
+        "run {} · agent `{}` ({}) · task `{}` · {}",
+        report.run_id,
         report.agent_id,
         report.tier,
         report.task_id,
@@ -246,6 +248,101 @@ pub fn run_report(json: bool, report: &RunReport) {
         }
         RunOutcome::Failed { code, message } => say!("  outcome    FAILED ({code}): {message}"),
     }
+}
+
+pub fn runs_list(json: bool, rows: &[RunRow]) {
+    if json {
+        print_json(&json!({ "runs": rows }));
+        return;
+    }
+    if rows.is_empty() {
+        say!("no runs");
+        return;
+    }
+    for row in rows {
+        say!(
+            "{}  {:<10} {:<9} {:<20} agent `{}` · task `{}` · {} calls · {}",
+            row.run_id,
+            row.status,
+            row.phase,
+            row.outcome.as_deref().unwrap_or("-"),
+            row.agent_id,
+            row.task_id,
+            row.calls,
+            row.started_at
+        );
+    }
+}
+
+pub fn run_show(json: bool, row: &RunRow, phases: &[(String, String)]) {
+    if json {
+        let phases: Vec<Value> = phases
+            .iter()
+            .map(|(phase, at)| json!({ "phase": phase, "entered_at": at }))
+            .collect();
+        print_json(&json!({ "run": row, "phases": phases }));
+        return;
+    }
+    say!("run {}", row.run_id);
+    say!("  agent      `{}` ({})", row.agent_id, row.tier);
+    say!("  task       `{}`", row.task_id);
+    say!("  component  {}", row.component_digest);
+    say!(
+        "  status     {} · outcome {} · attempts {}",
+        row.status,
+        row.outcome.as_deref().unwrap_or("-"),
+        row.attempts
+    );
+    say!("  host       {} (pid {})", row.host, row.pid);
+    say!("  started    {} · last written {}", row.started_at, row.updated_at);
+    say!("  journal    {} records", row.calls);
+    for (phase, at) in phases {
+        say!("  checkpoint {phase:<9} {at}");
+    }
+    say!("  stopped at {}", row.phase);
+}
+
+pub fn replay_report(json: bool, report: &ReplayReport) {
+    if json {
+        print_json(report);
+        return;
+    }
+    say!(
+        "replay of {} · agent `{}` · task `{}`: {}",
+        report.run_id,
+        report.agent_id,
+        report.task_id,
+        report.verdict
+    );
+    if report.recorded_component != report.replayed_component {
+        say!(
+            "  component  {} (recorded {})",
+            report.replayed_component,
+            report.recorded_component
+        );
+    }
+    for phase in &report.phases {
+        say!(
+            "  {:<9} {:<11} {}/{} records · {}",
+            phase.phase,
+            phase.verdict,
+            phase.replayed,
+            phase.recorded,
+            phase.calls.join(", ")
+        );
+    }
+    if let Some(divergence) = &report.divergence {
+        say!("  diverged   {divergence}");
+    }
+    say!(
+        "  outcome    recorded {} ({}) · replay {} · {}/{} records in {:.1}ms",
+        report.recorded_outcome.as_deref().unwrap_or("-"),
+        report.recorded_status,
+        report.replay_outcome,
+        report.replayed_records,
+        report.recorded_records,
+        report.duration_ms
+    );
 }
 
 pub fn ledger_rows(json: bool, rows: &[LedgerRow]) {
