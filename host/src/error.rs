@@ -192,7 +192,7 @@ pub enum Error {
     Blob(#[from] BlobError),
     /// A run cannot be replayed.
     #[error(transparent)]
-    Replay(#[from] crate::replay::ReplayError),
+    Replay(#[from] ReplayError),
     /// A tier's interfaces cannot be linked (at host start).
     #[error("cannot link the interfaces of tier {tier}: {message}")]
     Link {
@@ -234,5 +234,79 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+}
+
+/// Why a run cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// No run has this id.
+    #[error(
+        "UNKNOWN_RUN: no run `{run}` in this ledger; `warden runs list` shows the runs it holds"
+    )]
+    UnknownRun {
+        /// The id asked for.
+        run: String,
+    },
+    /// A journal record does not lead to the head a chained row names: it was edited.
+    #[error(
+        "JOURNAL_TAMPERED: record {seq} (`{op}`) of run `{run}`'s journal disagrees with ledger row {row}: the row vouches for head {expected}, the journal leads to {actual}; the journal was edited after it was written, so it is not replayed"
+    )]
+    Tampered {
+        /// The run.
+        run: String,
+        /// The first record the row vouches for that no longer hashes to it.
+        seq: u64,
+        /// That record's `op`.
+        op: String,
+        /// The chained row (its `seq` in the ledger).
+        row: u64,
+        /// The head the row names.
+        expected: String,
+        /// The head the journal leads to.
+        actual: String,
+    },
+    /// The component that ran is not in the blob store and none was given.
+    #[error(
+        "COMPONENT_NOT_KEPT: component `{digest}` of run `{run}` is not in this data directory's blob store; pass the component file (`--component <file>`)"
+    )]
+    ComponentNotKept {
+        /// The run.
+        run: String,
+        /// The component it ran.
+        digest: String,
+    },
+    /// The component given is not the one that ran.
+    #[error(
+        "COMPONENT_MISMATCH: run `{run}` ran component `{recorded}`, not `{offered}`; pass `--allow-other-digest` to replay another build against the recorded run"
+    )]
+    ComponentMismatch {
+        /// The run.
+        run: String,
+        /// What ran.
+        recorded: String,
+        /// What was given.
+        offered: String,
+    },
+    /// The run's `runs` row does not hold a packet that parses.
+    #[error("run `{run}`'s recorded packet cannot be read: {reason}")]
+    Packet {
+        /// The run.
+        run: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ReplayError {
+    /// The stable code (`JOURNAL_TAMPERED`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReplayError::UnknownRun { .. } => "UNKNOWN_RUN",
+            ReplayError::Tampered { .. } => "JOURNAL_TAMPERED",
+            ReplayError::ComponentNotKept { .. } => "COMPONENT_NOT_KEPT",
+            ReplayError::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
+            ReplayError::Packet { .. } => "INVALID_PACKET",
+        }
     }
 }

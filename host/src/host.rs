@@ -627,6 +627,28 @@ impl Host {
             tier,
             bytes,
             packet,
+            true,
+        )
+    }
+
+    /// [`Host::bench_instance`] whose calls are not journaled: the baseline of what the
+    /// journal costs; not part of the stable API.
+    #[doc(hidden)]
+    pub fn bench_instance_unjournaled(
+        &self,
+        agent: &str,
+        tier: Tier,
+        bytes: &[u8],
+        packet: Packet,
+    ) -> Result<BenchInstance, Error> {
+        BenchInstance::new(
+            self.services.clone(),
+            self.sandbox.clone(),
+            agent,
+            tier,
+            bytes,
+            packet,
+            false,
         )
     }
 }

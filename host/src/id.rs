@@ -206,7 +206,9 @@ impl RunId {
     pub fn new(id: &str) -> Result<RunId, IdError> {
         let hex = id.strip_prefix(RUN_PREFIX);
         let ok = hex.is_some_and(|h| {
-            h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            h.len() == 32
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if !ok {
             return Err(IdError {
@@ -309,7 +311,14 @@ mod tests {
         let b = RunId::generate();
         assert!(a < b, "{a} then {b}");
         assert_eq!(RunId::new(a.as_str()).unwrap(), a);
-        for bad in ["", "run-", "run-XYZ", "0192f1", &format!("{a}0"), &a.as_str().to_uppercase()] {
+        for bad in [
+            "",
+            "run-",
+            "run-XYZ",
+            "0192f1",
+            &format!("{a}0"),
+            &a.as_str().to_uppercase(),
+        ] {
             let err = RunId::new(bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid run id `"), "{bad:?}: {err}");
             assert!(err.contains("32 lowercase hex digits"), "{err}");

@@ -74,23 +74,7 @@ pub fn is_effect(op: &str) -> bool {
     )
 }
 
-/// One record as the ledger holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Recorded {
-    /// Position in the run, from 1.
-    pub seq: u64,
-    /// The phase the guest was in.
-    pub phase: String,
-    /// The call or observation.
-    pub op: String,
-    /// `sha256:<hex>` of the arguments.
-    pub args_digest: String,
-    /// The answer.
-    #[serde(skip)]
-    pub payload: Vec<u8>,
-    /// The journal head after this record.
-    pub head: String,
-}
+pub use crate::ledger::Recorded;
 
 /// A call that is not the one the journal holds at its position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,6 +138,8 @@ pub struct Journal {
     run_id: Arc<str>,
     state: Mutex<State>,
     halted: AtomicBool,
+    /// Records nothing: only the benchmark's baseline, to measure what the journal costs.
+    off: bool,
 }
 
 /// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
@@ -191,7 +177,13 @@ pub fn genesis(run_id: &str) -> [u8; 32] {
 }
 
 /// The head after one record.
-pub fn next_head(prev: &[u8; 32], seq: u64, op: &str, args_digest: &str, payload: &[u8]) -> [u8; 32] {
+pub fn next_head(
+    prev: &[u8; 32],
+    seq: u64,
+    op: &str,
+    args_digest: &str,
+    payload: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_be_bytes());
@@ -238,7 +230,23 @@ impl Journal {
                 phase: "BOOTSTRAP",
             }),
             halted: AtomicBool::new(false),
+            off: false,
         }
+    }
+
+    /// A journal that records nothing and answers nothing: every call runs live and unrecorded.
+    /// Not for runs (they could not be replayed); the benchmark's baseline of what the journal
+    /// costs.
+    pub fn off(run_id: &str) -> Journal {
+        Journal {
+            off: true,
+            ..Journal::new(run_id, None)
+        }
+    }
+
+    /// Whether this journal records nothing ([`Journal::off`]).
+    pub fn is_off(&self) -> bool {
+        self.off
     }
 
     /// Whether this journal answers from a recorded run.
@@ -283,7 +291,11 @@ impl Journal {
 
     /// Records a replay has not reached.
     pub fn unreached(&self) -> usize {
-        self.state.lock().replay.as_ref().map_or(0, |r| r.records.len())
+        self.state
+            .lock()
+            .replay
+            .as_ref()
+            .map_or(0, |r| r.records.len())
     }
 
     /// The current head, as the ledger writes it.
@@ -314,8 +326,7 @@ impl Journal {
                 };
                 replay.answered += 1;
                 state.seq = record.seq;
-                state.head =
-                    next_head(&state.head, record.seq, op, args_digest, &record.payload);
+                state.head = next_head(&state.head, record.seq, op, args_digest, &record.payload);
                 Begin::Recorded(record.payload)
             }
             Some(next) => {
@@ -373,6 +384,9 @@ impl Journal {
     /// on replay. `live` makes the value; a replay whose record is not this observation
     /// diverges and gets `live`'s value so the guest can be stopped.
     pub fn observe(&self, op: &'static str, live: impl FnOnce() -> Vec<u8>) -> ObservedValue {
+        if self.off {
+            return ObservedValue::Value(live());
+        }
         let mut state = self.state.lock();
         if state.replay.is_some() {
             drop(state);
@@ -501,8 +515,14 @@ pub(crate) mod sources {
                 out.extend_from_slice(&now.subsec_nanos().to_be_bytes());
                 out
             });
-            let secs = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-            let nanos = bytes.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            let secs = bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let nanos = bytes
+                .get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes);
             Duration::new(secs.unwrap_or(0), nanos.unwrap_or(0))
         }
     }
@@ -563,7 +583,10 @@ pub(crate) mod sources {
             });
             // A replayed record of another length is a divergence already recorded; the
             // guest is being stopped, so what it gets meanwhile only has to be the length.
-            for (slot, byte) in dst.iter_mut().zip(bytes.iter().chain(std::iter::repeat(&0))) {
+            for (slot, byte) in dst
+                .iter_mut()
+                .zip(bytes.iter().chain(std::iter::repeat(&0)))
+            {
                 *slot = *byte;
             }
             Ok(())
@@ -596,18 +619,38 @@ mod tests {
             .collect();
 
         let same = Journal::replaying("run-a", records.clone(), PastEnd::Halt);
-        assert!(matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Recorded(p) if p == b"\"v\""));
-        assert!(matches!(same.begin("state.set", &args_digest(&("k", "w"))), Begin::Recorded(_)));
-        assert_eq!(same.head(), live.head(), "the replayed head is the recorded one");
-        assert!(matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Halt(r) if r.contains("ended here")));
+        assert!(
+            matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Recorded(p) if p == b"\"v\"")
+        );
+        assert!(matches!(
+            same.begin("state.set", &args_digest(&("k", "w"))),
+            Begin::Recorded(_)
+        ));
+        assert_eq!(
+            same.head(),
+            live.head(),
+            "the replayed head is the recorded one"
+        );
+        assert!(
+            matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Halt(r) if r.contains("ended here"))
+        );
         assert!(same.is_halted());
 
         let other = Journal::replaying("run-a", records, PastEnd::Halt);
-        assert!(matches!(other.begin("state.get", &args_digest(&("k",))), Begin::Recorded(_)));
-        assert!(matches!(other.begin("state.set", &args_digest(&("k", "x"))), Begin::Halt(_)));
+        assert!(matches!(
+            other.begin("state.get", &args_digest(&("k",))),
+            Begin::Recorded(_)
+        ));
+        assert!(matches!(
+            other.begin("state.set", &args_digest(&("k", "x"))),
+            Begin::Halt(_)
+        ));
         let d = other.divergence().unwrap();
         assert_eq!(d.seq, 2);
-        assert!(d.expected.starts_with("`state.set` with arguments sha256:"), "{d}");
+        assert!(
+            d.expected.starts_with("`state.set` with arguments sha256:"),
+            "{d}"
+        );
         assert_ne!(d.expected, d.actual);
     }
 

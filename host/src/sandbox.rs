@@ -263,6 +263,7 @@ impl BenchInstance {
         tier: Tier,
         bytes: &[u8],
         packet: Packet,
+        journaled: bool,
     ) -> Result<BenchInstance, Error> {
         let digest = digest(bytes);
         let component = sandbox.runtime.component(&digest, bytes, agent)?;
@@ -280,8 +281,12 @@ impl BenchInstance {
             workspace,
             {
                 let run_id = crate::id::RunId::generate();
-                let journal = Arc::new(crate::journal::Journal::recording(run_id.as_str()));
-                (run_id, journal)
+                let journal = if journaled {
+                    crate::journal::Journal::recording(run_id.as_str())
+                } else {
+                    crate::journal::Journal::off(run_id.as_str())
+                };
+                (run_id, Arc::new(journal))
             },
         ));
         run.set_phase(Phase::Execute);

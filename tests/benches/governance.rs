@@ -270,6 +270,70 @@ async fn async_main() {
         diffs[diffs.len() / 2]
     );
 
+    // 2b. The journal's cost per call, in each durability mode: the same governed state.get
+    // with the journal recording, and with it off, interleaved on the same host.
+    for (label, durability) in [
+        ("batched", warden::CallDurability::Batched),
+        ("every-call", warden::CallDurability::EveryCall),
+    ] {
+        let calls = if durability == warden::CallDurability::Batched {
+            CALLS
+        } else {
+            1_000
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::builder()
+            .data_dir(dir.path())
+            .call_durability(durability)
+            .build()
+            .unwrap();
+        let objective = format!("calls:{calls}");
+        let on = host
+            .bench_instance(
+                "bench",
+                Tier::Operator,
+                &bench_guest,
+                packet("bench", "bench", &objective, &[], json!({})),
+            )
+            .unwrap();
+        let off = host
+            .bench_instance_unjournaled(
+                "bench",
+                Tier::Operator,
+                &bench_guest,
+                packet("bench", "bench", &objective, &[], json!({})),
+            )
+            .unwrap();
+        on.instantiate_and_call(true).await.unwrap();
+        off.instantiate_and_call(true).await.unwrap();
+        let (mut ons, mut offs, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            on.instantiate_and_call(true).await.unwrap();
+            host.ledger().flush().unwrap();
+            let a = start.elapsed() / calls as u32;
+            let start = Instant::now();
+            off.instantiate_and_call(true).await.unwrap();
+            host.ledger().flush().unwrap();
+            let b = start.elapsed() / calls as u32;
+            ons.push(a);
+            offs.push(b);
+            diffs.push(a.as_nanos() as i128 - b.as_nanos() as i128);
+        }
+        diffs.sort();
+        row(
+            &format!("journal, state.get, {label} (file ledger)"),
+            median(ons),
+            median(offs),
+            "",
+        );
+        println!(
+            "{:<44} {:>10}ns",
+            format!("  journal cost per call ({label}, median diff)"),
+            diffs[diffs.len() / 2]
+        );
+    }
+
     // 3. Ledger appends vs raw rusqlite batched inserts (WAL, synchronous=NORMAL).
     const ROWS: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
@@ -368,6 +432,51 @@ async fn async_main() {
             .collect();
         println!("  by phase (medians): {}", breakdown.join(", "));
     }
+
+    // 5. Replay of the planner's recorded run (LLM, tools, artifacts, state, ledger) against
+    // the run itself: the same host, the same component.
+    let planner = agent("planner");
+    let host = warden_tests::builder_with(r#"["ls"]"#)
+        .data_dir(dir.path().join("replay"))
+        .build()
+        .unwrap();
+    host.register_agent("planner", Tier::Operator, Some(&planner), "bench")
+        .unwrap();
+    let (mut runs, mut replays) = (Vec::new(), Vec::new());
+    for i in 0..(ROUNDS + 2) {
+        let p = packet(
+            "planner",
+            &format!("plan-{i}"),
+            "plan the work",
+            &[],
+            json!({}),
+        );
+        host.submit_packet(&p).await.unwrap();
+        let start = Instant::now();
+        let report = host.run("planner", &planner).await.unwrap();
+        let ran = start.elapsed();
+        let id = warden::RunId::new(&report.run_id).unwrap();
+        host.ledger().flush().unwrap();
+        let start = Instant::now();
+        let replay = host
+            .replay(&id, warden::replay::ReplayOptions::default())
+            .await
+            .unwrap();
+        let replayed = start.elapsed();
+        assert_eq!(replay.verdict, "identical");
+        if i >= 2 {
+            runs.push(ran);
+            replays.push(replayed);
+        }
+    }
+    let (r, p) = (median(runs), median(replays));
+    println!(
+        "{:<44} {:>12.2?} {:>12.2?} {:>8.2}x   ≥ 10x faster",
+        "replay of the planner's run vs the run",
+        p,
+        r,
+        r.as_secs_f64() / p.as_secs_f64()
+    );
 }
 
 /// The baseline: the same rows into the same table (the ledger's own schema and indexes,

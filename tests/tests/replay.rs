@@ -8,6 +8,7 @@ use warden::replay::{ReplayError, ReplayOptions};
 use warden::{Error, RunId, RunOutcome, Tier};
 use warden_tests::{agent, host, packet, run};
 
+#[expect(clippy::expect_used, reason = "test helper: a report without a run id fails the test")]
 fn run_id(report: &warden::RunReport) -> RunId {
     RunId::new(&report.run_id).expect("a run id")
 }
@@ -88,7 +89,10 @@ async fn a_completed_run_replays_identical_without_touching_the_live_host() {
         .iter()
         .find(|p| p.phase == "EXECUTE")
         .expect("EXECUTE replayed");
-    assert!(execute.calls.contains(&"artifacts.put".to_string()), "{execute:?}");
+    assert!(
+        execute.calls.contains(&"artifacts.put".to_string()),
+        "{execute:?}"
+    );
     // Nothing of the replay went into the live ledger.
     host.ledger().flush().unwrap();
     assert_eq!(host.ledger().verify().unwrap().rows, rows_before);
@@ -125,7 +129,10 @@ async fn a_revoked_run_replays_each_refused_call_as_it_happened() {
     let report = run(&host, "rogue", "rogue", Tier::Executor, &p)
         .await
         .unwrap();
-    assert!(matches!(report.outcome, RunOutcome::Revoked { .. }), "{report:?}");
+    assert!(
+        matches!(report.outcome, RunOutcome::Revoked { .. }),
+        "{report:?}"
+    );
     let replay = host
         .replay(&run_id(&report), ReplayOptions::default())
         .await
@@ -143,7 +150,10 @@ async fn a_failed_run_replays_identical() {
     let report = run(&host, "hello", "hello", Tier::Observer, &p)
         .await
         .unwrap();
-    assert!(matches!(report.outcome, RunOutcome::Failed { .. }), "{report:?}");
+    assert!(
+        matches!(report.outcome, RunOutcome::Failed { .. }),
+        "{report:?}"
+    );
     let replay = host
         .replay(&run_id(&report), ReplayOptions::default())
         .await
@@ -155,7 +165,13 @@ async fn a_failed_run_replays_identical() {
 #[tokio::test]
 async fn another_component_is_refused_unless_allowed_and_then_diverges_at_its_first_call() {
     let host = host();
-    let p = packet("hello", "t-replay-other", "greet", &["hello.txt"], json!({}));
+    let p = packet(
+        "hello",
+        "t-replay-other",
+        "greet",
+        &["hello.txt"],
+        json!({}),
+    );
     let report = run(&host, "hello", "hello", Tier::Operator, &p)
         .await
         .unwrap();
@@ -172,10 +188,16 @@ async fn another_component_is_refused_unless_allowed_and_then_diverges_at_its_fi
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, Error::Replay(ReplayError::ComponentMismatch { .. })),
+        matches!(
+            &refused,
+            Error::Replay(ReplayError::ComponentMismatch { .. })
+        ),
         "{refused}"
     );
-    assert!(refused.to_string().contains("--allow-other-digest"), "{refused}");
+    assert!(
+        refused.to_string().contains("--allow-other-digest"),
+        "{refused}"
+    );
     let replay = host
         .replay(
             &id,

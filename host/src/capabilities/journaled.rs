@@ -115,6 +115,14 @@ impl AgentCtx {
         args: String,
     ) -> Before<T> {
         let run = self.gov.run.clone();
+        // A revoked run is answered at once with nothing more recorded, journal included: a
+        // replay ends at the revocation as the run did.
+        if run.is_revoked() {
+            return Before::Answer(Err(WitError::Revoked(run.revoked_message())));
+        }
+        if run.journal.is_off() {
+            return Before::Live(args);
+        }
         match run.journal.begin(op, &args) {
             Begin::Live => {}
             Begin::Recorded(payload) => {
@@ -147,6 +155,9 @@ impl AgentCtx {
         result: &Result<T, WitError>,
     ) {
         let run = self.gov.run.clone();
+        if run.journal.is_off() {
+            return;
+        }
         let committed = run.journal.commit(op, args, C::encode(result));
         let mut rows = self.gov.close_call();
         let mut anchored = false;
@@ -158,10 +169,9 @@ impl AgentCtx {
             }
         }
         if !anchored {
-            // A call answered before any row (a revoked run): the journal still needs its
-            // anchor.
-            let mut record = ActionRecord::new(run.subject.clone(), op, "answered")
-                .phase(run.phase().as_str());
+            // Every answer a guest sees is chained by a row of its call.
+            let mut record =
+                ActionRecord::new(run.subject.clone(), op, "answered").phase(run.phase().as_str());
             if let Err(error) = result {
                 let (kind, message) = crate::governance::wit_error_parts(error);
                 record = record.failed(kind, message.to_string());

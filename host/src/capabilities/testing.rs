@@ -146,6 +146,11 @@ impl TestAgent {
             packet,
             crate::state::LockOwner::new("test-owner").expect("owner"),
             agent_workspace,
+            {
+                let run_id = crate::id::RunId::generate();
+                let journal = Arc::new(crate::journal::Journal::recording(run_id.as_str()));
+                (run_id, journal)
+            },
         ));
         run.set_phase(Phase::Execute);
         let policy = services.tiers.policy(tier);

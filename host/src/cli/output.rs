@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, RunRow, VerifyReport};
-use warden::replay::ReplayReport;
 use warden::orchestrator::{TaskMetrics, TaskView};
 use warden::packet::Revocation;
+use warden::replay::ReplayReport;
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
 
 /// `println!` for human output: the formatted line with [`escape`] applied.
@@ -294,7 +294,11 @@ pub fn run_show(json: bool, row: &RunRow, phases: &[(String, String)]) {
         row.attempts
     );
     say!("  host       {} (pid {})", row.host, row.pid);
-    say!("  started    {} · last written {}", row.started_at, row.updated_at);
+    say!(
+        "  started    {} · last written {}",
+        row.started_at,
+        row.updated_at
+    );
     say!("  journal    {} records", row.calls);
     for (phase, at) in phases {
         say!("  checkpoint {phase:<9} {at}");

@@ -46,11 +46,11 @@ pub use read::{
     BreakReason, ChainBreak, ChainRegistration, ChainRevocation, LedgerQuery, LedgerRow,
     RegistryMismatch, VerifyReport,
 };
+pub use read::{JournalAnchor, RunFilter, RunRow};
 pub use record::{
-    ActionRecord, AgentRecord, Entry, JournalRecord, MetricsSnapshot, PromotionRecord,
+    ActionRecord, AgentRecord, Entry, JournalRecord, MetricsSnapshot, PromotionRecord, Recorded,
     Registration, RunRecord, Subject, Text, ViolationRecord,
 };
-pub use read::{JournalAnchor, RunFilter, RunRow};
 pub use schema::{SCHEMA_VERSION, Table};
 
 use crate::tier::Tier;
@@ -477,10 +477,7 @@ impl Ledger {
     }
 
     /// The journal of `run_id`, in order.
-    pub fn journal(
-        &self,
-        run_id: &crate::id::RunId,
-    ) -> Result<Vec<crate::journal::Recorded>, LedgerError> {
+    pub fn journal(&self, run_id: &crate::id::RunId) -> Result<Vec<Recorded>, LedgerError> {
         read::journal(&self.inner.reader.lock(), run_id.as_str())
     }
 

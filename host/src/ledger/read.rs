@@ -983,14 +983,14 @@ pub(crate) fn last_run(conn: &Connection, agent_id: &str) -> Result<Option<RunRo
 pub(crate) fn journal(
     conn: &Connection,
     run_id: &str,
-) -> Result<Vec<crate::journal::Recorded>, LedgerError> {
+) -> Result<Vec<super::record::Recorded>, LedgerError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, phase, op, args_digest, payload, head FROM journal WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = stmt.query([run_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(crate::journal::Recorded {
+        out.push(super::record::Recorded {
             seq: count_at(row, 0, "seq")?,
             phase: row.get(1)?,
             op: row.get(2)?,

@@ -241,6 +241,24 @@ pub struct JournalRecord {
     pub head: String,
 }
 
+/// One journal record as the ledger holds it (see [`crate::journal`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// Position in the run, from 1.
+    pub seq: u64,
+    /// The phase the guest was in.
+    pub phase: String,
+    /// The call or observation.
+    pub op: String,
+    /// `sha256:<hex>` of the arguments.
+    pub args_digest: String,
+    /// The answer.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// The journal head after this record.
+    pub head: String,
+}
+
 /// The `runs` row of a run, written as it starts, at each phase, and when it ends.
 #[derive(Debug, Clone)]
 pub struct RunRecord {

@@ -479,12 +479,7 @@ impl Driver {
         record.result_digest = Some(committed.head.into());
         let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
         entries.push(Entry::Action(record));
-        if let Err(error) = self
-            .services
-            .ledger
-            .append_all_async(entries, false)
-            .await
-        {
+        if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
             tracing::error!(%error, "cannot record the phase result");
         }
         Ok(())
@@ -834,12 +829,7 @@ impl Driver {
         let payload = serde_json::to_vec(&found).unwrap_or_default();
         let committed = journal.commit(op, "sha256:-".to_string(), payload);
         let entries = committed.records.into_iter().map(Entry::Journal).collect();
-        if let Err(error) = self
-            .services
-            .ledger
-            .append_all_async(entries, false)
-            .await
-        {
+        if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
             tracing::error!(%error, "cannot record the deliverables found");
         }
         Ok(found)
@@ -1170,12 +1160,7 @@ impl Driver {
         }
         entries.push(end);
         entries.push(self.run_row(status, Some(code)));
-        if let Err(error) = self
-            .services
-            .ledger
-            .append_all_async(entries, false)
-            .await
-        {
+        if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
             tracing::error!(%error, "cannot record the end of the run");
         }
         if let Err(error) = self.services.ledger_flush().await {

@@ -16,9 +16,9 @@ mod driver;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::artifacts::put_off_thread;
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
-use crate::artifacts::put_off_thread;
 use crate::governance::{self, action, run_subject, violation};
 use crate::id::{AgentId, RunId};
 use crate::journal::Journal;
