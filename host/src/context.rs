@@ -132,6 +132,19 @@ impl Services {
     }
 }
 
+/// This machine's host name (`/etc/hostname`), as a run's `runs` row names it: a resume on
+/// the same machine can tell whether the run's process is gone.
+pub(crate) fn machine_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "host".to_string())
+    })
+}
+
 /// What the lifecycle driver, the capabilities and revokers share about one run.
 pub(crate) struct RunShared {
     pub subject: Arc<Subject>,

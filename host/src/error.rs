@@ -193,6 +193,9 @@ pub enum Error {
     /// A run cannot be replayed.
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    /// A run cannot be resumed.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     /// A tier's interfaces cannot be linked (at host start).
     #[error("cannot link the interfaces of tier {tier}: {message}")]
     Link {
@@ -307,6 +310,43 @@ impl ReplayError {
             ReplayError::ComponentNotKept { .. } => "COMPONENT_NOT_KEPT",
             ReplayError::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
             ReplayError::Packet { .. } => "INVALID_PACKET",
+        }
+    }
+}
+
+/// Why an interrupted run cannot be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// The run ended; there is nothing to resume.
+    #[error(
+        "RUN_NOT_INTERRUPTED: run `{run}` ended `{status}` ({outcome}); only a run that stopped without ending can be resumed; `warden runs list --status running` shows those"
+    )]
+    NotInterrupted {
+        /// The run.
+        run: String,
+        /// How it ended.
+        status: String,
+        /// Its outcome code.
+        outcome: String,
+    },
+    /// The run's process may still be running it.
+    #[error(
+        "RUN_STILL_ACTIVE: run `{run}` is still held by {holder}; it is resumed only once its process is gone (on this machine) or its lock has expired (on another)"
+    )]
+    StillActive {
+        /// The run.
+        run: String,
+        /// Who holds it, and why that counts as alive.
+        holder: String,
+    },
+}
+
+impl ResumeError {
+    /// The stable code (`RUN_STILL_ACTIVE`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ResumeError::NotInterrupted { .. } => "RUN_NOT_INTERRUPTED",
+            ResumeError::StillActive { .. } => "RUN_STILL_ACTIVE",
         }
     }
 }

@@ -113,6 +113,8 @@ pub enum Begin {
 pub enum PastEnd {
     /// Halt: an offline replay has nothing live to go on with.
     Halt,
+    /// Go live: a resumed run records from the first call past the journal on.
+    Live,
 }
 
 struct Replay {
@@ -254,6 +256,25 @@ impl Journal {
         self.state.lock().replay.is_some()
     }
 
+    /// Whether recorded answers are left to feed back.
+    pub fn has_recorded(&self) -> bool {
+        self.state
+            .lock()
+            .replay
+            .as_ref()
+            .is_some_and(|r| !r.records.is_empty())
+    }
+
+    /// Whether the journal answers from a recorded run and stops at its end (an offline
+    /// replay, not a resume).
+    pub fn is_offline_replay(&self) -> bool {
+        self.state
+            .lock()
+            .replay
+            .as_ref()
+            .is_some_and(|r| r.past_end == PastEnd::Halt)
+    }
+
     /// Note the phase the guest enters.
     pub fn set_phase(&self, phase: &'static str) {
         self.state.lock().phase = phase;
@@ -341,6 +362,11 @@ impl Journal {
                 Begin::Halt(reason)
             }
             None => match replay.past_end {
+                PastEnd::Live => {
+                    // From here the run is live: records continue the recorded chain.
+                    state.replay = None;
+                    Begin::Live
+                }
                 PastEnd::Halt => {
                     let reason = format!(
                         "the recorded run made no call {} (`{op}`): it ended here",

@@ -54,6 +54,7 @@ pub mod pattern;
 mod phase;
 pub mod policy;
 pub mod replay;
+pub mod resume;
 mod report;
 mod runtime;
 mod sandbox;

@@ -114,9 +114,14 @@ pub(crate) fn vouched(
             .cloned()
             .unwrap_or_else(|| "no record".to_string());
         if actual != anchor.head {
-            // The first record after the last good anchor is where the edit begins.
+            // The edited record: the first whose own stored head no longer follows from the
+            // records before it, or (when the heads were rewritten too) the first after the
+            // last row that still vouches.
+            let edited = (last..records.len())
+                .find(|&i| records[i].head != heads[i])
+                .unwrap_or(last);
             let first = records
-                .get(last)
+                .get(edited)
                 .map_or((anchor.call_seq, String::new()), |r| (r.seq, r.op.clone()));
             return Err(ReplayError::Tampered {
                 run: run.to_string(),

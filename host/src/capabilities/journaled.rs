@@ -182,7 +182,10 @@ impl AgentCtx {
         }
         let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
         entries.append(&mut rows);
-        let durable = self.gov.services.call_durability == CallDurability::EveryCall;
+        // An effect's record is committed before its answer reaches the guest: a run killed
+        // between two calls resumes knowing every effect it made.
+        let durable = self.gov.services.call_durability == CallDurability::EveryCall
+            || journal::is_effect(op);
         if let Err(error) = self
             .gov
             .services

@@ -45,6 +45,17 @@ impl Governor {
         *self.call_rows.lock() = Some(Vec::new());
     }
 
+    /// Write the rows held so far now; later rows of the call are still held.
+    async fn release_held(&self) {
+        let held = {
+            let mut held = self.call_rows.lock();
+            held.as_mut().map(std::mem::take)
+        };
+        for entry in held.into_iter().flatten() {
+            self.write(entry).await;
+        }
+    }
+
     /// The rows held since [`Governor::open_call`]; rows go to the ledger again.
     pub fn close_call(&self) -> Vec<Entry> {
         self.call_rows.lock().take().unwrap_or_default()
@@ -153,6 +164,9 @@ impl Governor {
         }
         self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)))
             .await;
+        // The refusal may revoke, and the handoff reads what the run tried from the ledger:
+        // the call's rows go now (its journal record is then chained by a row of its own).
+        self.release_held().await;
         let signature = format!("{}:{op}", refusal.kind.code());
         match charge_error(
             &services,
@@ -216,6 +230,11 @@ impl Governor {
                 None => entry,
             }
         };
+        self.write(entry).await;
+    }
+
+    /// Append a row under the host's call durability.
+    async fn write(&self, entry: Entry) {
         match self.services.call_durability {
             CallDurability::Batched => self.services.ledger.append_async(entry).await,
             CallDurability::EveryCall => {

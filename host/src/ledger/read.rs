@@ -876,10 +876,12 @@ pub struct RunRow {
     pub phase: String,
     /// Times it was started.
     pub attempts: u32,
-    /// The host that ran it.
+    /// The machine that ran it (its host name).
     pub host: String,
     /// The process that ran it.
     pub pid: u32,
+    /// The token its agent's lock held while it ran.
+    pub lock_owner: String,
     /// When it began, RFC 3339.
     pub started_at: String,
     /// When its row was last written, RFC 3339.
@@ -907,7 +909,7 @@ pub struct RunFilter {
 }
 
 const RUN_COLUMNS: &str = "run_id, agent_id, task_id, tier, component_digest, status, phase, \
-     attempts, host, pid, started_at, updated_at, outcome, calls, packet";
+     attempts, host, pid, started_at, updated_at, outcome, calls, packet, lock_owner";
 
 fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
     let small = |idx: usize, column: &'static str| -> Result<u32, LedgerError> {
@@ -935,6 +937,7 @@ fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
         outcome: row.get(12)?,
         calls: count_at(row, 13, "calls")?,
         packet: row.get(14)?,
+        lock_owner: row.get(15)?,
     })
 }
 

@@ -278,10 +278,12 @@ pub struct RunRecord {
     pub phase: &'static str,
     /// How many times the run was started (1, then one more per resume).
     pub attempts: u32,
-    /// The host that runs it (`host_id`).
+    /// The machine that runs it (its host name).
     pub host: Arc<str>,
     /// Its process id, so another process on the same host can tell that it is gone.
     pub pid: u32,
+    /// The token its agent's lock holds while it runs.
+    pub lock_owner: Arc<str>,
     /// The run's outcome code once it ended (`COMPLETED`, a failure code, `REVOKED`).
     pub outcome: Option<Text>,
     /// Journal records written so far.

@@ -457,6 +457,7 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
+    lock_owner TEXT NOT NULL,
     started_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     outcome TEXT,

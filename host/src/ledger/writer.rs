@@ -540,11 +540,13 @@ impl State {
             Entry::Run(r) => {
                 tx.prepare_cached(
                     "INSERT INTO runs (run_id, agent_id, task_id, tier, component_digest, status, \
-                     phase, attempts, host, pid, started_at, updated_at, outcome, calls, packet) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14) \
+                     phase, attempts, host, pid, lock_owner, started_at, updated_at, outcome, \
+                     calls, packet) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?15, ?11, ?11, ?12, ?13, ?14) \
                      ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, \
                      phase = excluded.phase, attempts = excluded.attempts, host = excluded.host, \
-                     pid = excluded.pid, updated_at = excluded.updated_at, \
+                     pid = excluded.pid, lock_owner = excluded.lock_owner, \
+                     updated_at = excluded.updated_at, \
                      outcome = excluded.outcome, calls = excluded.calls",
                 )?
                 .execute(params![
@@ -561,7 +563,8 @@ impl State {
                     ts,
                     r.outcome.as_deref(),
                     i64::try_from(r.calls).unwrap_or(i64::MAX),
-                    &*r.packet
+                    &*r.packet,
+                    &*r.lock_owner
                 ])?;
                 Ok(self.head.seq.unsigned_abs())
             }

@@ -82,6 +82,8 @@ pub(super) struct Driver {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// The packet as the `runs` row keeps it.
     packet_json: Arc<str>,
+    /// 1, and one more per resume.
+    attempt: u32,
 }
 
 impl Driver {
@@ -90,7 +92,7 @@ impl Driver {
         sandbox: Arc<Sandbox>,
         run: Arc<RunShared>,
         started: Instant,
-        component_digest: String,
+        (component_digest, attempt): (String, u32),
     ) -> Driver {
         let packet_json = Arc::from(serde_json::to_string(&run.packet).unwrap_or_default());
         Driver {
@@ -110,6 +112,7 @@ impl Driver {
             sealed: Vec::new(),
             watcher: None,
             packet_json,
+            attempt,
         }
     }
 
@@ -139,11 +142,14 @@ impl Driver {
     ) -> Result<(), Stop> {
         let agent = self.run.agent_id.clone();
         let fail = |code: FailureCode, message: String| Stop::Failed { code, message };
-        self.services
-            .state
-            .reset_errors(&agent)
-            .await
-            .map_err(|e| fail(FailureCode::StateUnavailable, e.to_string()))?;
+        // A resumed run goes on with the error budget its first attempts spent.
+        if self.attempt == 1 {
+            self.services
+                .state
+                .reset_errors(&agent)
+                .await
+                .map_err(|e| fail(FailureCode::StateUnavailable, e.to_string()))?;
+        }
         self.services
             .state
             .set_active_agent(&self.run.task_id, &agent)
@@ -455,6 +461,10 @@ impl Driver {
             Phase::Verify => "phase.VERIFY",
             _ => "phase.REPORT",
         };
+        // A revoked run records nothing more: a replay ends at the revocation as the run did.
+        if self.run.is_revoked() {
+            return Ok(());
+        }
         let digest = crate::journal::args_digest(result);
         let journal = self.run.journal.clone();
         match journal.begin(op, &digest) {
@@ -495,9 +505,10 @@ impl Driver {
             component_digest: Arc::from(self.component_digest.as_str()),
             status,
             phase: self.run.phase().as_str(),
-            attempts: 1,
-            host: Arc::from(self.services.host_id.as_str()),
+            attempts: self.attempt,
+            host: Arc::from(crate::context::machine_name()),
             pid: std::process::id(),
+            lock_owner: Arc::from(self.run.lock_owner.as_str()),
             outcome: outcome.map(Into::into),
             calls: self.run.journal.len(),
             packet: self.packet_json.clone(),
@@ -701,9 +712,13 @@ impl Driver {
     }
 
     async fn approval_gate(&mut self) -> Result<(), Stop> {
-        // A replay goes on where the recorded run went on: its journal holds EXECUTE only if
-        // the approval was given.
-        if self.policy().approval != Approval::Required || self.run.journal.is_replaying() {
+        // A replay, and a resume whose journal goes on past PLAN, go on where the recorded run
+        // went on: its journal holds EXECUTE only if the approval was given.
+        let journal = &self.run.journal;
+        if self.policy().approval != Approval::Required
+            || journal.is_offline_replay()
+            || journal.has_recorded()
+        {
             return Ok(());
         }
         let task = self.run.task_id.clone();
@@ -902,6 +917,18 @@ impl Driver {
     }
 
     async fn write_host_artifact(&mut self, name: &str, content: &str) {
+        // The host's own effect, journaled like the guest's: a resume that finds it recorded
+        // does not write it again.
+        let op = "host.artifact";
+        let args = crate::journal::args_digest(&(
+            name,
+            crate::journal::bytes_digest(content.as_bytes()),
+        ));
+        let journal = self.run.journal.clone();
+        match journal.begin(op, &args) {
+            crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
+            crate::journal::Begin::Live => {}
+        }
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await
@@ -925,6 +952,11 @@ impl Driver {
         };
         if let Err(error) = write.await {
             tracing::warn!(%error, artifact = name, "cannot write host artifact");
+        }
+        let committed = journal.commit(op, args, Vec::new());
+        let entries = committed.records.into_iter().map(Entry::Journal).collect();
+        if let Err(error) = self.services.ledger.append_all_async(entries, true).await {
+            tracing::error!(%error, "cannot record the host's artifact");
         }
     }
 

@@ -83,6 +83,14 @@ pub(crate) enum RunMode {
         run_id: RunId,
         journal: Arc<Journal>,
     },
+    /// Attempt `attempt` of interrupted run `run_id`: answered from `journal` up to its end,
+    /// live from there, with the packet the run began with.
+    Resume {
+        run_id: RunId,
+        journal: Arc<Journal>,
+        packet: Box<crate::packet::Packet>,
+        attempt: u32,
+    },
 }
 
 /// Run an agent's whole lifecycle.
@@ -94,14 +102,21 @@ pub(crate) async fn run(
     mode: RunMode,
 ) -> Result<RunReport, Error> {
     let started = Instant::now();
-    let (run_id, journal) = match mode {
+    let (run_id, journal, resumed) = match mode {
         RunMode::Live => {
             let run_id = RunId::generate();
             let journal = Arc::new(Journal::recording(run_id.as_str()));
-            (run_id, journal)
+            (run_id, journal, None)
         }
-        RunMode::Replay { run_id, journal } => (run_id, journal),
+        RunMode::Replay { run_id, journal } => (run_id, journal, None),
+        RunMode::Resume {
+            run_id,
+            journal,
+            packet,
+            attempt,
+        } => (run_id, journal, Some((*packet, attempt))),
     };
+    let attempt_no = resumed.as_ref().map_or(1, |(_, attempt)| *attempt);
     let record = services.registered(agent)?;
     let tier = record.tier;
     // The ledger's chain is the registration; the registry row is its working copy.
@@ -195,7 +210,12 @@ pub(crate) async fn run(
         return Err(refuse_bootstrap(&services, &subject, refusal).await);
     }
 
-    let packet = match services.state.packet(agent).await {
+    let stored = match resumed {
+        // A resumed run goes on with the packet it began with, whatever was submitted since.
+        Some((packet, _)) => Ok(Some(packet)),
+        None => services.state.packet(agent).await,
+    };
+    let packet = match stored {
         Ok(packet) => Ok(packet),
         // A stored packet that does not parse is the packet's fault, refused like one.
         Err(StateError::Corrupt { message, .. }) => Err(message),
@@ -278,7 +298,7 @@ pub(crate) async fn run(
         sandbox,
         run,
         started,
-        component_digest.clone(),
+        (component_digest.clone(), attempt_no),
     );
     let booted = driver.boot(&component, policy).await;
     let outcome = match booted {
