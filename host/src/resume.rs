@@ -33,13 +33,18 @@ pub(crate) fn holder_gone(
     if row.host == this_machine {
         if row.pid == this_pid {
             return if running_here {
-                Err(format!("this process (pid {this_pid}), which is running it"))
+                Err(format!(
+                    "this process (pid {this_pid}), which is running it"
+                ))
             } else {
                 Ok(())
             };
         }
         return if process_exists(row.pid) {
-            Err(format!("process {} on this machine, which is alive", row.pid))
+            Err(format!(
+                "process {} on this machine, which is alive",
+                row.pid
+            ))
         } else {
             Ok(())
         };
@@ -54,8 +59,17 @@ pub(crate) fn holder_gone(
     }
 }
 
+/// Whether process `pid` exists and is not a zombie (a killed process its parent has not
+/// reaped yet runs nothing).
 fn process_exists(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) state …`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| !matches!(state, "Z" | "X")),
+        Err(_) => false,
+    }
 }
 
 impl crate::Host {

@@ -755,3 +755,112 @@ fn a_state_store_down_at_start_is_a_recorded_refusal() {
     assert_eq!(row["decision"], "refused", "{rows}");
     assert_eq!(row["error_type"], "STATE_UNAVAILABLE", "{rows}");
 }
+
+/// A real `warden` process SIGKILLed while its run waits at the approval gate, after PLAN's
+/// effects; `warden resume` feeds PLAN back from the journal (the host's `plan.json` is not
+/// written again) and goes live from the gate: every effect once, the chain intact.
+#[test]
+fn a_run_killed_mid_way_resumes_with_no_effect_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    assert!(
+        warden(
+            data,
+            &[
+                "agents",
+                "register",
+                "arch",
+                "--tier",
+                "T4",
+                "--component",
+                &wasm("hello")
+            ]
+        )
+        .status
+        .success()
+    );
+    let packet = write_packet(
+        data,
+        "arch",
+        serde_json::json!({"agent_id":"arch","task_id":"resume-t","objective":"greet","deliverables":["hello.txt"],"limits":{"approval_timeout_ms":60000}}),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "run",
+            &wasm("hello"),
+            "--packet",
+            &packet,
+        ])
+        .current_dir(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = data.join("ledger.db");
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    let mut waited = 0;
+    while count("SELECT count(*) FROM agent_actions WHERE action = 'approval.requested'") == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 400, "the run never reached the approval gate");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = warden(data, &["--json", "runs", "list", "--status", "running"]);
+    let runs = json(&out);
+    let run = runs["runs"][0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(runs["runs"][0]["phase"], "PLAN", "{runs}");
+    // A new run of the agent says the last one was interrupted and how to resume it.
+    let again = warden(data, &["run", &wasm("hello"), "--packet", &packet]);
+    let note = String::from_utf8_lossy(&again.stderr);
+    assert!(note.contains(&format!("warden resume {run}")), "{note}");
+
+    assert!(warden(data, &["approve", "resume-t"]).status.success());
+    let out = warden(data, &["--json", "resume", &run]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["run_id"], run.as_str());
+    assert_eq!(report["outcome"]["status"], "completed", "{report}");
+
+    let shown = json(&warden(data, &["--json", "runs", "show", &run]));
+    assert_eq!(shown["run"]["status"], "completed", "{shown}");
+    assert_eq!(shown["run"]["attempts"], 2, "{shown}");
+    // Each effect once: one `plan.json`, one `hello.txt`, one `report.json` in the task.
+    let state = rusqlite::Connection::open(data.join("state.db")).unwrap();
+    for name in ["plan.json", "hello.txt", "report.json"] {
+        let versions: i64 = state
+            .query_row(
+                "SELECT count(*) FROM lists WHERE key = 'task:resume-t:artifacts' AND value LIKE ?1",
+                [format!("%\"name\":\"{name}\"%")],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(versions, 1, "`{name}` written {versions} times");
+    }
+    let out = warden(data, &["--json", "ledger", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The resumed run replays identical from its journal.
+    let out = warden(data, &["--json", "replay", &run]);
+    assert_eq!(
+        json(&out)["verdict"],
+        "identical",
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A completed run is not resumed again.
+    let out = warden(data, &["--json", "resume", &run]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "RUN_NOT_INTERRUPTED");
+}

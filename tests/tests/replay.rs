@@ -8,7 +8,10 @@ use warden::replay::{ReplayError, ReplayOptions};
 use warden::{Error, RunId, RunOutcome, Tier};
 use warden_tests::{agent, host, packet, run};
 
-#[expect(clippy::expect_used, reason = "test helper: a report without a run id fails the test")]
+#[expect(
+    clippy::expect_used,
+    reason = "test helper: a report without a run id fails the test"
+)]
 fn run_id(report: &warden::RunReport) -> RunId {
     RunId::new(&report.run_id).expect("a run id")
 }

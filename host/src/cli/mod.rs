@@ -81,6 +81,15 @@ enum Command {
         #[arg(long)]
         allow_other_digest: bool,
     },
+    /// Resume an interrupted run (its process was killed, its machine lost): every recorded
+    /// answer is fed back in order, so no effect repeats, and the run goes live past them.
+    /// Refused while the run's process may be alive (`RUN_STILL_ACTIVE`).
+    ///
+    /// Example: `warden resume run-0192f1…`
+    Resume {
+        /// The run id (`warden runs list --status running`).
+        run: warden::RunId,
+    },
     /// Approve a task's run that waits at the approval gate.
     Approve {
         task: String,
@@ -303,13 +312,14 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = match error.downcast_ref::<Error>() {
-                Some(Error::Refused(_)) => exit::REFUSED,
+                Some(Error::Refused(_) | Error::Resume(_)) => exit::REFUSED,
                 _ => exit::ERROR,
             };
             if json {
                 let refusal = error.downcast_ref::<Error>().and_then(|e| match e {
                     Error::Refused(r) => Some(r.code()),
                     Error::Replay(r) => Some(r.code()),
+                    Error::Resume(r) => Some(r.code()),
                     _ => None,
                 });
                 println!(
@@ -390,6 +400,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Agents(command) => agents(&cx, command).await,
         Command::Run { component, packet } => run(&cx, &component, &packet).await,
         Command::Runs(command) => runs(&cx, command).await,
+        Command::Resume { run } => {
+            let host = cx.host().await?;
+            let report = host.resume(&run).await?;
+            output::run_report(cx.json, &report);
+            Ok(run_exit(&report.outcome))
+        }
         Command::Replay {
             run,
             component,
@@ -548,14 +564,27 @@ async fn run(cx: &Env, component: &Path, packet_path: &Path) -> Result<u8> {
     let bytes = std::fs::read(component)
         .with_context(|| format!("cannot read component `{}`", component.display()))?;
     let host = cx.host().await?;
+    if let Some(interrupted) = host.interrupted_run(&packet.agent_id)? {
+        eprintln!(
+            "{}",
+            output::escape(&format!(
+                "note: the last run of agent `{}` ({}) was interrupted at {} and never ended; resume it with `warden resume {}`",
+                packet.agent_id, interrupted.run_id, interrupted.phase, interrupted.run_id
+            ))
+        );
+    }
     host.submit_packet(&packet).await?;
     let report = host.run(&packet.agent_id, &bytes).await?;
     output::run_report(cx.json, &report);
-    Ok(match report.outcome {
+    Ok(run_exit(&report.outcome))
+}
+
+fn run_exit(outcome: &RunOutcome) -> u8 {
+    match outcome {
         RunOutcome::Completed | RunOutcome::PlanOnly => exit::OK,
         RunOutcome::Revoked { .. } => exit::REVOKED,
         RunOutcome::Failed { .. } => exit::FAILED,
-    })
+    }
 }
 
 async fn runs(cx: &Env, command: RunsCommand) -> Result<u8> {

@@ -842,11 +842,9 @@ impl Driver {
         }
         let found = self.look_up_deliverables(phase).await?;
         let payload = serde_json::to_vec(&found).unwrap_or_default();
-        let committed = journal.commit(op, "sha256:-".to_string(), payload);
-        let entries = committed.records.into_iter().map(Entry::Journal).collect();
-        if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
-            tracing::error!(%error, "cannot record the deliverables found");
-        }
+        let decision = format!("{} found, {} missing", found.0.len(), found.1.len());
+        self.journal_host(op, "sha256:-".to_string(), payload, decision, false)
+            .await;
         Ok(found)
     }
 
@@ -920,10 +918,8 @@ impl Driver {
         // The host's own effect, journaled like the guest's: a resume that finds it recorded
         // does not write it again.
         let op = "host.artifact";
-        let args = crate::journal::args_digest(&(
-            name,
-            crate::journal::bytes_digest(content.as_bytes()),
-        ));
+        let args =
+            crate::journal::args_digest(&(name, crate::journal::bytes_digest(content.as_bytes())));
         let journal = self.run.journal.clone();
         match journal.begin(op, &args) {
             crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
@@ -953,10 +949,33 @@ impl Driver {
         if let Err(error) = write.await {
             tracing::warn!(%error, artifact = name, "cannot write host artifact");
         }
-        let committed = journal.commit(op, args, Vec::new());
-        let entries = committed.records.into_iter().map(Entry::Journal).collect();
-        if let Err(error) = self.services.ledger.append_all_async(entries, true).await {
-            tracing::error!(%error, "cannot record the host's artifact");
+        self.journal_host(op, args, Vec::new(), name.to_string(), true)
+            .await;
+    }
+
+    /// A record of the host's own (an artifact it wrote, what it found), chained by a row
+    /// of its own so a resume knows it happened; `durable` waits for the commit.
+    /// (The future holds no borrow of the driver, which is not `Sync`.)
+    fn journal_host(
+        &self,
+        op: &'static str,
+        args: String,
+        payload: Vec<u8>,
+        decision: String,
+        durable: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let committed = self.run.journal.commit(op, args, payload);
+        let mut record = ActionRecord::new(self.run.subject.clone(), op, decision)
+            .phase(self.run.phase().as_str());
+        record.call_seq = Some(committed.seq);
+        record.result_digest = Some(committed.head.into());
+        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        entries.push(Entry::Action(record));
+        let services = self.services.clone();
+        async move {
+            if let Err(error) = services.ledger.append_all_async(entries, durable).await {
+                tracing::error!(%error, op, "cannot record the host's own step");
+            }
         }
     }
 
