@@ -169,6 +169,8 @@ pub(crate) struct RunShared {
     last_activity_ms: AtomicU64,
     /// What the run made the host keep, against the tier's per-run quotas.
     usage: Mutex<RunUsage>,
+    /// The capability call in progress, whose rows are not in the ledger yet.
+    call: Mutex<Option<&'static str>>,
 }
 
 /// The per-run counters of the quotas: ledger notes and artifact content.
@@ -207,7 +209,18 @@ impl RunShared {
             written: Mutex::new(Vec::new()),
             last_activity_ms: AtomicU64::new(0),
             usage: Mutex::new(RunUsage::default()),
+            call: Mutex::new(None),
         }
+    }
+
+    /// Note the capability call in progress (`None` when it returned).
+    pub fn set_call(&self, op: Option<&'static str>) {
+        *self.call.lock() = op;
+    }
+
+    /// The capability call in progress.
+    pub fn call(&self) -> Option<&'static str> {
+        *self.call.lock()
     }
 
     /// Count one ledger entry of the agent's of `bytes` against the run's `quota`, unless it

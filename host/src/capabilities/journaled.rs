@@ -143,7 +143,7 @@ impl AgentCtx {
                 return Before::Answer(Err(unavailable("the ledger", error)));
             }
         }
-        self.gov.open_call();
+        self.gov.open_call(op);
         Before::Live(args)
     }
 

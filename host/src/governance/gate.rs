@@ -41,23 +41,16 @@ impl Governor {
     }
 
     /// Hold this run's rows until [`Governor::close_call`].
-    pub fn open_call(&self) {
+    pub fn open_call(&self, op: &'static str) {
         *self.call_rows.lock() = Some(Vec::new());
-    }
-
-    /// Write the rows held so far now; later rows of the call are still held.
-    async fn release_held(&self) {
-        let held = {
-            let mut held = self.call_rows.lock();
-            held.as_mut().map(std::mem::take)
-        };
-        for entry in held.into_iter().flatten() {
-            self.write(entry).await;
-        }
+        // A revocation inside the call writes the handoff before the call's rows: it names the
+        // call from here.
+        self.run.set_call(Some(op));
     }
 
     /// The rows held since [`Governor::open_call`]; rows go to the ledger again.
     pub fn close_call(&self) -> Vec<Entry> {
+        self.run.set_call(None);
         self.call_rows.lock().take().unwrap_or_default()
     }
 
@@ -164,9 +157,7 @@ impl Governor {
         }
         self.record(op, "denied", Some((refusal.kind.code(), &refusal.message)))
             .await;
-        // The refusal may revoke, and the handoff reads what the run tried from the ledger:
-        // the call's rows go now (its journal record is then chained by a row of its own).
-        self.release_held().await;
+
         let signature = format!("{}:{op}", refusal.kind.code());
         match charge_error(
             &services,

@@ -99,11 +99,15 @@ async fn build_handoff(
         limit: Some(50),
         ..Default::default()
     };
-    let tried: Vec<String> = services
+    let mut tried: Vec<String> = services
         .ledger
         .query(&query)
         .map(|rows| rows.iter().filter_map(|row| row.tried()).collect())
         .unwrap_or_default();
+    // The call being refused, whose rows are written when it returns.
+    if let Some(op) = run.call() {
+        tried.push(format!("{op} -> refused: {}", reason.details));
+    }
     let last_step = tried.last().cloned().unwrap_or_else(|| "enter".to_string());
     // A bounded page of the index, never the task's whole history.
     let artifacts = match services
