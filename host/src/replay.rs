@@ -147,7 +147,7 @@ impl crate::Host {
             run: run.to_string(),
         })?;
         let records = ledger.journal(run)?;
-        let anchors = ledger.journal_anchors(run)?;
+        let anchors = ledger.journal_anchors(&row.agent_id, run)?;
         let recorded_records = records.len() as u64;
         let records = vouched(run, records, &anchors)?;
         let packet = Packet::from_json(&row.packet).map_err(|e| ReplayError::Packet {

@@ -111,7 +111,11 @@ impl crate::Host {
                 .release_lock(&agent, &LockOwner::new(row.lock_owner.clone())?)
                 .await?;
         }
-        let records = vouched(run, ledger.journal(run)?, &ledger.journal_anchors(run)?)?;
+        let records = vouched(
+            run,
+            ledger.journal(run)?,
+            &ledger.journal_anchors(&row.agent_id, run)?,
+        )?;
         let packet = Packet::from_json(&row.packet).map_err(|e| ReplayError::Packet {
             run: run.to_string(),
             reason: e.to_string(),

@@ -270,6 +270,56 @@ async fn async_main() {
         diffs[diffs.len() / 2]
     );
 
+    // 2a. The same call's latency, 100 per execute: the ledger's queue never fills, so this
+    // is the guest thread's own cost; 10,000 back to back (above) is bounded by how fast the
+    // writer thread commits, two rows (the call's and its journal record) per call.
+    {
+        const FEW: usize = 100;
+        let few = host
+            .bench_instance(
+                "bench",
+                Tier::Operator,
+                &bench_guest,
+                packet("bench", "bench", &format!("calls:{FEW}"), &[], json!({})),
+            )
+            .unwrap();
+        let zero = host
+            .bench_instance(
+                "bench",
+                Tier::Operator,
+                &bench_guest,
+                packet("bench", "bench", "calls:0", &[], json!({})),
+            )
+            .unwrap();
+        let bare_few = wit_packet(&format!("calls:{FEW}"));
+        let bare_zero = wit_packet("calls:0");
+        let mut diffs = Vec::new();
+        for _ in 0..(ROUNDS * 10) {
+            let start = Instant::now();
+            few.instantiate_and_call(true).await.unwrap();
+            let with_calls = start.elapsed();
+            let start = Instant::now();
+            zero.instantiate_and_call(true).await.unwrap();
+            let without = start.elapsed();
+            let start = Instant::now();
+            bare.instantiate_and_call(&bare_few, true).await;
+            let bare_with = start.elapsed();
+            let start = Instant::now();
+            bare.instantiate_and_call(&bare_zero, true).await;
+            let bare_without = start.elapsed();
+            host.ledger().flush().unwrap();
+            let governed = with_calls.saturating_sub(without).as_nanos() as i128;
+            let plain = bare_with.saturating_sub(bare_without).as_nanos() as i128;
+            diffs.push((governed - plain) / FEW as i128);
+        }
+        diffs.sort();
+        println!(
+            "{:<44} {:>10}ns                             < 1 µs",
+            "  overhead per call, 100 per phase (latency)",
+            diffs[diffs.len() / 2]
+        );
+    }
+
     // 2b. The journal's cost per call, in each durability mode: the same governed state.get
     // with the journal recording, and with it off, interleaved on the same host.
     for (label, durability) in [

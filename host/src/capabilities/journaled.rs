@@ -136,7 +136,9 @@ impl AgentCtx {
                 return Before::Answer(Err(WitError::Unavailable(reason)));
             }
         }
-        if journal::is_effect(op) {
+        // A ledger that dies with the process has nothing to resume from: no effect waits.
+        let persistent = self.gov.services.ledger.is_persistent();
+        if persistent && journal::is_effect(op) {
             // What the guest saw before an effect is committed before the effect happens.
             self.flush_journal().await;
             if let Err(error) = self.gov.services.ledger_flush().await {
@@ -185,7 +187,7 @@ impl AgentCtx {
         // An effect's record is committed before its answer reaches the guest: a run killed
         // between two calls resumes knowing every effect it made.
         let durable = self.gov.services.call_durability == CallDurability::EveryCall
-            || journal::is_effect(op);
+            || (journal::is_effect(op) && self.gov.services.ledger.is_persistent());
         if let Err(error) = self
             .gov
             .services

@@ -609,7 +609,7 @@ async fn runs(cx: &Env, command: RunsCommand) -> Result<u8> {
             let Some(row) = host.ledger().run(&run)? else {
                 bail!("no run `{run}` in this ledger; `warden runs list` shows the runs it holds");
             };
-            let phases = host.ledger().run_phases(&run)?;
+            let phases = host.ledger().run_phases(&row.agent_id, &run)?;
             output::run_show(cx.json, &row, &phases);
         }
     }

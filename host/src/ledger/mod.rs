@@ -461,6 +461,12 @@ impl Ledger {
         })
     }
 
+    /// Whether the ledger is a file, which outlives the process (an in-memory one does not,
+    /// so nothing waits on its commits to survive a crash).
+    pub fn is_persistent(&self) -> bool {
+        self.inner.path.is_some()
+    }
+
     /// The `runs` row of `run_id`.
     pub fn run(&self, run_id: &crate::id::RunId) -> Result<Option<RunRow>, LedgerError> {
         read::run(&self.inner.reader.lock(), run_id.as_str())
@@ -484,17 +490,19 @@ impl Ledger {
     /// The chained rows of `run_id` that vouch for its journal, in order.
     pub fn journal_anchors(
         &self,
+        agent_id: &str,
         run_id: &crate::id::RunId,
     ) -> Result<Vec<JournalAnchor>, LedgerError> {
-        read::anchors(&self.inner.reader.lock(), run_id.as_str())
+        read::anchors(&self.inner.reader.lock(), (agent_id, run_id.as_str()))
     }
 
     /// The phases `run_id` entered, with the time of each, in order.
     pub fn run_phases(
         &self,
+        agent_id: &str,
         run_id: &crate::id::RunId,
     ) -> Result<Vec<(String, String)>, LedgerError> {
-        read::run_phases(&self.inner.reader.lock(), run_id.as_str())
+        read::run_phases(&self.inner.reader.lock(), (agent_id, run_id.as_str()))
     }
 
     /// The registry row for `agent_id`.

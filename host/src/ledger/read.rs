@@ -1020,12 +1020,17 @@ pub struct JournalAnchor {
 }
 
 /// The chained rows of `run_id` that name a journal head, in order.
-pub(crate) fn anchors(conn: &Connection, run_id: &str) -> Result<Vec<JournalAnchor>, LedgerError> {
+pub(crate) fn anchors(
+    conn: &Connection,
+    (agent_id, run_id): (&str, &str),
+) -> Result<Vec<JournalAnchor>, LedgerError> {
+    // Through the agent's index: an index of its own on `run_id` would cost every row's
+    // insert, on the hot path, for a lookup made once per replay or resume.
     let mut stmt = conn.prepare_cached(
         "SELECT seq, action, call_seq, result_digest FROM agent_actions \
-         WHERE run_id = ?1 AND call_seq IS NOT NULL ORDER BY seq",
+         WHERE agent_id = ?1 AND run_id = ?2 AND call_seq IS NOT NULL ORDER BY seq",
     )?;
-    let mut rows = stmt.query([run_id])?;
+    let mut rows = stmt.query([agent_id, run_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(JournalAnchor {
@@ -1041,13 +1046,13 @@ pub(crate) fn anchors(conn: &Connection, run_id: &str) -> Result<Vec<JournalAnch
 /// The phases a run entered (its `phase.enter` rows): phase and time, in order.
 pub(crate) fn run_phases(
     conn: &Connection,
-    run_id: &str,
+    (agent_id, run_id): (&str, &str),
 ) -> Result<Vec<(String, String)>, LedgerError> {
     let mut stmt = conn.prepare_cached(
         "SELECT decision, timestamp FROM agent_actions \
-         WHERE run_id = ?1 AND action = 'phase.enter' ORDER BY seq",
+         WHERE agent_id = ?1 AND action = 'phase.enter' AND run_id = ?2 ORDER BY seq",
     )?;
-    let mut rows = stmt.query([run_id])?;
+    let mut rows = stmt.query([agent_id, run_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push((row.get(0)?, row.get(1)?));

@@ -445,8 +445,7 @@ INSERT INTO meta (key, value) VALUES
 /// rows carrying `run_id` are the record) and the `journal` of every answer a run's guest saw,
 /// whose digests the chained rows hold.
 const RUN_TABLES: &str =
-    "CREATE INDEX IF NOT EXISTS agent_actions_run ON agent_actions (run_id, seq);
-CREATE TABLE IF NOT EXISTS runs (
+    "CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY NOT NULL,
     agent_id TEXT NOT NULL,
     task_id TEXT NOT NULL,

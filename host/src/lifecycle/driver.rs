@@ -972,6 +972,7 @@ impl Driver {
         let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
         entries.push(Entry::Action(record));
         let services = self.services.clone();
+        let durable = durable && services.ledger.is_persistent();
         async move {
             if let Err(error) = services.ledger.append_all_async(entries, durable).await {
                 tracing::error!(%error, op, "cannot record the host's own step");
