@@ -620,15 +620,7 @@ impl Host {
         bytes: &[u8],
         packet: Packet,
     ) -> Result<BenchInstance, Error> {
-        BenchInstance::new(
-            self.services.clone(),
-            self.sandbox.clone(),
-            agent,
-            tier,
-            bytes,
-            packet,
-            true,
-        )
+        self.bench(agent, tier, bytes, packet, true)
     }
 
     /// [`Host::bench_instance`] whose calls are not journaled: the baseline of what the
@@ -641,6 +633,17 @@ impl Host {
         bytes: &[u8],
         packet: Packet,
     ) -> Result<BenchInstance, Error> {
+        self.bench(agent, tier, bytes, packet, false)
+    }
+
+    fn bench(
+        &self,
+        agent: &str,
+        tier: Tier,
+        bytes: &[u8],
+        packet: Packet,
+        journaled: bool,
+    ) -> Result<BenchInstance, Error> {
         BenchInstance::new(
             self.services.clone(),
             self.sandbox.clone(),
@@ -648,7 +651,7 @@ impl Host {
             tier,
             bytes,
             packet,
-            false,
+            journaled,
         )
     }
 }

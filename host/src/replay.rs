@@ -150,18 +150,10 @@ impl crate::Host {
         let anchors = ledger.journal_anchors(&row.agent_id, run)?;
         let recorded_records = records.len() as u64;
         let records = vouched(run, records, &anchors)?;
-        let packet = Packet::from_json(&row.packet).map_err(|e| ReplayError::Packet {
-            run: run.to_string(),
-            reason: e.to_string(),
-        })?;
+        let packet = recorded_packet(run, &row)?;
         let bytes = match options.component {
             Some(bytes) => bytes,
-            None => crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
-                .await?
-                .ok_or_else(|| ReplayError::ComponentNotKept {
-                    run: run.to_string(),
-                    digest: row.component_digest.clone(),
-                })?,
+            None => self.kept_component(run, &row).await?,
         };
         let offered = crate::runtime::digest(&bytes);
         if offered != row.component_digest && !options.allow_other_digest {
@@ -219,6 +211,23 @@ impl crate::Host {
         })
     }
 
+    /// The component run `run` ran, as the blob store kept it when the agent was bound.
+    pub(crate) async fn kept_component(
+        &self,
+        run: &RunId,
+        row: &crate::ledger::RunRow,
+    ) -> Result<Vec<u8>, Error> {
+        crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
+            .await?
+            .ok_or_else(|| {
+                ReplayError::ComponentNotKept {
+                    run: run.to_string(),
+                    digest: row.component_digest.clone(),
+                }
+                .into()
+            })
+    }
+
     /// A host of the same tier table and engine that touches nothing live.
     fn offline_services(&self) -> Result<Services, Error> {
         Ok(Services::new(ServiceParts {
@@ -237,6 +246,17 @@ impl crate::Host {
             call_durability: CallDurability::Batched,
         }))
     }
+}
+
+/// The packet run `run` began with, as its `runs` row keeps it.
+pub(crate) fn recorded_packet(run: &RunId, row: &crate::ledger::RunRow) -> Result<Packet, Error> {
+    Packet::from_json(&row.packet).map_err(|e| {
+        ReplayError::Packet {
+            run: run.to_string(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }
 
 fn outcome_code(outcome: &RunOutcome) -> String {

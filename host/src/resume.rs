@@ -15,8 +15,7 @@ use crate::id::{AgentId, RunId};
 use crate::journal::{Journal, PastEnd};
 use crate::ledger::RunRow;
 use crate::lifecycle::{self, RunMode};
-use crate::packet::Packet;
-use crate::replay::{ReplayError, vouched};
+use crate::replay::{ReplayError, recorded_packet, vouched};
 use crate::report::RunReport;
 use crate::state::LockOwner;
 
@@ -116,16 +115,8 @@ impl crate::Host {
             ledger.journal(run)?,
             &ledger.journal_anchors(&row.agent_id, run)?,
         )?;
-        let packet = Packet::from_json(&row.packet).map_err(|e| ReplayError::Packet {
-            run: run.to_string(),
-            reason: e.to_string(),
-        })?;
-        let bytes = crate::artifacts::get_off_thread(&services.blobs, &row.component_digest)
-            .await?
-            .ok_or_else(|| ReplayError::ComponentNotKept {
-                run: run.to_string(),
-                digest: row.component_digest.clone(),
-            })?;
+        let packet = recorded_packet(run, &row)?;
+        let bytes = self.kept_component(run, &row).await?;
         let journal = Arc::new(Journal::replaying(run.as_str(), records, PastEnd::Live));
         lifecycle::run(
             services.clone(),

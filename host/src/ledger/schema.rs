@@ -444,8 +444,7 @@ INSERT INTO meta (key, value) VALUES
 /// Schema 2's tables of runs: the `runs` index (a working copy, like `agents`: the chained
 /// rows carrying `run_id` are the record) and the `journal` of every answer a run's guest saw,
 /// whose digests the chained rows hold.
-const RUN_TABLES: &str =
-    "CREATE TABLE IF NOT EXISTS runs (
+const RUN_TABLES: &str = "CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY NOT NULL,
     agent_id TEXT NOT NULL,
     task_id TEXT NOT NULL,

@@ -431,6 +431,19 @@ impl Driver {
         Err(self.stop_phase(phase, code, message, record).await)
     }
 
+    /// A replay that stops at a host step of `phase`: diverged, or past the recorded end.
+    fn replay_stop(&self, phase: Phase, reason: &str) -> Stop {
+        let code = if self.run.journal.divergence().is_some() {
+            FailureCode::ReplayDiverged
+        } else {
+            FailureCode::ReplayEnded
+        };
+        Stop::Failed {
+            code,
+            message: format!("{} stopped: {reason}", phase.as_str()),
+        }
+    }
+
     /// Why the journal halted the guest, as the run's failure.
     fn halted(&self, phase: Phase) -> (FailureCode, String) {
         let journal = &self.run.journal;
@@ -469,17 +482,7 @@ impl Driver {
         let journal = self.run.journal.clone();
         match journal.begin(op, &digest) {
             crate::journal::Begin::Recorded(_) => return Ok(()),
-            crate::journal::Begin::Halt(reason) => {
-                let code = if journal.divergence().is_some() {
-                    FailureCode::ReplayDiverged
-                } else {
-                    FailureCode::ReplayEnded
-                };
-                return Err(Stop::Failed {
-                    code,
-                    message: format!("{} stopped: {reason}", phase.as_str()),
-                });
-            }
+            crate::journal::Begin::Halt(reason) => return Err(self.replay_stop(phase, &reason)),
             crate::journal::Begin::Live => {}
         }
         let committed = journal.commit(op, digest.clone(), Vec::new());
@@ -827,15 +830,7 @@ impl Driver {
                     });
                 }
                 crate::journal::Begin::Halt(reason) => {
-                    let code = if journal.divergence().is_some() {
-                        FailureCode::ReplayDiverged
-                    } else {
-                        FailureCode::ReplayEnded
-                    };
-                    return Err(Stop::Failed {
-                        code,
-                        message: format!("{} stopped: {reason}", phase.as_str()),
-                    });
+                    return Err(self.replay_stop(phase, &reason));
                 }
                 crate::journal::Begin::Live => {}
             }
