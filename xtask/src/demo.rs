@@ -173,6 +173,22 @@ pub fn demo(_args: &[String]) -> Result<()> {
         ));
     }
 
+    // Its run replays offline from its journal: every answer it saw, none asked again.
+    let run = value["run_id"].as_str().unwrap_or_default().to_string();
+    let (code, replay) = warden.json(&["replay", &run])?;
+    println!(
+        "replay of {run} -> exit {code}: {} · {}/{} journal records in {:.1} ms",
+        replay["verdict"].as_str().unwrap_or("?"),
+        replay["replayed_records"],
+        replay["recorded_records"],
+        replay["duration_ms"].as_f64().unwrap_or(0.0)
+    );
+    if code != 0 || replay["verdict"] != "identical" {
+        problems.push(format!(
+            "the planner's run should replay identical (exit 0), got {code}: {replay}"
+        ));
+    }
+
     // Six rogue attempts in parallel with two runs of hello.
     let attempts = [
         "secret",
