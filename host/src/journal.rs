@@ -149,12 +149,24 @@ pub fn args_digest<A: Serialize + ?Sized>(args: &A) -> String {
     let mut hasher = HashWriter(Sha256::new());
     // Serializing plain data into a hasher cannot fail.
     let _ = serde_json::to_writer(&mut hasher, args);
-    format!("sha256:{}", hex::encode(hasher.0.finalize()))
+    sha256_text(&hasher.0.finalize().into())
 }
 
 /// `sha256:<hex>` of raw bytes (an artifact's content as an argument).
 pub fn bytes_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    sha256_text(&Sha256::digest(bytes).into())
+}
+
+/// `sha256:<hex>` of a digest, in one allocation: on every call's path, twice.
+fn sha256_text(digest: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in digest {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 struct HashWriter(Sha256);
@@ -198,7 +210,7 @@ pub fn next_head(
 
 /// How a head is written in the ledger.
 pub fn head_text(head: &[u8; 32]) -> String {
-    format!("sha256:{}", hex::encode(head))
+    sha256_text(head)
 }
 
 impl Journal {
@@ -678,6 +690,15 @@ mod tests {
             "{d}"
         );
         assert_ne!(d.expected, d.actual);
+    }
+
+    #[test]
+    fn digests_are_written_as_lowercase_hex() {
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        assert_eq!(
+            sha256_text(&digest),
+            format!("sha256:{}", hex::encode(digest))
+        );
     }
 
     #[test]
