@@ -134,22 +134,27 @@ impl crate::Host {
     }
 
     /// The latest run of `agent` when it was interrupted (its status is still `running` and
-    /// nothing runs it here): what `warden run` warns of, with the command that resumes it.
-    pub fn interrupted_run(&self, agent: &str) -> Result<Option<RunRow>, Error> {
+    /// its holder is provably gone, as [`Host::resume`](crate::Host::resume) decides it): what
+    /// `warden run` warns of, with the command that resumes it.
+    pub async fn interrupted_run(&self, agent: &str) -> Result<Option<RunRow>, Error> {
         let Some(row) = self.ledger().last_run(agent)? else {
             return Ok(None);
         };
+        if row.status != "running" {
+            return Ok(None);
+        }
+        let id = AgentId::new(agent)?;
+        let lock = self.services.state.lock_owner(&id).await?;
         let running_here = self.services.running.lock().contains_key(agent);
-        let gone = row.status == "running"
-            && holder_gone(
-                &row,
-                crate::context::machine_name(),
-                std::process::id(),
-                process_exists,
-                running_here,
-                false,
-            )
-            .is_ok();
+        let gone = holder_gone(
+            &row,
+            crate::context::machine_name(),
+            std::process::id(),
+            process_exists,
+            running_here,
+            lock.as_deref() == Some(row.lock_owner.as_str()),
+        )
+        .is_ok();
         Ok(gone.then_some(row))
     }
 }

@@ -40,6 +40,21 @@ pub fn agent(name: &str) -> Vec<u8> {
     })
 }
 
+/// The `warden` binary the suites run as a real process: `$WARDEN_BIN` (set by
+/// `cargo xtask test`), else the debug build. Panics with the command that builds it.
+pub fn warden_bin() -> PathBuf {
+    let path = match std::env::var_os("WARDEN_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/warden"),
+    };
+    assert!(
+        path.exists(),
+        "`{}` is missing: build it with `cargo build -p warden`",
+        path.display()
+    );
+    path
+}
+
 /// The demo's tools, usable from any working directory.
 pub const TOOLS_TOML: &str = r#"
 [[tool]]

@@ -7,27 +7,14 @@
     reason = "test code: a failure is a failed test, with the value in the message"
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use warden_tests::redis_server::RedisServer;
 
-fn warden_bin() -> PathBuf {
-    let path = match std::env::var_os("WARDEN_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/warden"),
-    };
-    assert!(
-        path.exists(),
-        "`{}` is missing: build it with `cargo build -p warden`",
-        path.display()
-    );
-    path
-}
-
 fn command(data: &Path, state: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(warden_bin());
+    let mut command = Command::new(warden_tests::warden_bin());
     command
         .arg("--data-dir")
         .arg(data)

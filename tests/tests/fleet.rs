@@ -5,25 +5,11 @@
     reason = "test code: a failure is a failed test, with the value in the message"
 )]
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use warden_tests::agents_dir;
 use warden_tests::redis_server::RedisServer;
-
-fn warden_bin() -> PathBuf {
-    let path = match std::env::var_os("WARDEN_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/warden"),
-    };
-    assert!(
-        path.exists(),
-        "`{}` is missing: build it with `cargo build -p warden`",
-        path.display()
-    );
-    path
-}
 
 fn wasm(name: &str) -> String {
     agents_dir()
@@ -47,7 +33,7 @@ impl HostProcess {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(warden_bin());
+        let mut command = Command::new(warden_tests::warden_bin());
         command
             .arg("--data-dir")
             .arg(self.data.path())

@@ -461,21 +461,8 @@ async fn vault_going_away_keeps_cached_reads_refuses_logins_and_recovers_after_a
     );
 }
 
-fn warden_bin() -> PathBuf {
-    let path = match std::env::var_os("WARDEN_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/warden"),
-    };
-    assert!(
-        path.exists(),
-        "`{}` is missing: build it with `cargo build -p warden`",
-        path.display()
-    );
-    path
-}
-
 fn warden(data: &std::path::Path, redis: &RedisServer, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(warden_bin())
+    std::process::Command::new(warden_tests::warden_bin())
         .arg("--data-dir")
         .arg(data)
         .arg("--state")

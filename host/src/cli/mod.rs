@@ -564,7 +564,7 @@ async fn run(cx: &Env, component: &Path, packet_path: &Path) -> Result<u8> {
     let bytes = std::fs::read(component)
         .with_context(|| format!("cannot read component `{}`", component.display()))?;
     let host = cx.host().await?;
-    if let Some(interrupted) = host.interrupted_run(&packet.agent_id)? {
+    if let Some(interrupted) = host.interrupted_run(&packet.agent_id).await? {
         eprintln!(
             "{}",
             output::escape(&format!(

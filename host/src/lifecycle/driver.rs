@@ -450,14 +450,15 @@ impl Driver {
         let reason = journal
             .halt_reason()
             .unwrap_or_else(|| "the journal halted the run".to_string());
-        let code = if journal.divergence().is_some() {
-            FailureCode::ReplayDiverged
-        } else if journal.unreached() == 0 && journal.answered() > 0 {
-            FailureCode::ReplayEnded
-        } else {
-            FailureCode::JournalFull
-        };
-        (code, format!("{} stopped: {reason}", phase.as_str()))
+        if journal.is_replaying()
+            && let Stop::Failed { code, message } = self.replay_stop(phase, &reason)
+        {
+            return (code, message);
+        }
+        (
+            FailureCode::JournalFull,
+            format!("{} stopped: {reason}", phase.as_str()),
+        )
     }
 
     /// The guest's result of `phase` through the journal: recorded (chained by a
