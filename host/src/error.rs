@@ -339,6 +339,30 @@ pub enum ResumeError {
         /// Who holds it, and why that counts as alive.
         holder: String,
     },
+    /// The run was killed while a tool ran: whether the tool took effect is unknown.
+    #[error(
+        "RESUME_UNCERTAIN: run `{run}` was interrupted while tool `{tool}` ran (call {seq}, arguments {args}); whether it took effect is unknown and the tool is not declared `idempotent = true`; decide with `warden resume {run} --assume-done {seq}` (it took effect: the guest gets an empty output) or `warden resume {run} --rerun {seq}` (run it again)"
+    )]
+    Uncertain {
+        /// The run.
+        run: String,
+        /// The intent's position in the journal.
+        seq: u64,
+        /// The tool, escaped for a terminal.
+        tool: String,
+        /// Its arguments, escaped for a terminal and clipped.
+        args: String,
+    },
+    /// A decision names a call the run was not interrupted in.
+    #[error(
+        "RESUME_DECISION_INVALID: run `{run}` {actual}; `--assume-done` and `--rerun` name the call a run was interrupted in, which `warden resume {run}` reports"
+    )]
+    DecisionInvalid {
+        /// The run.
+        run: String,
+        /// What the run was actually interrupted in.
+        actual: String,
+    },
 }
 
 impl ResumeError {
@@ -347,6 +371,8 @@ impl ResumeError {
         match self {
             ResumeError::NotInterrupted { .. } => "RUN_NOT_INTERRUPTED",
             ResumeError::StillActive { .. } => "RUN_STILL_ACTIVE",
+            ResumeError::Uncertain { .. } => "RESUME_UNCERTAIN",
+            ResumeError::DecisionInvalid { .. } => "RESUME_DECISION_INVALID",
         }
     }
 }

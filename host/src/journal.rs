@@ -51,6 +51,28 @@ pub const OP_MONOTONIC: &str = "clock.monotonic";
 /// The `op` of random bytes.
 pub const OP_RANDOM: &str = "random.bytes";
 
+/// The `op` of a tool run's intent: recorded, and committed, before the tool starts, so a
+/// resume knows a tool may have run whose result was never recorded.
+pub const OP_TOOL_INTENT: &str = "tools.intent";
+
+/// The intent `op` of an external effect `op` (one the host cannot undo or repeat safely:
+/// a tool's world), if it has one.
+pub fn intent_of(op: &str) -> Option<&'static str> {
+    match op {
+        "tools.invoke" => Some(OP_TOOL_INTENT),
+        _ => None,
+    }
+}
+
+/// What a tool run's intent records: what the operator needs to decide whether it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ToolIntent {
+    /// The tool.
+    pub tool: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
 /// Whether `op` changes something outside the guest (the state store, artifacts, the
 /// blackboard, messages, votes, the ledger, a tool's world): every record before it is
 /// committed before it runs.
@@ -349,9 +371,33 @@ impl Journal {
         if let Some(reason) = &state.halt {
             return Begin::Halt(reason.clone());
         }
+        let state = &mut *state;
         let Some(replay) = &mut state.replay else {
             return Begin::Live;
         };
+        // An external effect's intent precedes its result and is consumed with it (a resumed
+        // call that ran again left an intent of its own before its result).
+        let mut interrupted = None;
+        if let Some(intent) = intent_of(op) {
+            while let Some(next) = replay.records.front()
+                && next.op == intent
+                && next.args_digest == args_digest
+            {
+                let Some(record) = replay.records.pop_front() else {
+                    break;
+                };
+                replay.answered += 1;
+                state.seq = record.seq;
+                state.head = next_head(
+                    &state.head,
+                    record.seq,
+                    intent,
+                    args_digest,
+                    &record.payload,
+                );
+                interrupted = Some(record.seq);
+            }
+        }
         match replay.records.front() {
             Some(next) if next.op == op && next.args_digest == args_digest => {
                 let Some(record) = replay.records.pop_front() else {
@@ -370,7 +416,7 @@ impl Journal {
                 };
                 let reason = format!("replay diverged {divergence}");
                 state.divergence = Some(divergence);
-                self.halt(&mut state, reason.clone());
+                self.halt(state, reason.clone());
                 Begin::Halt(reason)
             }
             None => match replay.past_end {
@@ -380,11 +426,16 @@ impl Journal {
                     Begin::Live
                 }
                 PastEnd::Halt => {
-                    let reason = format!(
-                        "the recorded run made no call {} (`{op}`): it ended here",
-                        state.seq + 1
-                    );
-                    self.halt(&mut state, reason.clone());
+                    let reason = match interrupted {
+                        Some(seq) => format!(
+                            "the recorded run was interrupted while `{op}` ran (its intent is call {seq}): its result was never recorded"
+                        ),
+                        None => format!(
+                            "the recorded run made no call {} (`{op}`): it ended here",
+                            state.seq + 1
+                        ),
+                    };
+                    self.halt(state, reason.clone());
                     Begin::Halt(reason)
                 }
             },
@@ -690,6 +741,53 @@ mod tests {
             "{d}"
         );
         assert_ne!(d.expected, d.actual);
+    }
+
+    fn recorded(committed: Vec<Committed>) -> Vec<Recorded> {
+        committed
+            .into_iter()
+            .flat_map(|c| c.records)
+            .map(|r| Recorded {
+                seq: r.seq,
+                phase: r.phase.to_string(),
+                op: r.op.to_string(),
+                args_digest: r.args_digest,
+                payload: r.payload,
+                head: r.head,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tool_intent_is_consumed_with_its_result_and_an_unanswered_one_is_named() {
+        let args = args_digest(&("append", Vec::<String>::new()));
+        let live = Journal::recording("run-i");
+        let intent = live.commit(OP_TOOL_INTENT, args.clone(), b"{}".to_vec());
+        let result = live.commit("tools.invoke", args.clone(), b"{\"Ok\":1}".to_vec());
+        let whole = recorded(vec![intent, result]);
+
+        let replay = Journal::replaying("run-i", whole.clone(), PastEnd::Halt);
+        assert!(
+            matches!(replay.begin("tools.invoke", &args), Begin::Recorded(p) if p == b"{\"Ok\":1}")
+        );
+        assert_eq!(replay.head(), live.head(), "the intent is in the chain");
+        assert_eq!(replay.answered(), 2);
+
+        // Killed while the tool ran: only the intent is recorded.
+        let cut = whole[..1].to_vec();
+        let offline = Journal::replaying("run-i", cut.clone(), PastEnd::Halt);
+        assert!(
+            matches!(offline.begin("tools.invoke", &args), Begin::Halt(r) if r.contains("interrupted while `tools.invoke` ran (its intent is call 1)"))
+        );
+        // A resume that decided to run it again goes live past the intent.
+        let resumed = Journal::replaying("run-i", cut, PastEnd::Live);
+        assert!(matches!(resumed.begin("tools.invoke", &args), Begin::Live));
+        let again = resumed.commit(OP_TOOL_INTENT, args.clone(), b"{}".to_vec());
+        assert_eq!(again.seq, 2, "the run's second intent follows the first");
+        // Another call where the intent stands is a divergence.
+        let other = Journal::replaying("run-i", whole, PastEnd::Live);
+        assert!(matches!(other.begin("state.get", &args), Begin::Halt(_)));
+        assert_eq!(other.divergence().unwrap().seq, 1);
     }
 
     #[test]

@@ -40,6 +40,11 @@ impl Phase {
         }
     }
 
+    /// The phase named `name` as [`Phase::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<Phase> {
+        (0..=7).map(Phase::from_u8).find(|p| p.as_str() == name)
+    }
+
     pub(crate) fn from_u8(value: u8) -> Phase {
         match value {
             0 => Phase::Bootstrap,

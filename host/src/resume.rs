@@ -10,14 +10,109 @@
 
 use std::sync::Arc;
 
+use crate::bindings::WitError;
+use crate::bindings::warden::agent::tools::ToolOutput;
 use crate::error::{Error, ResumeError};
 use crate::id::{AgentId, RunId};
-use crate::journal::{Journal, PastEnd};
-use crate::ledger::RunRow;
+use crate::journal::{self, Journal, PastEnd, Recorded, ToolIntent};
+use crate::ledger::{ActionRecord, Entry, JournalRecord, RunRow};
 use crate::lifecycle::{self, RunMode};
 use crate::replay::{ReplayError, recorded_packet, vouched};
 use crate::report::RunReport;
 use crate::state::LockOwner;
+
+/// What the operator decided about the tool call a run was interrupted in (see
+/// [`ResumeError::Uncertain`]), by the intent's position in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The tool took effect: the guest is answered an empty output, exit code 0, and the
+    /// tool is not run again.
+    AssumeDone(u64),
+    /// Run the tool again.
+    Rerun(u64),
+}
+
+/// How [`Host::resume_with`](crate::Host::resume_with) resumes. Default: no decision, so a
+/// run interrupted while a tool that is not idempotent ran is refused (`RESUME_UNCERTAIN`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumeOptions {
+    /// The operator's decision about the interrupted tool call.
+    pub decision: Option<Decision>,
+}
+
+/// What a resume does with the call a run was interrupted in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    /// Nothing was in flight: the journal's last record is a result.
+    Nothing,
+    /// Answer the recorded intent at `seq` as done.
+    AssumeDone { seq: u64, intent: ToolIntent },
+    /// Run it again; `idempotent` when the tools file allows that without asking.
+    Rerun {
+        seq: u64,
+        intent: ToolIntent,
+        idempotent: bool,
+    },
+}
+
+/// Decide what to do with the journal's last record `last`: pure, so every case is tested
+/// without a run. `idempotent` says whether a tool is declared so in the tools file.
+pub(crate) fn decide_interrupted(
+    run: &RunId,
+    last: Option<&Recorded>,
+    idempotent: impl Fn(&str) -> bool,
+    decision: Option<Decision>,
+) -> Result<Interrupted, ResumeError> {
+    let in_flight = last.filter(|r| r.op == journal::OP_TOOL_INTENT).map(|r| {
+        let intent = serde_json::from_slice::<ToolIntent>(&r.payload).unwrap_or(ToolIntent {
+            tool: "(unreadable intent)".into(),
+            args: Vec::new(),
+        });
+        (r.seq, intent)
+    });
+    let invalid = |actual: String| ResumeError::DecisionInvalid {
+        run: run.to_string(),
+        actual,
+    };
+    match (in_flight, decision) {
+        (None, None) => Ok(Interrupted::Nothing),
+        (None, Some(Decision::AssumeDone(seq) | Decision::Rerun(seq))) => Err(invalid(format!(
+            "was not interrupted while a tool ran, so there is no call {seq} to decide; resume it without a decision"
+        ))),
+        (Some((seq, _)), Some(Decision::AssumeDone(given) | Decision::Rerun(given)))
+            if given != seq =>
+        {
+            Err(invalid(format!(
+                "was interrupted in call {seq}, not call {given}"
+            )))
+        }
+        (Some((seq, intent)), Some(Decision::AssumeDone(_))) => {
+            Ok(Interrupted::AssumeDone { seq, intent })
+        }
+        (Some((seq, intent)), Some(Decision::Rerun(_))) => Ok(Interrupted::Rerun {
+            seq,
+            intent,
+            idempotent: false,
+        }),
+        (Some((seq, intent)), None) if idempotent(&intent.tool) => Ok(Interrupted::Rerun {
+            seq,
+            intent,
+            idempotent: true,
+        }),
+        (Some((seq, intent)), None) => Err(ResumeError::Uncertain {
+            run: run.to_string(),
+            seq,
+            tool: crate::text::clip(&format!("{:?}", intent.tool), 128),
+            args: crate::text::clip(
+                &serde_json::to_string(&intent.args).unwrap_or_default(),
+                512,
+            ),
+        }),
+    }
+}
+
+/// What the guest is answered for a tool call the operator says took effect.
+const ASSUMED_DONE: &str = "warden: the run was interrupted while this tool ran; the operator decided at resume that it took effect (`--assume-done`); its output was not recorded";
 
 /// Whether the process that held `row` is provably gone: `Ok` when it is, the holder when
 /// it may be alive. Pure, so every case is tested without processes.
@@ -72,8 +167,21 @@ fn process_exists(pid: u32) -> bool {
 }
 
 impl crate::Host {
-    /// Resume interrupted run `run` (see [`crate::resume`]).
+    /// Resume interrupted run `run` (see [`crate::resume`]) with no decision about a tool
+    /// call it was interrupted in: [`Host::resume_with`] and default [`ResumeOptions`].
     pub async fn resume(&self, run: &RunId) -> Result<RunReport, Error> {
+        self.resume_with(run, ResumeOptions::default()).await
+    }
+
+    /// Resume interrupted run `run` (see [`crate::resume`]). A run killed while a tool ran
+    /// whose tool is not declared `idempotent = true` needs `options.decision`; without it
+    /// the resume is refused with [`ResumeError::Uncertain`], before anything runs. The
+    /// decision is recorded in the ledger.
+    pub async fn resume_with(
+        &self,
+        run: &RunId,
+        options: ResumeOptions,
+    ) -> Result<RunReport, Error> {
         let ledger = self.ledger();
         let row = ledger.run(run)?.ok_or_else(|| ReplayError::UnknownRun {
             run: run.to_string(),
@@ -103,6 +211,17 @@ impl crate::Host {
             run: run.to_string(),
             holder,
         })?;
+        let mut records = vouched(
+            run,
+            ledger.journal(run)?,
+            &ledger.journal_anchors(&row.agent_id, run)?,
+        )?;
+        let interrupted = decide_interrupted(
+            run,
+            records.last(),
+            |tool| services.tools.get(tool).is_some_and(|t| t.idempotent),
+            options.decision,
+        )?;
         if lock_held_by_run {
             // The holder is gone: its lock is taken over now, not at its TTL.
             services
@@ -110,11 +229,12 @@ impl crate::Host {
                 .release_lock(&agent, &LockOwner::new(row.lock_owner.clone())?)
                 .await?;
         }
-        let records = vouched(
-            run,
-            ledger.journal(run)?,
-            &ledger.journal_anchors(&row.agent_id, run)?,
-        )?;
+        if let Some(answer) = self
+            .record_decision(run, &row, &records, interrupted)
+            .await?
+        {
+            records.push(answer);
+        }
         let packet = recorded_packet(run, &row)?;
         let bytes = self.kept_component(run, &row).await?;
         let journal = Arc::new(Journal::replaying(run.as_str(), records, PastEnd::Live));
@@ -131,6 +251,102 @@ impl crate::Host {
             },
         )
         .await
+    }
+
+    /// Record what happens to the call `run` was interrupted in. An assumed-done call gets
+    /// its answer as a journal record (returned, to be fed back like any other), so a later
+    /// replay of the run sees what the resumed guest saw.
+    async fn record_decision(
+        &self,
+        run: &RunId,
+        row: &RunRow,
+        records: &[Recorded],
+        interrupted: Interrupted,
+    ) -> Result<Option<Recorded>, Error> {
+        let (decision, seq, intent) = match &interrupted {
+            Interrupted::Nothing => return Ok(None),
+            Interrupted::AssumeDone { seq, intent } => ("assume-done", *seq, intent),
+            Interrupted::Rerun {
+                seq,
+                intent,
+                idempotent,
+            } => (
+                if *idempotent {
+                    "rerun-idempotent"
+                } else {
+                    "rerun"
+                },
+                *seq,
+                intent,
+            ),
+        };
+        let subject = crate::governance::run_subject(
+            &self.services,
+            (&row.agent_id, row.tier),
+            Some(&row.task_id),
+            Some(&row.component_digest),
+            run,
+        );
+        let details = serde_json::json!({
+            "call": seq,
+            "tool": intent.tool,
+            "args": intent.args,
+            "decision": decision,
+        });
+        let mut action =
+            ActionRecord::new(subject, "resume.decision", decision).details(details.to_string());
+        let mut entries = Vec::with_capacity(2);
+        let mut answer = None;
+        if let Interrupted::AssumeDone { .. } = interrupted {
+            let mut head = journal::genesis(run.as_str());
+            for r in records {
+                head = journal::next_head(&head, r.seq, &r.op, &r.args_digest, &r.payload);
+            }
+            // The intent carries the call's argument digest and phase; the answer follows it.
+            let Some(last) = records.last() else {
+                return Ok(None);
+            };
+            let output: Result<ToolOutput, WitError> = Ok(ToolOutput {
+                exit_code: 0,
+                stdout: String::new(),
+                stderr: ASSUMED_DONE.to_string(),
+                check_mode: false,
+            });
+            let payload = serde_json::to_vec(&output).unwrap_or_default();
+            let answer_seq = seq + 1;
+            head = journal::next_head(
+                &head,
+                answer_seq,
+                "tools.invoke",
+                &last.args_digest,
+                &payload,
+            );
+            let head = journal::head_text(&head);
+            let phase = crate::phase::Phase::parse(&last.phase).map_or("EXECUTE", |p| p.as_str());
+            action = action.phase(phase);
+            action.call_seq = Some(answer_seq);
+            action.result_digest = Some(head.clone().into());
+            entries.push(Entry::Journal(JournalRecord {
+                run_id: Arc::from(run.as_str()),
+                seq: answer_seq,
+                phase,
+                op: "tools.invoke".into(),
+                args_digest: last.args_digest.clone(),
+                payload: payload.clone(),
+                head: head.clone(),
+            }));
+            answer = Some(Recorded {
+                seq: answer_seq,
+                phase: phase.to_string(),
+                op: "tools.invoke".to_string(),
+                args_digest: last.args_digest.clone(),
+                payload,
+                head,
+            });
+        }
+        entries.push(Entry::Action(action));
+        self.services.ledger.append_all_async(entries, true).await?;
+        Ok(answer)
     }
 
     /// The latest run of `agent` when it was interrupted (its status is still `running` and
@@ -183,6 +399,72 @@ mod tests {
             calls: 3,
             packet: String::new(),
         }
+    }
+
+    fn record(op: &str, payload: &[u8]) -> Recorded {
+        Recorded {
+            seq: 9,
+            phase: "EXECUTE".into(),
+            op: op.into(),
+            args_digest: "sha256:aa".into(),
+            payload: payload.to_vec(),
+            head: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_tool_call_needs_a_decision_unless_the_tool_is_idempotent() {
+        let run = RunId::generate();
+        let intent = record(
+            journal::OP_TOOL_INTENT,
+            br#"{"tool":"append","args":["x[31m"]}"#,
+        );
+        let result = record("tools.invoke", b"{}");
+        let never = |_: &str| false;
+        let always = |_: &str| true;
+        assert_eq!(
+            decide_interrupted(&run, Some(&result), never, None).unwrap(),
+            Interrupted::Nothing
+        );
+        assert_eq!(
+            decide_interrupted(&run, None, never, None).unwrap(),
+            Interrupted::Nothing
+        );
+        let err = decide_interrupted(&run, Some(&intent), never, None).unwrap_err();
+        assert_eq!(err.code(), "RESUME_UNCERTAIN");
+        let message = err.to_string();
+        assert!(message.contains("call 9"), "{message}");
+        assert!(message.contains("--assume-done 9"), "{message}");
+        assert!(
+            !message.contains('\u{1b}'),
+            "guest text is escaped: {message}"
+        );
+        assert!(matches!(
+            decide_interrupted(&run, Some(&intent), always, None).unwrap(),
+            Interrupted::Rerun {
+                seq: 9,
+                idempotent: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide_interrupted(&run, Some(&intent), never, Some(Decision::Rerun(9))).unwrap(),
+            Interrupted::Rerun {
+                seq: 9,
+                idempotent: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide_interrupted(&run, Some(&intent), never, Some(Decision::AssumeDone(9))).unwrap(),
+            Interrupted::AssumeDone { seq: 9, .. }
+        ));
+        let err = decide_interrupted(&run, Some(&intent), never, Some(Decision::AssumeDone(8)))
+            .unwrap_err();
+        assert!(err.to_string().contains("in call 9, not call 8"), "{err}");
+        let err =
+            decide_interrupted(&run, Some(&result), never, Some(Decision::Rerun(9))).unwrap_err();
+        assert_eq!(err.code(), "RESUME_DECISION_INVALID");
     }
 
     #[test]

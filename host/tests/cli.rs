@@ -864,3 +864,182 @@ fn a_run_killed_mid_way_resumes_with_no_effect_repeated() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(json(&out)["code"], "RUN_NOT_INTERRUPTED");
 }
+
+/// A data directory whose T2 planner runs tool `append` (a line to `effects.log`, outside the
+/// sandbox, then a sleep), killed with SIGKILL while the tool runs: the run id and the log.
+fn killed_while_a_tool_runs(data: &Path, idempotent: bool) -> (String, String, PathBuf) {
+    let out = data.join("effects");
+    std::fs::create_dir(&out).unwrap();
+    let log = out.join("effects.log");
+    std::fs::write(
+        data.join("tools.toml"),
+        format!(
+            r#"[[tool]]
+name = "append"
+description = "append a line to a file outside the sandbox"
+min_tier = "T1"
+full_tier = "T2"
+argv = ["/bin/sh", "-c", "echo ran >> {log}; sleep 2"]
+write_paths = ["{out}"]
+timeout = "20s"
+idempotent = {idempotent}
+"#,
+            log = log.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("rules.toml"),
+        r#"model = "scripted-1"
+default = "done"
+
+[[rule]]
+pattern = "You are the planning step of an automation agent"
+response = '{"summary":"append once","steps":["append"],"confidence":0.9,"tools":[{"name":"append","args":[]}]}'
+"#,
+    )
+    .unwrap();
+    let config = data.join("warden.toml");
+    std::fs::write(
+        &config,
+        "tools = \"tools.toml\"\n\n[llm]\nprovider = \"scripted\"\nrules = \"rules.toml\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = warden(
+        data,
+        &[
+            "--config",
+            &config,
+            "agents",
+            "register",
+            "planner",
+            "--tier",
+            "T2",
+            "--component",
+            &wasm("planner"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packet = write_packet(
+        data,
+        "planner",
+        serde_json::json!({"agent_id":"planner","task_id":"tool-t","objective":"append a line","deliverables":["out.md"],
+            "constraints":{"scope":["llm:*","artifact:*","state:*","ledger:*","tool:append*"]}}),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            &config,
+            "run",
+            &wasm("planner"),
+            "--packet",
+            &packet,
+        ])
+        .env("WARDEN_LOG", "error")
+        .current_dir(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        waited += 1;
+        assert!(waited < 1500, "the tool never ran");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let runs = json(&warden(
+        data,
+        &["--json", "runs", "list", "--status", "running"],
+    ));
+    let run = runs["runs"][0]["run_id"].as_str().unwrap().to_string();
+    (run, config, log)
+}
+
+#[test]
+fn a_run_killed_while_a_tool_runs_resumes_only_on_the_operators_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (run, config, log) = killed_while_a_tool_runs(data, false);
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.as_str(),
+            "--json",
+            "resume",
+            run.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        warden(data, &args)
+    };
+    // Whether the tool took effect is unknown: the operator is asked, naming the call.
+    let out = resume(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", json(&out));
+    let error = json(&out);
+    assert_eq!(error["code"], "RESUME_UNCERTAIN", "{error}");
+    let message = error["error"].as_str().unwrap().to_string();
+    assert!(message.contains("tool `\"append\"`"), "{message}");
+    let call: u64 = message
+        .split("--assume-done ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no call named: {message}"));
+    let other = (call + 3).to_string();
+    let out = resume(&["--rerun", &other]);
+    assert_eq!(json(&out)["code"], "RESUME_DECISION_INVALID");
+
+    let out = resume(&["--assume-done", &call.to_string()]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["outcome"]["status"], "completed", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "ran\n",
+        "the tool ran once"
+    );
+    let decisions = json(&warden(
+        data,
+        &["--json", "ledger", "query", "--kind", "resume.decision"],
+    ));
+    let decided = decisions.as_array().unwrap();
+    assert_eq!(decided.len(), 1, "the decision is recorded: {decisions}");
+    assert_eq!(
+        decided[0]["fields"]["decision"], "assume-done",
+        "{decisions}"
+    );
+    assert!(
+        warden(data, &["ledger", "verify"]).status.success(),
+        "the ledger verifies"
+    );
+    // The resumed run replays identical, the operator's answer included.
+    let out = warden(data, &["--json", "replay", &run]);
+    assert_eq!(json(&out)["verdict"], "identical", "{}", json(&out));
+}
+
+#[test]
+fn a_run_killed_while_an_idempotent_tool_runs_runs_it_again_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (run, config, log) = killed_while_a_tool_runs(data, true);
+    let out = warden(data, &["--config", &config, "--json", "resume", &run]);
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["outcome"]["status"], "completed", "{report}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "ran\nran\n",
+        "an idempotent tool runs again"
+    );
+    let out = warden(data, &["--json", "replay", &run]);
+    assert_eq!(json(&out)["verdict"], "identical", "{}", json(&out));
+}

@@ -199,6 +199,41 @@ impl AgentCtx {
         }
     }
 
+    /// Before an external effect `op` starts (a tool run): its intent, committed, so a run
+    /// killed while the effect runs resumes knowing it may have happened. Refused (and the
+    /// effect not started) when the intent cannot be recorded.
+    pub(super) async fn journal_intent<I: Serialize>(
+        &mut self,
+        op: &'static str,
+        args: String,
+        intent: &I,
+    ) -> Result<(), WitError> {
+        let run = self.gov.run.clone();
+        let Some(intent_op) = journal::intent_of(op) else {
+            return Ok(());
+        };
+        if run.journal.is_off() {
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(intent).unwrap_or_default();
+        let details = String::from_utf8_lossy(&payload).into_owned();
+        let committed = run.journal.commit(intent_op, args, payload);
+        let mut record = ActionRecord::new(run.subject.clone(), op, "intent")
+            .phase(run.phase().as_str())
+            .details(details);
+        record.call_seq = Some(committed.seq);
+        record.result_digest = Some(committed.head.into());
+        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        entries.push(Entry::Action(record));
+        let durable = self.gov.services.ledger.is_persistent();
+        self.gov
+            .services
+            .ledger
+            .append_all_async(entries, durable)
+            .await
+            .map_err(|error| unavailable("the ledger", error))
+    }
+
     /// Hand the observations kept in memory (clock reads, random bytes) to the ledger.
     pub(super) async fn flush_journal(&mut self) {
         let pending = self.gov.run.journal.take_pending();

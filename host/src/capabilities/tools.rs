@@ -102,6 +102,16 @@ impl Host for AgentCtx {
                     });
                 }
             };
+            // A tool's world is outside the host: before it runs for real, its intent is
+            // durable (a check-mode run only shows what it would do, and may run again).
+            if !invocation.check_mode() {
+                let intent = crate::journal::ToolIntent {
+                    tool: name.clone(),
+                    args: args.clone(),
+                };
+                self.journal_intent(OP, super::journaled::args(&(&name, &args)), &intent)
+                    .await?;
+            }
             let workspace = self.gov.run.workspace.clone();
             match invocation.run(Some(&workspace)).await {
                 Ok(output) => {

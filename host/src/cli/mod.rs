@@ -83,12 +83,21 @@ enum Command {
     },
     /// Resume an interrupted run (its process was killed, its machine lost): every recorded
     /// answer is fed back in order, so no effect repeats, and the run goes live past them.
-    /// Refused while the run's process may be alive (`RUN_STILL_ACTIVE`).
+    /// Refused while the run's process may be alive (`RUN_STILL_ACTIVE`), and when the run
+    /// was killed while a tool that is not `idempotent = true` ran (`RESUME_UNCERTAIN`,
+    /// naming the call): the operator then decides with `--assume-done` or `--rerun`.
     ///
-    /// Example: `warden resume run-0192f1…`
+    /// Example: `warden resume run-0192f1…`, `warden resume run-0192f1… --assume-done 14`
     Resume {
         /// The run id (`warden runs list --status running`).
         run: warden::RunId,
+        /// The interrupted tool call (its number, as `RESUME_UNCERTAIN` names it) took
+        /// effect: it is not run again, and the guest gets an empty output. Recorded.
+        #[arg(long, value_name = "CALL", conflicts_with = "rerun")]
+        assume_done: Option<u64>,
+        /// Run the interrupted tool call (its number) again. Recorded.
+        #[arg(long, value_name = "CALL")]
+        rerun: Option<u64>,
     },
     /// Approve a task's run that waits at the approval gate.
     Approve {
@@ -400,9 +409,17 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Agents(command) => agents(&cx, command).await,
         Command::Run { component, packet } => run(&cx, &component, &packet).await,
         Command::Runs(command) => runs(&cx, command).await,
-        Command::Resume { run } => {
+        Command::Resume {
+            run,
+            assume_done,
+            rerun,
+        } => {
             let host = cx.host().await?;
-            let report = host.resume(&run).await?;
+            let decision = assume_done
+                .map(warden::resume::Decision::AssumeDone)
+                .or(rerun.map(warden::resume::Decision::Rerun));
+            let options = warden::resume::ResumeOptions { decision };
+            let report = host.resume_with(&run, options).await?;
             output::run_report(cx.json, &report);
             Ok(run_exit(&report.outcome))
         }

@@ -20,6 +20,7 @@
 //! max_args = 1
 //! timeout = "5s"
 //! max_output_bytes = 65536
+//! idempotent = false           # true: a resume may run it again after an interrupted run
 //! # Confinement, with the defaults:
 //! read_paths = []              # more to read (and execute), absolute, existing at load
 //! write_paths = []             # more to write besides the workspace
@@ -349,6 +350,10 @@ pub struct ToolSpec {
     pub write_paths: Vec<PathBuf>,
     /// Whether the tool may use the network (default false: no sockets at all).
     pub network: bool,
+    /// Whether running the tool twice does what running it once does (default false). A
+    /// resume runs again, without asking, only an idempotent tool whose run was interrupted;
+    /// for any other it stops with `RESUME_UNCERTAIN` and the operator decides.
+    pub idempotent: bool,
     /// CPU time per process (`RLIMIT_CPU`), whole seconds (default: `timeout`, rounded up).
     pub cpu_time: Duration,
     /// Address space per process (`RLIMIT_AS`), in bytes (default 1 GiB).
@@ -383,6 +388,7 @@ impl fmt::Debug for ToolSpec {
             .field("read_paths", &self.read_paths)
             .field("write_paths", &self.write_paths)
             .field("network", &self.network)
+            .field("idempotent", &self.idempotent)
             .field("cpu_time", &self.cpu_time)
             .field("max_memory_bytes", &self.max_memory_bytes)
             .field("max_file_bytes", &self.max_file_bytes)
@@ -434,6 +440,8 @@ struct RawTool {
     write_paths: Vec<PathBuf>,
     #[serde(default)]
     network: bool,
+    #[serde(default)]
+    idempotent: bool,
     #[serde(default, deserialize_with = "crate::duration::de_opt")]
     cpu_time: Option<Duration>,
     max_memory_bytes: Option<u64>,
@@ -864,6 +872,7 @@ fn validate(raw: RawTool, origin: &str) -> Result<ToolSpec, ToolsError> {
         read_paths: raw.read_paths,
         write_paths: raw.write_paths,
         network: raw.network,
+        idempotent: raw.idempotent,
         cpu_time,
         max_memory_bytes,
         max_file_bytes: raw.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
