@@ -39,6 +39,7 @@ pub mod config;
 mod context;
 mod duration;
 mod error;
+mod fault;
 mod governance;
 pub mod health;
 mod host;

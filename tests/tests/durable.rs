@@ -1,5 +1,6 @@
-//! Durable runs on Redis: a real `warden` process, with its runtime state on a real
-//! `redis-server`, SIGKILLed mid-run resumes with every effect once; the resumed run then
+//! Durable runs with a real `warden` process SIGKILLed: at every capability-call boundary in
+//! turn (the exactly-once proof, on the embedded store and on a real `redis-server`), and on
+//! Redis at the approval gate, each resumed with every effect once; a resumed run then
 //! replays offline with the Redis server gone.
 
 #![expect(
@@ -13,13 +14,14 @@ use std::time::Duration;
 
 use warden_tests::redis_server::RedisServer;
 
-fn command(data: &Path, state: &str, args: &[&str]) -> Command {
+/// `warden --data-dir <data> [--state <state>] <args>`; without `state`, the embedded store.
+fn command(data: &Path, state: Option<&str>, args: &[&str]) -> Command {
     let mut command = Command::new(warden_tests::warden_bin());
+    command.arg("--data-dir").arg(data);
+    if let Some(state) = state {
+        command.arg("--state").arg(state);
+    }
     command
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--state")
-        .arg(state)
         .args(args)
         .env("WARDEN_LOG", "error")
         .env_remove("VAULT_ADDR")
@@ -28,7 +30,7 @@ fn command(data: &Path, state: &str, args: &[&str]) -> Command {
     command
 }
 
-fn warden(data: &Path, state: &str, args: &[&str]) -> Output {
+fn warden(data: &Path, state: Option<&str>, args: &[&str]) -> Output {
     command(data, state, args).output().unwrap()
 }
 
@@ -52,7 +54,7 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
     let hello = hello.to_str().unwrap();
     let out = warden(
         data,
-        &url,
+        Some(&url),
         &[
             "agents",
             "register",
@@ -75,7 +77,7 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
     )
     .unwrap();
     let packet = packet.to_str().unwrap();
-    let mut child = command(data, &url, &["run", hello, "--packet", packet])
+    let mut child = command(data, Some(&url), &["run", hello, "--packet", packet])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -104,16 +106,16 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
 
     let runs = json(&warden(
         data,
-        &url,
+        Some(&url),
         &["--json", "runs", "list", "--status", "running"],
     ));
     let run = runs["runs"][0]["run_id"].as_str().unwrap().to_string();
     assert!(
-        warden(data, &url, &["approve", "resume-r"])
+        warden(data, Some(&url), &["approve", "resume-r"])
             .status
             .success()
     );
-    let out = warden(data, &url, &["--json", "resume", &run]);
+    let out = warden(data, Some(&url), &["--json", "resume", &run]);
     let report = json(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert_eq!(report["outcome"]["status"], "completed", "{report}");
@@ -134,7 +136,7 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
             .count();
         assert_eq!(versions, 1, "`{name}` written {versions} times: {listed:?}");
     }
-    let out = warden(data, &url, &["--json", "ledger", "verify"]);
+    let out = warden(data, Some(&url), &["--json", "ledger", "verify"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -145,8 +147,303 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
     // Redis gone: a replay touches no state store.
     drop(conn);
     drop(redis);
-    let out = warden(data, &url, &["--json", "replay", &run]);
+    let out = warden(data, Some(&url), &["--json", "replay", &run]);
     let replay = json(&out);
     assert_eq!(out.status.code(), Some(0), "{replay}");
     assert_eq!(replay["verdict"], "identical", "{replay}");
+}
+
+/// Where a test's runtime state lives.
+enum Store {
+    /// The data directory's SQLite state file.
+    File,
+    /// A real `redis-server`.
+    Redis(RedisServer),
+}
+
+impl Store {
+    /// The `--state` argument, if any.
+    fn arg(&self) -> Option<String> {
+        match self {
+            Store::File => None,
+            Store::Redis(server) => Some(server.url()),
+        }
+    }
+
+    /// What one run left under its id (agent and task share it), with the id written as
+    /// `@`: entries per key.
+    fn footprint(&self, data: &Path, id: &str) -> Vec<(String, i64)> {
+        let mut all = match self {
+            Store::File => {
+                let db = rusqlite::Connection::open(data.join("state.db")).unwrap();
+                let mut all = Vec::new();
+                for table in ["lists", "hashes", "strings"] {
+                    let sql = format!(
+                        "SELECT replace(key, ?1, '@'), count(*) FROM {table} WHERE key LIKE '%' || ?1 || '%' GROUP BY 1"
+                    );
+                    let mut statement = db.prepare(&sql).unwrap();
+                    let rows = statement
+                        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .unwrap();
+                    all.extend(rows.map(Result::unwrap));
+                }
+                all
+            }
+            Store::Redis(server) => {
+                let client = redis::Client::open(server.url().as_str()).unwrap();
+                let mut conn = client.get_connection().unwrap();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("*{id}*"))
+                    .query(&mut conn)
+                    .unwrap();
+                keys.into_iter()
+                    .map(|key| {
+                        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+                        let len = match kind.as_str() {
+                            "list" => "LLEN",
+                            "hash" => "HLEN",
+                            "zset" => "ZCARD",
+                            "set" => "SCARD",
+                            "stream" => "XLEN",
+                            _ => "EXISTS",
+                        };
+                        let n: i64 = redis::cmd(len).arg(&key).query(&mut conn).unwrap();
+                        (key.replace(id, "@"), n)
+                    })
+                    .collect()
+            }
+        };
+        all.sort();
+        all
+    }
+
+    /// The entries of list `key`, oldest first.
+    fn list(&self, data: &Path, key: &str) -> Vec<String> {
+        match self {
+            Store::File => rusqlite::Connection::open(data.join("state.db"))
+                .unwrap()
+                .prepare("SELECT value FROM lists WHERE key = ?1 ORDER BY idx")
+                .unwrap()
+                .query_map([key], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            Store::Redis(server) => {
+                let client = redis::Client::open(server.url().as_str()).unwrap();
+                let mut conn = client.get_connection().unwrap();
+                redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut conn)
+                    .unwrap()
+            }
+        }
+    }
+
+    /// How many versions artifact `name` of task `task` has, and the digest of the last.
+    fn artifact(&self, data: &Path, task: &str, name: &str) -> (usize, String) {
+        let versions: Vec<String> = self
+            .list(data, &format!("task:{task}:artifacts"))
+            .into_iter()
+            .filter(|v| v.contains(&format!("\"name\":\"{name}\"")))
+            .collect();
+        let digest = versions
+            .last()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .and_then(|v| v["digest"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        (versions.len(), digest)
+    }
+}
+
+/// The rows of `run`'s capability calls, per call and decision (a phase result's decision is
+/// its digest, which names the run's agent, so it is left out): a call replayed from the
+/// journal writes none, so a resumed run has exactly the rows of an uninterrupted one.
+fn call_rows(data: &Path, run: &str) -> Vec<(String, String, i64)> {
+    let db = rusqlite::Connection::open(data.join("ledger.db")).unwrap();
+    let mut statement = db
+        .prepare(
+            "SELECT action, CASE action WHEN 'phase.result' THEN '' ELSE decision END, count(*) FROM agent_actions WHERE run_id = ?1 AND call_seq IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .unwrap();
+    statement
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The exactly-once proof: an agent makes effects of every kind (state, artifact,
+/// blackboard, message, vote, ledger note, and a tool appending a line to a file outside the
+/// sandbox); a real `warden` process is SIGKILLed at every capability-call boundary in turn
+/// (before each call's body, and after its records were handed to the ledger), and
+/// `warden resume` then completes it. Each resumed run has each effect exactly once, the
+/// artifact byte-identical to an uninterrupted run's, the rows of every call once (none lost,
+/// none doubled), and the ledger verifies.
+fn every_effect_once_with_the_host_killed_at_every_boundary(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let state = store.arg();
+    let effects = data.join("effects");
+    std::fs::create_dir(&effects).unwrap();
+    std::fs::write(
+        data.join("tools.toml"),
+        format!(
+            r#"[[tool]]
+name = "append"
+description = "append a line to a file outside the sandbox"
+min_tier = "T1"
+full_tier = "T2"
+argv = ["/bin/sh", "-c", "echo ran >> \"$0\"", "{out}/{{0}}.log"]
+args = ["^[a-z0-9-]{{1,40}}$"]
+max_args = 1
+write_paths = ["{out}"]
+"#,
+            out = effects.display(),
+        ),
+    )
+    .unwrap();
+    let config = data.join("warden.toml");
+    std::fs::write(&config, "tools = \"tools.toml\"\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let probe = warden_tests::agents_dir().join("coord_probe.wasm");
+    let probe = probe.to_str().unwrap().to_string();
+    let cli = |args: &[&str], fault: Option<&str>| {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend_from_slice(args);
+        let mut command = command(data, state.as_deref(), &full);
+        if let Some(fault) = fault {
+            command.env("WARDEN_FAULT_KILL", fault);
+        }
+        command.output().unwrap()
+    };
+    let start = |id: &str, fault: Option<&str>| -> Output {
+        let out = cli(
+            &[
+                "agents",
+                "register",
+                id,
+                "--tier",
+                "T2",
+                "--component",
+                &probe,
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = format!(
+            "probe: state.set a 1; art.put out.md hello world; bb.write solutions k v; msg.broadcast note hi; vote.propose-to p reviewer - merge it; note done; tool append {id}; state.set b 2; bb.read solutions k"
+        );
+        let packet = data.join(format!("{id}.json"));
+        std::fs::write(
+            &packet,
+            serde_json::json!({"agent_id": id, "task_id": id, "objective": script,
+                "constraints": {"scope": ["*"]}})
+            .to_string(),
+        )
+        .unwrap();
+        cli(
+            &[
+                "--json",
+                "run",
+                &probe,
+                "--packet",
+                packet.to_str().unwrap(),
+            ],
+            fault,
+        )
+    };
+    let lines = |id: &str| {
+        std::fs::read_to_string(effects.join(format!("{id}.log")))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    let base = start("fx-base", None);
+    assert_eq!(base.status.code(), Some(0), "{}", json(&base));
+    let base_run = json(&base)["run_id"].as_str().unwrap().to_string();
+    let base_rows = call_rows(data, &base_run);
+    let base_state = store.footprint(data, "fx-base");
+    let base_artifact = store.artifact(data, "fx-base", "out.md");
+    assert_eq!(lines("fx-base"), 1);
+    assert_eq!(base_artifact.0, 1);
+    assert!(
+        base_state.iter().any(|(key, _)| key.contains("msg:@"))
+            && base_state.iter().any(|(key, _)| key.contains("proposals")),
+        "the run's messages and votes are in the footprint: {base_state:?}"
+    );
+
+    let mut killed = 0;
+    for when in ["before", "after"] {
+        for n in 1.. {
+            let id = format!("fx-{when}-{n:03}");
+            let out = start(&id, Some(&format!("{when}:{n}")));
+            if out.status.code() == Some(0) {
+                // Past the run's last call: every boundary was tried.
+                break;
+            }
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9),
+                "{when}:{n}: the host was not killed (status {:?}); the fault points need `--features fault-points`, which `cargo xtask test` enables",
+                out.status
+            );
+            killed += 1;
+            let runs = json(&cli(
+                &[
+                    "--json", "runs", "list", "--agent", &id, "--status", "running",
+                ],
+                None,
+            ));
+            let run = runs["runs"][0]["run_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{when}:{n}: no interrupted run: {runs}"))
+                .to_string();
+            let out = cli(&["--json", "resume", &run], None);
+            let report = json(&out);
+            assert_eq!(out.status.code(), Some(0), "{when}:{n}: {report}");
+            assert_eq!(
+                report["outcome"]["status"], "completed",
+                "{when}:{n}: {report}"
+            );
+            assert_eq!(lines(&id), 1, "{when}:{n}: the tool ran once");
+            assert_eq!(
+                call_rows(data, &run),
+                base_rows,
+                "{when}:{n}: every call's rows once, none lost"
+            );
+            assert_eq!(
+                store.footprint(data, &id),
+                base_state,
+                "{when}:{n}: every state effect once"
+            );
+            assert_eq!(
+                store.artifact(data, &id, "out.md"),
+                base_artifact,
+                "{when}:{n}: the artifact once, byte-identical"
+            );
+        }
+    }
+    assert!(
+        killed >= 2 * 9,
+        "the host was killed at {killed} boundaries, fewer than two per call of the script; the fault points need `--features fault-points`, which `cargo xtask test` enables"
+    );
+    let out = cli(&["--json", "ledger", "verify"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", json(&out));
+}
+
+#[test]
+fn every_effect_once_with_the_host_killed_at_every_boundary_on_the_embedded_store() {
+    every_effect_once_with_the_host_killed_at_every_boundary(&Store::File);
+}
+
+#[test]
+fn every_effect_once_with_the_host_killed_at_every_boundary_on_redis() {
+    every_effect_once_with_the_host_killed_at_every_boundary(&Store::Redis(RedisServer::start()));
 }

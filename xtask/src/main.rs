@@ -132,14 +132,29 @@ pub fn build_host() -> Result<()> {
     run(cargo().args(["build", "-p", "warden", "--bins"]))
 }
 
+/// The features every test build has: the fault points the exactly-once tests kill the host
+/// at (inert unless `WARDEN_FAULT_KILL` is set; never in the demo's or a release build), and
+/// the state-store conformance suite `warden-tests` enables anyway. The host's binaries are
+/// built with the same set, so the test build does not build the host a second time.
+const TEST_FEATURES: &str = "warden/fault-points,warden/conformance";
+
 fn test(extra: &[String]) -> Result<()> {
     let agents = build_agents()?;
-    build_host()?;
+    // The binaries the tests run, with the features the test build has (so `cargo test`
+    // below does not build the host a second time).
+    run(cargo().args([
+        "build",
+        "-p",
+        "warden",
+        "--bins",
+        "--features",
+        TEST_FEATURES,
+    ]))?;
     let bao = ensure_openbao()?;
     let redis = ensure_redis()?;
     let mut command = cargo();
     command
-        .arg("test")
+        .args(["test", "--features", TEST_FEATURES])
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
         .env("WARDEN_BIN", target_dir().join("debug/warden"))

@@ -1,6 +1,7 @@
-//! Test agent for multi-agent coordination: during EXECUTE it makes the blackboard, messaging
-//! and consensus calls of its script and writes how each ended to the blackboard entry
-//! `progress/<agent id>` (one line per call: `<call> -> ok <result>` or `<call> -> <error>`).
+//! Test agent for multi-agent coordination (and effects of every kind): during EXECUTE it
+//! makes the blackboard, messaging, consensus, state, artifact, ledger and tool calls of its
+//! script and writes how each ended to the blackboard entry `progress/<agent id>` (one line
+//! per call: `<call> -> ok <result>` or `<call> -> <error>`).
 //! It imports T1 interfaces, so it loads from T1 up.
 //!
 //! The script is the blackboard entry `problem/script:<agent id>` when present (so the
@@ -25,6 +26,10 @@
 //! | `vote.resolve <id> <note…>`            | settle a proposal                            |
 //! | `vote.conflicts`                       | ids of proposals in conflict                 |
 //! | `wait.bb <section> <key> <timeout ms>` | wait until an entry exists                   |
+//! | `state.set <key> <value…>`             | write the agent's state                      |
+//! | `art.put <name> <text…>`               | write an artifact: its digest                |
+//! | `note <text…>`                         | a ledger note                                |
+//! | `tool <name> <args…>`                  | run a tool: `exit=<code>`                    |
 //! | `sleep <ms>`                           | sleep without calling the host               |
 //! | `fail`                                 | end EXECUTE unsuccessfully (after the script) |
 //!
@@ -200,6 +205,20 @@ fn call(line: &str) -> Result<String, String> {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        "state.set" => {
+            state::set(arg(1)?, &rest(2)).map_err(host)?;
+            Ok(String::new())
+        }
+        "art.put" => artifacts::put_text(arg(1)?, &rest(2)).map_err(host),
+        "note" => {
+            ledger::note(&rest(1)).map_err(host)?;
+            Ok(String::new())
+        }
+        "tool" => {
+            let args: Vec<&str> = words.get(2..).unwrap_or_default().to_vec();
+            let output = tools::invoke(arg(1)?, &args).map_err(host)?;
+            Ok(format!("exit={}", output.exit_code))
         }
         "fail" => Ok("failing".into()),
         "sleep" => {

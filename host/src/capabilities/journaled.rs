@@ -146,6 +146,7 @@ impl AgentCtx {
             }
         }
         self.gov.open_call(op);
+        crate::fault::point(crate::fault::When::Before);
         Before::Live(args)
     }
 
@@ -197,6 +198,7 @@ impl AgentCtx {
         {
             tracing::error!(%error, "cannot record call");
         }
+        crate::fault::point(crate::fault::When::After);
     }
 
     /// Before an external effect `op` starts (a tool run): its intent, committed, so a run
