@@ -296,9 +296,13 @@ argv = ["/bin/echo", "deploying"]
             .invoke("greet".into(), vec!["world".into()])
             .await
             .unwrap();
+        // The intent is recorded before the tool starts, the result after it ends.
         assert_eq!(
             builder.details("tools.invoke"),
-            [json!({ "exit_code": 0, "check_mode": false, "confined": true, "truncated": false })]
+            [
+                json!({ "tool": "greet", "args": ["world"] }),
+                json!({ "exit_code": 0, "check_mode": false, "confined": true, "truncated": false })
+            ]
         );
 
         let unconfined = format!("confinement = \"none\"\n{TOOLS}");
@@ -312,7 +316,7 @@ argv = ["/bin/echo", "deploying"]
             .await
             .unwrap();
         assert_eq!(output.stdout.trim(), "hello world");
-        assert_eq!(builder.details("tools.invoke")[0]["confined"], json!(false));
+        assert_eq!(builder.details("tools.invoke")[1]["confined"], json!(false));
     }
 
     #[tokio::test]
