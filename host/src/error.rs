@@ -363,6 +363,34 @@ pub enum ResumeError {
         /// What the run was actually interrupted in.
         actual: String,
     },
+    /// No task of this id was ever orchestrated here.
+    #[error(
+        "UNKNOWN_TASK: no task `{task}` was orchestrated with this ledger (it has no `orchestrator.start` row); `warden ledger query --agent orchestrator --kind orchestrator.start` lists the tasks it holds"
+    )]
+    UnknownTask {
+        /// The task asked for.
+        task: String,
+    },
+    /// The task ended; there is nothing to resume.
+    #[error(
+        "TASK_NOT_INTERRUPTED: task `{task}` ended ({outcome}, recorded in its `task.metrics` row); only a task that stopped without ending can be resumed"
+    )]
+    TaskNotInterrupted {
+        /// The task.
+        task: String,
+        /// `success` or `failure`.
+        outcome: String,
+    },
+    /// The process orchestrating the task may still be running it.
+    #[error(
+        "TASK_STILL_ACTIVE: task `{task}` is still orchestrated by {holder}; it is resumed only once that process is gone"
+    )]
+    TaskStillActive {
+        /// The task.
+        task: String,
+        /// Who orchestrates it.
+        holder: String,
+    },
 }
 
 impl ResumeError {
@@ -373,6 +401,9 @@ impl ResumeError {
             ResumeError::StillActive { .. } => "RUN_STILL_ACTIVE",
             ResumeError::Uncertain { .. } => "RESUME_UNCERTAIN",
             ResumeError::DecisionInvalid { .. } => "RESUME_DECISION_INVALID",
+            ResumeError::UnknownTask { .. } => "UNKNOWN_TASK",
+            ResumeError::TaskNotInterrupted { .. } => "TASK_NOT_INTERRUPTED",
+            ResumeError::TaskStillActive { .. } => "TASK_STILL_ACTIVE",
         }
     }
 }

@@ -164,6 +164,9 @@ pub struct Journal {
     halted: AtomicBool,
     /// Records nothing: only the benchmark's baseline, to measure what the journal costs.
     off: bool,
+    /// A resumed run's inbox position, taken by its first live `messaging.receive`: see
+    /// [`Journal::take_inbox_rewind`].
+    inbox_rewind: Mutex<Option<u64>>,
 }
 
 /// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
@@ -202,6 +205,25 @@ impl std::io::Write for HashWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The highest message id in the recorded answers of `messaging.receive` (0: none).
+fn last_received(records: &[Recorded]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    records
+        .iter()
+        .filter(|r| r.op == "messaging.receive")
+        .filter_map(|r| {
+            serde_json::from_slice::<Result<Vec<Id>, serde_json::Value>>(&r.payload).ok()
+        })
+        .filter_map(Result::ok)
+        .flatten()
+        .map(|m| m.id)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The first head of run `run_id`'s journal.
@@ -243,14 +265,25 @@ impl Journal {
 
     /// A journal that answers from `records` (in order) and does `past_end` after them.
     pub fn replaying(run_id: &str, records: Vec<Recorded>, past_end: PastEnd) -> Journal {
-        Journal::new(
+        let rewind = (past_end == PastEnd::Live).then(|| last_received(&records));
+        let journal = Journal::new(
             run_id,
             Some(Replay {
                 records: records.into(),
                 past_end,
                 answered: 0,
             }),
-        )
+        );
+        *journal.inbox_rewind.lock() = rewind;
+        journal
+    }
+
+    /// Once, for a run that goes live past its journal: the id of the last message the guest
+    /// was answered with (0: none). The store's inbox cursor may be past it — a receive whose
+    /// answer was lost with the process still moved it — so the first live receive starts
+    /// there, and a message the guest never saw is delivered, not lost.
+    pub fn take_inbox_rewind(&self) -> Option<u64> {
+        self.inbox_rewind.lock().take()
     }
 
     fn new(run_id: &str, replay: Option<Replay>) -> Journal {
@@ -267,6 +300,7 @@ impl Journal {
             }),
             halted: AtomicBool::new(false),
             off: false,
+            inbox_rewind: Mutex::new(None),
         }
     }
 
@@ -686,6 +720,47 @@ pub(crate) mod sources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_journal_rewinds_the_inbox_once_to_the_last_message_the_guest_saw() {
+        let record = |seq, op: &str, payload: &str| Recorded {
+            seq,
+            phase: "EXECUTE".into(),
+            op: op.into(),
+            args_digest: args_digest(&(0,)),
+            payload: payload.as_bytes().to_vec(),
+            head: String::new(),
+        };
+        let records = vec![
+            record(
+                1,
+                "messaging.receive",
+                r#"{"Ok":[{"id":3,"body":"a"},{"id":5,"body":"b"}]}"#,
+            ),
+            record(2, "state.get", r#"{"Ok":{"id":9}}"#),
+            record(3, "messaging.receive", r#"{"Ok":[]}"#),
+            record(4, "messaging.receive", r#"{"Err":{"Unavailable":"x"}}"#),
+        ];
+        let resumed = Journal::replaying("run-a", records.clone(), PastEnd::Live);
+        assert_eq!(resumed.take_inbox_rewind(), Some(5));
+        assert_eq!(
+            resumed.take_inbox_rewind(),
+            None,
+            "only the first receive rewinds"
+        );
+        let nothing_read = Journal::replaying("run-a", records[1..2].to_vec(), PastEnd::Live);
+        assert_eq!(
+            nothing_read.take_inbox_rewind(),
+            Some(0),
+            "nothing seen: from the start"
+        );
+        // A replay never goes live, and a fresh run's cursor is the store's.
+        assert_eq!(
+            Journal::replaying("run-a", records, PastEnd::Halt).take_inbox_rewind(),
+            None
+        );
+        assert_eq!(Journal::recording("run-b").take_inbox_rewind(), None);
+    }
 
     #[test]
     fn a_replay_answers_in_order_and_finds_the_first_divergence() {

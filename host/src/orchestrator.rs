@@ -50,9 +50,12 @@ use tokio::task::JoinSet;
 use crate::clock::now_ms;
 use crate::context::Services;
 use crate::error::Error;
+use crate::error::ResumeError;
 use crate::host::Host;
 use crate::id::{AgentId, TaskId};
-use crate::ledger::{ActionRecord, Entry, Subject};
+use crate::ledger::{
+    ActionRecord, Entry, LedgerQuery, LedgerRow, RunFilter, RunRow, Subject, Table,
+};
 use crate::packet::{Constraints, ErrorBudget, Packet, PacketLimits, now_rfc3339};
 use crate::report::{RunOutcome, RunReport};
 use crate::state::{Quota, Section};
@@ -347,7 +350,7 @@ impl TaskSpec {
 }
 
 /// The mediator's spawn.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Spawned {
     /// The mediator's agent id.
     pub agent: String,
@@ -473,6 +476,14 @@ pub struct TaskMetrics {
     pub consensus_result: String,
 }
 
+/// How a run of the task is started.
+enum Launch {
+    /// A new run: its packet (or why none could be made) and its component.
+    Fresh(Box<Result<Packet, crate::id::IdError>>, Arc<[u8]>),
+    /// An interrupted run, checked, to go on.
+    Resume(Box<crate::resume::Prepared>),
+}
+
 /// What one finished run sends back to the monitor.
 struct Finished {
     agent: String,
@@ -499,6 +510,7 @@ impl Host {
             spec: spec.clone(),
             components,
             started: Instant::now(),
+            started_now: Instant::now(),
             deadline_ms: now_ms()
                 .saturating_add(u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX)),
             finished: HashMap::new(),
@@ -513,13 +525,345 @@ impl Host {
     }
 }
 
+/// The task as its `orchestrator.start` row records it: what a resume runs on, and which
+/// process ran it.
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordedTask {
+    objective: String,
+    agents: Vec<String>,
+    mediator: Option<String>,
+    timeout_ms: u64,
+    conditions: SpawnConditions,
+    #[serde(default)]
+    complexity: Option<f64>,
+    #[serde(default)]
+    max_parallel: Option<usize>,
+    #[serde(default = "default_quorum")]
+    quorum: u32,
+    #[serde(default)]
+    proposer_votes: bool,
+    /// The machine and process that orchestrated it.
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    pid: u32,
+}
+
+fn default_quorum() -> u32 {
+    crate::state::coordination::DEFAULT_QUORUM
+}
+
+impl RecordedTask {
+    fn of(spec: &TaskSpec) -> RecordedTask {
+        RecordedTask {
+            objective: spec.objective.clone(),
+            agents: spec.agents.clone(),
+            mediator: spec.mediator.clone(),
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            conditions: spec.conditions.clone(),
+            complexity: spec.complexity,
+            max_parallel: spec.max_parallel,
+            quorum: spec.quorum,
+            proposer_votes: spec.proposer_votes,
+            host: crate::context::machine_name().to_string(),
+            pid: std::process::id(),
+        }
+    }
+
+    fn spec(&self, task: &TaskId) -> TaskSpec {
+        TaskSpec {
+            task_id: task.to_string(),
+            objective: self.objective.clone(),
+            agents: self.agents.clone(),
+            mediator: self.mediator.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            complexity: self.complexity,
+            conditions: self.conditions.clone(),
+            max_parallel: self.max_parallel,
+            quorum: self.quorum,
+            proposer_votes: self.proposer_votes,
+        }
+    }
+}
+
+/// What a resume does with one agent of the task.
+enum Step {
+    /// It never started: start it.
+    Start,
+    /// Its run was interrupted: go on with it.
+    Resume(Box<crate::resume::Prepared>),
+    /// Its run ended before the task was interrupted.
+    Ended(AgentResult),
+}
+
+impl Host {
+    /// Resume interrupted task `task`: its agents go on where they stopped, and the spawn
+    /// conditions are watched again.
+    ///
+    /// The task runs as its `orchestrator.start` row recorded it (agents, mediator,
+    /// thresholds, quorum). For each agent, the latest run of the task decides: an ended run
+    /// keeps its result, an interrupted run is resumed ([`Host::resume`]: its recorded
+    /// answers fed back, no effect repeated), an agent that never started starts. A mediator
+    /// the task already spawned (its `orchestrator.spawn` row) is not spawned again; its run
+    /// is resumed or started like the others. The conditions are checked at once, so a task
+    /// killed after its agents ended and before the mediator was spawned spawns it. The task
+    /// has its whole timeout again from the resume (`problem/deadline_ms` is rewritten),
+    /// each resumed run the wall-clock limit its packet began with.
+    ///
+    /// Refused before anything runs when the task is unknown (`UNKNOWN_TASK`), ended
+    /// (`TASK_NOT_INTERRUPTED`), still orchestrated by a live process on this machine
+    /// (`TASK_STILL_ACTIVE`), or any interrupted run cannot be resumed as
+    /// [`Host::resume`] decides it (`RUN_STILL_ACTIVE`, `RESUME_UNCERTAIN`: decide that run
+    /// with [`Host::resume_with`] first).
+    pub async fn resume_task(&self, task: &str) -> Result<TaskMetrics, Error> {
+        let task = TaskId::new(task)?;
+        let ledger = self.ledger();
+        let rows = ledger.query(&LedgerQuery {
+            table: Some(Table::Actions),
+            agent_id: Some(ORCHESTRATOR_ID.to_string()),
+            task_id: Some(task.to_string()),
+            ..LedgerQuery::default()
+        })?;
+        let unknown = || ResumeError::UnknownTask {
+            task: task.to_string(),
+        };
+        let start_at = rows
+            .iter()
+            .rposition(|row| row.kind == "orchestrator.start")
+            .ok_or_else(unknown)?;
+        let (start, later) = (&rows[start_at], &rows[start_at + 1..]);
+        let details = |row: &LedgerRow| {
+            row.fields
+                .get("details")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        if let Some(end) = later.iter().find(|row| row.kind == "task.metrics") {
+            return Err(ResumeError::TaskNotInterrupted {
+                task: task.to_string(),
+                outcome: end
+                    .fields
+                    .get("decision")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("ended")
+                    .to_string(),
+            }
+            .into());
+        }
+        let recorded: RecordedTask = serde_json::from_str(&details(start)).map_err(|e| {
+            Error::Invalid(format!(
+                "task `{task}`'s `orchestrator.start` row (ledger row {}) does not parse: {e}",
+                start.seq
+            ))
+        })?;
+        let spec = recorded.spec(&task);
+        let running_here = {
+            let running = self.services.running.lock();
+            spec.agents.iter().chain(&spec.mediator).any(|agent| {
+                running
+                    .get(agent.as_str())
+                    .is_some_and(|r| r.task_id == task)
+            })
+        };
+        crate::resume::orchestrator_gone(
+            &recorded.host,
+            recorded.pid,
+            crate::context::machine_name(),
+            std::process::id(),
+            running_here,
+        )
+        .map_err(|holder| ResumeError::TaskStillActive {
+            task: task.to_string(),
+            holder,
+        })?;
+        let spawned: Option<Spawned> = later
+            .iter()
+            .rfind(|row| row.kind == "orchestrator.spawn")
+            .and_then(|row| serde_json::from_str(&details(row)).ok());
+        let began = humantime::parse_rfc3339_weak(&start.timestamp).ok();
+
+        // Everything that can be refused is refused before anything goes on.
+        let mut steps = Vec::new();
+        let mediator = spawned.as_ref().map(|s| s.agent.clone());
+        for (agent, is_mediator) in spec
+            .agents
+            .iter()
+            .map(|a| (a, false))
+            .chain(mediator.iter().map(|m| (m, true)))
+        {
+            let latest = ledger
+                .runs(&RunFilter {
+                    agent: Some(agent.clone()),
+                    task: Some(task.to_string()),
+                    status: None,
+                    limit: 1,
+                })?
+                .into_iter()
+                .next()
+                // A run of an earlier orchestration of the same task id is not this one's.
+                .filter(|run| {
+                    let run_began = humantime::parse_rfc3339_weak(&run.started_at).ok();
+                    began.zip(run_began).is_none_or(|(task, run)| run >= task)
+                });
+            let step = match latest {
+                None => Step::Start,
+                Some(run) if run.status == "running" => {
+                    let id = crate::id::RunId::new(&run.run_id)?;
+                    let prepared = self
+                        .prepare_resume(&id, crate::resume::ResumeOptions::default())
+                        .await?;
+                    Step::Resume(Box::new(prepared))
+                }
+                Some(run) => Step::Ended(ended_result(ledger, &run, is_mediator)?),
+            };
+            steps.push((agent.clone(), is_mediator, step));
+        }
+
+        // Any agent may still start: one that never did, and the mediator once spawned.
+        let mut components = HashMap::new();
+        for agent in spec.agents.iter().chain(&spec.mediator) {
+            components.insert(
+                agent.clone(),
+                Arc::<[u8]>::from(self.registered_component(agent)?),
+            );
+        }
+        let deadline_ms =
+            now_ms().saturating_add(u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX));
+        let elapsed = began
+            .and_then(|began| std::time::SystemTime::now().duration_since(began).ok())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut run = Orchestration {
+            host: self.clone(),
+            services: self.services().clone(),
+            task: task.clone(),
+            spec: spec.clone(),
+            components,
+            started: now.checked_sub(elapsed).unwrap_or(now),
+            started_now: now,
+            deadline_ms,
+            finished: HashMap::new(),
+            seen: spawned.iter().map(|s| s.reason).collect(),
+            spawned,
+            tasks: HashMap::new(),
+            slots: spec
+                .max_parallel
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+        };
+        let _stored = self
+            .services
+            .state
+            .board_write(
+                &task,
+                Section::Problem,
+                "deadline_ms",
+                &deadline_ms.to_string(),
+                Quota::UNLIMITED,
+            )
+            .await?;
+        let summary = |wanted: fn(&Step) -> bool| -> Vec<&str> {
+            steps
+                .iter()
+                .filter(|(_, _, step)| wanted(step))
+                .map(|(agent, _, _)| agent.as_str())
+                .collect()
+        };
+        let resumed_runs: Vec<&str> = steps
+            .iter()
+            .filter_map(|(_, _, step)| match step {
+                Step::Resume(prepared) => Some(prepared.run_id()),
+                _ => None,
+            })
+            .collect();
+        run.record(
+            "orchestrator.resume",
+            "resumed",
+            serde_json::json!({
+                "resumed": summary(|s| matches!(s, Step::Resume(_))),
+                "runs": resumed_runs,
+                "started": summary(|s| matches!(s, Step::Start)),
+                "ended": summary(|s| matches!(s, Step::Ended(_))),
+                "deadline_ms": deadline_ms,
+                "host": crate::context::machine_name(),
+                "pid": std::process::id(),
+            }),
+        )
+        .await?;
+
+        let mut runs = JoinSet::new();
+        for (agent, is_mediator, step) in steps {
+            match step {
+                Step::Start => run.start(&mut runs, &agent, is_mediator),
+                Step::Resume(prepared) => {
+                    run.launch(&mut runs, &agent, is_mediator, Launch::Resume(prepared));
+                }
+                Step::Ended(result) => {
+                    run.finished.insert(agent, result);
+                }
+            }
+        }
+        if run.spawned.is_none() {
+            run.check(&mut runs).await?;
+        }
+        run.monitor(runs).await
+    }
+}
+
+/// The result of a run that ended before its task was interrupted, from its `runs` row.
+fn ended_result(
+    ledger: &crate::ledger::Ledger,
+    run: &RunRow,
+    mediator: bool,
+) -> Result<AgentResult, Error> {
+    let outcome = run.outcome.clone().unwrap_or_default();
+    let status = match (run.status.as_str(), outcome.as_str()) {
+        ("completed", "PLAN_ONLY") => "plan_only",
+        ("completed", _) => "completed",
+        ("revoked", _) => "revoked",
+        _ => "failed",
+    };
+    let violations = ledger.query(&LedgerQuery {
+        table: Some(Table::Violations),
+        agent_id: Some(run.agent_id.clone()),
+        task_id: Some(run.task_id.clone()),
+        ..LedgerQuery::default()
+    })?;
+    let violated = violations.iter().any(|row| {
+        row.fields.get("run_id").and_then(serde_json::Value::as_str) == Some(run.run_id.as_str())
+    });
+    let time = |text: &str| humantime::parse_rfc3339_weak(text).ok();
+    let duration_ms = time(&run.started_at)
+        .zip(time(&run.updated_at))
+        .and_then(|(began, ended)| ended.duration_since(began).ok())
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    Ok(AgentResult {
+        agent_id: run.agent_id.clone(),
+        mediator,
+        status: status.to_string(),
+        detail: if status == "completed" || status == "plan_only" {
+            String::new()
+        } else {
+            format!(
+                "{outcome} (ended before the task was resumed; `warden runs show {}`)",
+                run.run_id
+            )
+        },
+        duration_ms,
+        compliant: status == "completed" && !violated,
+    })
+}
+
 struct Orchestration {
     host: Host,
     services: Arc<Services>,
     task: TaskId,
     spec: TaskSpec,
     components: HashMap<String, Arc<[u8]>>,
+    /// When the task began: its metrics' clock (before a resume, when it first started).
     started: Instant,
+    /// When this host took the task on: the task's deadline counts from here.
+    started_now: Instant,
     deadline_ms: u64,
     finished: HashMap<String, AgentResult>,
     spawned: Option<Spawned>,
@@ -558,13 +902,7 @@ impl Orchestration {
         self.record(
             "orchestrator.start",
             "started",
-            serde_json::json!({
-                "objective": spec.objective,
-                "agents": spec.agents,
-                "mediator": spec.mediator,
-                "timeout_ms": spec.timeout.as_millis(),
-                "conditions": spec.conditions,
-            }),
+            serde_json::to_value(RecordedTask::of(&spec)).unwrap_or_default(),
         )
         .await?;
 
@@ -572,6 +910,12 @@ impl Orchestration {
         for agent in &spec.agents {
             self.start(&mut runs, agent, false);
         }
+        self.monitor(runs).await
+    }
+
+    /// Watch the runs and the conditions until every run ended; then the metrics.
+    async fn monitor(mut self, mut runs: JoinSet<Finished>) -> Result<TaskMetrics, Error> {
+        let spec = self.spec.clone();
         let mut ticker = tokio::time::interval(spec.conditions.check_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -590,21 +934,26 @@ impl Orchestration {
                 }
                 _ = ticker.tick() => true,
             };
-            if !check {
-                continue;
-            }
-            if let Some((reason, detail)) = self.condition().await? {
-                if !self.seen.contains(&reason) {
-                    self.seen.push(reason);
-                }
-                if self.spawned.is_none()
-                    && let Some(mediator) = spec.mediator.clone()
-                {
-                    self.spawn(&mut runs, &mediator, reason, detail).await?;
-                }
+            if check {
+                self.check(&mut runs).await?;
             }
         }
         self.finish().await
+    }
+
+    /// Check the conditions; the first that holds spawns the mediator unless it was.
+    async fn check(&mut self, runs: &mut JoinSet<Finished>) -> Result<(), Error> {
+        if let Some((reason, detail)) = self.condition().await? {
+            if !self.seen.contains(&reason) {
+                self.seen.push(reason);
+            }
+            if self.spawned.is_none()
+                && let Some(mediator) = self.spec.mediator.clone()
+            {
+                self.spawn(runs, &mediator, reason, detail).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The result of a run whose task panicked: the agent is the one started under that task id.
@@ -639,13 +988,30 @@ impl Orchestration {
             created_at: now_rfc3339(),
             limits: PacketLimits::default(),
         });
-        let deadline = self.started + self.spec.timeout;
-        let host = self.host.clone();
         let component = self
             .components
             .get(agent)
             .cloned()
             .unwrap_or_else(|| Arc::from([]));
+        self.launch(
+            runs,
+            agent,
+            mediator,
+            Launch::Fresh(Box::new(packet), component),
+        );
+    }
+
+    /// Run `launch` of `agent` in its own task, in a slot of [`TaskSpec::max_parallel`]
+    /// unless it is the mediator.
+    fn launch(
+        &mut self,
+        runs: &mut JoinSet<Finished>,
+        agent: &str,
+        mediator: bool,
+        launch: Launch,
+    ) {
+        let deadline = self.started_now + self.spec.timeout;
+        let host = self.host.clone();
         let agent = agent.to_string();
         let name = (agent.clone(), mediator);
         let slots = if mediator { None } else { self.slots.clone() };
@@ -655,21 +1021,24 @@ impl Orchestration {
                 Some(slots) => slots.acquire_owned().await.ok(),
                 None => None,
             };
-            // What remains of the task's time once the run can start.
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let remaining_ms = u64::try_from(remaining.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let result = match packet {
-                Ok(mut packet) => {
-                    packet.limits.run_wall_ms = Some(remaining_ms);
-                    packet.limits.approval_timeout_ms = Some(remaining_ms);
-                    match host.submit_packet(&packet).await {
-                        Ok(()) => host.run(&agent, &component).await,
-                        Err(error) => Err(error),
+            let result = match launch {
+                Launch::Fresh(packet, component) => match *packet {
+                    Ok(mut packet) => {
+                        // What remains of the task's time once the run can start.
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let remaining_ms = u64::try_from(remaining.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1);
+                        packet.limits.run_wall_ms = Some(remaining_ms);
+                        packet.limits.approval_timeout_ms = Some(remaining_ms);
+                        match host.submit_packet(&packet).await {
+                            Ok(()) => host.run(&agent, &component).await,
+                            Err(error) => Err(error),
+                        }
                     }
-                }
-                Err(error) => Err(error.into()),
+                    Err(error) => Err(error.into()),
+                },
+                Launch::Resume(prepared) => host.resume_prepared(*prepared).await,
             };
             Finished {
                 agent,

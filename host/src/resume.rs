@@ -40,6 +40,26 @@ pub struct ResumeOptions {
     pub decision: Option<Decision>,
 }
 
+/// A run checked by [`Host::prepare_resume`](crate::Host): what
+/// [`Host::resume_prepared`](crate::Host) needs, nothing written yet.
+pub(crate) struct Prepared {
+    run: RunId,
+    row: RunRow,
+    agent: AgentId,
+    records: Vec<Recorded>,
+    interrupted: Interrupted,
+    lock_held_by_run: bool,
+    packet: crate::packet::Packet,
+    component: Vec<u8>,
+}
+
+impl Prepared {
+    /// The run.
+    pub(crate) fn run_id(&self) -> &str {
+        self.run.as_str()
+    }
+}
+
 /// What a resume does with the call a run was interrupted in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Interrupted {
@@ -124,24 +144,15 @@ pub(crate) fn holder_gone(
     running_here: bool,
     lock_held_by_run: bool,
 ) -> Result<(), String> {
-    if row.host == this_machine {
-        if row.pid == this_pid {
-            return if running_here {
-                Err(format!(
-                    "this process (pid {this_pid}), which is running it"
-                ))
-            } else {
-                Ok(())
-            };
-        }
-        return if process_exists(row.pid) {
-            Err(format!(
-                "process {} on this machine, which is alive",
-                row.pid
-            ))
-        } else {
-            Ok(())
-        };
+    if let Some(gone) = same_machine_gone(
+        &row.host,
+        row.pid,
+        this_machine,
+        this_pid,
+        process_exists,
+        running_here,
+    ) {
+        return gone;
     }
     if lock_held_by_run {
         Err(format!(
@@ -151,6 +162,54 @@ pub(crate) fn holder_gone(
     } else {
         Ok(())
     }
+}
+
+/// Whether the process that orchestrated a task (`host`, `pid`) is provably gone: `Ok` when
+/// it is, the holder when it may be alive. Another machine's orchestrator is not judged here:
+/// its agents' runs are, each by its lock, when they are resumed.
+pub(crate) fn orchestrator_gone(
+    host: &str,
+    pid: u32,
+    this_machine: &str,
+    this_pid: u32,
+    running_here: bool,
+) -> Result<(), String> {
+    same_machine_gone(
+        host,
+        pid,
+        this_machine,
+        this_pid,
+        process_exists,
+        running_here,
+    )
+    .unwrap_or(Ok(()))
+}
+
+/// On the machine that ran it, whether process `pid` is gone (`None`: another machine).
+fn same_machine_gone(
+    host: &str,
+    pid: u32,
+    this_machine: &str,
+    this_pid: u32,
+    process_exists: impl Fn(u32) -> bool,
+    running_here: bool,
+) -> Option<Result<(), String>> {
+    if host != this_machine {
+        return None;
+    }
+    Some(if pid == this_pid {
+        if running_here {
+            Err(format!(
+                "this process (pid {this_pid}), which is running it"
+            ))
+        } else {
+            Ok(())
+        }
+    } else if process_exists(pid) {
+        Err(format!("process {pid} on this machine, which is alive"))
+    } else {
+        Ok(())
+    })
 }
 
 /// Whether process `pid` exists and is not a zombie (a killed process its parent has not
@@ -182,6 +241,17 @@ impl crate::Host {
         run: &RunId,
         options: ResumeOptions,
     ) -> Result<RunReport, Error> {
+        let prepared = self.prepare_resume(run, options).await?;
+        self.resume_prepared(prepared).await
+    }
+
+    /// Every check of a resume, with nothing written: so a task refuses before any of its
+    /// runs goes on.
+    pub(crate) async fn prepare_resume(
+        &self,
+        run: &RunId,
+        options: ResumeOptions,
+    ) -> Result<Prepared, Error> {
         let ledger = self.ledger();
         let row = ledger.run(run)?.ok_or_else(|| ReplayError::UnknownRun {
             run: run.to_string(),
@@ -211,7 +281,7 @@ impl crate::Host {
             run: run.to_string(),
             holder,
         })?;
-        let mut records = vouched(
+        let records = vouched(
             run,
             ledger.journal(run)?,
             &ledger.journal_anchors(&row.agent_id, run)?,
@@ -222,6 +292,33 @@ impl crate::Host {
             |tool| services.tools.get(tool).is_some_and(|t| t.idempotent),
             options.decision,
         )?;
+        let packet = recorded_packet(run, &row)?;
+        let component = self.kept_component(run, &row).await?;
+        Ok(Prepared {
+            run: run.clone(),
+            row,
+            agent,
+            records,
+            interrupted,
+            lock_held_by_run,
+            packet,
+            component,
+        })
+    }
+
+    /// Take over the run's lock, record the operator's decision, and run it on.
+    pub(crate) async fn resume_prepared(&self, prepared: Prepared) -> Result<RunReport, Error> {
+        let Prepared {
+            run,
+            row,
+            agent,
+            mut records,
+            interrupted,
+            lock_held_by_run,
+            packet,
+            component,
+        } = prepared;
+        let services = &self.services;
         if lock_held_by_run {
             // The holder is gone: its lock is taken over now, not at its TTL.
             services
@@ -230,19 +327,17 @@ impl crate::Host {
                 .await?;
         }
         if let Some(answer) = self
-            .record_decision(run, &row, &records, interrupted)
+            .record_decision(&run, &row, &records, interrupted)
             .await?
         {
             records.push(answer);
         }
-        let packet = recorded_packet(run, &row)?;
-        let bytes = self.kept_component(run, &row).await?;
         let journal = Arc::new(Journal::replaying(run.as_str(), records, PastEnd::Live));
         lifecycle::run(
             services.clone(),
             self.sandbox.clone(),
             &agent,
-            &bytes,
+            &component,
             RunMode::Resume {
                 run_id: run.clone(),
                 journal,
@@ -482,5 +577,19 @@ mod tests {
         let err = holder_gone(&row("other", 7), "m", 1, dead, false, true).unwrap_err();
         assert!(err.contains("has not expired"), "{err}");
         assert!(holder_gone(&row("other", 7), "m", 1, alive, false, false).is_ok());
+    }
+
+    #[test]
+    fn a_tasks_orchestrator_is_gone_when_its_process_on_this_machine_is() {
+        let me = std::process::id();
+        // pid 1 always exists; no process has the largest pid.
+        let err = orchestrator_gone("m", 1, "m", me, false).unwrap_err();
+        assert!(err.contains("process 1 on this machine"), "{err}");
+        assert!(orchestrator_gone("m", u32::MAX, "m", me, false).is_ok());
+        // This process: gone unless one of the task's agents runs here now.
+        assert!(orchestrator_gone("m", me, "m", me, false).is_ok());
+        assert!(orchestrator_gone("m", me, "m", me, true).is_err());
+        // Another machine: its agents' runs are judged by their locks instead.
+        assert!(orchestrator_gone("other", 1, "m", me, false).is_ok());
     }
 }

@@ -447,3 +447,169 @@ fn every_effect_once_with_the_host_killed_at_every_boundary_on_the_embedded_stor
 fn every_effect_once_with_the_host_killed_at_every_boundary_on_redis() {
     every_effect_once_with_the_host_killed_at_every_boundary(&Store::Redis(RedisServer::start()));
 }
+
+/// What an ALPHA/BETA/GAMMA task settled, from its metrics: the mediator's reason, the
+/// consensus, the proposal it reached, who finalized it, and the proposals and votes.
+fn settled(metrics: &serde_json::Value) -> serde_json::Value {
+    let decision: serde_json::Value = metrics["consensus"]["final_decision"]
+        .as_str()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
+    serde_json::json!({
+        "success": metrics["success"],
+        "mediator": metrics["mediator"]["agent"],
+        "reason": metrics["mediator"]["reason"],
+        "result": metrics["consensus_result"],
+        "reached": metrics["consensus"]["reached"],
+        "resolved": metrics["consensus"]["resolved"],
+        "final": [decision["proposal_id"], decision["reached"], decision["finalized_by"]],
+        "proposals": metrics["proposals"],
+        "votes": metrics["votes"],
+    })
+}
+
+/// An orchestrated ALPHA/BETA/GAMMA task (the demo's: three designs, three rejections, the
+/// conflict spawns GAMMA, its merge is voted through), its `warden` process SIGKILLed at
+/// points spread over the task, resumes with `warden orchestrate --resume` to the consensus
+/// of an uninterrupted run, every run and the ledger intact.
+fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Store) {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../agents/demo/warden.toml");
+    let state = store.arg();
+    // A fresh data directory per task, so no agent is promoted between them.
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, tier) in [("alpha", "T1"), ("beta", "T1"), ("gamma", "T2")] {
+            let component = warden_tests::agents_dir().join(format!("{id}.wasm"));
+            let out = warden(
+                dir.path(),
+                state.as_deref(),
+                &[
+                    "--config",
+                    config,
+                    "agents",
+                    "register",
+                    id,
+                    "--tier",
+                    tier,
+                    "--component",
+                    component.to_str().unwrap(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    };
+    let orchestrate = |data: &Path, task: &str, fault: Option<String>| {
+        let mut command = command(
+            data,
+            state.as_deref(),
+            &[
+                "--config",
+                config,
+                "--json",
+                "orchestrate",
+                "Design a distributed event-driven analytics platform",
+                "--agents",
+                "alpha,beta",
+                "--mediator",
+                "gamma",
+                "--task",
+                task,
+                "--timeout",
+                "60",
+            ],
+        );
+        if let Some(fault) = fault {
+            command.env("WARDEN_FAULT_KILL", fault);
+        }
+        command.output().unwrap()
+    };
+    let calls = |data: &Path, task: &str| -> i64 {
+        rusqlite::Connection::open(data.join("ledger.db"))
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM agent_actions WHERE task_id = ?1 AND call_seq IS NOT NULL",
+                [task],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+
+    let base_dir = fresh();
+    let out = orchestrate(base_dir.path(), "abg-base", None);
+    let base = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{base}");
+    let expected = settled(&base);
+    assert_eq!(expected["result"], "reached", "{base}");
+    assert_eq!(expected["reason"], "CONFLICT", "{base}");
+    let total = calls(base_dir.path(), "abg-base");
+    assert!(total > 20, "the task made {total} calls");
+
+    // Within the first half: how many calls the agents' wait loops make varies from run to run.
+    for k in 1..=8 {
+        let at = total * k / 16;
+        let dir = fresh();
+        let data = dir.path();
+        let task = format!("abg-{k}");
+        let out = orchestrate(data, &task, Some(format!("before:{at}")));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "before:{at}: the host was not killed (status {:?}); the fault points need `--features fault-points`, which `cargo xtask test` enables",
+            out.status
+        );
+        let out = warden(
+            data,
+            state.as_deref(),
+            &[
+                "--config",
+                config,
+                "--json",
+                "orchestrate",
+                "--resume",
+                &task,
+            ],
+        );
+        let metrics = json(&out);
+        assert_eq!(out.status.code(), Some(0), "before:{at}: {metrics}");
+        assert_eq!(settled(&metrics), expected, "before:{at}: {metrics}");
+        let runs = json(&warden(
+            data,
+            state.as_deref(),
+            &[
+                "--json", "runs", "list", "--task", &task, "--status", "running",
+            ],
+        ));
+        assert_eq!(runs["runs"], serde_json::json!([]), "before:{at}: {runs}");
+        let out = warden(data, state.as_deref(), &["--json", "ledger", "verify"]);
+        assert_eq!(out.status.code(), Some(0), "before:{at}: {}", json(&out));
+        // The task ended: a second resume is refused, naming why.
+        let again = warden(
+            data,
+            state.as_deref(),
+            &["--json", "orchestrate", "--resume", &task],
+        );
+        assert_eq!(
+            json(&again)["code"],
+            "TASK_NOT_INTERRUPTED",
+            "{}",
+            json(&again)
+        );
+    }
+}
+
+#[test]
+fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus_on_the_embedded_store() {
+    an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(&Store::File);
+}
+
+#[test]
+fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus_on_redis() {
+    an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(&Store::Redis(
+        RedisServer::start(),
+    ));
+}

@@ -227,7 +227,21 @@ fn bench(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
         .env("WARDEN_REDIS_SERVER", &redis);
-    run(&mut command)
+    run(&mut command)?;
+    // Resume latency needs the `warden` binary with its fault points, so a real SIGKILL
+    // lands mid-run: the host crate's own bench, with that feature.
+    run(cargo()
+        .args([
+            "bench",
+            "-p",
+            "warden",
+            "--features",
+            "fault-points",
+            "--bench",
+            "resume",
+        ])
+        .args(extra)
+        .env("WARDEN_AGENTS_DIR", &agents))
 }
 
 fn lint() -> Result<()> {

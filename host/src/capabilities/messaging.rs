@@ -228,6 +228,13 @@ impl Host for AgentCtx {
             let deadline = (Instant::now() + Duration::from_millis(u64::from(timeout_ms)))
                 .min(self.meter.deadline);
             let gov = &self.gov;
+            if let Some(after) = gov.run.journal.take_inbox_rewind() {
+                gov.services
+                    .state
+                    .rewind_inbox(gov.task_id(), gov.agent_id(), after)
+                    .await
+                    .map_err(|e| unavailable("messaging", e))?;
+            }
             let result = loop {
                 // Armed before the read, so a send between the read and the wait still wakes us.
                 let bell = gov.services.coordination_bell.notified();

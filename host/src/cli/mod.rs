@@ -125,12 +125,22 @@ enum Command {
     /// Run a multi-agent task: the agents in parallel, the mediator spawned once when a
     /// condition (STUCK, CONFLICT, COMPLEXITY, SUCCESS) fires; prints the task's metrics.
     /// Thresholds come from `[orchestrator]` in warden.toml. Exit 5 unless every agent
-    /// completed.
+    /// completed. `--resume <task>` goes on with a task whose host was killed: every
+    /// interrupted agent resumes, the others start or keep their result, the conditions are
+    /// watched again.
     Orchestrate {
-        objective: String,
+        /// What the task is to achieve (not with `--resume`: the task keeps its own).
+        #[arg(required_unless_present = "resume")]
+        objective: Option<String>,
         /// Registered agents to run in parallel (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "resume")]
         agents: Vec<String>,
+        /// Resume interrupted task TASK as it was started (its agents, mediator and
+        /// thresholds); refused for a task that ended or is still running.
+        #[arg(long, value_name = "TASK", conflicts_with_all = [
+            "objective", "agents", "mediator", "task", "complexity", "max_parallel", "proposer_votes"
+        ])]
+        resume: Option<String>,
         /// The registered agent to spawn when a condition fires.
         #[arg(long)]
         mediator: Option<String>,
@@ -465,18 +475,25 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             max_parallel,
             quorum,
             proposer_votes,
+            resume,
         } => {
             let host = cx.host().await?;
-            let task = task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
-            let mut spec = warden::orchestrator::TaskSpec::new(task, objective, agents)
-                .timeout(Duration::from_secs(timeout))
-                .conditions(cx.config.orchestrator.clone().unwrap_or_default());
-            spec.mediator = mediator;
-            spec.complexity = complexity;
-            spec.max_parallel = max_parallel;
-            spec.quorum = quorum;
-            spec.proposer_votes = proposer_votes;
-            let metrics = host.orchestrate(&spec).await?;
+            let metrics = if let Some(task) = resume {
+                host.resume_task(&task).await?
+            } else {
+                let task =
+                    task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
+                let objective = objective.unwrap_or_default();
+                let mut spec = warden::orchestrator::TaskSpec::new(task, objective, agents)
+                    .timeout(Duration::from_secs(timeout))
+                    .conditions(cx.config.orchestrator.clone().unwrap_or_default());
+                spec.mediator = mediator;
+                spec.complexity = complexity;
+                spec.max_parallel = max_parallel;
+                spec.quorum = quorum;
+                spec.proposer_votes = proposer_votes;
+                host.orchestrate(&spec).await?
+            };
             output::task_metrics(cx.json, &metrics);
             Ok(if metrics.success {
                 exit::OK

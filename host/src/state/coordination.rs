@@ -507,6 +507,15 @@ pub trait Coordination: Send + Sync {
         agent: &AgentId,
         limit: usize,
     ) -> Result<Vec<Message>, StateError>;
+    /// Set `agent`'s cursor so its next receive starts just after message `after` (0: at
+    /// the start of the log). A resumed run does this once, to where its journal says the
+    /// guest had read: messages a lost answer consumed are delivered again, none twice.
+    async fn rewind_inbox(
+        &self,
+        task: &TaskId,
+        agent: &AgentId,
+        after: u64,
+    ) -> Result<(), StateError>;
     /// Every message of the task, oldest first (operators and metrics).
     async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError>;
 

@@ -503,6 +503,29 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
         7,
         "cursor: receiving must not remove messages from the log"
     );
+    // A resumed run puts its cursor back to what its journal says it read.
+    store.rewind_inbox(&task, &beta, 3).await.unwrap();
+    assert_eq!(
+        ids(&store.receive_messages(&task, &beta, 10).await.unwrap()),
+        [4, 5, 7],
+        "rewind: delivery starts after the given message, skipping others' as before"
+    );
+    store.rewind_inbox(&task, &gamma, 0).await.unwrap();
+    assert_eq!(
+        ids(&store.receive_messages(&task, &gamma, 2).await.unwrap()),
+        [1, 2],
+        "rewind: 0 starts at the beginning of the log"
+    );
+    let fresh = unique_task("cursor-rewind");
+    store.rewind_inbox(&fresh, &beta, 0).await.unwrap();
+    assert!(
+        store
+            .receive_messages(&fresh, &beta, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "rewind: a task with no messages still has none"
+    );
 }
 
 /// Proposal ids are `p1`, `p2`, … in numeric order; the first vote and the first

@@ -262,6 +262,17 @@ impl Coordination for EmbeddedState {
             .await
     }
 
+    async fn rewind_inbox(
+        &self,
+        task: &TaskId,
+        agent: &AgentId,
+        after: u64,
+    ) -> Result<(), StateError> {
+        let (cursors, agent) = (keys::message_cursors(task), agent.clone());
+        self.run_tx(move |conn| hset(conn, &cursors, &agent, &after.to_string()))
+            .await
+    }
+
     async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         let log = keys::message_log(task);
         self.run(Access::Read, move |conn| {

@@ -247,6 +247,20 @@ impl Coordination for MemoryState {
         Ok(picked)
     }
 
+    async fn rewind_inbox(
+        &self,
+        task: &TaskId,
+        agent: &AgentId,
+        after: u64,
+    ) -> Result<(), StateError> {
+        let mut data = self.inner.lock();
+        // No board, no messages, nothing to rewind: reading must not create one.
+        if let Some(board) = data.boards.get_mut(task.as_str()) {
+            board.cursors.insert(agent.to_string(), after);
+        }
+        Ok(())
+    }
+
     async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         Ok(self.board(task, |b| b.log.clone()).unwrap_or_default())
     }

@@ -298,6 +298,20 @@ impl Coordination for RedisState {
         picked.iter().map(|json| decode(&log, json)).collect()
     }
 
+    async fn rewind_inbox(
+        &self,
+        task: &TaskId,
+        agent: &AgentId,
+        after: u64,
+    ) -> Result<(), StateError> {
+        let cursors = keys::message_cursors(task);
+        self.guarded("HSET", &cursors, |mut c| {
+            let cursors = &cursors;
+            async move { c.hset(cursors, agent.as_str(), after).await }
+        })
+        .await
+    }
+
     async fn messages(&self, task: &TaskId) -> Result<Vec<Message>, StateError> {
         let log = keys::message_log(task);
         let stored: Vec<String> = self
