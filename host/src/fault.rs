@@ -5,6 +5,11 @@
 //! `n`th live capability call runs (every record before an effect is committed by then);
 //! `after:<n>` just after that call's records were handed to the ledger (committed, for an
 //! effect), before the guest sees its answer. Calls are counted per process, from 1.
+//!
+//! The kill lands at a boundary of every call in flight: with several agents in one process
+//! (an orchestrated task) it waits until no other agent is inside a host effect, between the
+//! state store's commit and the ledger's. That window is a known gap (the effect and its
+//! record are in two stores), not what these points prove.
 
 /// Where in a call a fault point sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +28,15 @@ mod armed {
     use super::When;
 
     static CALLS: AtomicU64 = AtomicU64::new(0);
+    static IN_EFFECT: AtomicU64 = AtomicU64::new(0);
+
+    pub(crate) fn effect_begins() {
+        IN_EFFECT.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn effect_ends() {
+        IN_EFFECT.fetch_sub(1, Ordering::SeqCst);
+    }
     static PLAN: OnceLock<Option<(When, u64)>> = OnceLock::new();
 
     fn plan() -> Option<(When, u64)> {
@@ -38,7 +52,7 @@ mod armed {
         })
     }
 
-    pub(crate) fn point(when: When) {
+    pub(crate) async fn point(when: When) {
         let Some((kill_when, at)) = plan() else {
             return;
         };
@@ -47,6 +61,14 @@ mod armed {
             When::After => CALLS.load(Ordering::SeqCst),
         };
         if when == kill_when && call == at {
+            // Every other call in flight at a boundary too (bounded: a stuck effect does not
+            // keep the process alive).
+            for _ in 0..5_000 {
+                if IN_EFFECT.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             // A real SIGKILL: no destructor, no flush, no exit handler runs.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
         }
@@ -54,9 +76,19 @@ mod armed {
 }
 
 #[cfg(feature = "fault-points")]
-pub(crate) use armed::point;
+pub(crate) use armed::{effect_begins, effect_ends, point};
 
 /// Without the feature there is no fault point.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub(crate) fn point(_when: When) {}
+pub(crate) async fn point(_when: When) {}
+
+/// A host effect starts (its backend write, then its record): a kill waits for its end.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) fn effect_begins() {}
+
+/// The host effect's record was handed to the ledger.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) fn effect_ends() {}

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::ledger::JournalRecord;
+use crate::ledger::{Entry, JournalRecord};
 
 /// Versions the head's encoding.
 const DOMAIN: &[u8] = b"warden-journal-v1\0";
@@ -41,8 +41,11 @@ const DOMAIN: &[u8] = b"warden-journal-v1\0";
 /// reading the clock in a loop is held to this many reads per run.
 pub const MAX_RECORDS: u64 = 1 << 20;
 
-/// Observations kept in memory before they go to the ledger with the next call.
+/// Entries kept in memory (observations, and the records and rows of reads) before they go
+/// to the ledger with the next effect: at most this many,
 const PENDING_FLUSH: usize = 256;
+/// and at most this many bytes of payload.
+const PENDING_FLUSH_BYTES: usize = 1 << 20;
 
 /// The `op` of a wall-clock read.
 pub const OP_WALL: &str = "clock.wall";
@@ -148,13 +151,22 @@ struct Replay {
 struct State {
     seq: u64,
     head: [u8; 32],
-    /// Observations not yet handed to the ledger.
-    pending: Vec<JournalRecord>,
+    /// Entries not yet handed to the ledger: observations, and reads' records and rows.
+    pending: Vec<Entry>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
     replay: Option<Replay>,
     divergence: Option<Divergence>,
     halt: Option<String>,
     /// The phase the guest is in.
     phase: &'static str,
+}
+
+impl State {
+    /// Whether the entries kept in memory reached their bound.
+    fn is_full(&self) -> bool {
+        self.pending.len() >= PENDING_FLUSH || self.pending_bytes >= PENDING_FLUSH_BYTES
+    }
 }
 
 /// The journal of one run.
@@ -293,6 +305,7 @@ impl Journal {
                 seq: 0,
                 head: genesis(run_id),
                 pending: Vec::new(),
+                pending_bytes: 0,
                 replay,
                 divergence: None,
                 halt: None,
@@ -480,18 +493,42 @@ impl Journal {
     /// the last call, then this answer) and the call's position and head.
     pub fn commit(&self, op: &str, args_digest: String, payload: Vec<u8>) -> Committed {
         let mut state = self.state.lock();
+        let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
+        let mut records = std::mem::take(&mut state.pending);
+        state.pending_bytes = 0;
+        records.push(Entry::Journal(record));
+        Committed { records, seq, head }
+    }
+
+    /// After a live read: its record joins the pending entries (see [`Journal::hold`]) instead
+    /// of being handed back; the call's position and head.
+    pub fn commit_held(&self, op: &str, args_digest: String, payload: Vec<u8>) -> (u64, String) {
+        let mut state = self.state.lock();
+        let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
+        state.pending_bytes = state.pending_bytes.saturating_add(record.payload.len());
+        state.pending.push(Entry::Journal(record));
+        (seq, head)
+    }
+
+    /// The next record, chained; past [`MAX_RECORDS`] the run is halted.
+    fn chain(
+        &self,
+        state: &mut State,
+        op: &str,
+        args_digest: String,
+        payload: Vec<u8>,
+    ) -> (u64, String, JournalRecord) {
         let seq = state.seq + 1;
         state.seq = seq;
         state.head = next_head(&state.head, seq, op, &args_digest, &payload);
         let head = head_text(&state.head);
         if seq >= MAX_RECORDS {
             self.halt(
-                &mut state,
+                state,
                 format!("the run's journal holds {MAX_RECORDS} records, its limit"),
             );
         }
-        let mut records = std::mem::take(&mut state.pending);
-        records.push(JournalRecord {
+        let record = JournalRecord {
             run_id: self.run_id.clone(),
             seq,
             phase: state.phase,
@@ -499,8 +536,8 @@ impl Journal {
             args_digest,
             payload,
             head: head.clone(),
-        });
-        Committed { records, seq, head }
+        };
+        (seq, head, record)
     }
 
     /// A nondeterministic input the guest observes: recorded live, answered from the journal
@@ -530,7 +567,8 @@ impl Journal {
         }
         let head = head_text(&state.head);
         let phase = state.phase;
-        state.pending.push(JournalRecord {
+        state.pending_bytes = state.pending_bytes.saturating_add(payload.len());
+        state.pending.push(Entry::Journal(JournalRecord {
             run_id: self.run_id.clone(),
             seq,
             phase,
@@ -538,17 +576,35 @@ impl Journal {
             args_digest: "sha256:-".to_string(),
             payload: payload.clone(),
             head,
-        });
-        let flush = state.pending.len() >= PENDING_FLUSH;
+        }));
+        let flush = state.is_full();
         ObservedValue::Recorded {
             value: payload,
             flush,
         }
     }
 
-    /// Observations not yet written, taken (the driver writes them at the end of a phase).
-    pub fn take_pending(&self) -> Vec<JournalRecord> {
-        std::mem::take(&mut self.state.lock().pending)
+    /// Entries not yet written, taken, oldest first: they go to the ledger before the next
+    /// effect, at each phase transition and at the end of the run.
+    pub fn take_pending(&self) -> Vec<Entry> {
+        let mut state = self.state.lock();
+        state.pending_bytes = 0;
+        std::mem::take(&mut state.pending)
+    }
+
+    /// Keep a read's rows (after its record, [`Journal::commit_held`]) with the pending
+    /// entries instead of handing them to the ledger now: a read forces no write, so reads
+    /// back to back cost the writer thread nothing until the next effect. Whether the pending
+    /// entries should go to the ledger now (they reached their bound).
+    pub fn hold(&self, entries: Vec<Entry>) -> bool {
+        let mut state = self.state.lock();
+        for entry in entries {
+            if let Entry::Journal(record) = &entry {
+                state.pending_bytes = state.pending_bytes.saturating_add(record.payload.len());
+            }
+            state.pending.push(entry);
+        }
+        state.is_full()
     }
 }
 
@@ -577,8 +633,9 @@ impl ObservedValue {
 
 /// What [`Journal::commit`] gives.
 pub struct Committed {
-    /// Records to write, in order, in the transaction of the call's rows.
-    pub records: Vec<JournalRecord>,
+    /// Entries to write, in order, in the transaction of the call's rows: those pending,
+    /// then this call's record.
+    pub records: Vec<Entry>,
     /// The call's position.
     pub seq: u64,
     /// The head after it.
@@ -588,7 +645,7 @@ pub struct Committed {
 /// The WASI clocks and random source of a run: each read goes through the run's journal.
 pub(crate) mod sources {
     use super::*;
-    use crate::ledger::{Entry, Ledger};
+    use crate::ledger::Ledger;
 
     /// Hands a batch of observations to the ledger without waiting (a WASI clock read is
     /// synchronous); a full queue keeps them for the next call.
@@ -599,21 +656,11 @@ pub(crate) mod sources {
         live: impl FnOnce() -> Vec<u8>,
     ) -> Vec<u8> {
         let (value, flush) = journal.observe(op, live).into_parts();
-        if flush {
-            let pending = journal.take_pending();
-            let entries: Vec<Entry> = pending.into_iter().map(Entry::Journal).collect();
-            if let Err(back) = ledger.try_append_all(entries) {
-                let mut state = journal.state.lock();
-                let mut kept: Vec<JournalRecord> = back
-                    .into_iter()
-                    .filter_map(|e| match e {
-                        Entry::Journal(r) => Some(r),
-                        _ => None,
-                    })
-                    .collect();
-                kept.append(&mut state.pending);
-                state.pending = kept;
-            }
+        if flush && let Err(mut back) = ledger.try_append_all(journal.take_pending()) {
+            // A full queue: kept, ahead of anything pending since, for the next call.
+            let mut state = journal.state.lock();
+            back.append(&mut state.pending);
+            state.pending = back;
         }
         value
     }
@@ -768,19 +815,7 @@ mod tests {
         let a = live.commit("state.get", args_digest(&("k",)), b"\"v\"".to_vec());
         let b = live.commit("state.set", args_digest(&("k", "w")), b"null".to_vec());
         assert_eq!((a.seq, b.seq), (1, 2));
-        let records: Vec<Recorded> = a
-            .records
-            .into_iter()
-            .chain(b.records)
-            .map(|r| Recorded {
-                seq: r.seq,
-                phase: r.phase.to_string(),
-                op: r.op.to_string(),
-                args_digest: r.args_digest,
-                payload: r.payload,
-                head: r.head,
-            })
-            .collect();
+        let records = recorded(vec![a, b]);
 
         let same = Journal::replaying("run-a", records.clone(), PastEnd::Halt);
         assert!(
@@ -818,10 +853,20 @@ mod tests {
         assert_ne!(d.expected, d.actual);
     }
 
+    fn journal_records(entries: Vec<Entry>) -> Vec<JournalRecord> {
+        entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Journal(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn recorded(committed: Vec<Committed>) -> Vec<Recorded> {
         committed
             .into_iter()
-            .flat_map(|c| c.records)
+            .flat_map(|c| journal_records(c.records))
             .map(|r| Recorded {
                 seq: r.seq,
                 phase: r.phase.to_string(),
@@ -880,13 +925,44 @@ mod tests {
         let (v, flush) = j.observe(OP_RANDOM, || vec![7; 4]).into_parts();
         assert_eq!((v, flush), (vec![7; 4], false));
         let c = j.commit("state.get", args_digest(&("k",)), b"null".to_vec());
-        assert_eq!(c.records.len(), 2);
-        assert_eq!(c.records[0].op, OP_RANDOM);
-        assert_eq!(c.seq, 2);
+        let (seq, head_after) = (c.seq, c.head.clone());
+        let records = journal_records(c.records);
+        assert_eq!(records.len(), 2);
+        assert_eq!(&*records[0].op, OP_RANDOM);
+        assert_eq!(seq, 2);
         let mut head = genesis("run-b");
-        for r in &c.records {
+        for r in &records {
             head = next_head(&head, r.seq, &r.op, &r.args_digest, &r.payload);
         }
-        assert_eq!(head_text(&head), c.head);
+        assert_eq!(head_text(&head), head_after);
+    }
+
+    #[test]
+    fn held_reads_ride_with_the_next_commit_in_order_and_are_bounded() {
+        let j = Journal::recording("run-c");
+        let (seq, _) = j.commit_held("state.get", args_digest(&("k",)), b"null".to_vec());
+        assert_eq!(seq, 1);
+        assert!(!j.hold(Vec::new()), "one read is far from the bound");
+        let effect = j.commit("state.set", args_digest(&("k", "v")), b"null".to_vec());
+        let ops: Vec<String> = journal_records(effect.records)
+            .iter()
+            .map(|r| r.op.to_string())
+            .collect();
+        assert_eq!(ops, ["state.get", "state.set"], "the held read goes first");
+        assert!(j.take_pending().is_empty());
+        // Bounded by count and by payload bytes.
+        let mut full = false;
+        for _ in 0..PENDING_FLUSH {
+            let _ = j.commit_held("state.get", args_digest(&("k",)), b"null".to_vec());
+            full = j.hold(Vec::new());
+        }
+        assert!(full, "{PENDING_FLUSH} held entries are the bound");
+        assert_eq!(j.take_pending().len(), PENDING_FLUSH);
+        let _ = j.commit_held(
+            "artifacts.get",
+            args_digest(&("a",)),
+            vec![0; PENDING_FLUSH_BYTES],
+        );
+        assert!(j.hold(Vec::new()), "a megabyte of payload is the bound");
     }
 }

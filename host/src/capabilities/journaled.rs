@@ -146,7 +146,10 @@ impl AgentCtx {
             }
         }
         self.gov.open_call(op);
-        crate::fault::point(crate::fault::When::Before);
+        crate::fault::point(crate::fault::When::Before).await;
+        if journal::is_effect(op) {
+            crate::fault::effect_begins();
+        }
         Before::Live(args)
     }
 
@@ -161,13 +164,30 @@ impl AgentCtx {
         if run.journal.is_off() {
             return;
         }
-        let committed = run.journal.commit(op, args, C::encode(result));
         let mut rows = self.gov.close_call();
+        // An effect's record is committed before its answer reaches the guest: a run killed
+        // between two calls resumes knowing every effect it made.
+        let every_call = self.gov.services.call_durability == CallDurability::EveryCall;
+        let durable =
+            every_call || (journal::is_effect(op) && self.gov.services.ledger.is_persistent());
+        // A read that broke no rule waits in memory for the next effect, transition or the
+        // end of the run: reads back to back wake the ledger's writer once per batch, not per
+        // call. A violation is handed over at once.
+        let held = !durable
+            && !journal::is_effect(op)
+            && !rows.iter().any(|e| matches!(e, Entry::Violation(_)));
+        let (seq, head, mut entries) = if held {
+            let (seq, head) = run.journal.commit_held(op, args, C::encode(result));
+            (seq, head, Vec::new())
+        } else {
+            let committed = run.journal.commit(op, args, C::encode(result));
+            (committed.seq, committed.head, committed.records)
+        };
         let mut anchored = false;
         for row in &mut rows {
             if let Entry::Action(record) = row {
-                record.call_seq = Some(committed.seq);
-                record.result_digest = Some(committed.head.clone().into());
+                record.call_seq = Some(seq);
+                record.result_digest = Some(head.clone().into());
                 anchored = true;
             }
         }
@@ -179,16 +199,18 @@ impl AgentCtx {
                 let (kind, message) = crate::governance::wit_error_parts(error);
                 record = record.failed(kind, message.to_string());
             }
-            record.call_seq = Some(committed.seq);
-            record.result_digest = Some(committed.head.clone().into());
+            record.call_seq = Some(seq);
+            record.result_digest = Some(head.into());
             rows.push(Entry::Action(record));
         }
-        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        if held {
+            if run.journal.hold(rows) {
+                self.flush_journal().await;
+            }
+            crate::fault::point(crate::fault::When::After).await;
+            return;
+        }
         entries.append(&mut rows);
-        // An effect's record is committed before its answer reaches the guest: a run killed
-        // between two calls resumes knowing every effect it made.
-        let durable = self.gov.services.call_durability == CallDurability::EveryCall
-            || (journal::is_effect(op) && self.gov.services.ledger.is_persistent());
         if let Err(error) = self
             .gov
             .services
@@ -198,7 +220,10 @@ impl AgentCtx {
         {
             tracing::error!(%error, "cannot record call");
         }
-        crate::fault::point(crate::fault::When::After);
+        if journal::is_effect(op) {
+            crate::fault::effect_ends();
+        }
+        crate::fault::point(crate::fault::When::After).await;
     }
 
     /// Before an external effect `op` starts (a tool run): its intent, committed, so a run
@@ -225,7 +250,7 @@ impl AgentCtx {
             .details(details);
         record.call_seq = Some(committed.seq);
         record.result_digest = Some(committed.head.into());
-        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         let durable = self.gov.services.ledger.is_persistent();
         self.gov
@@ -242,7 +267,7 @@ impl AgentCtx {
         if pending.is_empty() {
             return;
         }
-        let entries = pending.into_iter().map(Entry::Journal).collect();
+        let entries = pending;
         let ledger = Arc::clone(&self.gov.services).ledger.clone();
         if let Err(error) = ledger.append_all_async(entries, false).await {
             tracing::error!(%error, "cannot record observations");

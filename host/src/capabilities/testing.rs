@@ -224,6 +224,15 @@ impl TestAgent {
     }
 
     fn rows(&self, table: Table) -> Vec<crate::ledger::LedgerRow> {
+        // Reads' rows wait in the journal for the next effect; a test reads them now.
+        let held = self.ctx.gov.run.journal.take_pending();
+        if !held.is_empty() {
+            self.services
+                .ledger
+                .try_append_all(held)
+                .map_err(|_| "the ledger's queue is full")
+                .expect("held rows");
+        }
         self.services.ledger.flush().expect("ledger flush");
         self.services
             .ledger

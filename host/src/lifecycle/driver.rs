@@ -274,6 +274,13 @@ impl Driver {
         if self.run.is_revoked() {
             return Err(Stop::Revoked);
         }
+        // The reads of the phase that ended go to the ledger before the next one's rows.
+        let held = self.run.journal.take_pending();
+        if !held.is_empty()
+            && let Err(error) = self.services.ledger.append_all_async(held, false).await
+        {
+            tracing::error!(%error, "cannot record the phase's reads");
+        }
         self.run.set_phase(phase);
         let checkpoint = Checkpoint {
             phase: phase.as_str().to_string(),
@@ -491,7 +498,7 @@ impl Driver {
             .phase(phase.as_str());
         record.call_seq = Some(committed.seq);
         record.result_digest = Some(committed.head.into());
-        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
             tracing::error!(%error, "cannot record the phase result");
@@ -921,6 +928,7 @@ impl Driver {
             crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
             crate::journal::Begin::Live => {}
         }
+        crate::fault::effect_begins();
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await
@@ -947,6 +955,7 @@ impl Driver {
         }
         self.journal_host(op, args, Vec::new(), name.to_string(), true)
             .await;
+        crate::fault::effect_ends();
     }
 
     /// A record of the host's own (an artifact it wrote, what it found), chained by a row
@@ -965,7 +974,7 @@ impl Driver {
             .phase(self.run.phase().as_str());
         record.call_seq = Some(committed.seq);
         record.result_digest = Some(committed.head.into());
-        let mut entries: Vec<Entry> = committed.records.into_iter().map(Entry::Journal).collect();
+        let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         let services = self.services.clone();
         let durable = durable && services.ledger.is_persistent();
@@ -1195,11 +1204,7 @@ impl Driver {
         );
         // The last observations ride with the end row, which vouches for the whole journal.
         let journal = &self.run.journal;
-        let mut entries: Vec<Entry> = journal
-            .take_pending()
-            .into_iter()
-            .map(Entry::Journal)
-            .collect();
+        let mut entries: Vec<Entry> = journal.take_pending();
         if let Entry::Action(record) = &mut end
             && !journal.is_empty()
         {
