@@ -381,6 +381,16 @@ pub enum ResumeError {
         /// `success` or `failure`.
         outcome: String,
     },
+    /// A new start of a task that was started and did not end.
+    #[error(
+        "TASK_INTERRUPTED: task `{task}` was started (ledger row {row}) and did not end; its blackboard, messages and proposals are still there, so it is not started again: go on with it with `warden orchestrate --resume {task}`, or start a new task under another `--task` id"
+    )]
+    TaskInterrupted {
+        /// The task.
+        task: String,
+        /// Its `orchestrator.start` row.
+        row: u64,
+    },
     /// The process orchestrating the task may still be running it.
     #[error(
         "TASK_STILL_ACTIVE: task `{task}` is still orchestrated by {holder}; it is resumed only once that process is gone"
@@ -404,6 +414,7 @@ impl ResumeError {
             ResumeError::UnknownTask { .. } => "UNKNOWN_TASK",
             ResumeError::TaskNotInterrupted { .. } => "TASK_NOT_INTERRUPTED",
             ResumeError::TaskStillActive { .. } => "TASK_STILL_ACTIVE",
+            ResumeError::TaskInterrupted { .. } => "TASK_INTERRUPTED",
         }
     }
 }

@@ -495,6 +495,15 @@ impl Host {
     /// Run a multi-agent task: see [the module](crate::orchestrator).
     pub async fn orchestrate(&self, spec: &TaskSpec) -> Result<TaskMetrics, Error> {
         let task = spec.validate()?;
+        // Its blackboard, messages and proposals are still there: a second start would mix
+        // them into a new run of the task.
+        if let Some(row) = unended_start(&self.ledger(), &task)? {
+            return Err(ResumeError::TaskInterrupted {
+                task: task.to_string(),
+                row,
+            }
+            .into());
+        }
         // Everything that can be refused is refused before anything starts.
         let mut components = HashMap::new();
         for agent in spec.agents.iter().chain(&spec.mediator) {
@@ -618,19 +627,10 @@ impl Host {
     pub async fn resume_task(&self, task: &str) -> Result<TaskMetrics, Error> {
         let task = TaskId::new(task)?;
         let ledger = self.ledger();
-        let rows = ledger.query(&LedgerQuery {
-            table: Some(Table::Actions),
-            agent_id: Some(ORCHESTRATOR_ID.to_string()),
-            task_id: Some(task.to_string()),
-            ..LedgerQuery::default()
-        })?;
-        let unknown = || ResumeError::UnknownTask {
+        let rows = orchestrator_rows(&ledger, &task)?;
+        let start_at = last_start(&rows).ok_or_else(|| ResumeError::UnknownTask {
             task: task.to_string(),
-        };
-        let start_at = rows
-            .iter()
-            .rposition(|row| row.kind == "orchestrator.start")
-            .ok_or_else(unknown)?;
+        })?;
         let (start, later) = (&rows[start_at], &rows[start_at + 1..]);
         let details = |row: &LedgerRow| {
             row.fields
@@ -808,6 +808,34 @@ impl Host {
         }
         run.monitor(runs).await
     }
+}
+
+/// The orchestrator's own rows of `task`, oldest first.
+fn orchestrator_rows(
+    ledger: &crate::ledger::Ledger,
+    task: &TaskId,
+) -> Result<Vec<LedgerRow>, Error> {
+    Ok(ledger.query(&LedgerQuery {
+        table: Some(Table::Actions),
+        agent_id: Some(ORCHESTRATOR_ID.to_string()),
+        task_id: Some(task.to_string()),
+        ..LedgerQuery::default()
+    })?)
+}
+
+/// Where the task's latest start is in `rows`.
+fn last_start(rows: &[LedgerRow]) -> Option<usize> {
+    rows.iter()
+        .rposition(|row| row.kind == "orchestrator.start")
+}
+
+/// The ledger row of the task's latest start if no `task.metrics` row ended it: an
+/// interrupted (or still running) task.
+fn unended_start(ledger: &crate::ledger::Ledger, task: &TaskId) -> Result<Option<u64>, Error> {
+    let rows = orchestrator_rows(ledger, task)?;
+    Ok(last_start(&rows)
+        .filter(|&at| !rows[at + 1..].iter().any(|row| row.kind == "task.metrics"))
+        .map(|at| rows[at].seq))
 }
 
 /// The result of a run that ended before its task was interrupted, from its `runs` row.

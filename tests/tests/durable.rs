@@ -562,6 +562,11 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
             "before:{at}: the host was not killed (status {:?}); the fault points need `--features fault-points`, which `cargo xtask test` enables",
             out.status
         );
+        if k == 1 {
+            // Not started again over its own leftovers.
+            let again = orchestrate(data, &task, None);
+            assert_eq!(json(&again)["code"], "TASK_INTERRUPTED", "{}", json(&again));
+        }
         let out = warden(
             data,
             state.as_deref(),
