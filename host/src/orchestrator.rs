@@ -497,7 +497,7 @@ impl Host {
         let task = spec.validate()?;
         // Its blackboard, messages and proposals are still there: a second start would mix
         // them into a new run of the task.
-        if let Some(row) = unended_start(&self.ledger(), &task)? {
+        if let Some(row) = unended_start(self.ledger(), &task)? {
             return Err(ResumeError::TaskInterrupted {
                 task: task.to_string(),
                 row,
@@ -627,7 +627,7 @@ impl Host {
     pub async fn resume_task(&self, task: &str) -> Result<TaskMetrics, Error> {
         let task = TaskId::new(task)?;
         let ledger = self.ledger();
-        let rows = orchestrator_rows(&ledger, &task)?;
+        let rows = orchestrator_rows(ledger, &task)?;
         let start_at = last_start(&rows).ok_or_else(|| ResumeError::UnknownTask {
             task: task.to_string(),
         })?;
