@@ -30,12 +30,31 @@ mod armed {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     static IN_EFFECT: AtomicU64 = AtomicU64::new(0);
 
-    pub(crate) fn effect_begins() {
-        IN_EFFECT.fetch_add(1, Ordering::SeqCst);
+    /// A host effect in flight, from its body to its record.
+    pub(crate) struct Effect(());
+
+    impl Effect {
+        /// Call `op`'s, if it is an effect.
+        pub(crate) fn begin(op: &str) -> Option<Effect> {
+            crate::journal::is_effect(op).then(Effect::host_step)
+        }
+
+        /// One of the host's own effects (an artifact it writes).
+        pub(crate) fn host_step() -> Effect {
+            IN_EFFECT.fetch_add(1, Ordering::SeqCst);
+            Effect(())
+        }
+
+        /// The effect's record was handed to the ledger (a cancelled call ends it by drop).
+        pub(crate) fn end(effect: Option<Effect>) {
+            drop(effect);
+        }
     }
 
-    pub(crate) fn effect_ends() {
-        IN_EFFECT.fetch_sub(1, Ordering::SeqCst);
+    impl Drop for Effect {
+        fn drop(&mut self) {
+            IN_EFFECT.fetch_sub(1, Ordering::SeqCst);
+        }
     }
     static PLAN: OnceLock<Option<(When, u64)>> = OnceLock::new();
 
@@ -76,19 +95,30 @@ mod armed {
 }
 
 #[cfg(feature = "fault-points")]
-pub(crate) use armed::{effect_begins, effect_ends, point};
+pub(crate) use armed::{Effect, point};
 
 /// Without the feature there is no fault point.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
 pub(crate) async fn point(_when: When) {}
 
-/// A host effect starts (its backend write, then its record): a kill waits for its end.
+/// A host effect in flight, from its body to its record: a kill waits for its end. Without
+/// the feature, nothing.
 #[cfg(not(feature = "fault-points"))]
-#[inline(always)]
-pub(crate) fn effect_begins() {}
+pub(crate) struct Effect;
 
-/// The host effect's record was handed to the ledger.
 #[cfg(not(feature = "fault-points"))]
-#[inline(always)]
-pub(crate) fn effect_ends() {}
+impl Effect {
+    #[inline(always)]
+    pub(crate) fn begin(_op: &str) -> Option<Effect> {
+        None
+    }
+
+    #[inline(always)]
+    pub(crate) fn host_step() -> Effect {
+        Effect
+    }
+
+    #[inline(always)]
+    pub(crate) fn end(_effect: Option<Effect>) {}
+}

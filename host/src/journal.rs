@@ -219,25 +219,6 @@ impl std::io::Write for HashWriter {
     }
 }
 
-/// The highest message id in the recorded answers of `messaging.receive` (0: none).
-fn last_received(records: &[Recorded]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: u64,
-    }
-    records
-        .iter()
-        .filter(|r| r.op == "messaging.receive")
-        .filter_map(|r| {
-            serde_json::from_slice::<Result<Vec<Id>, serde_json::Value>>(&r.payload).ok()
-        })
-        .filter_map(Result::ok)
-        .flatten()
-        .map(|m| m.id)
-        .max()
-        .unwrap_or(0)
-}
-
 /// The first head of run `run_id`'s journal.
 pub fn genesis(run_id: &str) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -277,21 +258,24 @@ impl Journal {
 
     /// A journal that answers from `records` (in order) and does `past_end` after them.
     pub fn replaying(run_id: &str, records: Vec<Recorded>, past_end: PastEnd) -> Journal {
-        let rewind = (past_end == PastEnd::Live).then(|| last_received(&records));
-        let journal = Journal::new(
+        Journal::new(
             run_id,
             Some(Replay {
                 records: records.into(),
                 past_end,
                 answered: 0,
             }),
-        );
-        *journal.inbox_rewind.lock() = rewind;
-        journal
+        )
     }
 
-    /// Once, for a run that goes live past its journal: the id of the last message the guest
-    /// was answered with (0: none). The store's inbox cursor may be past it — a receive whose
+    /// Set what [`Journal::take_inbox_rewind`] gives a resumed run: the id of the last
+    /// message its journal answered the guest with (0: none).
+    pub fn set_inbox_rewind(&self, after: u64) {
+        *self.inbox_rewind.lock() = Some(after);
+    }
+
+    /// Once, for a resumed run ([`Journal::set_inbox_rewind`]): the id of the last message
+    /// the guest was answered with (0: none). The store's inbox cursor may be past it — a receive whose
     /// answer was lost with the process still moved it — so the first live receive starts
     /// there, and a message the guest never saw is delivered, not lost.
     pub fn take_inbox_rewind(&self) -> Option<u64> {
@@ -769,47 +753,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_resumed_journal_rewinds_the_inbox_once_to_the_last_message_the_guest_saw() {
-        let record = |seq, op: &str, payload: &str| Recorded {
-            seq,
-            phase: "EXECUTE".into(),
-            op: op.into(),
-            args_digest: args_digest(&(0,)),
-            payload: payload.as_bytes().to_vec(),
-            head: String::new(),
-        };
-        let records = vec![
-            record(
-                1,
-                "messaging.receive",
-                r#"{"Ok":[{"id":3,"body":"a"},{"id":5,"body":"b"}]}"#,
-            ),
-            record(2, "state.get", r#"{"Ok":{"id":9}}"#),
-            record(3, "messaging.receive", r#"{"Ok":[]}"#),
-            record(4, "messaging.receive", r#"{"Err":{"Unavailable":"x"}}"#),
-        ];
-        let resumed = Journal::replaying("run-a", records.clone(), PastEnd::Live);
-        assert_eq!(resumed.take_inbox_rewind(), Some(5));
-        assert_eq!(
-            resumed.take_inbox_rewind(),
-            None,
-            "only the first receive rewinds"
-        );
-        let nothing_read = Journal::replaying("run-a", records[1..2].to_vec(), PastEnd::Live);
-        assert_eq!(
-            nothing_read.take_inbox_rewind(),
-            Some(0),
-            "nothing seen: from the start"
-        );
-        // A replay never goes live, and a fresh run's cursor is the store's.
-        assert_eq!(
-            Journal::replaying("run-a", records, PastEnd::Halt).take_inbox_rewind(),
-            None
-        );
-        assert_eq!(Journal::recording("run-b").take_inbox_rewind(), None);
-    }
-
-    #[test]
     fn a_replay_answers_in_order_and_finds_the_first_divergence() {
         let live = Journal::recording("run-a");
         let a = live.commit("state.get", args_digest(&("k",)), b"\"v\"".to_vec());
@@ -935,6 +878,19 @@ mod tests {
             head = next_head(&head, r.seq, &r.op, &r.args_digest, &r.payload);
         }
         assert_eq!(head_text(&head), head_after);
+    }
+
+    #[test]
+    fn an_inbox_rewind_is_taken_once() {
+        let j = Journal::replaying("run-r", Vec::new(), PastEnd::Live);
+        assert_eq!(j.take_inbox_rewind(), None, "only a resume sets one");
+        j.set_inbox_rewind(5);
+        assert_eq!(j.take_inbox_rewind(), Some(5));
+        assert_eq!(
+            j.take_inbox_rewind(),
+            None,
+            "only the first receive rewinds"
+        );
     }
 
     #[test]

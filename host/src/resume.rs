@@ -332,7 +332,9 @@ impl crate::Host {
         {
             records.push(answer);
         }
+        let last_seen = crate::capabilities::last_received(&records);
         let journal = Arc::new(Journal::replaying(run.as_str(), records, PastEnd::Live));
+        journal.set_inbox_rewind(last_seen);
         lifecycle::run(
             services.clone(),
             self.sandbox.clone(),

@@ -586,6 +586,19 @@ fn orchestrate_prints_metrics_and_task_show_the_tally() {
         "{text}"
     );
 
+    // A task that ended is not resumed; a resume takes the task's own settings, so a flag
+    // that would change them is refused, not ignored.
+    let out = run(&["--json", "orchestrate", "--resume", "cli-multi"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["code"], "TASK_NOT_INTERRUPTED", "{}", json(&out));
+    let out = run(&["orchestrate", "--resume", "cli-multi", "--timeout", "5"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--timeout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // An agent that is not registered: refused before anything runs (exit 3).
     let out = run(&[
         "orchestrate",

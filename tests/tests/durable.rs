@@ -34,6 +34,16 @@ fn warden(data: &Path, state: Option<&str>, args: &[&str]) -> Output {
     command(data, state, args).output().unwrap()
 }
 
+/// `output`, after checking its command succeeded.
+fn succeeded(output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
@@ -52,7 +62,7 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
     let data = dir.path();
     let hello = warden_tests::agents_dir().join("hello.wasm");
     let hello = hello.to_str().unwrap();
-    let out = warden(
+    succeeded(warden(
         data,
         Some(&url),
         &[
@@ -64,12 +74,7 @@ fn a_run_on_redis_killed_mid_way_resumes_once_and_replays_with_redis_down() {
             "--component",
             hello,
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ));
     let packet = data.join("arch.json");
     std::fs::write(
         &packet,
@@ -319,7 +324,7 @@ write_paths = ["{out}"]
         command.output().unwrap()
     };
     let start = |id: &str, fault: Option<&str>| -> Output {
-        let out = cli(
+        succeeded(cli(
             &[
                 "agents",
                 "register",
@@ -330,12 +335,7 @@ write_paths = ["{out}"]
                 &probe,
             ],
             None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ));
         let script = format!(
             "probe: state.set a 1; art.put out.md hello world; bb.write solutions k v; msg.broadcast note hi; vote.propose-to p reviewer - merge it; note done; tool append {id}; state.set b 2; bb.read solutions k"
         );
@@ -480,7 +480,7 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
         let dir = tempfile::tempdir().unwrap();
         for (id, tier) in [("alpha", "T1"), ("beta", "T1"), ("gamma", "T2")] {
             let component = warden_tests::agents_dir().join(format!("{id}.wasm"));
-            let out = warden(
+            succeeded(warden(
                 dir.path(),
                 state.as_deref(),
                 &[
@@ -494,12 +494,7 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
                     "--component",
                     component.to_str().unwrap(),
                 ],
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ));
         }
         dir
     };

@@ -147,9 +147,6 @@ impl AgentCtx {
         }
         self.gov.open_call(op);
         crate::fault::point(crate::fault::When::Before).await;
-        if journal::is_effect(op) {
-            crate::fault::effect_begins();
-        }
         Before::Live(args)
     }
 
@@ -167,15 +164,13 @@ impl AgentCtx {
         let mut rows = self.gov.close_call();
         // An effect's record is committed before its answer reaches the guest: a run killed
         // between two calls resumes knowing every effect it made.
+        let effect = journal::is_effect(op);
         let every_call = self.gov.services.call_durability == CallDurability::EveryCall;
-        let durable =
-            every_call || (journal::is_effect(op) && self.gov.services.ledger.is_persistent());
+        let durable = every_call || (effect && self.gov.services.ledger.is_persistent());
         // A read that broke no rule waits in memory for the next effect, transition or the
         // end of the run: reads back to back wake the ledger's writer once per batch, not per
         // call. A violation is handed over at once.
-        let held = !durable
-            && !journal::is_effect(op)
-            && !rows.iter().any(|e| matches!(e, Entry::Violation(_)));
+        let held = !durable && !effect && !rows.iter().any(|e| matches!(e, Entry::Violation(_)));
         let (seq, head, mut entries) = if held {
             let (seq, head) = run.journal.commit_held(op, args, C::encode(result));
             (seq, head, Vec::new())
@@ -207,7 +202,6 @@ impl AgentCtx {
             if run.journal.hold(rows) {
                 self.flush_journal().await;
             }
-            crate::fault::point(crate::fault::When::After).await;
             return;
         }
         entries.append(&mut rows);
@@ -220,10 +214,6 @@ impl AgentCtx {
         {
             tracing::error!(%error, "cannot record call");
         }
-        if journal::is_effect(op) {
-            crate::fault::effect_ends();
-        }
-        crate::fault::point(crate::fault::When::After).await;
     }
 
     /// Before an external effect `op` starts (a tool run): its intent, committed, so a run

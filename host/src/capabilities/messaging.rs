@@ -99,6 +99,20 @@ fn kind_of(name: &str) -> Kind {
     }
 }
 
+/// The highest message id in a journal's recorded answers to `messaging.receive` (0: none):
+/// where a resumed run's inbox starts again ([`crate::journal::Journal::take_inbox_rewind`]).
+pub(crate) fn last_received(records: &[crate::journal::Recorded]) -> u64 {
+    records
+        .iter()
+        .filter(|r| r.op == "messaging.receive")
+        .filter_map(|r| serde_json::from_slice::<Result<Vec<Message>, WitError>>(&r.payload).ok())
+        .filter_map(Result::ok)
+        .flatten()
+        .map(|m| m.id)
+        .max()
+        .unwrap_or(0)
+}
+
 fn to_wit(message: crate::state::Message) -> Message {
     Message {
         id: message.id,
@@ -276,6 +290,36 @@ mod tests {
     use super::*;
     use crate::capabilities::testing::{TestEnv, tiers_with};
     use crate::tier::Tier;
+
+    #[test]
+    fn a_resume_starts_the_inbox_after_the_last_message_its_journal_answered() {
+        let message = |id| Message {
+            id,
+            sender: "alpha".into(),
+            recipient: None,
+            kind: Kind::Proposal,
+            body: "b".into(),
+            sent_at: String::new(),
+        };
+        let record = |seq, op: &str, answer: &Result<Vec<Message>, WitError>| {
+            crate::journal::Recorded {
+                seq,
+                phase: "EXECUTE".into(),
+                op: op.into(),
+                args_digest: String::new(),
+                payload: serde_json::to_vec(answer).unwrap(),
+                head: String::new(),
+            }
+        };
+        let records = [
+            record(1, "messaging.receive", &Ok(vec![message(3), message(5)])),
+            record(2, "state.get", &Ok(vec![message(9)])),
+            record(3, "messaging.receive", &Ok(Vec::new())),
+            record(4, "messaging.receive", &Err(WitError::Unavailable("x".into()))),
+        ];
+        assert_eq!(last_received(&records), 5, "another op's answer does not count");
+        assert_eq!(last_received(&records[1..]), 0, "nothing seen: from the start");
+    }
 
     #[tokio::test]
     async fn a_message_reaches_its_recipient_once() {

@@ -34,9 +34,13 @@ macro_rules! journal_call {
         {
             super::journaled::Before::Answer(answer) => answer,
             super::journaled::Before::Live(args) => {
+                // Held from the body through its record (dropped if the call is cancelled).
+                let effect = crate::fault::Effect::begin($op);
                 let result = async $body.await;
                 $ctx.journal_after::<_, super::journaled::$codec>($op, args, &result)
                     .await;
+                crate::fault::Effect::end(effect);
+                crate::fault::point(crate::fault::When::After).await;
                 result
             }
         }
@@ -101,6 +105,7 @@ macro_rules! registry {
 with_capabilities!(registry);
 
 pub(crate) use artifacts::check_write as check_artifact_write;
+pub(crate) use messaging::last_received;
 
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot
 /// be called, whatever the component was built against. `wasi:filesystem/types` is

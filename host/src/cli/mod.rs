@@ -138,7 +138,8 @@ enum Command {
         /// Resume interrupted task TASK as it was started (its agents, mediator and
         /// thresholds); refused for a task that ended or is still running.
         #[arg(long, value_name = "TASK", conflicts_with_all = [
-            "objective", "agents", "mediator", "task", "complexity", "max_parallel", "proposer_votes"
+            "objective", "agents", "mediator", "task", "timeout", "complexity", "max_parallel",
+            "quorum", "proposer_votes"
         ])]
         resume: Option<String>,
         /// The registered agent to spawn when a condition fires.
@@ -147,18 +148,18 @@ enum Command {
         /// Task id (default: `task-<random>`).
         #[arg(long)]
         task: Option<String>,
-        /// Seconds the whole task may take.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Seconds the whole task may take (default 120).
+        #[arg(long)]
+        timeout: Option<u64>,
         /// Initial complexity score, written to the blackboard.
         #[arg(long)]
         complexity: Option<f64>,
         /// Run at most this many agents at once (default: all).
         #[arg(long)]
         max_parallel: Option<usize>,
-        /// Votes a proposal needs before it can reach consensus.
-        #[arg(long, default_value_t = warden::state::coordination::DEFAULT_QUORUM)]
-        quorum: u32,
+        /// Votes a proposal needs before it can reach consensus (default 2).
+        #[arg(long)]
+        quorum: Option<u32>,
         /// Let a proposer vote on its own proposals, and count that vote (default: off).
         #[arg(long)]
         proposer_votes: bool,
@@ -485,12 +486,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));
                 let objective = objective.unwrap_or_default();
                 let mut spec = warden::orchestrator::TaskSpec::new(task, objective, agents)
-                    .timeout(Duration::from_secs(timeout))
+                    .timeout(Duration::from_secs(timeout.unwrap_or(120)))
                     .conditions(cx.config.orchestrator.clone().unwrap_or_default());
                 spec.mediator = mediator;
                 spec.complexity = complexity;
                 spec.max_parallel = max_parallel;
-                spec.quorum = quorum;
+                spec.quorum = quorum.unwrap_or(spec.quorum);
                 spec.proposer_votes = proposer_votes;
                 host.orchestrate(&spec).await?
             };

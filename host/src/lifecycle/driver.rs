@@ -928,7 +928,7 @@ impl Driver {
             crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
             crate::journal::Begin::Live => {}
         }
-        crate::fault::effect_begins();
+        let _effect = crate::fault::Effect::host_step();
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await
@@ -955,7 +955,6 @@ impl Driver {
         }
         self.journal_host(op, args, Vec::new(), name.to_string(), true)
             .await;
-        crate::fault::effect_ends();
     }
 
     /// A record of the host's own (an artifact it wrote, what it found), chained by a row
