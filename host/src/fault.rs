@@ -3,46 +3,46 @@
 //!
 //! `WARDEN_FAULT_KILL=before:<n>` sends the process SIGKILL just before the body of its
 //! `n`th live capability call runs (every record before an effect is committed by then);
-//! `after:<n>` just after that call's records were handed to the ledger (committed, for an
-//! effect), before the guest sees its answer. Calls are counted per process, from 1.
+//! `inside:<n>` just after the body ran (a write is committed in the state store, a tool has
+//! run) and before its record is handed to the ledger — the window a write's receipt
+//! ([`Once`](crate::state::Once)) closes and a tool's intent marks; `after:<n>` just after
+//! that call's records were handed to the ledger (committed, for an effect), before the guest
+//! sees its answer. Calls are counted per process, from 1.
 //!
-//! The kill lands at a boundary of every call in flight: with several agents in one process
-//! (an orchestrated task) it waits until no other agent is inside a host effect, between the
-//! state store's commit and the ledger's. That window is a known gap (the effect and its
-//! record are in two stores), not what these points prove.
-
-/// Where in a call a fault point sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum When {
-    /// Before the call's body runs.
-    Before,
-    /// After its records were handed to the ledger.
-    After,
-}
+//! With several agents in one process (an orchestrated task) the kill lands wherever the
+//! others are, except inside a tool run: it waits (at most 5 s) until none is running, since
+//! an interrupted tool needs an operator's decision to resume, which a task test does not
+//! make.
 
 #[cfg(feature = "fault-points")]
 mod armed {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use super::When;
+    /// Where in a call a fault point sits.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum When {
+        /// Before the call's body runs.
+        Before,
+        /// After its body ran, before its records were handed to the ledger.
+        Inside,
+        /// After its records were handed to the ledger.
+        After,
+    }
 
     static CALLS: AtomicU64 = AtomicU64::new(0);
     static IN_EFFECT: AtomicU64 = AtomicU64::new(0);
 
-    /// A host effect in flight, from its body to its record.
+    /// An external effect in flight (a tool run), from its body to its record.
     pub(crate) struct Effect(());
 
     impl Effect {
-        /// Call `op`'s, if it is an effect.
+        /// Call `op`'s, if it is an external effect.
         pub(crate) fn begin(op: &str) -> Option<Effect> {
-            crate::journal::is_effect(op).then(Effect::host_step)
-        }
-
-        /// One of the host's own effects (an artifact it writes).
-        pub(crate) fn host_step() -> Effect {
-            IN_EFFECT.fetch_add(1, Ordering::SeqCst);
-            Effect(())
+            crate::journal::intent_of(op).map(|_| {
+                IN_EFFECT.fetch_add(1, Ordering::SeqCst);
+                Effect(())
+            })
         }
 
         /// The effect's record was handed to the ledger (a cancelled call ends it by drop).
@@ -64,6 +64,7 @@ mod armed {
             let (when, n) = value.split_once(':')?;
             let when = match when {
                 "before" => When::Before,
+                "inside" => When::Inside,
                 "after" => When::After,
                 _ => return None,
             };
@@ -71,19 +72,38 @@ mod armed {
         })
     }
 
-    pub(crate) async fn point(when: When) {
+    /// Before a live call's body: its number (from 1, per process), after a kill at
+    /// `before:<n>`.
+    pub(crate) async fn before() -> u64 {
+        if plan().is_none() {
+            return 0;
+        }
+        let call = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        kill_at(When::Before, call, 0).await;
+        call
+    }
+
+    /// After call `call`'s body, before its records (`inside:<n>`); `effect` is its own tool
+    /// run, if it is one (not waited for).
+    pub(crate) async fn inside(call: u64, effect: &Option<Effect>) {
+        kill_at(When::Inside, call, u64::from(effect.is_some())).await;
+    }
+
+    /// After call `call`'s records were handed to the ledger (`after:<n>`).
+    pub(crate) async fn after(call: u64) {
+        kill_at(When::After, call, 0).await;
+    }
+
+    /// SIGKILL if the plan names `when` of `call`, once no tool run but `own` is in flight.
+    async fn kill_at(when: When, call: u64, own: u64) {
         let Some((kill_when, at)) = plan() else {
             return;
         };
-        let call = match when {
-            When::Before => CALLS.fetch_add(1, Ordering::SeqCst) + 1,
-            When::After => CALLS.load(Ordering::SeqCst),
-        };
         if when == kill_when && call == at {
-            // Every other call in flight at a boundary too (bounded: a stuck effect does not
-            // keep the process alive).
+            // No other agent's tool mid-run (bounded: a stuck tool does not keep the process
+            // alive).
             for _ in 0..5_000 {
-                if IN_EFFECT.load(Ordering::SeqCst) == 0 {
+                if IN_EFFECT.load(Ordering::SeqCst) <= own {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -95,15 +115,27 @@ mod armed {
 }
 
 #[cfg(feature = "fault-points")]
-pub(crate) use armed::{Effect, point};
+pub(crate) use armed::{Effect, after, before, inside};
 
 /// Without the feature there is no fault point.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub(crate) async fn point(_when: When) {}
+pub(crate) async fn before() -> u64 {
+    0
+}
 
-/// A host effect in flight, from its body to its record: a kill waits for its end. Without
-/// the feature, nothing.
+/// Without the feature there is no fault point.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) async fn inside(_call: u64, _effect: &Option<Effect>) {}
+
+/// Without the feature there is no fault point.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) async fn after(_call: u64) {}
+
+/// An external effect in flight, from its body to its record: a kill waits for its end.
+/// Without the feature, nothing.
 #[cfg(not(feature = "fault-points"))]
 pub(crate) struct Effect;
 
@@ -112,11 +144,6 @@ impl Effect {
     #[inline(always)]
     pub(crate) fn begin(_op: &str) -> Option<Effect> {
         None
-    }
-
-    #[inline(always)]
-    pub(crate) fn host_step() -> Effect {
-        Effect
     }
 
     #[inline(always)]

@@ -760,6 +760,7 @@ impl Host {
                 "deadline_ms",
                 &deadline_ms.to_string(),
                 Quota::UNLIMITED,
+                None,
             )
             .await?;
         let summary = |wanted: fn(&Step) -> bool| -> Vec<&str> {
@@ -924,7 +925,7 @@ impl Orchestration {
             let _stored = self
                 .services
                 .state
-                .board_write(task, Section::Problem, key, value, Quota::UNLIMITED)
+                .board_write(task, Section::Problem, key, value, Quota::UNLIMITED, None)
                 .await?;
         }
         self.record(
@@ -1181,7 +1182,7 @@ impl Orchestration {
             let _stored = self
                 .services
                 .state
-                .board_write(&task, Section::Problem, key, &value, Quota::UNLIMITED)
+                .board_write(&task, Section::Problem, key, &value, Quota::UNLIMITED, None)
                 .await?;
         }
         let spawned = Spawned {

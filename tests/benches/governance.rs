@@ -63,7 +63,7 @@ impl wit::agent::state::Host for BareCtx {
     async fn set(&mut self, key: String, value: String) -> Result<(), WitError> {
         match self
             .state
-            .kv_set(&self.agent, &key, &value, Quota::UNLIMITED)
+            .kv_set(&self.agent, &key, &value, Quota::UNLIMITED, None)
             .await
         {
             Ok(Admission::Stored(())) => Ok(()),
@@ -73,7 +73,7 @@ impl wit::agent::state::Host for BareCtx {
     }
     async fn delete(&mut self, key: String) -> Result<bool, WitError> {
         self.state
-            .kv_delete(&self.agent, &key)
+            .kv_delete(&self.agent, &key, None)
             .await
             .map_err(|e| WitError::Unavailable(e.to_string()))
     }

@@ -50,7 +50,7 @@ async fn seed(state: &Arc<dyn StateStore>, task: &str, n: usize) {
             created_at: "2026-12-01T00:00:00.000Z".into(),
         };
         let stored = state
-            .push_artifact(&task, &artifact, Quota::UNLIMITED)
+            .push_artifact(&task, &artifact, Quota::UNLIMITED, None)
             .await
             .unwrap();
         assert_eq!(stored, Admission::Stored(()));

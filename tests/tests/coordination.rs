@@ -95,6 +95,7 @@ impl Backend {
                 &format!("script:{agent}"),
                 script,
                 Quota::UNLIMITED,
+                None,
             )
             .await
             .unwrap()
@@ -159,6 +160,7 @@ async fn blackboard_is_read_only_at_t0(b: Backend) {
             "objective",
             "read me",
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()

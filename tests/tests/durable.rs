@@ -282,8 +282,9 @@ fn call_rows(data: &Path, run: &str) -> Vec<(String, String, i64)> {
 /// The exactly-once proof: an agent makes effects of every kind (state, artifact,
 /// blackboard, message, vote, ledger note, and a tool appending a line to a file outside the
 /// sandbox); a real `warden` process is SIGKILLed at every capability-call boundary in turn
-/// (before each call's body, and after its records were handed to the ledger), and
-/// `warden resume` then completes it. Each resumed run has each effect exactly once, the
+/// (before each call's body; inside it, after the write or the tool run and before its record;
+/// and after its records were handed to the ledger), and `warden resume` then completes it
+/// (with `--assume-done` for the one kill that leaves a tool's effect unknown). Each resumed run has each effect exactly once, the
 /// artifact byte-identical to an uninterrupted run's, the rows of every call once (none lost,
 /// none doubled), and the ledger verifies.
 fn every_effect_once_with_the_host_killed_at_every_boundary(store: &Store) {
@@ -380,7 +381,8 @@ write_paths = ["{out}"]
     );
 
     let mut killed = 0;
-    for when in ["before", "after"] {
+    let mut uncertain = 0;
+    for when in ["before", "inside", "after"] {
         for n in 1.. {
             let id = format!("fx-{when}-{n:03}");
             let out = start(&id, Some(&format!("{when}:{n}")));
@@ -405,7 +407,27 @@ write_paths = ["{out}"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{when}:{n}: no interrupted run: {runs}"))
                 .to_string();
-            let out = cli(&["--json", "resume", &run], None);
+            let mut out = cli(&["--json", "resume", &run], None);
+            let mut decided = false;
+            if when == "inside" && json(&out)["code"] == "RESUME_UNCERTAIN" {
+                // Killed after the tool ran, before its result was recorded: the operator
+                // says it took effect (its line is in the file).
+                let refusal = json(&out);
+                let message = refusal["error"].as_str().unwrap_or_default();
+                let seq = message
+                    .split("--assume-done ")
+                    .nth(1)
+                    .map(|rest| {
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .unwrap_or("")
+                    })
+                    .filter(|seq| !seq.is_empty())
+                    .unwrap_or_else(|| panic!("{when}:{n}: no call to decide: {refusal}"));
+                out = cli(&["--json", "resume", &run, "--assume-done", seq], None);
+                uncertain += 1;
+                decided = true;
+            }
             let report = json(&out);
             assert_eq!(out.status.code(), Some(0), "{when}:{n}: {report}");
             assert_eq!(
@@ -413,9 +435,25 @@ write_paths = ["{out}"]
                 "{when}:{n}: {report}"
             );
             assert_eq!(lines(&id), 1, "{when}:{n}: the tool ran once");
+            // A decided call's answer is the operator's decision, recorded in place of the
+            // tool's result row.
+            let expected_rows = if decided {
+                let mut rows: Vec<_> = base_rows
+                    .iter()
+                    .filter(|(action, decision, _)| {
+                        (action.as_str(), decision.as_str()) != ("tools.invoke", "allowed")
+                    })
+                    .cloned()
+                    .collect();
+                rows.push(("resume.decision".to_string(), "assume-done".to_string(), 1));
+                rows.sort();
+                rows
+            } else {
+                base_rows.clone()
+            };
             assert_eq!(
                 call_rows(data, &run),
-                base_rows,
+                expected_rows,
                 "{when}:{n}: every call's rows once, none lost"
             );
             assert_eq!(
@@ -431,8 +469,12 @@ write_paths = ["{out}"]
         }
     }
     assert!(
-        killed >= 2 * 9,
-        "the host was killed at {killed} boundaries, fewer than two per call of the script; the fault points need `--features fault-points`, which `cargo xtask test` enables"
+        killed >= 3 * 9,
+        "the host was killed at {killed} boundaries, fewer than three per call of the script; the fault points need `--features fault-points`, which `cargo xtask test` enables"
+    );
+    assert_eq!(
+        uncertain, 1,
+        "only the kill inside the tool's call leaves a call whose effect is unknown"
     );
     let out = cli(&["--json", "ledger", "verify"], None);
     assert_eq!(out.status.code(), Some(0), "{}", json(&out));
@@ -545,16 +587,18 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
     assert!(total > 20, "the task made {total} calls");
 
     // Within the first half: how many calls the agents' wait loops make varies from run to run.
+    // Killed before a call's body, or inside it (its write committed, its record not), in turn.
     for k in 1..=8 {
         let at = total * k / 16;
+        let fault = format!("{}:{at}", if k % 2 == 0 { "inside" } else { "before" });
         let dir = fresh();
         let data = dir.path();
         let task = format!("abg-{k}");
-        let out = orchestrate(data, &task, Some(format!("before:{at}")));
+        let out = orchestrate(data, &task, Some(fault.clone()));
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&out.status),
             Some(9),
-            "before:{at}: the host was not killed (status {:?}); the fault points need `--features fault-points`, which `cargo xtask test` enables",
+            "{fault}: the host was not killed (status {:?}); the fault points need `--features fault-points`, which `cargo xtask test` enables",
             out.status
         );
         if k == 1 {
@@ -575,8 +619,8 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
             ],
         );
         let metrics = json(&out);
-        assert_eq!(out.status.code(), Some(0), "before:{at}: {metrics}");
-        assert_eq!(settled(&metrics), expected, "before:{at}: {metrics}");
+        assert_eq!(out.status.code(), Some(0), "{fault}: {metrics}");
+        assert_eq!(settled(&metrics), expected, "{fault}: {metrics}");
         let runs = json(&warden(
             data,
             state.as_deref(),
@@ -584,9 +628,9 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus(store: &Sto
                 "--json", "runs", "list", "--task", &task, "--status", "running",
             ],
         ));
-        assert_eq!(runs["runs"], serde_json::json!([]), "before:{at}: {runs}");
+        assert_eq!(runs["runs"], serde_json::json!([]), "{fault}: {runs}");
         let out = warden(data, state.as_deref(), &["--json", "ledger", "verify"]);
-        assert_eq!(out.status.code(), Some(0), "before:{at}: {}", json(&out));
+        assert_eq!(out.status.code(), Some(0), "{fault}: {}", json(&out));
         // The task ended: a second resume is refused, naming why.
         let again = warden(
             data,

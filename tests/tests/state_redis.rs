@@ -594,7 +594,7 @@ async fn two_hosts_share_one_message_log() {
                     };
                     ids.push(
                         store
-                            .send_message(&task, &message, Quota::UNLIMITED)
+                            .send_message(&task, &message, Quota::UNLIMITED, None)
                             .await
                             .unwrap()
                             .into_result()
@@ -658,7 +658,7 @@ async fn coordination_keys_are_the_documented_ones() {
     };
     assert_eq!(
         store
-            .send_message(&task, &message, Quota::UNLIMITED)
+            .send_message(&task, &message, Quota::UNLIMITED, None)
             .await
             .unwrap()
             .into_result()
@@ -676,14 +676,14 @@ async fn coordination_keys_are_the_documented_ones() {
         quorum: 1,
         created_at_ms: 5,
     };
-    assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p1");
+    assert_eq!(store.propose(&task, &proposal, None).await.unwrap(), "p1");
     let vote = Vote {
         agent: beta.clone(),
         choice: VoteChoice::Accept,
         reasoning: "fine".into(),
         at_ms: 6,
     };
-    store.cast_vote(&task, "p1", &vote).await.unwrap();
+    store.cast_vote(&task, "p1", &vote, None).await.unwrap();
     store
         .board_write(
             &task,
@@ -691,6 +691,7 @@ async fn coordination_keys_are_the_documented_ones() {
             "objective",
             "ship",
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -768,18 +769,21 @@ async fn coordination_writes_are_one_command() {
     };
     // Load the scripts.
     store
-        .send_message(&task, &message, Quota::UNLIMITED)
+        .send_message(&task, &message, Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
         .unwrap();
     store.receive_messages(&task, &beta, 10).await.unwrap();
-    store.propose(&task, &proposal).await.unwrap();
-    store.cast_vote(&task, "p1", &vote("alpha")).await.unwrap();
+    store.propose(&task, &proposal, None).await.unwrap();
+    store
+        .cast_vote(&task, "p1", &vote("alpha"), None)
+        .await
+        .unwrap();
 
     let before = command_calls(&mut admin).await;
     store
-        .send_message(&task, &message, Quota::UNLIMITED)
+        .send_message(&task, &message, Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
@@ -812,7 +816,7 @@ async fn coordination_writes_are_one_command() {
     );
 
     let before = command_calls(&mut admin).await;
-    assert_eq!(store.propose(&task, &proposal).await.unwrap(), "p2");
+    assert_eq!(store.propose(&task, &proposal, None).await.unwrap(), "p2");
     let after = command_calls(&mut admin).await;
     assert_eq!(
         delta(&before, &after),
@@ -820,7 +824,10 @@ async fn coordination_writes_are_one_command() {
     );
 
     let before = command_calls(&mut admin).await;
-    store.cast_vote(&task, "p2", &vote("beta")).await.unwrap();
+    store
+        .cast_vote(&task, "p2", &vote("beta"), None)
+        .await
+        .unwrap();
     let after = command_calls(&mut admin).await;
     assert_eq!(
         delta(&before, &after),
@@ -849,7 +856,10 @@ async fn quota_writes_are_one_command_and_keep_the_documented_keys() {
     };
 
     let before = command_calls(&mut admin).await;
-    let stored = store.kv_set(&agent, "k", "value", quota).await.unwrap();
+    let stored = store
+        .kv_set(&agent, "k", "value", quota, None)
+        .await
+        .unwrap();
     let after = command_calls(&mut admin).await;
     assert_eq!(stored, Admission::Stored(()));
     assert_eq!(
@@ -860,7 +870,7 @@ async fn quota_writes_are_one_command_and_keep_the_documented_keys() {
 
     let before = command_calls(&mut admin).await;
     let stored = store
-        .board_write(&task, Section::Progress, "k", "value", quota)
+        .board_write(&task, Section::Progress, "k", "value", quota, None)
         .await
         .unwrap();
     let after = command_calls(&mut admin).await;
@@ -872,7 +882,10 @@ async fn quota_writes_are_one_command_and_keep_the_documented_keys() {
     );
 
     let before = command_calls(&mut admin).await;
-    let stored = store.push_artifact(&task, &artifact, quota).await.unwrap();
+    let stored = store
+        .push_artifact(&task, &artifact, quota, None)
+        .await
+        .unwrap();
     let after = command_calls(&mut admin).await;
     assert_eq!(stored, Admission::Stored(()));
     assert_eq!(
@@ -934,7 +947,7 @@ async fn quota_writes_are_one_command_and_keep_the_documented_keys() {
         max_bytes: 100,
     };
     let before = command_calls(&mut admin).await;
-    let refused = store.kv_set(&agent, "k2", "v", tight).await.unwrap();
+    let refused = store.kv_set(&agent, "k2", "v", tight, None).await.unwrap();
     let after = command_calls(&mut admin).await;
     assert!(matches!(refused, Admission::Refused(_)), "{refused:?}");
     assert_eq!(

@@ -338,7 +338,7 @@ impl Host for AgentCtx {
                 let admission = gov
                     .services
                     .state
-                    .push_artifact(gov.task_id(), &reference, quota)
+                    .push_artifact(gov.task_id(), &reference, quota, gov.once())
                     .await
                     .map_err(|e| unavailable("the state store", e))?;
                 Ok(match admission {

@@ -217,7 +217,7 @@ impl Host for AgentCtx {
             let stored = gov
                 .services
                 .state
-                .board_write(gov.task_id(), section, &key, &value, quota)
+                .board_write(gov.task_id(), section, &key, &value, quota, gov.once())
                 .await;
             let result = match stored {
                 Ok(Admission::Stored(())) => Ok(()),
@@ -365,7 +365,7 @@ mod tests {
         let task = alpha.ctx.gov.task_id().clone();
         let host = alpha
             .state()
-            .board_write(&task, Section::Problem, "objective", "o", Quota::UNLIMITED)
+            .board_write(&task, Section::Problem, "objective", "o", Quota::UNLIMITED, None)
             .await
             .unwrap();
         assert_eq!(host, Admission::Stored(()));

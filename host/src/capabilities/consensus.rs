@@ -315,7 +315,7 @@ impl Host for AgentCtx {
             let result = gov
                 .services
                 .state
-                .propose(gov.task_id(), &proposal)
+                .propose(gov.task_id(), &proposal, gov.once())
                 .await
                 .map_err(|e| unavailable("consensus", e));
             match &result {
@@ -381,7 +381,7 @@ impl Host for AgentCtx {
             let outcome = gov
                 .services
                 .state
-                .cast_vote(gov.task_id(), &proposal_id, &vote)
+                .cast_vote(gov.task_id(), &proposal_id, &vote, gov.once())
                 .await
                 .map_err(|e| unavailable("consensus", e));
             let result = match outcome {
@@ -497,7 +497,7 @@ impl Host for AgentCtx {
             let outcome = gov
                 .services
                 .state
-                .resolve_proposal(gov.task_id(), &proposal_id, &settled)
+                .resolve_proposal(gov.task_id(), &proposal_id, &settled, gov.once())
                 .await
                 .map_err(|e| unavailable("consensus", e));
             let result = match outcome {
@@ -567,7 +567,7 @@ impl Host for AgentCtx {
                 match gov
                     .services
                     .state
-                    .board_insert(gov.task_id(), Section::Consensus, "final", &record)
+                    .board_insert(gov.task_id(), Section::Consensus, "final", &record, gov.once())
                     .await
                 {
                     Ok(true) => Ok(tally(&proposal)),
@@ -628,7 +628,7 @@ impl Host for AgentCtx {
             let result = match gov
                 .services
                 .state
-                .board_insert(gov.task_id(), Section::Consensus, "validation", &record)
+                .board_insert(gov.task_id(), Section::Consensus, "validation", &record, gov.once())
                 .await
             {
                 Ok(true) => Ok(()),
@@ -669,7 +669,7 @@ mod tests {
         for (key, value) in entries {
             let stored = agent
                 .state()
-                .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED)
+                .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED, None)
                 .await
                 .unwrap();
             assert!(matches!(stored, Admission::Stored(())));

@@ -19,6 +19,7 @@ use crate::context::CallDurability;
 use crate::governance::unavailable;
 use crate::journal::{self, Begin};
 use crate::ledger::{ActionRecord, Entry};
+use crate::state::Once;
 
 /// The digest of a call's arguments.
 pub(super) fn args<A: Serialize + ?Sized>(args: &A) -> String {
@@ -146,7 +147,12 @@ impl AgentCtx {
             }
         }
         self.gov.open_call(op);
-        crate::fault::point(crate::fault::When::Before).await;
+        // A write's receipt names this call, so a resume that makes it again (killed before
+        // its record was committed) is answered from the store instead of writing twice.
+        let once = (persistent && journal::is_effect(op))
+            .then(|| Once::new(&run.run_id, run.journal.len() + 1, op, &args));
+        self.gov.set_once(once);
+        self.gov.fault_call = crate::fault::before().await;
         Before::Live(args)
     }
 
@@ -162,6 +168,7 @@ impl AgentCtx {
             return;
         }
         let mut rows = self.gov.close_call();
+        self.gov.set_once(None);
         // An effect's record is committed before its answer reaches the guest: a run killed
         // between two calls resumes knowing every effect it made.
         let effect = journal::is_effect(op);

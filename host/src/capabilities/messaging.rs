@@ -186,7 +186,7 @@ impl AgentCtx {
         let sent = gov
             .services
             .state
-            .send_message(gov.task_id(), &message, quota)
+            .send_message(gov.task_id(), &message, quota, gov.once())
             .await;
         let result = match sent {
             Ok(Admission::Stored(id)) => Ok(id),

@@ -37,10 +37,11 @@ macro_rules! journal_call {
                 // Held from the body through its record (dropped if the call is cancelled).
                 let effect = crate::fault::Effect::begin($op);
                 let result = async $body.await;
+                crate::fault::inside($ctx.gov.fault_call, &effect).await;
                 $ctx.journal_after::<_, super::journaled::$codec>($op, args, &result)
                     .await;
                 crate::fault::Effect::end(effect);
-                crate::fault::point(crate::fault::When::After).await;
+                crate::fault::after($ctx.gov.fault_call).await;
                 result
             }
         }

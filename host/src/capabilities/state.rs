@@ -127,7 +127,7 @@ impl Host for AgentCtx {
             let stored = gov
                 .services
                 .state
-                .kv_set(gov.agent_id(), &key, &value, quota)
+                .kv_set(gov.agent_id(), &key, &value, quota, gov.once())
                 .await;
             let result = match stored {
                 Ok(Admission::Stored(())) => Ok(()),
@@ -161,7 +161,7 @@ impl Host for AgentCtx {
             let result = gov
                 .services
                 .state
-                .kv_delete(gov.agent_id(), &key)
+                .kv_delete(gov.agent_id(), &key, gov.once())
                 .await
                 .map_err(|e| unavailable("the state store", e));
             gov.record_result(OP, &result).await;

@@ -15,6 +15,7 @@ use crate::ledger::{ActionRecord, Entry, ViolationRecord};
 use crate::packet::Constraints;
 use crate::policy::TierPolicy;
 use crate::secrets::SecretSession;
+use crate::state::Once;
 
 /// The per-run governance state every host function consults.
 pub(crate) struct Governor {
@@ -24,6 +25,10 @@ pub(crate) struct Governor {
     /// The rows of the capability call in progress, held until its answer is journaled so
     /// they name the journal head and are written in one transaction with the record.
     call_rows: Mutex<Option<Vec<Entry>>>,
+    /// The call in progress, when it is a write a resume could make again: see [`Once`].
+    once: Option<Once>,
+    /// The call's number for the fault points (`fault-points` tests; 0 otherwise).
+    pub fault_call: u64,
 }
 
 impl Governor {
@@ -37,7 +42,20 @@ impl Governor {
             run,
             secrets,
             call_rows: Mutex::new(None),
+            once: None,
+            fault_call: 0,
         }
+    }
+
+    /// The [`Once`] of the write in progress, for the state store: `None` outside a call, for
+    /// a read, and for a run nothing can resume (its ledger dies with the process).
+    pub fn once(&self) -> Option<&Once> {
+        self.once.as_ref()
+    }
+
+    /// Name the call in progress for its write (see [`Governor::once`]).
+    pub fn set_once(&mut self, once: Option<Once>) {
+        self.once = once;
     }
 
     /// Hold this run's rows until [`Governor::close_call`].

@@ -928,7 +928,12 @@ impl Driver {
             crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
             crate::journal::Begin::Live => {}
         }
-        let _effect = crate::fault::Effect::host_step();
+        // Its receipt makes a resume killed between the push and the record push nothing.
+        let once = self
+            .services
+            .ledger
+            .is_persistent()
+            .then(|| crate::state::Once::new(&self.run.run_id, journal.len() + 1, op, &args));
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await
@@ -944,7 +949,12 @@ impl Driver {
             let _stored = self
                 .services
                 .state
-                .push_artifact(&self.run.task_id, &reference, Quota::UNLIMITED)
+                .push_artifact(
+                    &self.run.task_id,
+                    &reference,
+                    Quota::UNLIMITED,
+                    once.as_ref(),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             self.run.wrote(reference);
@@ -1217,6 +1227,12 @@ impl Driver {
         }
         if let Err(error) = self.services.ledger_flush().await {
             tracing::error!(%error, "ledger flush at exit failed");
+        } else if self.services.ledger.is_persistent()
+            && let Err(error) = self.services.state.forget_receipt(&self.run.run_id).await
+        {
+            // Harmless: one key left behind, never read again (a run that ended is not
+            // resumed).
+            tracing::warn!(%error, "cannot drop the run's write receipt");
         }
     }
 

@@ -25,6 +25,7 @@ use crate::packet::{
 };
 
 mod coordination;
+mod once;
 mod quota;
 
 pub use coordination::{
@@ -33,6 +34,7 @@ pub use coordination::{
     direct_and_broadcast_delivery, message_ids_and_order, proposals_and_votes,
     receive_advances_the_cursor,
 };
+pub use once::writes_given_once_happen_once;
 pub use quota::{
     artifact_index_and_quota, artifact_pages_walk_the_task, board_quota_is_per_task_and_atomic,
     concurrent_artifact_writers_never_exceed_the_quota,
@@ -87,6 +89,8 @@ where
     concurrent_artifact_writers_never_exceed_the_quota(make().await).await;
     board_quota_is_per_task_and_atomic(make().await).await;
     message_quota_counts_what_was_sent(make().await).await;
+
+    writes_given_once_happen_once(&*make().await).await;
 }
 
 /// `prefix` and a fresh uuid: an id no other check (or earlier run against a persistent
@@ -259,7 +263,7 @@ pub async fn ids_are_exact_keys(store: &dyn StateStore) {
     for (i, ((agent, task), owner)) in agents.iter().zip(&tasks).zip(&owners).enumerate() {
         let n = i.to_string();
         store
-            .kv_set(agent, "k", &n, Quota::UNLIMITED)
+            .kv_set(agent, "k", &n, Quota::UNLIMITED, None)
             .await
             .unwrap()
             .into_result()
@@ -307,25 +311,31 @@ pub async fn ids_are_exact_keys(store: &dyn StateStore) {
 pub async fn kv_is_isolated_per_agent(store: &dyn StateStore) {
     let (a, b) = (unique_agent("kv-a"), unique_agent("kv-b"));
     store
-        .kv_set(&a, "k", "a1", Quota::UNLIMITED)
+        .kv_set(&a, "k", "a1", Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
         .unwrap();
     store
-        .kv_set(&b, "k", "b1", Quota::UNLIMITED)
+        .kv_set(&b, "k", "b1", Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
         .unwrap();
     store
-        .kv_set(&a, "z:with:colons", "a2", Quota::UNLIMITED)
+        .kv_set(&a, "z:with:colons", "a2", Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
         .unwrap();
     store
-        .kv_set(&a, "checkpoint", "not the checkpoint", Quota::UNLIMITED)
+        .kv_set(
+            &a,
+            "checkpoint",
+            "not the checkpoint",
+            Quota::UNLIMITED,
+            None,
+        )
         .await
         .unwrap()
         .into_result()
@@ -351,11 +361,11 @@ pub async fn kv_is_isolated_per_agent(store: &dyn StateStore) {
         "kv: a kv key named `checkpoint` must not be the checkpoint"
     );
     assert!(
-        store.kv_delete(&a, "k").await.unwrap(),
+        store.kv_delete(&a, "k", None).await.unwrap(),
         "kv: deleting an existing key returns true"
     );
     assert!(
-        !store.kv_delete(&a, "k").await.unwrap(),
+        !store.kv_delete(&a, "k", None).await.unwrap(),
         "kv: deleting a missing key returns false"
     );
     assert_eq!(
@@ -670,14 +680,14 @@ pub async fn active_agent_and_artifacts(store: &dyn StateStore) {
         .collect();
     for artifact in &expected {
         store
-            .push_artifact(&task, artifact, Quota::UNLIMITED)
+            .push_artifact(&task, artifact, Quota::UNLIMITED, None)
             .await
             .unwrap()
             .into_result()
             .unwrap();
     }
     store
-        .push_artifact(&other, &artifact("other.txt", 99), Quota::UNLIMITED)
+        .push_artifact(&other, &artifact("other.txt", 99), Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()

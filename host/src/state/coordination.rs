@@ -25,7 +25,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Admission, Quota, StateError};
+use super::{Admission, Once, Quota, StateError};
 use crate::id::{AgentId, TaskId};
 
 /// A section of a task's blackboard.
@@ -405,7 +405,7 @@ impl Proposal {
 }
 
 /// What [`Coordination::cast_vote`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CastOutcome {
     /// The vote was stored.
     Recorded,
@@ -416,7 +416,7 @@ pub enum CastOutcome {
 }
 
 /// What [`Coordination::resolve_proposal`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResolveOutcome {
     /// The resolution was stored.
     Resolved,
@@ -451,7 +451,8 @@ pub(crate) fn proposal_number(id: &str) -> Option<u64> {
 }
 
 /// Backend of a task's blackboard, messages and proposals (the keyspace above). Every call
-/// fails with [`StateError`] when the backend cannot be reached.
+/// fails with [`StateError`] when the backend cannot be reached. The writes a guest asks for
+/// take a [`Once`]: given one, the write happens at most once (see [`StateStore`]).
 #[async_trait]
 pub trait Coordination: Send + Sync {
     /// Set `key` in the task's `section` (replacing any value) unless that takes the task's
@@ -465,6 +466,7 @@ pub trait Coordination: Send + Sync {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError>;
     /// The value of `key` in the task's `section`; `None` if it was never written.
     async fn board_read(
@@ -481,6 +483,7 @@ pub trait Coordination: Send + Sync {
         section: Section,
         key: &str,
         value: &str,
+        once: Option<&Once>,
     ) -> Result<bool, StateError>;
     /// Every entry of the section, sorted by key.
     async fn board_entries(
@@ -497,6 +500,7 @@ pub trait Coordination: Send + Sync {
         task: &TaskId,
         message: &NewMessage<'_>,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission<u64>, StateError>;
     /// Up to `limit` messages for `agent` ([`Message::is_for`]) after its cursor, oldest first,
     /// and advance the cursor past them in the same atomic step. With fewer than `limit`
@@ -524,6 +528,7 @@ pub trait Coordination: Send + Sync {
         &self,
         task: &TaskId,
         proposal: &NewProposal<'_>,
+        once: Option<&Once>,
     ) -> Result<String, StateError>;
     /// Record `vote` on the proposal unless its agent already voted.
     async fn cast_vote(
@@ -531,6 +536,7 @@ pub trait Coordination: Send + Sync {
         task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
+        once: Option<&Once>,
     ) -> Result<CastOutcome, StateError>;
     /// Settle a proposal outside the vote, once.
     async fn resolve_proposal(
@@ -538,6 +544,7 @@ pub trait Coordination: Send + Sync {
         task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
+        once: Option<&Once>,
     ) -> Result<ResolveOutcome, StateError>;
     /// The proposal with its votes; `None` if the task has no proposal with that id.
     async fn proposal(

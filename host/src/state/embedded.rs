@@ -18,12 +18,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::quota::{BYTES_FIELD, ENTRIES_FIELD, entry_bytes};
 use super::{
     Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
-    TransitionResult, Ttl, Usage, decode, decode_all, decoded, encode, keys, kv_field, stored_id,
+    LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError, StateStore, TaskId,
+    Transition, TransitionResult, Ttl, Usage, decode, decode_all, decoded, encode, keys, kv_field,
+    stored_id,
 };
 
 mod coordination;
@@ -253,6 +256,33 @@ impl EmbeddedState {
             Ok(result) => result.map_err(StateError::from),
             Err(_) => Err(lost("panicked during the operation")),
         }
+    }
+
+    /// [`EmbeddedState::run_tx`] of a write given a [`Once`]: in the same transaction, its
+    /// receipt is read (a write already made answers what it did, and writes nothing) and
+    /// written after it.
+    async fn run_once<T, F>(&self, once: Option<&Once>, op: F) -> Result<T, StateError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: FnOnce(&Connection) -> OpResult<T> + Send + 'static,
+    {
+        let Some(once) = once.cloned() else {
+            return self.run_tx(op).await;
+        };
+        self.run_tx(move |conn| {
+            let key = keys::receipt(once.run().as_str());
+            if let Some(json) = get(conn, &key, now_ms())? {
+                let receipt: Receipt = decode(&key, &json)?;
+                if let Some(answer) = receipt.answer_of(&key, &once)? {
+                    return Ok(answer);
+                }
+            }
+            let answer = op(conn)?;
+            let receipt = encode(&key, &Receipt::of(&key, &once, &answer)?)?;
+            set(conn, &key, &receipt, None)?;
+            Ok(answer)
+        })
+        .await
     }
 
     /// Run `op` inside `BEGIN IMMEDIATE … COMMIT`.
@@ -628,10 +658,11 @@ impl StateStore for EmbeddedState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (hash, scope) = (keys::state(agent), keys::state_usage(agent));
         let (field, key, value) = (kv_field(key), key.to_string(), value.to_string());
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let old = hget(conn, &hash, &field)?.map(|old| entry_bytes(&key, &old));
             let after = match admit(conn, &scope, quota, old, entry_bytes(&key, &value))? {
                 Ok(after) => after,
@@ -644,10 +675,15 @@ impl StateStore for EmbeddedState {
         .await
     }
 
-    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
+    async fn kv_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        once: Option<&Once>,
+    ) -> Result<bool, StateError> {
         let (hash, scope) = (keys::state(agent), keys::state_usage(agent));
         let (field, key) = (kv_field(key), key.to_string());
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let Some(old) = hget(conn, &hash, &field)? else {
                 return Ok(false);
             };
@@ -844,6 +880,7 @@ impl StateStore for EmbeddedState {
         task: &TaskId,
         artifact: &ArtifactRef,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (list, index, scope) = (
             keys::artifacts(task),
@@ -852,7 +889,7 @@ impl StateStore for EmbeddedState {
         );
         let value = encode(&list, artifact)?;
         let (name, size) = (artifact.name.clone(), artifact.size);
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             // Versions are never deleted: a new one adds its bytes and frees none.
             let exists = hget(conn, &index, &name)?.map(|_| 0);
             let after = match admit(conn, &scope, quota, exists, size)? {
@@ -964,6 +1001,16 @@ impl StateStore for EmbeddedState {
         self.run(Access::Read, move |conn| {
             let rows = range(conn, keys::REVOCATIONS_LEDGER, limit)?;
             Ok(decode_all(keys::REVOCATIONS_LEDGER, &rows)?)
+        })
+        .await
+    }
+
+    async fn forget_receipt(&self, run: &RunId) -> Result<(), StateError> {
+        let key = keys::receipt(run.as_str());
+        self.run(Access::Write, move |conn| {
+            conn.prepare_cached("DELETE FROM strings WHERE key = ?1")?
+                .execute(params![key])?;
+            Ok(())
         })
         .await
     }
@@ -1225,11 +1272,11 @@ mod tests {
             max_bytes: 12,
         };
         let push = store
-            .push_artifact(&t, &reference("c", 1), names_full)
+            .push_artifact(&t, &reference("c", 1), names_full, None)
             .await;
         assert_eq!(over(push.unwrap()), (2, 3), "names of the old history");
         let push = store
-            .push_artifact(&t, &reference("a", 1), bytes_full)
+            .push_artifact(&t, &reference("a", 1), bytes_full, None)
             .await;
         assert_eq!(over(push.unwrap()), (12, 13), "bytes of every old version");
         let one = Quota {
@@ -1237,11 +1284,11 @@ mod tests {
             max_bytes: u64::MAX,
         };
         assert_eq!(
-            over(store.kv_set(&a, "k2", "v", one).await.unwrap()),
+            over(store.kv_set(&a, "k2", "v", one, None).await.unwrap()),
             (1, 2)
         );
         let board = store
-            .board_write(&t, Section::Solutions, "y", "", one)
+            .board_write(&t, Section::Solutions, "y", "", one, None)
             .await;
         assert_eq!(over(board.unwrap()), (1, 2));
         let sent = store
@@ -1255,6 +1302,7 @@ mod tests {
                     sent_at_ms: 0,
                 },
                 one,
+                None,
             )
             .await
             .unwrap();

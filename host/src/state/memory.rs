@@ -27,8 +27,8 @@ use parking_lot::Mutex;
 use super::quota::entry_bytes;
 use super::{
     Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
-    TransitionResult, Ttl, Usage,
+    LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError, StateStore, TaskId,
+    Transition, TransitionResult, Ttl, Usage, keys,
 };
 
 mod coordination;
@@ -58,6 +58,8 @@ struct Data {
     revoked: HashMap<String, Revocation>,
     /// `blackboard:{task}:*` and `msg:{task}:*`.
     boards: HashMap<String, coordination::Board>,
+    /// `run:{id}:receipt`.
+    receipts: HashMap<String, Receipt>,
 }
 
 /// Everything under `agent:{id}:`.
@@ -194,6 +196,32 @@ fn upsert<V: Default, R>(map: &mut HashMap<String, V>, id: &str, f: impl FnOnce(
 }
 
 impl MemoryState {
+    /// `write` unless `once`'s receipt says it was made (then what it answered), and the
+    /// receipt of it after. Not one step under the lock, as the other backends' are: this
+    /// store does not outlive its process, so no crash can come between the two, and a run's
+    /// receipt is only touched by the run's own calls, one at a time.
+    fn once<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        once: Option<&Once>,
+        write: impl FnOnce() -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let Some(once) = once else {
+            return write();
+        };
+        let key = keys::receipt(once.run().as_str());
+        if let Some(receipt) = self.inner.lock().receipts.get(once.run().as_str())
+            && let Some(answer) = receipt.answer_of(&key, once)?
+        {
+            return Ok(answer);
+        }
+        let answer = write()?;
+        let receipt = Receipt::of(&key, once, &answer)?;
+        self.inner
+            .lock()
+            .receipts
+            .insert(once.run().as_str().to_string(), receipt);
+        Ok(answer)
+    }
     /// An empty store.
     pub fn new() -> MemoryState {
         MemoryState::default()
@@ -265,44 +293,55 @@ impl StateStore for MemoryState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
-        let mut data = self.inner.lock();
-        let before = data
-            .agents
-            .get(agent.as_str())
-            .map_or_else(Usage::default, |a| a.kv_usage);
-        let old = data
-            .agents
-            .get(agent.as_str())
-            .and_then(|a| a.kv.get(key))
-            .map(|old| entry_bytes(key, old));
-        let after = before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
-        if let Err(over) = quota.admit(before, after) {
-            return Ok(Admission::Refused(over));
-        }
-        let value = value.to_string();
-        upsert(&mut data.agents, agent, |a| {
-            match a.kv.get_mut(key) {
-                Some(slot) => *slot = value,
-                None => {
-                    a.kv.insert(key.to_string(), value);
-                }
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let before = data
+                .agents
+                .get(agent.as_str())
+                .map_or_else(Usage::default, |a| a.kv_usage);
+            let old = data
+                .agents
+                .get(agent.as_str())
+                .and_then(|a| a.kv.get(key))
+                .map(|old| entry_bytes(key, old));
+            let after =
+                before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
+            if let Err(over) = quota.admit(before, after) {
+                return Ok(Admission::Refused(over));
             }
-            a.kv_usage = after;
-        });
-        Ok(Admission::Stored(()))
+            let value = value.to_string();
+            upsert(&mut data.agents, agent, |a| {
+                match a.kv.get_mut(key) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        a.kv.insert(key.to_string(), value);
+                    }
+                }
+                a.kv_usage = after;
+            });
+            Ok(Admission::Stored(()))
+        })
     }
 
-    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
-        let mut data = self.inner.lock();
-        let Some(a) = data.agents.get_mut(agent.as_str()) else {
-            return Ok(false);
-        };
-        let Some(old) = a.kv.remove(key) else {
-            return Ok(false);
-        };
-        a.kv_usage = a.kv_usage.after_delete(entry_bytes(key, &old));
-        Ok(true)
+    async fn kv_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        once: Option<&Once>,
+    ) -> Result<bool, StateError> {
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let Some(a) = data.agents.get_mut(agent.as_str()) else {
+                return Ok(false);
+            };
+            let Some(old) = a.kv.remove(key) else {
+                return Ok(false);
+            };
+            a.kv_usage = a.kv_usage.after_delete(entry_bytes(key, &old));
+            Ok(true)
+        })
     }
 
     async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError> {
@@ -463,27 +502,30 @@ impl StateStore for MemoryState {
         task: &TaskId,
         artifact: &ArtifactRef,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
-        let mut data = self.inner.lock();
-        let (before, exists) = data.tasks.get(task.as_str()).map_or_else(
-            || (Usage::default(), false),
-            |t| (t.artifact_usage, t.index.contains_key(&artifact.name)),
-        );
-        let after = before.after_write(!exists, artifact.size, 0);
-        if let Err(over) = quota.admit(before, after) {
-            return Ok(Admission::Refused(over));
-        }
-        upsert(&mut data.tasks, task, |t| {
-            t.artifacts.push(artifact.clone());
-            match t.index.get_mut(&artifact.name) {
-                Some(latest) => *latest = artifact.clone(),
-                None => {
-                    t.index.insert(artifact.name.clone(), artifact.clone());
-                }
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let (before, exists) = data.tasks.get(task.as_str()).map_or_else(
+                || (Usage::default(), false),
+                |t| (t.artifact_usage, t.index.contains_key(&artifact.name)),
+            );
+            let after = before.after_write(!exists, artifact.size, 0);
+            if let Err(over) = quota.admit(before, after) {
+                return Ok(Admission::Refused(over));
             }
-            t.artifact_usage = after;
-        });
-        Ok(Admission::Stored(()))
+            upsert(&mut data.tasks, task, |t| {
+                t.artifacts.push(artifact.clone());
+                match t.index.get_mut(&artifact.name) {
+                    Some(latest) => *latest = artifact.clone(),
+                    None => {
+                        t.index.insert(artifact.name.clone(), artifact.clone());
+                    }
+                }
+                t.artifact_usage = after;
+            });
+            Ok(Admission::Stored(()))
+        })
     }
 
     async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError> {
@@ -534,6 +576,11 @@ impl StateStore for MemoryState {
     async fn revocations(&self, limit: usize) -> Result<Vec<Revocation>, StateError> {
         let data = self.inner.lock();
         Ok(data.ledger.iter().take(limit).cloned().collect())
+    }
+
+    async fn forget_receipt(&self, run: &RunId) -> Result<(), StateError> {
+        self.inner.lock().receipts.remove(run.as_str());
+        Ok(())
     }
 
     async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError> {
@@ -635,7 +682,7 @@ mod tests {
         assert!(!store.transition(&transition).await.unwrap().lock_held);
         assert!(!store.refresh_lock(&a, &o, second).await.unwrap());
         assert!(!store.release_lock(&a, &o).await.unwrap());
-        assert!(!store.kv_delete(&a, "k").await.unwrap());
+        assert!(!store.kv_delete(&a, "k", None).await.unwrap());
         store.reset_errors(&a).await.unwrap();
         store.packet(&a).await.unwrap();
         store.artifacts(&t).await.unwrap();
@@ -648,7 +695,7 @@ mod tests {
             max_bytes: 0,
         };
         assert!(matches!(
-            store.kv_set(&a, "k", "v", none).await.unwrap(),
+            store.kv_set(&a, "k", "v", none, None).await.unwrap(),
             Admission::Refused(_)
         ));
         let artifact = ArtifactRef {
@@ -659,7 +706,10 @@ mod tests {
             created_at: "2026-12-01T00:00:00.000Z".into(),
         };
         assert!(matches!(
-            store.push_artifact(&t, &artifact, none).await.unwrap(),
+            store
+                .push_artifact(&t, &artifact, none, None)
+                .await
+                .unwrap(),
             Admission::Refused(_)
         ));
         let data = store.inner.lock();
@@ -750,10 +800,13 @@ mod tests {
                     2 => format!("{:?}", store.checkpoint(agent).await),
                     3 => {
                         let text = "x".repeat(step % 7);
-                        format!("{:?}", store.kv_set(agent, &value, &text, kv_quota).await)
+                        format!(
+                            "{:?}",
+                            store.kv_set(agent, &value, &text, kv_quota, None).await
+                        )
                     }
                     4 => format!("{:?}", store.kv_get(agent, &value).await),
-                    5 => format!("{:?}", store.kv_delete(agent, &value).await),
+                    5 => format!("{:?}", store.kv_delete(agent, &value, None).await),
                     6 => format!("{:?}", store.kv_keys(agent).await),
                     7 | 8 => format!("{:?}", store.record_error(agent, &value, op == 8).await),
                     9 => format!("{:?}", store.error_counts(agent).await),
@@ -781,7 +834,9 @@ mod tests {
                     19 => format!("{:?}", store.active_agent(task).await),
                     20 => format!(
                         "{:?}",
-                        store.push_artifact(task, &artifact, artifact_quota).await
+                        store
+                            .push_artifact(task, &artifact, artifact_quota, None)
+                            .await
                     ),
                     21 => format!("{:?}", store.artifacts(task).await),
                     22 => format!("{:?}", store.record_revocation(&revocation).await),

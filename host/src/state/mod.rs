@@ -22,6 +22,7 @@
 //! | `handoff:{task}:latest`    | string        | latest handoff (JSON)                             |
 //! | `revocations:ledger`       | list          | revocation records (JSON), newest first (LPUSH)   |
 //! | `revocations:by_agent`     | hash          | agent id → its latest revocation record (JSON)    |
+//! | `run:{id}:receipt`         | string        | the run's last effect: its call and answer, until the run ends |
 //!
 //! The blackboard, messages and consensus of multi-agent tasks (`blackboard:{task}:*`,
 //! `msg:{task}:*`) are the [`Coordination`] half of the trait; see [`coordination`].
@@ -33,6 +34,12 @@
 //! put: looking a name up, or listing the latest version of each, must not read it whole
 //! (a task of tens of thousands of artifacts made every run of it read them all). The
 //! history list stays, written in the same step, for audits and operators.
+//!
+//! Effects happen once: a write a guest asks for carries the [`Once`] of its call, and the
+//! backend stores the call's receipt (`run:{id}:receipt`) in the same atomic step as the
+//! write; the same call again is answered from the receipt and writes nothing. A run killed
+//! between a write and the ledger commit of its journal record makes the same call on
+//! resume, and so does not write twice.
 //!
 //! Writes an agent asks for are bounded by [`Quota`]s (its state; its task's artifacts,
 //! blackboard and messages), checked and counted in the usage hashes in the same atomic step
@@ -52,7 +59,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::artifacts::ArtifactRef;
-pub use crate::id::{AgentId, TaskId};
+pub use crate::id::{AgentId, RunId, TaskId};
 pub use crate::packet::{Approval, Checkpoint, Handoff, Packet, Revocation};
 
 #[cfg(any(test, feature = "conformance"))]
@@ -175,6 +182,85 @@ impl LockOwner {
 impl std::fmt::Display for LockOwner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// One call of one run, given to a write so it happens at most once.
+///
+/// A backend given a `Once` stores a receipt under `run:{id}:receipt` — the call's token and
+/// what the write answered — in the same atomic step as the write (one SQLite transaction,
+/// one Redis script). A write whose token is the receipt's is not made again: it answers what
+/// the first one did. A run has one receipt, replaced by each of its writes: its calls are
+/// sequential and the journal record of each write is committed before the next call starts,
+/// so only a run's last write can be missing from its journal (killed between the write and
+/// that commit); its resume makes that call first and finds its receipt.
+/// [`StateStore::forget_receipt`] drops it when the run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    run: RunId,
+    token: String,
+}
+
+impl Once {
+    /// Call `seq` of run `run`: `op` with arguments of digest `args_digest`. The token names
+    /// all three, so a different call at that position is not answered by the receipt.
+    pub fn new(run: &RunId, seq: u64, op: &str, args_digest: &str) -> Once {
+        Once {
+            run: run.clone(),
+            token: format!("{seq} {op} {args_digest}"),
+        }
+    }
+
+    /// The run.
+    pub fn run(&self) -> &RunId {
+        &self.run
+    }
+
+    /// What the receipt holds to name the call: `<seq> <op> <args digest>`.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+/// A receipt as the embedded and in-memory stores keep it: the call's token and the write's
+/// answer (JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Receipt {
+    pub token: String,
+    pub answer: serde_json::Value,
+}
+
+impl Receipt {
+    /// What `once` was answered, if the receipt is its call's.
+    pub(crate) fn answer_of<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        once: &Once,
+    ) -> Result<Option<T>, StateError> {
+        if self.token != once.token {
+            return Ok(None);
+        }
+        serde_json::from_value(self.answer.clone())
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                key: key.to_string(),
+                message: format!("holds an answer this write does not give: {e}"),
+            })
+    }
+
+    /// The receipt of `once`, answered `answer`.
+    pub(crate) fn of<T: Serialize>(
+        key: &str,
+        once: &Once,
+        answer: &T,
+    ) -> Result<Receipt, StateError> {
+        Ok(Receipt {
+            token: once.token.clone(),
+            answer: serde_json::to_value(answer).map_err(|e| StateError::Corrupt {
+                key: key.to_string(),
+                message: format!("cannot encode the answer: {e}"),
+            })?,
+        })
     }
 }
 
@@ -325,6 +411,10 @@ pub mod keys {
     pub fn tokens(task: &str) -> String {
         format!("task:{task}:tokens")
     }
+    /// `run:{id}:receipt`: the run's last write, for [`Once`](super::Once).
+    pub fn receipt(run: &str) -> String {
+        format!("run:{run}:receipt")
+    }
 }
 
 /// An agent's error budget use, read from `agent:{id}:errors`.
@@ -451,9 +541,15 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError>;
     /// Delete the agent's own `key`, giving its bytes back to the quota; whether it existed.
-    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError>;
+    async fn kv_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        once: Option<&Once>,
+    ) -> Result<bool, StateError>;
     /// The agent's keys, sorted.
     async fn kv_keys(&self, agent: &AgentId) -> Result<Vec<String>, StateError>;
 
@@ -515,6 +611,7 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
         task: &TaskId,
         artifact: &ArtifactRef,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError>;
     /// The latest version of the task's artifact `name`: an indexed lookup.
     async fn artifact(&self, task: &TaskId, name: &str) -> Result<Option<ArtifactRef>, StateError>;
@@ -557,6 +654,10 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError>;
     /// The task's LLM spend so far.
     async fn tokens_spent(&self, task: &TaskId) -> Result<u64, StateError>;
+
+    /// Drop the run's receipt ([`Once`]): its journal holds every write it made. Done when
+    /// the run ends; a run that never ends (killed, never resumed) leaves one key.
+    async fn forget_receipt(&self, run: &RunId) -> Result<(), StateError>;
 
     /// Revocations recorded by any host sharing this backend, pushed as agent ids, when the
     /// backend can push them (Redis publish/subscribe). `None`: the host polls `revocation`.

@@ -47,7 +47,7 @@ pub struct Usage {
 }
 
 /// Which bound of a [`Quota`] a write would cross.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Bound {
     /// [`Quota::max_entries`].
     Entries,
@@ -66,7 +66,7 @@ impl Bound {
 }
 
 /// A write its quota refused; nothing was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct OverQuota {
     /// The bound the write would cross.
     pub bound: Bound,
@@ -79,7 +79,7 @@ pub struct OverQuota {
 }
 
 /// What a quota-checked write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[must_use = "a refused write stored nothing; the caller must tell whoever asked"]
 pub enum Admission<T = ()> {
     /// Written (with what the write returns: a message's id).

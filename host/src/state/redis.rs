@@ -41,7 +41,7 @@ use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 use super::quota::{Bound, OverQuota};
 use super::{
     Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Packet, Quota, Revocation, StateError, StateStore, TaskId, Transition,
+    LockOwner, Once, Packet, Quota, Revocation, RunId, StateError, StateStore, TaskId, Transition,
     TransitionResult, Ttl, decode, decode_all, decoded, encode, keys, kv_field, stored_id,
 };
 
@@ -139,7 +139,7 @@ return redis.call('HGETALL', KEYS[1])
 /// [`Quota::admit`](super::Quota::admit), and the reply of a refusal:
 /// `{'entries'|'bytes', used, requested}` (strings, so no count is cut to a Lua float's
 /// integer reply). An admitted write replies `{'stored', …}`.
-const QUOTA_LUA: &str = r"
+pub(super) const QUOTA_LUA: &str = r"
 local function usage(n)
   local u = redis.call('HMGET', KEYS[n], 'entries', 'bytes')
   return tonumber(u[1]) or 0, tonumber(u[2]) or 0
@@ -220,9 +220,66 @@ end
 return {names, refs}
 ";
 
-/// A quota script: [`QUOTA_LUA`] in front of `body`.
-pub(super) fn quota_script(body: &str) -> String {
-    format!("{QUOTA_LUA}{body}")
+/// The [`Once`] variant of a write script: `prelude`, then `body` (which `return`s its reply)
+/// run only unless the run's receipt `KEYS[#KEYS]` names the call `ARGV[#ARGV]`; the receipt
+/// then holds the token and the reply, written in the same script as the write. A call whose
+/// receipt is found is answered the reply it had, and writes nothing.
+fn once_script(prelude: &str, body: &str) -> String {
+    format!(
+        r"{prelude}
+local function write()
+{body}
+end
+local held = redis.call('GET', KEYS[#KEYS])
+if held then
+  local receipt = cjson.decode(held)
+  if receipt[1] == ARGV[#ARGV] then return receipt[2] end
+end
+local reply = write()
+redis.call('SET', KEYS[#KEYS], cjson.encode({{ARGV[#ARGV], reply}}))
+return reply
+"
+    )
+}
+
+/// A write script and its [`Once`] variant ([`once_script`]).
+pub(super) struct Write {
+    plain: Script,
+    once: Script,
+}
+
+impl Write {
+    /// The write `body`, after `prelude` (the quota functions, or nothing).
+    pub(super) fn new(prelude: &str, body: &str) -> Write {
+        Write {
+            plain: Script::new(&format!("{prelude}{body}")),
+            once: Script::new(&once_script(prelude, body)),
+        }
+    }
+
+    /// The code of both variants, for `SCRIPT LOAD` and the declared-keys test.
+    pub(super) fn code(prelude: &str, body: &str) -> [String; 2] {
+        [format!("{prelude}{body}"), once_script(prelude, body)]
+    }
+
+    /// The script to invoke for a write given `once` or not; its keys and arguments, then
+    /// [`with_receipt`].
+    pub(super) fn pick(&self, once: Option<&Once>) -> &Script {
+        if once.is_some() {
+            &self.once
+        } else {
+            &self.plain
+        }
+    }
+}
+
+/// After a write script's own keys and arguments: the run's receipt key and the call's
+/// token, for the [`Once`] variant.
+pub(super) fn with_receipt(call: &mut redis::ScriptInvocation<'_>, once: Option<&Once>) {
+    if let Some(once) = once {
+        call.key(keys::receipt(once.run().as_str()))
+            .arg(once.token());
+    }
 }
 
 /// The reply of a quota script, as an [`Admission`] under `quota`: `{'stored', …rest}` is
@@ -269,50 +326,46 @@ pub(super) struct Scripts {
     release: Script,
     transition: Script,
     record_error: Script,
-    pub(super) keyed_write: Script,
-    kv_delete: Script,
-    push_artifact: Script,
+    pub(super) keyed_write: Write,
+    kv_delete: Write,
+    push_artifact: Write,
     artifact_page: Script,
 }
 
 impl Scripts {
-    /// The code of every script of [`Scripts`], in field order, for `SCRIPT LOAD`.
-    fn code() -> [String; 9] {
-        [
-            ACQUIRE_LUA.to_string(),
-            REFRESH_LUA.to_string(),
-            RELEASE_LUA.to_string(),
-            TRANSITION_LUA.to_string(),
-            RECORD_ERROR_LUA.to_string(),
-            quota_script(KEYED_WRITE_LUA),
-            quota_script(KV_DELETE_LUA),
-            quota_script(PUSH_ARTIFACT_LUA),
-            ARTIFACT_PAGE_LUA.to_string(),
+    /// The code of every script of [`Scripts`] with its name, in field order (a write's
+    /// [`Once`] variant after it), for `SCRIPT LOAD`.
+    fn code() -> Vec<(&'static str, String)> {
+        let [keyed_write, keyed_write_once] = Write::code(QUOTA_LUA, KEYED_WRITE_LUA);
+        let [kv_delete, kv_delete_once] = Write::code(QUOTA_LUA, KV_DELETE_LUA);
+        let [push_artifact, push_artifact_once] = Write::code(QUOTA_LUA, PUSH_ARTIFACT_LUA);
+        vec![
+            ("acquire", ACQUIRE_LUA.to_string()),
+            ("refresh", REFRESH_LUA.to_string()),
+            ("release", RELEASE_LUA.to_string()),
+            ("transition", TRANSITION_LUA.to_string()),
+            ("record_error", RECORD_ERROR_LUA.to_string()),
+            ("keyed_write", keyed_write),
+            ("keyed_write once", keyed_write_once),
+            ("kv_delete", kv_delete),
+            ("kv_delete once", kv_delete_once),
+            ("push_artifact", push_artifact),
+            ("push_artifact once", push_artifact_once),
+            ("artifact_page", ARTIFACT_PAGE_LUA.to_string()),
         ]
     }
 
     fn new() -> Scripts {
-        let [
-            acquire,
-            refresh,
-            release,
-            transition,
-            record_error,
-            keyed_write,
-            kv_delete,
-            push_artifact,
-            artifact_page,
-        ] = Scripts::code().map(|code| Script::new(&code));
         Scripts {
-            acquire,
-            refresh,
-            release,
-            transition,
-            record_error,
-            keyed_write,
-            kv_delete,
-            push_artifact,
-            artifact_page,
+            acquire: Script::new(ACQUIRE_LUA),
+            refresh: Script::new(REFRESH_LUA),
+            release: Script::new(RELEASE_LUA),
+            transition: Script::new(TRANSITION_LUA),
+            record_error: Script::new(RECORD_ERROR_LUA),
+            keyed_write: Write::new(QUOTA_LUA, KEYED_WRITE_LUA),
+            kv_delete: Write::new(QUOTA_LUA, KV_DELETE_LUA),
+            push_artifact: Write::new(QUOTA_LUA, PUSH_ARTIFACT_LUA),
+            artifact_page: Script::new(ARTIFACT_PAGE_LUA),
         }
     }
 }
@@ -529,7 +582,7 @@ impl RedisState {
             // `Script` loads on `NOSCRIPT` (a restarted or flushed server) at the cost of two
             // more round trips; loading up front keeps even the first call to one.
             let mut load = redis::pipe();
-            for code in Scripts::code() {
+            for (_, code) in Scripts::code().into_iter().chain(coordination::scripts()) {
                 load.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
             }
             load.exec_async(&mut probe).await.map_err(open_error)?;
@@ -636,6 +689,10 @@ impl RedisState {
 
     /// [`KEYED_WRITE_LUA`]: set `field` of `hash` to `value` under `quota`, counted in the
     /// usage hash `usage` as `key_bytes` + the value's bytes.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the script's keys and arguments, in order"
+    )]
     pub(super) async fn keyed_write(
         &self,
         hash: &str,
@@ -644,9 +701,10 @@ impl RedisState {
         key_bytes: usize,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let reply = self
-            .keyed_script(hash, usage, field, key_bytes, value, quota, false)
+            .keyed_script(hash, usage, field, key_bytes, value, quota, false, once)
             .await?;
         admission(usage, quota, &reply, |_| Ok(()))
     }
@@ -659,6 +717,7 @@ impl RedisState {
         usage: &str,
         field: &str,
         value: &str,
+        once: Option<&Once>,
     ) -> Result<bool, StateError> {
         let reply = self
             .keyed_script(
@@ -669,6 +728,7 @@ impl RedisState {
                 value,
                 Quota::UNLIMITED,
                 true,
+                once,
             )
             .await?;
         Ok(reply.first().map(String::as_str) == Some("stored"))
@@ -687,8 +747,9 @@ impl RedisState {
         value: &str,
         quota: Quota,
         only_new: bool,
+        once: Option<&Once>,
     ) -> Result<Vec<String>, StateError> {
-        let script = &self.inner.scripts.keyed_write;
+        let script = self.inner.scripts.keyed_write.pick(once);
         self.guarded("quota write script on", hash, |mut c| {
             let mut call = script.key(hash);
             call.key(usage)
@@ -698,6 +759,7 @@ impl RedisState {
                 .arg(quota.max_entries)
                 .arg(quota.max_bytes)
                 .arg(if only_new { "nx" } else { "" });
+            with_receipt(&mut call, once);
             async move { call.invoke_async(&mut c).await }
         })
         .await
@@ -756,19 +818,26 @@ impl StateStore for RedisState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (hash, usage) = (keys::state(agent), keys::state_usage(agent));
-        self.keyed_write(&hash, &usage, &kv_field(key), key.len(), value, quota)
+        self.keyed_write(&hash, &usage, &kv_field(key), key.len(), value, quota, once)
             .await
     }
 
-    async fn kv_delete(&self, agent: &AgentId, key: &str) -> Result<bool, StateError> {
+    async fn kv_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        once: Option<&Once>,
+    ) -> Result<bool, StateError> {
         let (hash, usage, field) = (keys::state(agent), keys::state_usage(agent), kv_field(key));
-        let script = &self.inner.scripts.kv_delete;
+        let script = self.inner.scripts.kv_delete.pick(once);
         let removed: i64 = self
             .guarded("kv_delete script on", &hash, |mut c| {
                 let mut call = script.key(&hash);
                 call.key(&usage).arg(&field).arg(key.len());
+                with_receipt(&mut call, once);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
@@ -949,6 +1018,7 @@ impl StateStore for RedisState {
         task: &TaskId,
         artifact: &ArtifactRef,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (list, index, names, usage) = (
             keys::artifacts(task),
@@ -957,7 +1027,7 @@ impl StateStore for RedisState {
             keys::artifact_usage(task),
         );
         let value = encode(&list, artifact)?;
-        let script = &self.inner.scripts.push_artifact;
+        let script = self.inner.scripts.push_artifact.pick(once);
         let reply: Vec<String> = self
             .guarded("push_artifact script on", &list, |mut c| {
                 let mut call = script.key(&list);
@@ -969,6 +1039,7 @@ impl StateStore for RedisState {
                     .arg(artifact.size)
                     .arg(quota.max_entries)
                     .arg(quota.max_bytes);
+                with_receipt(&mut call, once);
                 async move { call.invoke_async(&mut c).await }
             })
             .await?;
@@ -1089,6 +1160,15 @@ impl StateStore for RedisState {
             })
             .await?;
         decode_all(keys::REVOCATIONS_LEDGER, &rows)
+    }
+
+    async fn forget_receipt(&self, run: &RunId) -> Result<(), StateError> {
+        let key = keys::receipt(run.as_str());
+        self.guarded("DEL", &key, |mut c| {
+            let key = &key;
+            async move { c.del::<_, ()>(key).await }
+        })
+        .await
     }
 
     async fn put_handoff(&self, handoff: &Handoff) -> Result<(), StateError> {
@@ -1336,18 +1416,7 @@ mod tests {
     /// `redis.call` in every script must be a `KEYS[n]`.
     #[test]
     fn scripts_touch_only_declared_keys() {
-        let names = [
-            "acquire",
-            "refresh",
-            "release",
-            "transition",
-            "record_error",
-            "keyed_write",
-            "kv_delete",
-            "push_artifact",
-            "artifact_page",
-        ];
-        let mut scripts: Vec<(&str, String)> = names.into_iter().zip(Scripts::code()).collect();
+        let mut scripts = Scripts::code();
         scripts.extend(coordination::scripts());
         for (name, code) in &scripts {
             let (name, code) = (*name, code.as_str());

@@ -10,7 +10,7 @@ use crate::state::{
     ResolveOutcome, Section, StateStore, TaskId, Vote, VoteChoice,
 };
 
-fn message<'a>(
+pub(super) fn message<'a>(
     sender: &'a AgentId,
     recipient: Option<&'a AgentId>,
     body: &'a str,
@@ -24,7 +24,7 @@ fn message<'a>(
     }
 }
 
-fn vote(agent: &AgentId, choice: VoteChoice, at_ms: u64) -> Vote {
+pub(super) fn vote(agent: &AgentId, choice: VoteChoice, at_ms: u64) -> Vote {
     Vote {
         agent: agent.clone(),
         choice,
@@ -33,7 +33,7 @@ fn vote(agent: &AgentId, choice: VoteChoice, at_ms: u64) -> Vote {
     }
 }
 
-fn proposal<'a>(proposer: &'a AgentId, required: &'a [AgentId]) -> NewProposal<'a> {
+pub(super) fn proposal<'a>(proposer: &'a AgentId, required: &'a [AgentId]) -> NewProposal<'a> {
     NewProposal {
         proposer,
         title: "t",
@@ -45,7 +45,7 @@ fn proposal<'a>(proposer: &'a AgentId, required: &'a [AgentId]) -> NewProposal<'
     }
 }
 
-fn resolution(by: &AgentId, note: &str) -> Resolution {
+pub(super) fn resolution(by: &AgentId, note: &str) -> Resolution {
     Resolution {
         by: by.clone(),
         note: note.to_string(),
@@ -91,7 +91,7 @@ pub async fn board_sections(store: &dyn StateStore) {
         ("objective", "v2"),
     ] {
         store
-            .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED)
+            .board_write(&task, Section::Problem, key, value, Quota::UNLIMITED, None)
             .await
             .unwrap()
             .into_result()
@@ -104,6 +104,7 @@ pub async fn board_sections(store: &dyn StateStore) {
             "objective",
             "a solution",
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -172,7 +173,7 @@ pub async fn board_insert_is_first_writer_wins(store: Arc<dyn StateStore>) {
             tokio::spawn(async move {
                 let value = format!("decision {i}");
                 let won = store
-                    .board_insert(&task, Section::Consensus, "final", &value)
+                    .board_insert(&task, Section::Consensus, "final", &value, None)
                     .await
                     .unwrap();
                 (won, value)
@@ -201,7 +202,7 @@ pub async fn board_insert_is_first_writer_wins(store: Arc<dyn StateStore>) {
     );
     assert!(
         store
-            .board_insert(&task, Section::Progress, "final", "other section")
+            .board_insert(&task, Section::Progress, "final", "other section", None)
             .await
             .unwrap(),
         "board insert: per section"
@@ -213,7 +214,7 @@ pub async fn board_insert_is_first_writer_wins(store: Arc<dyn StateStore>) {
         max_bytes: u64::MAX,
     };
     let third = store
-        .board_write(&task, Section::Problem, "third", "x", quota)
+        .board_write(&task, Section::Problem, "third", "x", quota, None)
         .await
         .unwrap();
     assert!(
@@ -228,20 +229,32 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     let (a, b) = (unique_task("coord-a"), unique_task("coord-b"));
     let [alpha, beta] = agents(["alpha", "beta"]);
     store
-        .board_write(&a, Section::Progress, "status", "running", Quota::UNLIMITED)
+        .board_write(
+            &a,
+            Section::Progress,
+            "status",
+            "running",
+            Quota::UNLIMITED,
+            None,
+        )
         .await
         .unwrap()
         .into_result()
         .unwrap();
     store
-        .send_message(&a, &message(&alpha, None, "for task a"), Quota::UNLIMITED)
+        .send_message(
+            &a,
+            &message(&alpha, None, "for task a"),
+            Quota::UNLIMITED,
+            None,
+        )
         .await
         .unwrap()
         .into_result()
         .unwrap();
     let required = [alpha.clone()];
     let proposal = proposal(&alpha, &required);
-    assert_eq!(store.propose(&a, &proposal).await.unwrap(), "p1");
+    assert_eq!(store.propose(&a, &proposal, None).await.unwrap(), "p1");
 
     assert_eq!(
         store
@@ -271,7 +284,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     assert!(store.proposals(&b).await.unwrap().is_empty());
     assert_eq!(
         store
-            .cast_vote(&b, "p1", &vote(&alpha, VoteChoice::Accept, 1))
+            .cast_vote(&b, "p1", &vote(&alpha, VoteChoice::Accept, 1), None)
             .await
             .unwrap(),
         CastOutcome::UnknownProposal,
@@ -280,7 +293,12 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
     // Ids are per task.
     assert_eq!(
         store
-            .send_message(&b, &message(&alpha, None, "for task b"), Quota::UNLIMITED)
+            .send_message(
+                &b,
+                &message(&alpha, None, "for task b"),
+                Quota::UNLIMITED,
+                None
+            )
             .await
             .unwrap()
             .into_result()
@@ -289,7 +307,7 @@ pub async fn coordination_tasks_are_isolated(store: &dyn StateStore) {
         "isolation: message ids must start at 1 in every task"
     );
     assert_eq!(
-        store.propose(&b, &proposal).await.unwrap(),
+        store.propose(&b, &proposal, None).await.unwrap(),
         "p1",
         "isolation: proposal ids must start at p1 in every task"
     );
@@ -325,7 +343,12 @@ pub async fn message_ids_and_order(store: &dyn StateStore) {
     ];
     for (n, &(sender, recipient, body)) in sent.iter().enumerate() {
         let id = store
-            .send_message(&task, &message(sender, recipient, body), Quota::UNLIMITED)
+            .send_message(
+                &task,
+                &message(sender, recipient, body),
+                Quota::UNLIMITED,
+                None,
+            )
             .await
             .unwrap()
             .into_result()
@@ -355,6 +378,7 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
             &task,
             &message(&alpha, None, "broadcast by alpha"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -365,6 +389,7 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
             &task,
             &message(&alpha, Some(&beta), "alpha to beta"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -375,6 +400,7 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
             &task,
             &message(&beta, Some(&alpha), "beta to alpha"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -385,6 +411,7 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
             &task,
             &message(&gamma, None, "broadcast by gamma"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -395,6 +422,7 @@ pub async fn direct_and_broadcast_delivery(store: &dyn StateStore) {
             &task,
             &message(&alpha, Some(&alpha), "alpha to itself"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -436,6 +464,7 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
                 &task,
                 &message(&alpha, None, &format!("m{n}")),
                 Quota::UNLIMITED,
+                None,
             )
             .await
             .unwrap()
@@ -448,6 +477,7 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
             &task,
             &message(&alpha, Some(&gamma), "m6"),
             Quota::UNLIMITED,
+            None,
         )
         .await
         .unwrap()
@@ -483,7 +513,7 @@ pub async fn receive_advances_the_cursor(store: &dyn StateStore) {
         "cursor: agents' cursors are independent"
     );
     store
-        .send_message(&task, &message(&gamma, None, "m7"), Quota::UNLIMITED)
+        .send_message(&task, &message(&gamma, None, "m7"), Quota::UNLIMITED, None)
         .await
         .unwrap()
         .into_result()
@@ -548,13 +578,13 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     // More than nine, so id order is numeric (p10 after p9), not lexical.
     let mut opened = Vec::new();
     for n in 1..=11 {
-        let id = store.propose(&task, &new("plan")).await.unwrap();
+        let id = store.propose(&task, &new("plan"), None).await.unwrap();
         assert_eq!(id, format!("p{n}"), "proposals: ids are p1, p2, …");
         opened.push(id);
     }
     assert_eq!(
         store
-            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Accept, 5))
+            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Accept, 5), None)
             .await
             .unwrap(),
         CastOutcome::Recorded,
@@ -562,7 +592,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     );
     assert_eq!(
         store
-            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Reject, 9))
+            .cast_vote(&task, "p2", &vote(&beta, VoteChoice::Reject, 9), None)
             .await
             .unwrap(),
         CastOutcome::AlreadyVoted(vote(&beta, VoteChoice::Accept, 5)),
@@ -573,13 +603,13 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
         vote(&gamma, VoteChoice::Abstain, 1),
     ] {
         assert_eq!(
-            store.cast_vote(&task, "p2", &v).await.unwrap(),
+            store.cast_vote(&task, "p2", &v, None).await.unwrap(),
             CastOutcome::Recorded
         );
     }
     assert_eq!(
         store
-            .cast_vote(&task, "p10", &vote(&beta, VoteChoice::Accept, 7))
+            .cast_vote(&task, "p10", &vote(&beta, VoteChoice::Accept, 7), None)
             .await
             .unwrap(),
         CastOutcome::Recorded,
@@ -588,7 +618,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
     for bad in ["p12", "p0", "p01", "p", "", "x1", "p1:votes", "p1 ", "P1"] {
         assert_eq!(
             store
-                .cast_vote(&task, bad, &vote(&beta, VoteChoice::Accept, 1))
+                .cast_vote(&task, bad, &vote(&beta, VoteChoice::Accept, 1), None)
                 .await
                 .unwrap(),
             CastOutcome::UnknownProposal,
@@ -596,7 +626,7 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
         );
         assert_eq!(
             store
-                .resolve_proposal(&task, bad, &resolution(&alpha, "n"))
+                .resolve_proposal(&task, bad, &resolution(&alpha, "n"), None)
                 .await
                 .unwrap(),
             ResolveOutcome::UnknownProposal,
@@ -611,14 +641,14 @@ pub async fn proposals_and_votes(store: &dyn StateStore) {
 
     assert_eq!(
         store
-            .resolve_proposal(&task, "p3", &resolution(&alpha, "merged into p11"))
+            .resolve_proposal(&task, "p3", &resolution(&alpha, "merged into p11"), None)
             .await
             .unwrap(),
         ResolveOutcome::Resolved
     );
     assert_eq!(
         store
-            .resolve_proposal(&task, "p3", &resolution(&beta, "withdrawn"))
+            .resolve_proposal(&task, "p3", &resolution(&beta, "withdrawn"), None)
             .await
             .unwrap(),
         ResolveOutcome::AlreadyResolved(resolution(&alpha, "merged into p11")),
@@ -678,20 +708,27 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
     for (i, (task, author)) in tasks.iter().zip(&agents).enumerate() {
         let n = i.to_string();
         store
-            .board_write(task, Section::Progress, "status", &n, Quota::UNLIMITED)
+            .board_write(
+                task,
+                Section::Progress,
+                "status",
+                &n,
+                Quota::UNLIMITED,
+                None,
+            )
             .await
             .unwrap()
             .into_result()
             .unwrap();
         store
-            .send_message(task, &message(author, None, &n), Quota::UNLIMITED)
+            .send_message(task, &message(author, None, &n), Quota::UNLIMITED, None)
             .await
             .unwrap()
             .into_result()
             .unwrap();
         assert_eq!(
             store
-                .propose(task, &proposal(author, &agents))
+                .propose(task, &proposal(author, &agents), None)
                 .await
                 .unwrap(),
             "p1",
@@ -727,7 +764,12 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
     let room = unique_task("exact-room");
     let sender = agent("sender");
     store
-        .send_message(&room, &message(&sender, None, "to all"), Quota::UNLIMITED)
+        .send_message(
+            &room,
+            &message(&sender, None, "to all"),
+            Quota::UNLIMITED,
+            None,
+        )
         .await
         .unwrap()
         .into_result()
@@ -738,6 +780,7 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
                 &room,
                 &message(&sender, Some(agent), &format!("to {i}")),
                 Quota::UNLIMITED,
+                None,
             )
             .await
             .unwrap()
@@ -760,7 +803,7 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
     }
     assert_eq!(
         store
-            .propose(&room, &proposal(&sender, &agents))
+            .propose(&room, &proposal(&sender, &agents), None)
             .await
             .unwrap(),
         "p1"
@@ -771,7 +814,7 @@ pub async fn coordination_ids_are_exact_keys(store: &dyn StateStore) {
         .collect();
     for v in &votes {
         assert_eq!(
-            store.cast_vote(&room, "p1", v).await.unwrap(),
+            store.cast_vote(&room, "p1", v, None).await.unwrap(),
             CastOutcome::Recorded,
             "exact keys: agent `{}`'s vote was taken for another agent's",
             v.agent
@@ -807,7 +850,12 @@ pub async fn concurrent_sends(store: Arc<dyn StateStore>) {
                     let body = n.to_string();
                     ids.push(
                         store
-                            .send_message(&task, &message(&sender, None, &body), Quota::UNLIMITED)
+                            .send_message(
+                                &task,
+                                &message(&sender, None, &body),
+                                Quota::UNLIMITED,
+                                None,
+                            )
                             .await
                             .unwrap()
                             .into_result()
@@ -868,6 +916,7 @@ pub async fn concurrent_receives(store: Arc<dyn StateStore>) {
                 &task,
                 &message(sender, recipient, &n.to_string()),
                 Quota::UNLIMITED,
+                None,
             )
             .await
             .unwrap()

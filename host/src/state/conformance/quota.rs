@@ -60,7 +60,7 @@ pub async fn state_quota_is_exact(store: &dyn StateStore) {
     let q = quota(3, 20);
     let set = |key: &'static str, value: &'static str, q: Quota| {
         let a = a.clone();
-        async move { store.kv_set(&a, key, value, q).await.unwrap() }
+        async move { store.kv_set(&a, key, value, q, None).await.unwrap() }
     };
     // k1 = 2 + 4, k2 = 2 + 4, k3 = 2 + 2: 3 keys, 16 bytes.
     assert_eq!(
@@ -105,7 +105,7 @@ pub async fn state_quota_is_exact(store: &dyn StateStore) {
         "kv quota: a refused replacement changed the value"
     );
     // A delete gives back key and value: 20 - 6 = 14, 2 keys; k4 of 2 + 4 fits exactly.
-    assert!(store.kv_delete(&a, "k2").await.unwrap());
+    assert!(store.kv_delete(&a, "k2", None).await.unwrap());
     assert_eq!(
         set("k4", "ddddd", q).await,
         over(Bound::Bytes, 20, 14, 21),
@@ -140,7 +140,10 @@ pub async fn state_quota_is_exact(store: &dyn StateStore) {
         "kv quota: a new key past a lowered quota"
     );
     assert_eq!(
-        store.kv_set(&b, "k1", "x", quota(1, 3)).await.unwrap(),
+        store
+            .kv_set(&b, "k1", "x", quota(1, 3), None)
+            .await
+            .unwrap(),
         Admission::Stored(()),
         "kv quota: another agent's state counts on its own"
     );
@@ -167,7 +170,7 @@ pub async fn concurrent_state_writers_never_exceed_the_quota(store: Arc<dyn Stat
                     let mut stored = 0u64;
                     for k in 0..20 {
                         let key = format!("w{w:02}-k{k:02}");
-                        if store.kv_set(&agent, &key, "xxx", q).await.unwrap()
+                        if store.kv_set(&agent, &key, "xxx", q, None).await.unwrap()
                             == Admission::Stored(())
                         {
                             stored += 1;
@@ -198,7 +201,12 @@ pub async fn artifact_index_and_quota(store: &dyn StateStore) {
     let q = quota(2, 30);
     let push = |artifact: ArtifactRef| {
         let task = task.clone();
-        async move { store.push_artifact(&task, &artifact, q).await.unwrap() }
+        async move {
+            store
+                .push_artifact(&task, &artifact, q, None)
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(
         store.artifact(&task, "a").await.unwrap(),
@@ -271,7 +279,7 @@ pub async fn artifact_index_and_quota(store: &dyn StateStore) {
     let many = quota(100, 1000);
     for name in ["b", "a_b", "a/b", "a.b", "a-b", "a", "B"] {
         let stored = store
-            .push_artifact(&other, &version(name, 1, 1), many)
+            .push_artifact(&other, &version(name, 1, 1), many, None)
             .await;
         assert_eq!(stored.unwrap(), Admission::Stored(()), "index: {name}");
     }
@@ -319,7 +327,7 @@ pub async fn artifact_pages_walk_the_task(store: &dyn StateStore) {
         .collect();
     for (i, name) in expected.iter().enumerate() {
         let stored = store
-            .push_artifact(&task, &version(name, i as u64, 1), Quota::UNLIMITED)
+            .push_artifact(&task, &version(name, i as u64, 1), Quota::UNLIMITED, None)
             .await;
         assert_eq!(stored.unwrap(), Admission::Stored(()), "pages: {name}");
     }
@@ -356,7 +364,10 @@ pub async fn concurrent_artifact_writers_never_exceed_the_quota(store: Arc<dyn S
                 let (mut named, mut versioned) = (0u64, 0u64);
                 for n in 0..25u64 {
                     let fresh = version(&format!("w{w}/n{n:02}"), n, 1);
-                    if store.push_artifact(&task, &fresh, names).await.unwrap()
+                    if store
+                        .push_artifact(&task, &fresh, names, None)
+                        .await
+                        .unwrap()
                         == Admission::Stored(())
                     {
                         named += 1;
@@ -365,7 +376,10 @@ pub async fn concurrent_artifact_writers_never_exceed_the_quota(store: Arc<dyn S
                 let other = TaskId::new(&format!("{task}-versions")).unwrap();
                 for n in 0..25u64 {
                     let again = version("shared", n, 7);
-                    if store.push_artifact(&other, &again, versions).await.unwrap()
+                    if store
+                        .push_artifact(&other, &again, versions, None)
+                        .await
+                        .unwrap()
                         == Admission::Stored(())
                     {
                         versioned += 1;
@@ -406,7 +420,7 @@ pub async fn board_quota_is_per_task_and_atomic(store: Arc<dyn StateStore>) {
         let (store, task) = (Arc::clone(&store), task.clone());
         async move {
             store
-                .board_write(&task, section, key, value, q)
+                .board_write(&task, section, key, value, q, None)
                 .await
                 .unwrap()
         }
@@ -449,7 +463,7 @@ pub async fn board_quota_is_per_task_and_atomic(store: Arc<dyn StateStore>) {
     );
     assert_eq!(
         store
-            .board_write(&other, Section::Problem, "k1", "x", quota(1, 3))
+            .board_write(&other, Section::Problem, "k1", "x", quota(1, 3), None)
             .await
             .unwrap(),
         Admission::Stored(()),
@@ -466,7 +480,7 @@ pub async fn board_quota_is_per_task_and_atomic(store: Arc<dyn StateStore>) {
                     let section = Section::ALL[k % 4];
                     let key = format!("w{w}-k{k:02}");
                     let admitted = store
-                        .board_write(&race, section, &key, "v", quota(50, u64::MAX))
+                        .board_write(&race, section, &key, "v", quota(50, u64::MAX), None)
                         .await
                         .unwrap();
                     if admitted == Admission::Stored(()) {
@@ -499,7 +513,7 @@ pub async fn message_quota_counts_what_was_sent(store: Arc<dyn StateStore>) {
     // FEEDBACK (8) + 2 = 10 bytes each.
     for n in 1..=2u64 {
         let sent = store
-            .send_message(&task, &message(&alpha, "FEEDBACK", "hi"), q)
+            .send_message(&task, &message(&alpha, "FEEDBACK", "hi"), q, None)
             .await;
         assert_eq!(
             sent.unwrap(),
@@ -509,7 +523,7 @@ pub async fn message_quota_counts_what_was_sent(store: Arc<dyn StateStore>) {
     }
     assert_eq!(
         store
-            .send_message(&task, &message(&alpha, "FEEDBACK", "hi!"), q)
+            .send_message(&task, &message(&alpha, "FEEDBACK", "hi!"), q, None)
             .await
             .unwrap(),
         Admission::Refused(OverQuota {
@@ -530,7 +544,7 @@ pub async fn message_quota_counts_what_was_sent(store: Arc<dyn StateStore>) {
     );
     assert_eq!(
         store
-            .send_message(&task, &message(&alpha, "FEEDBACK", "hi"), q)
+            .send_message(&task, &message(&alpha, "FEEDBACK", "hi"), q, None)
             .await
             .unwrap(),
         Admission::Stored(3),
@@ -538,7 +552,7 @@ pub async fn message_quota_counts_what_was_sent(store: Arc<dyn StateStore>) {
     );
     assert_eq!(
         store
-            .send_message(&task, &message(&alpha, "X", ""), q)
+            .send_message(&task, &message(&alpha, "X", ""), q, None)
             .await
             .unwrap(),
         Admission::Refused(OverQuota {
@@ -564,7 +578,12 @@ pub async fn message_quota_counts_what_was_sent(store: Arc<dyn StateStore>) {
                 let mut ids = Vec::new();
                 for _ in 0..25 {
                     let sent = store
-                        .send_message(&race, &message(&sender, "K", "b"), quota(60, u64::MAX))
+                        .send_message(
+                            &race,
+                            &message(&sender, "K", "b"),
+                            quota(60, u64::MAX),
+                            None,
+                        )
                         .await
                         .unwrap();
                     if let Admission::Stored(id) = sent {

@@ -22,7 +22,7 @@ use crate::state::coordination::{
     Resolution, ResolveOutcome, Section, Vote, keys, proposal_id, proposal_number, sort_votes,
 };
 use crate::state::quota::{entry_bytes, message_bytes};
-use crate::state::{Admission, Quota, StateError};
+use crate::state::{Admission, Once, Quota, StateError};
 use crate::state::{decode, encode};
 
 /// A stored number that does not parse.
@@ -145,6 +145,7 @@ impl Coordination for EmbeddedState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (hash, scope, field, value) = (
             keys::section(task, section),
@@ -152,7 +153,7 @@ impl Coordination for EmbeddedState {
             key.to_string(),
             value.to_string(),
         );
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let old = hget(conn, &hash, &field)?.map(|old| entry_bytes(&field, &old));
             let after = match admit(conn, &scope, quota, old, entry_bytes(&field, &value))? {
                 Ok(after) => after,
@@ -182,6 +183,7 @@ impl Coordination for EmbeddedState {
         section: Section,
         key: &str,
         value: &str,
+        once: Option<&Once>,
     ) -> Result<bool, StateError> {
         let (hash, scope, field, value) = (
             keys::section(task, section),
@@ -189,7 +191,7 @@ impl Coordination for EmbeddedState {
             key.to_string(),
             value.to_string(),
         );
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO hashes (key, field, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key, field) DO NOTHING",
@@ -227,12 +229,13 @@ impl Coordination for EmbeddedState {
         task: &TaskId,
         message: &NewMessage<'_>,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission<u64>, StateError> {
         let (log, scope) = (keys::message_log(task), keys::message_usage(task));
         let bytes = message_bytes(message.kind, message.body);
         // The id is assigned inside the transaction.
         let message = message.with_id(0);
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let after = match admit(conn, &scope, quota, None, bytes)? {
                 Ok(after) => after,
                 Err(over) => return Ok(Admission::Refused(over)),
@@ -288,11 +291,12 @@ impl Coordination for EmbeddedState {
         &self,
         task: &TaskId,
         proposal: &NewProposal<'_>,
+        once: Option<&Once>,
     ) -> Result<String, StateError> {
         let task = task.clone();
         // The id is assigned inside the transaction.
         let record = proposal.with_id(String::new());
-        self.run_tx(move |conn| open_proposal(conn, &task, record))
+        self.run_once(once, move |conn| open_proposal(conn, &task, record))
             .await
     }
 
@@ -301,13 +305,14 @@ impl Coordination for EmbeddedState {
         task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
+        once: Option<&Once>,
     ) -> Result<CastOutcome, StateError> {
         if proposal_number(proposal_id).is_none() {
             return Ok(CastOutcome::UnknownProposal);
         }
         let (proposals, votes) = (keys::proposals(task), keys::votes(task, proposal_id));
         let (id, vote) = (proposal_id.to_string(), vote.clone());
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             if hget(conn, &proposals, &id)?.is_none() {
                 return Ok(CastOutcome::UnknownProposal);
             }
@@ -326,13 +331,14 @@ impl Coordination for EmbeddedState {
         task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
+        once: Option<&Once>,
     ) -> Result<ResolveOutcome, StateError> {
         if proposal_number(proposal_id).is_none() {
             return Ok(ResolveOutcome::UnknownProposal);
         }
         let proposals = keys::proposals(task);
         let (id, resolution) = (proposal_id.to_string(), resolution.clone());
-        self.run_tx(move |conn| {
+        self.run_once(once, move |conn| {
             let Some(json) = hget(conn, &proposals, &id)? else {
                 return Ok(ResolveOutcome::UnknownProposal);
             };
@@ -428,7 +434,9 @@ mod tests {
                             body: "b",
                             sent_at_ms: 0,
                         };
-                        let sent = store.send_message(&task, &message, Quota::UNLIMITED).await;
+                        let sent = store
+                            .send_message(&task, &message, Quota::UNLIMITED, None)
+                            .await;
                         ids.push(sent.unwrap().into_result().unwrap());
                     }
                     ids

@@ -17,7 +17,7 @@ use crate::state::coordination::{
     Resolution, ResolveOutcome, Section, Vote, proposal_id, proposal_number, sort_votes,
 };
 use crate::state::quota::{entry_bytes, message_bytes};
-use crate::state::{Admission, Quota, StateError, Usage};
+use crate::state::{Admission, Once, Quota, StateError, Usage};
 
 /// Everything under `blackboard:{task}:` and `msg:{task}:`.
 #[derive(Default)]
@@ -111,34 +111,38 @@ impl Coordination for MemoryState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
-        let mut data = self.inner.lock();
-        let (before, old) = data
-            .boards
-            .get(task.as_str())
-            .map_or((Usage::default(), None), |b| {
-                let old = b
-                    .sections
-                    .get(&section)
-                    .and_then(|entries| entries.get(key));
-                (b.board_usage, old.map(|old| entry_bytes(key, old)))
-            });
-        let after = before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
-        if let Err(over) = quota.admit(before, after) {
-            return Ok(Admission::Refused(over));
-        }
-        let value = value.to_string();
-        super::upsert(&mut data.boards, task, |b| {
-            let entries = b.sections.entry(section).or_default();
-            match entries.get_mut(key) {
-                Some(slot) => *slot = value,
-                None => {
-                    entries.insert(key.to_string(), value);
-                }
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let (before, old) =
+                data.boards
+                    .get(task.as_str())
+                    .map_or((Usage::default(), None), |b| {
+                        let old = b
+                            .sections
+                            .get(&section)
+                            .and_then(|entries| entries.get(key));
+                        (b.board_usage, old.map(|old| entry_bytes(key, old)))
+                    });
+            let after =
+                before.after_write(old.is_none(), entry_bytes(key, value), old.unwrap_or(0));
+            if let Err(over) = quota.admit(before, after) {
+                return Ok(Admission::Refused(over));
             }
-            b.board_usage = after;
-        });
-        Ok(Admission::Stored(()))
+            let value = value.to_string();
+            super::upsert(&mut data.boards, task, |b| {
+                let entries = b.sections.entry(section).or_default();
+                match entries.get_mut(key) {
+                    Some(slot) => *slot = value,
+                    None => {
+                        entries.insert(key.to_string(), value);
+                    }
+                }
+                b.board_usage = after;
+            });
+            Ok(Admission::Stored(()))
+        })
     }
 
     async fn board_read(
@@ -158,19 +162,22 @@ impl Coordination for MemoryState {
         section: Section,
         key: &str,
         value: &str,
+        once: Option<&Once>,
     ) -> Result<bool, StateError> {
-        let bytes = entry_bytes(key, value);
-        let value = value.to_string();
-        Ok(self.board_mut(task, |b| {
-            let entries = b.sections.entry(section).or_default();
-            if entries.contains_key(key) {
-                return false;
-            }
-            entries.insert(key.to_string(), value);
-            // The host's entry counts against the task's blackboard like any other.
-            b.board_usage = b.board_usage.after_write(true, bytes, 0);
-            true
-        }))
+        self.once(once, || {
+            let bytes = entry_bytes(key, value);
+            let value = value.to_string();
+            Ok(self.board_mut(task, |b| {
+                let entries = b.sections.entry(section).or_default();
+                if entries.contains_key(key) {
+                    return false;
+                }
+                entries.insert(key.to_string(), value);
+                // The host's entry counts against the task's blackboard like any other.
+                b.board_usage = b.board_usage.after_write(true, bytes, 0);
+                true
+            }))
+        })
     }
 
     async fn board_entries(
@@ -198,26 +205,29 @@ impl Coordination for MemoryState {
         task: &TaskId,
         message: &NewMessage<'_>,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission<u64>, StateError> {
-        let mut data = self.inner.lock();
-        let before = data
-            .boards
-            .get(task.as_str())
-            .map_or_else(Usage::default, |b| b.log_usage);
-        let after = before.after_write(true, message_bytes(message.kind, message.body), 0);
-        if let Err(over) = quota.admit(before, after) {
-            return Ok(Admission::Refused(over));
-        }
-        Ok(Admission::Stored(super::upsert(
-            &mut data.boards,
-            task,
-            |b| {
-                let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
-                b.log.push(message.with_id(id));
-                b.log_usage = after;
-                id
-            },
-        )))
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let before = data
+                .boards
+                .get(task.as_str())
+                .map_or_else(Usage::default, |b| b.log_usage);
+            let after = before.after_write(true, message_bytes(message.kind, message.body), 0);
+            if let Err(over) = quota.admit(before, after) {
+                return Ok(Admission::Refused(over));
+            }
+            Ok(Admission::Stored(super::upsert(
+                &mut data.boards,
+                task,
+                |b| {
+                    let id = u64::try_from(b.log.len()).unwrap_or(u64::MAX - 1) + 1;
+                    b.log.push(message.with_id(id));
+                    b.log_usage = after;
+                    id
+                },
+            )))
+        })
     }
 
     async fn receive_messages(
@@ -269,16 +279,19 @@ impl Coordination for MemoryState {
         &self,
         task: &TaskId,
         proposal: &NewProposal<'_>,
+        once: Option<&Once>,
     ) -> Result<String, StateError> {
-        Ok(self.board_mut(task, |b| {
-            let n = u64::try_from(b.proposals.len()).unwrap_or(u64::MAX - 1) + 1;
-            let id = proposal_id(n);
-            b.proposals.push(Stored {
-                record: proposal.with_id(id.clone()),
-                votes: Vec::new(),
-            });
-            id
-        }))
+        self.once(once, || {
+            Ok(self.board_mut(task, |b| {
+                let n = u64::try_from(b.proposals.len()).unwrap_or(u64::MAX - 1) + 1;
+                let id = proposal_id(n);
+                b.proposals.push(Stored {
+                    record: proposal.with_id(id.clone()),
+                    votes: Vec::new(),
+                });
+                id
+            }))
+        })
     }
 
     async fn cast_vote(
@@ -286,20 +299,23 @@ impl Coordination for MemoryState {
         task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
+        once: Option<&Once>,
     ) -> Result<CastOutcome, StateError> {
-        let mut data = self.inner.lock();
-        let Some(stored) = data
-            .boards
-            .get_mut(task.as_str())
-            .and_then(|b| b.stored_mut(proposal_id))
-        else {
-            return Ok(CastOutcome::UnknownProposal);
-        };
-        if let Some(first) = stored.votes.iter().find(|v| v.agent == vote.agent) {
-            return Ok(CastOutcome::AlreadyVoted(first.clone()));
-        }
-        stored.votes.push(vote.clone());
-        Ok(CastOutcome::Recorded)
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let Some(stored) = data
+                .boards
+                .get_mut(task.as_str())
+                .and_then(|b| b.stored_mut(proposal_id))
+            else {
+                return Ok(CastOutcome::UnknownProposal);
+            };
+            if let Some(first) = stored.votes.iter().find(|v| v.agent == vote.agent) {
+                return Ok(CastOutcome::AlreadyVoted(first.clone()));
+            }
+            stored.votes.push(vote.clone());
+            Ok(CastOutcome::Recorded)
+        })
     }
 
     async fn resolve_proposal(
@@ -307,20 +323,23 @@ impl Coordination for MemoryState {
         task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
+        once: Option<&Once>,
     ) -> Result<ResolveOutcome, StateError> {
-        let mut data = self.inner.lock();
-        let Some(stored) = data
-            .boards
-            .get_mut(task.as_str())
-            .and_then(|b| b.stored_mut(proposal_id))
-        else {
-            return Ok(ResolveOutcome::UnknownProposal);
-        };
-        if let Some(first) = &stored.record.resolution {
-            return Ok(ResolveOutcome::AlreadyResolved(first.clone()));
-        }
-        stored.record.resolution = Some(resolution.clone());
-        Ok(ResolveOutcome::Resolved)
+        self.once(once, || {
+            let mut data = self.inner.lock();
+            let Some(stored) = data
+                .boards
+                .get_mut(task.as_str())
+                .and_then(|b| b.stored_mut(proposal_id))
+            else {
+                return Ok(ResolveOutcome::UnknownProposal);
+            };
+            if let Some(first) = &stored.record.resolution {
+                return Ok(ResolveOutcome::AlreadyResolved(first.clone()));
+            }
+            stored.record.resolution = Some(resolution.clone());
+            Ok(ResolveOutcome::Resolved)
+        })
     }
 
     async fn proposal(
@@ -369,14 +388,17 @@ mod tests {
             reasoning: String::new(),
             at_ms: 0,
         };
-        store.cast_vote(&task("t"), "p1", &vote).await.unwrap();
+        store
+            .cast_vote(&task("t"), "p1", &vote, None)
+            .await
+            .unwrap();
         let resolution = Resolution {
             by: agent("a"),
             note: String::new(),
             at_ms: 0,
         };
         store
-            .resolve_proposal(&task("t"), "p1", &resolution)
+            .resolve_proposal(&task("t"), "p1", &resolution, None)
             .await
             .unwrap();
         store.proposal(&task("t"), "p1").await.unwrap();
@@ -393,7 +415,7 @@ mod tests {
             sent_at_ms: 0,
         };
         let _ = store
-            .send_message(&task("t"), &message, Quota::UNLIMITED)
+            .send_message(&task("t"), &message, Quota::UNLIMITED, None)
             .await
             .unwrap();
         assert!(

@@ -32,13 +32,13 @@ use async_trait::async_trait;
 use crate::id::{AgentId, TaskId};
 use redis::{AsyncCommands, Script};
 
-use super::{BACKEND, RedisState, admission, quota_script};
+use super::{BACKEND, QUOTA_LUA, RedisState, Write, admission, with_receipt};
 use crate::state::coordination::{
     CastOutcome, Coordination, Message, NewMessage, NewProposal, Proposal, ProposalRecord,
     Resolution, ResolveOutcome, Section, Vote, keys, proposal_number, sort_votes,
 };
 use crate::state::quota::message_bytes;
-use crate::state::{Admission, Quota, StateError};
+use crate::state::{Admission, Once, Quota, StateError, keys as state_keys};
 use crate::state::{decode, encode};
 
 /// `KEYS`: log, usage. `ARGV`: the message's JSON after `{"id":<id>`, the bytes it counts,
@@ -127,21 +127,42 @@ end
 return {0, current}
 ";
 
-static SEND: LazyLock<Script> = LazyLock::new(|| Script::new(&quota_script(SEND_LUA)));
-static RECEIVE: LazyLock<Script> = LazyLock::new(|| Script::new(RECEIVE_LUA));
-static PROPOSE: LazyLock<Script> = LazyLock::new(|| Script::new(PROPOSE_LUA));
-static CAST: LazyLock<Script> = LazyLock::new(|| Script::new(CAST_LUA));
-static SWAP: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP_LUA));
+/// [`SWAP_LUA`] for a resolve given a [`Once`]: `KEYS[2]` the run's receipt, `ARGV[4]` the
+/// call's token, written with the new record (a resolve that loses its compare-and-set wrote
+/// nothing, so it leaves no receipt).
+const SWAP_ONCE_LUA: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('SET', KEYS[2], cjson.encode({ARGV[4], 'resolved'}))
+  return {1, false}
+end
+return {0, current}
+";
 
-/// The code of every coordination script, for the declared-keys test.
-#[cfg(test)]
+static SEND: LazyLock<Write> = LazyLock::new(|| Write::new(QUOTA_LUA, SEND_LUA));
+static RECEIVE: LazyLock<Script> = LazyLock::new(|| Script::new(RECEIVE_LUA));
+static PROPOSE: LazyLock<Write> = LazyLock::new(|| Write::new("", PROPOSE_LUA));
+static CAST: LazyLock<Write> = LazyLock::new(|| Write::new("", CAST_LUA));
+static SWAP: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP_LUA));
+static SWAP_ONCE: LazyLock<Script> = LazyLock::new(|| Script::new(SWAP_ONCE_LUA));
+
+/// The code of every coordination script with its name, for `SCRIPT LOAD` and the
+/// declared-keys test.
 pub(super) fn scripts() -> Vec<(&'static str, String)> {
+    let [send, send_once] = Write::code(QUOTA_LUA, SEND_LUA);
+    let [propose, propose_once] = Write::code("", PROPOSE_LUA);
+    let [cast, cast_once] = Write::code("", CAST_LUA);
     vec![
-        ("send", quota_script(SEND_LUA)),
+        ("send", send),
+        ("send once", send_once),
         ("receive", RECEIVE_LUA.to_string()),
-        ("propose", PROPOSE_LUA.to_string()),
-        ("cast", CAST_LUA.to_string()),
+        ("propose", propose),
+        ("propose once", propose_once),
+        ("cast", cast),
+        ("cast once", cast_once),
         ("swap", SWAP_LUA.to_string()),
+        ("swap once", SWAP_ONCE_LUA.to_string()),
     ]
 }
 
@@ -187,9 +208,10 @@ impl Coordination for RedisState {
         key: &str,
         value: &str,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission, StateError> {
         let (hash, usage) = (keys::section(task, section), keys::board_usage(task));
-        self.keyed_write(&hash, &usage, key, key.len(), value, quota)
+        self.keyed_write(&hash, &usage, key, key.len(), value, quota, once)
             .await
     }
 
@@ -213,10 +235,11 @@ impl Coordination for RedisState {
         section: Section,
         key: &str,
         value: &str,
+        once: Option<&Once>,
     ) -> Result<bool, StateError> {
         // Counted against the task's blackboard like any other entry, in the same script.
         let (hash, usage) = (keys::section(task, section), keys::board_usage(task));
-        self.keyed_insert(&hash, &usage, key, value).await
+        self.keyed_insert(&hash, &usage, key, value, once).await
     }
 
     async fn board_entries(
@@ -239,6 +262,7 @@ impl Coordination for RedisState {
         task: &TaskId,
         message: &NewMessage<'_>,
         quota: Quota,
+        once: Option<&Once>,
     ) -> Result<Admission<u64>, StateError> {
         let (log, usage) = (keys::message_log(task), keys::message_usage(task));
         let json = encode(&log, &message.with_id(0))?;
@@ -247,16 +271,14 @@ impl Coordination for RedisState {
         let reply: Vec<String> = self
             .guarded("send script on", &log, |mut c| {
                 let (log, usage, record) = (&log, &usage, &record);
-                async move {
-                    SEND.key(log)
-                        .key(usage)
-                        .arg(record)
-                        .arg(bytes)
-                        .arg(quota.max_entries)
-                        .arg(quota.max_bytes)
-                        .invoke_async(&mut c)
-                        .await
-                }
+                let mut call = SEND.pick(once).key(log);
+                call.key(usage)
+                    .arg(record)
+                    .arg(bytes)
+                    .arg(quota.max_entries)
+                    .arg(quota.max_bytes);
+                with_receipt(&mut call, once);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         admission(&usage, quota, &reply, |rest| {
@@ -327,6 +349,7 @@ impl Coordination for RedisState {
         &self,
         task: &TaskId,
         proposal: &NewProposal<'_>,
+        once: Option<&Once>,
     ) -> Result<String, StateError> {
         let proposals = keys::proposals(task);
         let json = encode(&proposals, &proposal.with_id(String::new()))?;
@@ -336,14 +359,10 @@ impl Coordination for RedisState {
         );
         self.guarded("propose script on", &proposals, |mut c| {
             let (seq, proposals, record) = (&seq, &proposals, &record);
-            async move {
-                PROPOSE
-                    .key(seq)
-                    .key(proposals)
-                    .arg(record)
-                    .invoke_async(&mut c)
-                    .await
-            }
+            let mut call = PROPOSE.pick(once).key(seq);
+            call.key(proposals).arg(record);
+            with_receipt(&mut call, once);
+            async move { call.invoke_async(&mut c).await }
         })
         .await
     }
@@ -353,6 +372,7 @@ impl Coordination for RedisState {
         task: &TaskId,
         proposal_id: &str,
         vote: &Vote,
+        once: Option<&Once>,
     ) -> Result<CastOutcome, StateError> {
         if proposal_number(proposal_id).is_none() {
             return Ok(CastOutcome::UnknownProposal);
@@ -363,15 +383,13 @@ impl Coordination for RedisState {
         let (outcome, first): (i64, Option<String>) = self
             .guarded("cast script on", &votes, |mut c| {
                 let (proposals, votes, encoded) = (&proposals, &votes, &encoded);
-                async move {
-                    CAST.key(proposals)
-                        .key(votes)
-                        .arg(proposal_id)
-                        .arg(vote.agent.as_str())
-                        .arg(encoded)
-                        .invoke_async(&mut c)
-                        .await
-                }
+                let mut call = CAST.pick(once).key(proposals);
+                call.key(votes)
+                    .arg(proposal_id)
+                    .arg(vote.agent.as_str())
+                    .arg(encoded);
+                with_receipt(&mut call, once);
+                async move { call.invoke_async(&mut c).await }
             })
             .await?;
         match (outcome, first) {
@@ -393,17 +411,38 @@ impl Coordination for RedisState {
         task: &TaskId,
         proposal_id: &str,
         resolution: &Resolution,
+        once: Option<&Once>,
     ) -> Result<ResolveOutcome, StateError> {
         if proposal_number(proposal_id).is_none() {
             return Ok(ResolveOutcome::UnknownProposal);
         }
         let proposals = keys::proposals(task);
-        let mut stored: Option<String> = self
+        let receipt = once.map(|once| state_keys::receipt(once.run().as_str()));
+        // The record, and the run's receipt in the same round trip: a resolve this call
+        // already made is answered as it was.
+        let (mut stored, held): (Option<String>, Option<String>) = self
             .guarded("HGET", &proposals, |mut c| {
-                let proposals = &proposals;
-                async move { c.hget(proposals, proposal_id).await }
+                let (proposals, receipt) = (&proposals, &receipt);
+                async move {
+                    match receipt {
+                        Some(receipt) => {
+                            redis::pipe()
+                                .hget(proposals, proposal_id)
+                                .get(receipt)
+                                .query_async(&mut c)
+                                .await
+                        }
+                        None => Ok((c.hget(proposals, proposal_id).await?, None)),
+                    }
+                }
             })
             .await?;
+        if let (Some(once), Some(held)) = (once, held) {
+            let token: Option<(String, serde_json::Value)> = serde_json::from_str(&held).ok();
+            if token.is_some_and(|(token, _)| token == once.token()) {
+                return Ok(ResolveOutcome::Resolved);
+            }
+        }
         for _ in 0..RESOLVE_ATTEMPTS {
             let Some(json) = stored else {
                 return Ok(ResolveOutcome::UnknownProposal);
@@ -417,14 +456,19 @@ impl Coordination for RedisState {
             let (swapped, current): (i64, Option<String>) = self
                 .guarded("resolve script on", &proposals, |mut c| {
                     let (proposals, json, updated) = (&proposals, &json, &updated);
-                    async move {
-                        SWAP.key(proposals)
-                            .arg(proposal_id)
-                            .arg(json)
-                            .arg(updated)
-                            .invoke_async(&mut c)
-                            .await
+                    let mut call = match (once, &receipt) {
+                        (Some(_), Some(receipt)) => {
+                            let mut call = SWAP_ONCE.key(proposals);
+                            call.key(receipt);
+                            call
+                        }
+                        _ => SWAP.key(proposals),
+                    };
+                    call.arg(proposal_id).arg(json).arg(updated);
+                    if let Some(once) = once {
+                        call.arg(once.token());
                     }
+                    async move { call.invoke_async(&mut c).await }
                 })
                 .await?;
             if swapped == 1 {
