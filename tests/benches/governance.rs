@@ -421,6 +421,47 @@ async fn async_main() {
         r.as_secs_f64() / l.as_secs_f64()
     );
 
+    // 3b. What a write's receipt costs: the same `kv_set` on the embedded file store, with
+    // its `Once` (receipt read and written in the write's transaction) and without.
+    const WRITES: usize = 2_000;
+    let store = warden::state::EmbeddedState::open(dir.path().join("state.db")).unwrap();
+    let writer = AgentId::new("bench-writer").unwrap();
+    let run = warden::state::RunId::generate();
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        for receipted in [false, true] {
+            let start = Instant::now();
+            for i in 0..WRITES {
+                let key = format!("k{round}-{i}-{receipted}");
+                let once = receipted.then(|| {
+                    warden::state::Once::new(
+                        &run,
+                        (round * WRITES + i) as u64,
+                        "state.set",
+                        "sha256:x",
+                    )
+                });
+                let stored = store
+                    .kv_set(&writer, &key, "value", Quota::UNLIMITED, once.as_ref())
+                    .await
+                    .unwrap();
+                assert_eq!(stored, Admission::Stored(()));
+            }
+            let per_write = start.elapsed() / WRITES as u32;
+            if receipted {
+                with.push(per_write);
+            } else {
+                without.push(per_write);
+            }
+        }
+    }
+    row(
+        "state write with its receipt (embedded file)",
+        median(with),
+        median(without),
+        "",
+    );
+
     // 4. Full hello lifecycle, in memory and on disk.
     for (label, host) in [
         (
