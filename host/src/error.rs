@@ -363,6 +363,34 @@ pub enum ResumeError {
         /// What the run was actually interrupted in.
         actual: String,
     },
+    /// A run of a task was killed while a tool ran: the task's resume needs a decision.
+    #[error(
+        "RESUME_UNCERTAIN: run `{run}` of task `{task}` was interrupted while tool `{tool}` ran (call {seq}, arguments {args}); whether it took effect is unknown and the tool is not declared `idempotent = true`; decide with `warden orchestrate --resume {task} --assume-done {run}:{seq}` (it took effect: the guest gets an empty output) or `--rerun {run}:{seq}` (run it again)"
+    )]
+    TaskUncertain {
+        /// The task.
+        task: String,
+        /// The run.
+        run: String,
+        /// The intent's position in the journal.
+        seq: u64,
+        /// The tool, escaped for a terminal.
+        tool: String,
+        /// Its arguments, escaped for a terminal and clipped.
+        args: String,
+    },
+    /// A task's resume was given a decision for a run it does not resume.
+    #[error(
+        "RESUME_DECISION_INVALID: a decision names run `{run}`, which is not an interrupted run of task `{task}`; its interrupted runs: {interrupted}"
+    )]
+    DecisionNotInTask {
+        /// The task.
+        task: String,
+        /// The run the decision named.
+        run: String,
+        /// The task's interrupted runs, or `none`.
+        interrupted: String,
+    },
     /// No task of this id was ever orchestrated here.
     #[error(
         "UNKNOWN_TASK: no task `{task}` was orchestrated with this ledger (it has no `orchestrator.start` row); `warden ledger query --agent orchestrator --kind orchestrator.start` lists the tasks it holds"
@@ -409,8 +437,10 @@ impl ResumeError {
         match self {
             ResumeError::NotInterrupted { .. } => "RUN_NOT_INTERRUPTED",
             ResumeError::StillActive { .. } => "RUN_STILL_ACTIVE",
-            ResumeError::Uncertain { .. } => "RESUME_UNCERTAIN",
-            ResumeError::DecisionInvalid { .. } => "RESUME_DECISION_INVALID",
+            ResumeError::Uncertain { .. } | ResumeError::TaskUncertain { .. } => "RESUME_UNCERTAIN",
+            ResumeError::DecisionInvalid { .. } | ResumeError::DecisionNotInTask { .. } => {
+                "RESUME_DECISION_INVALID"
+            }
             ResumeError::UnknownTask { .. } => "UNKNOWN_TASK",
             ResumeError::TaskNotInterrupted { .. } => "TASK_NOT_INTERRUPTED",
             ResumeError::TaskStillActive { .. } => "TASK_STILL_ACTIVE",

@@ -183,10 +183,11 @@ pub struct Journal {
 
 /// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
 pub fn args_digest<A: Serialize + ?Sized>(args: &A) -> String {
-    let mut hasher = HashWriter(Sha256::new());
-    // Serializing plain data into a hasher cannot fail.
-    let _ = serde_json::to_writer(&mut hasher, args);
-    sha256_text(&hasher.0.finalize().into())
+    // Arguments are small: one buffer and one digest beat feeding the hasher token by token.
+    let mut json = Vec::with_capacity(128);
+    // Serializing plain data into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut json, args);
+    sha256_text(&Sha256::digest(&json).into())
 }
 
 /// `sha256:<hex>` of raw bytes (an artifact's content as an argument).
@@ -197,26 +198,14 @@ pub fn bytes_digest(bytes: &[u8]) -> String {
 /// `sha256:<hex>` of a digest, in one allocation: on every call's path, twice.
 fn sha256_text(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for byte in digest {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    let mut out = [0u8; 7 + 64];
+    out[..7].copy_from_slice(b"sha256:");
+    for (pair, byte) in out[7..].chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
-    out
-}
-
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    // ASCII by construction, so the check cannot fail.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// The first head of run `run_id`'s journal.
@@ -475,7 +464,7 @@ impl Journal {
 
     /// After a live call: the records to write with the call's rows (the observations since
     /// the last call, then this answer) and the call's position and head.
-    pub fn commit(&self, op: &str, args_digest: String, payload: Vec<u8>) -> Committed {
+    pub fn commit(&self, op: &'static str, args_digest: String, payload: Vec<u8>) -> Committed {
         let mut state = self.state.lock();
         let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
         let mut records = std::mem::take(&mut state.pending);
@@ -486,7 +475,12 @@ impl Journal {
 
     /// After a live read: its record joins the pending entries (see [`Journal::hold`]) instead
     /// of being handed back; the call's position and head.
-    pub fn commit_held(&self, op: &str, args_digest: String, payload: Vec<u8>) -> (u64, String) {
+    pub fn commit_held(
+        &self,
+        op: &'static str,
+        args_digest: String,
+        payload: Vec<u8>,
+    ) -> (u64, String) {
         let mut state = self.state.lock();
         let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
         state.pending_bytes = state.pending_bytes.saturating_add(record.payload.len());
@@ -498,7 +492,7 @@ impl Journal {
     fn chain(
         &self,
         state: &mut State,
-        op: &str,
+        op: &'static str,
         args_digest: String,
         payload: Vec<u8>,
     ) -> (u64, String, JournalRecord) {
@@ -516,7 +510,7 @@ impl Journal {
             run_id: self.run_id.clone(),
             seq,
             phase: state.phase,
-            op: op.to_string().into(),
+            op: op.into(),
             args_digest,
             payload,
             head: head.clone(),

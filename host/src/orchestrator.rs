@@ -52,7 +52,7 @@ use crate::context::Services;
 use crate::error::Error;
 use crate::error::ResumeError;
 use crate::host::Host;
-use crate::id::{AgentId, TaskId};
+use crate::id::{AgentId, RunId, TaskId};
 use crate::ledger::{
     ActionRecord, Entry, LedgerQuery, LedgerRow, RunFilter, RunRow, Subject, Table,
 };
@@ -623,8 +623,21 @@ impl Host {
     /// (`TASK_NOT_INTERRUPTED`), still orchestrated by a live process on this machine
     /// (`TASK_STILL_ACTIVE`), or any interrupted run cannot be resumed as
     /// [`Host::resume`] decides it (`RUN_STILL_ACTIVE`, `RESUME_UNCERTAIN`: decide that run
-    /// with [`Host::resume_with`] first).
+    /// with [`Host::resume_task_with`]).
     pub async fn resume_task(&self, task: &str) -> Result<TaskMetrics, Error> {
+        self.resume_task_with(task, &[]).await
+    }
+
+    /// [`Host::resume_task`] with the operator's decision for each run that was killed while
+    /// a tool that is not `idempotent = true` ran (`RESUME_UNCERTAIN` names the run and the
+    /// call): the run resumes with its agents, as [`Host::resume_with`] would resume it
+    /// alone, and the decision is recorded in its ledger rows. A decision for a run the task
+    /// does not resume is refused (`RESUME_DECISION_INVALID`) before anything runs.
+    pub async fn resume_task_with(
+        &self,
+        task: &str,
+        decisions: &[(RunId, crate::resume::Decision)],
+    ) -> Result<TaskMetrics, Error> {
         let task = TaskId::new(task)?;
         let ledger = self.ledger();
         let rows = orchestrator_rows(ledger, &task)?;
@@ -685,6 +698,8 @@ impl Host {
 
         // Everything that can be refused is refused before anything goes on.
         let mut steps = Vec::new();
+        let mut interrupted: Vec<String> = Vec::new();
+        let mut uncertain = None;
         let mediator = spawned.as_ref().map(|s| s.agent.clone());
         for (agent, is_mediator) in spec
             .agents
@@ -709,15 +724,61 @@ impl Host {
             let step = match latest {
                 None => Step::Start,
                 Some(run) if run.status == "running" => {
-                    let id = crate::id::RunId::new(&run.run_id)?;
-                    let prepared = self
-                        .prepare_resume(&id, crate::resume::ResumeOptions::default())
-                        .await?;
-                    Step::Resume(Box::new(prepared))
+                    let id = RunId::new(&run.run_id)?;
+                    interrupted.push(run.run_id.clone());
+                    let decision = decisions
+                        .iter()
+                        .find(|(decided, _)| *decided == id)
+                        .map(|&(_, decision)| decision);
+                    let options = crate::resume::ResumeOptions { decision };
+                    match self.prepare_resume(&id, options).await {
+                        Ok(prepared) => Step::Resume(Box::new(prepared)),
+                        // The way out is the task's resume, not the run's alone: its agents
+                        // would not be there to answer it. Told once every decision given
+                        // was checked.
+                        Err(Error::Resume(ResumeError::Uncertain {
+                            run,
+                            seq,
+                            tool,
+                            args,
+                        })) => {
+                            uncertain.get_or_insert(ResumeError::TaskUncertain {
+                                task: task.to_string(),
+                                run,
+                                seq,
+                                tool,
+                                args,
+                            });
+                            continue;
+                        }
+                        Err(other) => return Err(other),
+                    }
                 }
                 Some(run) => Step::Ended(ended_result(ledger, &run, is_mediator)?),
             };
             steps.push((agent.clone(), is_mediator, step));
+        }
+        if let Some((run, _)) = decisions
+            .iter()
+            .find(|(run, _)| !interrupted.iter().any(|i| i == run.as_str()))
+        {
+            return Err(ResumeError::DecisionNotInTask {
+                task: task.to_string(),
+                run: run.to_string(),
+                interrupted: if interrupted.is_empty() {
+                    "none".to_string()
+                } else {
+                    interrupted
+                        .iter()
+                        .map(|r| format!("`{r}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            }
+            .into());
+        }
+        if let Some(uncertain) = uncertain {
+            return Err(uncertain.into());
         }
 
         // Any agent may still start: one that never did, and the mediator once spawned.

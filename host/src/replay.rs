@@ -155,7 +155,10 @@ impl crate::Host {
             Some(bytes) => bytes,
             None => self.kept_component(run, &row).await?,
         };
-        let offered = crate::runtime::digest(&bytes);
+        let offered = self
+            .sandbox
+            .runtime
+            .digest_of(&bytes, Some(&row.component_digest));
         if offered != row.component_digest && !options.allow_other_digest {
             return Err(ReplayError::ComponentMismatch {
                 run: run.to_string(),
@@ -217,6 +220,11 @@ impl crate::Host {
         run: &RunId,
         row: &crate::ledger::RunRow,
     ) -> Result<Vec<u8>, Error> {
+        // Bytes this process hashed already are the component; the blob store's copy would
+        // be read and hashed again for nothing.
+        if let Some(known) = self.sandbox.runtime.known_source(&row.component_digest) {
+            return Ok(known.to_vec());
+        }
         crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
             .await?
             .ok_or_else(|| {
@@ -232,7 +240,7 @@ impl crate::Host {
     fn offline_services(&self) -> Result<Services, Error> {
         Ok(Services::new(ServiceParts {
             tiers: self.tiers().clone(),
-            ledger: Ledger::in_memory()?,
+            ledger: Ledger::scratch()?,
             state: Arc::new(MemoryState::new()),
             secrets: Arc::new(EmbeddedSecrets::in_memory()),
             llm: None,

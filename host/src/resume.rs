@@ -122,7 +122,7 @@ pub(crate) fn decide_interrupted(
         (Some((seq, intent)), None) => Err(ResumeError::Uncertain {
             run: run.to_string(),
             seq,
-            tool: crate::text::clip(&format!("{:?}", intent.tool), 128),
+            tool: crate::text::clip(&intent.tool.escape_debug().to_string(), 128),
             args: crate::text::clip(
                 &serde_json::to_string(&intent.args).unwrap_or_default(),
                 512,

@@ -657,3 +657,153 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus_on_redis() 
         RedisServer::start(),
     ));
 }
+
+/// A task's agent killed inside a tool call that is not idempotent: `orchestrate --resume`
+/// refuses with `RESUME_UNCERTAIN` naming the task's own command, refuses a decision for a
+/// run it does not resume, and with the operator's `--assume-done RUN:CALL` goes on with the
+/// task: the tool ran once and the decision is recorded.
+#[test]
+fn a_task_killed_inside_a_tool_call_resumes_with_the_operators_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let effects = data.join("effects");
+    std::fs::create_dir(&effects).unwrap();
+    std::fs::write(
+        data.join("tools.toml"),
+        format!(
+            r#"[[tool]]
+name = "append"
+description = "append a line to a file outside the sandbox"
+min_tier = "T1"
+full_tier = "T2"
+argv = ["/bin/sh", "-c", "echo ran >> \"$0\"", "{out}/{{0}}.log"]
+args = ["^[a-z0-9-]{{1,40}}$"]
+max_args = 1
+write_paths = ["{out}"]
+"#,
+            out = effects.display(),
+        ),
+    )
+    .unwrap();
+    let config = data.join("warden.toml");
+    std::fs::write(&config, "tools = \"tools.toml\"\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let probe = warden_tests::agents_dir().join("coord_probe.wasm");
+    let cli = |args: &[&str], fault: Option<String>| {
+        let mut full = vec!["--config", config.as_str(), "--json"];
+        full.extend_from_slice(args);
+        let mut command = command(data, None, &full);
+        if let Some(fault) = fault {
+            command.env("WARDEN_FAULT_KILL", fault);
+        }
+        command.output().unwrap()
+    };
+    let lines = |task: &str| {
+        std::fs::read_to_string(effects.join(format!("{task}.log")))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    succeeded(cli(
+        &[
+            "agents",
+            "register",
+            "solo",
+            "--tier",
+            "T2",
+            "--component",
+            probe.to_str().unwrap(),
+        ],
+        None,
+    ));
+
+    // The tool's call is among the run's first few; each try is a task of its own.
+    let mut found = None;
+    for n in 1..=12 {
+        let task = format!("tool-task-{n}");
+        let objective = format!("probe: note start; tool append {task}; note done");
+        let out = cli(
+            &[
+                "orchestrate",
+                &objective,
+                "--agents",
+                "solo",
+                "--task",
+                &task,
+                "--timeout",
+                "60",
+            ],
+            Some(format!("inside:{n}")),
+        );
+        if out.status.code() == Some(0) {
+            break;
+        }
+        let out = cli(&["orchestrate", "--resume", &task], None);
+        if json(&out)["code"] == "RESUME_UNCERTAIN" {
+            found = Some((task, json(&out)));
+            break;
+        }
+        assert_eq!(out.status.code(), Some(0), "inside:{n}: {}", json(&out));
+    }
+    let (task, refusal) = found.expect("no kill landed inside the tool's call");
+    assert_eq!(lines(&task), 1, "the tool ran before the kill");
+    let message = refusal["error"].as_str().unwrap();
+    let decision = message
+        .split(&format!("orchestrate --resume {task} --assume-done "))
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("the refusal names no task command: {message}"))
+        .to_string();
+    let (run, call) = decision.rsplit_once(':').unwrap();
+    assert!(
+        run.starts_with("run-") && call.parse::<u64>().is_ok(),
+        "{decision}"
+    );
+
+    // A decision for a run the task does not resume is refused, and nothing runs.
+    let other = format!("run-{}", "0".repeat(32));
+    let out = cli(
+        &[
+            "orchestrate",
+            "--resume",
+            &task,
+            "--assume-done",
+            &format!("{other}:{call}"),
+        ],
+        None,
+    );
+    assert_eq!(
+        json(&out)["code"],
+        "RESUME_DECISION_INVALID",
+        "{}",
+        json(&out)
+    );
+    assert!(
+        json(&out)["error"].as_str().unwrap().contains(run),
+        "the refusal lists the task's interrupted run: {}",
+        json(&out)
+    );
+    // A value that is not RUN:CALL is a usage error naming the shape.
+    let out = cli(
+        &["orchestrate", "--resume", &task, "--assume-done", call],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUN:CALL"));
+
+    let out = cli(
+        &["orchestrate", "--resume", &task, "--assume-done", &decision],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", json(&out));
+    assert_eq!(lines(&task), 1, "the tool did not run again");
+    let decided: i64 = rusqlite::Connection::open(data.join("ledger.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM agent_actions WHERE run_id = ?1 AND action = 'resume.decision' AND decision = 'assume-done'",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(decided, 1, "the operator's decision is recorded once");
+}

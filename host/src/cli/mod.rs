@@ -142,6 +142,14 @@ enum Command {
             "quorum", "proposer_votes"
         ])]
         resume: Option<String>,
+        /// With `--resume`: run RUN of the task was interrupted in tool call CALL and it
+        /// took effect (as `warden resume --assume-done`); repeatable. Recorded.
+        #[arg(long, value_name = "RUN:CALL", requires = "resume", value_parser = run_call)]
+        assume_done: Vec<(warden::RunId, u64)>,
+        /// With `--resume`: run tool call CALL of run RUN again (as `warden resume --rerun`);
+        /// repeatable. Recorded.
+        #[arg(long, value_name = "RUN:CALL", requires = "resume", value_parser = run_call)]
+        rerun: Vec<(warden::RunId, u64)>,
         /// The registered agent to spawn when a condition fires.
         #[arg(long)]
         mediator: Option<String>,
@@ -414,6 +422,18 @@ impl Env {
     }
 }
 
+/// `RUN:CALL` of `orchestrate --resume --assume-done/--rerun`.
+fn run_call(value: &str) -> std::result::Result<(warden::RunId, u64), String> {
+    let (run, call) = value.rsplit_once(':').ok_or_else(|| {
+        format!("`{value}` is not RUN:CALL (a run id, a colon, the call's number, as RESUME_UNCERTAIN names them)")
+    })?;
+    let run = warden::RunId::new(run).map_err(|e| e.to_string())?;
+    let call = call.parse().map_err(|_| {
+        format!("`{call}` in `{value}` is not a call number (a whole number from 1)")
+    })?;
+    Ok((run, call))
+}
+
 async fn dispatch(cli: Cli) -> Result<u8> {
     let cx = Env::new(&cli)?;
     match cli.command {
@@ -477,10 +497,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             quorum,
             proposer_votes,
             resume,
+            assume_done,
+            rerun,
         } => {
             let host = cx.host().await?;
             let metrics = if let Some(task) = resume {
-                host.resume_task(&task).await?
+                let decisions: Vec<_> = assume_done
+                    .into_iter()
+                    .map(|(run, call)| (run, warden::resume::Decision::AssumeDone(call)))
+                    .chain(
+                        rerun
+                            .into_iter()
+                            .map(|(run, call)| (run, warden::resume::Decision::Rerun(call))),
+                    )
+                    .collect();
+                host.resume_task_with(&task, &decisions).await?
             } else {
                 let task =
                     task.unwrap_or_else(|| format!("task-{}", uuid::Uuid::new_v4().simple()));

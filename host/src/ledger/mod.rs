@@ -66,6 +66,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// tens of MiB.
 pub const QUEUE_CAPACITY: usize = 8192;
 
+/// The queue of a [`Ledger::scratch`] ledger.
+const SCRATCH_QUEUE_CAPACITY: usize = 64;
+
 /// How much a commit survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -150,11 +153,27 @@ impl Ledger {
         };
         let mut conn = open(flags)?;
         schema::prepare(&mut conn, path, true)?;
-        Ledger::start(conn, open(flags)?, durability, Some(path.to_path_buf()))
+        Ledger::start(
+            conn,
+            open(flags)?,
+            durability,
+            Some(path.to_path_buf()),
+            QUEUE_CAPACITY,
+        )
     }
 
     /// A private, process-local ledger that vanishes with its last handle.
     pub fn in_memory() -> Result<Ledger, LedgerError> {
+        Ledger::memory(QUEUE_CAPACITY)
+    }
+
+    /// An in-memory ledger for rows nobody keeps (an offline replay's): its queue is small,
+    /// since setting up [`QUEUE_CAPACITY`] slots costs more than a short replay itself.
+    pub(crate) fn scratch() -> Result<Ledger, LedgerError> {
+        Ledger::memory(SCRATCH_QUEUE_CAPACITY)
+    }
+
+    fn memory(capacity: usize) -> Result<Ledger, LedgerError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         // The memdb VFS shares a database between connections that name it
         // with a leading `/`, and, unlike shared cache, uses ordinary file
@@ -177,7 +196,7 @@ impl Ledger {
         };
         let mut conn = open()?;
         schema::prepare(&mut conn, label, false)?;
-        Ledger::start(conn, open()?, Durability::Normal, None)
+        Ledger::start(conn, open()?, Durability::Normal, None, capacity)
     }
 
     fn start(
@@ -185,6 +204,7 @@ impl Ledger {
         reader: Connection,
         durability: Durability,
         path: Option<PathBuf>,
+        capacity: usize,
     ) -> Result<Ledger, LedgerError> {
         let sync = match durability {
             Durability::Normal => "NORMAL",
@@ -193,7 +213,7 @@ impl Ledger {
         writer_conn.pragma_update(None, "synchronous", sync)?;
         reader.pragma_update(None, "query_only", true)?;
         let head = schema::load_head(&writer_conn)?;
-        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (tx, rx) = mpsc::sync_channel(capacity);
         let room = Arc::new(tokio::sync::Notify::new());
         let writer = Writer::new(writer_conn, head);
         let writer_room = Arc::clone(&room);

@@ -318,7 +318,7 @@ impl State {
     /// only and leave the transaction usable.
     fn apply(&mut self, tx: &Transaction<'_>, cmd: Command) -> Applied {
         match cmd {
-            Command::Append { at, entry, reply } => match self.append(tx, at, &entry) {
+            Command::Append { at, entry, reply } => match self.append(tx, &stamp(at), &entry) {
                 Ok(seq) => Ok(match reply {
                     Some(r) => Done::Seq(r, seq),
                     None => Done::Quiet,
@@ -327,8 +327,10 @@ impl State {
             },
             Command::AppendAll { at, entries, reply } => {
                 let mut last = self.head.seq.unsigned_abs();
+                // One timestamp for the batch: its entries were handed over together.
+                let ts = stamp(at);
                 for entry in &entries {
-                    match self.append(tx, at, entry) {
+                    match self.append(tx, &ts, entry) {
                         Ok(seq) => last = seq,
                         Err(e) => {
                             return Err((Box::new(Command::AppendAll { at, entries, reply }), e));
@@ -463,15 +465,14 @@ impl State {
     fn append(
         &mut self,
         tx: &Transaction<'_>,
-        at: SystemTime,
+        ts: &str,
         entry: &Entry,
     ) -> Result<u64, LedgerError> {
-        let ts = stamp(at);
         match entry {
             Entry::Action(r) => {
                 let s = &*r.subject;
                 let row = ActionRow {
-                    timestamp: &ts,
+                    timestamp: ts,
                     agent_id: &s.agent_id,
                     agent_version: Some(&s.agent_version),
                     tier: s.tier,
@@ -495,7 +496,7 @@ impl State {
             Entry::Violation(r) => {
                 let s = &*r.subject;
                 let row = ViolationRow {
-                    timestamp: &ts,
+                    timestamp: ts,
                     agent_id: &s.agent_id,
                     tier: s.tier,
                     task_id: s.task_id.as_deref(),
@@ -512,7 +513,7 @@ impl State {
             }
             Entry::Promotion(r) => {
                 let row = PromotionRow {
-                    timestamp: &ts,
+                    timestamp: ts,
                     agent_id: &r.agent_id,
                     from_tier: r.from_tier,
                     to_tier: r.to_tier,

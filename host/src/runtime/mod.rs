@@ -104,6 +104,12 @@ impl Runtime {
         digest
     }
 
+    /// The bytes of component `digest` when this runtime has hashed them already: what a
+    /// replay runs without reading (and hashing) the blob store's copy again.
+    pub fn known_source(&self, digest: &str) -> Option<Arc<[u8]>> {
+        self.sources.lock().get(digest).cloned()
+    }
+
     /// Compile (or fetch from cache) the component with the given bytes and digest.
     pub fn component(
         &self,
