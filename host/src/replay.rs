@@ -147,7 +147,7 @@ impl crate::Host {
             run: run.to_string(),
         })?;
         let records = ledger.journal(run)?;
-        let anchors = ledger.journal_anchors(&row.agent_id, run)?;
+        let anchors = ledger.journal_anchors(&row)?;
         let recorded_records = records.len() as u64;
         let records = vouched(run, records, &anchors)?;
         let packet = recorded_packet(run, &row)?;

@@ -281,11 +281,7 @@ impl crate::Host {
             run: run.to_string(),
             holder,
         })?;
-        let records = vouched(
-            run,
-            ledger.journal(run)?,
-            &ledger.journal_anchors(&row.agent_id, run)?,
-        )?;
+        let records = vouched(run, ledger.journal(run)?, &ledger.journal_anchors(&row)?)?;
         let interrupted = decide_interrupted(
             run,
             records.last(),
@@ -495,6 +491,8 @@ mod tests {
             outcome: None,
             calls: 3,
             packet: String::new(),
+            from_row: None,
+            to_row: None,
         }
     }
 

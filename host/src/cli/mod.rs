@@ -675,7 +675,7 @@ async fn runs(cx: &Env, command: RunsCommand) -> Result<u8> {
             let Some(row) = host.ledger().run(&run)? else {
                 bail!("no run `{run}` in this ledger; `warden runs list` shows the runs it holds");
             };
-            let phases = host.ledger().run_phases(&row.agent_id, &run)?;
+            let phases = host.ledger().run_phases(&row)?;
             output::run_show(cx.json, &row, &phases);
         }
     }

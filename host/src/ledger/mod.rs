@@ -508,21 +508,20 @@ impl Ledger {
     }
 
     /// The chained rows of `run_id` that vouch for its journal, in order.
-    pub fn journal_anchors(
-        &self,
-        agent_id: &str,
-        run_id: &crate::id::RunId,
-    ) -> Result<Vec<JournalAnchor>, LedgerError> {
-        read::anchors(&self.inner.reader.lock(), (agent_id, run_id.as_str()))
+    pub fn journal_anchors(&self, run: &RunRow) -> Result<Vec<JournalAnchor>, LedgerError> {
+        read::anchors(&self.inner.reader.lock(), run)
+    }
+
+    /// The seq of the last committed row: rows queued from now on come after it.
+    pub(crate) fn committed_seq(&self) -> Result<u64, LedgerError> {
+        Ok(schema::meta_head(&self.inner.reader.lock())?
+            .seq
+            .unsigned_abs())
     }
 
     /// The phases `run_id` entered, with the time of each, in order.
-    pub fn run_phases(
-        &self,
-        agent_id: &str,
-        run_id: &crate::id::RunId,
-    ) -> Result<Vec<(String, String)>, LedgerError> {
-        read::run_phases(&self.inner.reader.lock(), (agent_id, run_id.as_str()))
+    pub fn run_phases(&self, run: &RunRow) -> Result<Vec<(String, String)>, LedgerError> {
+        read::run_phases(&self.inner.reader.lock(), run)
     }
 
     /// The registry row for `agent_id`.

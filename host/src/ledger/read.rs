@@ -893,6 +893,26 @@ pub struct RunRow {
     /// The packet it ran, JSON.
     #[serde(skip)]
     pub packet: String,
+    /// Rows of its phases come after this ledger row (`None` for a run of an older ledger).
+    #[serde(skip)]
+    pub from_row: Option<u64>,
+    /// The ledger's last row when its `runs` row was last written: once it ended, no row of
+    /// it comes after.
+    #[serde(skip)]
+    pub to_row: Option<u64>,
+}
+
+impl RunRow {
+    /// The ledger rows that can be this run's: after [`RunRow::from_row`], and, once it
+    /// ended, up to [`RunRow::to_row`]. `None` for a run of an older ledger.
+    fn rows(&self) -> Option<(i64, i64)> {
+        let from = i64::try_from(self.from_row?).ok()?;
+        let to = match self.status.as_str() {
+            "running" => None,
+            _ => self.to_row.and_then(|to| i64::try_from(to).ok()),
+        };
+        Some((from, to.unwrap_or(i64::MAX)))
+    }
 }
 
 /// Which runs [`runs`] lists; every field narrows.
@@ -909,7 +929,8 @@ pub struct RunFilter {
 }
 
 const RUN_COLUMNS: &str = "run_id, agent_id, task_id, tier, component_digest, status, phase, \
-     attempts, host, pid, started_at, updated_at, outcome, calls, packet, lock_owner";
+     attempts, host, pid, started_at, updated_at, outcome, calls, packet, lock_owner, from_row, \
+     to_row";
 
 fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
     let small = |idx: usize, column: &'static str| -> Result<u32, LedgerError> {
@@ -938,6 +959,12 @@ fn run_from(row: &Row<'_>) -> Result<RunRow, LedgerError> {
         calls: count_at(row, 13, "calls")?,
         packet: row.get(14)?,
         lock_owner: row.get(15)?,
+        from_row: row
+            .get::<_, Option<i64>>(16)?
+            .and_then(|v| u64::try_from(v).ok()),
+        to_row: row
+            .get::<_, Option<i64>>(17)?
+            .and_then(|v| u64::try_from(v).ok()),
     })
 }
 
@@ -1020,17 +1047,13 @@ pub struct JournalAnchor {
 }
 
 /// The chained rows of `run_id` that name a journal head, in order.
-pub(crate) fn anchors(
-    conn: &Connection,
-    (agent_id, run_id): (&str, &str),
-) -> Result<Vec<JournalAnchor>, LedgerError> {
-    // Through the agent's index: an index of its own on `run_id` would cost every row's
-    // insert, on the hot path, for a lookup made once per replay or resume.
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, action, call_seq, result_digest FROM agent_actions \
-         WHERE agent_id = ?1 AND run_id = ?2 AND call_seq IS NOT NULL ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([agent_id, run_id])?;
+pub(crate) fn anchors(conn: &Connection, run: &RunRow) -> Result<Vec<JournalAnchor>, LedgerError> {
+    let mut stmt = conn.prepare_cached(&of_run(
+        "SELECT seq, action, call_seq, result_digest FROM agent_actions",
+        "call_seq IS NOT NULL",
+        run,
+    ))?;
+    let mut rows = stmt.query(run_params(run))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(JournalAnchor {
@@ -1043,16 +1066,54 @@ pub(crate) fn anchors(
     Ok(out)
 }
 
+/// `select` of run `run`'s rows that match `filter`, in order. Through the run's row range
+/// (the `seq` index) when its `runs` row has one, so the cost is the rows written while it
+/// ran, not its agent's whole history; else through the agent's index. An index on `run_id`
+/// would cost every row's insert, on the hot path, for a lookup made once per replay or
+/// resume.
+fn of_run(select: &str, filter: &str, run: &RunRow) -> String {
+    match run.rows() {
+        // `+agent_id`: not through the agent's index, which SQLite would otherwise prefer.
+        Some(_) => format!(
+            "{select} WHERE seq > ?3 AND seq <= ?4 AND +agent_id = ?1 AND run_id = ?2 \
+             AND {filter} ORDER BY seq"
+        ),
+        // The whole range, through the agent's index.
+        None => format!(
+            "{select} WHERE agent_id = ?1 AND run_id = ?2 AND seq > ?3 AND seq <= ?4 \
+             AND {filter} ORDER BY seq"
+        ),
+    }
+}
+
+/// [`anchors`]' statement with its parameters inlined, for `EXPLAIN QUERY PLAN`.
+#[cfg(test)]
+pub(crate) fn of_run_sql_for_tests(run: &RunRow) -> String {
+    let (agent, run_id, from, to) = run_params(run);
+    of_run("SELECT seq FROM agent_actions", "call_seq IS NOT NULL", run)
+        .replace("?1", &format!("'{agent}'"))
+        .replace("?2", &format!("'{run_id}'"))
+        .replace("?3", &from.to_string())
+        .replace("?4", &to.to_string())
+}
+
+/// The parameters of [`of_run`]'s statement.
+fn run_params(run: &RunRow) -> (&str, &str, i64, i64) {
+    let (from, to) = run.rows().unwrap_or((0, i64::MAX));
+    (&run.agent_id, &run.run_id, from, to)
+}
+
 /// The phases a run entered (its `phase.enter` rows): phase and time, in order.
 pub(crate) fn run_phases(
     conn: &Connection,
-    (agent_id, run_id): (&str, &str),
+    run: &RunRow,
 ) -> Result<Vec<(String, String)>, LedgerError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT decision, timestamp FROM agent_actions \
-         WHERE agent_id = ?1 AND action = 'phase.enter' AND run_id = ?2 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([agent_id, run_id])?;
+    let mut stmt = conn.prepare_cached(&of_run(
+        "SELECT decision, timestamp FROM agent_actions",
+        "action = 'phase.enter'",
+        run,
+    ))?;
+    let mut rows = stmt.query(run_params(run))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push((row.get(0)?, row.get(1)?));

@@ -290,6 +290,10 @@ pub struct RunRecord {
     pub calls: u64,
     /// The packet it runs, JSON: what a replay runs it with.
     pub packet: Arc<str>,
+    /// The ledger's committed head when the run began: every row of its phases comes after
+    /// it, so reading them back scans from here, not the agent's whole history. Kept from
+    /// the first attempt.
+    pub from_row: u64,
 }
 
 /// One fire-and-forget ledger entry.

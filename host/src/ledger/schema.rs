@@ -18,7 +18,7 @@ use super::error::LedgerError;
 use crate::tier::Tier;
 
 /// Schema version written to `meta`; bump together with a migration.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Identifies our files; a database without it is someone else's.
 const FORMAT: &str = "warden-ledger";
@@ -460,7 +460,9 @@ const RUN_TABLES: &str = "CREATE TABLE IF NOT EXISTS runs (
     updated_at TEXT NOT NULL,
     outcome TEXT,
     calls INTEGER NOT NULL DEFAULT 0,
-    packet TEXT NOT NULL
+    packet TEXT NOT NULL,
+    from_row INTEGER,
+    to_row INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_agent ON runs (agent_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_task ON runs (task_id, started_at);
@@ -483,6 +485,11 @@ ALTER TABLE agent_actions ADD COLUMN result_digest TEXT;
 ALTER TABLE violations ADD COLUMN run_id TEXT;
 ALTER TABLE agent_metrics ADD COLUMN run_id TEXT;";
 
+/// Schema 2 → 3: each run's row range (NULL for older runs, read back through the agent's
+/// index as before).
+const MIGRATE_V2: &str = "ALTER TABLE runs ADD COLUMN from_row INTEGER;
+ALTER TABLE runs ADD COLUMN to_row INTEGER;";
+
 /// What an opened database turned out to be.
 enum Found {
     /// No tables at all: ours to initialise.
@@ -491,6 +498,8 @@ enum Found {
     Ledger,
     /// A ledger at schema 1, migrated when opened for writing.
     V1,
+    /// A ledger at schema 2, migrated when opened for writing.
+    V2,
 }
 
 /// Rejects files that are not SQLite databases before SQLite sees them,
@@ -596,6 +605,9 @@ fn inspect(conn: &Connection, path: &Path) -> Result<Found, LedgerError> {
     if version == 1 {
         return Ok(Found::V1);
     }
+    if version == 2 {
+        return Ok(Found::V2);
+    }
     if version < SCHEMA_VERSION {
         return Err(LedgerError::UnsupportedSchema {
             path: path.to_path_buf(),
@@ -615,6 +627,19 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path, wal: bool) -> Result<(
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| classify(path, e))?;
+    }
+    if let Found::V2 = found {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(path, e))?;
+        // Another process may have migrated it while we were looking.
+        if let Found::V2 = inspect(&tx, path)? {
+            let batch = format!(
+                "{MIGRATE_V2}\nUPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
+            );
+            tx.execute_batch(&batch).map_err(|e| classify(path, e))?;
+        }
+        tx.commit().map_err(|e| classify(path, e))?;
     }
     if let Found::Ledger = found {
         // Added after schema 1 shipped; harmless to repeat.

@@ -641,3 +641,112 @@ fn a_full_queue_makes_appenders_wait_and_loses_nothing() {
         "every entry was written"
     );
 }
+
+fn run_record(run_id: &str, status: &'static str, from_row: u64) -> RunRecord {
+    RunRecord {
+        run_id: Arc::from(run_id),
+        agent_id: Arc::from("planner"),
+        task_id: Arc::from("task-1"),
+        tier: Tier::Builder,
+        component_digest: Arc::from("sha256:aaaa"),
+        status,
+        phase: "EXECUTE",
+        attempts: 1,
+        host: Arc::from("here"),
+        pid: 1,
+        lock_owner: Arc::from("owner"),
+        outcome: None,
+        calls: 1,
+        packet: Arc::from("{}"),
+        from_row,
+    }
+}
+
+/// An action row of run `run` that anchors journal call `call_seq`.
+fn anchor(run: &str, call_seq: u64) -> ActionRecord {
+    let s = Arc::new(
+        Subject::new("planner", "1.2.0", Tier::Builder)
+            .with_task_id("task-1")
+            .with_run_id(run),
+    );
+    let mut record = ActionRecord::new(s, "state.get", "answered");
+    record.call_seq = Some(call_seq);
+    record.result_digest = Some(format!("sha256:{call_seq}").into());
+    record
+}
+
+const RUN: &str = "run-0123456789abcdef0123456789abcdef";
+
+#[test]
+fn a_runs_rows_are_read_through_its_row_range_not_its_agents_history() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    populate(&ledger);
+    ledger.flush().unwrap();
+    let from = ledger.committed_seq().unwrap();
+    assert!(from > 0);
+    ledger.append(anchor(RUN, 1));
+    ledger.append(anchor(RUN, 2));
+    ledger.append(Entry::Run(run_record(RUN, "completed", from)));
+    // A later row of the same agent and run id (impossible in a real ledger) is past the
+    // ended run's range: the range is what the lookup reads.
+    ledger.append(anchor(RUN, 3));
+    ledger.flush().unwrap();
+    let run = ledger
+        .run(&crate::id::RunId::new(RUN).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.from_row, Some(from));
+    let anchors = ledger.journal_anchors(&run).unwrap();
+    let calls: Vec<u64> = anchors.iter().map(|a| a.call_seq).collect();
+    assert_eq!(calls, [1, 2]);
+    // The plan: the `seq` index over the range, not a walk of the agent's rows.
+    let plan: Vec<String> = raw(&path)
+        .prepare(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            read::of_run_sql_for_tests(&run)
+        ))
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        plan.iter().any(|p| p.contains("(seq>? AND seq<?)")),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_schema_2_ledger_is_migrated_and_its_runs_read_as_before() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    ledger.append(anchor(RUN, 1));
+    ledger.append(Entry::Run(run_record(RUN, "completed", 0)));
+    ledger.flush().unwrap();
+    drop(ledger);
+    // As schema 2 wrote it: no row range.
+    raw(&path)
+        .execute_batch(
+            "ALTER TABLE runs DROP COLUMN from_row; ALTER TABLE runs DROP COLUMN to_row; \
+             UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    let ledger = Ledger::open(&path).unwrap();
+    let version: i64 = raw(&path)
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let run = ledger
+        .run(&crate::id::RunId::new(RUN).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!((run.from_row, run.to_row), (None, None));
+    let anchors = ledger.journal_anchors(&run).unwrap();
+    assert_eq!(anchors.len(), 1);
+    assert!(ledger.verify().unwrap().broken.is_none());
+}

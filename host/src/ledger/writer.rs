@@ -542,13 +542,14 @@ impl State {
                 tx.prepare_cached(
                     "INSERT INTO runs (run_id, agent_id, task_id, tier, component_digest, status, \
                      phase, attempts, host, pid, lock_owner, started_at, updated_at, outcome, \
-                     calls, packet) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?15, ?11, ?11, ?12, ?13, ?14) \
+                     calls, packet, from_row, to_row) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?15, ?11, ?11, ?12, ?13, ?14, \
+                     ?16, ?17) \
                      ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, \
                      phase = excluded.phase, attempts = excluded.attempts, host = excluded.host, \
                      pid = excluded.pid, lock_owner = excluded.lock_owner, \
                      updated_at = excluded.updated_at, \
-                     outcome = excluded.outcome, calls = excluded.calls",
+                     outcome = excluded.outcome, calls = excluded.calls, to_row = excluded.to_row",
                 )?
                 .execute(params![
                     &*r.run_id,
@@ -565,7 +566,10 @@ impl State {
                     r.outcome.as_deref(),
                     i64::try_from(r.calls).unwrap_or(i64::MAX),
                     &*r.packet,
-                    &*r.lock_owner
+                    &*r.lock_owner,
+                    i64::try_from(r.from_row).unwrap_or(i64::MAX),
+                    // Every row queued before this one: once the run ended, none of it follows.
+                    self.head.seq
                 ])?;
                 Ok(self.head.seq.unsigned_abs())
             }

@@ -84,6 +84,8 @@ pub(super) struct Driver {
     packet_json: Arc<str>,
     /// 1, and one more per resume.
     attempt: u32,
+    /// The ledger's committed head as the run began (see `RunRecord::from_row`).
+    from_row: u64,
 }
 
 impl Driver {
@@ -95,6 +97,8 @@ impl Driver {
         (component_digest, attempt): (String, u32),
     ) -> Driver {
         let packet_json = Arc::from(serde_json::to_string(&run.packet).unwrap_or_default());
+        // Unknown (a ledger that cannot be read now) bounds nothing: 0.
+        let from_row = services.ledger.committed_seq().unwrap_or(0);
         Driver {
             services,
             sandbox,
@@ -113,6 +117,7 @@ impl Driver {
             watcher: None,
             packet_json,
             attempt,
+            from_row,
         }
     }
 
@@ -523,6 +528,7 @@ impl Driver {
             outcome: outcome.map(Into::into),
             calls: self.run.journal.len(),
             packet: self.packet_json.clone(),
+            from_row: self.from_row,
         })
     }
 
