@@ -1000,7 +1000,7 @@ fn a_run_killed_while_a_tool_runs_resumes_only_on_the_operators_decision() {
     let error = json(&out);
     assert_eq!(error["code"], "RESUME_UNCERTAIN", "{error}");
     let message = error["error"].as_str().unwrap().to_string();
-    assert!(message.contains("tool `\"append\"`"), "{message}");
+    assert!(message.contains("tool `append`"), "{message}");
     let call: u64 = message
         .split("--assume-done ")
         .nth(1)
