@@ -279,18 +279,10 @@ fn call_rows(data: &Path, run: &str) -> Vec<(String, String, i64)> {
         .collect()
 }
 
-/// The exactly-once proof: an agent makes effects of every kind (state, artifact,
-/// blackboard, message, vote, ledger note, and a tool appending a line to a file outside the
-/// sandbox); a real `warden` process is SIGKILLed at every capability-call boundary in turn
-/// (before each call's body; inside it, after the write or the tool run and before its record;
-/// and after its records were handed to the ledger), and `warden resume` then completes it
-/// (with `--assume-done` for the one kill that leaves a tool's effect unknown). Each resumed run has each effect exactly once, the
-/// artifact byte-identical to an uninterrupted run's, the rows of every call once (none lost,
-/// none doubled), and the ledger verifies.
-fn every_effect_once_with_the_host_killed_at_every_boundary(store: &Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    let state = store.arg();
+/// A tools file in `data` with tool `append` (not idempotent: it appends a line to
+/// `effects/<arg>.log`, outside the sandbox), and a `warden.toml` naming it: the effects
+/// directory and the config's path.
+fn append_tool(data: &Path) -> (std::path::PathBuf, String) {
     let effects = data.join("effects");
     std::fs::create_dir(&effects).unwrap();
     std::fs::write(
@@ -313,6 +305,22 @@ write_paths = ["{out}"]
     let config = data.join("warden.toml");
     std::fs::write(&config, "tools = \"tools.toml\"\n").unwrap();
     let config = config.to_str().unwrap().to_string();
+    (effects, config)
+}
+
+/// The exactly-once proof: an agent makes effects of every kind (state, artifact,
+/// blackboard, message, vote, ledger note, and a tool appending a line to a file outside the
+/// sandbox); a real `warden` process is SIGKILLed at every capability-call boundary in turn
+/// (before each call's body; inside it, after the write or the tool run and before its record;
+/// and after its records were handed to the ledger), and `warden resume` then completes it
+/// (with `--assume-done` for the one kill that leaves a tool's effect unknown). Each resumed run has each effect exactly once, the
+/// artifact byte-identical to an uninterrupted run's, the rows of every call once (none lost,
+/// none doubled), and the ledger verifies.
+fn every_effect_once_with_the_host_killed_at_every_boundary(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let state = store.arg();
+    let (effects, config) = append_tool(data);
     let probe = warden_tests::agents_dir().join("coord_probe.wasm");
     let probe = probe.to_str().unwrap().to_string();
     let cli = |args: &[&str], fault: Option<&str>| {
@@ -666,28 +674,7 @@ fn an_orchestrated_task_killed_mid_way_resumes_to_the_same_consensus_on_redis() 
 fn a_task_killed_inside_a_tool_call_resumes_with_the_operators_decision() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let effects = data.join("effects");
-    std::fs::create_dir(&effects).unwrap();
-    std::fs::write(
-        data.join("tools.toml"),
-        format!(
-            r#"[[tool]]
-name = "append"
-description = "append a line to a file outside the sandbox"
-min_tier = "T1"
-full_tier = "T2"
-argv = ["/bin/sh", "-c", "echo ran >> \"$0\"", "{out}/{{0}}.log"]
-args = ["^[a-z0-9-]{{1,40}}$"]
-max_args = 1
-write_paths = ["{out}"]
-"#,
-            out = effects.display(),
-        ),
-    )
-    .unwrap();
-    let config = data.join("warden.toml");
-    std::fs::write(&config, "tools = \"tools.toml\"\n").unwrap();
-    let config = config.to_str().unwrap().to_string();
+    let (effects, config) = append_tool(data);
     let probe = warden_tests::agents_dir().join("coord_probe.wasm");
     let cli = |args: &[&str], fault: Option<String>| {
         let mut full = vec!["--config", config.as_str(), "--json"];

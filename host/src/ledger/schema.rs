@@ -491,6 +491,7 @@ const MIGRATE_V2: &str = "ALTER TABLE runs ADD COLUMN from_row INTEGER;
 ALTER TABLE runs ADD COLUMN to_row INTEGER;";
 
 /// What an opened database turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
     /// No tables at all: ours to initialise.
     Empty,
@@ -628,48 +629,47 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path, wal: bool) -> Result<(
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| classify(path, e))?;
     }
-    if let Found::V2 = found {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| classify(path, e))?;
-        // Another process may have migrated it while we were looking.
-        if let Found::V2 = inspect(&tx, path)? {
-            let batch = format!(
-                "{MIGRATE_V2}\nUPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
-            );
-            tx.execute_batch(&batch).map_err(|e| classify(path, e))?;
+    let to_current =
+        format!("UPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';");
+    match found {
+        Found::Ledger => {
+            // Added after schema 1 shipped; harmless to repeat.
+            conn.execute_batch(STANDING_INDEX)
+                .map_err(|e| classify(path, e))?;
         }
-        tx.commit().map_err(|e| classify(path, e))?;
-    }
-    if let Found::Ledger = found {
-        // Added after schema 1 shipped; harmless to repeat.
-        conn.execute_batch(STANDING_INDEX)
-            .map_err(|e| classify(path, e))?;
-    }
-    if let Found::V1 = found {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| classify(path, e))?;
-        // Another process may have migrated it while we were looking.
-        if let Found::V1 = inspect(&tx, path)? {
-            let batch = format!(
-                "{STANDING_INDEX}\n{MIGRATE_V1}\n{RUN_TABLES}\nUPDATE meta SET value = {SCHEMA_VERSION} WHERE key = 'schema_version';"
-            );
-            tx.execute_batch(&batch).map_err(|e| classify(path, e))?;
-        }
-        tx.commit().map_err(|e| classify(path, e))?;
-    }
-    if let Found::Empty = found {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| classify(path, e))?;
-        // Another process may have initialised it while we were looking.
-        if let Found::Empty = inspect(&tx, path)? {
-            tx.execute_batch(&ddl()).map_err(|e| classify(path, e))?;
-        }
-        tx.commit().map_err(|e| classify(path, e))?;
+        Found::V2 => upgrade(
+            conn,
+            path,
+            Found::V2,
+            &format!("{MIGRATE_V2}\n{to_current}"),
+        )?,
+        Found::V1 => upgrade(
+            conn,
+            path,
+            Found::V1,
+            &format!("{STANDING_INDEX}\n{MIGRATE_V1}\n{RUN_TABLES}\n{to_current}"),
+        )?,
+        Found::Empty => upgrade(conn, path, Found::Empty, &ddl())?,
     }
     Ok(())
+}
+
+/// Runs `batch` in one immediate transaction if the file is still `from` once the
+/// transaction holds the lock: another process may have migrated or initialised it while we
+/// were looking.
+fn upgrade(
+    conn: &mut Connection,
+    path: &Path,
+    from: Found,
+    batch: &str,
+) -> Result<(), LedgerError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(path, e))?;
+    if inspect(&tx, path)? == from {
+        tx.execute_batch(batch).map_err(|e| classify(path, e))?;
+    }
+    tx.commit().map_err(|e| classify(path, e))
 }
 
 /// The head recorded in `meta` by the last committed batch.
