@@ -225,15 +225,15 @@ impl crate::Host {
         if let Some(known) = self.sandbox.runtime.known_source(&row.component_digest) {
             return Ok(known.to_vec());
         }
-        crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
+        let bytes = crate::artifacts::get_off_thread(&self.services.blobs, &row.component_digest)
             .await?
-            .ok_or_else(|| {
-                ReplayError::ComponentNotKept {
-                    run: run.to_string(),
-                    digest: row.component_digest.clone(),
-                }
-                .into()
-            })
+            .ok_or_else(|| ReplayError::ComponentNotKept {
+                run: run.to_string(),
+                digest: row.component_digest.clone(),
+            })?;
+        // The store verified them against the digest.
+        self.sandbox.runtime.remember(&row.component_digest, &bytes);
+        Ok(bytes)
     }
 
     /// A host of the same tier table and engine that touches nothing live.
