@@ -98,10 +98,11 @@ pub(crate) fn chain_registration(
     let Some((_, tier)) = latest else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT seq, component_digest FROM agent_actions INDEXED BY agent_actions_standing \
-         WHERE agent_id = ?1 AND action IN ('agent.register', 'agent.rebind')",
-    )?;
+         WHERE agent_id = ?1 AND {} AND action IN ('agent.register', 'agent.rebind')",
+        schema::STANDING_ROWS
+    ))?;
     let mut rows = stmt.query([agent_id])?;
     let mut bound: Option<(i64, Option<String>)> = None;
     while let Some(row) = rows.next()? {
@@ -136,11 +137,12 @@ pub(crate) fn chain_revocation(
     conn: &Connection,
     agent_id: &str,
 ) -> Result<Option<ChainRevocation>, LedgerError> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT action, seq, timestamp, task_id, decision, error_message \
          FROM agent_actions INDEXED BY agent_actions_standing \
-         WHERE agent_id = ?1 AND action IN ('agent.revoke', 'agent.reinstate')",
-    )?;
+         WHERE agent_id = ?1 AND {} AND action IN ('agent.revoke', 'agent.reinstate')",
+        schema::STANDING_ROWS
+    ))?;
     let mut rows = stmt.query([agent_id])?;
     let mut latest: Option<(String, ChainRevocation)> = None;
     while let Some(row) = rows.next()? {

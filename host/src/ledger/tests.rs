@@ -729,6 +729,8 @@ fn a_schema_2_ledger_is_migrated_and_its_runs_read_as_before() {
     raw(&path)
         .execute_batch(
             "ALTER TABLE runs DROP COLUMN from_row; ALTER TABLE runs DROP COLUMN to_row; \
+             DROP INDEX agent_actions_standing; \
+             CREATE INDEX agent_actions_standing ON agent_actions (agent_id, action, seq); \
              UPDATE meta SET value = 2 WHERE key = 'schema_version';",
         )
         .unwrap();
@@ -741,6 +743,22 @@ fn a_schema_2_ledger_is_migrated_and_its_runs_read_as_before() {
         )
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
+    // The standing index is partial now: a capability call's row does not enter it.
+    let standing: String = raw(&path)
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'agent_actions_standing'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(standing.contains("WHERE action IN"), "{standing}");
+    // Registration and standing are still read through it (`INDEXED BY` fails otherwise).
+    ledger
+        .register_agent("planner", Tier::Builder, None, "test")
+        .unwrap();
+    let record = ledger.agent("planner").unwrap().unwrap();
+    assert_eq!(ledger.registry_mismatch(&record).unwrap(), None);
+    assert_eq!(ledger.revocation("planner").unwrap(), None);
     let run = ledger
         .run(&crate::id::RunId::new(RUN).unwrap())
         .unwrap()
