@@ -831,19 +831,12 @@ impl Host {
                 .map(|(agent, _, _)| agent.as_str())
                 .collect()
         };
-        let resumed_runs: Vec<&str> = steps
-            .iter()
-            .filter_map(|(_, _, step)| match step {
-                Step::Resume(prepared) => Some(prepared.run_id()),
-                _ => None,
-            })
-            .collect();
         run.record(
             "orchestrator.resume",
             "resumed",
             serde_json::json!({
                 "resumed": summary(|s| matches!(s, Step::Resume(_))),
-                "runs": resumed_runs,
+                "runs": interrupted,
                 "started": summary(|s| matches!(s, Step::Start)),
                 "ended": summary(|s| matches!(s, Step::Ended(_))),
                 "deadline_ms": deadline_ms,

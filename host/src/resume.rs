@@ -53,13 +53,6 @@ pub(crate) struct Prepared {
     component: Vec<u8>,
 }
 
-impl Prepared {
-    /// The run.
-    pub(crate) fn run_id(&self) -> &str {
-        self.run.as_str()
-    }
-}
-
 /// What a resume does with the call a run was interrupted in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Interrupted {

@@ -1073,7 +1073,7 @@ pub(crate) fn anchors(conn: &Connection, run: &RunRow) -> Result<Vec<JournalAnch
 /// ran, not its agent's whole history; else through the agent's index. An index on `run_id`
 /// would cost every row's insert, on the hot path, for a lookup made once per replay or
 /// resume.
-fn of_run(select: &str, filter: &str, run: &RunRow) -> String {
+pub(super) fn of_run(select: &str, filter: &str, run: &RunRow) -> String {
     match run.rows() {
         // `+agent_id`: not through the agent's index, which SQLite would otherwise prefer.
         Some(_) => format!(
@@ -1088,19 +1088,8 @@ fn of_run(select: &str, filter: &str, run: &RunRow) -> String {
     }
 }
 
-/// [`anchors`]' statement with its parameters inlined, for `EXPLAIN QUERY PLAN`.
-#[cfg(test)]
-pub(crate) fn of_run_sql_for_tests(run: &RunRow) -> String {
-    let (agent, run_id, from, to) = run_params(run);
-    of_run("SELECT seq FROM agent_actions", "call_seq IS NOT NULL", run)
-        .replace("?1", &format!("'{agent}'"))
-        .replace("?2", &format!("'{run_id}'"))
-        .replace("?3", &from.to_string())
-        .replace("?4", &to.to_string())
-}
-
 /// The parameters of [`of_run`]'s statement.
-fn run_params(run: &RunRow) -> (&str, &str, i64, i64) {
+pub(super) fn run_params(run: &RunRow) -> (&str, &str, i64, i64) {
     let (from, to) = run.rows().unwrap_or((0, i64::MAX));
     (&run.agent_id, &run.run_id, from, to)
 }

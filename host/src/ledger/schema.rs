@@ -345,16 +345,23 @@ impl<'a> PromotionRow<'a> {
 
 /// The rows that decide an agent's registration and standing, as the partial index over
 /// them names them: a query through the index repeats this term.
-pub(crate) const STANDING_ROWS: &str =
-    "action IN ('agent.register', 'agent.rebind', 'agent.revoke', 'agent.reinstate')";
+macro_rules! standing_rows {
+    () => {
+        "action IN ('agent.register', 'agent.rebind', 'agent.revoke', 'agent.reinstate')"
+    };
+}
+pub(crate) const STANDING_ROWS: &str = standing_rows!();
 
 /// Index of the rows that decide an agent's registration and standing (register, rebind,
 /// revoke, reinstate), so BOOTSTRAP finds the latest of each without scanning the agent's
 /// history. Partial ([`STANDING_ROWS`]): every other row (a capability call's, on the hot
 /// path) costs it nothing.
-const STANDING_INDEX: &str = "CREATE INDEX IF NOT EXISTS agent_actions_standing ON agent_actions \
-     (agent_id, action, seq) WHERE action IN ('agent.register', 'agent.rebind', 'agent.revoke', \
-     'agent.reinstate');";
+const STANDING_INDEX: &str = concat!(
+    "CREATE INDEX IF NOT EXISTS agent_actions_standing ON agent_actions (agent_id, action, seq) \
+     WHERE ",
+    standing_rows!(),
+    ";"
+);
 
 const CHAIN_COLUMNS: &str = "seq INTEGER NOT NULL UNIQUE,
     prev_hash TEXT NOT NULL,

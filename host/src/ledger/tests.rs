@@ -683,7 +683,7 @@ fn a_runs_rows_are_read_through_its_row_range_not_its_agents_history() {
     let ledger = Ledger::open(&path).unwrap();
     populate(&ledger);
     ledger.flush().unwrap();
-    let from = ledger.committed_seq().unwrap();
+    let from = ledger.committed_seq();
     assert!(from > 0);
     ledger.append(anchor(RUN, 1));
     ledger.append(anchor(RUN, 2));
@@ -704,10 +704,14 @@ fn a_runs_rows_are_read_through_its_row_range_not_its_agents_history() {
     let plan: Vec<String> = raw(&path)
         .prepare(&format!(
             "EXPLAIN QUERY PLAN {}",
-            read::of_run_sql_for_tests(&run)
+            read::of_run(
+                "SELECT seq FROM agent_actions",
+                "call_seq IS NOT NULL",
+                &run
+            )
         ))
         .unwrap()
-        .query_map([], |r| r.get::<_, String>(3))
+        .query_map(read::run_params(&run), |r| r.get::<_, String>(3))
         .unwrap()
         .map(Result::unwrap)
         .collect();

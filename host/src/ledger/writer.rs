@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 use std::iter;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,6 +139,8 @@ impl Done {
 pub(crate) struct Writer {
     conn: Connection,
     state: State,
+    /// The head's seq as of the last commit, for readers that need a bound without a query.
+    committed: Arc<AtomicU64>,
 }
 
 /// Everything but the connection, so it can be borrowed mutably while a
@@ -150,9 +154,11 @@ struct State {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, head: Head) -> Self {
+    pub(crate) fn new(conn: Connection, head: Head, committed: Arc<AtomicU64>) -> Self {
         conn.set_prepared_statement_cache_capacity(32);
+        committed.store(head.seq.unsigned_abs(), Ordering::Release);
         Writer {
+            committed,
             conn,
             state: State {
                 head,
@@ -187,6 +193,8 @@ impl Writer {
         let state = &mut self.state;
         match result {
             Ok(()) => {
+                self.committed
+                    .store(state.head.seq.unsigned_abs(), Ordering::Release);
                 for done in state.done.drain(..) {
                     match done {
                         Done::Quiet => {}

@@ -97,8 +97,7 @@ impl Driver {
         (component_digest, attempt): (String, u32),
     ) -> Driver {
         let packet_json = Arc::from(serde_json::to_string(&run.packet).unwrap_or_default());
-        // Unknown (a ledger that cannot be read now) bounds nothing: 0.
-        let from_row = services.ledger.committed_seq().unwrap_or(0);
+        let from_row = services.ledger.committed_seq();
         Driver {
             services,
             sandbox,

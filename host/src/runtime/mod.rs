@@ -106,7 +106,7 @@ impl Runtime {
 
     /// The bytes of component `digest` when this runtime has hashed them already: what a
     /// replay runs without reading (and hashing) the blob store's copy again.
-    pub fn known_source(&self, digest: &str) -> Option<Arc<[u8]>> {
+    pub(crate) fn known_source(&self, digest: &str) -> Option<Arc<[u8]>> {
         self.sources.lock().get(digest).cloned()
     }
 
