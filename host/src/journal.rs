@@ -12,7 +12,9 @@
 //!
 //! and the action row of each call carries the head after its answer (`result_digest`), so
 //! the hash-chained ledger vouches for every record up to it: a payload edited in the
-//! `journal` table no longer leads to the head its row names.
+//! `journal` table no longer leads to the head its row names. A live run's heads are computed
+//! by the ledger's writer as it writes the records ([`Chain`]), so the guest's thread does not
+//! hash its answers.
 //!
 //! Records are written in the same ledger transaction as the call's rows (group commit): a
 //! read is never a commit of its own. Before an effect (a write, a message, a vote, a tool
@@ -24,15 +26,15 @@
 //! halted at its next epoch tick.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::ledger::{Entry, JournalRecord};
+use crate::ledger::{ArgsDigest, Entry, JournalHead, JournalRecord};
 
 /// Versions the head's encoding.
 const DOMAIN: &[u8] = b"warden-journal-v1\0";
@@ -46,6 +48,9 @@ pub const MAX_RECORDS: u64 = 1 << 20;
 const PENDING_FLUSH: usize = 256;
 /// and at most this many bytes of payload.
 const PENDING_FLUSH_BYTES: usize = 1 << 20;
+
+/// The argument digest of an observation (it has no arguments).
+const OBSERVED: &str = "sha256:-";
 
 /// The `op` of a wall-clock read.
 pub const OP_WALL: &str = "clock.wall";
@@ -148,9 +153,58 @@ struct Replay {
     answered: u64,
 }
 
-struct State {
+/// The head of a run's journal, extended one record at a time in the records' order: by the
+/// ledger's writer as it writes a live run's records, by the journal itself as a replay
+/// answers recorded ones (which are not written again).
+pub struct Chain {
+    link: Mutex<Link>,
+}
+
+struct Link {
+    /// The last record chained (0: none).
     seq: u64,
     head: [u8; 32],
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = self.link.lock();
+        write!(f, "Chain({}, {})", link.seq, head_text(&link.head))
+    }
+}
+
+impl Chain {
+    /// The chain of run `run_id`, before its first record.
+    pub fn new(run_id: &str) -> Chain {
+        Chain {
+            link: Mutex::new(Link {
+                seq: 0,
+                head: genesis(run_id),
+            }),
+        }
+    }
+
+    /// Extend by record `seq`; the head after it.
+    pub fn extend(&self, seq: u64, op: &str, args_digest: &str, payload: &[u8]) -> [u8; 32] {
+        let mut link = self.link.lock();
+        link.head = next_head(&link.head, seq, op, args_digest, payload);
+        link.seq = seq;
+        link.head
+    }
+
+    /// The head after the last record chained.
+    pub fn head(&self) -> [u8; 32] {
+        self.link.lock().head
+    }
+
+    /// The last record chained (0: none).
+    pub fn seq(&self) -> u64 {
+        self.link.lock().seq
+    }
+}
+
+struct State {
+    seq: u64,
     /// Entries not yet handed to the ledger: observations, and reads' records and rows.
     pending: Vec<Entry>,
     /// Payload bytes in `pending`.
@@ -172,6 +226,7 @@ impl State {
 /// The journal of one run.
 pub struct Journal {
     run_id: Arc<str>,
+    chain: Arc<Chain>,
     state: Mutex<State>,
     halted: AtomicBool,
     /// Records nothing: only the benchmark's baseline, to measure what the journal costs.
@@ -179,6 +234,50 @@ pub struct Journal {
     /// A resumed run's inbox position, taken by its first live `messaging.receive`: see
     /// [`Journal::take_inbox_rewind`].
     inbox_rewind: Mutex<Option<u64>>,
+}
+
+/// A call's arguments as the journal records them: their JSON, and its digest once something
+/// on the guest's thread needs it (a replay's comparison, a write's receipt). A live read's
+/// digest is left to the ledger's writer ([`ArgsDigest::Of`]).
+#[derive(Debug, Clone)]
+pub struct CallArgs {
+    json: Vec<u8>,
+    digest: OnceLock<String>,
+}
+
+impl CallArgs {
+    /// The arguments `args`, as JSON.
+    pub fn of<A: Serialize + ?Sized>(args: &A) -> CallArgs {
+        let mut json = Vec::with_capacity(128);
+        // Serializing plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut json, args);
+        CallArgs {
+            json,
+            digest: OnceLock::new(),
+        }
+    }
+
+    /// Arguments known only by their digest.
+    pub fn known(digest: String) -> CallArgs {
+        CallArgs {
+            json: Vec::new(),
+            digest: OnceLock::from(digest),
+        }
+    }
+
+    /// `sha256:<hex>` of the arguments' JSON (as [`args_digest`] gives it).
+    pub fn digest(&self) -> &str {
+        self.digest.get_or_init(|| bytes_digest(&self.json))
+    }
+}
+
+impl From<CallArgs> for ArgsDigest {
+    fn from(args: CallArgs) -> Self {
+        match args.digest.into_inner() {
+            Some(digest) => ArgsDigest::Known(digest),
+            None => ArgsDigest::Of(args.json),
+        }
+    }
 }
 
 /// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
@@ -274,9 +373,9 @@ impl Journal {
     fn new(run_id: &str, replay: Option<Replay>) -> Journal {
         Journal {
             run_id: Arc::from(run_id),
+            chain: Arc::new(Chain::new(run_id)),
             state: Mutex::new(State {
                 seq: 0,
-                head: genesis(run_id),
                 pending: Vec::new(),
                 pending_bytes: 0,
                 replay,
@@ -373,9 +472,17 @@ impl Journal {
             .map_or(0, |r| r.records.len())
     }
 
-    /// The current head, as the ledger writes it.
+    /// The head after the last record chained, as the ledger writes it: in a live run, the
+    /// last record the ledger's writer wrote (see [`Chain`]); name [`Journal::chain`] in an
+    /// entry for the head at that entry.
     pub fn head(&self) -> String {
-        head_text(&self.state.lock().head)
+        head_text(&self.chain.head())
+    }
+
+    /// The run's chain, for an entry that names the head once the records before it are
+    /// written.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain.clone()
     }
 
     fn halt(&self, state: &mut State, reason: String) {
@@ -386,7 +493,7 @@ impl Journal {
     }
 
     /// Before a call: whether it runs live, is answered from the journal, or is halted.
-    pub fn begin(&self, op: &str, args_digest: &str) -> Begin {
+    pub fn begin(&self, op: &str, args: &CallArgs) -> Begin {
         let mut state = self.state.lock();
         if let Some(reason) = &state.halt {
             return Begin::Halt(reason.clone());
@@ -395,6 +502,7 @@ impl Journal {
         let Some(replay) = &mut state.replay else {
             return Begin::Live;
         };
+        let args_digest = args.digest();
         // An external effect's intent precedes its result and is consumed with it (a resumed
         // call that ran again left an intent of its own before its result).
         let mut interrupted = None;
@@ -408,13 +516,8 @@ impl Journal {
                 };
                 replay.answered += 1;
                 state.seq = record.seq;
-                state.head = next_head(
-                    &state.head,
-                    record.seq,
-                    intent,
-                    args_digest,
-                    &record.payload,
-                );
+                self.chain
+                    .extend(record.seq, intent, args_digest, &record.payload);
                 interrupted = Some(record.seq);
             }
         }
@@ -425,7 +528,7 @@ impl Journal {
                 };
                 replay.answered += 1;
                 state.seq = record.seq;
-                state.head = next_head(&state.head, record.seq, op, args_digest, &record.payload);
+                self.chain.extend(record.seq, op, args_digest, &record.payload);
                 Begin::Recorded(record.payload)
             }
             Some(next) => {
@@ -464,9 +567,14 @@ impl Journal {
 
     /// After a live call: the records to write with the call's rows (the observations since
     /// the last call, then this answer) and the call's position and head.
-    pub fn commit(&self, op: &'static str, args_digest: String, payload: Vec<u8>) -> Committed {
+    pub fn commit(
+        &self,
+        op: &'static str,
+        args_digest: impl Into<ArgsDigest>,
+        payload: Vec<u8>,
+    ) -> Committed {
         let mut state = self.state.lock();
-        let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
+        let (seq, head, record) = self.next_record(&mut state, op, args_digest.into(), payload);
         let mut records = std::mem::take(&mut state.pending);
         state.pending_bytes = 0;
         records.push(Entry::Journal(record));
@@ -478,28 +586,27 @@ impl Journal {
     pub fn commit_held(
         &self,
         op: &'static str,
-        args_digest: String,
+        args_digest: impl Into<ArgsDigest>,
         payload: Vec<u8>,
-    ) -> (u64, String) {
+    ) -> (u64, JournalHead) {
         let mut state = self.state.lock();
-        let (seq, head, record) = self.chain(&mut state, op, args_digest, payload);
+        let (seq, head, record) = self.next_record(&mut state, op, args_digest.into(), payload);
         state.pending_bytes = state.pending_bytes.saturating_add(record.payload.len());
         state.pending.push(Entry::Journal(record));
         (seq, head)
     }
 
     /// The next record, chained; past [`MAX_RECORDS`] the run is halted.
-    fn chain(
+    fn next_record(
         &self,
         state: &mut State,
         op: &'static str,
-        args_digest: String,
+        args_digest: ArgsDigest,
         payload: Vec<u8>,
-    ) -> (u64, String, JournalRecord) {
+    ) -> (u64, JournalHead, JournalRecord) {
         let seq = state.seq + 1;
         state.seq = seq;
-        state.head = next_head(&state.head, seq, op, &args_digest, &payload);
-        let head = head_text(&state.head);
+        let head = JournalHead::Chained(self.chain.clone());
         if seq >= MAX_RECORDS {
             self.halt(
                 state,
@@ -528,7 +635,7 @@ impl Journal {
         let mut state = self.state.lock();
         if state.replay.is_some() {
             drop(state);
-            return match self.begin(op, "sha256:-") {
+            return match self.begin(op, &CallArgs::known(OBSERVED.to_string())) {
                 Begin::Recorded(payload) => ObservedValue::Value(payload),
                 Begin::Live | Begin::Halt(_) => ObservedValue::Value(live()),
             };
@@ -536,14 +643,13 @@ impl Journal {
         let payload = live();
         let seq = state.seq + 1;
         state.seq = seq;
-        state.head = next_head(&state.head, seq, op, "sha256:-", &payload);
         if seq >= MAX_RECORDS {
             self.halt(
                 &mut state,
                 format!("the run's journal holds {MAX_RECORDS} records, its limit (a guest reading the clock or random bytes in a loop)"),
             );
         }
-        let head = head_text(&state.head);
+        let head = JournalHead::Chained(self.chain.clone());
         let phase = state.phase;
         state.pending_bytes = state.pending_bytes.saturating_add(payload.len());
         state.pending.push(Entry::Journal(JournalRecord {
@@ -551,7 +657,7 @@ impl Journal {
             seq,
             phase,
             op: op.into(),
-            args_digest: "sha256:-".to_string(),
+            args_digest: ArgsDigest::Known(OBSERVED.to_string()),
             payload: payload.clone(),
             head,
         }));
@@ -617,7 +723,7 @@ pub struct Committed {
     /// The call's position.
     pub seq: u64,
     /// The head after it.
-    pub head: String,
+    pub head: JournalHead,
 }
 
 /// The WASI clocks and random source of a run: each read goes through the run's journal.
@@ -756,10 +862,10 @@ mod tests {
 
         let same = Journal::replaying("run-a", records.clone(), PastEnd::Halt);
         assert!(
-            matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Recorded(p) if p == b"\"v\"")
+            matches!(same.begin("state.get", &CallArgs::of(&("k",))), Begin::Recorded(p) if p == b"\"v\"")
         );
         assert!(matches!(
-            same.begin("state.set", &args_digest(&("k", "w"))),
+            same.begin("state.set", &CallArgs::of(&("k", "w"))),
             Begin::Recorded(_)
         ));
         assert_eq!(
@@ -768,17 +874,17 @@ mod tests {
             "the replayed head is the recorded one"
         );
         assert!(
-            matches!(same.begin("state.get", &args_digest(&("k",))), Begin::Halt(r) if r.contains("ended here"))
+            matches!(same.begin("state.get", &CallArgs::of(&("k",))), Begin::Halt(r) if r.contains("ended here"))
         );
         assert!(same.is_halted());
 
         let other = Journal::replaying("run-a", records, PastEnd::Halt);
         assert!(matches!(
-            other.begin("state.get", &args_digest(&("k",))),
+            other.begin("state.get", &CallArgs::of(&("k",))),
             Begin::Recorded(_)
         ));
         assert!(matches!(
-            other.begin("state.set", &args_digest(&("k", "x"))),
+            other.begin("state.set", &CallArgs::of(&("k", "x"))),
             Begin::Halt(_)
         ));
         let d = other.divergence().unwrap();
@@ -800,17 +906,28 @@ mod tests {
             .collect()
     }
 
+    /// The head a record is written with, as the ledger's writer makes it.
+    fn written(r: &JournalRecord) -> String {
+        match &r.head {
+            JournalHead::Known(head) => head.to_string(),
+            JournalHead::Chained(chain) => {
+                head_text(&chain.extend(r.seq, &r.op, &r.args_digest.resolve(), &r.payload))
+            }
+        }
+    }
+
+    /// The records as the ledger holds them once written.
     fn recorded(committed: Vec<Committed>) -> Vec<Recorded> {
         committed
             .into_iter()
             .flat_map(|c| journal_records(c.records))
             .map(|r| Recorded {
+                head: written(&r),
                 seq: r.seq,
                 phase: r.phase.to_string(),
                 op: r.op.to_string(),
-                args_digest: r.args_digest,
+                args_digest: r.args_digest.resolve().into_owned(),
                 payload: r.payload,
-                head: r.head,
             })
             .collect()
     }
@@ -825,7 +942,7 @@ mod tests {
 
         let replay = Journal::replaying("run-i", whole.clone(), PastEnd::Halt);
         assert!(
-            matches!(replay.begin("tools.invoke", &args), Begin::Recorded(p) if p == b"{\"Ok\":1}")
+            matches!(replay.begin("tools.invoke", &CallArgs::known(args.clone())), Begin::Recorded(p) if p == b"{\"Ok\":1}")
         );
         assert_eq!(replay.head(), live.head(), "the intent is in the chain");
         assert_eq!(replay.answered(), 2);
@@ -834,16 +951,16 @@ mod tests {
         let cut = whole[..1].to_vec();
         let offline = Journal::replaying("run-i", cut.clone(), PastEnd::Halt);
         assert!(
-            matches!(offline.begin("tools.invoke", &args), Begin::Halt(r) if r.contains("interrupted while `tools.invoke` ran (its intent is call 1)"))
+            matches!(offline.begin("tools.invoke", &CallArgs::known(args.clone())), Begin::Halt(r) if r.contains("interrupted while `tools.invoke` ran (its intent is call 1)"))
         );
         // A resume that decided to run it again goes live past the intent.
         let resumed = Journal::replaying("run-i", cut, PastEnd::Live);
-        assert!(matches!(resumed.begin("tools.invoke", &args), Begin::Live));
+        assert!(matches!(resumed.begin("tools.invoke", &CallArgs::known(args.clone())), Begin::Live));
         let again = resumed.commit(OP_TOOL_INTENT, args.clone(), b"{}".to_vec());
         assert_eq!(again.seq, 2, "the run's second intent follows the first");
         // Another call where the intent stands is a divergence.
         let other = Journal::replaying("run-i", whole, PastEnd::Live);
-        assert!(matches!(other.begin("state.get", &args), Begin::Halt(_)));
+        assert!(matches!(other.begin("state.get", &CallArgs::known(args.clone())), Begin::Halt(_)));
         assert_eq!(other.divergence().unwrap().seq, 1);
     }
 
@@ -862,16 +979,53 @@ mod tests {
         let (v, flush) = j.observe(OP_RANDOM, || vec![7; 4]).into_parts();
         assert_eq!((v, flush), (vec![7; 4], false));
         let c = j.commit("state.get", args_digest(&("k",)), b"null".to_vec());
-        let (seq, head_after) = (c.seq, c.head.clone());
+        let seq = c.seq;
+        assert!(
+            matches!(&c.head, JournalHead::Chained(chain) if chain.seq() == 0),
+            "the head is the writer's to compute"
+        );
         let records = journal_records(c.records);
         assert_eq!(records.len(), 2);
         assert_eq!(&*records[0].op, OP_RANDOM);
         assert_eq!(seq, 2);
         let mut head = genesis("run-b");
         for r in &records {
-            head = next_head(&head, r.seq, &r.op, &r.args_digest, &r.payload);
+            head = next_head(&head, r.seq, &r.op, &r.args_digest.resolve(), &r.payload);
+            assert_eq!(written(r), head_text(&head), "record {} as written", r.seq);
         }
-        assert_eq!(head_text(&head), head_after);
+        assert_eq!(j.head(), head_text(&head), "the chain reached the last record");
+    }
+
+    #[test]
+    fn a_live_reads_digests_are_left_to_the_writer_and_are_the_ones_a_replay_computes() {
+        let live = Journal::recording("run-w");
+        let args = CallArgs::of(&("k",));
+        assert!(matches!(live.begin("state.get", &args), Begin::Live));
+        let (seq, head) = live.commit_held("state.get", args, b"\"v\"".to_vec());
+        assert!(matches!(head, JournalHead::Chained(_)));
+        let pending = journal_records(live.take_pending());
+        assert!(
+            matches!(&pending[0].args_digest, ArgsDigest::Of(json) if json == br#"["k"]"#),
+            "a live read does not digest its arguments on the guest's thread"
+        );
+        let written = written(&pending[0]);
+        assert_eq!(live.head(), written);
+        // A replay digests the same arguments itself and reaches the same head.
+        let recorded = vec![Recorded {
+            seq,
+            phase: "BOOTSTRAP".into(),
+            op: "state.get".into(),
+            args_digest: pending[0].args_digest.resolve().into_owned(),
+            payload: b"\"v\"".to_vec(),
+            head: written.clone(),
+        }];
+        assert_eq!(recorded[0].args_digest, args_digest(&("k",)));
+        let replay = Journal::replaying("run-w", recorded, PastEnd::Halt);
+        assert!(matches!(
+            replay.begin("state.get", &CallArgs::of(&("k",))),
+            Begin::Recorded(_)
+        ));
+        assert_eq!(replay.head(), written);
     }
 
     #[test]

@@ -417,9 +417,9 @@ impl crate::Host {
                 seq: answer_seq,
                 phase,
                 op: "tools.invoke".into(),
-                args_digest: last.args_digest.clone(),
+                args_digest: last.args_digest.clone().into(),
                 payload: payload.clone(),
-                head: head.clone(),
+                head: head.clone().into(),
             }));
             answer = Some(Recorded {
                 seq: answer_seq,

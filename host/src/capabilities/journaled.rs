@@ -17,13 +17,13 @@ use super::AgentCtx;
 use crate::bindings::WitError;
 use crate::context::CallDurability;
 use crate::governance::unavailable;
-use crate::journal::{self, Begin};
+use crate::journal::{self, Begin, CallArgs};
 use crate::ledger::{ActionRecord, Entry};
 use crate::state::Once;
 
-/// The digest of a call's arguments.
-pub(super) fn args<A: Serialize + ?Sized>(args: &A) -> String {
-    journal::args_digest(args)
+/// A call's arguments, as its record holds them.
+pub(super) fn args<A: Serialize + ?Sized>(args: &A) -> CallArgs {
+    CallArgs::of(args)
 }
 
 /// How an answer is written in the journal.
@@ -102,8 +102,8 @@ impl Codec<String> for Secret {
 
 /// What happens to a call before its body runs.
 pub(super) enum Before<T> {
-    /// Run the body; `args` is its digest.
-    Live(String),
+    /// Run the body; `args` are its arguments.
+    Live(CallArgs),
     /// Answer this without running the body.
     Answer(Result<T, WitError>),
 }
@@ -113,7 +113,7 @@ impl AgentCtx {
     pub(super) async fn journal_before<T, C: Codec<T>>(
         &mut self,
         op: &'static str,
-        args: String,
+        args: CallArgs,
     ) -> Before<T> {
         let run = self.gov.run.clone();
         // A revoked run is answered at once with nothing more recorded, journal included: a
@@ -150,7 +150,7 @@ impl AgentCtx {
         // A write's receipt names this call, so a resume that makes it again (killed before
         // its record was committed) is answered from the store instead of writing twice.
         let once = (persistent && journal::is_effect(op))
-            .then(|| Once::new(&run.run_id, run.journal.len() + 1, op, &args));
+            .then(|| Once::new(&run.run_id, run.journal.len() + 1, op, args.digest()));
         self.gov.set_once(once);
         self.gov.fault_call = crate::fault::before().await;
         Before::Live(args)
@@ -160,7 +160,7 @@ impl AgentCtx {
     pub(super) async fn journal_after<T, C: Codec<T>>(
         &mut self,
         op: &'static str,
-        args: String,
+        args: CallArgs,
         result: &Result<T, WitError>,
     ) {
         let run = self.gov.run.clone();
@@ -189,7 +189,7 @@ impl AgentCtx {
         for row in &mut rows {
             if let Entry::Action(record) = row {
                 record.call_seq = Some(seq);
-                record.result_digest = Some(head.clone().into());
+                record.result_digest = Some(head.clone());
                 anchored = true;
             }
         }
@@ -202,7 +202,7 @@ impl AgentCtx {
                 record = record.failed(kind, message.to_string());
             }
             record.call_seq = Some(seq);
-            record.result_digest = Some(head.into());
+            record.result_digest = Some(head);
             rows.push(Entry::Action(record));
         }
         if held {
@@ -229,7 +229,7 @@ impl AgentCtx {
     pub(super) async fn journal_intent<I: Serialize>(
         &mut self,
         op: &'static str,
-        args: String,
+        args: CallArgs,
         intent: &I,
     ) -> Result<(), WitError> {
         let run = self.gov.run.clone();
@@ -246,7 +246,7 @@ impl AgentCtx {
             .phase(run.phase().as_str())
             .details(details);
         record.call_seq = Some(committed.seq);
-        record.result_digest = Some(committed.head.into());
+        record.result_digest = Some(committed.head);
         let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         let durable = self.gov.services.ledger.is_persistent();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::journal::Chain;
 use crate::tier::Tier;
 
 /// Text that is usually a literal (`"tool.call"`) and occasionally built.
@@ -103,7 +104,7 @@ pub struct ActionRecord {
     pub call_seq: Option<u64>,
     /// The run's journal head once the call's answer was recorded (column `result_digest`):
     /// it chains the answer, and every answer before it, into the ledger.
-    pub result_digest: Option<Text>,
+    pub result_digest: Option<JournalHead>,
 }
 
 impl ActionRecord {
@@ -233,12 +234,67 @@ pub struct JournalRecord {
     /// The call (`state.get`) or the input observed (`clock.wall`, `random.bytes`).
     pub op: Text,
     /// `sha256:<hex>` of the call's arguments, as the journal encodes them.
-    pub args_digest: String,
+    pub args_digest: ArgsDigest,
     /// The answer, JSON.
     pub payload: Vec<u8>,
     /// The journal head after this record: `sha256(previous head ‖ seq ‖ op ‖ args digest ‖
     /// payload)`, chained into the ledger by the call's action row (`result_digest`).
-    pub head: String,
+    pub head: JournalHead,
+}
+
+/// The digest of a record's arguments: computed, or left for the ledger's writer to compute
+/// from their JSON (a live read's: only a replay's comparison or a write's receipt needs it
+/// on the guest's thread).
+#[derive(Debug, Clone)]
+pub enum ArgsDigest {
+    /// `sha256:<hex>`.
+    Known(String),
+    /// The arguments' JSON, digested as they are written.
+    Of(Vec<u8>),
+}
+
+impl ArgsDigest {
+    /// `sha256:<hex>` of the arguments.
+    pub fn resolve(&self) -> Cow<'_, str> {
+        match self {
+            ArgsDigest::Known(digest) => Cow::Borrowed(digest),
+            ArgsDigest::Of(json) => Cow::Owned(crate::journal::bytes_digest(json)),
+        }
+    }
+}
+
+impl From<String> for ArgsDigest {
+    fn from(digest: String) -> Self {
+        ArgsDigest::Known(digest)
+    }
+}
+
+/// A journal head as an entry names it: written out, or left for the ledger's writer to
+/// compute as it writes the run's records in order.
+///
+/// A live run's records name their run's [`Chain`]: the writer extends it by each record it
+/// writes and writes the head it reaches, and an action row naming the chain gets the head
+/// after the records before it. Hashing the journal is then the writer thread's work, not the
+/// guest's: a capability call's own thread does not hash its answer. An entry naming a chain
+/// is written once (a clone written again would extend the chain twice).
+#[derive(Debug, Clone)]
+pub enum JournalHead {
+    /// This head (`sha256:<hex>`).
+    Known(Text),
+    /// The chain's head once the writer reached this entry.
+    Chained(Arc<Chain>),
+}
+
+impl From<String> for JournalHead {
+    fn from(head: String) -> Self {
+        JournalHead::Known(head.into())
+    }
+}
+
+impl From<Arc<Chain>> for JournalHead {
+    fn from(chain: Arc<Chain>) -> Self {
+        JournalHead::Chained(chain)
+    }
 }
 
 /// One journal record as the ledger holds it (see [`crate::journal`]).

@@ -17,8 +17,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from
 use super::chain::{self, Field, Head};
 use super::error::LedgerError;
 use super::read;
-use super::record::{AgentRecord, Entry, MetricsSnapshot, Registration};
+use super::record::{AgentRecord, Entry, JournalHead, MetricsSnapshot, Registration, Text};
 use super::schema::{self, ActionRow, MetricsRow, PromotionRow, Table, ViolationRow};
+use crate::journal;
 use crate::tier::Tier;
 
 /// Upper bound on commands per transaction, so one commit's latency (and
@@ -316,6 +317,15 @@ fn stamp(at: SystemTime) -> String {
     out
 }
 
+/// How a row writes a journal head: a chained one is the chain's head at this row (every
+/// record before the row was written before it).
+fn written_head(head: &JournalHead) -> Text {
+    match head {
+        JournalHead::Known(head) => head.clone(),
+        JournalHead::Chained(chain) => journal::head_text(&chain.head()).into(),
+    }
+}
+
 /// On error, the command comes back so its waiter can be told.
 type Applied = Result<Done, (Box<Command>, LedgerError)>;
 
@@ -479,6 +489,7 @@ impl State {
         match entry {
             Entry::Action(r) => {
                 let s = &*r.subject;
+                let result_digest = r.result_digest.as_ref().map(written_head);
                 let row = ActionRow {
                     timestamp: ts,
                     agent_id: &s.agent_id,
@@ -497,7 +508,7 @@ impl State {
                     policy_revision: s.policy_revision.as_deref(),
                     run_id: s.run_id.as_deref(),
                     call_seq: r.call_seq,
-                    result_digest: r.result_digest.as_deref(),
+                    result_digest: result_digest.as_deref(),
                 };
                 self.insert(tx, Table::Actions, &row.fields())
             }
@@ -531,6 +542,16 @@ impl State {
                 self.insert(tx, Table::Promotions, &row.fields())
             }
             Entry::Journal(r) => {
+                let args_digest = r.args_digest.resolve();
+                let head = match &r.head {
+                    JournalHead::Known(head) => head.clone(),
+                    // The run's records reach the writer in their order: extending the chain
+                    // here gives each the head the guest's thread would have computed.
+                    JournalHead::Chained(chain) => {
+                        journal::head_text(&chain.extend(r.seq, &r.op, &args_digest, &r.payload))
+                            .into()
+                    }
+                };
                 tx.prepare_cached(
                     "INSERT INTO journal (run_id, seq, phase, op, args_digest, payload, head) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -540,9 +561,9 @@ impl State {
                     i64::try_from(r.seq).unwrap_or(i64::MAX),
                     r.phase,
                     &*r.op,
-                    r.args_digest,
+                    &*args_digest,
                     r.payload,
-                    r.head
+                    &*head
                 ])?;
                 Ok(self.head.seq.unsigned_abs())
             }

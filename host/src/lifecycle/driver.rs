@@ -492,7 +492,7 @@ impl Driver {
         }
         let digest = crate::journal::args_digest(result);
         let journal = self.run.journal.clone();
-        match journal.begin(op, &digest) {
+        match journal.begin(op, &crate::journal::CallArgs::known(digest.clone())) {
             crate::journal::Begin::Recorded(_) => return Ok(()),
             crate::journal::Begin::Halt(reason) => return Err(self.replay_stop(phase, &reason)),
             crate::journal::Begin::Live => {}
@@ -501,7 +501,7 @@ impl Driver {
         let mut record = ActionRecord::new(self.run.subject.clone(), "phase.result", digest)
             .phase(phase.as_str());
         record.call_seq = Some(committed.seq);
-        record.result_digest = Some(committed.head.into());
+        record.result_digest = Some(committed.head);
         let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         if let Err(error) = self.services.ledger.append_all_async(entries, false).await {
@@ -835,7 +835,7 @@ impl Driver {
         let op = "host.deliverables";
         let journal = self.run.journal.clone();
         if journal.is_replaying() {
-            match journal.begin(op, "sha256:-") {
+            match journal.begin(op, &crate::journal::CallArgs::known("sha256:-".to_string())) {
                 crate::journal::Begin::Recorded(payload) => {
                     return serde_json::from_slice(&payload).map_err(|e| Stop::Failed {
                         code: FailureCode::ReplayDiverged,
@@ -927,7 +927,7 @@ impl Driver {
         // does not write it again.
         let op = "host.artifact";
         let args =
-            crate::journal::args_digest(&(name, crate::journal::bytes_digest(content.as_bytes())));
+            crate::journal::CallArgs::of(&(name, crate::journal::bytes_digest(content.as_bytes())));
         let journal = self.run.journal.clone();
         match journal.begin(op, &args) {
             crate::journal::Begin::Recorded(_) | crate::journal::Begin::Halt(_) => return,
@@ -938,7 +938,7 @@ impl Driver {
             .services
             .ledger
             .is_persistent()
-            .then(|| crate::state::Once::new(&self.run.run_id, journal.len() + 1, op, &args));
+            .then(|| crate::state::Once::new(&self.run.run_id, journal.len() + 1, op, args.digest()));
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await
@@ -978,7 +978,7 @@ impl Driver {
     fn journal_host(
         &self,
         op: &'static str,
-        args: String,
+        args: impl Into<crate::ledger::ArgsDigest>,
         payload: Vec<u8>,
         decision: String,
         durable: bool,
@@ -987,7 +987,7 @@ impl Driver {
         let mut record = ActionRecord::new(self.run.subject.clone(), op, decision)
             .phase(self.run.phase().as_str());
         record.call_seq = Some(committed.seq);
-        record.result_digest = Some(committed.head.into());
+        record.result_digest = Some(committed.head);
         let mut entries: Vec<Entry> = committed.records;
         entries.push(Entry::Action(record));
         let services = self.services.clone();
@@ -1223,7 +1223,7 @@ impl Driver {
             && !journal.is_empty()
         {
             record.call_seq = Some(journal.len());
-            record.result_digest = Some(journal.head().into());
+            record.result_digest = Some(journal.chain().into());
         }
         entries.push(end);
         entries.push(self.run_row(status, Some(code)));
