@@ -69,6 +69,25 @@ pub enum Refusal {
         offered: String,
     },
     #[error(
+        "{code}: agent `{agent}`'s component `{digest}` may not load at tier {tier}: {why}; the tier requires {requirement} (sign it with `warden sign <component> --key <file>`, then register it again)"
+    )]
+    /// The tier requires a signature by a trusted key, and the component has none
+    /// (`SIGNATURE_REQUIRED`) or one that no key the tier trusts verifies (`SIGNATURE_INVALID`).
+    Signature {
+        /// `SIGNATURE_REQUIRED` or `SIGNATURE_INVALID`.
+        code: &'static str,
+        /// The agent being run or registered.
+        agent: String,
+        /// `sha256:<hex>` of the component.
+        digest: String,
+        /// The tier it was to load at.
+        tier: Tier,
+        /// What the tier requires, with the key files.
+        requirement: String,
+        /// What is wrong with the component's signature.
+        why: String,
+    },
+    #[error(
         "IMPORT_ABOVE_TIER: agent `{agent}` imports `warden:agent/{interface}`, which tier {tier} does not grant; lowest tier granting it: {}",
         lowest.map_or("none".to_string(), |t| t.to_string())
     )]
@@ -145,6 +164,7 @@ impl Refusal {
             Refusal::CannotAcquireLock { .. } => "CANNOT_ACQUIRE_LOCK",
             Refusal::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
             Refusal::ImportAboveTier { .. } => "IMPORT_ABOVE_TIER",
+            Refusal::Signature { code, .. } => code,
             Refusal::UnknownImport { .. } => "UNKNOWN_IMPORT",
             Refusal::InvalidPacket { .. } => "INVALID_PACKET",
             Refusal::InvalidComponent { .. } => "INVALID_COMPONENT",

@@ -324,9 +324,12 @@ impl Host {
                     .component(&digest, bytes, agent)
                     .map_err(Error::from)
                     .and_then(|compiled| {
-                        Ok(self
-                            .sandbox
-                            .load_gate(&self.services.tiers, agent, tier, &compiled)?)
+                        Ok(self.sandbox.load_gate(
+                            &self.services.tiers,
+                            agent,
+                            tier,
+                            (&digest, bytes, &compiled),
+                        )?)
                     });
                 if let Err(error) = loaded {
                     // A refused load is recorded like a refused run, though nothing is bound.
@@ -350,6 +353,18 @@ impl Host {
                     );
                     self.services.ledger.append(entry);
                     return Err(error);
+                }
+                if let Ok(Some(signer)) = &loaded {
+                    let subject = crate::governance::host_subject(
+                        &self.services,
+                        agent,
+                        tier,
+                        None,
+                        Some(&digest),
+                    );
+                    self.services
+                        .ledger
+                        .append(crate::governance::signature_row(&subject, None, signer));
                 }
                 // Kept by digest so the agent can later be run by name (`orchestrate`).
                 self.services.blobs.put(bytes)?;
@@ -379,6 +394,18 @@ impl Host {
                 "the component `{digest}` of agent `{agent}` is not in this host's blob store (it was registered by another host or before components were kept): register it again with `--component <file.wasm>`"
             ))
         })
+    }
+
+    /// What the signature of `bytes` says against the tier table's trusted keys (cached by
+    /// digest, as a load checks it).
+    pub fn signature(&self, bytes: &[u8]) -> crate::signing::Verdict {
+        let digest = self.sandbox.runtime.digest_of(bytes, None);
+        self.sandbox.signatures.verdict(&digest, bytes)
+    }
+
+    /// The trusted keys of the tier table (`keys/` beside it).
+    pub fn keyring(&self) -> &crate::signing::Keyring {
+        self.sandbox.signatures.keyring()
     }
 
     pub(crate) fn services(&self) -> &Arc<Services> {
@@ -540,9 +567,14 @@ impl Host {
         for tier in Tier::ALL {
             let linked = self
                 .sandbox
-                .load_gate(&self.services.tiers, origin, tier, &component)
+                .load_gate(
+                    &self.services.tiers,
+                    origin,
+                    tier,
+                    (&digest, bytes, &component),
+                )
                 .map_err(|refusal| refusal.to_string())
-                .and_then(|()| {
+                .and_then(|_signer| {
                     self.sandbox
                         .instance_pre(&digest, tier, &component)
                         .map(drop)

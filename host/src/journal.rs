@@ -528,7 +528,8 @@ impl Journal {
                 };
                 replay.answered += 1;
                 state.seq = record.seq;
-                self.chain.extend(record.seq, op, args_digest, &record.payload);
+                self.chain
+                    .extend(record.seq, op, args_digest, &record.payload);
                 Begin::Recorded(record.payload)
             }
             Some(next) => {
@@ -955,12 +956,18 @@ mod tests {
         );
         // A resume that decided to run it again goes live past the intent.
         let resumed = Journal::replaying("run-i", cut, PastEnd::Live);
-        assert!(matches!(resumed.begin("tools.invoke", &CallArgs::known(args.clone())), Begin::Live));
+        assert!(matches!(
+            resumed.begin("tools.invoke", &CallArgs::known(args.clone())),
+            Begin::Live
+        ));
         let again = resumed.commit(OP_TOOL_INTENT, args.clone(), b"{}".to_vec());
         assert_eq!(again.seq, 2, "the run's second intent follows the first");
         // Another call where the intent stands is a divergence.
         let other = Journal::replaying("run-i", whole, PastEnd::Live);
-        assert!(matches!(other.begin("state.get", &CallArgs::known(args.clone())), Begin::Halt(_)));
+        assert!(matches!(
+            other.begin("state.get", &CallArgs::known(args.clone())),
+            Begin::Halt(_)
+        ));
         assert_eq!(other.divergence().unwrap().seq, 1);
     }
 
@@ -993,7 +1000,11 @@ mod tests {
             head = next_head(&head, r.seq, &r.op, &r.args_digest.resolve(), &r.payload);
             assert_eq!(written(r), head_text(&head), "record {} as written", r.seq);
         }
-        assert_eq!(j.head(), head_text(&head), "the chain reached the last record");
+        assert_eq!(
+            j.head(),
+            head_text(&head),
+            "the chain reached the last record"
+        );
     }
 
     #[test]

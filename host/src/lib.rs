@@ -60,6 +60,7 @@ pub mod resume;
 mod runtime;
 mod sandbox;
 pub mod secrets;
+pub mod signing;
 pub mod state;
 mod text;
 pub mod tier;

@@ -210,6 +210,9 @@ pub struct TierPolicy {
     /// Host resources an agent's store may hold at once (descriptors, streams, pollables,
     /// directory listings): the cap of its resource table; past it the host call traps.
     pub wasi_resources: u32,
+    /// The signature a component needs to load at this tier (`signed_by`: names of trusted
+    /// keys in `policies/keys/`, one of which must have signed it); default: none.
+    pub signature: crate::signing::Requirement,
     /// One per interface, in registry order; `None` where the tier has no section.
     grants: Vec<Option<Arc<dyn GrantObject>>>,
 }
@@ -259,6 +262,8 @@ pub struct TierTable {
     pub promotion: PromotionRules,
     tiers: [TierPolicy; 5],
     source: Option<PathBuf>,
+    /// The trusted keys `signed_by` names (`keys/` beside the table file).
+    keyring: Arc<crate::signing::Keyring>,
 }
 
 /// A tier table that could not be used.
@@ -350,6 +355,8 @@ struct RawTier {
     descriptors: u32,
     #[serde(default = "default_wasi_resources")]
     wasi_resources: u32,
+    #[serde(default)]
+    signed_by: Vec<String>,
 }
 
 /// [`TierPolicy::max_text_bytes`] when the tier does not say: 64 KiB.
@@ -393,6 +400,7 @@ impl TierTable {
         text: &str,
         origin: String,
         sections: &[SectionSpec],
+        keyring: crate::signing::Keyring,
     ) -> Result<TierTable, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             origin: origin.clone(),
@@ -435,6 +443,29 @@ impl TierTable {
         for pair in tiers.windows(2) {
             check_covers(&pair[1], &pair[0], sections).map_err(invalid)?;
         }
+        for policy in &tiers {
+            for key in &policy.signature.keys {
+                if keyring.get(key).is_none() {
+                    let held: Vec<String> = keyring
+                        .keys()
+                        .iter()
+                        .map(|k| format!("`{}`", k.name))
+                        .collect();
+                    return Err(invalid(format!(
+                        "`tiers.{}.signed_by` names key `{}`, which is not among the trusted keys ({}): put its public key in `keys/{}.pub` beside the table (`warden keys generate {}`)",
+                        policy.tier.code(),
+                        key.escape_debug(),
+                        if held.is_empty() {
+                            "none".to_string()
+                        } else {
+                            held.join(", ")
+                        },
+                        key.escape_debug(),
+                        key.escape_debug(),
+                    )));
+                }
+            }
+        }
         let [t0, t1, t2, t3, t4]: [TierPolicy; 5] = tiers
             .try_into()
             .map_err(|_| invalid("expected exactly five tiers".into()))?;
@@ -452,6 +483,7 @@ impl TierTable {
             },
             tiers: [t0, t1, t2, t3, t4],
             source: None,
+            keyring: Arc::new(keyring),
         })
     }
 
@@ -462,6 +494,12 @@ impl TierTable {
 
     pub(crate) fn set_source(&mut self, path: &Path) {
         self.source = Some(path.to_path_buf());
+    }
+
+    /// The trusted keys the tiers' `signed_by` name (`keys/` beside the table file; none for
+    /// the built-in or an inline table).
+    pub fn keyring(&self) -> &Arc<crate::signing::Keyring> {
+        &self.keyring
     }
 
     /// The policy of one tier.
@@ -572,6 +610,9 @@ fn parse_tier(
         workspace_files: raw.workspace_files,
         descriptors: raw.descriptors,
         wasi_resources: raw.wasi_resources,
+        signature: crate::signing::Requirement {
+            keys: raw.signed_by,
+        },
         grants,
     })
 }

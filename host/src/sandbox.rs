@@ -36,6 +36,8 @@ pub(crate) struct Sandbox {
     pub runtime: Runtime,
     linkers: Vec<Linker<AgentCtx>>,
     pres: Mutex<HashMap<(String, Tier), ArchitectPre<AgentCtx>>>,
+    /// Signature verdicts by component digest, against the tier table's trusted keys.
+    pub signatures: crate::signing::Signatures,
 }
 
 impl Sandbox {
@@ -57,17 +59,40 @@ impl Sandbox {
             runtime,
             linkers,
             pres: Mutex::new(HashMap::new()),
+            signatures: crate::signing::Signatures::new(tiers.keyring().clone()),
         })
     }
 
-    /// The load-time gate: refuse a component whose imports exceed the tier.
+    /// The load-time gate: refuse a component the tier requires a signature of and that
+    /// lacks a trusted one, or whose imports exceed the tier. The trusted key that signed it
+    /// (the first of the tier's, or of all when the tier requires none), to record.
     pub fn load_gate(
         &self,
         tiers: &TierTable,
         agent: &str,
         tier: Tier,
-        component: &Component,
-    ) -> Result<(), Refusal> {
+        loaded: (&str, &[u8], &Component),
+    ) -> Result<Option<crate::signing::TrustedKey>, Refusal> {
+        let (digest, bytes, component) = loaded;
+        let requirement = &tiers.policy(tier).signature;
+        let verdict = self.signatures.verdict(digest, bytes);
+        let signer = crate::signing::decide(requirement, &verdict).map_err(|refusal| {
+            let (why, code) = match refusal {
+                crate::signing::SignatureRefusal::Missing => {
+                    ("it is not signed".to_string(), "SIGNATURE_REQUIRED")
+                }
+                crate::signing::SignatureRefusal::Untrusted(why) => (why, "SIGNATURE_INVALID"),
+            };
+            Refusal::Signature {
+                code,
+                agent: agent.to_string(),
+                digest: digest.to_string(),
+                tier,
+                requirement: requirement.to_string(),
+                why,
+            }
+        })?;
+        let signer = signer.and_then(|name| self.signatures.keyring().get(&name).cloned());
         let summary = imports::summarize(self.runtime.engine(), component);
         imports::check(&summary, tier, tiers).map_err(|refusal| match refusal {
             ImportRefusal::AboveTier { interface, lowest } => Refusal::ImportAboveTier {
@@ -80,7 +105,8 @@ impl Sandbox {
                 agent: agent.to_string(),
                 import,
             },
-        })
+        })?;
+        Ok(signer)
     }
 
     /// The pre-instantiated component for a tier, cached per (digest, tier).

@@ -135,24 +135,41 @@ impl TierTable {
             crate::policy::BUILTIN_TIERS_TOML,
             "(built-in)".to_string(),
             SECTIONS,
+            crate::signing::Keyring::empty(),
         )
     }
 
-    /// Read and validate a tier table file.
+    /// Read and validate a tier table file; the trusted keys its `signed_by` name are the
+    /// `*.pub` files of `keys/` beside it.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<TierTable, PolicyError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut table = TierTable::parse_with(&text, format!("`{}`", path.display()), SECTIONS)?;
+        let origin = format!("`{}`", path.display());
+        let keys = path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("keys");
+        let keyring =
+            crate::signing::Keyring::from_dir(&keys).map_err(|e| PolicyError::Invalid {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        let mut table = TierTable::parse_with(&text, origin, SECTIONS, keyring)?;
         table.set_source(path);
         Ok(table)
     }
 
     /// Validate a tier table given as TOML text.
     pub fn from_toml_str(text: &str) -> Result<TierTable, PolicyError> {
-        TierTable::parse_with(text, "(inline)".to_string(), SECTIONS)
+        TierTable::parse_with(
+            text,
+            "(inline)".to_string(),
+            SECTIONS,
+            crate::signing::Keyring::empty(),
+        )
     }
 }
 

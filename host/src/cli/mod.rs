@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use sha2::Digest as _;
 
 use warden::config::{Connect, HOST_IDENTITY, WardenConfig};
 use warden::ledger::{LedgerQuery, Table};
@@ -114,6 +115,32 @@ enum Command {
     Handoff(HandoffCommand),
     /// Compile a component into the cache and show its digest and imports.
     Compile { component: PathBuf },
+    /// Sign a component with an ed25519 secret key, in the wasm-signatures custom-section
+    /// format (`wasmsign2 verify` checks it too). A signature it had is replaced; the digest
+    /// changes, so register the signed component.
+    ///
+    /// Example: `warden sign target/agent.wasm --key release.key`
+    Sign {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// The secret key (`warden keys generate` writes `<name>.key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed component (default: over the input, atomically).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Check a component's signature against the trusted keys (`keys/*.pub` beside the tier
+    /// table). Exit 3 unless a trusted key signed it.
+    ///
+    /// Example: `warden verify target/agent.wasm`
+    Verify {
+        /// The component (`.wasm`).
+        component: PathBuf,
+    },
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Operator access to the secrets store.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -216,6 +243,24 @@ enum VaultCommand {
         #[arg(long, default_value = "policies/vault")]
         policies: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate an ed25519 key pair: `<name>.key` (secret, mode 0600) and `<name>.pub`.
+    /// Trust it by putting `<name>.pub` in `keys/` beside the tier table and naming it in a
+    /// tier's `signed_by`. Never overwrites a key.
+    ///
+    /// Example: `warden keys generate release --dir ~/.warden-keys`
+    Generate {
+        /// The key's name: 1 to 64 of a-z, 0-9, `-`, `_`.
+        name: String,
+        /// The directory to write both files to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// The trusted keys (`keys/*.pub` beside the tier table), with their fingerprints.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -483,6 +528,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
         }
         Command::Compile { component } => compile(&cx, &component).await,
+        Command::Sign {
+            component,
+            key,
+            output,
+        } => sign(&cx, &component, &key, output.as_deref()),
+        Command::Verify { component } => verify(&cx, &component).await,
+        Command::Keys(command) => keys(&cx, command).await,
         Command::Secrets(command) => secrets(&cx, command).await,
         Command::Vault(VaultCommand::Setup { policies }) => vault_setup(&cx, &policies).await,
         Command::Health => health(&cx).await,
@@ -581,12 +633,19 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
             let metrics = host.ledger().metrics(&id)?;
             let revoked = host.revocation(&id).await?;
             let lock = host.state().lock_owner(&id).await?;
+            // What the registered component's signature says now, against this host's keys.
+            let signature = agent
+                .component_digest
+                .as_ref()
+                .and_then(|_| host.registered_component(&id).ok())
+                .map(|bytes| host.signature(&bytes));
             output::agent_show(
                 cx.json,
                 &agent,
                 metrics.as_ref(),
                 revoked.as_ref(),
                 lock.as_deref(),
+                signature.as_ref().map(|v| (v, host.keyring())),
             );
         }
         AgentsCommand::Promote {
@@ -755,6 +814,69 @@ async fn compile(cx: &Env, component: &Path) -> Result<u8> {
     } else {
         exit::REFUSED
     })
+}
+
+fn sign(cx: &Env, component: &Path, key: &Path, output: Option<&Path>) -> Result<u8> {
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read component `{}`", component.display()))?;
+    let signed = warden::signing::sign(&bytes, key)?;
+    let target = output.unwrap_or(component);
+    // Written beside the target and renamed over it: a reader never sees half a component.
+    let tmp = target.with_extension(format!("signing-{}", std::process::id()));
+    std::fs::write(&tmp, &signed)
+        .and_then(|()| std::fs::rename(&tmp, target))
+        .with_context(|| format!("cannot write `{}`", target.display()))?;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&signed)));
+    output::done(
+        cx.json,
+        &format!(
+            "signed `{}` with `{}`; its digest is now {digest}",
+            target.display(),
+            key.display()
+        ),
+        json!({ "component": target, "key": key, "digest": digest }),
+    );
+    Ok(exit::OK)
+}
+
+async fn verify(cx: &Env, component: &Path) -> Result<u8> {
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("cannot read component `{}`", component.display()))?;
+    let host = cx.host().await?;
+    let verdict = host.signature(&bytes);
+    let signed = matches!(verdict, warden::signing::Verdict::Signed(_));
+    output::signature(
+        cx.json,
+        &component.display().to_string(),
+        &verdict,
+        host.keyring(),
+    );
+    Ok(if signed { exit::OK } else { exit::REFUSED })
+}
+
+async fn keys(cx: &Env, command: KeysCommand) -> Result<u8> {
+    match command {
+        KeysCommand::Generate { name, dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create `{}`", dir.display()))?;
+            let made = warden::signing::generate(&dir, &name)?;
+            output::done(
+                cx.json,
+                &format!(
+                    "wrote `{}` (secret: keep it out of the policies) and `{}` ({}); trust it by copying the .pub into `keys/` beside the tier table and naming `{name}` in a tier's `signed_by`",
+                    made.secret.display(),
+                    made.public.display(),
+                    made.fingerprint
+                ),
+                json!({ "name": name, "secret": made.secret, "public": made.public, "fingerprint": made.fingerprint }),
+            );
+        }
+        KeysCommand::List => {
+            let host = cx.host().await?;
+            output::keyring(cx.json, host.keyring());
+        }
+    }
+    Ok(exit::OK)
 }
 
 async fn secrets(cx: &Env, command: SecretsCommand) -> Result<u8> {

@@ -11,6 +11,7 @@ use warden::ledger::{AgentRecord, LedgerRow, MetricsSnapshot, RunRow, VerifyRepo
 use warden::orchestrator::{TaskMetrics, TaskView};
 use warden::packet::Revocation;
 use warden::replay::ReplayReport;
+use warden::signing::{Keyring, Verdict};
 use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
 
 /// `println!` for human output: the formatted line with [`escape`] applied.
@@ -45,6 +46,79 @@ fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(error) => eprintln!("error: cannot render JSON: {error}"),
+    }
+}
+
+/// A signature verdict as JSON: `status` (`signed`, `unsigned`, `invalid`), the signers with
+/// their key fingerprints, or why it is invalid.
+fn signature_json(verdict: &Verdict, keyring: &Keyring) -> Value {
+    match verdict {
+        Verdict::Signed(names) => {
+            let signers: Vec<Value> = names
+                .iter()
+                .map(|n| json!({ "name": n, "key": keyring.get(n).map(|k| &k.fingerprint) }))
+                .collect();
+            json!({ "status": "signed", "signers": signers })
+        }
+        Verdict::Unsigned => json!({ "status": "unsigned" }),
+        Verdict::Invalid(why) => json!({ "status": "invalid", "reason": why }),
+    }
+}
+
+fn signature_text(verdict: &Verdict, keyring: &Keyring) -> String {
+    match verdict {
+        Verdict::Signed(names) => names
+            .iter()
+            .map(|n| match keyring.get(n) {
+                Some(k) => format!("{n} ({})", k.fingerprint),
+                None => n.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Verdict::Unsigned => "none (unsigned)".to_string(),
+        Verdict::Invalid(why) => format!("none: {why}"),
+    }
+}
+
+/// `warden verify`.
+pub fn signature(json: bool, component: &str, verdict: &Verdict, keyring: &Keyring) {
+    if json {
+        let mut value = signature_json(verdict, keyring);
+        if let Some(map) = value.as_object_mut() {
+            map.insert("component".into(), json!(component));
+        }
+        print_json(&value);
+        return;
+    }
+    let component = escape(component);
+    match verdict {
+        Verdict::Signed(_) => say!(
+            "`{component}` is signed by {}",
+            signature_text(verdict, keyring)
+        ),
+        _ => say!(
+            "`{component}` is not signed by a trusted key: {}",
+            signature_text(verdict, keyring)
+        ),
+    }
+}
+
+/// `warden keys list`.
+pub fn keyring(json: bool, keyring: &Keyring) {
+    if json {
+        let keys: Vec<Value> = keyring
+            .keys()
+            .iter()
+            .map(|k| json!({ "name": k.name, "fingerprint": k.fingerprint }))
+            .collect();
+        print_json(&json!({ "keys": keys }));
+        return;
+    }
+    if keyring.is_empty() {
+        say!("no trusted keys (put `<name>.pub` files in `keys/` beside the tier table)");
+    }
+    for key in keyring.keys() {
+        say!("{:<24} {}", key.name, key.fingerprint);
     }
 }
 
@@ -142,10 +216,12 @@ pub fn agent_show(
     metrics: Option<&MetricsSnapshot>,
     revocation: Option<&Revocation>,
     lock: Option<&str>,
+    signature: Option<(&Verdict, &Keyring)>,
 ) {
     if json {
+        let signature = signature.map(|(v, k)| signature_json(v, k));
         print_json(
-            &json!({ "agent": agent, "metrics": metrics, "revocation": revocation, "lock_owner": lock }),
+            &json!({ "agent": agent, "metrics": metrics, "revocation": revocation, "lock_owner": lock, "signature": signature }),
         );
         return;
     }
@@ -181,6 +257,9 @@ pub fn agent_show(
     }
     if let Some(owner) = lock {
         say!("lock       held by {owner}");
+    }
+    if let Some((verdict, keyring)) = signature {
+        say!("signer     {}", signature_text(verdict, keyring));
     }
 }
 

@@ -21,7 +21,8 @@ pub(crate) use budget::{budget_trigger, charge_error};
 pub(crate) use decide::{CallRefusal, ViolationKind, scope_reaches};
 pub(crate) use gate::{Governor, unavailable, wit_error_parts};
 pub(crate) use record::{
-    action, approve, host_subject, record_host_action, record_host_refusal, run_subject, violation,
+    action, approve, host_subject, record_host_action, record_host_refusal, run_subject,
+    signature_row, violation,
 };
 pub(crate) use revocation::{
     reinstate_agent, reseed_revocation, revoke, revoke_agent, spawn_revocation_watcher, standing,

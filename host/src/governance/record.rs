@@ -65,6 +65,22 @@ pub(crate) fn action(
     Entry::Action(record)
 }
 
+/// The row that records who signed the component a load or registration accepted
+/// (`component.signature`, decision `verified`; details: the key's name and fingerprint).
+pub(crate) fn signature_row(
+    subject: &Arc<Subject>,
+    phase: Option<Phase>,
+    signer: &crate::signing::TrustedKey,
+) -> Entry {
+    let details = serde_json::json!({ "signer": signer.name, "key": signer.fingerprint });
+    let mut record = ActionRecord::new(subject.clone(), "component.signature", "verified")
+        .details(details.to_string());
+    if let Some(phase) = phase {
+        record = record.phase(phase.as_str());
+    }
+    Entry::Action(record)
+}
+
 pub(crate) fn violation(
     subject: &Arc<Subject>,
     phase: Phase,

@@ -48,9 +48,8 @@ pub use read::{
 };
 pub use read::{JournalAnchor, RunFilter, RunRow};
 pub use record::{
-    ActionRecord, AgentRecord, ArgsDigest, Entry, JournalHead, JournalRecord, MetricsSnapshot, PromotionRecord,
-    Recorded,
-    Registration, RunRecord, Subject, Text, ViolationRecord,
+    ActionRecord, AgentRecord, ArgsDigest, Entry, JournalHead, JournalRecord, MetricsSnapshot,
+    PromotionRecord, Recorded, Registration, RunRecord, Subject, Text, ViolationRecord,
 };
 pub use schema::{SCHEMA_VERSION, Table};
 

@@ -934,11 +934,9 @@ impl Driver {
             crate::journal::Begin::Live => {}
         }
         // Its receipt makes a resume killed between the push and the record push nothing.
-        let once = self
-            .services
-            .ledger
-            .is_persistent()
-            .then(|| crate::state::Once::new(&self.run.run_id, journal.len() + 1, op, args.digest()));
+        let once = self.services.ledger.is_persistent().then(|| {
+            crate::state::Once::new(&self.run.run_id, journal.len() + 1, op, args.digest())
+        });
         let write = async {
             let digest = put_off_thread(&self.services.blobs, content.as_bytes().to_vec())
                 .await

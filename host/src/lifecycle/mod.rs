@@ -252,16 +252,28 @@ pub(crate) async fn run(
         &run_id,
     );
 
-    if let Err(refusal) = sandbox.load_gate(&services.tiers, agent, tier, &component) {
-        let entry = violation(
-            &subject,
-            Phase::Bootstrap,
-            refusal.code(),
-            component_digest.clone(),
-            refusal.to_string(),
-        );
-        services.ledger.append_async(entry).await;
-        return Err(refuse_bootstrap(&services, &subject, refusal).await);
+    match sandbox.load_gate(
+        &services.tiers,
+        agent,
+        tier,
+        (&component_digest, bytes, &component),
+    ) {
+        Ok(Some(signer)) => {
+            let entry = crate::governance::signature_row(&subject, Some(Phase::Bootstrap), &signer);
+            services.ledger.append_async(entry).await;
+        }
+        Ok(None) => {}
+        Err(refusal) => {
+            let entry = violation(
+                &subject,
+                Phase::Bootstrap,
+                refusal.code(),
+                component_digest.clone(),
+                refusal.to_string(),
+            );
+            services.ledger.append_async(entry).await;
+            return Err(refuse_bootstrap(&services, &subject, refusal).await);
+        }
     }
 
     let policy = services.tiers.policy(tier);
