@@ -1,6 +1,10 @@
 //! Signed components: a tier that requires a signature by a trusted key refuses an unsigned,
 //! wrongly signed or altered component at registration and at load, and records the signer
 //! of one it accepts; `warden keys generate`, `sign` and `verify` from the CLI.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
 
 use std::path::Path;
 use std::process::Command;
