@@ -34,10 +34,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::ledger::journal_chain::sha256_text;
+pub use crate::ledger::journal_chain::{Chain, bytes_digest, genesis, head_text, next_head};
 use crate::ledger::{ArgsDigest, Entry, JournalHead, JournalRecord};
-
-/// Versions the head's encoding.
-const DOMAIN: &[u8] = b"warden-journal-v1\0";
 
 /// Records one run may hold (calls and observations); past it the run is halted. A guest
 /// reading the clock in a loop is held to this many reads per run.
@@ -153,56 +152,6 @@ struct Replay {
     answered: u64,
 }
 
-/// The head of a run's journal, extended one record at a time in the records' order: by the
-/// ledger's writer as it writes a live run's records, by the journal itself as a replay
-/// answers recorded ones (which are not written again).
-pub struct Chain {
-    link: Mutex<Link>,
-}
-
-struct Link {
-    /// The last record chained (0: none).
-    seq: u64,
-    head: [u8; 32],
-}
-
-impl std::fmt::Debug for Chain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let link = self.link.lock();
-        write!(f, "Chain({}, {})", link.seq, head_text(&link.head))
-    }
-}
-
-impl Chain {
-    /// The chain of run `run_id`, before its first record.
-    pub fn new(run_id: &str) -> Chain {
-        Chain {
-            link: Mutex::new(Link {
-                seq: 0,
-                head: genesis(run_id),
-            }),
-        }
-    }
-
-    /// Extend by record `seq`; the head after it.
-    pub fn extend(&self, seq: u64, op: &str, args_digest: &str, payload: &[u8]) -> [u8; 32] {
-        let mut link = self.link.lock();
-        link.head = next_head(&link.head, seq, op, args_digest, payload);
-        link.seq = seq;
-        link.head
-    }
-
-    /// The head after the last record chained.
-    pub fn head(&self) -> [u8; 32] {
-        self.link.lock().head
-    }
-
-    /// The last record chained (0: none).
-    pub fn seq(&self) -> u64 {
-        self.link.lock().seq
-    }
-}
-
 struct State {
     seq: u64,
     /// Entries not yet handed to the ledger: observations, and reads' records and rows.
@@ -287,55 +236,6 @@ pub fn args_digest<A: Serialize + ?Sized>(args: &A) -> String {
     // Serializing plain data into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut json, args);
     sha256_text(&Sha256::digest(&json).into())
-}
-
-/// `sha256:<hex>` of raw bytes (an artifact's content as an argument).
-pub fn bytes_digest(bytes: &[u8]) -> String {
-    sha256_text(&Sha256::digest(bytes).into())
-}
-
-/// `sha256:<hex>` of a digest, in one allocation: on every call's path, twice.
-fn sha256_text(digest: &[u8; 32]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 7 + 64];
-    out[..7].copy_from_slice(b"sha256:");
-    for (pair, byte) in out[7..].chunks_exact_mut(2).zip(digest) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
-    }
-    // ASCII by construction, so the check cannot fail.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
-}
-
-/// The first head of run `run_id`'s journal.
-pub fn genesis(run_id: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(DOMAIN);
-    h.update(run_id.as_bytes());
-    h.finalize().into()
-}
-
-/// The head after one record.
-pub fn next_head(
-    prev: &[u8; 32],
-    seq: u64,
-    op: &str,
-    args_digest: &str,
-    payload: &[u8],
-) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(seq.to_be_bytes());
-    for field in [op.as_bytes(), args_digest.as_bytes(), payload] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field);
-    }
-    h.finalize().into()
-}
-
-/// How a head is written in the ledger.
-pub fn head_text(head: &[u8; 32]) -> String {
-    sha256_text(head)
 }
 
 impl Journal {

@@ -21,6 +21,7 @@
 
 mod chain;
 mod error;
+pub(crate) mod journal_chain;
 mod read;
 mod record;
 mod schema;

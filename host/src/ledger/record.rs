@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use crate::journal::Chain;
+pub use super::journal_chain::Chain;
 use crate::tier::Tier;
 
 /// Text that is usually a literal (`"tool.call"`) and occasionally built.
@@ -258,7 +258,7 @@ impl ArgsDigest {
     pub fn resolve(&self) -> Cow<'_, str> {
         match self {
             ArgsDigest::Known(digest) => Cow::Borrowed(digest),
-            ArgsDigest::Of(json) => Cow::Owned(crate::journal::bytes_digest(json)),
+            ArgsDigest::Of(json) => Cow::Owned(super::journal_chain::bytes_digest(json)),
         }
     }
 }

@@ -16,10 +16,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params, params_from
 
 use super::chain::{self, Field, Head};
 use super::error::LedgerError;
+use super::journal_chain as journal;
 use super::read;
 use super::record::{AgentRecord, Entry, JournalHead, MetricsSnapshot, Registration, Text};
 use super::schema::{self, ActionRow, MetricsRow, PromotionRow, Table, ViolationRow};
-use crate::journal;
 use crate::tier::Tier;
 
 /// Upper bound on commands per transaction, so one commit's latency (and
