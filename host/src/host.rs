@@ -331,19 +331,19 @@ impl Host {
                             (&digest, bytes, &compiled),
                         )?)
                     });
+                let subject = crate::governance::host_subject(
+                    &self.services,
+                    agent,
+                    tier,
+                    None,
+                    Some(&digest),
+                );
                 if let Err(error) = loaded {
                     // A refused load is recorded like a refused run, though nothing is bound.
                     let code = match &error {
                         Error::Refused(refusal) => refusal.code(),
                         _ => "INVALID_COMPONENT",
                     };
-                    let subject = crate::governance::host_subject(
-                        &self.services,
-                        agent,
-                        tier,
-                        None,
-                        Some(&digest),
-                    );
                     let entry = crate::governance::action(
                         &subject,
                         None,
@@ -355,13 +355,6 @@ impl Host {
                     return Err(error);
                 }
                 if let Ok(Some(signer)) = &loaded {
-                    let subject = crate::governance::host_subject(
-                        &self.services,
-                        agent,
-                        tier,
-                        None,
-                        Some(&digest),
-                    );
                     self.services
                         .ledger
                         .append(crate::governance::signature_row(&subject, None, signer));

@@ -11,8 +11,7 @@
 //! use warden::signing::{self, Keyring, Verdict};
 //! # let dir = tempfile::tempdir().unwrap();
 //! let pair = signing::generate(dir.path(), "release").unwrap();
-//! // The smallest component: the preamble of the component binary format.
-//! let component = b"\0asm\x0d\x00\x01\x00".to_vec();
+//! let component = wat::parse_str("(component (core module))").unwrap();
 //! let signed = signing::sign(&component, &pair.secret).unwrap();
 //! let keyring = Keyring::from_dir(dir.path()).unwrap();
 //! assert_eq!(signing::verify(&signed, &keyring), Verdict::Signed(vec!["release".into()]));
