@@ -1056,3 +1056,76 @@ fn a_run_killed_while_an_idempotent_tool_runs_runs_it_again_on_resume() {
     let out = warden(data, &["--json", "replay", &run]);
     assert_eq!(json(&out)["verdict"], "identical", "{}", json(&out));
 }
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let registered = warden(dir.path(), &["agents", "register", "hello", "--tier", "T1"]);
+    assert!(registered.status.success(), "{registered:?}");
+    // The reader is gone before the command writes a byte: every write meets EPIPE.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["ledger", "query"])
+        .env("WARDEN_LOG", "error")
+        .env_remove("WARDEN_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_data_directory_with_no_ledger_is_refused_by_commands_that_read_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("no-such-dir");
+    for args in [
+        &["ledger", "verify"][..],
+        &["agents", "list"],
+        &["runs", "list"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("--data-dir")
+            .arg(&typo)
+            .args(args)
+            .env("WARDEN_LOG", "error")
+            .env_remove("WARDEN_CONFIG")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no ledger in data directory") && stderr.contains("--data-dir"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!typo.exists(), "{args:?} created `{}`", typo.display());
+    }
+}
+
+#[test]
+fn log_lines_are_plain_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Info logs of a registration and a verify, stderr to a pipe.
+    let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["agents", "register", "hello", "--tier", "T1"])
+        .env("WARDEN_LOG", "debug")
+        .env_remove("WARDEN_CONFIG")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.is_empty(), "debug logging writes something");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI codes in a pipe: {stderr:?}"
+    );
+}

@@ -369,6 +369,12 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never when NO_COLOR is set
+        // (https://no-color.org): a log file or a `--json` consumer gets plain text.
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -395,16 +401,19 @@ pub fn main() -> ExitCode {
                     Error::Resume(r) => Some(r.code()),
                     _ => None,
                 });
-                println!(
-                    "{}",
-                    json!({ "error": error_text(&error), "code": refusal })
-                );
+                output::emit(&json!({ "error": error_text(&error), "code": refusal }).to_string());
             } else {
                 eprintln!("error: {}", output::escape(&error_text(&error)));
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// Whether log lines are coloured: on a terminal, unless `NO_COLOR` is set to anything but
+/// the empty string.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// The error and its causes in one sentence: a cause whose text the message already
@@ -445,6 +454,21 @@ impl Env {
             data_dir,
             json: cli.json,
         })
+    }
+
+    /// A host over a data directory that holds a ledger already: what a command that reads
+    /// the record uses, so a mistyped `--data-dir` is an error, not an empty store that
+    /// "verifies" with 0 rows.
+    async fn recorded_host(&self) -> Result<Host> {
+        let ledger = self.data_dir.join("ledger.db");
+        if !ledger.exists() {
+            bail!(
+                "no ledger in data directory `{}` (`{}` does not exist): check `--data-dir`, `WARDEN_DATA_DIR` or `data_dir` in warden.toml; the commands that record (`agents register`, `run`, `orchestrate`) create it",
+                self.data_dir.display(),
+                ledger.display()
+            );
+        }
+        self.host().await
     }
 
     async fn host(&self) -> Result<Host> {
@@ -490,7 +514,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             assume_done,
             rerun,
         } => {
-            let host = cx.host().await?;
+            let host = cx.recorded_host().await?;
             let decision = assume_done
                 .map(warden::resume::Decision::AssumeDone)
                 .or(rerun.map(warden::resume::Decision::Rerun));
@@ -505,7 +529,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             allow_other_digest,
         } => replay(&cx, &run, component.as_deref(), allow_other_digest).await,
         Command::Approve { task, by } => {
-            let host = cx.host().await?;
+            let host = cx.recorded_host().await?;
             host.approve(&task, &by).await?;
             output::done(
                 cx.json,
@@ -516,7 +540,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Ledger(command) => ledger(&cx, command).await,
         Command::Handoff(HandoffCommand::Show { task }) => {
-            let host = cx.host().await?;
+            let host = cx.recorded_host().await?;
             match host.handoff(&task).await? {
                 Some(handoff) => {
                     output::handoff(cx.json, &handoff);
@@ -586,7 +610,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             })
         }
         Command::Task(TaskCommand::Show { task }) => {
-            let host = cx.host().await?;
+            let host = cx.recorded_host().await?;
             let view = warden::orchestrator::TaskView::read(&host, &task).await?;
             output::task_view(cx.json, &view);
             Ok(exit::OK)
@@ -595,7 +619,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
-    let host = cx.host().await?;
+    // Registering starts a record; every other agents command reads one.
+    let host = if matches!(command, AgentsCommand::Register { .. }) {
+        cx.host().await?
+    } else {
+        cx.recorded_host().await?
+    };
     match command {
         AgentsCommand::Register {
             id,
@@ -713,7 +742,7 @@ fn run_exit(outcome: &RunOutcome) -> u8 {
 }
 
 async fn runs(cx: &Env, command: RunsCommand) -> Result<u8> {
-    let host = cx.host().await?;
+    let host = cx.recorded_host().await?;
     match command {
         RunsCommand::List {
             agent,
@@ -755,7 +784,7 @@ async fn replay(
         None => None,
     };
     // Networked backends are contacted lazily, and a replay contacts none of them.
-    let host = cx.host().await?;
+    let host = cx.recorded_host().await?;
     let options = warden::replay::ReplayOptions {
         component,
         allow_other_digest,
@@ -770,7 +799,7 @@ async fn replay(
 }
 
 async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
-    let host = cx.host().await?;
+    let host = cx.recorded_host().await?;
     match command {
         LedgerCommand::Tail { limit } => {
             let rows = host.ledger().tail(limit)?;
@@ -902,10 +931,10 @@ async fn secrets(cx: &Env, command: SecretsCommand) -> Result<u8> {
         SecretsCommand::List => {
             let paths = host.secrets().list().await?;
             if cx.json {
-                println!("{}", json!({ "secrets": paths }));
+                output::emit(&json!({ "secrets": paths }).to_string());
             } else {
                 for path in paths {
-                    println!("{path}");
+                    output::emit(&output::escape(&path));
                 }
             }
         }
@@ -949,4 +978,21 @@ async fn health(cx: &Env) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_is_for_a_terminal_without_no_color() {
+        assert!(super::colour(true, None));
+        assert!(
+            !super::colour(false, None),
+            "a pipe or a file gets plain text"
+        );
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        // https://no-color.org: only a non-empty value disables colour.
+        assert!(super::colour(true, Some(OsStr::new(""))));
+    }
 }

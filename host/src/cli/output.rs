@@ -17,8 +17,31 @@ use warden::{ComponentSummary, Handoff, RunOutcome, RunReport};
 /// `println!` for human output: the formatted line with [`escape`] applied.
 macro_rules! say {
     ($($arg:tt)*) => {
-        println!("{}", escape(&format!($($arg)*)))
+        emit(&escape(&format!($($arg)*)))
     };
+}
+
+/// Set once stdout's reader went away (`warden ledger query | head -1`).
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line to stdout. When the reader has closed the pipe, this and every later line are
+/// dropped: the command still finishes (its rows committed, its exit code its own) instead of
+/// panicking on `EPIPE` as `println!` does.
+pub fn emit(line: &str) {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if written.is_err() {
+        // A closed pipe, a full disk behind a redirect: nothing more can be shown there.
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `text` with every character that could move the cursor, break a line, switch the
@@ -44,7 +67,7 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 
 fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => emit(&text),
         Err(error) => eprintln!("error: cannot render JSON: {error}"),
     }
 }
