@@ -1129,3 +1129,39 @@ fn log_lines_are_plain_when_stderr_is_not_a_terminal() {
         "ANSI codes in a pipe: {stderr:?}"
     );
 }
+
+#[test]
+fn ledger_query_pages_newest_first_and_since_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for agent in ["first", "second"] {
+        let out = warden(dir.path(), &["agents", "register", agent, "--tier", "T1"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let newest = json(&warden(
+        dir.path(),
+        &["--json", "ledger", "query", "--desc", "--limit", "1"],
+    ));
+    let oldest = json(&warden(
+        dir.path(),
+        &["--json", "ledger", "query", "--limit", "1"],
+    ));
+    let agent_of = |v: &serde_json::Value| v[0]["agent_id"].as_str().unwrap().to_string();
+    assert_eq!(agent_of(&newest), "second");
+    assert_eq!(agent_of(&oldest), "first");
+    let recent = json(&warden(
+        dir.path(),
+        &["--json", "ledger", "query", "--since", "1h"],
+    ));
+    assert_eq!(
+        recent.as_array().unwrap().len(),
+        4,
+        "two registrations, two promotions"
+    );
+    let bad = warden(dir.path(), &["ledger", "query", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("`yesterday` is neither an RFC 3339 time"),
+        "{stderr}"
+    );
+}

@@ -335,8 +335,35 @@ struct QueryArgs {
     /// Action or violation type.
     #[arg(long)]
     kind: Option<String>,
+    /// Only rows written at or after this: an RFC 3339 time (`2026-12-03T12:00:00Z`) or a
+    /// duration ago (`10m`, `2h`, `7d`).
+    #[arg(long, value_parser = since)]
+    since: Option<String>,
+    /// Newest first.
+    #[arg(long)]
+    desc: bool,
+    /// Skip this many rows before the first shown (paging with `--limit`).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// At most this many rows.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+}
+
+/// `--since`: the earliest timestamp, written as the ledger stamps rows.
+fn since(value: &str) -> std::result::Result<String, String> {
+    let at = match humantime::parse_rfc3339_weak(value) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(value).map_err(|_| {
+                format!("`{value}` is neither an RFC 3339 time (`2026-12-03T12:00:00Z`) nor a duration ago (`10m`, `2h`, `7d`)")
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("`{value}` ago is before the epoch"))?
+        }
+    };
+    Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
 #[derive(Subcommand)]
@@ -812,6 +839,9 @@ async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
                 agent_id: args.agent,
                 task_id: args.task,
                 kind: args.kind,
+                since: args.since,
+                descending: args.desc,
+                offset: args.offset,
                 limit: Some(args.limit),
                 ..Default::default()
             };

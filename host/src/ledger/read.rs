@@ -318,7 +318,14 @@ pub struct LedgerQuery {
     pub kind: Option<String>,
     /// Only rows with `seq` greater than this, for incremental readers.
     pub after_seq: Option<u64>,
-    /// Oldest first, at most this many.
+    /// Only rows written at or after this time (RFC 3339, as rows stamp it:
+    /// `2026-12-03T12:00:00.000Z`).
+    pub since: Option<String>,
+    /// Newest first instead of oldest first.
+    pub descending: bool,
+    /// Skip this many rows (in the order asked for) before the first returned.
+    pub offset: usize,
+    /// At most this many.
     pub limit: Option<usize>,
 }
 
@@ -506,13 +513,25 @@ pub(crate) fn query(conn: &mut Connection, q: &LedgerQuery) -> Result<Vec<Ledger
                 Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)),
             ));
         }
-        out.extend(select_rows(&tx, table, &filters, false, q.limit)?);
+        let since_clause;
+        if let Some(since) = &q.since {
+            since_clause = format!("{} >= ?", table.time_column());
+            filters.push((&since_clause, Value::Text(since.clone())));
+        }
+        // The first `offset + limit` rows overall are among each table's first as many.
+        let per_table = q.limit.map(|l| l.saturating_add(q.offset));
+        out.extend(select_rows(&tx, table, &filters, q.descending, per_table)?);
     }
-    out.sort_unstable_by_key(|r| r.seq);
-    if let Some(limit) = q.limit {
-        out.truncate(limit);
+    if q.descending {
+        out.sort_unstable_by_key(|r| std::cmp::Reverse(r.seq));
+    } else {
+        out.sort_unstable_by_key(|r| r.seq);
     }
-    Ok(out)
+    let out = out.into_iter().skip(q.offset);
+    Ok(match q.limit {
+        Some(limit) => out.take(limit).collect(),
+        None => out.collect(),
+    })
 }
 
 /// The outcome of [`Ledger::verify`](super::Ledger::verify).

@@ -772,3 +772,47 @@ fn a_schema_2_ledger_is_migrated_and_its_runs_read_as_before() {
     assert_eq!(anchors.len(), 1);
     assert!(ledger.verify().unwrap().broken.is_none());
 }
+
+#[test]
+fn a_query_pages_newest_first_and_from_a_time() {
+    let (_dir, path) = temp();
+    let ledger = Ledger::open(&path).unwrap();
+    let total = populate(&ledger);
+    let seqs =
+        |q: LedgerQuery| -> Vec<u64> { ledger.query(&q).unwrap().iter().map(|r| r.seq).collect() };
+    let all = seqs(LedgerQuery::default());
+    assert_eq!(all.len() as u64, total);
+    // Newest first, across the four tables.
+    let newest = seqs(LedgerQuery {
+        descending: true,
+        limit: Some(3),
+        ..LedgerQuery::default()
+    });
+    let mut expected: Vec<u64> = all.iter().rev().take(3).copied().collect();
+    assert_eq!(newest, expected);
+    // The next page.
+    let next = seqs(LedgerQuery {
+        descending: true,
+        offset: 3,
+        limit: Some(3),
+        ..LedgerQuery::default()
+    });
+    expected = all.iter().rev().skip(3).take(3).copied().collect();
+    assert_eq!(next, expected);
+    let oldest_page = seqs(LedgerQuery {
+        offset: 2,
+        limit: Some(2),
+        ..LedgerQuery::default()
+    });
+    assert_eq!(oldest_page, all[2..4]);
+    // From a time: everything since the epoch, nothing from the far future.
+    let since = |at: &str| {
+        seqs(LedgerQuery {
+            since: Some(at.to_string()),
+            ..LedgerQuery::default()
+        })
+        .len() as u64
+    };
+    assert_eq!(since("1970-01-01T00:00:00.000Z"), total);
+    assert_eq!(since("9999-01-01T00:00:00.000Z"), 0);
+}
