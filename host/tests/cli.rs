@@ -1165,3 +1165,27 @@ fn ledger_query_pages_newest_first_and_since_a_time() {
         "{stderr}"
     );
 }
+
+#[test]
+fn completions_are_scripts_the_shell_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = warden(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("ledger") && script.contains("replay"),
+            "{shell}: the subcommands are in it"
+        );
+    }
+    // bash parses its script (syntax check only, nothing runs).
+    let out = warden(dir.path(), &["completions", "bash"]);
+    let path = dir.path().join("warden.bash");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(
+        !dir.path().join("ledger.db").exists(),
+        "completions touch no data directory"
+    );
+}

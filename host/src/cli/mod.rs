@@ -141,6 +141,14 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print a shell completion script (clap_complete) to stdout.
+    ///
+    /// Example: `warden completions bash > ~/.local/share/bash-completion/completions/warden`,
+    /// `warden completions zsh > "${fpath[1]}/_warden"`
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
     /// Operator access to the secrets store.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -531,8 +539,13 @@ fn run_call(value: &str) -> std::result::Result<(warden::RunId, u64), String> {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
+    // Completions need no configuration: a broken warden.toml does not stop them.
+    if let Command::Completions { shell } = cli.command {
+        return Ok(completions(shell));
+    }
     let cx = Env::new(&cli)?;
     match cli.command {
+        Command::Completions { shell } => Ok(completions(shell)),
         Command::Agents(command) => agents(&cx, command).await,
         Command::Run { component, packet } => run(&cx, &component, &packet).await,
         Command::Runs(command) => runs(&cx, command).await,
@@ -873,6 +886,19 @@ async fn compile(cx: &Env, component: &Path) -> Result<u8> {
     } else {
         exit::REFUSED
     })
+}
+
+/// `warden completions <shell>`.
+fn completions(shell: clap_complete::Shell) -> u8 {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "warden",
+        &mut script,
+    );
+    output::emit(String::from_utf8_lossy(&script).trim_end());
+    exit::OK
 }
 
 fn sign(cx: &Env, component: &Path, key: &Path, output: Option<&Path>) -> Result<u8> {
