@@ -1189,3 +1189,45 @@ fn completions_are_scripts_the_shell_reads() {
         "completions touch no data directory"
     );
 }
+
+/// `chattr` on `paths`: root ignores permissions, not the immutable attribute.
+fn chattr(flag: &str, paths: &[PathBuf]) {
+    let status = Command::new("chattr")
+        .arg(flag)
+        .args(paths)
+        .status()
+        .unwrap_or_else(|e| panic!("`chattr` does not run ({e}): install Debian's e2fsprogs"));
+    assert!(status.success(), "chattr {flag} failed");
+}
+
+#[test]
+fn the_ledger_commands_read_a_directory_nothing_may_be_written_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let out = warden(&data, &["agents", "register", "hello", "--tier", "T1"]);
+    assert!(out.status.success(), "{out:?}");
+    let before: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut frozen: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    frozen.push(data.clone());
+    chattr("+i", &frozen);
+    let verify = warden(&data, &["--json", "ledger", "verify"]);
+    let query = warden(&data, &["--json", "ledger", "query"]);
+    chattr("-i", &frozen);
+    let report = json(&verify);
+    assert!(verify.status.success(), "{verify:?}");
+    assert!(report["rows"].as_u64().unwrap() >= 2, "{report}");
+    assert!(query.status.success(), "{query:?}");
+    assert!(!json(&query).as_array().unwrap().is_empty());
+    let after: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "nothing was created");
+}

@@ -495,15 +495,29 @@ impl Env {
     /// the record uses, so a mistyped `--data-dir` is an error, not an empty store that
     /// "verifies" with 0 rows.
     async fn recorded_host(&self) -> Result<Host> {
-        let ledger = self.data_dir.join("ledger.db");
-        if !ledger.exists() {
+        self.existing_ledger()?;
+        self.host().await
+    }
+
+    /// The data directory's ledger file, which must exist.
+    fn existing_ledger(&self) -> Result<PathBuf> {
+        let path = self.data_dir.join("ledger.db");
+        if !path.exists() {
             bail!(
                 "no ledger in data directory `{}` (`{}` does not exist): check `--data-dir`, `WARDEN_DATA_DIR` or `data_dir` in warden.toml; the commands that record (`agents register`, `run`, `orchestrate`) create it",
                 self.data_dir.display(),
-                ledger.display()
+                path.display()
             );
         }
-        self.host().await
+        Ok(path)
+    }
+
+    /// The data directory's ledger, opened for reading only: what `ledger` commands read,
+    /// so they work on a read-only copy and touch nothing else (state, secrets).
+    fn recorded_ledger(&self) -> Result<warden::ledger::Ledger> {
+        Ok(warden::ledger::Ledger::open_read_only(
+            &self.existing_ledger()?,
+        )?)
     }
 
     async fn host(&self) -> Result<Host> {
@@ -839,10 +853,10 @@ async fn replay(
 }
 
 async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
-    let host = cx.recorded_host().await?;
+    let ledger = cx.recorded_ledger()?;
     match command {
         LedgerCommand::Tail { limit } => {
-            let rows = host.ledger().tail(limit)?;
+            let rows = ledger.tail(limit)?;
             output::ledger_rows(cx.json, &rows);
             Ok(exit::OK)
         }
@@ -858,12 +872,12 @@ async fn ledger(cx: &Env, command: LedgerCommand) -> Result<u8> {
                 limit: Some(args.limit),
                 ..Default::default()
             };
-            let rows = host.ledger().query(&query)?;
+            let rows = ledger.query(&query)?;
             output::ledger_rows(cx.json, &rows);
             Ok(exit::OK)
         }
         LedgerCommand::Verify => {
-            let report = host.ledger().verify()?;
+            let report = ledger.verify()?;
             output::verify_report(cx.json, &report);
             Ok(if report.is_intact() {
                 exit::OK

@@ -109,6 +109,22 @@ pub enum LedgerError {
         #[source]
         cause: Box<LedgerError>,
     },
+    /// The ledger was opened for reading only ([`Ledger::open_read_only`](super::Ledger::open_read_only)).
+    #[error(
+        "the ledger `{path}` is open for reading only: nothing can be recorded through this handle"
+    )]
+    ReadOnly {
+        /// The ledger file.
+        path: PathBuf,
+    },
+    /// A ledger at an older schema, which only a writable open migrates.
+    #[error(
+        "the ledger `{path}` is at an older schema: a command that records (or `Ledger::open`) migrates it; a read-only open changes nothing"
+    )]
+    NeedsMigration {
+        /// The ledger file.
+        path: PathBuf,
+    },
     /// The writer thread is gone (it panicked); nothing more can be recorded.
     #[error("the ledger writer thread has stopped; entries can no longer be recorded")]
     WriterStopped,

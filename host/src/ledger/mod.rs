@@ -165,6 +165,70 @@ impl Ledger {
         )
     }
 
+    /// Opens an existing ledger file for reading only: nothing is created, migrated or
+    /// written — not even SQLite's WAL index when the directory is read-only (an auditor's
+    /// copy), where the file is read as immutable. Queries and [`Ledger::verify`] work;
+    /// appends are refused ([`LedgerError::ReadOnly`]).
+    pub fn open_read_only(path: &Path) -> Result<Ledger, LedgerError> {
+        schema::check_header(path)?;
+        if !path.is_file() {
+            return Err(LedgerError::Io {
+                path: path.to_path_buf(),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such ledger file",
+                )),
+            });
+        }
+        let plain = || -> Result<Connection, LedgerError> {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn =
+                Connection::open_with_flags(path, flags).map_err(|e| schema::classify(path, e))?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|e| schema::classify(path, e))?;
+            schema::check_current(&conn, path)?;
+            Ok(conn)
+        };
+        // A WAL database needs its `-shm` index, which a read-only directory cannot hold:
+        // there nobody can be writing through this path, so the file is read as it is.
+        let immutable = || -> Result<Connection, LedgerError> {
+            let mut uri = String::from("file:");
+            for byte in path.as_os_str().as_encoded_bytes() {
+                match byte {
+                    b'?' | b'#' | b'%' => uri.push_str(&format!("%{byte:02X}")),
+                    _ => uri.push(char::from(*byte)),
+                }
+            }
+            uri.push_str("?immutable=1");
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn =
+                Connection::open_with_flags(&uri, flags).map_err(|e| schema::classify(path, e))?;
+            schema::check_current(&conn, path)?;
+            Ok(conn)
+        };
+        let reader = match plain() {
+            Ok(conn) => conn,
+            Err(error @ (LedgerError::NotALedger { .. } | LedgerError::NeedsMigration { .. })) => {
+                return Err(error);
+            }
+            Err(_) => immutable()?,
+        };
+        reader.pragma_update(None, "query_only", true)?;
+        let head = schema::load_head(&reader)?;
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                tx: None,
+                room: Arc::new(tokio::sync::Notify::new()),
+                writer: None,
+                reader: Mutex::new(reader),
+                path: Some(path.to_path_buf()),
+                committed: Arc::new(AtomicU64::new(head.seq.unsigned_abs())),
+            }),
+        })
+    }
+
     /// A private, process-local ledger that vanishes with its last handle.
     pub fn in_memory() -> Result<Ledger, LedgerError> {
         Ledger::memory(QUEUE_CAPACITY)
@@ -245,11 +309,19 @@ impl Ledger {
         self.inner.path.as_deref()
     }
 
+    /// Why a handle without a writer refuses to record: it was opened read-only (the
+    /// writer's sender is only taken away otherwise while the last handle drops).
+    fn read_only(&self) -> LedgerError {
+        LedgerError::ReadOnly {
+            path: self.inner.path.clone().unwrap_or_default(),
+        }
+    }
+
     /// Queues a command, blocking the thread while the queue is full.
     fn send(&self, cmd: Command) -> Result<(), LedgerError> {
         match &self.inner.tx {
             Some(tx) => tx.send(cmd).map_err(|_| LedgerError::WriterStopped),
-            None => Err(LedgerError::WriterStopped),
+            None => Err(self.read_only()),
         }
     }
 
@@ -257,7 +329,7 @@ impl Ledger {
     /// queue is full.
     async fn send_async(&self, mut cmd: Command) -> Result<(), LedgerError> {
         let Some(tx) = &self.inner.tx else {
-            return Err(LedgerError::WriterStopped);
+            return Err(self.read_only());
         };
         // The queue almost always has room: no waiter is registered for that.
         match tx.try_send(cmd) {

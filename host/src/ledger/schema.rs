@@ -565,6 +565,20 @@ pub(crate) fn classify(path: &Path, err: rusqlite::Error) -> LedgerError {
 }
 
 /// Reads only; never writes to a database that turns out not to be ours.
+/// Whether `conn` holds a ledger at the current schema (what a read-only open can read).
+pub(crate) fn check_current(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
+    match inspect(conn, path)? {
+        Found::Ledger => Ok(()),
+        Found::Empty => Err(LedgerError::NotALedger {
+            path: path.to_path_buf(),
+            reason: "it is empty".into(),
+        }),
+        Found::V1 | Found::V2 => Err(LedgerError::NeedsMigration {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
 fn inspect(conn: &Connection, path: &Path) -> Result<Found, LedgerError> {
     let not_ledger = |reason: &str| LedgerError::NotALedger {
         path: path.to_path_buf(),

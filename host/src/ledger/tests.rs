@@ -816,3 +816,23 @@ fn a_query_pages_newest_first_and_from_a_time() {
     assert_eq!(since("1970-01-01T00:00:00.000Z"), total);
     assert_eq!(since("9999-01-01T00:00:00.000Z"), 0);
 }
+
+#[test]
+fn a_read_only_open_reads_and_verifies_and_refuses_to_record() {
+    let (_dir, path) = temp();
+    {
+        let ledger = Ledger::open(&path).unwrap();
+        populate(&ledger);
+    }
+    let ledger = Ledger::open_read_only(&path).unwrap();
+    assert!(ledger.verify().unwrap().is_intact());
+    assert_eq!(ledger.query(&LedgerQuery::default()).unwrap().len(), 10);
+    assert!(matches!(
+        ledger.append_durable(ActionRecord::new(subject("a", "t"), "x", "allow")),
+        Err(LedgerError::ReadOnly { .. })
+    ));
+    // A file that does not exist is not created.
+    let missing = path.with_file_name("missing.db");
+    assert!(Ledger::open_read_only(&missing).is_err());
+    assert!(!missing.exists());
+}
