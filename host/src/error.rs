@@ -246,6 +246,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable code for the error's class, for `--json` and for programs: a refusal's,
+    /// replay's or resume's own code, else one per kind of failure (`STATE_UNAVAILABLE`,
+    /// `INVALID_PACKET`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Refused(refusal) => refusal.code(),
+            Error::Replay(error) => error.code(),
+            Error::Resume(error) => error.code(),
+            Error::Id(_) => "INVALID_ID",
+            Error::Packet(_) => "INVALID_PACKET",
+            Error::Policy(_) => "INVALID_POLICY",
+            Error::Component(_) => "INVALID_COMPONENT",
+            Error::Ledger(LedgerError::ReadOnly { .. }) => "LEDGER_READ_ONLY",
+            Error::Ledger(LedgerError::NotALedger { .. }) => "NOT_A_LEDGER",
+            Error::Ledger(_) => "LEDGER_UNAVAILABLE",
+            Error::State(_) => "STATE_UNAVAILABLE",
+            Error::Secrets(_) => "SECRETS_UNAVAILABLE",
+            Error::Llm(_) => "LLM_UNAVAILABLE",
+            Error::Tools(_) => "INVALID_TOOLS",
+            Error::Blob(_) => "BLOB_UNAVAILABLE",
+            Error::Link { .. } => "LINK_FAILED",
+            Error::Io { .. } => "IO_ERROR",
+            Error::Config { .. } => "INVALID_CONFIG",
+            Error::Invalid(_) => "INVALID_REQUEST",
+        }
+    }
+
     /// The BOOTSTRAP refusal this error is, if it is one: its [`Refusal::code`] is stable.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {

@@ -1231,3 +1231,31 @@ fn the_ledger_commands_read_a_directory_nothing_may_be_written_to() {
         .collect();
     assert_eq!(before, after, "nothing was created");
 }
+
+#[test]
+fn under_json_every_error_has_a_code_and_usage_errors_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let usage = warden(dir.path(), &["--json", "runs", "show"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+    let value = json(&usage);
+    assert_eq!(value["code"], "USAGE");
+    assert!(
+        value["error"].as_str().unwrap().contains("<RUN>"),
+        "the message names what is missing: {value}"
+    );
+    let typo = dir.path().join("typo");
+    let missing = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--data-dir")
+        .arg(&typo)
+        .args(["--json", "ledger", "verify"])
+        .env("WARDEN_LOG", "error")
+        .env_remove("WARDEN_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(json(&missing)["code"], "NO_LEDGER");
+    // Help is help, under --json too.
+    let help = warden(dir.path(), &["--json", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage:"));
+}

@@ -397,7 +397,10 @@ fn default_actor() -> String {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return ExitCode::from(code),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
@@ -430,17 +433,81 @@ pub fn main() -> ExitCode {
                 _ => exit::ERROR,
             };
             if json {
-                let refusal = error.downcast_ref::<Error>().and_then(|e| match e {
-                    Error::Refused(r) => Some(r.code()),
-                    Error::Replay(r) => Some(r.code()),
-                    Error::Resume(r) => Some(r.code()),
-                    _ => None,
-                });
-                output::emit(&json!({ "error": error_text(&error), "code": refusal }).to_string());
+                output::emit(
+                    &json!({ "error": error_text(&error), "code": error_code(&error) }).to_string(),
+                );
             } else {
                 eprintln!("error: {}", output::escape(&error_text(&error)));
             }
             ExitCode::from(code)
+        }
+    }
+}
+
+/// A command that reads the record was pointed at a data directory with no ledger.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no ledger in data directory `{dir}` (`{path}` does not exist): check `--data-dir`, `WARDEN_DATA_DIR` or `data_dir` in warden.toml; the commands that record (`agents register`, `run`, `orchestrate`) create it"
+)]
+struct NoLedger {
+    dir: String,
+    path: String,
+}
+
+/// The stable code of a command's error: the library's ([`Error::code`]), or the class of
+/// one raised at the CLI's edge.
+fn error_code(error: &anyhow::Error) -> &'static str {
+    if let Some(error) = error.downcast_ref::<Error>() {
+        return error.code();
+    }
+    if error.downcast_ref::<NoLedger>().is_some() {
+        return "NO_LEDGER";
+    }
+    if error
+        .downcast_ref::<warden::signing::SigningError>()
+        .is_some()
+    {
+        return "SIGNING_FAILED";
+    }
+    if error
+        .downcast_ref::<warden::ledger::LedgerError>()
+        .is_some()
+    {
+        return "LEDGER_UNAVAILABLE";
+    }
+    if error.downcast_ref::<std::io::Error>().is_some() {
+        return "IO_ERROR";
+    }
+    "ERROR"
+}
+
+/// Parse the command line; under `--json` a usage error is a JSON object on stdout
+/// (`code` `USAGE`, exit 2) like every other error, and help and version print as usual.
+fn parse() -> std::result::Result<Cli, u8> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let wants_json = std::env::args_os().any(|a| a == "--json");
+            let usage = !matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if wants_json && usage {
+                let text = error.render().to_string();
+                // The error's paragraph (before `Usage:`), on one line.
+                let paragraph = text.split("\n\n").next().unwrap_or_default();
+                let paragraph = paragraph.strip_prefix("error: ").unwrap_or(paragraph);
+                let message = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+                output::emit(
+                    &json!({ "error": message, "code": "USAGE", "usage": text.trim_end() })
+                        .to_string(),
+                );
+                return Err(2);
+            }
+            error.exit()
         }
     }
 }
@@ -503,11 +570,11 @@ impl Env {
     fn existing_ledger(&self) -> Result<PathBuf> {
         let path = self.data_dir.join("ledger.db");
         if !path.exists() {
-            bail!(
-                "no ledger in data directory `{}` (`{}` does not exist): check `--data-dir`, `WARDEN_DATA_DIR` or `data_dir` in warden.toml; the commands that record (`agents register`, `run`, `orchestrate`) create it",
-                self.data_dir.display(),
-                path.display()
-            );
+            return Err(NoLedger {
+                dir: self.data_dir.display().to_string(),
+                path: path.display().to_string(),
+            }
+            .into());
         }
         Ok(path)
     }
