@@ -1259,3 +1259,64 @@ fn under_json_every_error_has_a_code_and_usage_errors_are_json() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage:"));
 }
+
+#[test]
+fn a_tasks_artifacts_are_listed_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let out = warden(
+        data,
+        &[
+            "agents",
+            "register",
+            "hello",
+            "--tier",
+            "T1",
+            "--component",
+            &wasm("hello"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let packet = write_packet(
+        data,
+        "hello",
+        serde_json::json!({"agent_id":"hello","task_id":"art-1","objective":"greet","deliverables":["hello.txt"]}),
+    );
+    let out = warden(data, &["run", &wasm("hello"), "--packet", &packet]);
+    assert!(out.status.success(), "{out:?}");
+    let listed = json(&warden(data, &["--json", "artifacts", "list", "art-1"]));
+    let names: Vec<&str> = listed["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"report.json"), "{listed}");
+    // Into a pipe: the exact bytes; to a file: the same.
+    let piped = warden(data, &["artifacts", "get", "art-1", "report.json"]);
+    assert!(piped.status.success(), "{piped:?}");
+    let report: serde_json::Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert!(report.is_object(), "the host's report is JSON");
+    let file = data.join("out.json");
+    let written = warden(
+        data,
+        &[
+            "artifacts",
+            "get",
+            "art-1",
+            "report.json",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(written.status.success(), "{written:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), piped.stdout);
+    let missing = warden(data, &["--json", "artifacts", "get", "art-1", "nope.txt"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        json(&missing)["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no artifact `nope.txt`")
+    );
+}

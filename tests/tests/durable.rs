@@ -776,7 +776,13 @@ fn a_task_killed_inside_a_tool_call_resumes_with_the_operators_decision() {
         None,
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RUN:CALL"));
+    // Under --json a usage error is JSON too.
+    assert_eq!(json(&out)["code"], "USAGE", "{}", json(&out));
+    assert!(
+        json(&out)["error"].as_str().unwrap().contains("RUN:CALL"),
+        "{}",
+        json(&out)
+    );
 
     let out = cli(
         &["orchestrate", "--resume", &task, "--assume-done", &decision],

@@ -210,6 +210,9 @@ enum Command {
     /// A task's blackboard, messages and proposals with their tallies.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// A task's artifacts: what its agents (and the host: `plan.json`, `report.json`) wrote.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
 }
 
 #[derive(Subcommand)]
@@ -250,6 +253,36 @@ enum VaultCommand {
         /// Directory of `t0-observer.hcl` … `t4-architect.hcl`.
         #[arg(long, default_value = "policies/vault")]
         policies: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactsCommand {
+    /// The latest version of each artifact of a task, by name: size, author, digest.
+    ///
+    /// Example: `warden artifacts list task-42`
+    List {
+        /// The task.
+        task: String,
+        /// Start after this name (paging).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// An artifact's content, verified against its digest: to `--output`, or to stdout
+    /// (exact bytes into a pipe; escaped text on a terminal, since an agent wrote it).
+    ///
+    /// Example: `warden artifacts get task-42 report.json -o report.json`
+    Get {
+        /// The task.
+        task: String,
+        /// The artifact's name.
+        name: String,
+        /// Write the content to this file instead.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -680,6 +713,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => sign(&cx, &component, &key, output.as_deref()),
         Command::Verify { component } => verify(&cx, &component).await,
         Command::Keys(command) => keys(&cx, command).await,
+        Command::Artifacts(command) => artifacts(&cx, command).await,
         Command::Secrets(command) => secrets(&cx, command).await,
         Command::Vault(VaultCommand::Setup { policies }) => vault_setup(&cx, &policies).await,
         Command::Health => health(&cx).await,
@@ -967,6 +1001,52 @@ async fn compile(cx: &Env, component: &Path) -> Result<u8> {
     } else {
         exit::REFUSED
     })
+}
+
+async fn artifacts(cx: &Env, command: ArtifactsCommand) -> Result<u8> {
+    let host = cx.recorded_host().await?;
+    match command {
+        ArtifactsCommand::List { task, after, limit } => {
+            let page = host.artifacts(&task, after.as_deref(), limit).await?;
+            output::artifact_list(cx.json, &task, &page);
+        }
+        ArtifactsCommand::Get { task, name, output } => {
+            let Some(found) = host.artifact_ref(&task, &name).await? else {
+                bail!(
+                    "task `{}` has no artifact `{}`; `warden artifacts list {}` shows its artifacts",
+                    output::escape(&task),
+                    output::escape(&name),
+                    output::escape(&task)
+                );
+            };
+            let Some(content) = host.artifact(&found.digest)? else {
+                bail!(
+                    "the content of artifact `{}` ({}) is not in this data directory's blob store",
+                    output::escape(&name),
+                    found.digest
+                );
+            };
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &content)
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    output::done(
+                        cx.json,
+                        &format!(
+                            "wrote `{}` ({} bytes, {}) to `{}`",
+                            found.name,
+                            content.len(),
+                            found.digest,
+                            path.display()
+                        ),
+                        json!({ "artifact": found, "output": path }),
+                    );
+                }
+                None => output::artifact_content(&content),
+            }
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// `warden completions <shell>`.

@@ -126,6 +126,42 @@ pub fn signature(json: bool, component: &str, verdict: &Verdict, keyring: &Keyri
     }
 }
 
+/// `warden artifacts list`.
+pub fn artifact_list(json: bool, task: &str, page: &[warden::artifacts::ArtifactRef]) {
+    if json {
+        print_json(&json!({ "task": task, "artifacts": page }));
+        return;
+    }
+    if page.is_empty() {
+        say!("task `{task}` has no artifacts");
+    }
+    for a in page {
+        say!(
+            "{:<32} {:>9} B  {:<16} {}  {}",
+            a.name,
+            a.size,
+            a.author,
+            a.created_at,
+            a.digest
+        );
+    }
+}
+
+/// `warden artifacts get` without `--output`: the exact bytes into a pipe or file; on a
+/// terminal the text escaped line by line, since an agent wrote it.
+pub fn artifact_content(content: &[u8]) {
+    use std::io::{IsTerminal as _, Write as _};
+    if std::io::stdout().is_terminal() {
+        for line in String::from_utf8_lossy(content).lines() {
+            say!("{line}");
+        }
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    // A reader that went away (`| head`) ends the output quietly, as `emit` does.
+    let _ = out.write_all(content).and_then(|()| out.flush());
+}
+
 /// `warden keys list`.
 pub fn keyring(json: bool, keyring: &Keyring) {
     if json {
