@@ -56,6 +56,8 @@ enum Command {
     Agents(AgentsCommand),
     /// Run an agent's governed lifecycle. The agent is the packet's `agent_id`; its tier
     /// comes from its registration, never from a flag.
+    ///
+    /// Example: `warden run target/wasm32-wasip2/release/hello.wasm --packet hello.json`
     Run {
         /// The agent's component (`.wasm`, built for wasm32-wasip2).
         component: PathBuf,
@@ -101,7 +103,10 @@ enum Command {
         rerun: Option<u64>,
     },
     /// Approve a task's run that waits at the approval gate.
+    ///
+    /// Example: `warden approve task-42 --by alice`
     Approve {
+        /// The task whose run waits.
         task: String,
         /// Who approves (recorded).
         #[arg(long, default_value_t = default_actor())]
@@ -113,8 +118,14 @@ enum Command {
     /// Handoff objects left by revoked agents.
     #[command(subcommand)]
     Handoff(HandoffCommand),
-    /// Compile a component into the cache and show its digest and imports.
-    Compile { component: PathBuf },
+    /// Compile a component into the cache and show its digest, its imports and the lowest
+    /// tier that can run it.
+    ///
+    /// Example: `warden compile target/wasm32-wasip2/release/hello.wasm`
+    Compile {
+        /// The component (`.wasm`).
+        component: PathBuf,
+    },
     /// Sign a component with an ed25519 secret key, in the wasm-signatures custom-section
     /// format (`wasmsign2 verify` checks it too). A signature it had is replaced; the digest
     /// changes, so register the signed component.
@@ -156,6 +167,8 @@ enum Command {
     #[command(subcommand)]
     Vault(VaultCommand),
     /// Check every configured backend (state, secrets, llm).
+    ///
+    /// Example: `warden --state redis://127.0.0.1:6379/0 health`
     Health,
     /// Run a multi-agent task: the agents in parallel, the mediator spawned once when a
     /// condition (STUCK, CONFLICT, COMPLEXITY, SUCCESS) fires; prints the task's metrics.
@@ -163,6 +176,8 @@ enum Command {
     /// completed. `--resume <task>` goes on with a task whose host was killed: every
     /// interrupted agent resumes, the others start or keep their result, the conditions are
     /// watched again.
+    ///
+    /// Example: `warden orchestrate "design the ingest path" --agents alpha,beta --mediator gamma`
     Orchestrate {
         /// What the task is to achieve (not with `--resume`: the task keeps its own).
         #[arg(required_unless_present = "resume")]
@@ -218,6 +233,8 @@ enum Command {
 #[derive(Subcommand)]
 enum RunsCommand {
     /// Runs, newest first.
+    ///
+    /// Example: `warden runs list --agent hello --status running`
     List {
         /// Only runs of this agent.
         #[arg(long)]
@@ -233,6 +250,8 @@ enum RunsCommand {
         limit: usize,
     },
     /// One run: status, attempts, the phases it entered and when, where it stopped.
+    ///
+    /// Example: `warden runs show run-0192f1…`
     Show {
         /// The run id.
         run: warden::RunId,
@@ -242,13 +261,20 @@ enum RunsCommand {
 #[derive(Subcommand)]
 enum TaskCommand {
     /// Show the blackboard, the proposals with their tallies, and the messages of a task.
-    Show { task: String },
+    ///
+    /// Example: `warden task show task-42`
+    Show {
+        /// The task.
+        task: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum VaultCommand {
     /// Enable AppRole and the KV v2 mount, write the tier policies, and create one AppRole
     /// per registered agent with its tier's policies and token TTL.
+    ///
+    /// Example: `warden vault setup --policies policies/vault`
     Setup {
         /// Directory of `t0-observer.hcl` … `t4-architect.hcl`.
         #[arg(long, default_value = "policies/vault")]
@@ -301,13 +327,18 @@ enum KeysCommand {
         dir: PathBuf,
     },
     /// The trusted keys (`keys/*.pub` beside the tier table), with their fingerprints.
+    ///
+    /// Example: `warden keys list`
     List,
 }
 
 #[derive(Subcommand)]
 enum AgentsCommand {
     /// Register an agent (or re-register it: a tier or component change is recorded).
+    ///
+    /// Example: `warden agents register hello --tier T1 --component hello.wasm`
     Register {
+        /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
         id: String,
         /// T0..T4 or observer, operator, builder, executor, architect.
         #[arg(long)]
@@ -315,37 +346,60 @@ enum AgentsCommand {
         /// Bind the agent to this component's digest.
         #[arg(long)]
         component: Option<PathBuf>,
+        /// Who does it (recorded; default: `$USER`).
         #[arg(long, default_value_t = default_actor())]
         by: String,
     },
     /// List registered agents.
+    ///
+    /// Example: `warden agents list`
     List,
-    /// Show one agent: registration, metrics, revocation.
-    Show { id: AgentId },
+    /// Show one agent: registration, metrics, revocation, lock holder, signer.
+    ///
+    /// Example: `warden agents show hello`
+    Show {
+        /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
+        id: AgentId,
+    },
     /// Change an agent's tier (recorded in `promotions`).
+    ///
+    /// Example: `warden agents promote hello --tier T2 --reason "30 compliant runs"`
     Promote {
+        /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
         id: String,
+        /// The new tier: T0..T4 or observer, operator, builder, executor, architect.
         #[arg(long)]
         tier: Tier,
+        /// Why (recorded).
         #[arg(long, default_value = "operator decision")]
         reason: String,
+        /// Who does it (recorded; default: `$USER`).
         #[arg(long, default_value_t = default_actor())]
         by: String,
     },
     /// Lift an agent's revocation: the only act that does, recorded with who and why.
+    ///
+    /// Example: `warden agents reinstate hello --reason "fixed the tool list"`
     Reinstate {
+        /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
         id: String,
         /// Why the agent may run again (recorded).
         #[arg(long)]
         reason: String,
+        /// Who does it (recorded; default: `$USER`).
         #[arg(long, default_value_t = default_actor())]
         by: String,
     },
     /// Revoke an agent: a running instance stops; every later bootstrap refuses it.
+    ///
+    /// Example: `warden agents revoke hello --reason "leaked a token"`
     Revoke {
+        /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
         id: String,
+        /// Why (recorded, and in the handoff).
         #[arg(long, default_value = "revoked by operator")]
         reason: String,
+        /// Who does it (recorded; default: `$USER`).
         #[arg(long, default_value_t = default_actor())]
         by: String,
     },
@@ -354,20 +408,29 @@ enum AgentsCommand {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// The newest rows.
+    ///
+    /// Example: `warden ledger tail -n 50`
     Tail {
+        /// How many.
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: usize,
     },
-    /// Rows matching filters.
+    /// Rows matching filters, oldest first (`--desc`: newest first), a page at a time.
+    ///
+    /// Example: `warden ledger query --agent hello --table violations --since 1h --desc`
     Query(QueryArgs),
     /// Recompute the hash chain; exit 5 if any row was altered, removed or reordered.
+    ///
+    /// Example: `warden --json ledger verify`
     Verify,
 }
 
 #[derive(Args)]
 struct QueryArgs {
+    /// Only rows of this agent.
     #[arg(long)]
     agent: Option<String>,
+    /// Only rows of this task.
     #[arg(long)]
     task: Option<String>,
     /// agent_actions, violations, promotions or agent_metrics.
@@ -410,18 +473,29 @@ fn since(value: &str) -> std::result::Result<String, String> {
 #[derive(Subcommand)]
 enum HandoffCommand {
     /// The latest handoff of a task.
-    Show { task: String },
+    ///
+    /// Example: `warden handoff show task-42`
+    Show {
+        /// The task.
+        task: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum SecretsCommand {
     /// Store a secret (the value is read from stdin when `--value` is absent).
+    ///
+    /// Example: `printf %s "$TOKEN" | warden secrets set t3/github-token`
     Set {
+        /// The secret's path (`t3/github-token`).
         path: String,
+        /// The value (it ends up in shell history: prefer stdin).
         #[arg(long)]
         value: Option<String>,
     },
     /// List secret paths (never values).
+    ///
+    /// Example: `warden secrets list`
     List,
 }
 
@@ -1211,5 +1285,40 @@ mod tests {
         assert!(!super::colour(true, Some(OsStr::new("1"))));
         // https://no-color.org: only a non-empty value disables colour.
         assert!(super::colour(true, Some(OsStr::new(""))));
+    }
+}
+
+#[cfg(test)]
+mod help {
+    #[test]
+    fn every_command_has_help_and_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &name, missing);
+                    continue;
+                }
+                let about = sub
+                    .get_long_about()
+                    .or(sub.get_about())
+                    .map(ToString::to_string);
+                if !about.is_some_and(|a| a.contains("Example:")) {
+                    missing.push(name.clone());
+                }
+                for arg in sub.get_arguments() {
+                    if arg.get_help().is_none() && arg.get_id() != "help" {
+                        missing.push(format!("{name} <{}>", arg.get_id()));
+                    }
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<super::Cli as clap::CommandFactory>::command(),
+            "warden",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help or example: {missing:#?}");
     }
 }
