@@ -47,16 +47,8 @@ fn json(output: &Output) -> serde_json::Value {
     })
 }
 
-fn write_packet(dir: &Path, name: &str, body: serde_json::Value) -> String {
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, body.to_string()).unwrap();
-    path.display().to_string()
-}
-
-#[test]
-fn register_run_revoke_and_verify_from_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
+/// `agents register hello --tier T1 --component hello.wasm` in `data`.
+fn register_hello(data: &Path) {
     let out = warden(
         data,
         &[
@@ -74,6 +66,19 @@ fn register_run_revoke_and_verify_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn write_packet(dir: &Path, name: &str, body: serde_json::Value) -> String {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, body.to_string()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn register_run_revoke_and_verify_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    register_hello(data);
 
     let packet = write_packet(
         data,
@@ -1264,19 +1269,7 @@ fn under_json_every_error_has_a_code_and_usage_errors_are_json() {
 fn a_tasks_artifacts_are_listed_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let out = warden(
-        data,
-        &[
-            "agents",
-            "register",
-            "hello",
-            "--tier",
-            "T1",
-            "--component",
-            &wasm("hello"),
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
+    register_hello(data);
     let packet = write_packet(
         data,
         "hello",
