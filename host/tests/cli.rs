@@ -413,6 +413,7 @@ fn approve_from_another_process_releases_the_gate() {
         .args(["--json", "run", &wasm("hello"), "--packet", &packet])
         .current_dir(data)
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -428,6 +429,11 @@ fn approve_from_another_process_releases_the_gate() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waits up to 30s for approval; release it with `warden approve needs-ok`"),
+        "the wait is announced with its command: {stderr}"
     );
 }
 

@@ -957,6 +957,26 @@ async fn run(cx: &Env, component: &Path, packet_path: &Path) -> Result<u8> {
         );
     }
     host.submit_packet(&packet).await?;
+    // A run that will wait at the approval gate says so before it waits, with the command
+    // that releases it: otherwise it looks hung for up to the approval timeout.
+    if let Some(agent) = host.ledger().agent(&packet.agent_id)?
+        && host.tiers().policy(agent.tier).approval == warden::policy::Approval::Required
+    {
+        let timeout = packet.limits.approval_timeout_ms.map_or(
+            host.tiers().defaults.approval_timeout,
+            Duration::from_millis,
+        );
+        eprintln!(
+            "{}",
+            output::escape(&format!(
+                "note: agent `{}` is {}: after PLAN its run waits up to {} for approval; release it with `warden approve {}` from another shell",
+                packet.agent_id,
+                agent.tier,
+                humantime::format_duration(timeout),
+                packet.task_id
+            ))
+        );
+    }
     let report = host.run(&packet.agent_id, &bytes).await?;
     output::run_report(cx.json, &report);
     Ok(run_exit(&report.outcome))
