@@ -32,9 +32,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::ledger::journal_chain::sha256_text;
 pub use crate::ledger::journal_chain::{Chain, bytes_digest, genesis, head_text, next_head};
 use crate::ledger::{ArgsDigest, Entry, JournalHead, JournalRecord};
 
@@ -197,6 +195,7 @@ pub struct CallArgs {
 impl CallArgs {
     /// The arguments `args`, as JSON.
     pub fn of<A: Serialize + ?Sized>(args: &A) -> CallArgs {
+        // Arguments are small: one buffer and one digest beat feeding the hasher token by token.
         let mut json = Vec::with_capacity(128);
         // Serializing plain data into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut json, args);
@@ -204,6 +203,11 @@ impl CallArgs {
             json,
             digest: OnceLock::new(),
         }
+    }
+
+    /// The arguments of an observation (a clock read, random bytes): none.
+    pub fn observed() -> CallArgs {
+        CallArgs::known(OBSERVED.to_string())
     }
 
     /// Arguments known only by their digest.
@@ -231,11 +235,9 @@ impl From<CallArgs> for ArgsDigest {
 
 /// `sha256:<hex>` of `args` as JSON: what the journal compares to find a divergence.
 pub fn args_digest<A: Serialize + ?Sized>(args: &A) -> String {
-    // Arguments are small: one buffer and one digest beat feeding the hasher token by token.
-    let mut json = Vec::with_capacity(128);
-    // Serializing plain data into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut json, args);
-    sha256_text(&Sha256::digest(&json).into())
+    let args = CallArgs::of(args);
+    args.digest();
+    args.digest.into_inner().unwrap_or_default()
 }
 
 impl Journal {
@@ -536,7 +538,7 @@ impl Journal {
         let mut state = self.state.lock();
         if state.replay.is_some() {
             drop(state);
-            return match self.begin(op, &CallArgs::known(OBSERVED.to_string())) {
+            return match self.begin(op, &CallArgs::observed()) {
                 Begin::Recorded(payload) => ObservedValue::Value(payload),
                 Begin::Live | Begin::Halt(_) => ObservedValue::Value(live()),
             };
@@ -751,7 +753,10 @@ pub(crate) mod sources {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
+    use crate::ledger::journal_chain::sha256_text;
 
     #[test]
     fn a_replay_answers_in_order_and_finds_the_first_divergence() {
@@ -888,7 +893,7 @@ mod tests {
         let c = j.commit("state.get", args_digest(&("k",)), b"null".to_vec());
         let seq = c.seq;
         assert!(
-            matches!(&c.head, JournalHead::Chained(chain) if chain.seq() == 0),
+            matches!(&c.head, JournalHead::Chained(chain) if chain.head() == genesis("run-b")),
             "the head is the writer's to compute"
         );
         let records = journal_records(c.records);

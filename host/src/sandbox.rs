@@ -75,24 +75,25 @@ impl Sandbox {
     ) -> Result<Option<crate::signing::TrustedKey>, Refusal> {
         let (digest, bytes, component) = loaded;
         let requirement = &tiers.policy(tier).signature;
-        let verdict = self.signatures.verdict(digest, bytes);
-        let signer = crate::signing::decide(requirement, &verdict).map_err(|refusal| {
-            let (why, code) = match refusal {
-                crate::signing::SignatureRefusal::Missing => {
-                    ("it is not signed".to_string(), "SIGNATURE_REQUIRED")
+        let signer = self
+            .signatures
+            .check(requirement, digest, bytes)
+            .map_err(|refusal| {
+                let (why, code) = match refusal {
+                    crate::signing::SignatureRefusal::Missing => {
+                        ("it is not signed".to_string(), "SIGNATURE_REQUIRED")
+                    }
+                    crate::signing::SignatureRefusal::Untrusted(why) => (why, "SIGNATURE_INVALID"),
+                };
+                Refusal::Signature {
+                    code,
+                    agent: agent.to_string(),
+                    digest: digest.to_string(),
+                    tier,
+                    requirement: requirement.to_string(),
+                    why,
                 }
-                crate::signing::SignatureRefusal::Untrusted(why) => (why, "SIGNATURE_INVALID"),
-            };
-            Refusal::Signature {
-                code,
-                agent: agent.to_string(),
-                digest: digest.to_string(),
-                tier,
-                requirement: requirement.to_string(),
-                why,
-            }
-        })?;
-        let signer = signer.and_then(|name| self.signatures.keyring().get(&name).cloned());
+            })?;
         let summary = imports::summarize(self.runtime.engine(), component);
         imports::check(&summary, tier, tiers).map_err(|refusal| match refusal {
             ImportRefusal::AboveTier { interface, lowest } => Refusal::ImportAboveTier {

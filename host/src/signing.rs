@@ -402,6 +402,23 @@ impl Signatures {
         &self.keyring
     }
 
+    /// The signer to record for component `digest` loading under `requirement`, or why it
+    /// may not load ([`decide`] on the cached [`Signatures::verdict`]). With no trusted keys
+    /// and nothing required there is nothing to find: the component is not parsed (a host
+    /// without keys pays no verification on a first load).
+    pub fn check(
+        &self,
+        requirement: &Requirement,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Option<TrustedKey>, SignatureRefusal> {
+        if self.keyring.is_empty() && !requirement.is_required() {
+            return Ok(None);
+        }
+        let signer = decide(requirement, &self.verdict(digest, bytes))?;
+        Ok(signer.and_then(|name| self.keyring.get(&name).cloned()))
+    }
+
     /// The verdict on component `digest` (whose bytes are `bytes`), cached.
     pub fn verdict(&self, digest: &str, bytes: &[u8]) -> Verdict {
         if let Some(found) = self.cache.lock().get(digest) {
@@ -414,11 +431,6 @@ impl Signatures {
         }
         cache.insert(digest.to_string(), verdict.clone());
         verdict
-    }
-
-    /// The fingerprint of trusted key `name`.
-    pub fn fingerprint(&self, name: &str) -> Option<&str> {
-        self.keyring.get(name).map(|k| k.fingerprint.as_str())
     }
 }
 
@@ -478,6 +490,21 @@ mod tests {
             decide(&release, &Verdict::Invalid("x".into())),
             Err(SignatureRefusal::Untrusted(_))
         ));
+    }
+
+    #[test]
+    fn with_no_trusted_key_and_nothing_required_a_load_verifies_nothing() {
+        let none = Signatures::new(Arc::new(Keyring::empty()));
+        assert!(matches!(
+            none.check(&Requirement::default(), "sha256:x", b"any"),
+            Ok(None)
+        ));
+        assert!(none.cache.lock().is_empty(), "nothing was parsed or cached");
+        // A requirement is checked even then: nothing can satisfy it.
+        let release = Requirement {
+            keys: vec!["release".into()],
+        };
+        assert!(none.check(&release, "sha256:x", &component()).is_err());
     }
 
     #[test]

@@ -25,16 +25,20 @@ fn wasm(name: &str) -> String {
     path.display().to_string()
 }
 
-fn warden(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_warden"))
+/// `warden --data-dir <data> <args>`, quiet logs, no inherited config.
+fn command(data: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    command
         .arg("--data-dir")
         .arg(data)
         .args(args)
         .env("WARDEN_LOG", "error")
-        .env_remove("WARDEN_CONFIG")
-        .current_dir(data)
-        .output()
-        .unwrap()
+        .env_remove("WARDEN_CONFIG");
+    command
+}
+
+fn warden(data: &Path, args: &[&str]) -> Output {
+    command(data, args).current_dir(data).output().unwrap()
 }
 
 fn json(output: &Output) -> serde_json::Value {
@@ -1074,12 +1078,7 @@ fn a_closed_pipe_ends_a_command_quietly() {
     let registered = warden(dir.path(), &["agents", "register", "hello", "--tier", "T1"]);
     assert!(registered.status.success(), "{registered:?}");
     // The reader is gone before the command writes a byte: every write meets EPIPE.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["ledger", "query"])
-        .env("WARDEN_LOG", "error")
-        .env_remove("WARDEN_CONFIG")
+    let mut child = command(dir.path(), &["ledger", "query"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1100,12 +1099,7 @@ fn a_data_directory_with_no_ledger_is_refused_by_commands_that_read_the_record()
         &["agents", "list"],
         &["runs", "list"],
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .arg("--data-dir")
-            .arg(&typo)
-            .args(args)
-            .env("WARDEN_LOG", "error")
-            .env_remove("WARDEN_CONFIG")
+        let output = command(&typo, args)
             .current_dir(dir.path())
             .output()
             .unwrap();
@@ -1123,12 +1117,8 @@ fn a_data_directory_with_no_ledger_is_refused_by_commands_that_read_the_record()
 fn log_lines_are_plain_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     // Info logs of a registration and a verify, stderr to a pipe.
-    let output = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["agents", "register", "hello", "--tier", "T1"])
+    let output = command(dir.path(), &["agents", "register", "hello", "--tier", "T1"])
         .env("WARDEN_LOG", "debug")
-        .env_remove("WARDEN_CONFIG")
         .env_remove("NO_COLOR")
         .output()
         .unwrap();
@@ -1255,12 +1245,7 @@ fn under_json_every_error_has_a_code_and_usage_errors_are_json() {
         "the message names what is missing: {value}"
     );
     let typo = dir.path().join("typo");
-    let missing = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("--data-dir")
-        .arg(&typo)
-        .args(["--json", "ledger", "verify"])
-        .env("WARDEN_LOG", "error")
-        .env_remove("WARDEN_CONFIG")
+    let missing = command(&typo, &["--json", "ledger", "verify"])
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));

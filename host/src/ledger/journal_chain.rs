@@ -12,19 +12,12 @@ const DOMAIN: &[u8] = b"warden-journal-v1\0";
 /// ledger's writer as it writes a live run's records, by the journal itself as a replay
 /// answers recorded ones (which are not written again).
 pub struct Chain {
-    link: Mutex<Link>,
-}
-
-struct Link {
-    /// The last record chained (0: none).
-    seq: u64,
-    head: [u8; 32],
+    head: Mutex<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let link = self.link.lock();
-        write!(f, "Chain({}, {})", link.seq, head_text(&link.head))
+        write!(f, "Chain({})", head_text(&self.head()))
     }
 }
 
@@ -32,29 +25,20 @@ impl Chain {
     /// The chain of run `run_id`, before its first record.
     pub fn new(run_id: &str) -> Chain {
         Chain {
-            link: Mutex::new(Link {
-                seq: 0,
-                head: genesis(run_id),
-            }),
+            head: Mutex::new(genesis(run_id)),
         }
     }
 
     /// Extend by record `seq`; the head after it.
     pub fn extend(&self, seq: u64, op: &str, args_digest: &str, payload: &[u8]) -> [u8; 32] {
-        let mut link = self.link.lock();
-        link.head = next_head(&link.head, seq, op, args_digest, payload);
-        link.seq = seq;
-        link.head
+        let mut head = self.head.lock();
+        *head = next_head(&head, seq, op, args_digest, payload);
+        *head
     }
 
     /// The head after the last record chained.
     pub fn head(&self) -> [u8; 32] {
-        self.link.lock().head
-    }
-
-    /// The last record chained (0: none).
-    pub fn seq(&self) -> u64 {
-        self.link.lock().seq
+        *self.head.lock()
     }
 }
 

@@ -490,9 +490,10 @@ impl Driver {
         if self.run.is_revoked() {
             return Ok(());
         }
-        let digest = crate::journal::args_digest(result);
+        let args = crate::journal::CallArgs::of(result);
+        let digest = args.digest().to_string();
         let journal = self.run.journal.clone();
-        match journal.begin(op, &crate::journal::CallArgs::known(digest.clone())) {
+        match journal.begin(op, &args) {
             crate::journal::Begin::Recorded(_) => return Ok(()),
             crate::journal::Begin::Halt(reason) => return Err(self.replay_stop(phase, &reason)),
             crate::journal::Begin::Live => {}
@@ -835,7 +836,7 @@ impl Driver {
         let op = "host.deliverables";
         let journal = self.run.journal.clone();
         if journal.is_replaying() {
-            match journal.begin(op, &crate::journal::CallArgs::known("sha256:-".to_string())) {
+            match journal.begin(op, &crate::journal::CallArgs::observed()) {
                 crate::journal::Begin::Recorded(payload) => {
                     return serde_json::from_slice(&payload).map_err(|e| Stop::Failed {
                         code: FailureCode::ReplayDiverged,
