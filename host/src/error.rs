@@ -216,6 +216,9 @@ pub enum Error {
     /// A run cannot be resumed.
     #[error(transparent)]
     Resume(#[from] ResumeError),
+    /// A pipeline request cannot be served.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     /// A tier's interfaces cannot be linked (at host start).
     #[error("cannot link the interfaces of tier {tier}: {message}")]
     Link {
@@ -254,6 +257,7 @@ impl Error {
             Error::Refused(refusal) => refusal.code(),
             Error::Replay(error) => error.code(),
             Error::Resume(error) => error.code(),
+            Error::Pipeline(error) => error.code(),
             Error::Id(_) => "INVALID_ID",
             Error::Packet(_) => "INVALID_PACKET",
             Error::Policy(_) => "INVALID_POLICY",
@@ -357,6 +361,160 @@ impl ReplayError {
             ReplayError::ComponentNotKept { .. } => "COMPONENT_NOT_KEPT",
             ReplayError::ComponentMismatch { .. } => "COMPONENT_MISMATCH",
             ReplayError::Packet { .. } => "INVALID_PACKET",
+        }
+    }
+}
+
+/// One problem of a pipeline file, at its line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct SpecError {
+    /// The file (or `<inline>`).
+    pub origin: String,
+    /// 1-based line; 0 when the problem is the whole file.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+/// Every problem found in a pipeline file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => write!(f, "pipeline is invalid"),
+            [one] => write!(f, "{one}"),
+            [first, rest @ ..] => write!(f, "{first} (and {} more problems)", rest.len()),
+        }
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// Why a pipeline request cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    /// The pipeline file has problems; each is at its line and column.
+    #[error("PIPELINE_INVALID: {0}")]
+    Invalid(SpecErrors),
+    /// A run's parameters are refused.
+    #[error("INVALID_PARAM: {0}")]
+    Param(String),
+    /// No pipeline run has this id.
+    #[error("UNKNOWN_PIPELINE_RUN: no pipeline run `{run}`; `warden pipeline list` shows the runs")]
+    UnknownRun {
+        /// The id asked for.
+        run: String,
+    },
+    /// The run ended; a resume has nothing to do.
+    #[error(
+        "PIPELINE_ENDED: pipeline run `{run}` ended `{outcome}`; run a stage and what depends on it again with `warden pipeline retry {run} --from <stage>`"
+    )]
+    Ended {
+        /// The run.
+        run: String,
+        /// How it ended.
+        outcome: String,
+    },
+    /// The run has not ended; a retry would race it.
+    #[error(
+        "PIPELINE_NOT_ENDED: pipeline run `{run}` has not ended; a retry needs an ended run (an interrupted one goes on with `warden pipeline resume {run}`)"
+    )]
+    NotEnded {
+        /// The run.
+        run: String,
+    },
+    /// A live process may still run it.
+    #[error(
+        "PIPELINE_STILL_ACTIVE: pipeline run `{run}` is run by {holder}, which is still alive; resume it once that process is gone"
+    )]
+    StillActive {
+        /// The run.
+        run: String,
+        /// The process, in words.
+        holder: String,
+    },
+    /// The pipeline has no such stage.
+    #[error("UNKNOWN_STAGE: pipeline run `{run}` has no stage `{stage}`; its stages: {stages:?}")]
+    UnknownStage {
+        /// The run.
+        run: String,
+        /// The stage asked for.
+        stage: String,
+        /// Its stages.
+        stages: Vec<String>,
+    },
+    /// The stage is no human gate, or it is not waiting.
+    #[error(
+        "GATE_NOT_WAITING: stage `{stage}` of pipeline run `{run}` is {status}; only a human gate that waits can be decided"
+    )]
+    GateNotWaiting {
+        /// The run.
+        run: String,
+        /// The stage.
+        stage: String,
+        /// Where it is, in words.
+        status: String,
+    },
+    /// The gate was decided before.
+    #[error(
+        "GATE_ALREADY_DECIDED: gate `{stage}` of pipeline run `{run}` was already {decision} by {by}; a gate is decided once"
+    )]
+    AlreadyDecided {
+        /// The run.
+        run: String,
+        /// The gate.
+        stage: String,
+        /// `approved` or `rejected`.
+        decision: String,
+        /// Who decided.
+        by: String,
+    },
+    /// The decider is not among the gate's approvers.
+    #[error("NOT_AN_APPROVER: `{who}` may not decide gate `{stage}`; its approvers: {approvers:?}")]
+    NotAnApprover {
+        /// The gate.
+        stage: String,
+        /// Who tried.
+        who: String,
+        /// Who may.
+        approvers: Vec<String>,
+    },
+    /// A hot-swapped component is not the one the run began with.
+    #[error(
+        "OVERRIDE_CHANGED: stage `{stage}`'s override `{path}` is now {now}, the run began with {recorded}; a resume runs what the run began with"
+    )]
+    OverrideChanged {
+        /// The stage.
+        stage: String,
+        /// The file.
+        path: String,
+        /// The digest recorded.
+        recorded: String,
+        /// The digest found (or why none).
+        now: String,
+    },
+}
+
+impl PipelineError {
+    /// The stable code (`GATE_ALREADY_DECIDED`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PipelineError::Invalid(_) => "PIPELINE_INVALID",
+            PipelineError::Param(_) => "INVALID_PARAM",
+            PipelineError::UnknownRun { .. } => "UNKNOWN_PIPELINE_RUN",
+            PipelineError::Ended { .. } => "PIPELINE_ENDED",
+            PipelineError::NotEnded { .. } => "PIPELINE_NOT_ENDED",
+            PipelineError::StillActive { .. } => "PIPELINE_STILL_ACTIVE",
+            PipelineError::UnknownStage { .. } => "UNKNOWN_STAGE",
+            PipelineError::GateNotWaiting { .. } => "GATE_NOT_WAITING",
+            PipelineError::AlreadyDecided { .. } => "GATE_ALREADY_DECIDED",
+            PipelineError::NotAnApprover { .. } => "NOT_AN_APPROVER",
+            PipelineError::OverrideChanged { .. } => "OVERRIDE_CHANGED",
         }
     }
 }

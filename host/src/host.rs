@@ -485,6 +485,23 @@ impl Host {
         .await
     }
 
+    /// [`Host::run`] under a run id chosen before the run (a pipeline records it first).
+    pub(crate) async fn run_as(
+        &self,
+        agent: &AgentId,
+        component: &[u8],
+        run_id: crate::id::RunId,
+    ) -> Result<RunReport, Error> {
+        lifecycle::run(
+            self.services.clone(),
+            self.sandbox.clone(),
+            agent,
+            component,
+            lifecycle::RunMode::LiveAs(run_id),
+        )
+        .await
+    }
+
     /// Approve the task's pending run (the approval gate after PLAN).
     pub async fn approve(&self, task: &str, approver: &str) -> Result<(), Error> {
         governance::approve(&self.services, &TaskId::new(task)?, approver).await

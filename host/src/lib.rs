@@ -53,6 +53,7 @@ pub mod orchestrator;
 pub mod packet;
 pub mod pattern;
 mod phase;
+pub mod pipeline;
 pub mod policy;
 pub mod replay;
 mod report;
@@ -67,7 +68,7 @@ pub mod tier;
 pub mod tools;
 
 pub use context::CallDurability;
-pub use error::{Error, Refusal};
+pub use error::{Error, PipelineError, Refusal};
 pub use host::{ComponentSummary, Host, HostBuilder};
 pub use id::{AgentId, IdError, RunId, TaskId};
 pub use packet::{ErrorBudget, Handoff, Packet};

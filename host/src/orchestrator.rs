@@ -884,6 +884,39 @@ fn last_start(rows: &[LedgerRow]) -> Option<usize> {
         .rposition(|row| row.kind == "orchestrator.start")
 }
 
+/// Where a task's latest orchestration stands, as its rows tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskProgress {
+    /// No `orchestrator.start` row.
+    NeverStarted,
+    /// Started, no `task.metrics` row: interrupted (or still running).
+    Interrupted,
+    /// Ended; `success` as its `task.metrics` row says.
+    Ended { success: bool },
+}
+
+pub(crate) fn task_progress(
+    ledger: &crate::ledger::Ledger,
+    task: &TaskId,
+) -> Result<TaskProgress, Error> {
+    let rows = orchestrator_rows(ledger, task)?;
+    let Some(at) = last_start(&rows) else {
+        return Ok(TaskProgress::NeverStarted);
+    };
+    Ok(
+        match rows[at + 1..].iter().find(|row| row.kind == "task.metrics") {
+            None => TaskProgress::Interrupted,
+            Some(end) => TaskProgress::Ended {
+                success: end
+                    .fields
+                    .get("decision")
+                    .and_then(serde_json::Value::as_str)
+                    == Some("success"),
+            },
+        },
+    )
+}
+
 /// The ledger row of the task's latest start if no `task.metrics` row ended it: an
 /// interrupted (or still running) task.
 fn unended_start(ledger: &crate::ledger::Ledger, task: &TaskId) -> Result<Option<u64>, Error> {

@@ -410,6 +410,28 @@ pub struct Approval {
     pub approved_at: String,
 }
 
+/// The decision of a pipeline's human gate (`pipeline:{run}:gate:{stage}:{round}`): made
+/// once, by a person (`warden pipeline approve|reject`) or by the gate's `on_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateDecision {
+    /// The pipeline run (the task its stages run in).
+    pub run: TaskId,
+    /// The gate's stage name.
+    pub stage: String,
+    /// The retry round (0 until `pipeline retry` runs the gate again).
+    pub round: u32,
+    /// Approved or rejected.
+    pub approved: bool,
+    /// Who decided (`host` when nobody did in time).
+    pub decided_by: String,
+    /// Their comment.
+    pub comment: String,
+    /// When, RFC 3339.
+    pub decided_at: String,
+    /// Nobody decided before the gate's timeout; its `on_timeout` did.
+    pub timed_out: bool,
+}
+
 /// The last lifecycle checkpoint of an agent (`agent:{id}:state` field `checkpoint`),
 /// written at every transition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,33 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    /// Every code.
+    pub const ALL: [FailureCode; 18] = [
+        FailureCode::StateUnavailable,
+        FailureCode::LockLost,
+        FailureCode::SecretsLoginFailed,
+        FailureCode::InvalidComponent,
+        FailureCode::SandboxFailed,
+        FailureCode::InstantiationFailed,
+        FailureCode::AgentError,
+        FailureCode::ResourceLimit,
+        FailureCode::DeadlineExceeded,
+        FailureCode::GuestTrap,
+        FailureCode::PreflightFailed,
+        FailureCode::ApprovalTimeout,
+        FailureCode::VerificationFailed,
+        FailureCode::QuotaExceeded,
+        FailureCode::ReplayDiverged,
+        FailureCode::ReplayEnded,
+        FailureCode::JournalFull,
+        FailureCode::Internal,
+    ];
+
+    /// The code the ledger spells `code`.
+    pub fn from_code(code: &str) -> Option<FailureCode> {
+        FailureCode::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// The code as the ledger holds it (`DEADLINE_EXCEEDED`).
     pub fn as_str(self) -> &'static str {
         match self {

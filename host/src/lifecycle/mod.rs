@@ -78,6 +78,9 @@ async fn state_failure(
 pub(crate) enum RunMode {
     /// Live: every call runs and is journaled under a new run id.
     Live,
+    /// Live under an id chosen before the run (a pipeline records it first, so a resume
+    /// finds the run of a stage).
+    LiveAs(RunId),
     /// A replay of recorded run `run_id`: every call is answered from `journal`.
     Replay {
         run_id: RunId,
@@ -105,6 +108,10 @@ pub(crate) async fn run(
     let (run_id, journal, resumed) = match mode {
         RunMode::Live => {
             let run_id = RunId::generate();
+            let journal = Arc::new(Journal::recording(run_id.as_str()));
+            (run_id, journal, None)
+        }
+        RunMode::LiveAs(run_id) => {
             let journal = Arc::new(Journal::recording(run_id.as_str()));
             (run_id, journal, None)
         }

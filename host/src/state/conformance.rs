@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt, LockOwner,
-    MAX_OWNER_LEN, Packet, Quota, Revocation, StateStore, TaskId, Transition, Ttl,
+    AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, GateDecision, Handoff, LockAttempt,
+    LockOwner, MAX_OWNER_LEN, Packet, Quota, Revocation, StateStore, TaskId, Transition, Ttl,
 };
 use crate::id::MAX_ID_LEN;
 use crate::packet::{
@@ -68,6 +68,7 @@ where
     active_agent_and_artifacts(&*make().await).await;
     revocations_are_indexed(&*make().await).await;
     handoffs_and_approvals(&*make().await).await;
+    gate_decisions_are_first_writer_wins(make().await).await;
     concurrent_error_records(make().await).await;
     token_spend_is_atomic_and_per_task(make().await).await;
 
@@ -777,6 +778,69 @@ pub async fn revocations_are_indexed(store: &dyn StateStore) {
         store.revocations(1).await.unwrap(),
         [revocation(&old, None, 101)],
         "revocations: reinstatement erased the history"
+    );
+}
+
+/// A pipeline gate is decided once: of many deciders racing, exactly one is stored and every
+/// other is told the winner's decision; rounds and stages are apart.
+pub async fn gate_decisions_are_first_writer_wins(store: Arc<dyn StateStore>) {
+    let run = unique_task("gate");
+    let decision = |by: &str, approved: bool, round: u32| GateDecision {
+        run: run.clone(),
+        stage: "review".into(),
+        round,
+        approved,
+        decided_by: by.into(),
+        comment: "ok: ünï".into(),
+        decided_at: AT.into(),
+        timed_out: false,
+    };
+    assert_eq!(
+        store.gate_decision(&run, "review", 0).await.unwrap(),
+        None,
+        "gate: undecided"
+    );
+    let mut racers = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        let d = decision(&format!("decider-{n}"), n % 2 == 0, 0);
+        racers.spawn(async move { (d.clone(), store.decide_gate(&d).await.unwrap()) });
+    }
+    let mut winners = Vec::new();
+    let mut told = Vec::new();
+    while let Some(joined) = racers.join_next().await {
+        let (mine, earlier) = joined.unwrap();
+        match earlier {
+            None => winners.push(mine),
+            Some(first) => told.push(first),
+        }
+    }
+    assert_eq!(winners.len(), 1, "gate: exactly one decision is stored");
+    assert!(
+        told.iter().all(|t| *t == winners[0]),
+        "gate: every later decider is told the first decision"
+    );
+    assert_eq!(
+        store
+            .gate_decision(&run, "review", 0)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&winners[0]),
+        "gate: the stored decision reads back"
+    );
+    assert_eq!(
+        store
+            .decide_gate(&decision("later", true, 1))
+            .await
+            .unwrap(),
+        None,
+        "gate: a new round is decided apart"
+    );
+    assert_eq!(
+        store.gate_decision(&run, "deploy", 0).await.unwrap(),
+        None,
+        "gate: stages are apart"
     );
 }
 

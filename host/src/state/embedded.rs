@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 
 use super::quota::{BYTES_FIELD, ENTRIES_FIELD, entry_bytes};
 use super::{
-    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError, StateStore, TaskId,
-    Transition, TransitionResult, Ttl, Usage, decode, decode_all, decoded, encode, keys, kv_field,
-    stored_id,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, GateDecision, Handoff,
+    LockAttempt, LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError,
+    StateStore, TaskId, Transition, TransitionResult, Ttl, Usage, decode, decode_all, decoded,
+    encode, keys, kv_field, stored_id,
 };
 
 mod coordination;
@@ -1039,6 +1039,35 @@ impl StateStore for EmbeddedState {
 
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         let key = keys::approval(task);
+        self.run(Access::Read, move |conn| {
+            Ok(decoded(&key, get(conn, &key, now_ms())?)?)
+        })
+        .await
+    }
+
+    async fn decide_gate(
+        &self,
+        decision: &GateDecision,
+    ) -> Result<Option<GateDecision>, StateError> {
+        let key = keys::gate(decision.run.as_str(), &decision.stage, decision.round);
+        let value = encode(&key, decision)?;
+        self.run_tx(move |conn| {
+            if let Some(earlier) = get(conn, &key, now_ms())? {
+                return Ok(Some(decode(&key, &earlier)?));
+            }
+            set(conn, &key, &value, None)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn gate_decision(
+        &self,
+        run: &TaskId,
+        stage: &str,
+        round: u32,
+    ) -> Result<Option<GateDecision>, StateError> {
+        let key = keys::gate(run.as_str(), stage, round);
         self.run(Access::Read, move |conn| {
             Ok(decoded(&key, get(conn, &key, now_ms())?)?)
         })

@@ -26,9 +26,9 @@ use parking_lot::Mutex;
 
 use super::quota::entry_bytes;
 use super::{
-    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError, StateStore, TaskId,
-    Transition, TransitionResult, Ttl, Usage, keys,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, GateDecision, Handoff,
+    LockAttempt, LockOwner, Once, Packet, Quota, Receipt, Revocation, RunId, StateError,
+    StateStore, TaskId, Transition, TransitionResult, Ttl, Usage, keys,
 };
 
 mod coordination;
@@ -171,6 +171,8 @@ struct Task {
     /// `task:{id}:artifact_usage`.
     artifact_usage: Usage,
     approval: Option<Approval>,
+    /// `pipeline:{run}:gate:{stage}:{round}`, for a pipeline run's task.
+    gates: HashMap<(String, u32), GateDecision>,
     handoff: Option<Handoff>,
     /// `task:{id}:tokens`.
     tokens: u64,
@@ -599,6 +601,33 @@ impl StateStore for MemoryState {
 
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         Ok(self.task(task, |t| t.approval.clone())?.flatten())
+    }
+
+    async fn decide_gate(
+        &self,
+        decision: &GateDecision,
+    ) -> Result<Option<GateDecision>, StateError> {
+        let mut earlier = None;
+        self.task_mut(&decision.run, |t| {
+            match t.gates.entry((decision.stage.clone(), decision.round)) {
+                std::collections::hash_map::Entry::Occupied(e) => earlier = Some(e.get().clone()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(decision.clone());
+                }
+            }
+        })?;
+        Ok(earlier)
+    }
+
+    async fn gate_decision(
+        &self,
+        run: &TaskId,
+        stage: &str,
+        round: u32,
+    ) -> Result<Option<GateDecision>, StateError> {
+        Ok(self
+            .task(run, |t| t.gates.get(&(stage.to_string(), round)).cloned())?
+            .flatten())
     }
 
     async fn charge_tokens(&self, task: &TaskId, tokens: u64) -> Result<u64, StateError> {

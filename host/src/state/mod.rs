@@ -18,6 +18,7 @@
 //! | `task:{id}:artifact_names` | sorted set    | artifact names, all of score 0, paged by name (`ZRANGEBYLEX`) |
 //! | `task:{id}:artifact_usage` | hash          | `entries` = distinct names, `bytes` = content of every version |
 //! | `task:{id}:approval`       | string        | approval gate record (JSON)                       |
+//! | `pipeline:{run}:gate:{stage}:{round}` | string | a pipeline gate's decision, set once (JSON) |
 //! | `task:{id}:tokens`         | string        | LLM tokens the task has spent (counter)           |
 //! | `handoff:{task}:latest`    | string        | latest handoff (JSON)                             |
 //! | `revocations:ledger`       | list          | revocation records (JSON), newest first (LPUSH)   |
@@ -60,7 +61,7 @@ use serde::de::DeserializeOwned;
 
 pub use crate::artifacts::ArtifactRef;
 pub use crate::id::{AgentId, RunId, TaskId};
-pub use crate::packet::{Approval, Checkpoint, Handoff, Packet, Revocation};
+pub use crate::packet::{Approval, Checkpoint, GateDecision, Handoff, Packet, Revocation};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -403,6 +404,10 @@ pub mod keys {
     pub fn approval(task: &str) -> String {
         format!("task:{task}:approval")
     }
+    /// `pipeline:{run}:gate:{stage}:{round}`: a human gate's decision, written once.
+    pub fn gate(run: &str, stage: &str, round: u32) -> String {
+        format!("pipeline:{run}:gate:{stage}:{round}")
+    }
     /// `handoff:{task}:latest`: the task's latest handoff.
     pub fn handoff(task: &str) -> String {
         format!("handoff:{task}:latest")
@@ -648,6 +653,21 @@ pub trait StateStore: Coordination + Send + Sync + 'static {
     async fn put_approval(&self, approval: &Approval) -> Result<(), StateError>;
     /// The task's approval; `None` until it is approved.
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError>;
+
+    /// Record a pipeline gate's decision unless one is recorded, in one atomic step, so two
+    /// deciders racing on any hosts sharing the store cannot both win: `None` when this one
+    /// was stored, else the decision that was there first (nothing is written).
+    async fn decide_gate(
+        &self,
+        decision: &GateDecision,
+    ) -> Result<Option<GateDecision>, StateError>;
+    /// A gate's decision; `None` until it is decided.
+    async fn gate_decision(
+        &self,
+        run: &TaskId,
+        stage: &str,
+        round: u32,
+    ) -> Result<Option<GateDecision>, StateError>;
 
     /// Add `tokens` to the task's LLM spend atomically, so the budget holds across runs,
     /// processes and hosts sharing the store; returns the spend after it (saturating).

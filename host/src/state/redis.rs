@@ -40,9 +40,10 @@ use crate::breaker::{BreakerConfig, BreakerStatus, CircuitBreaker};
 
 use super::quota::{Bound, OverQuota};
 use super::{
-    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, Handoff, LockAttempt,
-    LockOwner, Once, Packet, Quota, Revocation, RunId, StateError, StateStore, TaskId, Transition,
-    TransitionResult, Ttl, decode, decode_all, decoded, encode, keys, kv_field, stored_id,
+    Admission, AgentId, Approval, ArtifactRef, Checkpoint, ErrorCounts, GateDecision, Handoff,
+    LockAttempt, LockOwner, Once, Packet, Quota, Revocation, RunId, StateError, StateStore, TaskId,
+    Transition, TransitionResult, Ttl, decode, decode_all, decoded, encode, keys, kv_field,
+    stored_id,
 };
 
 mod coordination;
@@ -1188,6 +1189,40 @@ impl StateStore for RedisState {
 
     async fn approval(&self, task: &TaskId) -> Result<Option<Approval>, StateError> {
         let key = keys::approval(task);
+        decoded(&key, self.get(&key).await?)
+    }
+
+    async fn decide_gate(
+        &self,
+        decision: &GateDecision,
+    ) -> Result<Option<GateDecision>, StateError> {
+        let key = keys::gate(decision.run.as_str(), &decision.stage, decision.round);
+        let value = encode(&key, decision)?;
+        let (k, v) = (key.as_str(), value.as_str());
+        // `SET NX` is the one atomic step: the first decision wins on every host.
+        let stored: Option<String> = self
+            .guarded("SET", k, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if stored.is_some() {
+            return Ok(None);
+        }
+        decoded(&key, self.get(&key).await?)
+    }
+
+    async fn gate_decision(
+        &self,
+        run: &TaskId,
+        stage: &str,
+        round: u32,
+    ) -> Result<Option<GateDecision>, StateError> {
+        let key = keys::gate(run.as_str(), stage, round);
         decoded(&key, self.get(&key).await?)
     }
 
