@@ -255,6 +255,14 @@ impl WardenConfig {
         Ok(builder)
     }
 
+    /// The tier table the configuration names (`policies`), or the built-in one.
+    pub fn tier_table(&self) -> Result<TierTable, Error> {
+        match &self.policies {
+            Some(policies) => Ok(TierTable::from_file(self.resolve(policies))?),
+            None => Ok(TierTable::builtin()?),
+        }
+    }
+
     /// What needs no connection: data directory, tier table, tools, durability, health.
     fn local_builder(&self, data_dir: Option<PathBuf>) -> Result<HostBuilder, Error> {
         let mut builder = crate::Host::builder().call_durability(self.call_durability);

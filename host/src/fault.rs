@@ -9,6 +9,9 @@
 //! that call's records were handed to the ledger (committed, for an effect), before the guest
 //! sees its answer. Calls are counted per process, from 1.
 //!
+//! `pipeline:<n>` kills the host just after the `n`th pipeline event it records (a stage's
+//! start, a run's end, a gate opening …) is committed, before the next step.
+//!
 //! With several agents in one process (an orchestrated task) the kill lands wherever the
 //! others are, except inside a tool run: it waits (at most 5 s) until none is running, since
 //! an interrupted tool needs an operator's decision to resume, which a task test does not
@@ -28,9 +31,12 @@ mod armed {
         Inside,
         /// After its records were handed to the ledger.
         After,
+        /// After a pipeline event was recorded.
+        Pipeline,
     }
 
     static CALLS: AtomicU64 = AtomicU64::new(0);
+    static PIPELINE_EVENTS: AtomicU64 = AtomicU64::new(0);
     static IN_EFFECT: AtomicU64 = AtomicU64::new(0);
 
     /// An external effect in flight (a tool run), from its body to its record.
@@ -66,6 +72,7 @@ mod armed {
                 "before" => When::Before,
                 "inside" => When::Inside,
                 "after" => When::After,
+                "pipeline" => When::Pipeline,
                 _ => return None,
             };
             Some((when, n.parse().ok()?))
@@ -94,6 +101,14 @@ mod armed {
         kill_at(When::After, call, 0).await;
     }
 
+    /// After a pipeline event was recorded (`pipeline:<n>`).
+    pub(crate) async fn pipeline_event() {
+        if plan().is_some_and(|(when, _)| when == When::Pipeline) {
+            let n = PIPELINE_EVENTS.fetch_add(1, Ordering::SeqCst) + 1;
+            kill_at(When::Pipeline, n, 0).await;
+        }
+    }
+
     /// SIGKILL if the plan names `when` of `call`, once no tool run but `own` is in flight.
     async fn kill_at(when: When, call: u64, own: u64) {
         let Some((kill_when, at)) = plan() else {
@@ -115,7 +130,7 @@ mod armed {
 }
 
 #[cfg(feature = "fault-points")]
-pub(crate) use armed::{Effect, after, before, inside};
+pub(crate) use armed::{Effect, after, before, inside, pipeline_event};
 
 /// Without the feature there is no fault point.
 #[cfg(not(feature = "fault-points"))]
@@ -133,6 +148,11 @@ pub(crate) async fn inside(_call: u64, _effect: &Option<Effect>) {}
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
 pub(crate) async fn after(_call: u64) {}
+
+/// Without the feature there is no fault point.
+#[cfg(not(feature = "fault-points"))]
+#[inline(always)]
+pub(crate) async fn pipeline_event() {}
 
 /// An external effect in flight, from its body to its record: a kill waits for its end.
 /// Without the feature, nothing.

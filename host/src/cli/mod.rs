@@ -2,6 +2,7 @@
 //! everywhere. Exit codes: 0 success, 1 error, 2 usage, 3 refused, 4 revoked, 5 failed.
 
 mod output;
+mod pipeline;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -228,6 +229,10 @@ enum Command {
     /// A task's artifacts: what its agents (and the host: `plan.json`, `report.json`) wrote.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Pipelines: stages of agents, human gates and multi-agent tasks, from a YAML file
+    /// (`docs/pipelines.md`), run durably.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
 }
 
 #[derive(Subcommand)]
@@ -536,7 +541,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = match error.downcast_ref::<Error>() {
-                Some(Error::Refused(_) | Error::Resume(_)) => exit::REFUSED,
+                Some(Error::Refused(_) | Error::Resume(_) | Error::Pipeline(_)) => exit::REFUSED,
                 _ => exit::ERROR,
             };
             if json {
@@ -694,6 +699,11 @@ impl Env {
         )?)
     }
 
+    /// The tier table the configuration names.
+    fn tier_table(&self) -> Result<warden::TierTable> {
+        Ok(self.config.tier_table()?)
+    }
+
     async fn host(&self) -> Result<Host> {
         // Networked backends are contacted at first use, so one that is down is a refusal of
         // the command that needs it (`STATE_UNAVAILABLE`), recorded, not a failure to start.
@@ -838,6 +848,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 exit::FAILED
             })
         }
+        Command::Pipeline(command) => pipeline::pipeline(&cx, command).await,
         Command::Task(TaskCommand::Show { task }) => {
             let host = cx.recorded_host().await?;
             let view = warden::orchestrator::TaskView::read(&host, &task).await?;

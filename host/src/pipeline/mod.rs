@@ -31,6 +31,7 @@ pub mod record;
 mod run;
 mod schedule;
 pub mod spec;
+pub mod templates;
 
 pub use record::{Event, Outcome, RunView, StageView, Status};
 pub use run::{Observer, RunOptions};

@@ -266,9 +266,8 @@ impl Event {
     }
 }
 
-/// Where a stage is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Where a stage is (in JSON, the word [`Status::as_str`] gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Not started.
     Pending,
@@ -278,6 +277,12 @@ pub enum Status {
     Waiting,
     /// It ended.
     Ended(Outcome),
+}
+
+impl Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Status {

@@ -59,11 +59,12 @@ impl Host {
     /// The registered agents and the tier table, as a pipeline is checked against them.
     pub fn pipeline_catalog(&self) -> Result<Catalog<'_>, Error> {
         Ok(Catalog {
-            agents: self
-                .agents()?
-                .into_iter()
-                .map(|a| (a.agent_id.to_string(), a.tier))
-                .collect(),
+            agents: Some(
+                self.agents()?
+                    .into_iter()
+                    .map(|a| (a.agent_id.to_string(), a.tier))
+                    .collect(),
+            ),
             tiers: self.tiers(),
         })
     }
@@ -639,6 +640,7 @@ impl Runner {
         .await?;
         self.seen_seq = self.seen_seq.max(seq);
         self.apply(event);
+        crate::fault::pipeline_event().await;
         Ok(())
     }
 

@@ -150,10 +150,10 @@ mod tests {
     fn pipeline(yaml: &str) -> Pipeline {
         let tiers = crate::policy::TierTable::builtin().unwrap();
         let catalog = Catalog {
-            agents: HashMap::from([
+            agents: Some(HashMap::from([
                 ("a".to_string(), Tier::Operator),
                 ("b".to_string(), Tier::Operator),
-            ]),
+            ])),
             tiers: &tiers,
         };
         Pipeline::parse(yaml, "t.yaml", &catalog).unwrap()

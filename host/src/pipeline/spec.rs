@@ -319,8 +319,9 @@ enum RawForEach {
 /// The agents and tiers a pipeline is checked against.
 #[derive(Debug, Clone)]
 pub struct Catalog<'a> {
-    /// Registered agents and their tiers.
-    pub agents: HashMap<String, Tier>,
+    /// Registered agents and their tiers; `None`: the agents are not checked (a pipeline
+    /// read before its agents are registered: `pipeline new`, `pipeline graph`).
+    pub agents: Option<HashMap<String, Tier>>,
     /// The tier table (what each tier may write).
     pub tiers: &'a TierTable,
 }
@@ -1193,7 +1194,7 @@ fn check_references(
                 let p = raw.agent.as_ref().map_or(stage.position, at);
                 for agent in &agents {
                     check_agent(name, agent, p, catalog, problems);
-                    if let Some(&tier) = catalog.agents.get(agent) {
+                    if let Some(&tier) = catalog.agents.as_ref().and_then(|a| a.get(agent)) {
                         for d in a.deliverables.iter().filter_map(Template::literal) {
                             if let Err(why) = crate::capabilities::check_artifact_write(
                                 catalog.tiers.policy(tier),
@@ -1269,8 +1270,11 @@ fn check_agent(
     catalog: &Catalog<'_>,
     problems: &mut Problems<'_>,
 ) {
-    if !catalog.agents.contains_key(agent) {
-        let mut known: Vec<&str> = catalog.agents.keys().map(String::as_str).collect();
+    let Some(agents) = &catalog.agents else {
+        return;
+    };
+    if !agents.contains_key(agent) {
+        let mut known: Vec<&str> = agents.keys().map(String::as_str).collect();
         known.sort_unstable();
         problems.at(
             position,
@@ -1287,12 +1291,12 @@ mod tests {
 
     fn catalog(tiers: &TierTable) -> Catalog<'_> {
         Catalog {
-            agents: HashMap::from([
+            agents: Some(HashMap::from([
                 ("planner".to_string(), Tier::Operator),
                 ("observer".to_string(), Tier::Observer),
                 ("executor".to_string(), Tier::Executor),
                 ("hello".to_string(), Tier::Operator),
-            ]),
+            ])),
             tiers,
         }
     }
