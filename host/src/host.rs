@@ -433,6 +433,32 @@ impl Host {
         Ok(())
     }
 
+    /// An agent's history, newest first: its runs, its violations and its tier changes (each
+    /// at most `limit`), from the ledger.
+    pub fn agent_history(&self, agent: &str, limit: usize) -> Result<AgentHistory, Error> {
+        let record = self.services.registered(agent)?;
+        let ledger = &self.services.ledger;
+        let rows = |table| {
+            ledger.query(&crate::ledger::LedgerQuery {
+                table: Some(table),
+                agent_id: Some(agent.to_string()),
+                descending: true,
+                limit: Some(limit),
+                ..crate::ledger::LedgerQuery::default()
+            })
+        };
+        Ok(AgentHistory {
+            agent: record,
+            runs: ledger.runs(&crate::ledger::RunFilter {
+                agent: Some(agent.to_string()),
+                limit: limit.max(1),
+                ..crate::ledger::RunFilter::default()
+            })?,
+            violations: rows(crate::ledger::Table::Violations)?,
+            tier_changes: rows(crate::ledger::Table::Promotions)?,
+        })
+    }
+
     /// The registered agents.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, Error> {
         Ok(self.services.ledger.agents()?)
@@ -542,6 +568,20 @@ impl Host {
             .map(|id| id.to_string())
             .collect()
     }
+}
+
+/// What [`Host::agent_history`] reads of an agent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentHistory {
+    /// Its registration.
+    pub agent: AgentRecord,
+    /// Its runs, newest first.
+    pub runs: Vec<crate::ledger::RunRow>,
+    /// Its `violations` rows, newest first.
+    pub violations: Vec<crate::ledger::LedgerRow>,
+    /// Its `promotions` rows (registration, promotions, demotions), newest first; each
+    /// names who or which rule changed the tier.
+    pub tier_changes: Vec<crate::ledger::LedgerRow>,
 }
 
 /// What `warden compile` tells about a component.

@@ -242,13 +242,26 @@ pub struct Defaults {
     pub output_cap_bytes: usize,
 }
 
-/// When compliant agents move up a tier.
-#[derive(Debug, Clone)]
+/// When agents move between tiers (`[promotion]`): up after compliant runs, down after
+/// violations. `governance::promotion::decide` applies them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PromotionRules {
     /// Compliant runs in a row before an agent is eligible for the next tier.
     pub consecutive_compliant: u32,
     /// Automatic promotion only moves agents into tiers below this one.
     pub auto_promote_below: Tier,
+    /// Tiers a promotion into needs a person for (`warden agents promote`), though below
+    /// `auto_promote_below`.
+    pub require_human: Vec<Tier>,
+    /// The least time between two tier changes of one agent (`0s`: none).
+    #[serde(serialize_with = "crate::duration::ser")]
+    pub cooldown: Duration,
+    /// Violations within `demotion_window` at which an agent drops one tier (`0`: never).
+    /// Distinct from revocation: the agent keeps running, one tier lower.
+    pub demote_after_violations: u32,
+    /// The window `demote_after_violations` counts in.
+    #[serde(serialize_with = "crate::duration::ser")]
+    pub demotion_window: Duration,
 }
 
 /// The validated tier table.
@@ -321,6 +334,14 @@ struct RawDefaults {
 struct RawPromotion {
     consecutive_compliant: u32,
     auto_promote_below: Tier,
+    #[serde(default)]
+    require_human: Vec<Tier>,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    cooldown: Option<Duration>,
+    #[serde(default)]
+    demote_after_violations: u32,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    demotion_window: Option<Duration>,
 }
 
 /// A tier's own keys, once its capability sections are taken out.
@@ -480,6 +501,13 @@ impl TierTable {
             promotion: PromotionRules {
                 consecutive_compliant: raw.promotion.consecutive_compliant,
                 auto_promote_below: raw.promotion.auto_promote_below,
+                require_human: raw.promotion.require_human,
+                cooldown: raw.promotion.cooldown.unwrap_or_default(),
+                demote_after_violations: raw.promotion.demote_after_violations,
+                demotion_window: raw
+                    .promotion
+                    .demotion_window
+                    .unwrap_or(Duration::from_secs(3600)),
             },
             tiers: [t0, t1, t2, t3, t4],
             source: None,

@@ -226,6 +226,9 @@ pub struct RunReport {
     pub compliant: bool,
     /// The tier the agent was promoted to at the end of the run; `None` if it was not.
     pub promoted_to: Option<Tier>,
+    /// The tier the agent was demoted to at the end of the run (`demote_after_violations`);
+    /// `None` if it was not.
+    pub demoted_to: Option<Tier>,
     /// The guest's standard output, up to the tier table's `output_cap_bytes`.
     pub stdout: String,
     /// The guest's standard error, up to the tier table's `output_cap_bytes`.

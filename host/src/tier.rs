@@ -55,6 +55,11 @@ impl Tier {
     pub fn next(self) -> Option<Tier> {
         Tier::from_level(self.level() + 1)
     }
+
+    /// The next tier down, if any.
+    pub fn previous(self) -> Option<Tier> {
+        self.level().checked_sub(1).and_then(Tier::from_level)
+    }
 }
 
 impl fmt::Display for Tier {

@@ -309,6 +309,94 @@ async fn compliant_runs_promote_up_to_the_automatic_limit() {
 /// (another `warden` process) sees what the first spent, and a run that would go past it is
 /// refused before its request is sent.
 #[tokio::test]
+async fn violations_demote_one_tier_once_with_the_rule_and_its_evidence() {
+    // The shipped rules: 3 violations within 24h drop an agent one tier.
+    let host = host();
+    let scoped = json!({"constraints": {"scope": ["state:ok"]}, "error_budget": {"max_same_error_repeats": 5}});
+    let p = packet(
+        "probe-d",
+        "t-demote-1",
+        "probe: state.get a; state.get b; state.get c",
+        &[],
+        scoped.clone(),
+    );
+    let report = run(&host, "probe-d", "probe", Tier::Builder, &p)
+        .await
+        .unwrap();
+    assert!(!report.compliant);
+    assert_eq!(report.demoted_to, Some(Tier::Operator), "{report:?}");
+    assert_eq!(report.promoted_to, None);
+    let history = host.agent_history("probe-d", 10).unwrap();
+    assert_eq!(history.agent.tier, Tier::Operator);
+    let change = &history.tier_changes[0];
+    let reason = change.fields["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("rule `demote_after_violations`: 3 violations within 1day (runs run-"),
+        "{reason}"
+    );
+    assert!(actions(&host, "probe-d").contains(&"agent.tier_change".to_string()));
+    // Counted from the change: one more violation does not demote again.
+    let p = packet("probe-d", "t-demote-2", "probe: state.get d", &[], scoped);
+    let report = run(&host, "probe-d", "probe", Tier::Builder, &p)
+        .await
+        .unwrap();
+    assert_eq!(report.demoted_to, None);
+    assert_eq!(
+        host.ledger().agent("probe-d").unwrap().unwrap().tier,
+        Tier::Operator
+    );
+}
+
+#[tokio::test]
+async fn a_cooldown_holds_the_next_promotion() {
+    let toml = warden::policy::BUILTIN_TIERS_TOML
+        .replace("consecutive_compliant = 5", "consecutive_compliant = 1");
+    assert!(
+        toml.contains("cooldown = \"1h\""),
+        "the shipped table has a cool-down"
+    );
+    let tiers = warden::TierTable::from_toml_str(&toml).unwrap();
+    let host = warden_tests::builder_with("[]")
+        .tiers(tiers)
+        .build()
+        .unwrap();
+    let first = packet("hello", "t-cool-1", "greet", &[], json!({}));
+    let report = run(&host, "hello", "hello", Tier::Observer, &first)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.promoted_to,
+        Some(Tier::Operator),
+        "the registration is no tier change"
+    );
+    let second = packet("hello", "t-cool-2", "greet", &[], json!({}));
+    let report = run(&host, "hello", "hello", Tier::Operator, &second)
+        .await
+        .unwrap();
+    assert!(report.compliant);
+    assert_eq!(report.promoted_to, None, "within the cool-down");
+    assert_eq!(
+        host.ledger().agent("hello").unwrap().unwrap().tier,
+        Tier::Operator
+    );
+    let eligible = host
+        .ledger()
+        .query(&warden::ledger::LedgerQuery {
+            agent_id: Some("hello".into()),
+            kind: Some("promotion.eligible".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        eligible[0]
+            .summary
+            .contains("`cooldown` since the last tier change"),
+        "{}",
+        eligible[0].summary
+    );
+}
+
+#[tokio::test]
 async fn the_llm_budget_holds_across_runs_and_hosts() {
     let dir = tempfile::tempdir().unwrap();
     let first = warden_tests::builder_with("[]")

@@ -366,6 +366,17 @@ enum AgentsCommand {
         /// The agent id (`[a-z0-9_-]`, as the packet's `agent_id`).
         id: AgentId,
     },
+    /// An agent's history, newest first: runs, violations and tier changes (with the rule or
+    /// person behind each).
+    ///
+    /// Example: `warden agents history hello --limit 20`
+    History {
+        /// The agent id.
+        id: AgentId,
+        /// At most this many of each.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Change an agent's tier (recorded in `promotions`).
     ///
     /// Example: `warden agents promote hello --tier T2 --reason "30 compliant runs"`
@@ -916,6 +927,10 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 lock.as_deref(),
                 signature.as_ref().map(|v| (v, host.keyring())),
             );
+        }
+        AgentsCommand::History { id, limit } => {
+            let history = host.agent_history(&id, limit)?;
+            output::agent_history(cx.json, &history);
         }
         AgentsCommand::Promote {
             id,

@@ -762,3 +762,35 @@ mod tests {
         assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
     }
 }
+
+/// `warden agents history`.
+pub fn agent_history(json: bool, history: &warden::AgentHistory) {
+    if json {
+        emit(&serde_json::to_string(history).unwrap_or_default());
+        return;
+    }
+    let mut out = format!(
+        "agent {} ({})\n",
+        escape(&history.agent.agent_id),
+        history.agent.tier.code()
+    );
+    out.push_str(&format!("tier changes ({}):\n", history.tier_changes.len()));
+    for row in &history.tier_changes {
+        out.push_str(&format!("  {}  {}\n", row.timestamp, escape(&row.summary)));
+    }
+    out.push_str(&format!("violations ({}):\n", history.violations.len()));
+    for row in &history.violations {
+        out.push_str(&format!("  {}  {}\n", row.timestamp, escape(&row.summary)));
+    }
+    out.push_str(&format!("runs ({}):\n", history.runs.len()));
+    for run in &history.runs {
+        out.push_str(&format!(
+            "  {}  {}  {} {}\n",
+            run.started_at,
+            run.run_id,
+            run.status,
+            run.outcome.as_deref().unwrap_or_default()
+        ));
+    }
+    emit(out.trim_end());
+}

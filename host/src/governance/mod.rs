@@ -14,8 +14,10 @@
 mod budget;
 mod decide;
 mod gate;
+pub(crate) mod promotion;
 mod record;
 mod revocation;
+mod tiering;
 
 pub(crate) use budget::{budget_trigger, charge_error};
 pub(crate) use decide::{CallRefusal, ViolationKind, scope_reaches};
@@ -27,3 +29,4 @@ pub(crate) use record::{
 pub(crate) use revocation::{
     reinstate_agent, reseed_revocation, revoke, revoke_agent, spawn_revocation_watcher, standing,
 };
+pub(crate) use tiering::{change_tier, promotion_facts};

@@ -1038,7 +1038,7 @@ impl Driver {
         let output = self.collect_output().await;
         let compliant =
             outcome.is_success() && self.counts.total == 0 && self.counts.procedure == 0;
-        let promoted_to = self.promote(compliant).await;
+        let promoted_to = self.promote(compliant, revoked).await;
         self.record_end(&outcome).await;
         self.write_logs(&output.stdout, &output.stderr);
         self.assemble_report(outcome, output, compliant, promoted_to)
@@ -1133,14 +1133,15 @@ impl Driver {
         }
     }
 
-    /// Count the run in the agent's metrics and promote it when the rules say so; returns the
-    /// tier it was promoted to.
-    async fn promote(&mut self, compliant: bool) -> Option<Tier> {
+    /// Count the run in the agent's metrics and change its tier when the promotion rules say
+    /// so (`governance::promotion::decide`); returns the tier it moved to, up or down.
+    async fn promote(&mut self, compliant: bool, revoked: bool) -> Option<Tier> {
         let tier = self.run.tier;
+        let agent = self.run.agent_id.clone();
         let metrics = self
             .services
             .ledger
-            .record_run_async(&self.run.agent_id, tier, compliant, Some(&self.run.run_id))
+            .record_run_async(&agent, tier, compliant, Some(&self.run.run_id))
             .await;
         let metrics = match metrics {
             Ok(metrics) => metrics,
@@ -1150,36 +1151,69 @@ impl Driver {
             }
         };
         let rules = &self.services.tiers.promotion;
-        if !compliant || metrics.consecutive_compliant < u64::from(rules.consecutive_compliant) {
+        // Facts are read only when a rule can fire: a compliant run below the promotion
+        // count, or a run without a violation, changes nothing.
+        let may_promote =
+            compliant && metrics.consecutive_compliant >= u64::from(rules.consecutive_compliant);
+        let may_demote = !compliant && !revoked && rules.demote_after_violations > 0;
+        if !may_promote && !may_demote {
             return None;
         }
-        let next = tier.next()?;
-        if next >= rules.auto_promote_below {
-            self.log(
-                Phase::Exit,
-                "promotion.eligible",
-                format!(
-                    "eligible for {next}; promote with `warden agents promote {} --tier {}`",
-                    self.run.agent_id,
-                    next.code()
-                ),
-            )
-            .await;
-            return None;
-        }
-        let reason = format!(
-            "{} consecutive compliant runs",
-            metrics.consecutive_compliant
-        );
-        match self
-            .services
-            .ledger
-            .set_tier(&self.run.agent_id, next, &reason, "host")
-        {
-            Ok(()) => Some(next),
+        let facts = match crate::governance::promotion_facts(
+            &self.services,
+            &agent,
+            (tier, compliant, revoked),
+            metrics.consecutive_compliant,
+        ) {
+            Ok(facts) => facts,
             Err(error) => {
-                tracing::warn!(%error, "cannot promote");
+                tracing::warn!(%error, "cannot read the agent's record for the promotion rules");
+                return None;
+            }
+        };
+        use crate::governance::promotion::Change;
+        match crate::governance::promotion::decide(rules, &facts) {
+            Change::Stay => None,
+            Change::NeedsHuman { to, why } => {
+                self.log(
+                    Phase::Exit,
+                    "promotion.eligible",
+                    format!(
+                        "eligible for {to}, {why}: promote with `warden agents promote {agent} --tier {}`",
+                        to.code()
+                    ),
+                )
+                .await;
                 None
+            }
+            Change::CoolingDown { to, left } => {
+                self.log(
+                    Phase::Exit,
+                    "promotion.eligible",
+                    format!(
+                        "eligible for {to} in {} (`cooldown` since the last tier change)",
+                        crate::duration::format(left)
+                    ),
+                )
+                .await;
+                None
+            }
+            Change::Promote { to, rule, evidence } | Change::Demote { to, rule, evidence } => {
+                match crate::governance::change_tier(
+                    &self.services,
+                    &agent,
+                    (tier, to),
+                    rule,
+                    &evidence,
+                )
+                .await
+                {
+                    Ok(()) => Some(to),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot change the agent's tier");
+                        None
+                    }
+                }
             }
         }
     }
@@ -1276,7 +1310,8 @@ impl Driver {
             artifacts: self.run.written(),
             budget: BudgetUse::from(&self.counts),
             compliant,
-            promoted_to,
+            promoted_to: promoted_to.filter(|&to| to > self.run.tier),
+            demoted_to: promoted_to.filter(|&to| to < self.run.tier),
             stdout: output.stdout,
             stderr: output.stderr,
             output_dropped_bytes: output.dropped,

@@ -122,4 +122,41 @@ mod tests {
                 .contains("not among its allowed values")
         );
     }
+
+    #[test]
+    fn every_yaml_example_in_the_docs_parses() {
+        let doc = include_str!("../../../docs/pipelines.md");
+        let tiers = crate::policy::TierTable::builtin().unwrap();
+        let catalog = Catalog {
+            agents: None,
+            tiers: &tiers,
+        };
+        let mut blocks = Vec::new();
+        let mut block: Option<(usize, Vec<&str>)> = None;
+        for (n, line) in doc.lines().enumerate() {
+            match &mut block {
+                None if line.trim_end() == "```yaml" => block = Some((n + 1, Vec::new())),
+                None => {}
+                Some((start, lines)) if line.trim_end() == "```" => {
+                    blocks.push((*start, lines.join("\n") + "\n"));
+                    block = None;
+                }
+                Some((_, lines)) => lines.push(line),
+            }
+        }
+        assert!(
+            block.is_none(),
+            "a ```yaml block of docs/pipelines.md is not closed"
+        );
+        assert!(!blocks.is_empty(), "docs/pipelines.md has no ```yaml block");
+        for (start, text) in &blocks {
+            if let Err(e) = Pipeline::parse(text, "docs/pipelines.md", &catalog) {
+                let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+                panic!(
+                    "the ```yaml block at line {start} of docs/pipelines.md (its lines count from the block's first): {}",
+                    problems.join("; ")
+                );
+            }
+        }
+    }
 }
