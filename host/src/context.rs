@@ -180,6 +180,8 @@ struct RunUsage {
     notes: Usage,
     /// Bytes of artifact content the agent put.
     artifact_bytes: u64,
+    /// Tier changes the agent proposed (`governance.propose-tier-change`).
+    proposals: u64,
 }
 
 impl RunShared {
@@ -221,6 +223,17 @@ impl RunShared {
     /// The capability call in progress.
     pub fn call(&self) -> Option<&'static str> {
         *self.call.lock()
+    }
+
+    /// Count one tier-change proposal against the run's `max_proposals_per_run`, unless that
+    /// would cross it; answers the count before it when refused.
+    pub fn charge_proposal(&self, max: u64) -> Result<(), u64> {
+        let mut usage = self.usage.lock();
+        if usage.proposals >= max {
+            return Err(usage.proposals);
+        }
+        usage.proposals += 1;
+        Ok(())
     }
 
     /// Count one ledger entry of the agent's of `bytes` against the run's `quota`, unless it

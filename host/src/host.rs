@@ -755,3 +755,187 @@ impl Host {
         self.health.as_ref().and_then(|h| h.latest())
     }
 }
+
+/// A tier change an architect proposed (`governance.propose-tier-change`), and what a person
+/// made of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TierChangeRequest {
+    /// The request's id (`tc-…`).
+    pub request: String,
+    /// The agent whose tier would change.
+    pub agent: String,
+    /// Its tier when proposed.
+    pub from: String,
+    /// The tier proposed.
+    pub to: String,
+    /// Why, as the proposer wrote it.
+    pub reason: String,
+    /// The architect that proposed it, and the run it did so in.
+    pub proposer: String,
+    /// See `proposer`.
+    pub run: String,
+    /// When it was proposed.
+    pub proposed_at: String,
+    /// `pending`, `approved` or `rejected`.
+    pub status: String,
+    /// Who decided it.
+    pub decided_by: Option<String>,
+}
+
+impl Host {
+    /// Every tier change architects proposed, newest first.
+    pub fn tier_change_requests(&self) -> Result<Vec<TierChangeRequest>, Error> {
+        let ledger = &self.services.ledger;
+        let rows = |kind: &str| {
+            ledger.query(&crate::ledger::LedgerQuery {
+                table: Some(crate::ledger::Table::Actions),
+                kind: Some(kind.to_string()),
+                descending: true,
+                limit: Some(10_000),
+                ..crate::ledger::LedgerQuery::default()
+            })
+        };
+        let details = |row: &crate::ledger::LedgerRow| {
+            row.fields
+                .get("details")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .unwrap_or_default()
+        };
+        let decided: std::collections::HashMap<String, (String, String)> = rows(DECIDE)?
+            .iter()
+            .map(details)
+            .filter_map(|d| {
+                Some((
+                    d["request"].as_str()?.to_string(),
+                    (
+                        d["status"].as_str()?.to_string(),
+                        d["by"].as_str()?.to_string(),
+                    ),
+                ))
+            })
+            .collect();
+        Ok(rows(crate::capabilities::PROPOSE)?
+            .iter()
+            .filter_map(|row| {
+                let d = details(row);
+                let text = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                let request = d["request"].as_str()?.to_string();
+                let decision = decided.get(&request);
+                Some(TierChangeRequest {
+                    agent: text("agent"),
+                    from: text("from"),
+                    to: text("to"),
+                    reason: text("reason"),
+                    proposer: text("proposer"),
+                    run: text("run"),
+                    proposed_at: row.timestamp.clone(),
+                    status: decision.map_or_else(|| "pending".to_string(), |(s, _)| s.clone()),
+                    decided_by: decision.map(|(_, by)| by.clone()),
+                    request,
+                })
+            })
+            .collect())
+    }
+
+    /// Approve (or reject) a proposed tier change: only a person does, once (the decision
+    /// is one atomic step in the state store, so two deciders cannot both win). An approval
+    /// changes the tier as [`Host::set_tier`] does, naming the proposal in the
+    /// `promotions` row.
+    pub async fn decide_tier_change(
+        &self,
+        request: &str,
+        approve: bool,
+        by: &str,
+        comment: &str,
+    ) -> Result<TierChangeRequest, Error> {
+        let found = self
+            .tier_change_requests()?
+            .into_iter()
+            .find(|r| r.request == request)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no tier change request `{request}`; `warden agents changes` lists them"
+                ))
+            })?;
+        let task = self
+            .ledger()
+            .query(&crate::ledger::LedgerQuery {
+                kind: Some(crate::capabilities::PROPOSE.to_string()),
+                agent_id: Some(found.proposer.clone()),
+                descending: true,
+                limit: Some(10_000),
+                ..crate::ledger::LedgerQuery::default()
+            })?
+            .into_iter()
+            .find(|row| {
+                row.fields
+                    .get("details")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|d| d.contains(request))
+            })
+            .and_then(|row| row.task_id)
+            .unwrap_or_else(|| "governance".to_string());
+        let decision = crate::packet::GateDecision {
+            run: TaskId::new(&task)?,
+            stage: request.to_string(),
+            round: 0,
+            approved: approve,
+            decided_by: by.to_string(),
+            comment: comment.to_string(),
+            decided_at: crate::packet::now_rfc3339(),
+            timed_out: false,
+        };
+        if let Some(first) = self.services.state.decide_gate(&decision).await? {
+            return Err(Error::Invalid(format!(
+                "tier change request `{request}` was already {} by {}; a request is decided once",
+                if first.approved {
+                    "approved"
+                } else {
+                    "rejected"
+                },
+                first.decided_by
+            )));
+        }
+        let to: Tier = found.to.parse().map_err(|_| {
+            Error::Invalid(format!("request `{request}` names tier `{}`", found.to))
+        })?;
+        if approve {
+            let reason = format!(
+                "proposed by {} in run {} ({}); approved by {by}{}",
+                found.proposer,
+                found.run,
+                found.reason,
+                if comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {comment}")
+                }
+            );
+            self.set_tier(&found.agent, to, &reason, by).await?;
+        }
+        let status = if approve { "approved" } else { "rejected" };
+        let subject =
+            crate::governance::host_subject(&self.services, &found.agent, to, Some(&task), None);
+        let row = crate::ledger::ActionRecord::new(
+            subject,
+            DECIDE,
+            format!("tier change {request} {status} by {by}"),
+        )
+        .details(
+            serde_json::json!({ "request": request, "status": status, "by": by, "comment": comment })
+                .to_string(),
+        );
+        self.services
+            .ledger_durable(crate::ledger::Entry::Action(row))
+            .await?;
+        Ok(TierChangeRequest {
+            status: status.to_string(),
+            decided_by: Some(by.to_string()),
+            ..found
+        })
+    }
+}
+
+/// The action row of a person's decision on a proposed tier change.
+const DECIDE: &str = "governance.decide";

@@ -23,6 +23,7 @@ macro_rules! with_capabilities {
             Consensus => consensus,
             Tools => tools,
             Secrets => secrets,
+            Governance => governance,
         }
     };
 }

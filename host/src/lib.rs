@@ -69,7 +69,7 @@ pub mod tools;
 
 pub use context::CallDurability;
 pub use error::{Error, PipelineError, Refusal};
-pub use host::{AgentHistory, ComponentSummary, Host, HostBuilder};
+pub use host::{AgentHistory, ComponentSummary, Host, HostBuilder, TierChangeRequest};
 pub use id::{AgentId, IdError, RunId, TaskId};
 pub use packet::{ErrorBudget, Handoff, Packet};
 pub use phase::Phase;

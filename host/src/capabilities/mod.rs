@@ -106,6 +106,7 @@ macro_rules! registry {
 with_capabilities!(registry);
 
 pub(crate) use artifacts::check_write as check_artifact_write;
+pub(crate) use governance::PROPOSE;
 pub(crate) use messaging::last_received;
 
 /// A linker with WASI and exactly the interfaces the tier grants: what is not linked cannot

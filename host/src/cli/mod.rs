@@ -377,6 +377,27 @@ enum AgentsCommand {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Tier changes architects proposed (T4 `governance`), newest first, with their status.
+    ///
+    /// Example: `warden agents changes`
+    Changes,
+    /// Approve a proposed tier change (`--reject` to refuse it): decided once, by a person,
+    /// recorded with who decided and the proposal it came from.
+    ///
+    /// Example: `warden agents approve-change tc-0193… --comment "agreed in review"`
+    ApproveChange {
+        /// The request id (`warden agents changes`).
+        request: String,
+        /// Reject the request instead.
+        #[arg(long)]
+        reject: bool,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who decides (recorded; default: `$USER`).
+        #[arg(long, default_value_t = default_actor())]
+        by: String,
+    },
     /// Change an agent's tier (recorded in `promotions`).
     ///
     /// Example: `warden agents promote hello --tier T2 --reason "30 compliant runs"`
@@ -926,6 +947,39 @@ async fn agents(cx: &Env, command: AgentsCommand) -> Result<u8> {
                 revoked.as_ref(),
                 lock.as_deref(),
                 signature.as_ref().map(|v| (v, host.keyring())),
+            );
+        }
+        AgentsCommand::Changes => {
+            let requests = host.tier_change_requests()?;
+            if cx.json {
+                output::emit(&serde_json::to_string(&requests).unwrap_or_default());
+            } else if requests.is_empty() {
+                output::emit("no tier change requests");
+            } else {
+                for r in &requests {
+                    output::emit(&output::escape(&format!(
+                        "{}  {:<8} {} {} → {}  by {} (run {}): {}",
+                        r.request, r.status, r.agent, r.from, r.to, r.proposer, r.run, r.reason
+                    )));
+                }
+            }
+        }
+        AgentsCommand::ApproveChange {
+            request,
+            reject,
+            comment,
+            by,
+        } => {
+            let decided = host
+                .decide_tier_change(&request, !reject, &by, &comment)
+                .await?;
+            output::done(
+                cx.json,
+                &format!(
+                    "{} tier change {} of `{}` ({} → {})",
+                    decided.status, decided.request, decided.agent, decided.from, decided.to
+                ),
+                serde_json::to_value(&decided).unwrap_or_default(),
             );
         }
         AgentsCommand::History { id, limit } => {

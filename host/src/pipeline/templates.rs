@@ -153,7 +153,7 @@ mod tests {
             if let Err(e) = Pipeline::parse(text, "docs/pipelines.md", &catalog) {
                 let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
                 panic!(
-                    "the ```yaml block at line {start} of docs/pipelines.md (its lines count from the block's first): {}",
+                    "the ```yaml block opened at line {start} of docs/pipelines.md (its lines count from the next line as 1): {}",
                     problems.join("; ")
                 );
             }
