@@ -64,6 +64,7 @@
 //! | [`consensus`]  | proposals and votes                        | T1        |
 //! | [`tools`]      | operator-registered tools                  | T1 (check mode) |
 //! | [`secrets`]    | secrets scoped by tier                     | T3        |
+//! | [`governance`] | read policy, propose tier changes          | T4        |
 //!
 //! Every call returns [`Error`] when the host refuses it; refusals count against the
 //! agent's error budget.
@@ -83,6 +84,7 @@ mod error;
 pub mod artifacts;
 pub mod blackboard;
 pub mod consensus;
+pub mod governance;
 pub mod ledger;
 pub mod llm;
 pub mod messaging;
@@ -122,6 +124,6 @@ pub use error::{AgentError, Error};
 pub mod prelude {
     pub use crate::{Agent, AgentError, Error, Outcome, Packet, Plan, Report, Tier, Verification};
     pub use crate::{
-        artifacts, blackboard, consensus, ledger, llm, messaging, secrets, state, tools,
+        artifacts, blackboard, consensus, governance, ledger, llm, messaging, secrets, state, tools,
     };
 }

@@ -22,6 +22,7 @@ pub const AGENTS: &[&str] = &[
     "alpha",
     "beta",
     "gamma",
+    "architect",
 ];
 
 fn main() -> Result<()> {

@@ -250,6 +250,7 @@ impl Host for AgentCtx {
                 .await
                 .map(|_| request)
                 .map_err(|e| unavailable("the ledger", e));
+            self.gov.record_result(OP, &result).await;
             result
         })
     }

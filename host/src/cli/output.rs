@@ -748,21 +748,6 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::escape;
-
-    #[test]
-    fn control_characters_and_bidi_overrides_are_escaped() {
-        assert_eq!(escape("plain — ünïcode → ok"), "plain — ünïcode → ok");
-        assert_eq!(
-            escape("line\nfake row\r\u{1b}[2Jgone\u{7}"),
-            "line\\nfake row\\r\\u{1b}[2Jgone\\u{7}"
-        );
-        assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
-    }
-}
-
 /// `warden agents history`.
 pub fn agent_history(json: bool, history: &warden::AgentHistory) {
     if json {
@@ -793,4 +778,19 @@ pub fn agent_history(json: bool, history: &warden::AgentHistory) {
         ));
     }
     emit(out.trim_end());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(escape("plain — ünïcode → ok"), "plain — ünïcode → ok");
+        assert_eq!(
+            escape("line\nfake row\r\u{1b}[2Jgone\u{7}"),
+            "line\\nfake row\\r\\u{1b}[2Jgone\\u{7}"
+        );
+        assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+    }
 }

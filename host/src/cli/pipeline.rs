@@ -14,8 +14,8 @@ use warden::pipeline::{Catalog, Event, Pipeline, RunOptions, RunView, StageKind,
 
 #[derive(Subcommand)]
 pub(super) enum PipelineCommand {
-    /// Write a pipeline file from a shipped template (`--template` with no name lists them),
-    /// with parameters' defaults set by `--param`.
+    /// Write a pipeline file from a shipped template (`infrastructure-deploy`, `code-review`,
+    /// `research-synthesis`, `incident-triage`), with parameters' defaults set by `--param`.
     ///
     /// Example: `warden pipeline new --template infrastructure-deploy --param env=prod -o deploy.yaml`
     New {
@@ -544,11 +544,12 @@ fn new(
             .iter()
             .map(|(n, _)| *n)
             .collect();
-        anyhow::bail!(Error::Invalid(format!(
+        anyhow::bail!(Error::Pipeline(warden::PipelineError::Param(format!(
             "no pipeline template `{template}`; the templates: {names:?}"
-        )));
+        ))));
     };
-    let text = warden::pipeline::templates::with_defaults(text, params).map_err(Error::Invalid)?;
+    let text = warden::pipeline::templates::with_defaults(text, params)
+        .map_err(|e| Error::Pipeline(warden::PipelineError::Param(e)))?;
     let tiers = cx.tier_table()?;
     let catalog = Catalog {
         agents: None,

@@ -73,6 +73,9 @@ pub enum Event {
         pid: u32,
         /// When the whole run must end (ms since the epoch), from `pipeline.timeout`.
         deadline_ms: Option<u64>,
+        /// Who started it.
+        #[serde(default)]
+        by: String,
     },
     /// A process took the run over (a resume or a retry).
     Resume {
@@ -179,6 +182,9 @@ pub enum Event {
         round: u32,
         /// The agent that failed it.
         agent: String,
+        /// The element of the run that failed (`null` without `for_each`).
+        #[serde(default)]
+        item: Json,
     },
     /// `pipeline retry --from`: these stages run again in a new round.
     Retry {
@@ -190,6 +196,9 @@ pub enum Event {
         stages: Vec<String>,
         /// Who asked.
         by: String,
+        /// The run's new deadline (the pipeline's `timeout` from the retry).
+        #[serde(default)]
+        deadline_ms: Option<u64>,
     },
     /// `pipeline cancel`: nothing more starts.
     Cancel {
@@ -307,6 +316,8 @@ impl Status {
 pub struct ItemView {
     /// Its element (`null` without `for_each`).
     pub item: Json,
+    /// For the run `on_failure: {handoff: …}` added: the agent that failed the stage.
+    pub handoff: Option<String>,
     /// The latest attempt.
     pub attempt: u32,
     /// The latest attempt's run.
@@ -402,6 +413,8 @@ pub struct RunView {
     pub overrides: BTreeMap<String, Override>,
     /// When it began, RFC 3339.
     pub started_at: String,
+    /// Who started it.
+    pub started_by: String,
     /// The machine and process that run it (the latest to take it over).
     pub host: String,
     /// See `host`.
@@ -437,6 +450,7 @@ impl RunView {
                 host,
                 pid,
                 deadline_ms,
+                by,
             },
         ) = &events[start]
         else {
@@ -450,6 +464,7 @@ impl RunView {
             params: params.clone(),
             overrides: overrides.clone(),
             started_at: started_at.clone(),
+            started_by: by.clone(),
             host: host.clone(),
             pid: *pid,
             deadline_ms: *deadline_ms,
@@ -493,6 +508,7 @@ impl RunView {
                         .iter()
                         .map(|item| ItemView {
                             item: item.clone(),
+                            handoff: None,
                             attempt: 0,
                             run_id: None,
                             agent: None,
@@ -605,10 +621,12 @@ impl RunView {
                 stage,
                 round,
                 agent,
+                item,
             } => {
                 if let Some(s) = self.stage(stage, *round) {
                     s.items.push(ItemView {
-                        item: serde_json::json!({ "handoff": agent }),
+                        item: item.clone(),
+                        handoff: Some(agent.clone()),
                         attempt: 0,
                         run_id: None,
                         agent: None,
@@ -620,8 +638,14 @@ impl RunView {
                     });
                 }
             }
-            Event::Retry { round, stages, .. } => {
+            Event::Retry {
+                round,
+                stages,
+                deadline_ms,
+                ..
+            } => {
                 self.round = *round;
+                self.deadline_ms = *deadline_ms;
                 self.outcome = None;
                 self.ended_at = None;
                 self.cancelled_by = None;
@@ -661,6 +685,7 @@ mod tests {
             host: "h".into(),
             pid: 1,
             deadline_ms: None,
+            by: "op".into(),
         }
     }
 
@@ -748,6 +773,7 @@ mod tests {
             round: 1,
             stages: vec!["g".into()],
             by: "op".into(),
+            deadline_ms: None,
         }));
         let view = RunView::fold("pl-1", &later).unwrap();
         assert_eq!(view.outcome, None, "a retry reopens the run");

@@ -92,7 +92,7 @@ impl Host {
             let (_, s) = pipeline
                 .stage(stage)
                 .ok_or_else(|| PipelineError::UnknownStage {
-                    run: run.to_string(),
+                    run: format!("{} (not started)", pipeline.name),
                     stage: stage.clone(),
                     stages: pipeline.stages.iter().map(|s| s.name.clone()).collect(),
                 })?;
@@ -139,9 +139,8 @@ impl Host {
             overrides,
             host: crate::context::machine_name().to_string(),
             pid: std::process::id(),
-            deadline_ms: pipeline
-                .timeout
-                .map(|t| now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            deadline_ms: deadline_of(pipeline),
+            by: options.actor.clone(),
         };
         let mut runner = Runner::new(self, pipeline.clone(), run, options.observer, components);
         runner.record(start).await?;
@@ -210,6 +209,7 @@ impl Host {
                 round: view.round + 1,
                 stages,
                 by: actor.to_string(),
+                deadline_ms: deadline_of(&pipeline),
             })
             .await?;
         runner.go().await
@@ -396,6 +396,10 @@ impl Host {
         }
         let mut runner = Runner::new(self, pipeline, run, observer, components);
         runner.view = view.clone();
+        // A cancel recorded while no process ran the pipeline holds.
+        runner
+            .cancelled
+            .store(view.cancelled_by.is_some(), Ordering::SeqCst);
         runner
             .record(Event::Resume {
                 host: crate::context::machine_name().to_string(),
@@ -405,6 +409,13 @@ impl Host {
         runner.pick_up().await?;
         Ok(runner)
     }
+}
+
+/// When a run of `pipeline` starting now must end.
+fn deadline_of(pipeline: &Pipeline) -> Option<u64> {
+    pipeline
+        .timeout
+        .map(|t| now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)))
 }
 
 fn changed(stage: &str, o: &Override, now: &str) -> PipelineError {
@@ -605,6 +616,7 @@ impl Runner {
                 params: Json::Null,
                 overrides: BTreeMap::new(),
                 started_at: now_rfc3339(),
+                started_by: String::new(),
                 host: String::new(),
                 pid: 0,
                 deadline_ms: None,
@@ -816,7 +828,10 @@ impl Runner {
             let progressed = !steps.is_empty();
             for step in steps {
                 match step {
-                    Step::Skip(i, why) => self.end_stage(i, Outcome::Skipped, None, why).await?,
+                    Step::Skip(i, why, code) => {
+                        self.end_stage(i, Outcome::Skipped, code.map(str::to_string), why)
+                            .await?;
+                    }
                     Step::Fail(i, why) => {
                         self.end_stage(i, Outcome::Failed, Some("STAGE_INVALID".into()), why)
                             .await?;
@@ -866,11 +881,13 @@ impl Runner {
             .await
             .map_err(|e| Error::Invalid(format!("reading the pipeline's rows failed: {e}")))??;
         for (_, event) in events {
-            if let Event::Cancel { by } = &event
-                && self.view.cancelled_by.is_none()
-            {
-                self.cancelled.store(true, Ordering::SeqCst);
-                self.apply(Event::Cancel { by: by.clone() });
+            match &event {
+                Event::Cancel { by } if self.view.cancelled_by.is_none() => {
+                    self.cancelled.store(true, Ordering::SeqCst);
+                    self.apply(Event::Cancel { by: by.clone() });
+                }
+                Event::GateDecide { .. } => self.apply_quiet(event),
+                _ => {}
             }
         }
         self.seen_seq = self.host.ledger().committed_seq().max(self.seen_seq);
@@ -1167,11 +1184,7 @@ impl Runner {
             .get(item)
             .map(|i| i.item.clone())
             .filter(|v| !v.is_null());
-        let handoff = element
-            .as_ref()
-            .and_then(|e| e.get("handoff"))
-            .and_then(Json::as_str)
-            .map(str::to_string);
+        let handoff = view.items.get(item).and_then(|i| i.handoff.clone());
         let scope = schedule::scope(&self.pipeline, &self.view, stage, element.clone());
         let mut agent = match &handoff {
             Some(_) => match &s.on_failure {
@@ -1207,7 +1220,13 @@ impl Runner {
             .iter()
             .map(|d| d.render(&scope))
             .collect::<Result<Vec<_>, _>>()?;
-        let remaining = self.view.deadline_ms.map(|d| d.saturating_sub(now_ms()));
+        // A `finally` stage runs after the deadline too (that is what it is for): only its
+        // own `timeout` bounds it.
+        let remaining = self
+            .view
+            .deadline_ms
+            .filter(|_| !s.finally)
+            .map(|d| d.saturating_sub(now_ms()));
         let stage_ms = s
             .timeout
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
@@ -1356,8 +1375,15 @@ impl Runner {
         if let Some(c) = t.complexity {
             spec = spec.complexity(c);
         }
-        if let Some(timeout) = s.timeout {
-            spec = spec.timeout(timeout);
+        let remaining = self
+            .view
+            .deadline_ms
+            .filter(|_| !s.finally)
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(1)));
+        match (s.timeout, remaining) {
+            (Some(a), Some(b)) => spec = spec.timeout(a.min(b)),
+            (Some(t), None) | (None, Some(t)) => spec = spec.timeout(t),
+            (None, None) => {}
         }
         for a in &agents {
             self.busy.insert(a.clone());
@@ -1455,15 +1481,21 @@ impl Runner {
                             })
                             .await?;
                         } else {
-                            // The decider recorded its row; the view takes it as told.
-                            self.apply_quiet(Event::GateDecide {
+                            let event = Event::GateDecide {
                                 stage: name.clone(),
                                 round: d.round,
                                 approved: d.approved,
                                 by: d.decided_by.clone(),
                                 comment: d.comment.clone(),
                                 timed_out: false,
-                            });
+                            };
+                            if self.decider_recorded(&name, d.round).await? {
+                                self.apply_quiet(event);
+                            } else {
+                                // The decider stopped between the state store and the
+                                // ledger: the decision stands, and the ledger gets its row.
+                                self.record(event).await?;
+                            }
                         }
                         let said = if d.comment.is_empty() {
                             String::new()
@@ -1493,6 +1525,21 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the decider of gate `stage` (round `round`) wrote its row; it is given a
+    /// moment, since the state store hears of a decision just before the ledger does.
+    async fn decider_recorded(&self, stage: &str, round: u32) -> Result<bool, Error> {
+        for _ in 0..20 {
+            let found = events_of(&self.host, &self.run, None)?.iter().any(|(_, e)| {
+                matches!(e, Event::GateDecide { stage: s, round: r, .. } if s == stage && *r == round)
+            });
+            if found {
+                return Ok(true);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(false)
     }
 
     fn apply_quiet(&mut self, event: Event) {
@@ -1564,7 +1611,7 @@ impl Runner {
         if view.items.iter().any(|i| i.outcome.is_none()) || pending_retry {
             return Ok(());
         }
-        let handed = view.items.iter().any(|i| i.item.get("handoff").is_some());
+        let handed = view.items.iter().any(|i| i.handoff.is_some());
         let failed: Vec<&ItemView> = view
             .items
             .iter()
@@ -1580,7 +1627,14 @@ impl Runner {
         {
             // The failed run's handoff (the host writes one at a revocation), or what the
             // pipeline knows of the failure, for the agent that takes over.
-            let handoff = self.host.handoff(self.run.as_str()).await.ok().flatten();
+            let failed_agent = first.agent.clone().unwrap_or_default();
+            let handoff = self
+                .host
+                .handoff(self.run.as_str())
+                .await
+                .ok()
+                .flatten()
+                .filter(|h| h.previous_agent_id.as_str() == failed_agent);
             let content = serde_json::json!({
                 "stage": s.name,
                 "failed_agent": first.agent,
@@ -1597,11 +1651,11 @@ impl Runner {
                 &content.to_string(),
             )
             .await?;
-            let failed_agent = first.agent.clone().unwrap_or_default();
             self.record(Event::Handoff {
                 stage: s.name.clone(),
                 round: view.round,
                 agent: failed_agent,
+                item: first.item.clone(),
             })
             .await?;
             let n = self.view.stage_view(&s.name).items.len() - 1;

@@ -11,18 +11,22 @@ use super::spec::{OnFailure, Pipeline, StageKind, ancestors};
 pub(crate) enum Step {
     /// Start stage `0`.
     Start(usize),
-    /// Stage `0` does not run, for the reason given.
-    Skip(usize, String),
+    /// Stage `0` does not run, for the reason given (and its code: `PIPELINE_TIMEOUT` when the
+    /// pipeline's deadline passed).
+    Skip(usize, String, Option<&'static str>),
     /// Stage `0` fails before it runs (its `when` cannot be evaluated).
     Fail(usize, String),
 }
+
+/// The code of a stage skipped because the pipeline's deadline passed.
+pub(crate) const TIMEOUT: &str = "PIPELINE_TIMEOUT";
 
 /// Why the run starts no more ordinary stages, if it does not.
 pub(crate) fn stopping(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Option<String> {
     if let Some(by) = &view.cancelled_by {
         return Some(format!("cancelled by {by}"));
     }
-    if view.deadline_ms.is_some_and(|d| now_ms >= d) {
+    if timed_out(view, now_ms) {
         return Some("the pipeline's timeout passed".into());
     }
     pipeline.stages.iter().filter(|s| !s.finally).find_map(|s| {
@@ -55,16 +59,19 @@ pub(crate) fn next(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Vec<Step
         if !stage.finally
             && let Some(why) = &stop
         {
-            steps.push(Step::Skip(i, format!("not started: {why}")));
+            let code = (timed_out(view, now_ms) && view.cancelled_by.is_none()).then_some(TIMEOUT);
+            steps.push(Step::Skip(i, format!("not started: {why}"), code));
             continue;
         }
         match &stage.when {
             None => steps.push(Step::Start(i)),
             Some(when) => match when.test(&scope(pipeline, view, i, None)) {
                 Ok(true) => steps.push(Step::Start(i)),
-                Ok(false) => {
-                    steps.push(Step::Skip(i, format!("`when: {}` is false", when.source())))
-                }
+                Ok(false) => steps.push(Step::Skip(
+                    i,
+                    format!("`when: {}` is false", when.source()),
+                    None,
+                )),
                 Err(e) => steps.push(Step::Fail(i, format!("`when` cannot be evaluated: {e}"))),
             },
         }
@@ -94,18 +101,25 @@ pub(crate) fn finished(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Opti
     }) {
         return Some("rejected");
     }
+    // Stages the deadline kept from starting, or cut mid-run.
+    let cut = pipeline.stages.iter().any(|s| {
+        let v = view.stage_view(&s.name);
+        v.code.as_deref() == Some(TIMEOUT)
+            || (timed_out(view, now_ms)
+                && !s.finally
+                && v.code.as_deref() == Some("DEADLINE_EXCEEDED"))
+    });
+    if cut {
+        return Some("timed_out");
+    }
     if pipeline.stages.iter().any(failed) {
         return Some("failed");
     }
-    if view.deadline_ms.is_some_and(|d| now_ms >= d)
-        && pipeline
-            .stages
-            .iter()
-            .any(|s| view.stage_view(&s.name).status == Status::Ended(Outcome::Skipped))
-    {
-        return Some("timed_out");
-    }
     Some("succeeded")
+}
+
+fn timed_out(view: &RunView, now_ms: u64) -> bool {
+    view.deadline_ms.is_some_and(|d| now_ms >= d)
 }
 
 /// What stage `i`'s expressions see: the run's parameters, and each stage it waits for.
@@ -169,6 +183,7 @@ mod tests {
             host: String::new(),
             pid: 0,
             deadline_ms: Some(1000),
+            by: String::new(),
         }];
         all.extend(events);
         let rows: Vec<(String, Event)> = all.into_iter().map(|e| (String::new(), e)).collect();
@@ -212,12 +227,14 @@ mod tests {
             end("two", Outcome::Success),
         ]);
         v.params = json!({"env": "dev"});
-        assert!(matches!(&next(&p, &v, 0)[0], Step::Skip(2, why) if why.contains("is false")));
+        assert!(
+            matches!(&next(&p, &v, 0)[0], Step::Skip(2, why, None) if why.contains("is false"))
+        );
 
         let v = view(vec![end("one", Outcome::Failed)]);
         let steps = next(&p, &v, 0);
         assert!(
-            matches!(&steps[1], Step::Skip(3, why) if why.contains("stage `one` failed")),
+            matches!(&steps[1], Step::Skip(3, why, None) if why.contains("stage `one` failed")),
             "{steps:?}"
         );
         let v = view(vec![
@@ -258,11 +275,11 @@ mod tests {
     fn a_deadline_or_a_cancel_stops_new_stages() {
         let p = pipeline(YAML);
         assert!(
-            matches!(&next(&p, &view(vec![]), 1000)[0], Step::Skip(0, why) if why.contains("timeout"))
+            matches!(&next(&p, &view(vec![]), 1000)[0], Step::Skip(0, why, Some(TIMEOUT)) if why.contains("timeout"))
         );
         let v = view(vec![Event::Cancel { by: "op".into() }]);
         assert!(
-            matches!(&next(&p, &v, 0)[0], Step::Skip(0, why) if why.contains("cancelled by op"))
+            matches!(&next(&p, &v, 0)[0], Step::Skip(0, why, None) if why.contains("cancelled by op"))
         );
     }
 }

@@ -24,6 +24,15 @@ pub const MAX_ATTEMPTS: u32 = 20;
 
 pub use crate::error::{SpecError, SpecErrors};
 
+/// Codes a stage's run fails with besides the run's own failure codes: a refusal at
+/// BOOTSTRAP that may pass on a later attempt.
+const RETRYABLE_REFUSALS: [&str; 4] = [
+    "CANNOT_ACQUIRE_LOCK",
+    "STATE_UNAVAILABLE",
+    "SECRETS_UNAVAILABLE",
+    "LLM_UNAVAILABLE",
+];
+
 /// A place in the file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Position {
@@ -477,8 +486,15 @@ impl Pipeline {
 fn build(raw: RawFile, text: &str, problems: &mut Problems<'_>, catalog: &Catalog<'_>) -> Pipeline {
     let raw = raw.pipeline;
     let name = raw.name.value.trim().to_string();
-    if !valid_stage_name(&name) && !(1..=64).contains(&name.len()) {
-        problems.at(at(&raw.name), "`pipeline.name` must be 1 to 64 characters");
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !name_ok {
+        problems.at(
+            at(&raw.name),
+            format!("`pipeline.name` `{name}` must be 1 to 64 letters, digits, `.`, `_` or `-`"),
+        );
     }
     let mut params = BTreeMap::new();
     for (pname, p) in &raw.params {
@@ -824,6 +840,18 @@ fn build_stage(
                 ("message", raw.message.is_some()),
                 ("constraints", raw.constraints.is_some()),
                 ("error_budget", raw.error_budget.is_some()),
+                ("success_criteria", raw.success_criteria.is_some()),
+                ("inputs", raw.inputs.is_some()),
+                // An orchestrated task resumes through its own record; running it again
+                // from the start would mix two runs of it on one blackboard.
+                ("retry", raw.retry.is_some()),
+                (
+                    "on_failure: {handoff: …}",
+                    matches!(
+                        raw.on_failure.as_ref().map(|o| &o.value),
+                        Some(RawOnFailure::Handoff { .. })
+                    ),
+                ),
             ] {
                 not_for(problems, field, present, "task");
             }
@@ -872,8 +900,18 @@ fn build_stage(
             None
         }
     };
+    // `when` is an expression, written bare or as one `${{ … }}`.
     let when = raw.when.as_ref().and_then(|w| {
-        Expr::compile(w.value.trim_start_matches("${{").trim_end_matches("}}"))
+        let compiled = if w.value.contains("${{") {
+            Template::parse(&w.value).and_then(|t| {
+                t.sole_expr().cloned().ok_or_else(|| {
+                    "write one expression, bare (`a && b`) or as one `${{ … }}`".to_string()
+                })
+            })
+        } else {
+            Expr::compile(&w.value)
+        };
+        compiled
             .map_err(|e| problems.at(at(w), format!("stage `{name}`: `when`: {e}")))
             .ok()
     });
@@ -913,7 +951,9 @@ fn build_stage(
             }
         }
         for code in &r.on {
-            if crate::report::FailureCode::from_code(code).is_none() {
+            if crate::report::FailureCode::from_code(code).is_none()
+                && !RETRYABLE_REFUSALS.contains(&code.as_str())
+            {
                 problems.at(
                     p,
                     format!(
@@ -921,6 +961,7 @@ fn build_stage(
                         crate::report::FailureCode::ALL
                             .iter()
                             .map(|c| c.as_str())
+                            .chain(RETRYABLE_REFUSALS)
                             .collect::<Vec<_>>()
                     ),
                 );
@@ -1222,13 +1263,23 @@ fn check_references(
                     }
                 }
                 if let OnFailure::Handoff(agent) = &stage.on_failure {
-                    check_agent(
-                        name,
-                        agent,
-                        raw.on_failure.as_ref().map_or(stage.position, at),
-                        catalog,
-                        problems,
-                    );
+                    let p = raw.on_failure.as_ref().map_or(stage.position, at);
+                    check_agent(name, agent, p, catalog, problems);
+                    if let Some(&tier) = catalog.agents.as_ref().and_then(|a| a.get(agent)) {
+                        for d in a.deliverables.iter().filter_map(Template::literal) {
+                            if let Err(why) = crate::capabilities::check_artifact_write(
+                                catalog.tiers.policy(tier),
+                                &d,
+                            ) {
+                                problems.at(
+                                    p,
+                                    format!(
+                                        "stage `{name}`: handoff agent `{agent}` cannot write deliverable `{d}`: {why}"
+                                    ),
+                                );
+                            }
+                        }
+                    }
                 }
             }
             StageKind::Task(t) => {
