@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
+
 use warden::llm::ScriptedProvider;
 use warden::pipeline::{Outcome, RunOptions, RunView, Status, templates};
 use warden::{Host, PipelineError, Tier};
@@ -391,6 +393,177 @@ async fn a_gate_nobody_decides_follows_on_timeout_and_a_cancel_stops_a_waiting_g
         view.stage_view("tidy").status,
         Status::Ended(Outcome::Success)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_synthesis_runs_a_task_stage_and_its_artifacts_reach_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    register(
+        &host,
+        &[
+            ("alpha", "alpha", Tier::Operator),
+            ("beta", "beta", Tier::Operator),
+            ("gamma", "gamma", Tier::Builder),
+            ("hello", "hello", Tier::Operator),
+        ],
+    );
+    let pipeline = host
+        .load_pipeline(
+            templates::get("research-synthesis").unwrap(),
+            "research-synthesis.yaml",
+        )
+        .unwrap();
+    let view = host
+        .run_pipeline(&pipeline, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(view.outcome.as_deref(), Some("succeeded"), "{view:#?}");
+    let research = view.stage_view("research");
+    assert_eq!(
+        research.items[0].message, "consensus reached",
+        "{research:?}"
+    );
+    for name in ["alpha-research.md", "beta-synthesis.md"] {
+        assert!(research.artifacts.contains_key(name), "{research:?}");
+        assert!(
+            host.artifact_ref(&view.run_id, name)
+                .await
+                .unwrap()
+                .is_some(),
+            "`{name}` is linked into the pipeline's task"
+        );
+    }
+    let task = format!("{}.research", view.run_id);
+    assert!(
+        completed(&host, &task).contains_key("alpha"),
+        "the task ran in its own task id"
+    );
+    assert_eq!(
+        view.stage_view("report").status,
+        Status::Ended(Outcome::Success)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_review_runs_its_second_opinion_when_asked_and_its_summary_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    register(
+        &host,
+        &[
+            ("planner", "planner", Tier::Builder),
+            ("hello", "hello", Tier::Operator),
+        ],
+    );
+    let pipeline = host
+        .load_pipeline(templates::get("code-review").unwrap(), "code-review.yaml")
+        .unwrap();
+    for (large, second, decision) in [
+        ("true", Outcome::Success, false),
+        ("false", Outcome::Skipped, true),
+    ] {
+        let runner = {
+            let host = host.clone();
+            let pipeline = pipeline.clone();
+            let options = RunOptions {
+                params: BTreeMap::from([("large".to_string(), large.to_string())]),
+                ..RunOptions::default()
+            };
+            tokio::spawn(async move { host.run_pipeline(&pipeline, options).await })
+        };
+        let run = loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let runs = host.pipeline_runs(5).unwrap();
+            if let Some(r) = runs
+                .iter()
+                .find(|r| r.params["large"] == json!(large == "true"))
+            {
+                break r.run_id.clone();
+            }
+        };
+        until(&host, &run, "the sign-off waiting", |v| {
+            v.stage_view("sign-off").status == Status::Waiting
+        })
+        .await;
+        host.decide_gate(&run, "sign-off", decision, "lead", "")
+            .await
+            .unwrap();
+        let view = runner.await.unwrap().unwrap();
+        assert_eq!(
+            view.stage_view("second-opinion").status,
+            Status::Ended(second),
+            "large={large}"
+        );
+        assert_eq!(
+            view.outcome.as_deref(),
+            Some(if decision { "succeeded" } else { "rejected" })
+        );
+        assert_eq!(
+            view.stage_view("summary").status,
+            Status::Ended(Outcome::Success),
+            "finally runs after a rejection too"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_runs_as_a_stand_in_agent_at_its_agents_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    register(
+        &host,
+        &[
+            ("planner", "planner", Tier::Builder),
+            ("hello", "hello", Tier::Operator),
+        ],
+    );
+    let swapped = dir.path().join("swapped.wasm");
+    std::fs::write(&swapped, agent("hello")).unwrap();
+    let pipeline = host
+        .load_pipeline(
+            templates::get("incident-triage").unwrap(),
+            "incident-triage.yaml",
+        )
+        .unwrap();
+    let options = RunOptions {
+        overrides: vec![("remediate".to_string(), swapped.clone())],
+        actor: "tester".into(),
+        ..RunOptions::default()
+    };
+    let view = host.run_pipeline(&pipeline, options).await.unwrap();
+    assert_eq!(view.outcome.as_deref(), Some("succeeded"), "{view:#?}");
+    let remediate = view.stage_view("remediate");
+    assert_eq!(
+        remediate.items[0].agent.as_deref(),
+        Some("planner.override.remediate")
+    );
+    let stand_in = host
+        .ledger()
+        .agent("planner.override.remediate")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stand_in.tier,
+        Tier::Builder,
+        "at the tier of the agent it stands in for"
+    );
+    assert_eq!(
+        view.overrides["remediate"].path,
+        swapped.display().to_string()
+    );
+    assert_eq!(view.started_by, "tester");
+    let err = host
+        .run_pipeline(
+            &pipeline,
+            RunOptions {
+                overrides: vec![("nope".to_string(), swapped)],
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has no stage `nope`"), "{err}");
 }
 
 fn command(data: &Path, args: &[&str]) -> Command {
