@@ -224,10 +224,15 @@ fn bench(extra: &[String]) -> Result<()> {
             "backends",
             "--bench",
             "scale",
+            "--bench",
+            "pipelines",
         ])
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
-        .env("WARDEN_REDIS_SERVER", &redis);
+        .env("WARDEN_REDIS_SERVER", &redis)
+        // The pipelines bench kills a real `warden` process mid-pipeline.
+        .env("WARDEN_BIN", root().join("target/release/warden"));
+    run(cargo().args(["build", "--release", "-p", "warden", "--bin", "warden"]))?;
     run(&mut command)?;
     // Resume latency needs the `warden` binary with its fault points, so a real SIGKILL
     // lands mid-run: the host crate's own bench, with that feature.

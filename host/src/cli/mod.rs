@@ -233,6 +233,25 @@ enum Command {
     /// (`docs/pipelines.md`), run durably.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
+    /// Take pipeline runs queued with `warden pipeline run --queue` from the Redis of
+    /// `--state` (a consumer group of a stream): several workers share the queue, and a run
+    /// whose worker stopped (no heartbeat for `--claim-after`) is taken over and resumed.
+    ///
+    /// Example: `warden --state redis://127.0.0.1:6379/0 worker --name w1`
+    Worker {
+        /// The worker's name in the group (default: `<machine>-<pid>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// A run whose worker sent no heartbeat for this long is taken over.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        claim_after: Duration,
+        /// How often this worker marks its run as alive.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+        /// Stop after this many runs.
+        #[arg(long)]
+        max_runs: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -881,6 +900,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             })
         }
         Command::Pipeline(command) => pipeline::pipeline(&cx, command).await,
+        Command::Worker {
+            name,
+            claim_after,
+            heartbeat,
+            max_runs,
+        } => pipeline::worker(&cx, name, claim_after, heartbeat, max_runs).await,
         Command::Task(TaskCommand::Show { task }) => {
             let host = cx.recorded_host().await?;
             let view = warden::orchestrator::TaskView::read(&host, &task).await?;

@@ -55,6 +55,10 @@ pub(super) enum PipelineCommand {
         /// Who runs it (recorded; default: `$USER`).
         #[arg(long, default_value_t = default_actor())]
         by: String,
+        /// Queue it for `warden worker`s on the Redis of `--state` instead of running it
+        /// here; prints its id.
+        #[arg(long, conflicts_with = "overrides")]
+        queue: bool,
     },
     /// Where a run stands: each stage's status, attempts, runs and artifacts, and a waiting
     /// gate with the commands that decide it.
@@ -212,6 +216,7 @@ pub(super) async fn pipeline(cx: &Env, command: PipelineCommand) -> Result<u8> {
             params,
             overrides,
             by,
+            queue,
         } => {
             let host = cx.host().await?;
             let text = read(&file)?;
@@ -225,6 +230,18 @@ pub(super) async fn pipeline(cx: &Env, command: PipelineCommand) -> Result<u8> {
                 actor: by,
                 observer: Some(observer(cx.json)),
             };
+            if queue {
+                let url = redis_url(cx)?;
+                let run = host.enqueue_pipeline(&url, &pipeline, options).await?;
+                output::done(
+                    cx.json,
+                    &format!(
+                        "queued pipeline run `{run}` for the workers (`warden pipeline status {run}`)"
+                    ),
+                    json!({ "queued": run }),
+                );
+                return Ok(exit::OK);
+            }
             let view = host.run_pipeline(&pipeline, options).await?;
             finish(cx.json, &view)
         }
@@ -308,6 +325,59 @@ pub(super) async fn pipeline(cx: &Env, command: PipelineCommand) -> Result<u8> {
 }
 
 use warden::Error;
+
+/// The Redis the workers share: `--state` (or `WARDEN_REDIS_URL`, or warden.toml's).
+pub(super) fn redis_url(cx: &Env) -> Result<String> {
+    match &cx.state {
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Ok(url.clone()),
+        _ => anyhow::bail!(Error::Invalid(
+            "pipeline workers share a Redis: give `--state redis://host:port/db` (or `WARDEN_REDIS_URL`)".into()
+        )),
+    }
+}
+
+/// `warden worker`: take queued pipeline runs until stopped (or `max_runs`).
+pub(super) async fn worker(
+    cx: &Env,
+    name: Option<String>,
+    claim_after: std::time::Duration,
+    heartbeat: std::time::Duration,
+    max_runs: Option<usize>,
+) -> Result<u8> {
+    let url = redis_url(cx)?;
+    let host = cx.host().await?;
+    let mut options = warden::pipeline::WorkerOptions {
+        claim_after,
+        heartbeat,
+        max_runs,
+        observer: Some(observer(cx.json)),
+        ..warden::pipeline::WorkerOptions::default()
+    };
+    if let Some(name) = name {
+        options.name = name;
+    }
+    if cx.json {
+        output::emit(
+            &json!({ "event": "worker", "name": options.name, "queue": warden::pipeline::QUEUE, "group": warden::pipeline::GROUP })
+                .to_string(),
+        );
+    } else {
+        output::emit(&format!(
+            "worker `{}` takes pipeline runs from `{}` (group `{}`)",
+            output::escape(&options.name),
+            warden::pipeline::QUEUE,
+            warden::pipeline::GROUP
+        ));
+    }
+    tokio::select! {
+        done = host.work(&url, options) => {
+            let done = done?;
+            output::done(cx.json, &format!("worker finished {} runs", done.len()), json!({ "finished": done }));
+            Ok(exit::OK)
+        }
+        _ = tokio::signal::ctrl_c() => Ok(exit::OK),
+    }
+}
 
 async fn decide(
     cx: &Env,

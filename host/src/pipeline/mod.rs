@@ -32,7 +32,9 @@ mod run;
 mod schedule;
 pub mod spec;
 pub mod templates;
+mod worker;
 
 pub use record::{Event, Outcome, RunView, StageView, Status};
 pub use run::{Observer, RunOptions};
 pub use spec::{Catalog, Pipeline, SpecError, SpecErrors, Stage, StageKind};
+pub use worker::{GROUP, QUEUE, WorkerOptions};

@@ -412,7 +412,7 @@ impl Host {
 }
 
 /// When a run of `pipeline` starting now must end.
-fn deadline_of(pipeline: &Pipeline) -> Option<u64> {
+pub(super) fn deadline_of(pipeline: &Pipeline) -> Option<u64> {
     pipeline
         .timeout
         .map(|t| now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)))
@@ -476,7 +476,7 @@ async fn record_row(
     Ok(services.ledger_durable(Entry::Action(row)).await?)
 }
 
-async fn record_event(host: &Host, run: &TaskId, event: &Event) -> Result<(), Error> {
+pub(super) async fn record_event(host: &Host, run: &TaskId, event: &Event) -> Result<(), Error> {
     let details = serde_json::to_string(event)
         .map_err(|e| Error::Invalid(format!("cannot encode a pipeline event: {e}")))?;
     record_row(

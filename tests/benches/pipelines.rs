@@ -1,0 +1,191 @@
+//! `cargo xtask bench` (pipelines): what running agents as a pipeline costs beside running
+//! the same agents directly, measured in the same run on the same machine (medians; the
+//! machine is small and noisy). The embedded store and a file ledger, as `warden` runs.
+//!
+//! 1. 10 sequential stages of `hello` vs the same 10 runs made directly: overhead per stage;
+//! 2. a 100-stage DAG, 10 layers of a 10-wide fan-out over 10 agents, vs 100 direct runs;
+//! 3. resume of a pipeline whose host was SIGKILLed: from `resume_pipeline` to its first
+//!    live step.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::json;
+use warden::pipeline::{Event, RunOptions};
+use warden::{Host, Tier};
+use warden_tests::{agent, packet};
+
+const ROUNDS: usize = 5;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn host(dir: &std::path::Path) -> Host {
+    Host::builder().data_dir(dir).build().unwrap()
+}
+
+async fn direct(host: &Host, agents: &[String], runs: usize, bytes: &[u8], tag: &str) -> Duration {
+    let started = Instant::now();
+    for n in 0..runs {
+        let id = &agents[n % agents.len()];
+        let p = packet(
+            id,
+            &format!("direct-{tag}-{n}"),
+            "greet",
+            &["hello.txt"],
+            json!({}),
+        );
+        host.submit_packet(&p).await.unwrap();
+        let report = host.run(id, bytes).await.unwrap();
+        assert!(report.outcome.is_success(), "{report:?}");
+    }
+    started.elapsed()
+}
+
+async fn piped(host: &Host, yaml: &str) -> Duration {
+    let pipeline = host.load_pipeline(yaml, "bench.yaml").unwrap();
+    let started = Instant::now();
+    let view = host
+        .run_pipeline(&pipeline, RunOptions::default())
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(view.outcome.as_deref(), Some("succeeded"));
+    took
+}
+
+fn sequential(stages: usize) -> String {
+    let mut yaml = String::from("pipeline:\n  name: seq\n  stages:\n");
+    for n in 0..stages {
+        yaml.push_str(&format!(
+            "    - s{n}: {{agent: hello-0, artifacts: [hello.txt]}}\n"
+        ));
+    }
+    yaml
+}
+
+fn fan_out(layers: usize, width: usize) -> String {
+    let mut yaml = String::from("pipeline:\n  name: dag\n  stages:\n");
+    for l in 0..layers {
+        for w in 0..width {
+            let requires: Vec<String> = if l == 0 {
+                Vec::new()
+            } else {
+                (0..width).map(|v| format!("l{}w{v}", l - 1)).collect()
+            };
+            yaml.push_str(&format!(
+                "    - l{l}w{w}: {{agent: hello-{w}, artifacts: [\"h{l}-{w}.txt\"], requires: [{}]}}\n",
+                requires.join(", ")
+            ));
+        }
+    }
+    yaml
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let bytes = agent("hello");
+    let agents: Vec<String> = (0..10).map(|n| format!("hello-{n}")).collect();
+    for id in &agents {
+        host.register_agent(id, Tier::Operator, Some(&bytes), "bench")
+            .unwrap();
+    }
+    // Warm the compiled-component cache and the ledger.
+    direct(&host, &agents[..1], 2, &bytes, "warm").await;
+
+    println!("## pipelines (embedded store, file ledger; medians of {ROUNDS} rounds)\n");
+    println!("| measure | pipeline | direct | ratio | per stage |");
+    println!("|---|---|---|---|---|");
+    let (mut p10, mut d10) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        d10.push(direct(&host, &agents[..1], 10, &bytes, &format!("seq{round}")).await);
+        p10.push(piped(&host, &sequential(10)).await);
+    }
+    let (p, d) = (median(p10), median(d10));
+    let per_stage = p.saturating_sub(d) / 10;
+    println!(
+        "| 10 sequential stages of hello | {:.1} ms | {:.1} ms | {:.2}x | +{:.2} ms (target < 1 ms) |",
+        p.as_secs_f64() * 1e3,
+        d.as_secs_f64() * 1e3,
+        p.as_secs_f64() / d.as_secs_f64(),
+        per_stage.as_secs_f64() * 1e3
+    );
+
+    let (mut pd, mut dd) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        dd.push(direct(&host, &agents, 100, &bytes, &format!("dag{round}")).await);
+        pd.push(piped(&host, &fan_out(10, 10)).await);
+    }
+    let (p, d) = (median(pd), median(dd));
+    println!(
+        "| 100-stage DAG, 10 layers x 10-wide fan-out | {:.1} ms | {:.1} ms (100 runs in a row) | {:.2}x | {:.2} ms |",
+        p.as_secs_f64() * 1e3,
+        d.as_secs_f64() * 1e3,
+        p.as_secs_f64() / d.as_secs_f64(),
+        p.as_secs_f64() * 1e3 / 100.0
+    );
+
+    // A pipeline whose host is SIGKILLed once its first stage ended, resumed here.
+    let bin = warden_tests::warden_bin();
+    let file = dir.path().join("killed.yaml");
+    std::fs::write(&file, sequential(3)).unwrap();
+    let mut resumes = Vec::new();
+    for _ in 0..ROUNDS {
+        let before: Vec<String> = host
+            .pipeline_runs(100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        let mut child = std::process::Command::new(&bin)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["pipeline", "run"])
+            .arg(&file)
+            .env("WARDEN_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let run = loop {
+            let runs = host.pipeline_runs(100).unwrap();
+            if let Some(r) = runs.iter().find(|r| !before.contains(&r.run_id))
+                && r.stages.get("s0").is_some_and(|s| s.status.is_ended())
+            {
+                break r.run_id.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let first_live: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let seen = first_live.clone();
+        let observer: warden::pipeline::Observer = Arc::new(move |_run: &str, event: &Event| {
+            if matches!(
+                event,
+                Event::ItemStart { .. } | Event::StageStart { .. } | Event::ItemEnd { .. }
+            ) {
+                seen.lock().get_or_insert_with(Instant::now);
+            }
+        });
+        let started = Instant::now();
+        let view = host.resume_pipeline(&run, Some(observer)).await.unwrap();
+        assert_eq!(view.outcome.as_deref(), Some("succeeded"));
+        let at = first_live.lock().unwrap_or_else(Instant::now);
+        resumes.push(at.duration_since(started));
+    }
+    println!(
+        "| resume after SIGKILL, to the first live step | {:.2} ms | | | (target < 100 ms) |",
+        median(resumes).as_secs_f64() * 1e3
+    );
+}
