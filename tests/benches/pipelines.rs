@@ -135,10 +135,17 @@ async fn main() {
         p.as_secs_f64() * 1e3 / 100.0
     );
 
-    // A pipeline whose host is SIGKILLed once its first stage ended, resumed here.
+    // A pipeline whose host is SIGKILLed once its first stage ended (its second takes 300
+    // ms), resumed here.
+    host.register_agent("slow", Tier::Operator, Some(&agent("probe")), "bench")
+        .unwrap();
     let bin = warden_tests::warden_bin();
     let file = dir.path().join("killed.yaml");
-    std::fs::write(&file, sequential(3)).unwrap();
+    std::fs::write(
+        &file,
+        "pipeline:\n  name: killed\n  stages:\n    - s0: {agent: hello-0, artifacts: [hello.txt]}\n    - s1: {agent: slow, objective: \"probe: sleep 300\"}\n    - s2: {agent: hello-0, artifacts: [hello.txt]}\n",
+    )
+    .unwrap();
     let mut resumes = Vec::new();
     for _ in 0..ROUNDS {
         let before: Vec<String> = host

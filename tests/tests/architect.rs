@@ -2,7 +2,6 @@
 //! task's ledger and proposes a tier change, which changes nothing until a person approves
 //! it, once; below T4 the component is refused at load.
 
-
 use std::time::Duration;
 
 use serde_json::json;

@@ -566,6 +566,66 @@ async fn an_override_runs_as_a_stand_in_agent_at_its_agents_tier() {
     assert!(err.to_string().contains("has no stage `nope`"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_specialists_run_their_tools_in_check_mode_below_the_full_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = warden::tools::ToolRegistry::from_file(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/specialist/tools.toml"),
+    )
+    .unwrap();
+    let host = Host::builder()
+        .data_dir(dir.path())
+        .tools(tools)
+        .build()
+        .unwrap();
+    register(
+        &host,
+        &[
+            ("terraform", "specialist", Tier::Builder),
+            ("ansible", "specialist", Tier::Operator),
+            ("code-review", "specialist", Tier::Operator),
+        ],
+    );
+    let yaml = r#"
+pipeline:
+  name: specialists
+  stages:
+    - review: {agent: code-review, objective: "code-review: the network change", artifacts: [code-review-report.md]}
+    - plan: {agent: terraform, objective: "terraform: staging network", artifacts: [terraform-report.md]}
+    - configure: {agent: ansible, objective: "ansible: staging hosts", artifacts: [ansible-report.md], requires: [review]}
+"#;
+    let pipeline = host.load_pipeline(yaml, "specialists.yaml").unwrap();
+    let view = host
+        .run_pipeline(&pipeline, RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(view.outcome.as_deref(), Some("succeeded"), "{view:#?}");
+    let report = |name: &str| {
+        let a = view
+            .stages
+            .values()
+            .find_map(|s| s.artifacts.get(name).cloned())
+            .unwrap_or_else(|| panic!("no `{name}`"));
+        String::from_utf8(host.artifact(&a).unwrap().unwrap()).unwrap()
+    };
+    let terraform = report("terraform-report.md");
+    assert!(
+        terraform.contains("check mode: would run terraform plan")
+            && terraform.contains("check mode: would run terraform apply"),
+        "T2 is below both tools' full tier: {terraform}"
+    );
+    let ansible = report("ansible-report.md");
+    assert!(
+        ansible.contains("check mode: would run ansible-playbook --check"),
+        "{ansible}"
+    );
+    assert!(
+        !ansible.contains("ansible-apply"),
+        "T1 does not see a T2 tool: {ansible}"
+    );
+    assert!(report("code-review-report.md").contains("would run git diff --stat"));
+}
+
 fn command(data: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(warden_bin());
     command
@@ -733,6 +793,12 @@ fn a_pipeline_killed_at_every_step_resumes_without_repeating_a_stage() {
                 .unwrap();
             if out.status.success() {
                 result = Some(json(&out));
+                break;
+            }
+            if !killed(&out.status) && json(&out)["code"] == "PIPELINE_ENDED" {
+                // The kill came just after the run's end was recorded.
+                let status = json(&warden(data, &["--json", "pipeline", "status", &run]));
+                result = Some(serde_json::json!({ "run": status }));
                 break;
             }
             assert!(

@@ -23,6 +23,7 @@ pub const AGENTS: &[&str] = &[
     "beta",
     "gamma",
     "architect",
+    "specialist",
 ];
 
 fn main() -> Result<()> {

@@ -462,6 +462,18 @@ async fn record_row(
     decision: &str,
     details: Json,
 ) -> Result<u64, Error> {
+    record_row_as(host, run, (kind, decision), details, true).await
+}
+
+/// A row of the run; `durable`: committed before this returns (its seq), else queued behind
+/// the rows before it (0), to be committed with the next durable one.
+async fn record_row_as(
+    host: &Host,
+    run: &TaskId,
+    (kind, decision): (&'static str, &str),
+    details: Json,
+    durable: bool,
+) -> Result<u64, Error> {
     let services = host.services();
     let subject = Arc::new(
         Subject::new(PIPELINE_ID, "", Tier::Observer)
@@ -473,7 +485,24 @@ async fn record_row(
         other => other.to_string(),
     };
     let row = ActionRecord::new(subject, kind, decision.to_string()).details(details);
-    Ok(services.ledger_durable(Entry::Action(row)).await?)
+    if durable {
+        Ok(services.ledger_durable(Entry::Action(row)).await?)
+    } else {
+        services.ledger.append_async(Entry::Action(row)).await;
+        Ok(0)
+    }
+}
+
+/// Whether an event must be committed before the runner goes on. A stage's start and a run's
+/// or a stage's end need not be: the writer commits rows in order, so the next durable row
+/// (the next run's start, a gate, the run's end) commits them first, and a host killed before
+/// that leaves a record a resume reads right: a stage not started is started, a run whose end
+/// is missing is read from its `runs` row, a stage whose end is missing is ended again.
+fn must_commit(event: &Event) -> bool {
+    !matches!(
+        event,
+        Event::StageStart { .. } | Event::ItemEnd { .. } | Event::StageEnd { .. }
+    )
 }
 
 pub(super) async fn record_event(host: &Host, run: &TaskId, event: &Event) -> Result<(), Error> {
@@ -642,12 +671,12 @@ impl Runner {
     async fn record(&mut self, event: Event) -> Result<(), Error> {
         let details = serde_json::to_string(&event)
             .map_err(|e| Error::Invalid(format!("cannot encode a pipeline event: {e}")))?;
-        let seq = record_row(
+        let seq = record_row_as(
             &self.host,
             &self.run,
-            event.kind(),
-            &event.summary(),
+            (event.kind(), &event.summary()),
             Json::String(details),
+            must_commit(&event),
         )
         .await?;
         self.seen_seq = self.seen_seq.max(seq);
