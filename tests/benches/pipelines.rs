@@ -4,8 +4,9 @@
 //!
 //! 1. 10 sequential stages of `hello` vs the same 10 runs made directly: overhead per stage;
 //! 2. a 100-stage DAG, 10 layers of a 10-wide fan-out over 10 agents, vs 100 direct runs;
-//! 3. resume of a pipeline whose host was SIGKILLed: from `resume_pipeline` to its first
-//!    live step.
+//! 3. resume of a pipeline whose host was SIGKILLed mid-stage: from `resume_pipeline` to its
+//!    first live step (the interrupted run's resume, or the next stage's start); the run's
+//!    own resume to its first live call is the `resume` bench of the host crate.
 
 #![expect(
     clippy::unwrap_used,

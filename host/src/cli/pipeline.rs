@@ -420,6 +420,9 @@ fn finish(json: bool, view: &RunView) -> Result<u8> {
 /// Prints each event as it is recorded: one line for a person (with the seconds since the
 /// run began), one JSON object per line under `--json`.
 fn observer(json: bool) -> warden::pipeline::Observer {
+    if !json && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return live();
+    }
     let began = Instant::now();
     Arc::new(move |run: &str, event: &Event| {
         if json {
@@ -478,6 +481,75 @@ fn observer(json: bool) -> warden::pipeline::Observer {
             other => other.summary(),
         };
         output::emit(&format!("[{elapsed:>7.1}s] {}", output::escape(&line)));
+    })
+}
+
+/// On a terminal: one live line per stage (indicatif), its status and time, a spinner while
+/// it runs; a waiting gate's line names the commands that decide it.
+fn live() -> warden::pipeline::Observer {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let stages: parking_lot::Mutex<std::collections::HashMap<String, (ProgressBar, Instant)>> =
+        parking_lot::Mutex::new(std::collections::HashMap::new());
+    let style = ProgressStyle::with_template("{spinner} {prefix:<24} {wide_msg} {elapsed:>5}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    Arc::new(move |run: &str, event: &Event| {
+        let mut stages = stages.lock();
+        let mut bar = |stage: &str| {
+            stages
+                .entry(stage.to_string())
+                .or_insert_with(|| {
+                    let bar = bars.add(ProgressBar::new_spinner());
+                    bar.set_style(style.clone());
+                    bar.set_prefix(output::escape(stage).into_owned());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                    (bar, Instant::now())
+                })
+                .clone()
+        };
+        match event {
+            Event::StageStart { stage, items, .. } => {
+                bar(stage)
+                    .0
+                    .set_message(format!("running ({} runs)", items.len()));
+            }
+            Event::ItemStart {
+                stage,
+                item,
+                attempt,
+                agent,
+                ..
+            } => bar(stage).0.set_message(format!(
+                "run {item} attempt {attempt}: agent {}",
+                output::escape(agent)
+            )),
+            Event::GateOpen { stage, message, .. } => bar(stage).0.set_message(format!(
+                "waiting: {}; `warden pipeline approve {run} {stage}` or `reject`",
+                output::escape(message)
+            )),
+            Event::StageEnd {
+                stage,
+                outcome,
+                message,
+                ..
+            } => {
+                let (b, began) = bar(stage);
+                let why = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", output::escape(message))
+                };
+                b.finish_with_message(format!(
+                    "{}{why} ({:.1}s)",
+                    outcome.as_str(),
+                    began.elapsed().as_secs_f64()
+                ));
+            }
+            Event::End { outcome } => {
+                let _ = bars.println(format!("pipeline {outcome}"));
+            }
+            _ => {}
+        }
     })
 }
 

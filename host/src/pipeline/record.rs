@@ -109,6 +109,17 @@ pub enum Event {
         /// The agent that runs.
         agent: String,
     },
+    /// An interrupted run of a stage goes on (its journal fed back, then live).
+    ItemResume {
+        /// The stage.
+        stage: String,
+        /// The round.
+        round: u32,
+        /// The element's index.
+        item: usize,
+        /// The run.
+        run_id: String,
+    },
     /// One run of a stage ended.
     ItemEnd {
         /// The stage.
@@ -220,6 +231,7 @@ impl Event {
             Event::Resume { .. } => "pipeline.resume",
             Event::StageStart { .. } => "pipeline.stage.start",
             Event::ItemStart { .. } => "pipeline.item.start",
+            Event::ItemResume { .. } => "pipeline.item.resume",
             Event::ItemEnd { .. } => "pipeline.item.end",
             Event::StageEnd { .. } => "pipeline.stage.end",
             Event::GateOpen { .. } => "pipeline.gate.open",
@@ -246,6 +258,12 @@ impl Event {
                 agent,
                 ..
             } => format!("stage `{stage}` run {item} attempt {attempt}: agent `{agent}`"),
+            Event::ItemResume {
+                stage,
+                item,
+                run_id,
+                ..
+            } => format!("stage `{stage}` run {item} resumes {run_id}"),
             Event::ItemEnd {
                 stage,
                 item,
@@ -492,7 +510,7 @@ impl RunView {
     /// Apply one event, as the fold does.
     pub(crate) fn apply_event(&mut self, at: &str, event: &Event) {
         match event {
-            Event::Start { .. } => {}
+            Event::Start { .. } | Event::ItemResume { .. } => {}
             Event::Resume { host, pid } => {
                 self.host.clone_from(host);
                 self.pid = *pid;

@@ -501,7 +501,10 @@ async fn record_row_as(
 fn must_commit(event: &Event) -> bool {
     !matches!(
         event,
-        Event::StageStart { .. } | Event::ItemEnd { .. } | Event::StageEnd { .. }
+        Event::StageStart { .. }
+            | Event::ItemResume { .. }
+            | Event::ItemEnd { .. }
+            | Event::StageEnd { .. }
     )
 }
 
@@ -1170,6 +1173,13 @@ impl Runner {
                         .run_id
                         .clone()
                         .unwrap_or_default();
+                    self.record(Event::ItemResume {
+                        stage: self.pipeline.stages[stage].name.clone(),
+                        round: self.round(stage),
+                        item,
+                        run_id: run_id.clone(),
+                    })
+                    .await?;
                     self.jobs.spawn(async move {
                         let result = match host.resume_prepared(*prepared).await {
                             Ok(report) => ItemResult::of_report(&report),
