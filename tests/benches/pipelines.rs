@@ -136,15 +136,15 @@ async fn main() {
         p.as_secs_f64() * 1e3 / 100.0
     );
 
-    // A pipeline whose host is SIGKILLed once its first stage ended (its second takes 300
-    // ms), resumed here.
+    // A pipeline whose host is SIGKILLed once its first stage ended (its second takes a
+    // second), resumed here.
     host.register_agent("slow", Tier::Operator, Some(&agent("probe")), "bench")
         .unwrap();
     let bin = warden_tests::warden_bin();
     let file = dir.path().join("killed.yaml");
     std::fs::write(
         &file,
-        "pipeline:\n  name: killed\n  stages:\n    - s0: {agent: hello-0, artifacts: [hello.txt]}\n    - s1: {agent: slow, objective: \"probe: sleep 300\"}\n    - s2: {agent: hello-0, artifacts: [hello.txt]}\n",
+        "pipeline:\n  name: killed\n  stages:\n    - s0: {agent: hello-0, artifacts: [hello.txt]}\n    - s1: {agent: slow, objective: \"probe: sleep 1000\"}\n    - s2: {agent: hello-0, artifacts: [hello.txt]}\n",
     )
     .unwrap();
     let mut resumes = Vec::new();
@@ -166,14 +166,22 @@ async fn main() {
             .spawn()
             .unwrap();
         let run = loop {
-            let runs = host.pipeline_runs(100).unwrap();
-            if let Some(r) = runs.iter().find(|r| !before.contains(&r.run_id))
-                && r.stages.get("s0").is_some_and(|s| s.status.is_ended())
-            {
-                break r.run_id.clone();
+            let newest = host.pipeline_runs(1).unwrap();
+            if let Some(r) = newest.into_iter().find(|r| !before.contains(&r.run_id)) {
+                break r.run_id;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        // Killed while its slow stage runs.
+        while host
+            .pipeline_run(&run)
+            .unwrap()
+            .stages
+            .get("s1")
+            .is_none_or(|s| s.items.first().is_none_or(|i| i.run_id.is_none()))
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         let first_live: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));

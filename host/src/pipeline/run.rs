@@ -493,15 +493,18 @@ async fn record_row_as(
     }
 }
 
-/// Whether an event must be committed before the runner goes on. A stage's start and a run's
-/// or a stage's end need not be: the writer commits rows in order, so the next durable row
-/// (the next run's start, a gate, the run's end) commits them first, and a host killed before
-/// that leaves a record a resume reads right: a stage not started is started, a run whose end
-/// is missing is read from its `runs` row, a stage whose end is missing is ended again.
+/// Whether an event must be committed before the runner goes on. A stage's start, a run's
+/// start and end, and a stage's end need not be: the writer commits rows in order, so the next
+/// durable row commits them first — for a run's start, the `packet.submit` row its run writes
+/// before anything of it happens. A host killed before that leaves a record a resume reads
+/// right: a stage or a run not started is started (nothing of it ran), a run whose end is
+/// missing is read from its `runs` row, a stage whose end is missing is ended again. What a
+/// person or another process acts on (a gate, a retry, a cancel, the run's end) is committed.
 fn must_commit(event: &Event) -> bool {
     !matches!(
         event,
         Event::StageStart { .. }
+            | Event::ItemStart { .. }
             | Event::ItemResume { .. }
             | Event::ItemEnd { .. }
             | Event::StageEnd { .. }
@@ -932,50 +935,19 @@ impl Runner {
         match &stage.kind {
             StageKind::Agent(a) => {
                 let items = match &a.for_each {
-                    None => vec![Json::Null],
-                    Some(ForEach::List(items)) => items.clone(),
-                    Some(ForEach::Expr(e)) => {
-                        match e.eval(&schedule::scope(&self.pipeline, &self.view, i, None)) {
-                            Ok(Json::Array(items)) if items.len() <= MAX_FAN_OUT => items,
-                            Ok(Json::Array(items)) => {
-                                let why = format!(
-                                    "`for_each` gave {} elements; at most {MAX_FAN_OUT}",
-                                    items.len()
-                                );
-                                return self
-                                    .end_stage(
-                                        i,
-                                        Outcome::Failed,
-                                        Some("STAGE_INVALID".into()),
-                                        why,
-                                    )
-                                    .await;
-                            }
-                            Ok(other) => {
-                                let why = format!(
-                                    "`for_each: ${{{{ {} }}}}` gave `{other}`, not a list",
-                                    e.source()
-                                );
-                                return self
-                                    .end_stage(
-                                        i,
-                                        Outcome::Failed,
-                                        Some("STAGE_INVALID".into()),
-                                        why,
-                                    )
-                                    .await;
-                            }
-                            Err(why) => {
-                                return self
-                                    .end_stage(
-                                        i,
-                                        Outcome::Failed,
-                                        Some("STAGE_INVALID".into()),
-                                        why,
-                                    )
-                                    .await;
-                            }
-                        }
+                    None => Ok(vec![Json::Null]),
+                    Some(ForEach::List(items)) => Ok(items.clone()),
+                    Some(ForEach::Expr(e)) => fan_out(
+                        e,
+                        e.eval(&schedule::scope(&self.pipeline, &self.view, i, None)),
+                    ),
+                };
+                let items = match items {
+                    Ok(items) => items,
+                    Err(why) => {
+                        return self
+                            .end_stage(i, Outcome::Failed, Some("STAGE_INVALID".into()), why)
+                            .await;
                     }
                 };
                 if items.is_empty() {
@@ -1764,6 +1736,21 @@ impl Runner {
             artifacts: BTreeMap::new(),
         })
         .await
+    }
+}
+
+/// The elements a `for_each: ${{ e }}` gave: a list of at most [`MAX_FAN_OUT`].
+fn fan_out(e: &super::expr::Expr, value: Result<Json, String>) -> Result<Vec<Json>, String> {
+    match value? {
+        Json::Array(items) if items.len() <= MAX_FAN_OUT => Ok(items),
+        Json::Array(items) => Err(format!(
+            "`for_each` gave {} elements; at most {MAX_FAN_OUT}",
+            items.len()
+        )),
+        other => Err(format!(
+            "`for_each: ${{{{ {} }}}}` gave `{other}`, not a list",
+            e.source()
+        )),
     }
 }
 
