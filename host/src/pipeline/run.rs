@@ -631,6 +631,8 @@ struct Runner {
     cancelled: Arc<AtomicBool>,
     /// The last ledger row read for others' events (a cancel).
     seen_seq: u64,
+    /// Restarted runs that may wait for a dead run's lock, until when.
+    lock_waits: HashMap<(usize, usize), std::time::Instant>,
 }
 
 impl Runner {
@@ -670,6 +672,7 @@ impl Runner {
             jobs: JoinSet::new(),
             cancelled: Arc::new(AtomicBool::new(false)),
             seen_seq: 0,
+            lock_waits: HashMap::new(),
         }
     }
 
@@ -802,12 +805,19 @@ impl Runner {
         };
         let id = RunId::new(run_id)?;
         match self.host.ledger().run(&id)? {
-            // Killed before its run began: start it again.
-            None => self.queue.push(Job::Item {
-                stage: i,
-                item: n,
-                attempt: item.attempt,
-            }),
+            // Killed before its run's row was written: start it again. Its BOOTSTRAP may have
+            // taken the agent's lock, which then outlives it by up to the lock's TTL: until
+            // then the restart waits for the lock instead of failing.
+            None => {
+                let ttl = self.host.tiers().defaults.lock_ttl;
+                self.lock_waits
+                    .insert((i, n), std::time::Instant::now() + ttl + POLL * 10);
+                self.queue.push(Job::Item {
+                    stage: i,
+                    item: n,
+                    attempt: item.attempt,
+                });
+            }
             Some(row) if row.status == "running" => {
                 let prepared = self
                     .host
@@ -1574,6 +1584,24 @@ impl Runner {
     ) -> Result<(), Error> {
         let name = self.pipeline.stages[stage].name.clone();
         let round = self.round(stage);
+        // A restarted run refused the lock of the run it replaces, whose process is gone.
+        if result.code.as_deref() == Some("CANNOT_ACQUIRE_LOCK")
+            && self
+                .lock_waits
+                .get(&(stage, item))
+                .is_some_and(|until| std::time::Instant::now() < *until)
+        {
+            self.later(
+                POLL * 5,
+                Job::Item {
+                    stage,
+                    item,
+                    attempt,
+                },
+            );
+            return Ok(());
+        }
+        self.lock_waits.remove(&(stage, item));
         let retry = result.outcome == Outcome::Failed
             && !matches!(self.pipeline.stages[stage].kind, StageKind::Task(_))
             && self.retries(stage, attempt, result.code.as_deref())
