@@ -52,6 +52,30 @@ async fn direct(host: &Host, agents: &[String], runs: usize, bytes: &[u8], tag: 
     started.elapsed()
 }
 
+/// `direct`, each run in a task of its own on the runtime, as a pipeline's runner starts them.
+async fn spawned(host: &Host, agent: &str, runs: usize, bytes: &[u8], tag: &str) -> Duration {
+    let bytes: std::sync::Arc<[u8]> = bytes.into();
+    let started = Instant::now();
+    for _ in 0..runs {
+        let (host, agent, bytes) = (host.clone(), agent.to_string(), bytes.clone());
+        let p = packet(
+            &agent,
+            &format!("spawned-{tag}"),
+            "greet",
+            &["hello.txt"],
+            json!({}),
+        );
+        tokio::spawn(async move {
+            host.submit_packet(&p).await.unwrap();
+            let report = host.run(&agent, &bytes).await.unwrap();
+            assert!(report.outcome.is_success(), "{report:?}");
+        })
+        .await
+        .unwrap();
+    }
+    started.elapsed()
+}
+
 async fn piped(host: &Host, yaml: &str) -> Duration {
     let pipeline = host.load_pipeline(yaml, "bench.yaml").unwrap();
     let started = Instant::now();
@@ -108,12 +132,13 @@ async fn main() {
     println!("## pipelines (embedded store, file ledger; medians of {ROUNDS} rounds)\n");
     println!("| measure | pipeline | direct | ratio | per stage |");
     println!("|---|---|---|---|---|");
-    let (mut p10, mut d10) = (Vec::new(), Vec::new());
+    let (mut p10, mut d10, mut s10) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         d10.push(direct(&host, &agents[..1], 10, &bytes, &format!("seq{round}")).await);
+        s10.push(spawned(&host, &agents[0], 10, &bytes, &format!("seq{round}")).await);
         p10.push(piped(&host, &sequential(10)).await);
     }
-    let (p, d) = (median(p10), median(d10));
+    let (p, d, s) = (median(p10), median(d10), median(s10));
     let per_stage = p.saturating_sub(d) / 10;
     println!(
         "| 10 sequential stages of hello | {:.1} ms | {:.1} ms | {:.2}x | +{:.2} ms (target < 1 ms) |",
@@ -121,6 +146,12 @@ async fn main() {
         d.as_secs_f64() * 1e3,
         p.as_secs_f64() / d.as_secs_f64(),
         per_stage.as_secs_f64() * 1e3
+    );
+    println!(
+        "| the same 10 runs, each spawned on the runtime | | {:.1} ms | {:.2}x of direct | +{:.2} ms |",
+        s.as_secs_f64() * 1e3,
+        s.as_secs_f64() / d.as_secs_f64(),
+        s.saturating_sub(d).as_secs_f64() * 1e3 / 10.0
     );
 
     let (mut pd, mut dd) = (Vec::new(), Vec::new());
@@ -199,7 +230,7 @@ async fn main() {
         let observer: warden::pipeline::Observer = Arc::new(move |_run: &str, event: &Event| {
             if matches!(
                 event,
-                Event::ItemStart { .. } | Event::StageStart { .. } | Event::ItemEnd { .. }
+                Event::ItemStart { .. } | Event::StageStart { .. } | Event::ItemResume { .. }
             ) {
                 seen.lock().get_or_insert_with(Instant::now);
             }
