@@ -774,6 +774,8 @@ pub struct TierChangeRequest {
     pub proposer: String,
     /// See `proposer`.
     pub run: String,
+    /// The proposer's task.
+    pub task: String,
     /// When it was proposed.
     pub proposed_at: String,
     /// `pending`, `approved` or `rejected`.
@@ -829,6 +831,7 @@ impl Host {
                     reason: text("reason"),
                     proposer: text("proposer"),
                     run: text("run"),
+                    task: row.task_id.clone().unwrap_or_default(),
                     proposed_at: row.timestamp.clone(),
                     status: decision.map_or_else(|| "pending".to_string(), |(s, _)| s.clone()),
                     decided_by: decision.map(|(_, by)| by.clone()),
@@ -858,24 +861,8 @@ impl Host {
                     "no tier change request `{request}`; `warden agents changes` lists them"
                 ))
             })?;
-        let task = self
-            .ledger()
-            .query(&crate::ledger::LedgerQuery {
-                kind: Some(crate::capabilities::PROPOSE.to_string()),
-                agent_id: Some(found.proposer.clone()),
-                descending: true,
-                limit: Some(10_000),
-                ..crate::ledger::LedgerQuery::default()
-            })?
-            .into_iter()
-            .find(|row| {
-                row.fields
-                    .get("details")
-                    .and_then(serde_json::Value::as_str)
-                    .is_some_and(|d| d.contains(request))
-            })
-            .and_then(|row| row.task_id)
-            .unwrap_or_else(|| "governance".to_string());
+        // The decision is kept under the proposer's task, as a gate's under its run.
+        let task = found.task.clone();
         let decision = crate::packet::GateDecision {
             run: TaskId::new(&task)?,
             stage: request.to_string(),

@@ -680,6 +680,11 @@ impl RunView {
         }
     }
 
+    /// A stage's status, without copying its view; a stage no row names is pending.
+    pub fn status(&self, name: &str) -> Status {
+        self.stages.get(name).map_or(Status::Pending, |s| s.status)
+    }
+
     /// A stage's view; a stage no row names is pending.
     pub fn stage_view(&self, name: &str) -> StageView {
         self.stages

@@ -608,6 +608,15 @@ impl ItemResult {
         }
     }
 
+    fn succeeded(message: String) -> ItemResult {
+        ItemResult {
+            outcome: Outcome::Success,
+            code: None,
+            message,
+            artifacts: BTreeMap::new(),
+        }
+    }
+
     fn failed(code: &str, message: String) -> ItemResult {
         ItemResult {
             outcome: Outcome::Failed,
@@ -744,12 +753,7 @@ impl Runner {
                             if view.items.first().is_some_and(|it| it.run_id.is_some()) =>
                         {
                             let result = if success {
-                                ItemResult {
-                                    outcome: Outcome::Success,
-                                    code: None,
-                                    message: String::new(),
-                                    artifacts: BTreeMap::new(),
-                                }
+                                ItemResult::succeeded(String::new())
                             } else {
                                 ItemResult::failed(
                                     "TASK_FAILED",
@@ -843,12 +847,7 @@ impl Runner {
             Some(row) => {
                 // It ended; the row of its end was not written.
                 let mut result = if row.status == "completed" {
-                    ItemResult {
-                        outcome: Outcome::Success,
-                        code: None,
-                        message: String::new(),
-                        artifacts: BTreeMap::new(),
-                    }
+                    ItemResult::succeeded(String::new())
                 } else {
                     ItemResult::failed(
                         row.outcome.as_deref().unwrap_or("FAILED"),
@@ -1441,12 +1440,9 @@ impl Runner {
                 host.orchestrate(&spec).await
             };
             let result = match metrics {
-                Ok(m) if m.success => ItemResult {
-                    outcome: Outcome::Success,
-                    code: None,
-                    message: format!("consensus {}", m.consensus_result),
-                    artifacts: BTreeMap::new(),
-                },
+                Ok(m) if m.success => {
+                    ItemResult::succeeded(format!("consensus {}", m.consensus_result))
+                }
                 Ok(m) => ItemResult::failed(
                     "TASK_FAILED",
                     format!(

@@ -29,15 +29,17 @@ pub(crate) fn stopping(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Opti
     if timed_out(view, now_ms) {
         return Some("the pipeline's timeout passed".into());
     }
-    pipeline.stages.iter().filter(|s| !s.finally).find_map(|s| {
-        match view.stage_view(&s.name).status {
+    pipeline
+        .stages
+        .iter()
+        .filter(|s| !s.finally)
+        .find_map(|s| match view.status(&s.name) {
             Status::Ended(Outcome::Rejected) => Some(format!("gate `{}` was rejected", s.name)),
             Status::Ended(Outcome::Failed) if s.on_failure != OnFailure::Continue => {
                 Some(format!("stage `{}` failed", s.name))
             }
             _ => None,
-        }
-    })
+        })
 }
 
 /// The steps that can be taken now: every pending stage whose stages it waits for have
@@ -46,13 +48,13 @@ pub(crate) fn next(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Vec<Step
     let stop = stopping(pipeline, view, now_ms);
     let mut steps = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        if view.stage_view(&stage.name).status != Status::Pending {
+        if view.status(&stage.name) != Status::Pending {
             continue;
         }
         let ready = stage
             .needs
             .iter()
-            .all(|&j| view.stage_view(&pipeline.stages[j].name).status.is_ended());
+            .all(|&j| view.status(&pipeline.stages[j].name).is_ended());
         if !ready {
             continue;
         }
@@ -84,7 +86,7 @@ pub(crate) fn finished(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Opti
     let all_ended = pipeline
         .stages
         .iter()
-        .all(|s| view.stage_view(&s.name).status.is_ended());
+        .all(|s| view.status(&s.name).is_ended());
     if !all_ended {
         return None;
     }
@@ -92,22 +94,20 @@ pub(crate) fn finished(pipeline: &Pipeline, view: &RunView, now_ms: u64) -> Opti
         return Some("cancelled");
     }
     let failed = |s: &super::spec::Stage| {
-        view.stage_view(&s.name).status == Status::Ended(Outcome::Failed)
+        view.status(&s.name) == Status::Ended(Outcome::Failed)
             && (s.finally || s.on_failure != OnFailure::Continue)
     };
     if pipeline.stages.iter().any(|s| {
         matches!(s.kind, StageKind::Gate(_))
-            && view.stage_view(&s.name).status == Status::Ended(Outcome::Rejected)
+            && view.status(&s.name) == Status::Ended(Outcome::Rejected)
     }) {
         return Some("rejected");
     }
     // Stages the deadline kept from starting, or cut mid-run.
     let cut = pipeline.stages.iter().any(|s| {
-        let v = view.stage_view(&s.name);
-        v.code.as_deref() == Some(TIMEOUT)
-            || (timed_out(view, now_ms)
-                && !s.finally
-                && v.code.as_deref() == Some("DEADLINE_EXCEEDED"))
+        let code = view.stages.get(&s.name).and_then(|v| v.code.as_deref());
+        code == Some(TIMEOUT)
+            || (timed_out(view, now_ms) && !s.finally && code == Some("DEADLINE_EXCEEDED"))
     });
     if cut {
         return Some("timed_out");
