@@ -75,6 +75,8 @@ pub(crate) struct Services {
     pub call_durability: CallDurability,
     /// Rung on every message sent in this process, so a waiting `receive` wakes at once.
     pub coordination_bell: tokio::sync::Notify,
+    /// Where agents' HTTP requests are sent from (`capabilities/http.rs` decides).
+    pub egress: crate::egress::Connector,
 }
 
 /// The backends and settings [`Services`] are made of.
@@ -90,6 +92,7 @@ pub(crate) struct ServiceParts {
     pub host_id: String,
     pub data_dir: Option<PathBuf>,
     pub call_durability: CallDurability,
+    pub egress: crate::egress::Connector,
 }
 
 impl Services {
@@ -108,6 +111,7 @@ impl Services {
             data_dir: parts.data_dir,
             call_durability: parts.call_durability,
             coordination_bell: tokio::sync::Notify::new(),
+            egress: parts.egress,
         }
     }
 

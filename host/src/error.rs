@@ -88,14 +88,15 @@ pub enum Refusal {
         why: String,
     },
     #[error(
-        "IMPORT_ABOVE_TIER: agent `{agent}` imports `warden:agent/{interface}`, which tier {tier} does not grant; lowest tier granting it: {}",
+        "IMPORT_ABOVE_TIER: agent `{agent}` imports `{interface}`, which tier {tier} does not grant; lowest tier granting it: {}",
         lowest.map_or("none".to_string(), |t| t.to_string())
     )]
-    /// The component imports a `warden:agent` interface its tier does not grant.
+    /// The component imports a governed interface (of `warden:agent`, or `wasi:http`) its
+    /// tier does not grant.
     ImportAboveTier {
         /// The agent being run.
         agent: String,
-        /// The interface's short name (`secrets`), without `warden:agent/`.
+        /// The interface (`warden:agent/secrets`, `wasi:http`).
         interface: String,
         /// The agent's tier.
         tier: Tier,

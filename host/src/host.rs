@@ -43,6 +43,7 @@ pub struct HostBuilder {
     host_id: Option<String>,
     call_durability: CallDurability,
     health_interval: Option<std::time::Duration>,
+    http_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl HostBuilder {
@@ -114,8 +115,23 @@ impl HostBuilder {
         self
     }
 
+    /// Certificate authorities agents' HTTPS requests trust besides the Mozilla roots
+    /// (`webpki-roots`), DER-encoded: an operator's own CA. Default: none.
+    pub fn http_roots(
+        mut self,
+        roots: impl IntoIterator<Item = rustls::pki_types::CertificateDer<'static>>,
+    ) -> Self {
+        self.http_roots.extend(roots);
+        self
+    }
+
     /// Open the backends and start the engine.
     pub fn build(self) -> Result<Host, Error> {
+        let egress =
+            crate::egress::Connector::new(&self.http_roots).map_err(|e| Error::Config {
+                origin: "`http_roots`".into(),
+                message: format!("a certificate cannot be trusted: {e}"),
+            })?;
         let tiers = match self.tiers {
             Some(tiers) => tiers,
             None => TierTable::builtin()?,
@@ -170,6 +186,7 @@ impl HostBuilder {
             host_id,
             data_dir: self.data_dir,
             call_durability: self.call_durability,
+            egress,
         });
         Ok(Host {
             services: Arc::new(services),

@@ -2,7 +2,8 @@
 //!
 //! [`with_capabilities!`] is the capability registry: one row per capability, naming its
 //! [`Interface`] variant and its module (which is also its WIT interface name and its section
-//! of the tier table). The enum here and the link-and-grant table of
+//! of the tier table). A row marked `(wasi)` is a WASI interface the host implements with a
+//! governed hook (`http`: `wasi:http/outgoing-handler`), not one of `warden:agent`. The enum here and the link-and-grant table of
 //! [`capabilities`](crate::capabilities) are both expanded from it, so a capability is added in
 //! one place.
 
@@ -24,14 +25,16 @@ macro_rules! with_capabilities {
             Tools => tools,
             Secrets => secrets,
             Governance => governance,
+            Http => http (wasi),
         }
     };
 }
 pub(crate) use with_capabilities;
 
 macro_rules! define_interface {
-    ($($variant:ident => $module:ident),* $(,)?) => {
-        /// A WIT interface of `warden:agent` an agent can import.
+    ($($variant:ident => $module:ident $(($kind:ident))?),* $(,)?) => {
+        /// A governed interface an agent can import: one of `warden:agent`, or a WASI one the
+        /// host links through a governed hook ([`Interface::is_wasi`]).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Interface {
             $(
@@ -50,6 +53,13 @@ macro_rules! define_interface {
                     $(Interface::$variant => stringify!($module),)*
                 }
             }
+
+            /// Whether it is a WASI interface (`wasi:http`) rather than one of `warden:agent`.
+            pub fn is_wasi(self) -> bool {
+                match self {
+                    $(Interface::$variant => stringify!($($kind)?) == "wasi",)*
+                }
+            }
         }
     };
 }
@@ -61,9 +71,25 @@ impl Interface {
         Interface::ALL.iter().copied().find(|i| i.name() == name)
     }
 
-    /// The fully qualified import name (`warden:agent/secrets@0.1.0`).
+    /// The fully qualified import name (`warden:agent/secrets@0.1.0`; `wasi:http/outgoing-handler`
+    /// for a WASI interface, whose version is any `0.2.x`).
     pub fn qualified(self) -> String {
+        if self.is_wasi() {
+            return format!("wasi:{}/outgoing-handler", self.name());
+        }
         format!("warden:agent/{}@0.1.0", self.name())
+    }
+
+    /// The governed interface a WASI import (`wasi:http/types@0.2.6`) belongs to, if any.
+    pub fn from_wasi_import(name: &str) -> Option<Interface> {
+        let (interface, version) = name.split_once('@')?;
+        if !version.starts_with("0.2.") {
+            return None;
+        }
+        match interface {
+            "wasi:http/outgoing-handler" | "wasi:http/types" => Some(Interface::Http),
+            _ => None,
+        }
     }
 
     fn bit(self) -> u32 {
@@ -73,6 +99,9 @@ impl Interface {
 
 impl fmt::Display for Interface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_wasi() {
+            return write!(f, "wasi:{}", self.name());
+        }
         write!(f, "warden:agent/{}", self.name())
     }
 }

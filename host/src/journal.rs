@@ -394,6 +394,13 @@ impl Journal {
         self.halted.store(true, Ordering::Release);
     }
 
+    /// Stop the guest: something it did cannot be answered from the journal (an HTTP request
+    /// while the journal is fed back). The first reason stays.
+    pub fn halt_because(&self, reason: String) {
+        let mut state = self.state.lock();
+        self.halt(&mut state, reason);
+    }
+
     /// Before a call: whether it runs live, is answered from the journal, or is halted.
     pub fn begin(&self, op: &str, args: &CallArgs) -> Begin {
         let mut state = self.state.lock();

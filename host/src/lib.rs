@@ -38,6 +38,7 @@ mod clock;
 pub mod config;
 mod context;
 mod duration;
+mod egress;
 mod error;
 mod fault;
 mod governance;

@@ -252,6 +252,8 @@ impl crate::Host {
             host_id: "replay".to_string(),
             data_dir: None,
             call_durability: CallDurability::Batched,
+            // A replay never sends a request (the send hook halts it); the connector is inert.
+            egress: self.services.egress.clone(),
         }))
     }
 }

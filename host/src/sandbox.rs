@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::ArchitectPre;
 use crate::bindings::warden::agent::types as wit;
-use crate::capabilities::{AgentCtx, WorkspaceQuota, raise_open_file_limit, tier_linker};
+use crate::capabilities::{AgentCtx, Egress, WorkspaceQuota, raise_open_file_limit, tier_linker};
 use crate::context::{RunShared, Services};
 use crate::error::{Error, Refusal};
 use crate::governance::{Governor, host_subject};
@@ -98,7 +98,7 @@ impl Sandbox {
         imports::check(&summary, tier, tiers).map_err(|refusal| match refusal {
             ImportRefusal::AboveTier { interface, lowest } => Refusal::ImportAboveTier {
                 agent: agent.to_string(),
-                interface: interface.name().to_string(),
+                interface: interface.to_string(),
                 tier,
                 lowest,
             },
@@ -195,6 +195,8 @@ impl Sandbox {
             gov: Governor::new(services.clone(), run.clone(), session),
             meter: Meter::new(deadline),
             quota: WorkspaceQuota::new(&run.workspace, policy),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            egress: Egress::new(services, run, deadline),
         };
         let mut store = Store::new(self.runtime.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limits);

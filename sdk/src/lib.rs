@@ -65,6 +65,7 @@
 //! | [`tools`]      | operator-registered tools                  | T1 (check mode) |
 //! | [`secrets`]    | secrets scoped by tier                     | T3        |
 //! | [`governance`] | read policy, propose tier changes          | T4        |
+//! | [`http`]       | outbound HTTP to the tier's allowed hosts  | T2 (`[tiers.T2.http] allow`) |
 //!
 //! Every call returns [`Error`] when the host refuses it; refusals count against the
 //! agent's error budget.
@@ -85,6 +86,7 @@ pub mod artifacts;
 pub mod blackboard;
 pub mod consensus;
 pub mod governance;
+pub mod http;
 pub mod ledger;
 pub mod llm;
 pub mod messaging;
@@ -124,6 +126,7 @@ pub use error::{AgentError, Error};
 pub mod prelude {
     pub use crate::{Agent, AgentError, Error, Outcome, Packet, Plan, Report, Tier, Verification};
     pub use crate::{
-        artifacts, blackboard, consensus, governance, ledger, llm, messaging, secrets, state, tools,
+        artifacts, blackboard, consensus, governance, http, ledger, llm, messaging, secrets, state,
+        tools,
     };
 }

@@ -24,6 +24,7 @@ pub const AGENTS: &[&str] = &[
     "gamma",
     "architect",
     "specialist",
+    "fetcher",
 ];
 
 fn main() -> Result<()> {

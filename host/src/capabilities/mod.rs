@@ -67,6 +67,10 @@ pub(crate) struct AgentCtx {
     pub meter: Meter,
     /// What the run holds against its tier's workspace and descriptor limits.
     pub quota: WorkspaceQuota,
+    /// `wasi:http`'s own state (linked only where the tier grants `http`).
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    /// The send hook every request of the run goes through.
+    pub egress: Egress,
 }
 
 impl WasiView for AgentCtx {
@@ -85,17 +89,26 @@ pub(crate) struct Capability {
     pub link: fn(&mut Linker<AgentCtx>) -> wasmtime::Result<()>,
 }
 
+/// How a registry row is linked: `warden:agent`'s bindings, or the module's own `link` for a
+/// WASI interface.
+macro_rules! link_row {
+    ($module:ident) => {
+        |linker| warden::agent::$module::add_to_linker::<_, HasSelf<AgentCtx>>(linker, |ctx| ctx)
+    };
+    ($module:ident wasi) => {
+        $module::link
+    };
+}
+
 macro_rules! registry {
-    ($($variant:ident => $module:ident),* $(,)?) => {
+    ($($variant:ident => $module:ident $(($kind:ident))?),* $(,)?) => {
         $(mod $module;)*
 
         /// Every capability, in registry order.
         pub(crate) const CAPABILITIES: &[Capability] = &[
             $(Capability {
                 interface: Interface::$variant,
-                link: |linker| {
-                    warden::agent::$module::add_to_linker::<_, HasSelf<AgentCtx>>(linker, |ctx| ctx)
-                },
+                link: link_row!($module $($kind)?),
             },)*
         ];
 
@@ -105,6 +118,7 @@ macro_rules! registry {
 }
 with_capabilities!(registry);
 
+pub(crate) use self::http::Egress;
 pub(crate) use artifacts::check_write as check_artifact_write;
 pub(crate) use governance::PROPOSE;
 pub(crate) use messaging::last_received;
@@ -549,16 +563,48 @@ mod agreement {
         let tiers = TierTable::builtin().unwrap();
         let component = component(
             &runtime,
-            r#"(import "wasi:io/poll@0.2.3" (instance)) (import "wasi:http/outgoing-handler@0.2.0" (instance))"#,
+            r#"(import "wasi:io/poll@0.2.3" (instance)) (import "wasi:keyvalue/store@0.2.0-draft" (instance))"#,
         );
         let summary = imports::summarize(runtime.engine(), &component);
         assert_eq!(summary.wasi, ["wasi:io/poll@0.2.3"]);
         assert_eq!(
             imports::check(&summary, Tier::Architect, &tiers),
             Err(ImportRefusal::Unknown {
-                import: "wasi:http/outgoing-handler@0.2.0".into()
+                import: "wasi:keyvalue/store@0.2.0-draft".into()
             })
         );
+    }
+
+    /// `wasi:http` is governed: linked, and admitted by the load gate, only at tiers with an
+    /// `[tiers.Tn.http]` section; below them the refusal names the lowest tier that links it.
+    #[test]
+    fn wasi_http_is_linked_and_admitted_only_where_the_tier_grants_http() {
+        let runtime = Runtime::new(None).unwrap();
+        let tiers = TierTable::builtin().unwrap();
+        let import = r#"(import "wasi:http/types@0.2.0" (instance (export "fields" (type (sub resource))))) (import "wasi:http/outgoing-handler@0.2.0" (instance))"#;
+        let component = component(&runtime, import);
+        let summary = imports::summarize(runtime.engine(), &component);
+        assert_eq!(summary.warden, [Interface::Http]);
+        assert!(summary.unknown.is_empty(), "{:?}", summary.unknown);
+        for tier in Tier::ALL {
+            let linker = tier_linker(runtime.engine(), tiers.policy(tier)).unwrap();
+            let linked = linker.instantiate_pre(&component).is_ok();
+            let admitted = imports::check(&summary, tier, &tiers);
+            if tier >= Tier::Builder {
+                assert!(linked, "{tier:?} does not link wasi:http");
+                assert_eq!(admitted, Ok(()), "{tier:?}");
+            } else {
+                assert!(!linked, "{tier:?} links wasi:http without an http section");
+                assert_eq!(
+                    admitted,
+                    Err(ImportRefusal::AboveTier {
+                        interface: Interface::Http,
+                        lowest: Some(Tier::Builder)
+                    }),
+                    "{tier:?}"
+                );
+            }
+        }
     }
 
     /// Each world of `wit/worlds.wit` imports exactly what its tier links.
@@ -586,6 +632,8 @@ mod agreement {
                 .policy(tier)
                 .interfaces
                 .iter()
+                // `wasi:http` is WASI's own package, not a `warden:agent` interface.
+                .filter(|i| !i.is_wasi())
                 .map(|i| i.name().to_string())
                 .collect();
             assert_eq!(

@@ -94,6 +94,7 @@ impl TestEnv {
             host_id: "test-host".into(),
             data_dir: None,
             call_durability: CallDurability::EveryCall,
+            egress: crate::egress::Connector::new(&[]).expect("tls configuration"),
         }));
         let mut agent = TestAgent::join(services, "agent-1", tier, packet).await;
         agent._workspace = Some(workspace);
@@ -164,13 +165,16 @@ impl TestAgent {
         } else {
             None
         };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let ctx = AgentCtx {
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
             limits: GuestLimits::new(policy.memory_bytes, policy.table_elements, policy.instances),
+            egress: super::Egress::new(&services, &run, deadline),
             gov: Governor::new(services.clone(), run, session),
-            meter: Meter::new(std::time::Instant::now() + std::time::Duration::from_secs(5)),
+            meter: Meter::new(deadline),
             quota: super::WorkspaceQuota::with_usage(policy, 0, 0),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
         };
         TestAgent {
             ctx,

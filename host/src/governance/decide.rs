@@ -40,6 +40,11 @@ pub(crate) enum ViolationKind {
     /// Past a tier limit on what an agent may hold on the host (workspace bytes or files,
     /// open descriptors).
     ResourceLimit,
+    /// An HTTP request to a place the tier's `[tiers.Tn.http] allow` does not list.
+    EgressDenied,
+    /// An HTTP request that would reach a blocked network (loopback, private, link-local,
+    /// metadata) no operator named: an attempt to leave the sandbox, a procedure violation.
+    NetworkEscape,
 }
 
 impl ViolationKind {
@@ -57,6 +62,8 @@ impl ViolationKind {
             ViolationKind::NotAVoter => "NOT_A_VOTER",
             ViolationKind::QuotaExceeded => "QUOTA_EXCEEDED",
             ViolationKind::ResourceLimit => "RESOURCE_LIMIT",
+            ViolationKind::EgressDenied => "EGRESS_DENIED",
+            ViolationKind::NetworkEscape => "NETWORK_ESCAPE",
         }
     }
 
@@ -64,7 +71,10 @@ impl ViolationKind {
     pub fn is_procedure(self) -> bool {
         matches!(
             self,
-            ViolationKind::Forbidden | ViolationKind::PathEscape | ViolationKind::HostOwned
+            ViolationKind::Forbidden
+                | ViolationKind::PathEscape
+                | ViolationKind::HostOwned
+                | ViolationKind::NetworkEscape
         )
     }
 

@@ -56,7 +56,7 @@ pub fn wasi_provided(name: &str) -> bool {
 /// What a component imports, classified.
 #[derive(Debug, Clone, Default)]
 pub struct ImportSummary {
-    /// `warden:agent` interfaces.
+    /// Governed interfaces: those of `warden:agent`, and `wasi:http` (as [`Interface::Http`]).
     pub warden: Vec<Interface>,
     /// WASI interfaces the host provides.
     pub wasi: Vec<String>,
@@ -81,7 +81,12 @@ pub fn summarize(engine: &Engine, component: &Component) -> ImportSummary {
     let mut summary = ImportSummary::default();
     for (name, _) in component.component_type().imports(engine) {
         if name.starts_with("wasi:") {
-            if wasi_provided(name) {
+            // `wasi:http` is governed: linked only where the tier grants `http`.
+            if let Some(interface) = Interface::from_wasi_import(name) {
+                if !summary.warden.contains(&interface) {
+                    summary.warden.push(interface);
+                }
+            } else if wasi_provided(name) {
                 summary.wasi.push(name.to_string());
             } else {
                 summary.unknown.push(name.to_string());

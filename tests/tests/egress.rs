@@ -1,0 +1,435 @@
+//! Governed egress end to end: the `fetcher` agent's `wasi:http` requests against a real HTTP
+//! server on loopback, under tier tables that allow it by IP literal (an operator naming the
+//! address), and the refusals: not on the list, a name resolving into loopback, above the
+//! tier, PLAN's read-only rule, the packet's `forbidden`, the body and request-count bounds.
+//! A refused request never reaches the server.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure is a failed test, with the value in the message"
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use warden::ledger::{LedgerQuery, Table};
+use warden::{Host, RunOutcome, Tier, TierTable};
+use warden_tests::{agent, packet, violations};
+
+/// A plain HTTP/1.1 server on a free loopback port: `/hello`, `/echo` (the body back),
+/// `/redirect` (302 to `/hello`), `/big` (5 MiB). It counts the requests it got.
+struct Server {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn server() -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buffer.len() < head_end + length {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                let body = buffer[head_end..].to_vec();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let (status, extra, body) = match path.as_str() {
+                    "/hello" => (
+                        "200 OK",
+                        String::new(),
+                        b"hello from the test server".to_vec(),
+                    ),
+                    "/echo" => ("200 OK", String::new(), body),
+                    "/redirect" => ("302 Found", "location: /hello\r\n".to_string(), Vec::new()),
+                    "/big" => ("200 OK", String::new(), vec![b'x'; 5 << 20]),
+                    _ => ("404 Not Found", String::new(), Vec::new()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    Server { port, hits }
+}
+
+/// The shipped table with `[tiers.T2..T4.http]` set to `http` (every other key as shipped).
+fn tiers(http: &str) -> TierTable {
+    let mut text = warden::policy::BUILTIN_TIERS_TOML.to_string();
+    for tier in ["T2", "T3", "T4"] {
+        let header = format!("[tiers.{tier}.http]\n");
+        let start = text.find(&header).unwrap() + header.len();
+        let end = start + text[start..].find("\n[").unwrap() + 1;
+        text.replace_range(start..end, &format!("{http}\n"));
+    }
+    TierTable::from_toml_str(&text).unwrap()
+}
+
+fn host(http: &str) -> Host {
+    Host::builder().tiers(tiers(http)).build().unwrap()
+}
+
+/// Run the fetcher as `id` at `tier` with `objective`; the report and `fetched.txt`'s lines.
+async fn fetch(
+    host: &Host,
+    id: &str,
+    tier: Tier,
+    objective: &str,
+    extra: serde_json::Value,
+) -> (warden::RunReport, Vec<String>) {
+    let fetcher = agent("fetcher");
+    host.register_agent(id, tier, Some(&fetcher), "test")
+        .unwrap();
+    host.submit_packet(&packet(id, id, objective, &["fetched.txt"], extra))
+        .await
+        .unwrap();
+    let report = host.run(id, &fetcher).await.unwrap();
+    let lines = match host.artifact_ref(id, "fetched.txt").await.unwrap() {
+        Some(found) => String::from_utf8(host.artifact(&found.digest).unwrap().unwrap())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    (report, lines)
+}
+
+/// The `details` of the agent's `http.request` rows, as JSON, oldest first, allowed or not.
+fn requests(host: &Host, id: &str) -> Vec<(String, serde_json::Value)> {
+    host.ledger().flush().unwrap();
+    host.ledger()
+        .query(&LedgerQuery {
+            agent_id: Some(id.into()),
+            table: Some(Table::Actions),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == "http.request")
+        .map(|row| {
+            let decision = row.fields["decision"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let details = row.fields["details"]
+                .as_str()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(serde_json::Value::Null);
+            (decision, details)
+        })
+        .collect()
+}
+
+fn violation_messages(host: &Host, id: &str) -> Vec<String> {
+    host.ledger().flush().unwrap();
+    host.ledger()
+        .query(&LedgerQuery {
+            agent_id: Some(id.into()),
+            table: Some(Table::Violations),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            row.fields["details"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allowed_request_is_answered_and_recorded() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(r#"allow = ["http://127.0.0.1:{port}"]"#));
+    let (report, lines) = fetch(
+        &host,
+        "fetch-ok",
+        Tier::Builder,
+        &format!(
+            "fetch: GET http://127.0.0.1:{port}/hello; POST http://127.0.0.1:{port}/echo ping; GET http://127.0.0.1:{port}/redirect"
+        ),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(
+        lines,
+        [
+            format!("GET http://127.0.0.1:{port}/hello -> 200 26 hello from the test server"),
+            format!("POST http://127.0.0.1:{port}/echo ping -> 200 4 ping"),
+            // A redirect reaches the guest; the host does not follow it.
+            format!("GET http://127.0.0.1:{port}/redirect -> 302 0 "),
+        ]
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 3);
+    let rows = requests(&host, "fetch-ok");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let (decision, first) = &rows[0];
+    assert_eq!(decision, "allowed");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["scheme"], "http");
+    assert_eq!(first["host"], "127.0.0.1");
+    assert_eq!(first["port"], port);
+    assert_eq!(first["path"], "/hello");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["response_bytes"], 26);
+    assert_eq!(first["address"], format!("127.0.0.1:{port}"));
+    assert!(first["duration_ms"].is_u64());
+    assert_eq!(rows[1].1["request_bytes"], 4);
+    assert_eq!(rows[2].1["status"], 302);
+    assert!(violations(&host, "fetch-ok").is_empty());
+    let verified = host.ledger().verify().unwrap();
+    assert!(verified.broken.is_none() && verified.registry.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_are_violations_and_never_reach_the_network() {
+    let server = server().await;
+    let port = server.port;
+    // `localhost` is on the list, but it resolves to loopback, which no operator named.
+    let host = host(&format!(
+        r#"allow = ["http://127.0.0.1:{port}", "http://localhost:{port}"]"#
+    ));
+    let (report, lines) = fetch(
+        &host,
+        "fetch-refused",
+        Tier::Builder,
+        &format!("fetch: GET http://127.0.0.2:{port}/hello; GET http://localhost:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        violations(&host, "fetch-refused"),
+        ["EGRESS_DENIED", "NETWORK_ESCAPE"]
+    );
+    let messages = violation_messages(&host, "fetch-refused");
+    assert!(
+        messages[0].contains(&format!(
+            "`GET` to `http://127.0.0.2:{port}` refused: not in `[tiers.T2.http] allow`"
+        )) && messages[0].contains(&format!("`http://127.0.0.1:{port}`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("resolves to `127.0.0.1`, a loopback address")
+            && messages[1].contains("`[tiers.T2.http] allow_networks`"),
+        "{messages:?}"
+    );
+    // Reaching for loopback is a procedure violation: the first one revokes.
+    assert!(
+        matches!(report.outcome, RunOutcome::Revoked { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_names_a_blocked_network_for_a_name() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(
+        "allow = [\"http://localhost:{port}\"]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]"
+    ));
+    let (report, lines) = fetch(
+        &host,
+        "fetch-named",
+        Tier::Builder,
+        &format!("fetch: GET http://localhost:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(
+        lines,
+        [format!(
+            "GET http://localhost:{port}/hello -> 200 26 hello from the test server"
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_and_requests_per_run_are_bounded() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(
+        "allow = [\"http://127.0.0.1:{port}\"]\nmax_response_bytes = 1048576\nmax_request_bytes = 8"
+    ));
+    fetch(
+        &host,
+        "fetch-bounded",
+        Tier::Builder,
+        &format!(
+            "fetch: GET http://127.0.0.1:{port}/big; POST http://127.0.0.1:{port}/echo 0123456789"
+        ),
+        json!({}),
+    )
+    .await;
+    // The big response was read up to the bound (one hit) and refused; the long body never
+    // left the host.
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        violations(&host, "fetch-bounded"),
+        ["QUOTA_EXCEEDED", "QUOTA_EXCEEDED"]
+    );
+    let messages = violation_messages(&host, "fetch-bounded");
+    assert!(
+        messages[0].contains("larger than `[tiers.T2.http] max_response_bytes` (1048576 bytes)"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("larger than `[tiers.T2.http] max_request_bytes` (8 bytes)"),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_budget_of_a_run_is_counted() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(
+        "allow = [\"http://127.0.0.1:{port}\"]\nmax_requests_per_run = 1"
+    ));
+    let (report, lines) = fetch(
+        &host,
+        "fetch-budget",
+        Tier::Builder,
+        &format!("fetch: GET http://127.0.0.1:{port}/hello; GET http://127.0.0.1:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert!(
+        lines[1].ends_with("-> denied: HttpRequestDenied"),
+        "{lines:?}"
+    );
+    let messages = violation_messages(&host, "fetch-budget");
+    assert!(
+        messages[0]
+            .contains("request 2 of the run refused: `[tiers.T2.http] max_requests_per_run` is 1"),
+        "{messages:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_only_reads_and_the_packet_narrows_the_list() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(r#"allow = ["http://127.0.0.1:{port}"]"#));
+    let (report, _) = fetch(
+        &host,
+        "fetch-plan",
+        Tier::Builder,
+        &format!(
+            "fetch plan: POST http://127.0.0.1:{port}/echo x; GET http://127.0.0.1:{port}/hello"
+        ),
+        json!({}),
+    )
+    .await;
+    let steps = &report.plan_steps;
+    assert!(
+        steps[0].ends_with("-> denied: HttpRequestDenied"),
+        "{steps:?}"
+    );
+    assert!(steps[1].contains("-> 200 26"), "{steps:?}");
+    assert_eq!(violations(&host, "fetch-plan"), ["PHASE_DENIED"]);
+    assert!(
+        violation_messages(&host, "fetch-plan")[0]
+            .contains("PLAN only reads (`GET`, `HEAD`, `OPTIONS`)"),
+    );
+
+    // The packet's `forbidden` patterns see `http:<scheme>://<host>:<port><path>`.
+    let (report, _) = fetch(
+        &host,
+        "fetch-narrowed",
+        Tier::Builder,
+        &format!("fetch: GET http://127.0.0.1:{port}/hello; GET http://127.0.0.1:{port}/echo"),
+        json!({"constraints": {"forbidden": ["http:*/echo*"]}}),
+    )
+    .await;
+    assert_eq!(violations(&host, "fetch-narrowed"), ["FORBIDDEN_ACTION"]);
+    assert!(
+        matches!(report.outcome, RunOutcome::Revoked { .. }),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn below_the_tier_that_links_http_the_component_does_not_load() {
+    let host = host(r#"allow = ["https://api.github.com"]"#);
+    let fetcher = agent("fetcher");
+    let error = host
+        .register_agent("fetch-low", Tier::Operator, Some(&fetcher), "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("wasi:http") && error.contains("T2"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_list_that_allows_everything_is_refused_at_load() {
+    let text = warden::policy::BUILTIN_TIERS_TOML.replacen(
+        "allow = []                    # e.g.",
+        r#"allow = ["*"]                 # e.g."#,
+        1,
+    );
+    let error = TierTable::from_toml_str(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("tiers.T2.http") && error.contains("`*` would allow every host"),
+        "{error}"
+    );
+}
