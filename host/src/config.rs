@@ -17,6 +17,9 @@
 //! failure_threshold = 5              # consecutive failed calls that open it (default 5)
 //! open_for = "5s"                    # then calls fail fast this long before one probe (default 5s)
 //!
+//! [http]                             # agents' outbound HTTP (the tier table says where)
+//! roots = ["certs/internal-ca.pem"]  # CAs trusted besides Mozilla's roots (PEM)
+//!
 //! [health]                           # periodic backend checks (default: off)
 //! interval = "10s"                   # `Host::health_status`, ledger row on each state change
 //!
@@ -78,6 +81,8 @@ pub struct WardenConfig {
     pub breaker: BreakerConfig,
     /// Periodic backend health checks; off unless set.
     pub health: Option<HealthSection>,
+    /// Agents' outbound HTTP: the CAs it trusts besides Mozilla's roots.
+    pub http: Option<HttpSection>,
     #[serde(skip)]
     base: PathBuf,
 }
@@ -90,6 +95,16 @@ pub struct HealthSection {
     /// [`HostBuilder::health_interval`].
     #[serde(deserialize_with = "crate::duration::de")]
     pub interval: Duration,
+}
+
+/// `[http]` in `warden.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// PEM files of certificate authorities agents' HTTPS requests trust besides the Mozilla
+    /// roots: see [`HostBuilder::http_roots`].
+    #[serde(default)]
+    pub roots: Vec<PathBuf>,
 }
 
 /// `[vault]` in `warden.toml`.
@@ -278,6 +293,9 @@ impl WardenConfig {
         if let Some(health) = &self.health {
             builder = builder.health_interval(health.interval);
         }
+        for file in self.http.iter().flat_map(|h| &h.roots) {
+            builder = builder.http_roots(read_pem_certificates(&self.resolve(file))?);
+        }
         Ok(builder)
     }
 
@@ -306,4 +324,26 @@ impl WardenConfig {
         };
         Ok(Some(provider_from_config(&llm, key)?))
     }
+}
+
+/// The certificates of a PEM file (`[http] roots`).
+fn read_pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |message: String| Error::Config {
+        origin: "`[http] roots`".into(),
+        message,
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| invalid(format!("cannot read `{}`: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("`{}` is not PEM certificates: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(format!(
+            "`{}` holds no certificate: expected `-----BEGIN CERTIFICATE-----` blocks",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }

@@ -76,6 +76,9 @@ pub struct ReplayReport {
     pub replay_outcome: String,
     /// The first divergence, if any.
     pub divergence: Option<Divergence>,
+    /// Why the journal stopped the guest, when it did (a divergence, the end of the recorded
+    /// run, a call a replay cannot answer such as an HTTP request).
+    pub halted: Option<String>,
     /// Per phase, in order.
     pub phases: Vec<PhaseReplay>,
     /// Journal records of the run.
@@ -208,6 +211,7 @@ impl crate::Host {
             replay_outcome,
             phases: per_phase(&phases_of, replayed_records, divergence.as_ref()),
             divergence,
+            halted: journal.halt_reason(),
             recorded_records,
             replayed_records,
             duration_ms: started.elapsed().as_secs_f64() * 1e3,

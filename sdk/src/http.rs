@@ -184,8 +184,16 @@ impl Request {
             .body()
             .map_err(|()| invalid("the body was already taken"))?;
         let pending = outgoing_handler::handle(request, None).map_err(from_code)?;
-        write_body(body, &self.body)?;
+        let written = write_body(body, &self.body);
         pending.subscribe().block();
+        // A request the host refused closes its body: the refusal is the answer, not the
+        // closed stream.
+        if let Err(error) = written {
+            return Err(match pending.get() {
+                Some(Ok(Err(code))) => from_code(code),
+                _ => error,
+            });
+        }
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(code))) => return Err(from_code(code)),

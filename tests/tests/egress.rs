@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use warden::ledger::{LedgerQuery, Table};
 use warden::{Host, RunOutcome, Tier, TierTable};
@@ -32,73 +32,132 @@ async fn server() -> Server {
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let hits = counted.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let Ok(n) = socket.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break at + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                while buffer.len() < head_end + length {
-                    let Ok(n) = socket.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                hits.fetch_add(1, Ordering::SeqCst);
-                let body = buffer[head_end..].to_vec();
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (status, extra, body) = match path.as_str() {
-                    "/hello" => (
-                        "200 OK",
-                        String::new(),
-                        b"hello from the test server".to_vec(),
-                    ),
-                    "/echo" => ("200 OK", String::new(), body),
-                    "/redirect" => ("302 Found", "location: /hello\r\n".to_string(), Vec::new()),
-                    "/big" => ("200 OK", String::new(), vec![b'x'; 5 << 20]),
-                    _ => ("404 Not Found", String::new(), Vec::new()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
-                    body.len()
-                );
-                let _ = socket.write_all(head.as_bytes()).await;
-                let _ = socket.write_all(&body).await;
-                let _ = socket.shutdown().await;
-            });
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(serve(socket, counted.clone()));
         }
     });
     Server { port, hits }
 }
 
+/// The same over TLS, with a certificate for `localhost` from a CA of its own; the CA too.
+async fn tls_server() -> (Server, rcgen::Certificate) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(socket).await {
+                    serve(stream, hits).await;
+                }
+            });
+        }
+    });
+    (Server { port, hits }, ca)
+}
+
+/// Answer one request on `socket`.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, hits: Arc<AtomicUsize>) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let Ok(n) = socket.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let Ok(n) = socket.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let body = buffer[head_end..].to_vec();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, extra, body) = match path.as_str() {
+        "/hello" => (
+            "200 OK",
+            String::new(),
+            b"hello from the test server".to_vec(),
+        ),
+        "/echo" => ("200 OK", String::new(), body),
+        "/redirect" => ("302 Found", "location: /hello\r\n".to_string(), Vec::new()),
+        "/big" => ("200 OK", String::new(), vec![b'x'; 5 << 20]),
+        "/slow" => {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            ("200 OK", String::new(), Vec::new())
+        }
+        _ => ("404 Not Found", String::new(), Vec::new()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+        body.len()
+    );
+    let _ = socket.write_all(head.as_bytes()).await;
+    let _ = socket.write_all(&body).await;
+    let _ = socket.shutdown().await;
+}
+
 /// The shipped table with `[tiers.T2..T4.http]` set to `http` (every other key as shipped).
 fn tiers(http: &str) -> TierTable {
+    let dir = tempfile::tempdir().unwrap();
+    TierTable::from_file(tiers_file(dir.path(), http)).unwrap()
+}
+
+fn host(http: &str) -> Host {
+    Host::builder().tiers(tiers(http)).build().unwrap()
+}
+
+/// The shipped table with `[tiers.T2..T4.http]` set to `http`, as a file in `dir`.
+fn tiers_file(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
     let mut text = warden::policy::BUILTIN_TIERS_TOML.to_string();
     for tier in ["T2", "T3", "T4"] {
         let header = format!("[tiers.{tier}.http]\n");
@@ -106,11 +165,9 @@ fn tiers(http: &str) -> TierTable {
         let end = start + text[start..].find("\n[").unwrap() + 1;
         text.replace_range(start..end, &format!("{http}\n"));
     }
-    TierTable::from_toml_str(&text).unwrap()
-}
-
-fn host(http: &str) -> Host {
-    Host::builder().tiers(tiers(http)).build().unwrap()
+    let path = dir.join("tiers.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Run the fetcher as `id` at `tier` with `objective`; the report and `fetched.txt`'s lines.
@@ -431,5 +488,163 @@ fn a_list_that_allows_everything_is_refused_at_load() {
     assert!(
         error.contains("tiers.T2.http") && error.contains("`*` would allow every host"),
         "{error}"
+    );
+}
+
+/// HTTPS verifies the name the guest asked for (not the address the host dialled), against
+/// Mozilla's roots and the CAs `warden.toml`'s `[http] roots` adds.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_verifies_the_name_against_the_configured_roots() {
+    let (server, ca) = tls_server().await;
+    let port = server.port;
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!(
+        "allow = [\"https://localhost:{port}\", \"https://127.0.0.1:{port}\"]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]"
+    );
+    tiers_file(dir.path(), &http);
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let config_path = dir.path().join("warden.toml");
+    std::fs::write(
+        &config_path,
+        "policies = \"tiers.toml\"\n[http]\nroots = [\"ca.pem\"]\n",
+    )
+    .unwrap();
+    let config = warden::config::WardenConfig::load(&config_path).unwrap();
+    let host = config.builder(None).await.unwrap().build().unwrap();
+    let (report, lines) = fetch(
+        &host,
+        "fetch-tls",
+        Tier::Builder,
+        // The certificate names `localhost`, not `127.0.0.1`: by address it does not verify.
+        &format!("fetch: GET https://localhost:{port}/hello; GET https://127.0.0.1:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(
+        lines[0],
+        format!("GET https://localhost:{port}/hello -> 200 26 hello from the test server")
+    );
+    assert_eq!(
+        lines[1],
+        format!("GET https://127.0.0.1:{port}/hello -> failed: TlsProtocolError")
+    );
+    let rows = requests(&host, "fetch-tls");
+    assert_eq!(rows[0].1["scheme"], "https");
+    assert_eq!(rows[0].1["status"], 200);
+    assert!(rows[1].1["status"].is_null(), "{rows:?}");
+
+    // Without the CA the same server is not trusted.
+    let untrusted = host_from(&dir, &http);
+    let (_, lines) = fetch(
+        &untrusted,
+        "fetch-untrusted",
+        Tier::Builder,
+        &format!("fetch: GET https://localhost:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        lines,
+        [format!(
+            "GET https://localhost:{port}/hello -> failed: TlsProtocolError"
+        )]
+    );
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // A roots file that holds no certificate is refused with its name.
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let config = warden::config::WardenConfig::load(&config_path).unwrap();
+    let error = config.builder(None).await.err().unwrap().to_string();
+    assert!(
+        error.contains("`[http] roots`") && error.contains("holds no certificate"),
+        "{error}"
+    );
+}
+
+fn host_from(dir: &tempfile::TempDir, http: &str) -> Host {
+    Host::builder()
+        .tiers(TierTable::from_file(tiers_file(dir.path(), http)).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_timeout_fails_and_is_recorded() {
+    let server = server().await;
+    let port = server.port;
+    let host = host(&format!(
+        "allow = [\"http://127.0.0.1:{port}\"]\ntimeout = \"300ms\""
+    ));
+    let started = std::time::Instant::now();
+    let (report, lines) = fetch(
+        &host,
+        "fetch-slow",
+        Tier::Builder,
+        &format!("fetch: GET http://127.0.0.1:{port}/slow"),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(
+        lines,
+        [format!(
+            "GET http://127.0.0.1:{port}/slow -> failed: ConnectionTimeout"
+        )]
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    host.ledger().flush().unwrap();
+    let failed = host
+        .ledger()
+        .query(&LedgerQuery {
+            agent_id: Some("fetch-slow".into()),
+            table: Some(Table::Actions),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .find(|row| row.kind == "http.request")
+        .unwrap();
+    let error = failed.fields["error_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("no response from `127.0.0.1` within 300ms"),
+        "{:?}",
+        failed.fields
+    );
+}
+
+/// A replay answers from the journal, which holds no responses: it halts at the request and
+/// never reaches the network.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_does_not_send_a_request_again() {
+    let server = server().await;
+    let port = server.port;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder()
+        .data_dir(dir.path().join("data"))
+        .tiers(tiers(&format!("allow = [\"http://127.0.0.1:{port}\"]")))
+        .build()
+        .unwrap();
+    let (report, _) = fetch(
+        &host,
+        "fetch-replayed",
+        Tier::Builder,
+        &format!("fetch: GET http://127.0.0.1:{port}/hello"),
+        json!({}),
+    )
+    .await;
+    assert!(report.outcome.is_success(), "{:?}", report.outcome);
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    let run = warden::RunId::new(&report.run_id).unwrap();
+    let replay = host.replay(&run, Default::default()).await.unwrap();
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_ne!(replay.verdict, "identical", "{replay:?}");
+    let said = format!("{replay:?}");
+    assert!(
+        said.contains("made HTTP request 1 while its journal was fed back"),
+        "{said}"
     );
 }

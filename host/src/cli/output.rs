@@ -475,6 +475,12 @@ pub fn replay_report(json: bool, report: &ReplayReport) {
     }
     if let Some(divergence) = &report.divergence {
         say!("  diverged   {divergence}");
+    } else if let Some(halted) = report
+        .halted
+        .as_ref()
+        .filter(|_| report.verdict != "identical")
+    {
+        say!("  halted     {halted}");
     }
     say!(
         "  outcome    recorded {} ({}) · replay {} · {}/{} records in {:.1}ms",
