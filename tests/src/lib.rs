@@ -18,6 +18,7 @@ use warden::llm::ScriptedProvider;
 use warden::tools::ToolRegistry;
 use warden::{Host, HostBuilder, Packet, Tier};
 pub mod bao_server;
+pub mod http_server;
 pub mod redis_server;
 pub mod server;
 

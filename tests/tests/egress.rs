@@ -9,142 +9,11 @@
     reason = "test code: a failure is a failed test, with the value in the message"
 )]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 use warden::ledger::{LedgerQuery, Table};
 use warden::{Host, RunOutcome, Tier, TierTable};
+use warden_tests::http_server::{self, start as server};
 use warden_tests::{agent, packet, violations};
-
-/// A plain HTTP/1.1 server on a free loopback port: `/hello`, `/echo` (the body back),
-/// `/redirect` (302 to `/hello`), `/big` (5 MiB). It counts the requests it got.
-struct Server {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-async fn server() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(serve(socket, counted.clone()));
-        }
-    });
-    Server { port, hits }
-}
-
-/// The same over TLS, with a certificate for `localhost` from a CA of its own; the CA too.
-async fn tls_server() -> (Server, rcgen::Certificate) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let hits = counted.clone();
-            tokio::spawn(async move {
-                if let Ok(stream) = acceptor.accept(socket).await {
-                    serve(stream, hits).await;
-                }
-            });
-        }
-    });
-    (Server { port, hits }, ca)
-}
-
-/// Answer one request on `socket`.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, hits: Arc<AtomicUsize>) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let Ok(n) = socket.read(&mut chunk).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buffer.len() < head_end + length {
-        let Ok(n) = socket.read(&mut chunk).await else {
-            return;
-        };
-        if n == 0 {
-            break;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    hits.fetch_add(1, Ordering::SeqCst);
-    let body = buffer[head_end..].to_vec();
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let (status, extra, body) = match path.as_str() {
-        "/hello" => (
-            "200 OK",
-            String::new(),
-            b"hello from the test server".to_vec(),
-        ),
-        "/echo" => ("200 OK", String::new(), body),
-        "/redirect" => ("302 Found", "location: /hello\r\n".to_string(), Vec::new()),
-        "/big" => ("200 OK", String::new(), vec![b'x'; 5 << 20]),
-        "/slow" => {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            ("200 OK", String::new(), Vec::new())
-        }
-        _ => ("404 Not Found", String::new(), Vec::new()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
-        body.len()
-    );
-    let _ = socket.write_all(head.as_bytes()).await;
-    let _ = socket.write_all(&body).await;
-    let _ = socket.shutdown().await;
-}
 
 /// The shipped table with `[tiers.T2..T4.http]` set to `http` (every other key as shipped).
 fn tiers(http: &str) -> TierTable {
@@ -267,7 +136,7 @@ async fn an_allowed_request_is_answered_and_recorded() {
             format!("GET http://127.0.0.1:{port}/redirect -> 302 0 "),
         ]
     );
-    assert_eq!(server.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(server.hits(), 3);
     let rows = requests(&host, "fetch-ok");
     assert_eq!(rows.len(), 3, "{rows:?}");
     let (decision, first) = &rows[0];
@@ -304,7 +173,7 @@ async fn refused_requests_are_violations_and_never_reach_the_network() {
         json!({}),
     )
     .await;
-    assert_eq!(server.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(server.hits(), 0);
     assert_eq!(
         violations(&host, "fetch-refused"),
         ["EGRESS_DENIED", "NETWORK_ESCAPE"]
@@ -373,7 +242,7 @@ async fn bodies_and_requests_per_run_are_bounded() {
     .await;
     // The big response was read up to the bound (one hit) and refused; the long body never
     // left the host.
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
     assert_eq!(
         violations(&host, "fetch-bounded"),
         ["QUOTA_EXCEEDED", "QUOTA_EXCEEDED"]
@@ -405,7 +274,7 @@ async fn the_request_budget_of_a_run_is_counted() {
     )
     .await;
     assert!(report.outcome.is_success(), "{:?}", report.outcome);
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
     assert!(
         lines[1].ends_with("-> denied: HttpRequestDenied"),
         "{lines:?}"
@@ -460,7 +329,7 @@ async fn plan_only_reads_and_the_packet_narrows_the_list() {
         "{:?}",
         report.outcome
     );
-    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(server.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -495,7 +364,7 @@ fn a_list_that_allows_everything_is_refused_at_load() {
 /// Mozilla's roots and the CAs `warden.toml`'s `[http] roots` adds.
 #[tokio::test(flavor = "multi_thread")]
 async fn https_verifies_the_name_against_the_configured_roots() {
-    let (server, ca) = tls_server().await;
+    let (server, ca) = http_server::start_tls().await;
     let port = server.port;
     let dir = tempfile::tempdir().unwrap();
     let http = format!(
@@ -550,7 +419,7 @@ async fn https_verifies_the_name_against_the_configured_roots() {
             "GET https://localhost:{port}/hello -> failed: TlsProtocolError"
         )]
     );
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
 
     // A roots file that holds no certificate is refused with its name.
     std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
@@ -637,10 +506,10 @@ async fn a_replay_does_not_send_a_request_again() {
     )
     .await;
     assert!(report.outcome.is_success(), "{:?}", report.outcome);
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
     let run = warden::RunId::new(&report.run_id).unwrap();
     let replay = host.replay(&run, Default::default()).await.unwrap();
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
     assert_ne!(replay.verdict, "identical", "{replay:?}");
     let said = format!("{replay:?}");
     assert!(

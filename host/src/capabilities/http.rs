@@ -12,7 +12,8 @@
 //! - `allow_networks`: CIDR blocks of otherwise blocked networks (loopback, private,
 //!   link-local, unique-local, CGNAT, metadata) that an allowed name may resolve into. An
 //!   allowed IP literal or CIDR names its own addresses and needs no entry here.
-//! - `max_requests_per_run`, `max_request_bytes`, `max_response_bytes`, `timeout`.
+//! - `max_requests_per_run`, `max_in_flight` (more wait), `max_request_bytes`,
+//!   `max_response_bytes`, `timeout`.
 //!
 //! A packet narrows the list through its `scope` and `forbidden` patterns over the resource
 //! `http:<scheme>://<host>:<port><path>`. PLAN only reads: `GET`, `HEAD` and `OPTIONS`.
@@ -58,6 +59,10 @@ pub(crate) struct Grant {
     /// Requests one run may make.
     #[serde(default = "default_max_requests")]
     pub max_requests_per_run: u64,
+    /// Requests of one run in flight at once; more wait for one to end. With the body
+    /// bounds, what a run can make the host hold for HTTP at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
     /// Bytes of one request's body.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: u64,
@@ -70,12 +75,16 @@ pub(crate) struct Grant {
 }
 
 const DEFAULT_MAX_REQUESTS: u64 = 100;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 4;
 const DEFAULT_MAX_REQUEST_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 << 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn default_max_requests() -> u64 {
     DEFAULT_MAX_REQUESTS
+}
+fn default_max_in_flight() -> u32 {
+    DEFAULT_MAX_IN_FLIGHT
 }
 fn default_max_request_bytes() -> u64 {
     DEFAULT_MAX_REQUEST_BYTES
@@ -92,6 +101,7 @@ impl crate::policy::Grant for Grant {
         allow: Vec::new(),
         allow_networks: Vec::new(),
         max_requests_per_run: 0,
+        max_in_flight: 0,
         max_request_bytes: 0,
         max_response_bytes: 0,
         timeout: Duration::ZERO,
@@ -118,6 +128,11 @@ impl crate::policy::Grant for Grant {
             "max_requests_per_run",
             self.max_requests_per_run,
             lower.max_requests_per_run,
+        )?;
+        covers(
+            "max_in_flight",
+            u64::from(self.max_in_flight),
+            u64::from(lower.max_in_flight),
         )?;
         covers(
             "max_request_bytes",
@@ -533,6 +548,8 @@ pub(crate) struct Egress {
     run: Arc<RunShared>,
     requests: u64,
     deadline: Instant,
+    /// Made at the run's first request: `max_in_flight` permits.
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Egress {
@@ -542,6 +559,7 @@ impl Egress {
             run: run.clone(),
             requests: 0,
             deadline,
+            in_flight: None,
         }
     }
 }
@@ -556,6 +574,13 @@ impl wasmtime_wasi_http::WasiHttpHooks for Egress {
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         self.requests += 1;
+        let in_flight = self
+            .in_flight
+            .get_or_insert_with(|| {
+                let grant = self.services.tiers.policy(self.run.tier).grant::<Grant>(Interface::Http);
+                Arc::new(tokio::sync::Semaphore::new(grant.max_in_flight.max(1) as usize))
+            })
+            .clone();
         let send = Outbound {
             services: self.services.clone(),
             run: self.run.clone(),
@@ -564,6 +589,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for Egress {
             options,
         };
         Box::new(async move {
+            // Held until the response is read whole (the body the guest then reads is in
+            // its own table, counted against `wasi_resources`).
+            let Ok(_permit) = in_flight.acquire_owned().await else {
+                return Err(HttpError::HttpRequestDenied);
+            };
             let response = send.run(request).await?;
             let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
                 Box::new(async { Ok(()) });
@@ -797,6 +827,8 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capabilities::testing::TestEnv;
+    use wasmtime_wasi_http::WasiHttpHooks;
 
     fn rule(text: &str) -> HostRule {
         HostRule::try_from(text.to_string()).unwrap_or_else(|e| panic!("{text}: {e}"))
@@ -867,5 +899,69 @@ mod tests {
             "http:https://api.github.com:443/repos?page=2"
         );
         assert_eq!(target("http://[::1]:81/").resource(), "http:http://[::1]:81/");
+    }
+
+    /// A loopback server that holds each connection 100 ms and keeps the peak of connections
+    /// open at once.
+    async fn slow_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let seen = peak.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (open, peak) = (open.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    let mut buffer = [0u8; 1024];
+                    let _ = socket.read(&mut buffer).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (port, peak)
+    }
+
+    async fn peak_in_flight(max_in_flight: Option<u32>) -> usize {
+        let (port, peak) = slow_server().await;
+        let mut text = crate::policy::BUILTIN_TIERS_TOML.replace(
+            "allow = []",
+            &format!("allow = [\"http://127.0.0.1:{port}\"]"),
+        );
+        if let Some(n) = max_in_flight {
+            text = text.replace("max_in_flight = 4", &format!("max_in_flight = {n}"));
+        }
+        let env = TestEnv::new().tiers(TierTable::from_toml_str(&text).unwrap());
+        let mut agent = env.agent(Tier::Builder, serde_json::json!({})).await;
+        let sends: Vec<_> = (0..3)
+            .map(|_| {
+                let request = ::http::Request::get(format!("http://127.0.0.1:{port}/"))
+                    .body(
+                        http_body_util::Empty::<Bytes>::new()
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    )
+                    .unwrap();
+                let send = agent.ctx.egress.send_request(request, None, Box::new(async { Ok(()) }));
+                tokio::spawn(async move { std::pin::Pin::from(send).await.map(|(r, _)| r.status()) })
+            })
+            .collect();
+        for send in sends {
+            assert_eq!(send.await.unwrap().unwrap(), 200);
+        }
+        peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn requests_past_max_in_flight_wait_for_one_to_end() {
+        assert_eq!(peak_in_flight(Some(1)).await, 1);
+        assert_eq!(peak_in_flight(None).await, 3);
     }
 }
