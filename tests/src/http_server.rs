@@ -22,19 +22,25 @@ impl HttpServer {
     }
 }
 
-/// Start a plain HTTP server (on the current tokio runtime).
-pub async fn start() -> HttpServer {
+/// A listener on a free loopback port and the server that will count its requests.
+async fn listen() -> (TcpListener, HttpServer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
     let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
+    (listener, HttpServer { port, hits })
+}
+
+/// Start a plain HTTP server (on the current tokio runtime).
+pub async fn start() -> HttpServer {
+    let (listener, server) = listen().await;
+    let counted = server.hits.clone();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let _ = socket.set_nodelay(true);
             tokio::spawn(serve(socket, counted.clone()));
         }
     });
-    HttpServer { port, hits }
+    server
 }
 
 /// Start an HTTPS server with a certificate for `localhost` from a CA of its own; the CA too.
@@ -65,10 +71,8 @@ pub async fn start_tls() -> (HttpServer, rcgen::Certificate) {
         )
         .expect("server configuration");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
+    let (listener, server) = listen().await;
+    let counted = server.hits.clone();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -80,7 +84,7 @@ pub async fn start_tls() -> (HttpServer, rcgen::Certificate) {
             });
         }
     });
-    (HttpServer { port, hits }, ca)
+    (server, ca)
 }
 
 /// Answer one request on `socket`.

@@ -155,8 +155,12 @@ pub async fn run(
     host.run(agent_id, &bytes).await
 }
 
-/// The kinds (action names or violation types) of an agent's rows in one table, oldest first.
-pub fn kinds(host: &Host, agent: &str, table: warden::ledger::Table) -> Vec<String> {
+/// An agent's rows in one table, oldest first.
+pub fn rows(
+    host: &Host,
+    agent: &str,
+    table: warden::ledger::Table,
+) -> Vec<warden::ledger::LedgerRow> {
     let query = warden::ledger::LedgerQuery {
         agent_id: Some(agent.to_string()),
         table: Some(table),
@@ -164,9 +168,12 @@ pub fn kinds(host: &Host, agent: &str, table: warden::ledger::Table) -> Vec<Stri
         ..Default::default()
     };
     host.ledger().flush().unwrap();
-    host.ledger()
-        .query(&query)
-        .unwrap()
+    host.ledger().query(&query).unwrap()
+}
+
+/// The kinds (action names or violation types) of an agent's rows in one table, oldest first.
+pub fn kinds(host: &Host, agent: &str, table: warden::ledger::Table) -> Vec<String> {
+    rows(host, agent, table)
         .into_iter()
         .map(|row| row.kind)
         .collect()
@@ -180,6 +187,19 @@ pub fn actions(host: &Host, agent: &str) -> Vec<String> {
 /// Violation types recorded for an agent, oldest first.
 pub fn violations(host: &Host, agent: &str) -> Vec<String> {
     kinds(host, agent, warden::ledger::Table::Violations)
+}
+
+/// The messages (`details`) of an agent's `violations` rows, oldest first.
+pub fn violation_details(host: &Host, agent: &str) -> Vec<String> {
+    rows(host, agent, warden::ledger::Table::Violations)
+        .into_iter()
+        .map(|row| {
+            row.fields["details"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }
 
 /// The process's peak resident set in bytes so far, from `/proc/self/status` (`VmHWM`): what

@@ -13,7 +13,7 @@ use serde_json::json;
 use warden::ledger::{LedgerQuery, Table};
 use warden::{Host, RunOutcome, Tier, TierTable};
 use warden_tests::http_server::{self, start as server};
-use warden_tests::{agent, packet, violations};
+use warden_tests::{agent, packet, violation_details, violations};
 
 /// The shipped table with `[tiers.T2..T4.http]` set to `http` (every other key as shipped).
 fn tiers(http: &str) -> TierTable {
@@ -92,25 +92,6 @@ fn requests(host: &Host, id: &str) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-fn violation_messages(host: &Host, id: &str) -> Vec<String> {
-    host.ledger().flush().unwrap();
-    host.ledger()
-        .query(&LedgerQuery {
-            agent_id: Some(id.into()),
-            table: Some(Table::Violations),
-            ..Default::default()
-        })
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            row.fields["details"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_allowed_request_is_answered_and_recorded() {
     let server = server().await;
@@ -178,7 +159,7 @@ async fn refused_requests_are_violations_and_never_reach_the_network() {
         violations(&host, "fetch-refused"),
         ["EGRESS_DENIED", "NETWORK_ESCAPE"]
     );
-    let messages = violation_messages(&host, "fetch-refused");
+    let messages = violation_details(&host, "fetch-refused");
     assert!(
         messages[0].contains(&format!(
             "`GET` to `http://127.0.0.2:{port}` refused: not in `[tiers.T2.http] allow`"
@@ -247,7 +228,7 @@ async fn bodies_and_requests_per_run_are_bounded() {
         violations(&host, "fetch-bounded"),
         ["QUOTA_EXCEEDED", "QUOTA_EXCEEDED"]
     );
-    let messages = violation_messages(&host, "fetch-bounded");
+    let messages = violation_details(&host, "fetch-bounded");
     assert!(
         messages[0].contains("larger than `[tiers.T2.http] max_response_bytes` (1048576 bytes)"),
         "{messages:?}"
@@ -279,7 +260,7 @@ async fn the_request_budget_of_a_run_is_counted() {
         lines[1].ends_with("-> denied: HttpRequestDenied"),
         "{lines:?}"
     );
-    let messages = violation_messages(&host, "fetch-budget");
+    let messages = violation_details(&host, "fetch-budget");
     assert!(
         messages[0]
             .contains("request 2 of the run refused: `[tiers.T2.http] max_requests_per_run` is 1"),
@@ -310,7 +291,7 @@ async fn plan_only_reads_and_the_packet_narrows_the_list() {
     assert!(steps[1].contains("-> 200 26"), "{steps:?}");
     assert_eq!(violations(&host, "fetch-plan"), ["PHASE_DENIED"]);
     assert!(
-        violation_messages(&host, "fetch-plan")[0]
+        violation_details(&host, "fetch-plan")[0]
             .contains("PLAN only reads (`GET`, `HEAD`, `OPTIONS`)"),
     );
 

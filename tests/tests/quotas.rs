@@ -13,11 +13,13 @@
 )]
 
 use serde_json::json;
-use warden::ledger::{LedgerQuery, Table};
+use warden::ledger::LedgerQuery;
 use warden::packet::RevocationKind;
 use warden::state::Section;
 use warden::{AgentId, FailureCode, Host, RunOutcome, TaskId, Tier};
-use warden_tests::{agent, host, packet, peak_resident_set_bytes as rss, violations};
+use warden_tests::{
+    agent, host, packet, peak_resident_set_bytes as rss, violation_details, violations,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -36,26 +38,6 @@ async fn flood(host: &Host, id: &str, attempt: &str) -> warden::RunReport {
     .await
     .unwrap();
     host.run(id, &rogue).await.unwrap()
-}
-
-/// The messages of the agent's `violations` rows.
-fn violation_details(host: &Host, id: &str) -> Vec<String> {
-    host.ledger().flush().unwrap();
-    host.ledger()
-        .query(&LedgerQuery {
-            agent_id: Some(id.into()),
-            table: Some(Table::Violations),
-            ..Default::default()
-        })
-        .unwrap()
-        .into_iter()
-        .map(|row| {
-            row.fields["details"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect()
 }
 
 /// The bytes of text of every ledger row of the agent.

@@ -42,7 +42,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  demo          build agents and host, run a governed task on the embedded defaults\n  \
                  test          build agents, run every test\n  \
-                 bench         benchmarks against bare wasmtime, raw rusqlite and a raw redis client (release build)\n  \
+                 bench         benchmarks against bare wasmtime, raw rusqlite, a raw redis client and bare reqwest (release build)\n  \
                  build-agents  build the example agents for wasm32-wasip2\n  \
                  lint          cargo fmt --check and cargo clippy -D warnings"
             );
@@ -228,6 +228,8 @@ fn bench(extra: &[String]) -> Result<()> {
             "scale",
             "--bench",
             "pipelines",
+            "--bench",
+            "egress",
         ])
         .args(extra)
         .env("WARDEN_AGENTS_DIR", &agents)
