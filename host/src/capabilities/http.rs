@@ -46,6 +46,9 @@ pub(super) const SECTION: SectionSpec = SectionSpec::of::<Grant>(Interface::Http
 
 const OP: &str = "http.request";
 
+/// Bytes of a request's path and query an `http.request` row keeps.
+const MAX_ROW_PATH: usize = 2048;
+
 /// `[tiers.Tn.http]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -799,12 +802,14 @@ impl Outbound {
         elapsed: Duration,
         failed: Option<(&'static str, String)>,
     ) {
+        // A guest's URL may be as long as the URI grammar allows: the row keeps its start.
+        let path = crate::text::clip(&target.path, MAX_ROW_PATH);
         let row = Row {
             method: method.as_str(),
             scheme: target.scheme,
             host: &target.host,
             port: target.port,
-            path: &target.path,
+            path: &path,
             address: answered.map(|(peer, _)| peer.to_string()),
             status: answered.map(|(_, status)| status),
             request_bytes,
