@@ -1,4 +1,10 @@
 //! Named secrets, scoped by tier. Available from T3.
+//!
+//! A secret the tier binds to hosts (`[tiers.T3.secrets] bound = { "t3/github-token" =
+//! ["https://api.github.com"] }`) is returned as a placeholder (`warden-secret:…`), never its
+//! value: put it in a header of an [`http`](crate::http) request to one of those hosts and the
+//! host sends the value. The placeholder sent anywhere else (another host, a URL or body, a
+//! tool argument, a message, an artifact, a prompt) is refused as a procedure violation.
 
 use std::fmt;
 
@@ -10,7 +16,7 @@ use crate::bindings::warden::agent::secrets as wit;
 pub struct Secret(String);
 
 impl Secret {
-    /// The secret value.
+    /// The secret value (the placeholder, for a secret bound to hosts).
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -1,5 +1,5 @@
 //! A plain HTTP/1.1 server on a free loopback port for the egress tests and bench, over TCP or
-//! TLS: `/hello`, `/echo` (the body back), `/redirect` (302 to `/hello`), `/big` (5 MiB),
+//! TLS: `/hello`, `/echo` (the body back), `/auth` (the `authorization` header back), `/redirect` (302 to `/hello`), `/big` (5 MiB),
 //! `/slow` (answers after 5 s). One request per connection; it counts the requests it got.
 
 use std::sync::Arc;
@@ -131,6 +131,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S, hits: Arc<Atomi
             b"hello from the test server".to_vec(),
         ),
         "/echo" => ("200 OK", String::new(), body),
+        // The `authorization` header it got, as its body.
+        "/auth" => {
+            let auth = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("authorization")
+                        .then(|| value.trim().to_string())
+                })
+                .unwrap_or_default();
+            ("200 OK", String::new(), auth.into_bytes())
+        }
         "/redirect" => ("302 Found", "location: /hello\r\n".to_string(), Vec::new()),
         "/big" => ("200 OK", String::new(), vec![b'x'; 5 << 20]),
         "/slow" => {

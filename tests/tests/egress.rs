@@ -506,3 +506,78 @@ async fn a_replay_does_not_send_a_request_again() {
         "{said}"
     );
 }
+
+/// A secret the tier binds to a host reaches the guest as a placeholder; the host puts the
+/// value in the header of a request to that host, and refuses the placeholder anywhere else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bound_secret_goes_only_to_its_host_and_never_into_the_guest() {
+    let server = server().await;
+    let port = server.port;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiers_file(
+        dir.path(),
+        &format!(
+            "allow = [\"http://127.0.0.1:{port}\", \"http://localhost:{port}\"]\nallow_networks = [\"127.0.0.0/8\", \"::1/128\"]"
+        ),
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "paths = [\"t3/*\", \"agents/{agent}/*\"]",
+        &format!(
+            "paths = [\"t3/*\", \"agents/{{agent}}/*\"]\nbound = {{ \"t3/api-token\" = [\"http://127.0.0.1:{port}\"] }}"
+        ),
+        1,
+    );
+    use warden::secrets::SecretBackend as _;
+    let secrets = std::sync::Arc::new(warden::secrets::EmbeddedSecrets::in_memory());
+    secrets.put("t3/api-token", "tok-REAL-VALUE").await.unwrap();
+    let host = Host::builder()
+        .tiers(TierTable::from_toml_str(&text).unwrap())
+        .secrets(secrets)
+        .build()
+        .unwrap();
+    let courier = agent("courier");
+    let id = "courier-1";
+    host.register_agent(id, Tier::Executor, Some(&courier), "test")
+        .unwrap();
+    host.submit_packet(&packet(
+        id,
+        id,
+        &format!(
+            "courier: GET http://127.0.0.1:{port}/auth t3/api-token; GET http://localhost:{port}/auth t3/api-token"
+        ),
+        &[],
+        json!({}),
+    ))
+    .await
+    .unwrap();
+    let report = host.run(id, &courier).await.unwrap();
+    // The bound host got the value (and echoed it); the other host got nothing.
+    assert_eq!(server.hits(), 1);
+    assert_eq!(violations(&host, id), ["SECRET_LEAK"]);
+    let message = &violation_details(&host, id)[0];
+    assert!(
+        message.contains("a header carries the placeholder of secret `t3/api-token`")
+            && message.contains(&format!("`http://127.0.0.1:{port}`")),
+        "{message}"
+    );
+    // A leak is a procedure violation: the first revokes.
+    assert!(
+        matches!(report.outcome, RunOutcome::Revoked { .. }),
+        "{:?}",
+        report.outcome
+    );
+    // Nothing the host recorded holds the value.
+    host.ledger().flush().unwrap();
+    let everything = host
+        .ledger()
+        .query(&LedgerQuery {
+            agent_id: Some(id.into()),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .unwrap();
+    let text =
+        serde_json::to_string(&everything.iter().map(|r| &r.fields).collect::<Vec<_>>()).unwrap();
+    assert!(!text.contains("tok-REAL-VALUE"), "{text}");
+    assert_eq!(requests(&host, id)[0].1["status"], 200);
+}

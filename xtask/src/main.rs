@@ -25,6 +25,7 @@ pub const AGENTS: &[&str] = &[
     "architect",
     "specialist",
     "fetcher",
+    "courier",
 ];
 
 fn main() -> Result<()> {

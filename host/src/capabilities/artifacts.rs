@@ -289,6 +289,8 @@ impl Host for AgentCtx {
                 .gate(Interface::Artifacts, OP, || format!("artifact:{name}"))
                 .await?;
             self.gov.check(OP, check_name(OP, &name)).await?;
+            self.refuse_placeholders(OP, || format!("artifact:{name}"), &[&content])
+                .await?;
             let size = u64::try_from(content.len()).unwrap_or(u64::MAX);
             let decision = check_put(
                 &self.gov.services.tiers,

@@ -186,6 +186,8 @@ impl Host for AgentCtx {
             self.gov
                 .gate(Interface::Blackboard, OP, || resource(section, &key))
                 .await?;
+            self.refuse_placeholders(OP, || resource(section, &key), &[value.as_bytes()])
+                .await?;
             let decision = check_write(
                 &self.gov.services.tiers,
                 self.gov.run.tier,

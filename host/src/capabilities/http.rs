@@ -33,6 +33,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpC
 
 use super::AgentCtx;
 use super::quota::covers;
+use crate::bindings::WitError;
 use crate::context::{RunShared, Services};
 use crate::egress::{self, EgressError, Fetched, Limits};
 use crate::governance::{CallRefusal, Governor, ViolationKind};
@@ -526,6 +527,125 @@ pub(crate) fn check_addresses(
     })
 }
 
+/// What a placeholder starts with: `warden-secret:` and 32 hex digits.
+pub(crate) const PLACEHOLDER_PREFIX: &str = "warden-secret:";
+
+/// A secret bound to hosts, as the guest holds it: a placeholder, which the host substitutes
+/// only in the headers of requests to those hosts.
+struct Placeholder {
+    token: String,
+    path: String,
+    value: String,
+    hosts: Vec<HostRule>,
+}
+
+/// The placeholders a run was given (shared by its store and its requests in flight).
+#[derive(Clone, Default)]
+pub(crate) struct Placeholders(Arc<parking_lot::Mutex<Vec<Placeholder>>>);
+
+/// A placeholder found where it may not go: the secret's path and the hosts it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Leak {
+    pub path: String,
+    pub hosts: Vec<String>,
+}
+
+impl Placeholders {
+    /// A new placeholder standing for `value` of secret `path`, bound to `hosts`.
+    fn issue(&self, path: &str, value: String, hosts: &[HostRule]) -> String {
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce[..]);
+        let token = format!("{PLACEHOLDER_PREFIX}{}", hex::encode(nonce));
+        self.0.lock().push(Placeholder {
+            token: token.clone(),
+            path: path.to_string(),
+            value,
+            hosts: hosts.to_vec(),
+        });
+        token
+    }
+
+    /// The first placeholder of this run that `data` carries.
+    pub fn find(&self, data: &[u8]) -> Option<Leak> {
+        let prefix = PLACEHOLDER_PREFIX.as_bytes();
+        if !data.windows(prefix.len()).any(|w| w == prefix) {
+            return None;
+        }
+        let held = self.0.lock();
+        held.iter()
+            .find(|p| data.windows(p.token.len()).any(|w| w == p.token.as_bytes()))
+            .map(|p| Leak {
+                path: p.path.clone(),
+                hosts: p.hosts.iter().map(|r| r.source.clone()).collect(),
+            })
+    }
+
+    /// `value` with every placeholder replaced by its secret, when each is bound to `target`;
+    /// otherwise the first one that is not.
+    fn substitute(&self, value: &str, target: &Target) -> Result<String, Leak> {
+        let held = self.0.lock();
+        let mut out = value.to_string();
+        for placeholder in held.iter().filter(|p| value.contains(&p.token)) {
+            if !placeholder.hosts.iter().any(|rule| rule.admits(target)) {
+                return Err(Leak {
+                    path: placeholder.path.clone(),
+                    hosts: placeholder.hosts.iter().map(|r| r.source.clone()).collect(),
+                });
+            }
+            out = out.replace(&placeholder.token, &placeholder.value);
+        }
+        Ok(out)
+    }
+}
+
+/// The refusal of a placeholder sent where its secret may not go: a procedure violation.
+pub(crate) fn leak_refusal(op: &str, resource: String, leak: &Leak, place: &str) -> CallRefusal {
+    let hosts = if leak.hosts.is_empty() {
+        "no host".to_string()
+    } else {
+        leak.hosts
+            .iter()
+            .map(|h| format!("`{h}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    CallRefusal {
+        kind: ViolationKind::SecretLeak,
+        resource,
+        message: format!(
+            "`{op}` refused: {place} carries the placeholder of secret `{}`, which may be sent only in a header of a request to {hosts}",
+            leak.path
+        ),
+    }
+}
+
+impl AgentCtx {
+    /// Give the guest a placeholder for `value` of secret `path`, bound to `hosts`.
+    pub(super) fn bind_secret(&mut self, path: &str, value: String, hosts: &[HostRule]) -> String {
+        self.egress.issued = true;
+        self.egress.placeholders.issue(path, value, hosts)
+    }
+
+    /// Refuse a call whose data carries one of the run's placeholders (a tool argument, a
+    /// message, an artifact, a prompt, a note, a state or blackboard value). Free until the
+    /// run holds a placeholder.
+    pub(super) async fn refuse_placeholders(
+        &mut self,
+        op: &'static str,
+        resource: impl FnOnce() -> String,
+        data: &[&[u8]],
+    ) -> Result<(), WitError> {
+        if !self.egress.issued {
+            return Ok(());
+        }
+        let Some(leak) = data.iter().find_map(|d| self.egress.placeholders.find(d)) else {
+            return Ok(());
+        };
+        let refusal = leak_refusal(op, resource(), &leak, "its data");
+        Err(self.gov.refuse(op, refusal).await)
+    }
+}
+
 /// Links `wasi:http/types` and `wasi:http/outgoing-handler` (the registry's `link` for
 /// `http`); requests go through [`Egress`].
 pub(super) fn link(linker: &mut Linker<AgentCtx>) -> wasmtime::Result<()> {
@@ -553,6 +673,10 @@ pub(crate) struct Egress {
     deadline: Instant,
     /// Made at the run's first request: `max_in_flight` permits.
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    /// The placeholders of the secrets the run read that are bound to hosts.
+    placeholders: Placeholders,
+    /// Whether it holds any (the other capabilities look only then).
+    issued: bool,
 }
 
 impl Egress {
@@ -563,6 +687,8 @@ impl Egress {
             requests: 0,
             deadline,
             in_flight: None,
+            placeholders: Placeholders::default(),
+            issued: false,
         }
     }
 }
@@ -590,6 +716,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for Egress {
             ordinal: self.requests,
             deadline: self.deadline,
             options,
+            placeholders: self.issued.then(|| self.placeholders.clone()),
         };
         Box::new(async move {
             // Held until the response is read whole (the body the guest then reads is in
@@ -613,6 +740,8 @@ struct Outbound {
     ordinal: u64,
     deadline: Instant,
     options: Option<RequestOptions>,
+    /// The run's placeholders, when it holds any.
+    placeholders: Option<Placeholders>,
 }
 
 /// What the ledger row of a request says.
@@ -686,7 +815,39 @@ impl Outbound {
             return Err(HttpError::HttpRequestDenied);
         }
         // The body, bounded, before anything leaves the host.
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // A placeholder becomes its secret only in a header of a request to its hosts.
+        if let Some(placeholders) = &self.placeholders {
+            if let Some(leak) = placeholders.find(target.path.as_bytes()) {
+                gov.refuse(OP, leak_refusal(OP, target.resource(), &leak, "its URL")).await;
+                return Err(HttpError::HttpRequestDenied);
+            }
+            for value in parts.headers.values_mut() {
+                let Ok(text) = value.to_str() else {
+                    continue;
+                };
+                if !text.contains(PLACEHOLDER_PREFIX) {
+                    continue;
+                }
+                match placeholders.substitute(text, &target) {
+                    Ok(secret) => match ::http::HeaderValue::from_str(&secret) {
+                        Ok(mut real) => {
+                            real.set_sensitive(true);
+                            *value = real;
+                        }
+                        Err(_) => return Err(HttpError::HttpRequestHeaderSize {
+                            field_name: None,
+                            field_size: None,
+                        }),
+                    },
+                    Err(leak) => {
+                        let refusal = leak_refusal(OP, target.resource(), &leak, "a header");
+                        gov.refuse(OP, refusal).await;
+                        return Err(HttpError::HttpRequestDenied);
+                    }
+                }
+            }
+        }
         let limit = usize::try_from(grant.max_request_bytes).unwrap_or(usize::MAX);
         let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -704,6 +865,10 @@ impl Outbound {
             }
             Err(_) => return Err(HttpError::HttpRequestBodySize(None)),
         };
+        if let Some(leak) = self.placeholders.as_ref().and_then(|p| p.find(&body)) {
+            gov.refuse(OP, leak_refusal(OP, target.resource(), &leak, "its body")).await;
+            return Err(HttpError::HttpRequestDenied);
+        }
         // Resolved once; only the addresses checked here are dialled.
         let addrs = match target.ip() {
             Some(ip) => vec![SocketAddr::new(ip, target.port)],
@@ -968,5 +1133,31 @@ mod tests {
     async fn requests_past_max_in_flight_wait_for_one_to_end() {
         assert_eq!(peak_in_flight(Some(1)).await, 1);
         assert_eq!(peak_in_flight(None).await, 3);
+    }
+
+    #[test]
+    fn a_placeholder_becomes_its_secret_only_for_its_hosts() {
+        let placeholders = Placeholders::default();
+        let token = placeholders.issue("t3/github-token", "ghp_real".into(), &[rule("https://api.github.com")]);
+        let header = format!("Bearer {token}");
+        assert_eq!(
+            placeholders.substitute(&header, &target("https://api.github.com/user")),
+            Ok("Bearer ghp_real".to_string())
+        );
+        let elsewhere = placeholders.substitute(&header, &target("https://evil.example.com/"));
+        assert_eq!(
+            elsewhere,
+            Err(Leak {
+                path: "t3/github-token".into(),
+                hosts: vec!["https://api.github.com".into()]
+            })
+        );
+        assert!(placeholders.find(format!("x{token}y").as_bytes()).is_some());
+        // Another run's (or a made-up) placeholder is just text.
+        assert!(placeholders.find(b"warden-secret:00000000000000000000000000000000").is_none());
+        assert_eq!(
+            placeholders.substitute("Bearer warden-secret:0000", &target("https://evil.example.com/")),
+            Ok("Bearer warden-secret:0000".to_string())
+        );
     }
 }

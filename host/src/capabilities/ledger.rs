@@ -91,6 +91,8 @@ impl AgentCtx {
         self.gov
             .gate(Interface::Ledger, op, || "ledger:write".to_string())
             .await?;
+        self.refuse_placeholders(op, || "ledger:write".to_string(), &[action.as_bytes(), decision.as_bytes()])
+            .await?;
         if action.len() + decision.len() > MAX_TEXT_BYTES {
             let refusal = CallRefusal {
                 kind: ViolationKind::Invalid,

@@ -136,6 +136,9 @@ impl Host for AgentCtx {
                 .await?;
             let decision = check_model(self.gov.policy(), OP, &model);
             self.gov.check(OP, decision).await?;
+            let prompt: Vec<&[u8]> = request.messages.iter().map(|m| m.content.as_bytes()).collect();
+            self.refuse_placeholders(OP, || format!("llm:{model}"), &prompt)
+                .await?;
             let messages: Vec<ChatMessage> = request
                 .messages
                 .into_iter()

@@ -140,6 +140,8 @@ impl AgentCtx {
         self.gov
             .gate(Interface::Messaging, op, || format!("msg:{to}"))
             .await?;
+        self.refuse_placeholders(op, || format!("msg:{to}"), &[body.as_bytes()])
+            .await?;
         let kind = kind_name(&kind);
         let recipient_id = recipient.as_deref().map(AgentId::new).transpose();
         let invalid = if let Err(e) = &recipient_id {

@@ -3,6 +3,12 @@
 //! Tier section `[tiers.Tn.secrets]`: `paths`, the secret paths (globs) the tier may read;
 //! `{agent}` stands for the agent's id (`agents/{agent}/*`). The secrets backend checks its own
 //! policy too (Vault: the tier's HCL), so a path needs both.
+//!
+//! `bound` binds secrets (globs) to hosts, in `[tiers.Tn.http] allow`'s grammar:
+//! `bound = { "t3/github-token" = ["https://api.github.com"] }`. A bound secret is answered as
+//! a placeholder (`warden-secret:` and 32 hex digits): the value never enters the guest, the
+//! host puts it in the headers of requests to those hosts, and the placeholder sent anywhere
+//! else is refused as `SECRET_LEAK`, a procedure violation.
 
 use super::AgentCtx;
 use crate::governance::{CallRefusal, ViolationKind, unavailable};
@@ -25,15 +31,29 @@ pub(crate) struct Grant {
     /// Paths the tier may read.
     #[serde(default)]
     pub paths: Vec<Pattern>,
+    /// Secrets (globs) answered as placeholders, and the hosts their values may go to.
+    #[serde(default)]
+    pub bound: std::collections::BTreeMap<String, Vec<super::http::HostRule>>,
 }
 
 impl crate::policy::Grant for Grant {
-    const NONE: &'static Self = &Grant { paths: Vec::new() };
+    const NONE: &'static Self = &Grant {
+        paths: Vec::new(),
+        bound: std::collections::BTreeMap::new(),
+    };
 }
 
 impl Grant {
     fn admits(&self, agent: &str, path: &str) -> bool {
         self.paths.iter().any(|p| p.with_agent(agent).matches(path))
+    }
+
+    /// The hosts secret `path` is bound to, if it is.
+    fn bound_to(&self, agent: &str, path: &str) -> Option<&[super::http::HostRule]> {
+        self.bound
+            .iter()
+            .find(|(pattern, _)| Pattern::new(pattern.as_str()).with_agent(agent).matches(path))
+            .map(|(_, hosts)| hosts.as_slice())
     }
 }
 
@@ -141,7 +161,16 @@ impl Host for AgentCtx {
             self.gov
                 .record_result(OP, &result.as_ref().map(|_| ()).map_err(Clone::clone))
                 .await;
-            result
+            // A secret bound to hosts never enters the guest: it gets a placeholder.
+            let policy = self.gov.services.tiers.policy(self.gov.run.tier);
+            let hosts = policy
+                .grant::<Grant>(Interface::Secrets)
+                .bound_to(self.gov.agent_id().as_str(), &path)
+                .map(<[_]>::to_vec);
+            match (result, hosts) {
+                (Ok(value), Some(hosts)) => Ok(self.bind_secret(&path, value, &hosts)),
+                (result, _) => result,
+            }
         })
     }
 }
@@ -155,6 +184,48 @@ mod tests {
     use super::*;
     use crate::capabilities::testing::{TestAgent, TestEnv};
     use crate::secrets::{EmbeddedSecrets, SecretBackend};
+
+    /// A T3 agent whose tier binds `t3/github-token` to `https://api.github.com`.
+    async fn bound_agent() -> TestAgent {
+        let store = Arc::new(EmbeddedSecrets::in_memory());
+        store.put("t3/github-token", "ghp_real").await.unwrap();
+        store.put("t3/db", "s3cret").await.unwrap();
+        let text = crate::policy::BUILTIN_TIERS_TOML.replacen(
+            "paths = [\"t3/*\", \"agents/{agent}/*\"]",
+            "paths = [\"t3/*\", \"agents/{agent}/*\"]\nbound = { \"t3/github-*\" = [\"https://api.github.com\"] }",
+            1,
+        );
+        let tiers = TierTable::from_toml_str(&text).unwrap();
+        TestEnv::new()
+            .tiers(tiers)
+            .secrets(store)
+            .agent(Tier::Executor, json!({}))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_bound_secret_is_a_placeholder_and_the_placeholder_stays_in_the_sandbox() {
+        use crate::bindings::warden::agent::state::Host as State;
+        let mut agent = bound_agent().await;
+        let placeholder = Host::get(&mut agent.ctx, "t3/github-token".into()).await.unwrap();
+        assert!(placeholder.starts_with("warden-secret:") && placeholder.len() == 14 + 32, "{placeholder}");
+        assert!(!placeholder.contains("ghp_real"));
+        // An unbound secret is its value, as before.
+        assert_eq!(Host::get(&mut agent.ctx, "t3/db".into()).await.unwrap(), "s3cret");
+        // Written anywhere, the placeholder is refused as a leak.
+        let refused = State::set(&mut agent.ctx, "copy".into(), format!("token={placeholder}"))
+            .await
+            .unwrap_err();
+        let WitError::Revoked(message) = refused else {
+            panic!("a leak is a procedure violation: {refused:?}");
+        };
+        assert!(
+            message.contains("carries the placeholder of secret `t3/github-token`")
+                && message.contains("`https://api.github.com`"),
+            "{message}"
+        );
+        assert_eq!(agent.violations(), ["SECRET_LEAK"]);
+    }
 
     async fn agent(tier: Tier) -> TestAgent {
         let store = Arc::new(EmbeddedSecrets::in_memory());

@@ -106,6 +106,8 @@ impl Host for AgentCtx {
                 .gate(Interface::State, OP, || format!("state:{key}"))
                 .await?;
             self.check_key(OP, &key).await?;
+            self.refuse_placeholders(OP, || format!("state:{key}"), &[value.as_bytes()])
+                .await?;
             if value.len() > MAX_VALUE_BYTES {
                 let refusal = CallRefusal {
                     kind: ViolationKind::Invalid,

@@ -69,6 +69,8 @@ impl Host for AgentCtx {
                     resource
                 })
                 .await?;
+            let data: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            self.refuse_placeholders(OP, || format!("tool:{name}"), &data).await?;
             let tier = self.gov.run.tier;
             // Before the approval gate a tool only shows what it would do.
             let check_only = self.gov.run.phase() == Phase::Plan

@@ -45,6 +45,9 @@ pub(crate) enum ViolationKind {
     /// An HTTP request that would reach a blocked network (loopback, private, link-local,
     /// metadata) no operator named: an attempt to leave the sandbox, a procedure violation.
     NetworkEscape,
+    /// A placeholder of a secret bound to hosts, sent anywhere else (another host, a URL, a
+    /// body, a tool argument, a message, an artifact, a prompt): a procedure violation.
+    SecretLeak,
 }
 
 impl ViolationKind {
@@ -64,6 +67,7 @@ impl ViolationKind {
             ViolationKind::ResourceLimit => "RESOURCE_LIMIT",
             ViolationKind::EgressDenied => "EGRESS_DENIED",
             ViolationKind::NetworkEscape => "NETWORK_ESCAPE",
+            ViolationKind::SecretLeak => "SECRET_LEAK",
         }
     }
 
@@ -75,6 +79,7 @@ impl ViolationKind {
                 | ViolationKind::PathEscape
                 | ViolationKind::HostOwned
                 | ViolationKind::NetworkEscape
+                | ViolationKind::SecretLeak
         )
     }
 
