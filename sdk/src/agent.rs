@@ -14,7 +14,12 @@ use crate::{Outcome, Packet, Plan, Report, Verification, artifacts};
 /// one (typically with `?`).
 pub trait Agent {
     /// PLAN: decide what to do about `packet`. Nothing in the workspace should change yet.
-    fn plan(&mut self, packet: &Packet) -> Result<Plan, AgentError>;
+    ///
+    /// The default plans to meet the objective by writing each deliverable
+    /// ([`Plan::for_packet`]).
+    fn plan(&mut self, packet: &Packet) -> Result<Plan, AgentError> {
+        Ok(Plan::for_packet(packet))
+    }
 
     /// EXECUTE: carry out `plan`, producing the packet's deliverables as artifacts.
     fn execute(&mut self, packet: &Packet, plan: &Plan) -> Result<Outcome, AgentError>;
@@ -55,6 +60,60 @@ pub trait Agent {
             ),
             details: verification.findings.clone(),
         })
+    }
+}
+
+impl Plan {
+    /// A plan summarised as `summary`, with no steps yet, at full confidence.
+    pub fn new(summary: impl Into<String>) -> Plan {
+        Plan {
+            summary: summary.into(),
+            steps: Vec::new(),
+            confidence: 1.0,
+        }
+    }
+
+    /// The plan with one more step.
+    pub fn step(mut self, step: impl Into<String>) -> Plan {
+        self.steps.push(step.into());
+        self
+    }
+
+    /// The plan at `confidence` (0.0 to 1.0).
+    pub fn confidence(mut self, confidence: f32) -> Plan {
+        self.confidence = confidence;
+        self
+    }
+
+    /// The objective as the summary, and one step per deliverable (`write report.md`).
+    pub fn for_packet(packet: &Packet) -> Plan {
+        packet
+            .deliverables
+            .iter()
+            .fold(Plan::new(packet.objective.clone()), |plan, name| {
+                plan.step(format!("write {name}"))
+            })
+    }
+}
+
+impl Outcome {
+    /// Success, having written `artifacts` (summarised as `wrote a.txt, b.txt`).
+    pub fn wrote<S: Into<String>>(artifacts: impl IntoIterator<Item = S>) -> Outcome {
+        let artifacts: Vec<String> = artifacts.into_iter().map(Into::into).collect();
+        Outcome {
+            success: true,
+            summary: format!("wrote {}", artifacts.join(", ")),
+            artifacts,
+        }
+    }
+
+    /// Failure, with why.
+    pub fn failed(summary: impl Into<String>) -> Outcome {
+        Outcome {
+            success: false,
+            summary: summary.into(),
+            artifacts: Vec::new(),
+        }
     }
 }
 

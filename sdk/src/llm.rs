@@ -66,8 +66,31 @@ pub fn complete(request: &CompletionRequest) -> Result<Completion, Error> {
     Ok(wit::complete(request)?)
 }
 
-/// Asks the default model one question; returns the text of its answer.
-pub fn ask(system: &str, user: &str) -> Result<String, Error> {
+/// Asks the default model one question. The answer is the whole [`Completion`]: it reads as
+/// its text (`&answer`, `answer.trim()`: it derefs to `str`) and keeps the model and the tokens
+/// it cost.
+pub fn ask(system: &str, user: &str) -> Result<Completion, Error> {
     let request = CompletionRequest::new(vec![Message::system(system), Message::user(user)]);
-    Ok(complete(&request)?.text)
+    complete(&request)
+}
+
+impl Completion {
+    /// Tokens the completion cost: the prompt's and the answer's.
+    pub fn tokens(&self) -> u32 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+impl std::ops::Deref for Completion {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }

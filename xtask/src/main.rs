@@ -26,6 +26,7 @@ pub const AGENTS: &[&str] = &[
     "specialist",
     "fetcher",
     "courier",
+    "greeter",
 ];
 
 fn main() -> Result<()> {
