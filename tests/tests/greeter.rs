@@ -1,11 +1,6 @@
 //! The smallest complete agent the README shows: it is the README's block, at most 15 lines,
 //! and it runs through every phase with the SDK's defaults for PLAN, VERIFY and REPORT.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test code: a failure is a failed test, with the value in the message"
-)]
-
 use serde_json::json;
 use warden::Tier;
 use warden_tests::{host, packet, run};
